@@ -1,0 +1,513 @@
+//! JSON bodies of the coordinator's HTTP API (`/api/v1`).
+//!
+//! CI clients: `PUT/HEAD/GET /contexts/{digest}`, `POST /jobs`, `GET /jobs`, `GET /jobs/{id}`,
+//! `POST /jobs/{id}/cancel`, `GET /agents`, `GET /builds/{id}/log?offset=N`.
+//! Agents: `POST /agents/register`, `POST /agents/{id}/lease`, `POST /builds/{id}/{heartbeat,log,complete,fail}`.
+//! Every error is an [`ErrorResponse`] with a 4xx or 5xx status.
+
+use std::collections::BTreeMap;
+use std::fmt;
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+use crate::{Digest, Platform};
+
+/// Path prefix of every API route.
+pub const API_PREFIX: &str = "/api/v1";
+
+/// Every non-2xx answer carries this body.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct ErrorResponse {
+    /// A stable machine-readable code, e.g. `invalid_platform`, `unauthorized`, `not_found`.
+    pub code: String,
+    /// A sentence for people: what was wrong and what is accepted.
+    pub message: String,
+}
+
+/// When a platform may be built under QEMU emulation.
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "kebab-case")]
+pub enum EmulationPolicy {
+    /// Emulate only when no online agent has the platform natively (the default).
+    #[default]
+    Fallback,
+    /// Never emulate; the build waits for a native agent.
+    Never,
+}
+
+impl fmt::Display for EmulationPolicy {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            EmulationPolicy::Fallback => "fallback",
+            EmulationPolicy::Never => "never",
+        })
+    }
+}
+
+fn default_dockerfile() -> String {
+    "Dockerfile".to_string()
+}
+
+/// `POST /api/v1/jobs`: one image for several platforms.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct JobRequest {
+    /// Digest of a context archive uploaded before (`PUT /api/v1/contexts/{digest}`).
+    pub context: Digest,
+    /// Platforms to build; each is normalised, duplicates are refused.
+    pub platforms: Vec<String>,
+    /// References the finished index is pushed under; all in one repository.
+    pub tags: Vec<String>,
+    /// Dockerfile path inside the context (default `Dockerfile`).
+    #[serde(default = "default_dockerfile")]
+    pub dockerfile: String,
+    /// `--build-arg` values.
+    #[serde(default)]
+    pub build_args: BTreeMap<String, String>,
+    /// Target stage of a multi-stage Dockerfile.
+    #[serde(default)]
+    pub target: Option<String>,
+    /// Emulation policy (default `fallback`).
+    #[serde(default)]
+    pub emulation: EmulationPolicy,
+}
+
+/// The life of a job.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq, Hash)]
+#[serde(rename_all = "lowercase")]
+pub enum JobState {
+    /// No build has started yet.
+    Queued,
+    /// At least one platform's build has been leased.
+    Building,
+    /// Every platform succeeded; the index is being verified and pushed.
+    Stitching,
+    /// The index was pushed under every tag.
+    Succeeded,
+    /// A build or the stitching failed; see `error`.
+    Failed,
+    /// Cancelled by a user.
+    Cancelled,
+}
+
+impl JobState {
+    /// True once the job can change no more.
+    pub fn is_terminal(self) -> bool {
+        matches!(
+            self,
+            JobState::Succeeded | JobState::Failed | JobState::Cancelled
+        )
+    }
+
+    /// The lowercase name used in JSON and the database.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            JobState::Queued => "queued",
+            JobState::Building => "building",
+            JobState::Stitching => "stitching",
+            JobState::Succeeded => "succeeded",
+            JobState::Failed => "failed",
+            JobState::Cancelled => "cancelled",
+        }
+    }
+
+    /// Inverse of [`JobState::as_str`].
+    pub fn from_name(s: &str) -> Option<Self> {
+        Some(match s {
+            "queued" => JobState::Queued,
+            "building" => JobState::Building,
+            "stitching" => JobState::Stitching,
+            "succeeded" => JobState::Succeeded,
+            "failed" => JobState::Failed,
+            "cancelled" => JobState::Cancelled,
+            _ => return None,
+        })
+    }
+}
+
+impl fmt::Display for JobState {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// The life of one platform's build.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq, Hash)]
+#[serde(rename_all = "lowercase")]
+pub enum BuildState {
+    /// Waiting for an agent.
+    Queued,
+    /// Leased by an agent, which is building and pushing.
+    Building,
+    /// Pushed; `digest` is set.
+    Succeeded,
+    /// Failed; see `error`.
+    Failed,
+    /// The job was cancelled or failed before this build finished.
+    Cancelled,
+}
+
+impl BuildState {
+    /// True once the build can change no more.
+    pub fn is_terminal(self) -> bool {
+        matches!(
+            self,
+            BuildState::Succeeded | BuildState::Failed | BuildState::Cancelled
+        )
+    }
+
+    /// The lowercase name used in JSON and the database.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            BuildState::Queued => "queued",
+            BuildState::Building => "building",
+            BuildState::Succeeded => "succeeded",
+            BuildState::Failed => "failed",
+            BuildState::Cancelled => "cancelled",
+        }
+    }
+
+    /// Inverse of [`BuildState::as_str`].
+    pub fn from_name(s: &str) -> Option<Self> {
+        Some(match s {
+            "queued" => BuildState::Queued,
+            "building" => BuildState::Building,
+            "succeeded" => BuildState::Succeeded,
+            "failed" => BuildState::Failed,
+            "cancelled" => BuildState::Cancelled,
+            _ => return None,
+        })
+    }
+}
+
+impl fmt::Display for BuildState {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Whether a build ran on hardware of its platform or under QEMU.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq, Hash)]
+#[serde(rename_all = "lowercase")]
+pub enum BuildMode {
+    /// The agent declares the platform as native.
+    Native,
+    /// The agent builds it through a QEMU binfmt_misc handler.
+    Emulated,
+}
+
+impl BuildMode {
+    /// The lowercase name used in JSON and the database.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            BuildMode::Native => "native",
+            BuildMode::Emulated => "emulated",
+        }
+    }
+
+    /// Inverse of [`BuildMode::as_str`].
+    pub fn from_name(s: &str) -> Option<Self> {
+        match s {
+            "native" => Some(BuildMode::Native),
+            "emulated" => Some(BuildMode::Emulated),
+            _ => None,
+        }
+    }
+}
+
+impl fmt::Display for BuildMode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// A job as the API shows it.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Job {
+    /// Job id.
+    pub id: Uuid,
+    /// Current state.
+    pub state: JobState,
+    /// References the index is pushed under.
+    pub tags: Vec<String>,
+    /// Normalised platforms, in the order requested.
+    pub platforms: Vec<Platform>,
+    /// Digest of the pushed index, once succeeded.
+    pub index_digest: Option<String>,
+    /// Media type of the pushed index, once succeeded.
+    pub index_media_type: Option<String>,
+    /// Why the job failed or was cancelled.
+    pub error: Option<String>,
+    /// Context archive digest.
+    pub context: Digest,
+    /// Dockerfile path inside the context.
+    pub dockerfile: String,
+    /// Build arguments.
+    pub build_args: BTreeMap<String, String>,
+    /// Target stage.
+    pub target: Option<String>,
+    /// Emulation policy.
+    pub emulation: EmulationPolicy,
+    /// When the job was submitted.
+    pub created_at: DateTime<Utc>,
+    /// When the job last changed.
+    pub updated_at: DateTime<Utc>,
+    /// When the job reached a terminal state.
+    pub finished_at: Option<DateTime<Utc>>,
+    /// One build per platform.
+    pub builds: Vec<Build>,
+}
+
+/// One platform's build inside a job.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Build {
+    /// Build id.
+    pub id: Uuid,
+    /// The platform built.
+    pub platform: Platform,
+    /// Current state.
+    pub state: BuildState,
+    /// Name of the agent that holds or held it.
+    pub agent: Option<String>,
+    /// Native or emulated, once leased.
+    pub mode: Option<BuildMode>,
+    /// Digest of the pushed per-platform manifest.
+    pub digest: Option<String>,
+    /// Media type of that manifest.
+    pub media_type: Option<String>,
+    /// Size in bytes of that manifest.
+    pub size: Option<i64>,
+    /// How many times it has been leased.
+    pub attempts: i64,
+    /// Why it failed.
+    pub error: Option<String>,
+    /// While queued: why no agent has taken it yet.
+    pub waiting: Option<String>,
+    /// When the build was created.
+    pub created_at: DateTime<Utc>,
+    /// When the current attempt was leased.
+    pub started_at: Option<DateTime<Utc>>,
+    /// When it reached a terminal state.
+    pub finished_at: Option<DateTime<Utc>>,
+}
+
+/// `GET /api/v1/jobs`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct JobList {
+    /// Newest first.
+    pub jobs: Vec<Job>,
+}
+
+/// Whether an agent is calling in.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq, Hash)]
+#[serde(rename_all = "lowercase")]
+pub enum AgentState {
+    /// Seen recently.
+    Online,
+    /// Not seen for longer than the offline threshold.
+    Offline,
+}
+
+/// An agent as the API shows it.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Agent {
+    /// Agent id.
+    pub id: Uuid,
+    /// Agent name (unique; re-registering under a name replaces the old agent).
+    pub name: String,
+    /// Platforms it builds on its own hardware.
+    pub native_platforms: Vec<Platform>,
+    /// Platforms it builds under QEMU.
+    pub emulated_platforms: Vec<Platform>,
+    /// How many builds it runs at once.
+    pub capacity: i64,
+    /// How many builds it runs now.
+    pub running: i64,
+    /// Online or offline.
+    pub state: AgentState,
+    /// When it last called in.
+    pub last_seen: DateTime<Utc>,
+}
+
+/// `GET /api/v1/agents`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct AgentList {
+    /// Agents by name.
+    pub agents: Vec<Agent>,
+}
+
+/// `POST /api/v1/agents/register`, sent with `Authorization: Bearer JOIN_TOKEN`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RegisterRequest {
+    /// Agent name, unique in the farm.
+    pub name: String,
+    /// Platforms built natively.
+    pub native_platforms: Vec<String>,
+    /// Platforms built under emulation.
+    #[serde(default)]
+    pub emulated_platforms: Vec<String>,
+    /// Builds at once, at least 1.
+    pub capacity: i64,
+    /// The agent's version, for the dashboard.
+    #[serde(default)]
+    pub version: Option<String>,
+}
+
+/// Answer to a registration.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct RegisterResponse {
+    /// Id to use in `/agents/{id}/lease`.
+    pub agent_id: Uuid,
+    /// Bearer token for every later agent call; the coordinator keeps only its hash.
+    pub token: String,
+    /// How often to heartbeat a running build, in seconds.
+    pub heartbeat_interval_secs: u64,
+}
+
+/// `POST /api/v1/agents/{id}/lease` body.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LeaseRequest {
+    /// Longest time to hold the request open waiting for work, in seconds (capped by the coordinator).
+    #[serde(default)]
+    pub wait_secs: Option<u64>,
+}
+
+/// A build handed to an agent (200 answer to a lease call; 204 means no work yet).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Lease {
+    /// Build id.
+    pub build_id: Uuid,
+    /// Job id.
+    pub job_id: Uuid,
+    /// Fencing token: every report about this build must carry it.
+    pub lease_token: Uuid,
+    /// Platform to build.
+    pub platform: Platform,
+    /// Native or emulated.
+    pub mode: BuildMode,
+    /// Context archive (gzip'd tar) to fetch from `GET /api/v1/contexts/{digest}`.
+    pub context: Digest,
+    /// Dockerfile path inside the context.
+    pub dockerfile: String,
+    /// Build arguments.
+    pub build_args: BTreeMap<String, String>,
+    /// Target stage.
+    pub target: Option<String>,
+    /// Registry host[:port] to push to.
+    pub registry: String,
+    /// Repository inside the registry.
+    pub repository: String,
+    /// Whether the registry speaks plain HTTP.
+    pub insecure_registry: bool,
+    /// How often to heartbeat, in seconds.
+    pub heartbeat_interval_secs: u64,
+}
+
+/// `POST /api/v1/builds/{id}/heartbeat`. A 409 answer means the lease is gone: stop the build.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HeartbeatRequest {
+    /// The lease's token.
+    pub lease_token: Uuid,
+}
+
+/// Answer to a heartbeat.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct HeartbeatResponse {
+    /// True when the build's job was cancelled: stop building.
+    pub cancel: bool,
+}
+
+/// `POST /api/v1/builds/{id}/log`: lines of build output, in order.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LogRequest {
+    /// The lease's token.
+    pub lease_token: Uuid,
+    /// Lines without their newline.
+    pub lines: Vec<String>,
+}
+
+/// `POST /api/v1/builds/{id}/complete`: the image is pushed by digest.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CompleteRequest {
+    /// The lease's token.
+    pub lease_token: Uuid,
+    /// Digest of the pushed manifest.
+    pub digest: Digest,
+    /// Its media type.
+    pub media_type: String,
+    /// Its size in bytes.
+    pub size: i64,
+}
+
+/// `POST /api/v1/builds/{id}/fail`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FailRequest {
+    /// The lease's token.
+    pub lease_token: Uuid,
+    /// What went wrong, one line.
+    pub error: String,
+}
+
+/// `PUT /api/v1/contexts/{digest}` answer.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ContextInfo {
+    /// The digest stored.
+    pub digest: Digest,
+    /// Its size in bytes.
+    pub size: u64,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn job_request_defaults_and_unknown_fields() {
+        let d = format!("sha256:{}", "a".repeat(64));
+        let r: JobRequest = serde_json::from_str(&format!(
+            r#"{{"context":"{d}","platforms":["linux/amd64"],"tags":["localhost:5000/x:1"]}}"#
+        ))
+        .unwrap();
+        assert_eq!(r.dockerfile, "Dockerfile");
+        assert_eq!(r.emulation, EmulationPolicy::Fallback);
+        let e = serde_json::from_str::<JobRequest>(&format!(
+            r#"{{"context":"{d}","platforms":[],"tags":[],"colour":"red"}}"#
+        ))
+        .unwrap_err();
+        assert!(e.to_string().contains("unknown field `colour`"), "{e}");
+        let e = serde_json::from_str::<JobRequest>(
+            r#"{"context":"sha256:xyz","platforms":[],"tags":[]}"#,
+        )
+        .unwrap_err();
+        assert!(e.to_string().contains("64 lowercase hex"), "{e}");
+    }
+
+    #[test]
+    fn states_round_trip() {
+        for s in [
+            "queued",
+            "building",
+            "stitching",
+            "succeeded",
+            "failed",
+            "cancelled",
+        ] {
+            assert_eq!(JobState::from_name(s).unwrap().as_str(), s);
+        }
+        for s in ["queued", "building", "succeeded", "failed", "cancelled"] {
+            assert_eq!(BuildState::from_name(s).unwrap().as_str(), s);
+        }
+        assert_eq!(
+            serde_json::to_string(&EmulationPolicy::Never).unwrap(),
+            "\"never\""
+        );
+    }
+}

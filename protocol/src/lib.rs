@@ -1,0 +1,12 @@
+//! The types both sides of archfarm speak. No I/O lives here.
+//!
+//! * [`platform`]: parsing and normalising `os/arch[/variant]`; the single home of those rules.
+//! * [`reference`]: image references (`REGISTRY/REPOSITORY[:TAG][@DIGEST]`) and content digests.
+//! * [`api`]: the JSON bodies of the coordinator's HTTP API, for CI clients and agents alike.
+
+pub mod api;
+pub mod platform;
+pub mod reference;
+
+pub use platform::{Platform, PlatformError};
+pub use reference::{Digest, ImageRef, ReferenceError};

@@ -1,1 +1,135 @@
-//! placeholder
+//! The archfarm coordinator: HTTP API for CI pipelines and agents, a scheduler that hands each
+//! platform's build to a matching agent, and stitching of the pushed images into one index.
+//!
+//! `main.rs` only parses flags; [`run`] is what tests call with a listener on port 0.
+
+pub mod api;
+pub mod blobs;
+pub mod config;
+pub mod logs;
+pub mod progress;
+pub mod scheduler;
+pub mod stitch;
+pub mod store;
+
+use std::future::Future;
+use std::ops::Deref;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use archfarm_protocol::api::JobState;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+use crate::blobs::BlobStore;
+use crate::config::Config;
+use crate::logs::LogStore;
+use crate::scheduler::Scheduler;
+use crate::store::Store;
+
+/// Everything a request handler may need.
+#[derive(Debug)]
+pub struct App {
+    /// The configuration the coordinator started with.
+    pub config: Config,
+    /// Jobs, builds, agents and contexts.
+    pub store: Store,
+    /// Matching of queued builds to agents.
+    pub scheduler: Scheduler,
+    /// Context archives on disk.
+    pub blobs: BlobStore,
+    /// Build logs on disk.
+    pub logs: LogStore,
+    /// Cancelled when the coordinator stops; long polls and background tasks watch it.
+    pub shutdown: CancellationToken,
+}
+
+/// Shared handle to the [`App`], cloned into every handler.
+#[derive(Debug, Clone)]
+pub struct AppState(pub Arc<App>);
+
+impl Deref for AppState {
+    type Target = App;
+    fn deref(&self) -> &App {
+        &self.0
+    }
+}
+
+/// Opens the state, serves on `listener` until `shutdown` completes, then drains.
+pub async fn run(
+    config: Config,
+    listener: TcpListener,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
+    std::fs::create_dir_all(&config.data_dir).with_context(|| {
+        format!(
+            "cannot create the data directory {}",
+            config.data_dir.display()
+        )
+    })?;
+    let store = Store::connect(&config.database_url())
+        .await
+        .context("cannot open the database")?;
+    let blobs = BlobStore::open(config.data_dir.join("contexts"))
+        .context("cannot open the context store")?;
+    let logs = LogStore::open(config.data_dir.join("logs"), config.max_log_bytes)
+        .context("cannot open the log store")?;
+    if config.join_token.is_none() {
+        tracing::warn!(
+            "no --join-token set: any agent that can reach this coordinator may register"
+        );
+    }
+    let scheduler = Scheduler::new(
+        store.clone(),
+        config.lease_ttl(),
+        Duration::from_secs(config.agent_offline_secs),
+        config.max_attempts,
+    );
+    let token = CancellationToken::new();
+    let state = AppState(Arc::new(App {
+        config,
+        store,
+        scheduler,
+        blobs,
+        logs,
+        shutdown: token.clone(),
+    }));
+
+    // A restart interrupted these; pushing the index again is idempotent.
+    for job in state.store.jobs_in_state(JobState::Stitching).await? {
+        tracing::info!(job.id = %job.id, "resuming stitching after restart");
+        progress::spawn_stitch(state.clone(), job.id);
+    }
+    let reaper = tokio::spawn(reap_leases(state.clone()));
+
+    let addr = listener.local_addr()?;
+    tracing::info!(%addr, "archfarm-coordinator listening on http://{addr}");
+    let app = api::router(state.clone());
+    let stop = token.clone();
+    axum::serve(listener, app)
+        .with_graceful_shutdown(async move {
+            shutdown.await;
+            tracing::info!("shutting down");
+            // Wakes long-polling agents so the drain does not wait out their polls.
+            stop.cancel();
+        })
+        .await?;
+    token.cancel();
+    let _ = reaper.await;
+    Ok(())
+}
+
+/// Background task: takes back leases whose agents stopped heartbeating.
+async fn reap_leases(state: AppState) {
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    loop {
+        tokio::select! {
+            _ = state.shutdown.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        if let Err(e) = state.scheduler.reap_expired().await {
+            tracing::error!(error = %e, "lease reaper pass failed");
+        }
+    }
+}

@@ -1,0 +1,182 @@
+//! `/agents`: registration, the lease long-poll, and the fleet listing.
+
+use std::time::Duration;
+
+use archfarm_protocol::api::{AgentList, Lease, LeaseRequest, RegisterRequest, RegisterResponse};
+use archfarm_protocol::Platform;
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+
+use super::auth::{bearer, require_agent, require_client, same_secret, token_hash};
+use super::error::{parse_id, ApiError, ApiJson};
+use super::views;
+use crate::AppState;
+
+/// Routes of this resource.
+pub fn router() -> Router<AppState> {
+    Router::new()
+        .route("/agents", get(list))
+        .route("/agents/register", post(register))
+        .route("/agents/{id}/lease", post(lease))
+}
+
+fn parse_platforms(list: &[String], what: &str) -> Result<Vec<Platform>, ApiError> {
+    let mut out: Vec<Platform> = Vec::new();
+    for raw in list {
+        let p = Platform::parse(raw)
+            .map_err(|e| ApiError::bad("invalid_platform", format!("{what}: {e}")))?;
+        if !out.contains(&p) {
+            out.push(p);
+        }
+    }
+    Ok(out)
+}
+
+async fn register(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    ApiJson(req): ApiJson<RegisterRequest>,
+) -> Result<Json<RegisterResponse>, ApiError> {
+    if let Some(expected) = &state.config.join_token {
+        if !bearer(&headers).is_some_and(|given| same_secret(given, expected)) {
+            tracing::warn!(agent = %req.name, "registration refused: wrong or missing join token");
+            return Err(ApiError::Unauthorized {
+                code: "invalid_join_token",
+                message: "the join token was rejected: start the agent with the coordinator's --join-token".into(),
+            });
+        }
+    }
+    let name_ok = !req.name.is_empty()
+        && req.name.len() <= 64
+        && req
+            .name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'));
+    if !name_ok {
+        return Err(ApiError::bad(
+            "invalid_agent",
+            format!(
+                "agent name '{}' must be 1 to 64 of A-Z a-z 0-9 - _ .",
+                req.name
+            ),
+        ));
+    }
+    if !(1..=256).contains(&req.capacity) {
+        return Err(ApiError::bad(
+            "invalid_agent",
+            format!("capacity {} must be from 1 to 256", req.capacity),
+        ));
+    }
+    let native = parse_platforms(&req.native_platforms, "native platform")?;
+    let mut emulated = parse_platforms(&req.emulated_platforms, "emulated platform")?;
+    emulated.retain(|p| !native.contains(p));
+    if native.is_empty() && emulated.is_empty() {
+        return Err(ApiError::bad(
+            "invalid_agent",
+            "an agent must offer at least one platform",
+        ));
+    }
+    let token = format!("afa_{}", uuid::Uuid::new_v4().simple());
+    let (id, requeued) = state
+        .store
+        .upsert_agent(
+            &req.name,
+            &token_hash(&token),
+            &native,
+            &emulated,
+            req.capacity,
+            req.version.as_deref(),
+        )
+        .await?;
+    tracing::info!(agent.id = %id, agent = %req.name, native = ?native.iter().map(ToString::to_string).collect::<Vec<_>>(),
+        emulated = ?emulated.iter().map(ToString::to_string).collect::<Vec<_>>(), capacity = req.capacity, requeued, "agent registered");
+    state.scheduler.wake();
+    Ok(Json(RegisterResponse {
+        agent_id: id,
+        token,
+        heartbeat_interval_secs: state.config.heartbeat_secs,
+    }))
+}
+
+async fn lease(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Path(raw): Path<String>,
+    ApiJson(req): ApiJson<LeaseRequest>,
+) -> Result<Response, ApiError> {
+    let agent = require_agent(&state, &headers).await?;
+    let id = parse_id("agent", &raw)?;
+    if id != agent.id {
+        return Err(ApiError::Unauthorized {
+            code: "invalid_agent_token",
+            message: "this token belongs to another agent".into(),
+        });
+    }
+    state.store.touch_agent(agent.id).await?;
+    let max = state.config.lease_wait_secs;
+    let wait = Duration::from_secs(req.wait_secs.unwrap_or(max).min(max));
+    let Some(claimed) = state
+        .scheduler
+        .next_lease(&agent, wait, &state.shutdown)
+        .await?
+    else {
+        return Ok(StatusCode::NO_CONTENT.into_response());
+    };
+    let job = state.store.get_job(claimed.job_id).await?.ok_or_else(|| {
+        ApiError::Internal(anyhow::anyhow!(
+            "leased build {} has no job",
+            claimed.build_id
+        ))
+    })?;
+    let build = state
+        .store
+        .get_build(claimed.build_id)
+        .await?
+        .ok_or_else(|| {
+            ApiError::Internal(anyhow::anyhow!(
+                "leased build {} vanished",
+                claimed.build_id
+            ))
+        })?;
+    let header = format!(
+        "[archfarm] attempt {} on agent {} ({})",
+        build.attempts, agent.name, claimed.mode
+    );
+    state.logs.append(build.id, &[header]).await?;
+    Ok(Json(Lease {
+        build_id: build.id,
+        job_id: job.id,
+        lease_token: claimed.token,
+        platform: build.platform,
+        mode: claimed.mode,
+        context: job.context,
+        dockerfile: job.dockerfile,
+        build_args: job.build_args,
+        target: job.target,
+        insecure_registry: state.config.is_insecure(&job.registry),
+        registry: job.registry,
+        repository: job.repository,
+        heartbeat_interval_secs: state.config.heartbeat_secs,
+    })
+    .into_response())
+}
+
+async fn list(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+) -> Result<Json<AgentList>, ApiError> {
+    require_client(&state, &headers)?;
+    let since = state.scheduler.online_since();
+    let running = state.store.running_counts().await?;
+    let agents = state
+        .store
+        .list_agents()
+        .await?
+        .into_iter()
+        .map(|a| views::agent(a, since, &running))
+        .collect();
+    Ok(Json(AgentList { agents }))
+}

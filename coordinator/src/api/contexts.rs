@@ -1,0 +1,111 @@
+//! `/contexts/{digest}`: content-addressed build context archives.
+
+use archfarm_protocol::api::ContextInfo;
+use archfarm_protocol::Digest;
+use axum::body::Body;
+use axum::extract::{Path, State};
+use axum::http::{header, HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::{Json, Router};
+
+use super::auth::{require_client, require_client_or_agent};
+use super::error::ApiError;
+use crate::blobs::BlobError;
+use crate::AppState;
+
+/// Routes of this resource.
+pub fn router() -> Router<AppState> {
+    Router::new().route("/contexts/{digest}", get(download).head(exists).put(upload))
+}
+
+fn parse_digest(raw: &str) -> Result<Digest, ApiError> {
+    Digest::parse(raw).map_err(|e| ApiError::bad("invalid_digest", e.reason))
+}
+
+async fn exists(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Path(raw): Path<String>,
+) -> Result<StatusCode, ApiError> {
+    require_client(&state, &headers)?;
+    let digest = parse_digest(&raw)?;
+    let known =
+        state.store.context_exists(digest.as_str()).await? && state.blobs.exists(&digest).await;
+    Ok(if known {
+        StatusCode::OK
+    } else {
+        StatusCode::NOT_FOUND
+    })
+}
+
+async fn upload(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Path(raw): Path<String>,
+    body: Body,
+) -> Result<(StatusCode, Json<ContextInfo>), ApiError> {
+    require_client(&state, &headers)?;
+    let digest = parse_digest(&raw)?;
+    let limit = state.config.max_context_bytes;
+    let too_large = || {
+        ApiError::TooLarge(format!("the context is larger than the limit of {limit} bytes (set --max-context-bytes to raise it)"))
+    };
+    // Refuse early when the client says up front that it will not fit.
+    let declared = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > limit) {
+        return Err(too_large());
+    }
+    let size = match state
+        .blobs
+        .put(&digest, body.into_data_stream(), limit)
+        .await
+    {
+        Ok(size) => size,
+        Err(BlobError::TooLarge { .. }) => return Err(too_large()),
+        Err(e @ BlobError::DigestMismatch { .. }) => {
+            return Err(ApiError::bad("digest_mismatch", e.to_string()))
+        }
+        Err(e @ BlobError::NotAnArchive(_)) => {
+            return Err(ApiError::bad("invalid_context", e.to_string()))
+        }
+        Err(e @ BlobError::Body(_)) => return Err(ApiError::bad("upload_failed", e.to_string())),
+        Err(BlobError::Io(e)) => return Err(e.into()),
+    };
+    state
+        .store
+        .insert_context(digest.as_str(), size as i64)
+        .await?;
+    tracing::info!(context = %digest, size, "context stored");
+    Ok((StatusCode::CREATED, Json(ContextInfo { digest, size })))
+}
+
+async fn download(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Path(raw): Path<String>,
+) -> Result<Response, ApiError> {
+    require_client_or_agent(&state, &headers).await?;
+    let digest = parse_digest(&raw)?;
+    let file = match tokio::fs::File::open(state.blobs.path(&digest)).await {
+        Ok(f) => f,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            return Err(ApiError::NotFound(format!(
+                "no context {digest} on this coordinator"
+            )))
+        }
+        Err(e) => return Err(e.into()),
+    };
+    let len = file.metadata().await?.len();
+    let body = Body::from_stream(tokio_util::io::ReaderStream::new(file));
+    Ok((
+        [
+            (header::CONTENT_TYPE, "application/gzip".to_string()),
+            (header::CONTENT_LENGTH, len.to_string()),
+        ],
+        body,
+    )
+        .into_response())
+}

@@ -1,0 +1,379 @@
+//! `/jobs`: submit, list, show and cancel multi-platform jobs.
+
+use std::path::{Component, Path as FsPath};
+
+use archfarm_protocol::api::{JobList, JobRequest, JobState};
+use archfarm_protocol::{ImageRef, Platform};
+use axum::extract::{Path, Query, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use serde::Deserialize;
+
+use super::auth::require_client;
+use super::error::{parse_id, ApiError, ApiJson};
+use super::views::{self, Fleet};
+use crate::store::NewJob;
+use crate::AppState;
+
+/// Most platforms one job may ask for.
+const MAX_PLATFORMS: usize = 16;
+/// Most tags one job may push.
+const MAX_TAGS: usize = 32;
+/// Most build arguments one job may pass.
+const MAX_BUILD_ARGS: usize = 128;
+
+/// Routes of this resource.
+pub fn router() -> Router<AppState> {
+    Router::new()
+        .route("/jobs", post(create).get(list))
+        .route("/jobs/{id}", get(show))
+        .route("/jobs/{id}/cancel", post(cancel))
+}
+
+/// Checks everything about a request that needs no I/O, and normalises it.
+pub fn validate(req: JobRequest) -> Result<NewJob, ApiError> {
+    if req.platforms.is_empty() {
+        return Err(ApiError::bad(
+            "invalid_platform",
+            "no platforms given: name at least one, e.g. linux/amd64",
+        ));
+    }
+    if req.platforms.len() > MAX_PLATFORMS {
+        return Err(ApiError::bad(
+            "invalid_platform",
+            format!("at most {MAX_PLATFORMS} platforms per job"),
+        ));
+    }
+    let mut platforms: Vec<Platform> = Vec::new();
+    for raw in &req.platforms {
+        let p =
+            Platform::parse(raw).map_err(|e| ApiError::bad("invalid_platform", e.to_string()))?;
+        if platforms.contains(&p) {
+            return Err(ApiError::bad(
+                "invalid_platform",
+                format!("platform {p} is listed twice (once as '{raw}')"),
+            ));
+        }
+        platforms.push(p);
+    }
+    if req.tags.is_empty() {
+        return Err(ApiError::bad(
+            "invalid_reference",
+            "no tags given: name at least one, e.g. localhost:5000/app:1.0",
+        ));
+    }
+    if req.tags.len() > MAX_TAGS {
+        return Err(ApiError::bad(
+            "invalid_reference",
+            format!("at most {MAX_TAGS} tags per job"),
+        ));
+    }
+    let mut refs: Vec<ImageRef> = Vec::new();
+    for raw in &req.tags {
+        let mut r =
+            ImageRef::parse(raw).map_err(|e| ApiError::bad("invalid_reference", e.to_string()))?;
+        if r.digest.is_some() {
+            return Err(ApiError::bad(
+                "invalid_reference",
+                format!("tag '{raw}' has a digest; give a tag, the digest is computed"),
+            ));
+        }
+        r.tag.get_or_insert_with(|| "latest".to_string());
+        if let Some(first) = refs.first() {
+            if first.name() != r.name() {
+                return Err(ApiError::bad(
+                    "invalid_reference",
+                    format!(
+                        "all tags must be in one repository; got {} and {}",
+                        first.name(),
+                        r.name()
+                    ),
+                ));
+            }
+        }
+        refs.push(r);
+    }
+    validate_dockerfile_path(&req.dockerfile)?;
+    if req.build_args.len() > MAX_BUILD_ARGS {
+        return Err(ApiError::bad(
+            "invalid_build_arg",
+            format!("at most {MAX_BUILD_ARGS} build arguments"),
+        ));
+    }
+    for (k, v) in &req.build_args {
+        let ok = k
+            .chars()
+            .next()
+            .is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
+            && k.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
+            && k.len() <= 256;
+        if !ok {
+            return Err(ApiError::bad(
+                "invalid_build_arg",
+                format!("build argument name '{k}' must match [A-Za-z_][A-Za-z0-9_]*"),
+            ));
+        }
+        if v.len() > 64 * 1024 {
+            return Err(ApiError::bad(
+                "invalid_build_arg",
+                format!("build argument '{k}' is longer than 64 KiB"),
+            ));
+        }
+    }
+    if let Some(t) = &req.target {
+        if t.is_empty()
+            || t.len() > 128
+            || !t
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.'))
+        {
+            return Err(ApiError::bad(
+                "invalid_target",
+                format!("target stage '{t}' must be 1 to 128 of A-Z a-z 0-9 _ - ."),
+            ));
+        }
+    }
+    let first = &refs[0];
+    Ok(NewJob {
+        context: req.context,
+        dockerfile: req.dockerfile,
+        build_args: req.build_args,
+        target: req.target,
+        emulation: req.emulation,
+        registry: first.registry.clone(),
+        repository: first.repository.clone(),
+        tags: refs.iter().map(ToString::to_string).collect(),
+        platforms,
+    })
+}
+
+fn validate_dockerfile_path(path: &str) -> Result<(), ApiError> {
+    let bad = |why: &str| {
+        ApiError::bad(
+            "invalid_dockerfile",
+            format!("dockerfile path '{path}' {why}"),
+        )
+    };
+    if path.is_empty() || path.len() > 1024 {
+        return Err(bad("must be 1 to 1024 characters"));
+    }
+    for c in FsPath::new(path).components() {
+        match c {
+            Component::Normal(_) | Component::CurDir => {}
+            _ => {
+                return Err(bad(
+                    "must be relative and stay inside the context (no '..', no leading '/')",
+                ))
+            }
+        }
+    }
+    Ok(())
+}
+
+async fn create(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    ApiJson(req): ApiJson<JobRequest>,
+) -> Result<(StatusCode, Json<archfarm_protocol::api::Job>), ApiError> {
+    require_client(&state, &headers)?;
+    let job = validate(req)?;
+    if !state.store.context_exists(job.context.as_str()).await?
+        || !state.blobs.exists(&job.context).await
+    {
+        return Err(ApiError::bad(
+            "unknown_context",
+            format!(
+                "context {} was not uploaded; PUT it to /api/v1/contexts/{} first",
+                job.context, job.context
+            ),
+        ));
+    }
+    let has_dockerfile = state
+        .blobs
+        .contains_file(&job.context, &job.dockerfile)
+        .await
+        .map_err(|e| ApiError::Internal(e.into()))?;
+    if !has_dockerfile {
+        return Err(ApiError::bad(
+            "missing_dockerfile",
+            format!(
+                "the context has no file '{}'; add one or name another with -f/--file",
+                job.dockerfile
+            ),
+        ));
+    }
+    let id = state.store.insert_job(&job).await?;
+    tracing::info!(job.id = %id, platforms = ?job.platforms.iter().map(ToString::to_string).collect::<Vec<_>>(),
+        tags = ?job.tags, "job submitted");
+    state.scheduler.wake();
+    let row = state
+        .store
+        .get_job(id)
+        .await?
+        .ok_or_else(|| ApiError::Internal(anyhow::anyhow!("job {id} vanished")))?;
+    let fleet = Fleet::load(&state).await?;
+    Ok((
+        StatusCode::CREATED,
+        Json(views::job(&state, row, &fleet).await?),
+    ))
+}
+
+#[derive(Deserialize)]
+struct ListQuery {
+    limit: Option<i64>,
+}
+
+async fn list(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Query(q): Query<ListQuery>,
+) -> Result<Json<JobList>, ApiError> {
+    require_client(&state, &headers)?;
+    let limit = q.limit.unwrap_or(50).clamp(1, 1000);
+    let fleet = Fleet::load(&state).await?;
+    let mut jobs = Vec::new();
+    for row in state.store.list_jobs(limit).await? {
+        jobs.push(views::job(&state, row, &fleet).await?);
+    }
+    Ok(Json(JobList { jobs }))
+}
+
+async fn show(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Path(raw): Path<String>,
+) -> Result<Json<archfarm_protocol::api::Job>, ApiError> {
+    require_client(&state, &headers)?;
+    let id = parse_id("job", &raw)?;
+    let row = state
+        .store
+        .get_job(id)
+        .await?
+        .ok_or_else(|| ApiError::NotFound(format!("no job with id '{id}'")))?;
+    let fleet = Fleet::load(&state).await?;
+    Ok(Json(views::job(&state, row, &fleet).await?))
+}
+
+async fn cancel(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Path(raw): Path<String>,
+) -> Result<Json<archfarm_protocol::api::Job>, ApiError> {
+    require_client(&state, &headers)?;
+    let id = parse_id("job", &raw)?;
+    let row = state
+        .store
+        .get_job(id)
+        .await?
+        .ok_or_else(|| ApiError::NotFound(format!("no job with id '{id}'")))?;
+    if !state
+        .store
+        .end_job(id, JobState::Cancelled, "cancelled by user")
+        .await?
+    {
+        let now = state
+            .store
+            .get_job(id)
+            .await?
+            .map_or(row.state, |j| j.state);
+        return Err(ApiError::Conflict {
+            code: "job_finished",
+            message: format!("job {id} already ended: {now}"),
+        });
+    }
+    tracing::info!(job.id = %id, "job cancelled");
+    let row = state.store.get_job(id).await?.unwrap_or(row);
+    let fleet = Fleet::load(&state).await?;
+    Ok(Json(views::job(&state, row, &fleet).await?))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn req(platforms: &[&str], tags: &[&str]) -> JobRequest {
+        serde_json::from_value(serde_json::json!({
+            "context": format!("sha256:{}", "a".repeat(64)),
+            "platforms": platforms,
+            "tags": tags,
+        }))
+        .unwrap()
+    }
+
+    fn message(e: ApiError) -> (String, String) {
+        match e {
+            ApiError::BadRequest { code, message } => (code.to_string(), message),
+            other => panic!("not a 400: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn normalises_platforms_and_tags() {
+        let job = validate(req(
+            &["amd64", "linux/aarch64"],
+            &["localhost:5000/app", "localhost:5000/app:1"],
+        ))
+        .unwrap();
+        assert_eq!(
+            job.platforms
+                .iter()
+                .map(ToString::to_string)
+                .collect::<Vec<_>>(),
+            ["linux/amd64", "linux/arm64"]
+        );
+        assert_eq!(
+            job.tags,
+            ["localhost:5000/app:latest", "localhost:5000/app:1"]
+        );
+        assert_eq!(
+            (job.registry.as_str(), job.repository.as_str()),
+            ("localhost:5000", "app")
+        );
+    }
+
+    #[test]
+    fn refusals_name_the_problem() {
+        let cases: Vec<(JobRequest, &str, &str)> = vec![
+            (
+                req(&["linux/mips"], &["localhost:5000/a:1"]),
+                "invalid_platform",
+                "linux/arm64",
+            ),
+            (
+                req(&[], &["localhost:5000/a:1"]),
+                "invalid_platform",
+                "no platforms",
+            ),
+            (
+                req(&["arm64", "linux/arm64/v8"], &["localhost:5000/a:1"]),
+                "invalid_platform",
+                "listed twice",
+            ),
+            (
+                req(&["amd64"], &["localhost:5000/Bad:1"]),
+                "invalid_reference",
+                "must be lowercase",
+            ),
+            (req(&["amd64"], &[]), "invalid_reference", "no tags"),
+            (
+                req(&["amd64"], &["localhost:5000/a:1", "localhost:5000/b:1"]),
+                "invalid_reference",
+                "one repository",
+            ),
+        ];
+        for (r, code, needle) in cases {
+            let (c, m) = message(validate(r).unwrap_err());
+            assert_eq!(c, code, "{m}");
+            assert!(m.contains(needle), "{m}");
+        }
+        let mut r = req(&["amd64"], &["localhost:5000/a:1"]);
+        r.dockerfile = "../Dockerfile".into();
+        assert!(message(validate(r).unwrap_err())
+            .1
+            .contains("stay inside the context"));
+        let mut r = req(&["amd64"], &["localhost:5000/a:1"]);
+        r.build_args.insert("BAD-NAME".into(), "x".into());
+        assert_eq!(message(validate(r).unwrap_err()).0, "invalid_build_arg");
+    }
+}

@@ -1,0 +1,92 @@
+//! Turning stored rows into the API's JSON shapes.
+
+use std::collections::HashMap;
+
+use archfarm_protocol::api::{self, BuildState};
+use uuid::Uuid;
+
+use crate::scheduler::matching::waiting_reason;
+use crate::store::{to_time, AgentRow, BuildRow, JobRow, StoreResult};
+use crate::AppState;
+
+/// Who is online and how busy, read once per response.
+pub struct Fleet {
+    online: Vec<AgentRow>,
+    running: HashMap<Uuid, i64>,
+}
+
+impl Fleet {
+    /// Reads the fleet's current state.
+    pub async fn load(state: &AppState) -> StoreResult<Self> {
+        Ok(Fleet {
+            online: state
+                .store
+                .online_agents(state.scheduler.online_since())
+                .await?,
+            running: state.store.running_counts().await?,
+        })
+    }
+}
+
+/// A job with its builds, as the API shows it.
+pub async fn job(state: &AppState, job: JobRow, fleet: &Fleet) -> StoreResult<api::Job> {
+    let builds = state.store.builds_of_job(job.id).await?;
+    let builds = builds.into_iter().map(|b| build(b, &job, fleet)).collect();
+    Ok(api::Job {
+        id: job.id,
+        state: job.state,
+        tags: job.tags,
+        platforms: job.platforms,
+        index_digest: job.index_digest,
+        index_media_type: job.index_media_type,
+        error: job.error,
+        context: job.context,
+        dockerfile: job.dockerfile,
+        build_args: job.build_args,
+        target: job.target,
+        emulation: job.emulation,
+        created_at: to_time(job.created_at),
+        updated_at: to_time(job.updated_at),
+        finished_at: job.finished_at.map(to_time),
+        builds,
+    })
+}
+
+fn build(b: BuildRow, job: &JobRow, fleet: &Fleet) -> api::Build {
+    let waiting = (b.state == BuildState::Queued && !job.state.is_terminal())
+        .then(|| waiting_reason(&b.platform, job.emulation, &fleet.online, &fleet.running));
+    api::Build {
+        id: b.id,
+        platform: b.platform,
+        state: b.state,
+        agent: b.agent_name,
+        mode: b.mode,
+        digest: b.digest,
+        media_type: b.media_type,
+        size: b.size,
+        attempts: b.attempts,
+        error: b.error,
+        waiting,
+        created_at: to_time(b.created_at),
+        started_at: b.started_at.map(to_time),
+        finished_at: b.finished_at.map(to_time),
+    }
+}
+
+/// An agent as the API shows it.
+pub fn agent(a: AgentRow, online_since: i64, running: &HashMap<Uuid, i64>) -> api::Agent {
+    api::Agent {
+        running: running.get(&a.id).copied().unwrap_or(0),
+        state: if a.last_seen >= online_since {
+            api::AgentState::Online
+        } else {
+            api::AgentState::Offline
+        },
+        id: a.id,
+        name: a.name,
+        native_platforms: a.native,
+        emulated_platforms: a.emulated,
+        capacity: a.capacity,
+        last_seen: to_time(a.last_seen),
+    }
+}

@@ -1,0 +1,225 @@
+//! Context archives on disk, content-addressed under `DATA_DIR/contexts/<hex>.tar.gz`.
+//!
+//! An upload is streamed to a temporary file while it is hashed and counted, checked, and only then
+//! renamed into place: a wrong digest, an oversized body or a broken archive leaves nothing behind.
+
+use std::io::Read;
+use std::path::{Component, Path, PathBuf};
+
+use archfarm_protocol::Digest;
+use futures::{Stream, StreamExt};
+use sha2::{Digest as _, Sha256};
+use tokio::io::AsyncWriteExt;
+
+/// Why an upload was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum BlobError {
+    /// The body hashed to another digest.
+    #[error("the uploaded bytes hash to {actual}, not {expected}")]
+    DigestMismatch {
+        /// Digest in the URL.
+        expected: String,
+        /// Digest of the body.
+        actual: String,
+    },
+    /// The body passed the size limit.
+    #[error("the context is larger than the limit of {limit} bytes (set --max-context-bytes to raise it)")]
+    TooLarge {
+        /// The limit.
+        limit: u64,
+    },
+    /// The body is not a gzip'd tar archive.
+    #[error("the context is not a gzip-compressed tar archive: {0}")]
+    NotAnArchive(String),
+    /// The body stream broke off.
+    #[error("the upload broke off: {0}")]
+    Body(String),
+    /// Local I/O failed.
+    #[error(transparent)]
+    Io(#[from] std::io::Error),
+}
+
+/// The directory of context archives.
+#[derive(Debug, Clone)]
+pub struct BlobStore {
+    dir: PathBuf,
+}
+
+impl BlobStore {
+    /// Opens (and creates) the directory.
+    pub fn open(dir: PathBuf) -> std::io::Result<Self> {
+        std::fs::create_dir_all(&dir)?;
+        Ok(BlobStore { dir })
+    }
+
+    /// Where an archive with this digest lives.
+    pub fn path(&self, digest: &Digest) -> PathBuf {
+        self.dir.join(format!("{}.tar.gz", digest.hex()))
+    }
+
+    /// Whether the archive is on disk.
+    pub async fn exists(&self, digest: &Digest) -> bool {
+        tokio::fs::try_exists(self.path(digest))
+            .await
+            .unwrap_or(false)
+    }
+
+    /// Streams a body to disk, checking size, digest and that it is a readable gzip'd tar.
+    /// Returns the size in bytes.
+    pub async fn put<S, E>(
+        &self,
+        digest: &Digest,
+        mut body: S,
+        limit: u64,
+    ) -> Result<u64, BlobError>
+    where
+        S: Stream<Item = Result<bytes::Bytes, E>> + Unpin,
+        E: std::fmt::Display,
+    {
+        let tmp = self.dir.join(format!(".upload-{}", uuid::Uuid::new_v4()));
+        let result = async {
+            let mut file = tokio::fs::File::create(&tmp).await?;
+            let mut hasher = Sha256::new();
+            let mut size: u64 = 0;
+            while let Some(chunk) = body.next().await {
+                let chunk = chunk.map_err(|e| BlobError::Body(e.to_string()))?;
+                size += chunk.len() as u64;
+                if size > limit {
+                    return Err(BlobError::TooLarge { limit });
+                }
+                hasher.update(&chunk);
+                file.write_all(&chunk).await?;
+            }
+            file.sync_all().await?;
+            let actual = Digest::from_sha256_bytes(&hasher.finalize());
+            if &actual != digest {
+                return Err(BlobError::DigestMismatch {
+                    expected: digest.to_string(),
+                    actual: actual.to_string(),
+                });
+            }
+            let check = tmp.clone();
+            tokio::task::spawn_blocking(move || list_entries(&check, |_| false).map(|_| ()))
+                .await
+                .map_err(|e| BlobError::Body(e.to_string()))??;
+            tokio::fs::rename(&tmp, self.path(digest)).await?;
+            Ok(size)
+        }
+        .await;
+        if result.is_err() {
+            let _ = tokio::fs::remove_file(&tmp).await;
+        }
+        result
+    }
+
+    /// Whether the archive holds a regular file (or a symlink) at `path`.
+    pub async fn contains_file(&self, digest: &Digest, path: &str) -> Result<bool, BlobError> {
+        let archive = self.path(digest);
+        let wanted = normalise(path);
+        tokio::task::spawn_blocking(move || list_entries(&archive, |p| normalise(p) == wanted))
+            .await
+            .map_err(|e| BlobError::Body(e.to_string()))?
+    }
+}
+
+/// Reads every entry header; returns true as soon as `stop` matches a file entry's path.
+fn list_entries(archive: &Path, mut stop: impl FnMut(&str) -> bool) -> Result<bool, BlobError> {
+    let bad = |e: std::io::Error| BlobError::NotAnArchive(e.to_string());
+    let file = std::fs::File::open(archive)?;
+    let mut tar = tar::Archive::new(flate2::read::GzDecoder::new(file));
+    for entry in tar.entries().map_err(bad)? {
+        let mut entry = entry.map_err(bad)?;
+        let path = entry.path().map_err(bad)?.to_string_lossy().into_owned();
+        let kind = entry.header().entry_type();
+        if (kind.is_file() || kind.is_symlink()) && stop(&path) {
+            return Ok(true);
+        }
+        // Drain so a truncated archive is caught here rather than on an agent.
+        std::io::copy(&mut (&mut entry).take(u64::MAX), &mut std::io::sink()).map_err(bad)?;
+    }
+    Ok(false)
+}
+
+/// `./a//b` and `a/b` name the same entry.
+fn normalise(path: &str) -> String {
+    Path::new(path)
+        .components()
+        .filter_map(|c| match c {
+            Component::Normal(s) => Some(s.to_string_lossy().into_owned()),
+            _ => None,
+        })
+        .collect::<Vec<_>>()
+        .join("/")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn archive(files: &[(&str, &[u8])]) -> Vec<u8> {
+        let mut builder = tar::Builder::new(flate2::write::GzEncoder::new(
+            Vec::new(),
+            flate2::Compression::fast(),
+        ));
+        for (name, data) in files {
+            let mut h = tar::Header::new_gnu();
+            h.set_size(data.len() as u64);
+            h.set_mode(0o644);
+            h.set_cksum();
+            builder.append_data(&mut h, name, *data).unwrap();
+        }
+        builder.into_inner().unwrap().finish().unwrap()
+    }
+
+    fn digest_of(b: &[u8]) -> Digest {
+        Digest::from_sha256_bytes(&Sha256::digest(b))
+    }
+
+    fn stream(b: Vec<u8>) -> impl Stream<Item = Result<bytes::Bytes, std::io::Error>> + Unpin {
+        futures::stream::iter(
+            b.chunks(7)
+                .map(|c| Ok(bytes::Bytes::copy_from_slice(c)))
+                .collect::<Vec<_>>(),
+        )
+    }
+
+    #[tokio::test]
+    async fn stores_checks_and_finds_files() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = BlobStore::open(dir.path().join("c")).unwrap();
+        let bytes = archive(&[("./Dockerfile", b"FROM scratch\n"), ("sub/x", b"1")]);
+        let d = digest_of(&bytes);
+        assert_eq!(
+            store.put(&d, stream(bytes.clone()), 1 << 20).await.unwrap(),
+            bytes.len() as u64
+        );
+        assert!(store.exists(&d).await);
+        assert!(store.contains_file(&d, "Dockerfile").await.unwrap());
+        assert!(store.contains_file(&d, "./sub/x").await.unwrap());
+        assert!(!store.contains_file(&d, "Containerfile").await.unwrap());
+    }
+
+    #[tokio::test]
+    async fn refusals_leave_nothing_behind() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = BlobStore::open(dir.path().join("c")).unwrap();
+        let bytes = archive(&[("Dockerfile", b"FROM scratch\n")]);
+        let wrong = digest_of(b"other");
+        assert!(matches!(
+            store.put(&wrong, stream(bytes.clone()), 1 << 20).await,
+            Err(BlobError::DigestMismatch { .. })
+        ));
+        let d = digest_of(&bytes);
+        assert!(matches!(
+            store.put(&d, stream(bytes), 10).await,
+            Err(BlobError::TooLarge { .. })
+        ));
+        let garbage = b"not a tarball".to_vec();
+        let g = digest_of(&garbage);
+        assert!(matches!(
+            store.put(&g, stream(garbage), 1 << 20).await,
+            Err(BlobError::NotAnArchive(_))
+        ));
+        assert_eq!(std::fs::read_dir(dir.path().join("c")).unwrap().count(), 0);
+    }
+}

@@ -1,0 +1,172 @@
+//! Coordinator configuration: flags with `ARCHFARM_*` environment equivalents.
+
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::Parser;
+
+/// A string that never shows in `Debug` output or logs.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(String);
+
+impl Secret {
+    /// The secret itself; call only where it is compared or sent.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Secret(***)")
+    }
+}
+
+impl std::str::FromStr for Secret {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        if s.is_empty() {
+            return Err("a token must not be empty".into());
+        }
+        Ok(Secret(s.to_string()))
+    }
+}
+
+/// Everything the coordinator can be told at start.
+#[derive(Debug, Clone, Parser)]
+#[command(
+    name = "archfarm-coordinator",
+    version,
+    about = "The archfarm coordinator: API, scheduler and index stitching"
+)]
+pub struct Config {
+    /// Address to listen on. Default: 127.0.0.1:8080.
+    #[arg(long, env = "ARCHFARM_LISTEN", default_value = "127.0.0.1:8080")]
+    pub listen: SocketAddr,
+
+    /// Directory for context archives, build logs and the default SQLite database. Default: ./archfarm-data.
+    #[arg(long, env = "ARCHFARM_DATA_DIR", default_value = "archfarm-data")]
+    pub data_dir: PathBuf,
+
+    /// Database URL, `sqlite://PATH` or `postgres://...`. Default: SQLite file `archfarm.db` in the data dir.
+    #[arg(long, env = "ARCHFARM_DATABASE")]
+    pub database: Option<String>,
+
+    /// Token agents must present to register. Default: none, and then any agent that reaches the
+    /// coordinator may register (a warning is logged).
+    #[arg(long, env = "ARCHFARM_JOIN_TOKEN")]
+    pub join_token: Option<Secret>,
+
+    /// Bearer token CI clients must send. Default: none (the API is open to whoever reaches it).
+    #[arg(long, env = "ARCHFARM_API_TOKEN")]
+    pub api_token: Option<Secret>,
+
+    /// Registry (HOST[:PORT]) spoken to over plain HTTP; repeatable. Registries on loopback are plain
+    /// HTTP without being listed, as Docker does. Default: none.
+    #[arg(
+        long = "insecure-registry",
+        env = "ARCHFARM_INSECURE_REGISTRY",
+        value_delimiter = ','
+    )]
+    pub insecure_registries: Vec<String>,
+
+    /// Largest context archive accepted, in bytes. Default: 536870912 (512 MiB).
+    #[arg(long, env = "ARCHFARM_MAX_CONTEXT_BYTES", default_value_t = 512 * 1024 * 1024)]
+    pub max_context_bytes: u64,
+
+    /// Longest time a lease request is held open waiting for work, in seconds. Default: 25.
+    #[arg(long, env = "ARCHFARM_LEASE_WAIT_SECS", default_value_t = 25)]
+    pub lease_wait_secs: u64,
+
+    /// How often agents heartbeat a running build, in seconds. Default: 5.
+    #[arg(long, env = "ARCHFARM_HEARTBEAT_SECS", default_value_t = 5)]
+    pub heartbeat_secs: u64,
+
+    /// Heartbeats an agent may miss before its lease lapses and the build is requeued. Default: 3.
+    #[arg(long, env = "ARCHFARM_MISSED_HEARTBEATS", default_value_t = 3)]
+    pub missed_heartbeats: u64,
+
+    /// Times a build may be leased before it fails the job. Default: 3.
+    #[arg(long, env = "ARCHFARM_MAX_ATTEMPTS", default_value_t = 3)]
+    pub max_attempts: i64,
+
+    /// Seconds without a call after which an agent counts as offline. Default: 60.
+    #[arg(long, env = "ARCHFARM_AGENT_OFFLINE_SECS", default_value_t = 60)]
+    pub agent_offline_secs: u64,
+
+    /// Largest build log kept per build, in bytes; past it the log ends with a truncation marker.
+    /// Default: 67108864 (64 MiB).
+    #[arg(long, env = "ARCHFARM_MAX_LOG_BYTES", default_value_t = 64 * 1024 * 1024)]
+    pub max_log_bytes: u64,
+}
+
+impl Config {
+    /// The database URL to use, defaulting to SQLite in the data dir.
+    pub fn database_url(&self) -> String {
+        match &self.database {
+            Some(url) => url.clone(),
+            None => format!(
+                "sqlite://{}?mode=rwc",
+                self.data_dir.join("archfarm.db").display()
+            ),
+        }
+    }
+
+    /// How long a lease lives without a heartbeat.
+    pub fn lease_ttl(&self) -> Duration {
+        Duration::from_secs(self.heartbeat_secs.max(1) * self.missed_heartbeats.max(1))
+    }
+
+    /// Whether pushes to and pulls from `registry` use plain HTTP.
+    pub fn is_insecure(&self, registry: &str) -> bool {
+        let host = archfarm_protocol::reference::host_of(registry);
+        let loopback = host == "localhost"
+            || host == "[::1]"
+            || host
+                .parse::<std::net::Ipv4Addr>()
+                .is_ok_and(|ip| ip.is_loopback());
+        loopback
+            || self
+                .insecure_registries
+                .iter()
+                .any(|r| r == registry || r == host)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(args: &[&str]) -> Config {
+        Config::try_parse_from(std::iter::once("archfarm-coordinator").chain(args.iter().copied()))
+            .unwrap()
+    }
+
+    #[test]
+    fn defaults_and_insecure_registries() {
+        let c = parse(&[
+            "--data-dir",
+            "/tmp/x",
+            "--insecure-registry",
+            "reg.lan:5000,other",
+        ]);
+        assert_eq!(c.listen.to_string(), "127.0.0.1:8080");
+        assert_eq!(c.database_url(), "sqlite:///tmp/x/archfarm.db?mode=rwc");
+        assert!(c.is_insecure("localhost:5000"));
+        assert!(c.is_insecure("127.0.0.1:41000"));
+        assert!(c.is_insecure("[::1]:5000"));
+        assert!(c.is_insecure("reg.lan:5000"));
+        assert!(c.is_insecure("other:443"));
+        assert!(!c.is_insecure("registry.example.com"));
+        assert_eq!(c.lease_ttl(), Duration::from_secs(15));
+    }
+
+    #[test]
+    fn secrets_do_not_show_in_debug() {
+        let c = parse(&["--join-token", "hunter2", "--api-token", "s3cret"]);
+        let dbg = format!("{c:?}");
+        assert!(!dbg.contains("hunter2") && !dbg.contains("s3cret"), "{dbg}");
+    }
+}

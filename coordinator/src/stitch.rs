@@ -1,0 +1,274 @@
+//! Stitching: verify each pushed per-platform manifest and push one image index over them.
+//!
+//! The check reads what the registry holds, not what agents said: the manifest must hash to the
+//! reported digest, and its image config must name the platform the build was for, so a mislabelled
+//! agent cannot put an amd64 image into a release's arm64 slot.
+
+use archfarm_protocol::Platform;
+use oci_client::client::{ClientConfig, ClientProtocol};
+use oci_client::manifest::{
+    ImageIndexEntry, OciImageIndex, OciImageManifest, Platform as OciPlatform,
+    IMAGE_MANIFEST_LIST_MEDIA_TYPE, IMAGE_MANIFEST_MEDIA_TYPE, OCI_IMAGE_INDEX_MEDIA_TYPE,
+    OCI_IMAGE_MEDIA_TYPE,
+};
+use oci_client::secrets::RegistryAuth;
+use oci_client::{Client, Reference};
+use serde::Deserialize;
+use sha2::{Digest as _, Sha256};
+
+use crate::store::{BuildRow, JobRow};
+
+/// Why an index could not be pushed.
+#[derive(Debug, thiserror::Error)]
+pub enum StitchError {
+    /// A build has no pushed digest (it did not succeed).
+    #[error("{0}: the build has no pushed image")]
+    NotPushed(Platform),
+    /// The registry did not answer as expected.
+    #[error("registry {registry}: {message}")]
+    Registry {
+        /// Registry host.
+        registry: String,
+        /// What went wrong.
+        message: String,
+    },
+    /// The pushed manifest is not what the agent reported.
+    #[error("{platform}: the pushed manifest {digest} {problem}")]
+    BadManifest {
+        /// Platform of the build.
+        platform: Platform,
+        /// Reported digest.
+        digest: String,
+        /// What is wrong with it.
+        problem: String,
+    },
+    /// The image config names another platform.
+    #[error("{platform}: the pushed image's config says {found}, not {platform}; the agent that built it may be mislabelled")]
+    PlatformMismatch {
+        /// Platform the build was for.
+        platform: Platform,
+        /// What the config says.
+        found: String,
+    },
+}
+
+/// The index that was pushed.
+#[derive(Debug, Clone)]
+pub struct Stitched {
+    /// Digest of the index bytes.
+    pub digest: String,
+    /// OCI index or Docker manifest list.
+    pub media_type: String,
+}
+
+#[derive(Deserialize)]
+struct ConfigPlatform {
+    architecture: Option<String>,
+    os: Option<String>,
+    variant: Option<String>,
+}
+
+/// A client for `registry`, over plain HTTP when `insecure`.
+pub fn client_for(registry: &str, insecure: bool) -> Client {
+    let protocol = if insecure {
+        ClientProtocol::HttpsExcept(vec![registry.to_string()])
+    } else {
+        ClientProtocol::Https
+    };
+    Client::new(ClientConfig {
+        protocol,
+        ..Default::default()
+    })
+}
+
+/// Verifies every build's manifest and pushes the index under every tag of the job.
+pub async fn stitch(
+    client: &Client,
+    job: &JobRow,
+    builds: &[BuildRow],
+) -> Result<Stitched, StitchError> {
+    let registry_err = |e: oci_client::errors::OciDistributionError| StitchError::Registry {
+        registry: job.registry.clone(),
+        message: e.to_string(),
+    };
+    let auth = RegistryAuth::Anonymous;
+    let mut entries = Vec::with_capacity(builds.len());
+    for build in builds {
+        let digest = build
+            .digest
+            .clone()
+            .ok_or_else(|| StitchError::NotPushed(build.platform.clone()))?;
+        let bad = |problem: String| StitchError::BadManifest {
+            platform: build.platform.clone(),
+            digest: digest.clone(),
+            problem,
+        };
+        let reference =
+            Reference::with_digest(job.registry.clone(), job.repository.clone(), digest.clone());
+        let (bytes, _) = client
+            .pull_manifest_raw(
+                &reference,
+                &auth,
+                &[OCI_IMAGE_MEDIA_TYPE, IMAGE_MANIFEST_MEDIA_TYPE],
+            )
+            .await
+            .map_err(registry_err)?;
+        let actual = format!("sha256:{}", hex::encode(Sha256::digest(&bytes)));
+        if actual != digest {
+            return Err(bad(format!("hashes to {actual}")));
+        }
+        if build.size.is_some_and(|s| s != bytes.len() as i64) {
+            return Err(bad(format!(
+                "is {} bytes, not the {} reported",
+                bytes.len(),
+                build.size.unwrap_or(0)
+            )));
+        }
+        let manifest: OciImageManifest = serde_json::from_slice(&bytes)
+            .map_err(|e| bad(format!("is not an image manifest: {e}")))?;
+        let media_type = manifest
+            .media_type
+            .clone()
+            .or_else(|| build.media_type.clone())
+            .unwrap_or_else(|| OCI_IMAGE_MEDIA_TYPE.to_string());
+        let mut config = Vec::new();
+        client
+            .pull_blob(&reference, &manifest.config, &mut config)
+            .await
+            .map_err(registry_err)?;
+        let found: ConfigPlatform = serde_json::from_slice(&config)
+            .map_err(|e| bad(format!("has an unreadable image config: {e}")))?;
+        let os = found.os.unwrap_or_default();
+        let arch = found.architecture.unwrap_or_default();
+        let spelled = match &found.variant {
+            Some(v) if !v.is_empty() => format!("{os}/{arch}/{v}"),
+            _ => format!("{os}/{arch}"),
+        };
+        if Platform::parse(&spelled).ok().as_ref() != Some(&build.platform) {
+            return Err(StitchError::PlatformMismatch {
+                platform: build.platform.clone(),
+                found: spelled,
+            });
+        }
+        entries.push(ImageIndexEntry {
+            media_type,
+            digest,
+            size: bytes.len() as i64,
+            platform: Some(oci_platform(&build.platform)),
+            annotations: None,
+            artifact_type: None,
+        });
+    }
+    let (bytes, media_type) = index_bytes(entries);
+    let digest = format!("sha256:{}", hex::encode(Sha256::digest(&bytes)));
+    for tag in &job.tags {
+        let reference: Reference = tag.parse().map_err(|e| StitchError::Registry {
+            registry: job.registry.clone(),
+            message: format!("tag '{tag}' does not parse: {e}"),
+        })?;
+        client
+            .store_auth_if_needed(reference.resolve_registry(), &auth)
+            .await;
+        let content_type = media_type
+            .parse()
+            .expect("media types are valid header values");
+        client
+            .push_manifest_raw(&reference, bytes.clone(), content_type)
+            .await
+            .map_err(registry_err)?;
+        tracing::info!(job.id = %job.id, tag, digest, "index pushed");
+    }
+    Ok(Stitched {
+        digest,
+        media_type: media_type.to_string(),
+    })
+}
+
+/// The index document: a Docker manifest list when every child is a Docker v2 manifest (older
+/// clients expect that pairing), an OCI image index otherwise.
+pub fn index_bytes(entries: Vec<ImageIndexEntry>) -> (Vec<u8>, &'static str) {
+    let docker = !entries.is_empty()
+        && entries
+            .iter()
+            .all(|e| e.media_type == IMAGE_MANIFEST_MEDIA_TYPE);
+    let media_type = if docker {
+        IMAGE_MANIFEST_LIST_MEDIA_TYPE
+    } else {
+        OCI_IMAGE_INDEX_MEDIA_TYPE
+    };
+    let index = OciImageIndex {
+        schema_version: 2,
+        media_type: Some(media_type.to_string()),
+        manifests: entries,
+        artifact_type: None,
+        annotations: None,
+    };
+    (
+        serde_json::to_vec(&index).expect("an index serialises"),
+        media_type,
+    )
+}
+
+fn oci_platform(p: &Platform) -> OciPlatform {
+    OciPlatform {
+        architecture: p.architecture().into(),
+        os: p.os().into(),
+        os_version: None,
+        os_features: None,
+        variant: p.variant().map(str::to_string),
+        features: None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn entry(media_type: &str, digest: &str, platform: &str) -> ImageIndexEntry {
+        ImageIndexEntry {
+            media_type: media_type.into(),
+            digest: digest.into(),
+            size: 504,
+            platform: Some(oci_platform(&platform.parse().unwrap())),
+            annotations: None,
+            artifact_type: None,
+        }
+    }
+
+    #[test]
+    fn oci_children_make_an_oci_index_with_exact_descriptors() {
+        let (bytes, mt) = index_bytes(vec![
+            entry(OCI_IMAGE_MEDIA_TYPE, "sha256:aa", "linux/amd64"),
+            entry(OCI_IMAGE_MEDIA_TYPE, "sha256:bb", "linux/arm/v7"),
+        ]);
+        assert_eq!(mt, OCI_IMAGE_INDEX_MEDIA_TYPE);
+        let v: serde_json::Value = serde_json::from_slice(&bytes).unwrap();
+        assert_eq!(v["schemaVersion"], 2);
+        assert_eq!(v["mediaType"], OCI_IMAGE_INDEX_MEDIA_TYPE);
+        let m = &v["manifests"];
+        assert_eq!(m[0]["digest"], "sha256:aa");
+        assert_eq!(m[0]["size"], 504);
+        assert_eq!(m[0]["mediaType"], OCI_IMAGE_MEDIA_TYPE);
+        assert_eq!(
+            m[0]["platform"],
+            serde_json::json!({"architecture": "amd64", "os": "linux"})
+        );
+        assert_eq!(
+            m[1]["platform"],
+            serde_json::json!({"architecture": "arm", "os": "linux", "variant": "v7"})
+        );
+    }
+
+    #[test]
+    fn docker_children_make_a_manifest_list() {
+        let (bytes, mt) = index_bytes(vec![entry(
+            IMAGE_MANIFEST_MEDIA_TYPE,
+            "sha256:aa",
+            "linux/s390x",
+        )]);
+        assert_eq!(mt, IMAGE_MANIFEST_LIST_MEDIA_TYPE);
+        let v: serde_json::Value = serde_json::from_slice(&bytes).unwrap();
+        assert_eq!(v["mediaType"], IMAGE_MANIFEST_LIST_MEDIA_TYPE);
+        assert_eq!(v["manifests"][0]["platform"]["architecture"], "s390x");
+    }
+}

@@ -1,0 +1,197 @@
+//! Registered agents.
+
+use archfarm_protocol::Platform;
+use sqlx::any::AnyRow;
+use sqlx::Row;
+use uuid::Uuid;
+
+use super::{json_col, now_ms, parse_col, Store, StoreResult};
+
+/// An agent as stored.
+#[derive(Debug, Clone)]
+pub struct AgentRow {
+    /// Agent id.
+    pub id: Uuid,
+    /// Unique name.
+    pub name: String,
+    /// Platforms built natively.
+    pub native: Vec<Platform>,
+    /// Platforms built under emulation.
+    pub emulated: Vec<Platform>,
+    /// Builds at once.
+    pub capacity: i64,
+    /// Last call, Unix ms.
+    pub last_seen: i64,
+}
+
+impl AgentRow {
+    fn from_row(row: &AnyRow) -> StoreResult<Self> {
+        Ok(AgentRow {
+            id: parse_col(row, "id")?,
+            name: row.try_get("name")?,
+            native: json_col(row, "native_platforms")?,
+            emulated: json_col(row, "emulated_platforms")?,
+            capacity: row.try_get("capacity")?,
+            last_seen: row.try_get("last_seen")?,
+        })
+    }
+}
+
+const COLUMNS: &str = "id, name, native_platforms, emulated_platforms, capacity, last_seen";
+
+impl Store {
+    /// Registers an agent, or re-registers one under the same name, keeping its id. A re-registering
+    /// agent is a new process that holds none of its old builds, so those go back to the queue.
+    /// Returns the id and how many builds were requeued.
+    pub async fn upsert_agent(
+        &self,
+        name: &str,
+        token_hash: &str,
+        native: &[Platform],
+        emulated: &[Platform],
+        capacity: i64,
+        version: Option<&str>,
+    ) -> StoreResult<(Uuid, u64)> {
+        let now = now_ms();
+        let native = serde_json::to_string(native).expect("platforms serialise");
+        let emulated = serde_json::to_string(emulated).expect("platforms serialise");
+        let mut tx = self.pool.begin().await?;
+        let existing = sqlx::query("SELECT id FROM agents WHERE name = $1")
+            .bind(name)
+            .fetch_optional(&mut *tx)
+            .await?;
+        let (id, requeued) = match existing {
+            Some(row) => {
+                let id: String = row.try_get("id")?;
+                sqlx::query(
+                    "UPDATE agents SET token_hash = $1, native_platforms = $2, emulated_platforms = $3, \
+                     capacity = $4, version = $5, last_seen = $6 WHERE id = $7",
+                )
+                .bind(token_hash)
+                .bind(&native)
+                .bind(&emulated)
+                .bind(capacity)
+                .bind(version)
+                .bind(now)
+                .bind(&id)
+                .execute(&mut *tx)
+                .await?;
+                let requeued = sqlx::query(
+                    "UPDATE builds SET state = 'queued', agent_id = NULL, agent_name = NULL, mode = NULL, \
+                     lease_token = NULL, lease_expires_at = NULL, started_at = NULL \
+                     WHERE agent_id = $1 AND state = 'building'",
+                )
+                .bind(&id)
+                .execute(&mut *tx)
+                .await?
+                .rows_affected();
+                (id.parse().unwrap_or_default(), requeued)
+            }
+            None => {
+                let id = Uuid::new_v4();
+                sqlx::query(
+                    "INSERT INTO agents (id, name, token_hash, native_platforms, emulated_platforms, capacity, \
+                     version, registered_at, last_seen) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
+                )
+                .bind(id.to_string())
+                .bind(name)
+                .bind(token_hash)
+                .bind(&native)
+                .bind(&emulated)
+                .bind(capacity)
+                .bind(version)
+                .bind(now)
+                .bind(now)
+                .execute(&mut *tx)
+                .await?;
+                (id, 0)
+            }
+        };
+        tx.commit().await?;
+        Ok((id, requeued))
+    }
+
+    /// The agent holding this token hash, if any.
+    pub async fn agent_by_token_hash(&self, token_hash: &str) -> StoreResult<Option<AgentRow>> {
+        let row = sqlx::query(&format!(
+            "SELECT {COLUMNS} FROM agents WHERE token_hash = $1"
+        ))
+        .bind(token_hash)
+        .fetch_optional(&self.pool)
+        .await?;
+        row.as_ref().map(AgentRow::from_row).transpose()
+    }
+
+    /// Every agent, by name.
+    pub async fn list_agents(&self) -> StoreResult<Vec<AgentRow>> {
+        let rows = sqlx::query(&format!("SELECT {COLUMNS} FROM agents ORDER BY name"))
+            .fetch_all(&self.pool)
+            .await?;
+        rows.iter().map(AgentRow::from_row).collect()
+    }
+
+    /// Agents seen since `since_ms`.
+    pub async fn online_agents(&self, since_ms: i64) -> StoreResult<Vec<AgentRow>> {
+        let rows = sqlx::query(&format!(
+            "SELECT {COLUMNS} FROM agents WHERE last_seen >= $1 ORDER BY name"
+        ))
+        .bind(since_ms)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter().map(AgentRow::from_row).collect()
+    }
+
+    /// Notes that the agent called in.
+    pub async fn touch_agent(&self, id: Uuid) -> StoreResult<()> {
+        sqlx::query("UPDATE agents SET last_seen = $1 WHERE id = $2")
+            .bind(now_ms())
+            .bind(id.to_string())
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    /// How many builds each agent runs now, by agent id.
+    pub async fn running_counts(&self) -> StoreResult<std::collections::HashMap<Uuid, i64>> {
+        let rows = sqlx::query(
+            "SELECT agent_id, COUNT(*) AS n FROM builds WHERE state = 'building' GROUP BY agent_id",
+        )
+        .fetch_all(&self.pool)
+        .await?;
+        let mut out = std::collections::HashMap::new();
+        for row in &rows {
+            let id: Option<String> = row.try_get("agent_id")?;
+            if let Some(id) = id.and_then(|s| s.parse().ok()) {
+                out.insert(id, row.try_get::<i64, _>("n")?);
+            }
+        }
+        Ok(out)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::test_store;
+
+    #[tokio::test]
+    async fn reregistering_keeps_the_id() {
+        let (store, _dir) = test_store().await;
+        let arm: Vec<Platform> = vec!["linux/arm64".parse().unwrap()];
+        let (a, _) = store
+            .upsert_agent("pi", "h1", &arm, &[], 1, None)
+            .await
+            .unwrap();
+        let (b, requeued) = store
+            .upsert_agent("pi", "h2", &arm, &[], 2, Some("0.1"))
+            .await
+            .unwrap();
+        assert_eq!(a, b);
+        assert_eq!(requeued, 0);
+        assert!(store.agent_by_token_hash("h1").await.unwrap().is_none());
+        let row = store.agent_by_token_hash("h2").await.unwrap().unwrap();
+        assert_eq!((row.name.as_str(), row.capacity), ("pi", 2));
+        assert_eq!(row.native, arm);
+        assert_eq!(store.list_agents().await.unwrap().len(), 1);
+    }
+}

@@ -1,0 +1,388 @@
+//! Builds: one platform of one job, leased to one agent at a time under a fencing token.
+
+use archfarm_protocol::api::{BuildMode, BuildState, EmulationPolicy};
+use archfarm_protocol::Platform;
+use sqlx::any::AnyRow;
+use sqlx::Row;
+use uuid::Uuid;
+
+use super::{now_ms, parse_col, parse_opt_col, Store, StoreError, StoreResult};
+
+/// A build as stored.
+#[derive(Debug, Clone)]
+pub struct BuildRow {
+    /// Build id.
+    pub id: Uuid,
+    /// Job id.
+    pub job_id: Uuid,
+    /// Platform.
+    pub platform: Platform,
+    /// State.
+    pub state: BuildState,
+    /// Holder of the current or last lease.
+    pub agent_id: Option<Uuid>,
+    /// That agent's name.
+    pub agent_name: Option<String>,
+    /// Native or emulated.
+    pub mode: Option<BuildMode>,
+    /// Fencing token of the current lease.
+    pub lease_token: Option<Uuid>,
+    /// Pushed manifest digest.
+    pub digest: Option<String>,
+    /// Its media type.
+    pub media_type: Option<String>,
+    /// Its size.
+    pub size: Option<i64>,
+    /// Times leased.
+    pub attempts: i64,
+    /// Failure reason.
+    pub error: Option<String>,
+    /// Unix ms.
+    pub created_at: i64,
+    /// Unix ms.
+    pub started_at: Option<i64>,
+    /// Unix ms.
+    pub finished_at: Option<i64>,
+}
+
+const COLUMNS: &str =
+    "id, job_id, platform, state, agent_id, agent_name, mode, lease_token, digest, media_type, \
+    size, attempts, error, created_at, started_at, finished_at";
+
+impl BuildRow {
+    fn from_row(row: &AnyRow) -> StoreResult<Self> {
+        let state: String = row.try_get("state")?;
+        let mode: Option<String> = row.try_get("mode")?;
+        Ok(BuildRow {
+            id: parse_col(row, "id")?,
+            job_id: parse_col(row, "job_id")?,
+            platform: parse_col(row, "platform")?,
+            state: BuildState::from_name(&state).ok_or(StoreError::Corrupt {
+                column: "builds.state",
+                value: state,
+            })?,
+            agent_id: parse_opt_col(row, "agent_id")?,
+            agent_name: row.try_get("agent_name")?,
+            mode: mode.as_deref().and_then(BuildMode::from_name),
+            lease_token: parse_opt_col(row, "lease_token")?,
+            digest: row.try_get("digest")?,
+            media_type: row.try_get("media_type")?,
+            size: row.try_get("size")?,
+            attempts: row.try_get("attempts")?,
+            error: row.try_get("error")?,
+            created_at: row.try_get("created_at")?,
+            started_at: row.try_get("started_at")?,
+            finished_at: row.try_get("finished_at")?,
+        })
+    }
+}
+
+/// A queued build with what the scheduler needs from its job.
+#[derive(Debug, Clone)]
+pub struct QueuedBuild {
+    /// Build id.
+    pub id: Uuid,
+    /// Job id.
+    pub job_id: Uuid,
+    /// Platform.
+    pub platform: Platform,
+    /// The job's emulation policy.
+    pub emulation: EmulationPolicy,
+}
+
+/// Outcome of a report made under a lease token.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LeaseCheck {
+    /// The token is the build's current one and the build is running.
+    Current,
+    /// The token is current but the build was cancelled: the agent should stop.
+    Cancelled,
+    /// The token is not (or no longer) the build's: the report is refused.
+    Lost,
+}
+
+impl Store {
+    /// The builds of a job, in platform order.
+    pub async fn builds_of_job(&self, job_id: Uuid) -> StoreResult<Vec<BuildRow>> {
+        let rows = sqlx::query(&format!(
+            "SELECT {COLUMNS} FROM builds WHERE job_id = $1 ORDER BY position"
+        ))
+        .bind(job_id.to_string())
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter().map(BuildRow::from_row).collect()
+    }
+
+    /// One build.
+    pub async fn get_build(&self, id: Uuid) -> StoreResult<Option<BuildRow>> {
+        let row = sqlx::query(&format!("SELECT {COLUMNS} FROM builds WHERE id = $1"))
+            .bind(id.to_string())
+            .fetch_optional(&self.pool)
+            .await?;
+        row.as_ref().map(BuildRow::from_row).transpose()
+    }
+
+    /// Queued builds, oldest job first.
+    pub async fn queued_builds(&self) -> StoreResult<Vec<QueuedBuild>> {
+        let rows = sqlx::query(
+            "SELECT b.id, b.job_id, b.platform, j.emulation FROM builds b JOIN jobs j ON j.id = b.job_id \
+             WHERE b.state = 'queued' ORDER BY j.created_at, b.position",
+        )
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|row| {
+                let emulation: String = row.try_get("emulation")?;
+                Ok(QueuedBuild {
+                    id: parse_col(row, "id")?,
+                    job_id: parse_col(row, "job_id")?,
+                    platform: parse_col(row, "platform")?,
+                    emulation: if emulation == "never" {
+                        EmulationPolicy::Never
+                    } else {
+                        EmulationPolicy::Fallback
+                    },
+                })
+            })
+            .collect()
+    }
+
+    /// Leases a queued build to an agent; false when someone else took it first.
+    pub async fn claim_build(
+        &self,
+        build_id: Uuid,
+        agent_id: Uuid,
+        agent_name: &str,
+        mode: BuildMode,
+        lease_token: Uuid,
+        lease_expires_at: i64,
+    ) -> StoreResult<bool> {
+        let res = sqlx::query(
+            "UPDATE builds SET state = 'building', agent_id = $1, agent_name = $2, mode = $3, lease_token = $4, \
+             lease_expires_at = $5, attempts = attempts + 1, started_at = $6, error = NULL \
+             WHERE id = $7 AND state = 'queued'",
+        )
+        .bind(agent_id.to_string())
+        .bind(agent_name)
+        .bind(mode.as_str())
+        .bind(lease_token.to_string())
+        .bind(lease_expires_at)
+        .bind(now_ms())
+        .bind(build_id.to_string())
+        .execute(&self.pool)
+        .await?;
+        Ok(res.rows_affected() == 1)
+    }
+
+    /// Checks a lease token and, when it is current and running, extends the lease.
+    pub async fn renew_lease(
+        &self,
+        build_id: Uuid,
+        token: Uuid,
+        expires_at: i64,
+    ) -> StoreResult<LeaseCheck> {
+        let res = sqlx::query(
+            "UPDATE builds SET lease_expires_at = $1 WHERE id = $2 AND lease_token = $3 AND state = 'building'",
+        )
+        .bind(expires_at)
+        .bind(build_id.to_string())
+        .bind(token.to_string())
+        .execute(&self.pool)
+        .await?;
+        if res.rows_affected() == 1 {
+            return Ok(LeaseCheck::Current);
+        }
+        self.check_lease(build_id, token).await
+    }
+
+    /// What a lease token means now, without changing anything.
+    pub async fn check_lease(&self, build_id: Uuid, token: Uuid) -> StoreResult<LeaseCheck> {
+        let row = sqlx::query("SELECT state FROM builds WHERE id = $1 AND lease_token = $2")
+            .bind(build_id.to_string())
+            .bind(token.to_string())
+            .fetch_optional(&self.pool)
+            .await?;
+        Ok(
+            match row
+                .map(|r| r.try_get::<String, _>("state"))
+                .transpose()?
+                .as_deref()
+            {
+                Some("building") => LeaseCheck::Current,
+                Some("cancelled") => LeaseCheck::Cancelled,
+                _ => LeaseCheck::Lost,
+            },
+        )
+    }
+
+    /// Records a pushed image for a running build; false when the lease is not current.
+    pub async fn complete_build(
+        &self,
+        build_id: Uuid,
+        token: Uuid,
+        digest: &str,
+        media_type: &str,
+        size: i64,
+    ) -> StoreResult<bool> {
+        let res = sqlx::query(
+            "UPDATE builds SET state = 'succeeded', digest = $1, media_type = $2, size = $3, finished_at = $4, \
+             lease_expires_at = NULL WHERE id = $5 AND lease_token = $6 AND state = 'building'",
+        )
+        .bind(digest)
+        .bind(media_type)
+        .bind(size)
+        .bind(now_ms())
+        .bind(build_id.to_string())
+        .bind(token.to_string())
+        .execute(&self.pool)
+        .await?;
+        Ok(res.rows_affected() == 1)
+    }
+
+    /// Records a failed build; false when the lease is not current.
+    pub async fn fail_build(&self, build_id: Uuid, token: Uuid, error: &str) -> StoreResult<bool> {
+        let res = sqlx::query(
+            "UPDATE builds SET state = 'failed', error = $1, finished_at = $2, lease_expires_at = NULL \
+             WHERE id = $3 AND lease_token = $4 AND state = 'building'",
+        )
+        .bind(error)
+        .bind(now_ms())
+        .bind(build_id.to_string())
+        .bind(token.to_string())
+        .execute(&self.pool)
+        .await?;
+        Ok(res.rows_affected() == 1)
+    }
+
+    /// Running builds whose lease lapsed before `now`.
+    pub async fn expired_leases(&self, now: i64) -> StoreResult<Vec<BuildRow>> {
+        let rows = sqlx::query(&format!(
+            "SELECT {COLUMNS} FROM builds WHERE state = 'building' AND lease_expires_at < $1"
+        ))
+        .bind(now)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter().map(BuildRow::from_row).collect()
+    }
+
+    /// Puts a lapsed build back in the queue under a fresh (absent) lease, fencing out the old
+    /// holder; false when its lease changed meanwhile.
+    pub async fn requeue_build(&self, build_id: Uuid, old_token: Uuid) -> StoreResult<bool> {
+        let res = sqlx::query(
+            "UPDATE builds SET state = 'queued', agent_id = NULL, mode = NULL, lease_token = NULL, \
+             lease_expires_at = NULL, started_at = NULL WHERE id = $1 AND lease_token = $2 AND state = 'building'",
+        )
+        .bind(build_id.to_string())
+        .bind(old_token.to_string())
+        .execute(&self.pool)
+        .await?;
+        Ok(res.rows_affected() == 1)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::{test_store, NewJob};
+    use archfarm_protocol::Digest;
+
+    async fn one_job(store: &Store) -> (Uuid, Vec<BuildRow>) {
+        let digest = Digest::parse(&format!("sha256:{}", "0".repeat(64))).unwrap();
+        store.insert_context(digest.as_str(), 1).await.unwrap();
+        let job = NewJob {
+            context: digest,
+            dockerfile: "Dockerfile".into(),
+            build_args: Default::default(),
+            target: None,
+            emulation: EmulationPolicy::Fallback,
+            tags: vec!["localhost:5000/a:1".into()],
+            platforms: vec![
+                "linux/amd64".parse().unwrap(),
+                "linux/s390x".parse().unwrap(),
+            ],
+            registry: "localhost:5000".into(),
+            repository: "a".into(),
+        };
+        let id = store.insert_job(&job).await.unwrap();
+        (id, store.builds_of_job(id).await.unwrap())
+    }
+
+    #[tokio::test]
+    async fn a_build_is_leased_once_and_old_tokens_are_fenced() {
+        let (store, _dir) = test_store().await;
+        let (_, builds) = one_job(&store).await;
+        let b = builds[0].id;
+        let (agent, first, second) = (Uuid::new_v4(), Uuid::new_v4(), Uuid::new_v4());
+        assert!(store
+            .claim_build(b, agent, "a", BuildMode::Native, first, 1)
+            .await
+            .unwrap());
+        assert!(!store
+            .claim_build(b, agent, "a", BuildMode::Native, second, 1)
+            .await
+            .unwrap());
+        // The lease lapses and the build goes to someone else: the first holder's report is refused.
+        assert_eq!(store.expired_leases(now_ms()).await.unwrap().len(), 1);
+        assert!(store.requeue_build(b, first).await.unwrap());
+        assert!(store
+            .claim_build(b, agent, "b", BuildMode::Native, second, i64::MAX)
+            .await
+            .unwrap());
+        assert!(!store
+            .complete_build(b, first, "sha256:x", "m", 1)
+            .await
+            .unwrap());
+        assert_eq!(store.check_lease(b, first).await.unwrap(), LeaseCheck::Lost);
+        assert_eq!(
+            store.renew_lease(b, second, i64::MAX).await.unwrap(),
+            LeaseCheck::Current
+        );
+        assert!(store
+            .complete_build(b, second, "sha256:x", "m", 1)
+            .await
+            .unwrap());
+        let row = store.get_build(b).await.unwrap().unwrap();
+        assert_eq!(
+            (row.state, row.attempts, row.agent_name.as_deref()),
+            (BuildState::Succeeded, 2, Some("b"))
+        );
+    }
+
+    #[tokio::test]
+    async fn ending_a_job_cancels_its_builds_and_tells_the_holder() {
+        let (store, _dir) = test_store().await;
+        let (job, builds) = one_job(&store).await;
+        let token = Uuid::new_v4();
+        store
+            .claim_build(
+                builds[0].id,
+                Uuid::new_v4(),
+                "a",
+                BuildMode::Native,
+                token,
+                i64::MAX,
+            )
+            .await
+            .unwrap();
+        assert!(store
+            .end_job(
+                job,
+                archfarm_protocol::api::JobState::Cancelled,
+                "cancelled by user"
+            )
+            .await
+            .unwrap());
+        assert!(!store
+            .end_job(job, archfarm_protocol::api::JobState::Failed, "again")
+            .await
+            .unwrap());
+        assert_eq!(
+            store
+                .renew_lease(builds[0].id, token, i64::MAX)
+                .await
+                .unwrap(),
+            LeaseCheck::Cancelled
+        );
+        assert!(store.queued_builds().await.unwrap().is_empty());
+    }
+}

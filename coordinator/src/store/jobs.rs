@@ -1,0 +1,260 @@
+//! Jobs: one multi-platform image request, with one build row per platform.
+
+use std::collections::BTreeMap;
+
+use archfarm_protocol::api::{EmulationPolicy, JobState};
+use archfarm_protocol::{Digest, Platform};
+use sqlx::any::AnyRow;
+use sqlx::Row;
+use uuid::Uuid;
+
+use super::{json_col, now_ms, parse_col, Store, StoreError, StoreResult};
+
+/// A validated job ready to be stored.
+#[derive(Debug, Clone)]
+pub struct NewJob {
+    /// Context archive digest.
+    pub context: Digest,
+    /// Dockerfile path in the context.
+    pub dockerfile: String,
+    /// Build arguments.
+    pub build_args: BTreeMap<String, String>,
+    /// Target stage.
+    pub target: Option<String>,
+    /// Emulation policy.
+    pub emulation: EmulationPolicy,
+    /// Normalised tags, all in `registry/repository`.
+    pub tags: Vec<String>,
+    /// Normalised platforms.
+    pub platforms: Vec<Platform>,
+    /// Registry host[:port] of the tags.
+    pub registry: String,
+    /// Repository of the tags.
+    pub repository: String,
+}
+
+/// A job as stored.
+#[derive(Debug, Clone)]
+pub struct JobRow {
+    /// Job id.
+    pub id: Uuid,
+    /// State.
+    pub state: JobState,
+    /// Context digest.
+    pub context: Digest,
+    /// Dockerfile path.
+    pub dockerfile: String,
+    /// Build arguments.
+    pub build_args: BTreeMap<String, String>,
+    /// Target stage.
+    pub target: Option<String>,
+    /// Emulation policy.
+    pub emulation: EmulationPolicy,
+    /// Tags.
+    pub tags: Vec<String>,
+    /// Platforms.
+    pub platforms: Vec<Platform>,
+    /// Registry host[:port].
+    pub registry: String,
+    /// Repository.
+    pub repository: String,
+    /// Pushed index digest.
+    pub index_digest: Option<String>,
+    /// Pushed index media type.
+    pub index_media_type: Option<String>,
+    /// Failure reason.
+    pub error: Option<String>,
+    /// Unix ms.
+    pub created_at: i64,
+    /// Unix ms.
+    pub updated_at: i64,
+    /// Unix ms.
+    pub finished_at: Option<i64>,
+}
+
+const COLUMNS: &str =
+    "id, state, context, dockerfile, build_args, target, emulation, tags, platforms, registry, \
+    repository, index_digest, index_media_type, error, created_at, updated_at, finished_at";
+
+impl JobRow {
+    fn from_row(row: &AnyRow) -> StoreResult<Self> {
+        let state: String = row.try_get("state")?;
+        let emulation: String = row.try_get("emulation")?;
+        Ok(JobRow {
+            id: parse_col(row, "id")?,
+            state: JobState::from_name(&state).ok_or(StoreError::Corrupt {
+                column: "jobs.state",
+                value: state,
+            })?,
+            context: parse_col(row, "context")?,
+            dockerfile: row.try_get("dockerfile")?,
+            build_args: json_col(row, "build_args")?,
+            target: row.try_get("target")?,
+            emulation: serde_json::from_value(serde_json::Value::String(emulation.clone()))
+                .map_err(|_| StoreError::Corrupt {
+                    column: "jobs.emulation",
+                    value: emulation,
+                })?,
+            tags: json_col(row, "tags")?,
+            platforms: json_col(row, "platforms")?,
+            registry: row.try_get("registry")?,
+            repository: row.try_get("repository")?,
+            index_digest: row.try_get("index_digest")?,
+            index_media_type: row.try_get("index_media_type")?,
+            error: row.try_get("error")?,
+            created_at: row.try_get("created_at")?,
+            updated_at: row.try_get("updated_at")?,
+            finished_at: row.try_get("finished_at")?,
+        })
+    }
+}
+
+impl Store {
+    /// Stores a job and its builds in one transaction; returns the job id.
+    pub async fn insert_job(&self, job: &NewJob) -> StoreResult<Uuid> {
+        let id = Uuid::new_v4();
+        let now = now_ms();
+        let mut tx = self.pool.begin().await?;
+        sqlx::query(&format!(
+            "INSERT INTO jobs ({COLUMNS}) VALUES ($1, 'queued', $2, $3, $4, $5, $6, $7, $8, $9, $10, NULL, NULL, NULL, $11, $12, NULL)"
+        ))
+        .bind(id.to_string())
+        .bind(job.context.as_str())
+        .bind(&job.dockerfile)
+        .bind(serde_json::to_string(&job.build_args).expect("map serialises"))
+        .bind(job.target.as_deref())
+        .bind(job.emulation.to_string())
+        .bind(serde_json::to_string(&job.tags).expect("tags serialise"))
+        .bind(serde_json::to_string(&job.platforms).expect("platforms serialise"))
+        .bind(&job.registry)
+        .bind(&job.repository)
+        .bind(now)
+        .bind(now)
+        .execute(&mut *tx)
+        .await?;
+        for (position, platform) in job.platforms.iter().enumerate() {
+            sqlx::query(
+                "INSERT INTO builds (id, job_id, position, platform, state, attempts, created_at) \
+                 VALUES ($1, $2, $3, $4, 'queued', 0, $5)",
+            )
+            .bind(Uuid::new_v4().to_string())
+            .bind(id.to_string())
+            .bind(position as i64)
+            .bind(platform.to_string())
+            .bind(now)
+            .execute(&mut *tx)
+            .await?;
+        }
+        tx.commit().await?;
+        Ok(id)
+    }
+
+    /// One job.
+    pub async fn get_job(&self, id: Uuid) -> StoreResult<Option<JobRow>> {
+        let row = sqlx::query(&format!("SELECT {COLUMNS} FROM jobs WHERE id = $1"))
+            .bind(id.to_string())
+            .fetch_optional(&self.pool)
+            .await?;
+        row.as_ref().map(JobRow::from_row).transpose()
+    }
+
+    /// The newest jobs first.
+    pub async fn list_jobs(&self, limit: i64) -> StoreResult<Vec<JobRow>> {
+        let rows = sqlx::query(&format!(
+            "SELECT {COLUMNS} FROM jobs ORDER BY created_at DESC, id LIMIT $1"
+        ))
+        .bind(limit)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter().map(JobRow::from_row).collect()
+    }
+
+    /// Jobs in a given state (used at start to resume stitching).
+    pub async fn jobs_in_state(&self, state: JobState) -> StoreResult<Vec<JobRow>> {
+        let rows = sqlx::query(&format!(
+            "SELECT {COLUMNS} FROM jobs WHERE state = $1 ORDER BY created_at"
+        ))
+        .bind(state.as_str())
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter().map(JobRow::from_row).collect()
+    }
+
+    /// Compare-and-set of a job's state; true when this caller made the change.
+    pub async fn transition_job(
+        &self,
+        id: Uuid,
+        from: &[JobState],
+        to: JobState,
+    ) -> StoreResult<bool> {
+        let now = now_ms();
+        let finished = to.is_terminal().then_some(now);
+        let from_list = from
+            .iter()
+            .map(|s| format!("'{}'", s.as_str()))
+            .collect::<Vec<_>>()
+            .join(", ");
+        let res = sqlx::query(&format!(
+            "UPDATE jobs SET state = $1, updated_at = $2, finished_at = $3 WHERE id = $4 AND state IN ({from_list})"
+        ))
+        .bind(to.as_str())
+        .bind(now)
+        .bind(finished)
+        .bind(id.to_string())
+        .execute(&self.pool)
+        .await?;
+        Ok(res.rows_affected() == 1)
+    }
+
+    /// Ends a job as failed or cancelled (unless it already ended) and cancels its unfinished builds.
+    /// True when this caller ended it.
+    pub async fn end_job(&self, id: Uuid, state: JobState, error: &str) -> StoreResult<bool> {
+        let now = now_ms();
+        let mut tx = self.pool.begin().await?;
+        let res = sqlx::query(
+            "UPDATE jobs SET state = $1, error = $2, updated_at = $3, finished_at = $4 \
+             WHERE id = $5 AND state NOT IN ('succeeded', 'failed', 'cancelled')",
+        )
+        .bind(state.as_str())
+        .bind(error)
+        .bind(now)
+        .bind(now)
+        .bind(id.to_string())
+        .execute(&mut *tx)
+        .await?;
+        if res.rows_affected() == 1 {
+            // The lease token stays so the holder's next heartbeat learns it should stop.
+            sqlx::query(
+                "UPDATE builds SET state = 'cancelled', finished_at = $1 WHERE job_id = $2 AND state IN ('queued', 'building')",
+            )
+            .bind(now)
+            .bind(id.to_string())
+            .execute(&mut *tx)
+            .await?;
+        }
+        tx.commit().await?;
+        Ok(res.rows_affected() == 1)
+    }
+
+    /// Marks a stitching job succeeded with its index.
+    pub async fn finish_job(
+        &self,
+        id: Uuid,
+        index_digest: &str,
+        media_type: &str,
+    ) -> StoreResult<bool> {
+        let now = now_ms();
+        let res = sqlx::query(
+            "UPDATE jobs SET state = 'succeeded', index_digest = $1, index_media_type = $2, updated_at = $3, \
+             finished_at = $4 WHERE id = $5 AND state = 'stitching'",
+        )
+        .bind(index_digest)
+        .bind(media_type)
+        .bind(now)
+        .bind(now)
+        .bind(id.to_string())
+        .execute(&self.pool)
+        .await?;
+        Ok(res.rows_affected() == 1)
+    }
+}

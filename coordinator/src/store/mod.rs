@@ -1,0 +1,129 @@
+//! Database access. One `AnyPool` serves SQLite (the default) and PostgreSQL with the same SQL:
+//! the schema uses only TEXT and BIGINT, timestamps are Unix milliseconds, and every state change
+//! that two callers could race on is a single compare-and-set `UPDATE ... WHERE state = ...`.
+
+mod agents;
+mod builds;
+mod contexts;
+mod jobs;
+
+use std::str::FromStr;
+
+use chrono::{DateTime, TimeZone, Utc};
+use sqlx::any::{AnyPoolOptions, AnyRow};
+use sqlx::migrate::Migrator;
+use sqlx::{AnyPool, Row};
+
+pub use agents::AgentRow;
+pub use builds::{BuildRow, LeaseCheck, QueuedBuild};
+pub use jobs::{JobRow, NewJob};
+
+static SQLITE_MIGRATIONS: Migrator = sqlx::migrate!("../migrations/sqlite");
+static POSTGRES_MIGRATIONS: Migrator = sqlx::migrate!("../migrations/postgres");
+
+/// Failures talking to the database.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// The database refused or failed a query.
+    #[error("database error: {0}")]
+    Db(#[from] sqlx::Error),
+    /// Migrations could not be applied.
+    #[error("database migration failed: {0}")]
+    Migrate(#[from] sqlx::migrate::MigrateError),
+    /// A stored value does not parse (a bug or a hand-edited database).
+    #[error("corrupt stored value in {column}: {value:?}")]
+    Corrupt {
+        /// Column holding the value.
+        column: &'static str,
+        /// The value.
+        value: String,
+    },
+    /// The URL names a database archfarm does not support.
+    #[error("unsupported database URL '{0}': use sqlite://PATH or postgres://USER@HOST/DB")]
+    UnsupportedUrl(String),
+}
+
+/// Result alias for store calls.
+pub type StoreResult<T> = Result<T, StoreError>;
+
+/// Handle to the database; cheap to clone.
+#[derive(Clone, Debug)]
+pub struct Store {
+    pool: AnyPool,
+}
+
+impl Store {
+    /// Connects, applies the migrations for the URL's backend, and returns a ready store.
+    pub async fn connect(url: &str) -> StoreResult<Self> {
+        sqlx::any::install_default_drivers();
+        let sqlite = url.starts_with("sqlite:");
+        let postgres = url.starts_with("postgres:") || url.starts_with("postgresql:");
+        if !sqlite && !postgres {
+            return Err(StoreError::UnsupportedUrl(url.to_string()));
+        }
+        // SQLite allows one writer at a time; a handful of connections is plenty and keeps
+        // lock waits (sqlx's default busy timeout is 5 s) short.
+        let max = if sqlite { 4 } else { 16 };
+        let pool = AnyPoolOptions::new()
+            .max_connections(max)
+            .connect(url)
+            .await?;
+        if sqlite {
+            // WAL lets readers (dashboards, CLI polling) proceed while a lease is being written.
+            sqlx::query("PRAGMA journal_mode = WAL")
+                .execute(&pool)
+                .await?;
+            SQLITE_MIGRATIONS.run(&pool).await?;
+        } else {
+            POSTGRES_MIGRATIONS.run(&pool).await?;
+        }
+        Ok(Store { pool })
+    }
+
+    /// The pool, for callers that need a transaction.
+    pub fn pool(&self) -> &AnyPool {
+        &self.pool
+    }
+}
+
+/// Milliseconds since the Unix epoch, the timestamp format of every column.
+pub fn now_ms() -> i64 {
+    Utc::now().timestamp_millis()
+}
+
+/// Converts a stored millisecond timestamp.
+pub fn to_time(ms: i64) -> DateTime<Utc> {
+    Utc.timestamp_millis_opt(ms).single().unwrap_or_default()
+}
+
+/// Reads a column that must parse with `FromStr`.
+fn parse_col<T: FromStr>(row: &AnyRow, column: &'static str) -> StoreResult<T> {
+    let value: String = row.try_get(column)?;
+    value
+        .parse()
+        .map_err(|_| StoreError::Corrupt { column, value })
+}
+
+/// Reads a nullable column that must parse with `FromStr`.
+fn parse_opt_col<T: FromStr>(row: &AnyRow, column: &'static str) -> StoreResult<Option<T>> {
+    let value: Option<String> = row.try_get(column)?;
+    value
+        .map(|v| {
+            v.parse()
+                .map_err(|_| StoreError::Corrupt { column, value: v })
+        })
+        .transpose()
+}
+
+/// Reads a JSON text column.
+fn json_col<T: serde::de::DeserializeOwned>(row: &AnyRow, column: &'static str) -> StoreResult<T> {
+    let value: String = row.try_get(column)?;
+    serde_json::from_str(&value).map_err(|_| StoreError::Corrupt { column, value })
+}
+
+#[cfg(test)]
+pub(crate) async fn test_store() -> (Store, tempfile::TempDir) {
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("sqlite://{}?mode=rwc", dir.path().join("t.db").display());
+    (Store::connect(&url).await.unwrap(), dir)
+}

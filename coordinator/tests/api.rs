@@ -1,0 +1,453 @@
+//! The coordinator's HTTP API end to end, in process on port 0 with a real SQLite database:
+//! validation, authentication and the lease protocol (fencing of superseded leases).
+
+use std::io::Write;
+
+use archfarm_coordinator::config::Config;
+use archfarm_protocol::api::{ErrorResponse, Job, JobList, JobState, Lease, RegisterResponse};
+use clap::Parser;
+use reqwest::StatusCode;
+use serde_json::{json, Value};
+use sha2::{Digest as _, Sha256};
+
+struct Coordinator {
+    base: String,
+    http: reqwest::Client,
+    data: tempfile::TempDir,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    task: Option<tokio::task::JoinHandle<anyhow::Result<()>>>,
+}
+
+impl Coordinator {
+    async fn start(extra: &[&str]) -> Self {
+        let data = tempfile::tempdir().unwrap();
+        let mut args = vec![
+            "archfarm-coordinator",
+            "--data-dir",
+            data.path().to_str().unwrap(),
+            "--join-token",
+            "join-secret",
+        ];
+        args.extend_from_slice(extra);
+        let config = Config::try_parse_from(args).unwrap();
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let base = format!("http://{}", listener.local_addr().unwrap());
+        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+        let task = tokio::spawn(archfarm_coordinator::run(config, listener, async move {
+            let _ = rx.await;
+        }));
+        let http = reqwest::Client::new();
+        // Ready when /healthz answers; the listener is bound already, so this is quick.
+        for _ in 0..100 {
+            if http
+                .get(format!("{base}/healthz"))
+                .send()
+                .await
+                .is_ok_and(|r| r.status().is_success())
+            {
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+        Coordinator {
+            base,
+            http,
+            data,
+            stop: Some(tx),
+            task: Some(task),
+        }
+    }
+
+    fn url(&self, path: &str) -> String {
+        format!("{}/api/v1{path}", self.base)
+    }
+
+    async fn stop(mut self) {
+        let _ = self.stop.take().unwrap().send(());
+        self.task.take().unwrap().await.unwrap().unwrap();
+    }
+
+    async fn upload(&self, files: &[(&str, &str)]) -> String {
+        let mut builder = tar::Builder::new(flate2::write::GzEncoder::new(
+            Vec::new(),
+            flate2::Compression::fast(),
+        ));
+        for (name, body) in files {
+            let mut h = tar::Header::new_gnu();
+            h.set_size(body.len() as u64);
+            h.set_mode(0o644);
+            h.set_cksum();
+            builder.append_data(&mut h, name, body.as_bytes()).unwrap();
+        }
+        let mut gz = builder.into_inner().unwrap();
+        gz.flush().unwrap();
+        let bytes = gz.finish().unwrap();
+        let digest = format!("sha256:{}", hex::encode(Sha256::digest(&bytes)));
+        let res = self
+            .http
+            .put(self.url(&format!("/contexts/{digest}")))
+            .body(bytes)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(res.status(), StatusCode::CREATED);
+        digest
+    }
+
+    async fn register(&self, name: &str, native: &[&str], emulated: &[&str]) -> RegisterResponse {
+        let res = self
+            .http
+            .post(self.url("/agents/register"))
+            .bearer_auth("join-secret")
+            .json(&json!({"name": name, "native_platforms": native, "emulated_platforms": emulated, "capacity": 1}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(res.status(), StatusCode::OK);
+        res.json().await.unwrap()
+    }
+
+    async fn lease(&self, agent: &RegisterResponse) -> Option<Lease> {
+        let res = self
+            .http
+            .post(self.url(&format!("/agents/{}/lease", agent.agent_id)))
+            .bearer_auth(&agent.token)
+            .json(&json!({"wait_secs": 1}))
+            .send()
+            .await
+            .unwrap();
+        match res.status() {
+            StatusCode::OK => Some(res.json().await.unwrap()),
+            StatusCode::NO_CONTENT => None,
+            other => panic!("lease answered {other}"),
+        }
+    }
+
+    async fn report(
+        &self,
+        agent: &RegisterResponse,
+        build: uuid::Uuid,
+        what: &str,
+        body: Value,
+    ) -> reqwest::Response {
+        self.http
+            .post(self.url(&format!("/builds/{build}/{what}")))
+            .bearer_auth(&agent.token)
+            .json(&body)
+            .send()
+            .await
+            .unwrap()
+    }
+
+    async fn job(&self, id: uuid::Uuid) -> Job {
+        self.http
+            .get(self.url(&format!("/jobs/{id}")))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap()
+    }
+}
+
+async fn error_of(res: reqwest::Response) -> (StatusCode, ErrorResponse) {
+    let status = res.status();
+    (status, res.json().await.expect("an ErrorResponse body"))
+}
+
+#[tokio::test]
+async fn bad_input_is_refused_with_a_reason_and_nothing_is_stored() {
+    let c = Coordinator::start(&[]).await;
+    let post_job = |body: String| {
+        c.http
+            .post(c.url("/jobs"))
+            .header("content-type", "application/json")
+            .body(body)
+            .send()
+    };
+    let (status, e) = error_of(post_job("{not json".into()).await.unwrap()).await;
+    assert_eq!(
+        (status, e.code.as_str()),
+        (StatusCode::BAD_REQUEST, "invalid_json")
+    );
+    assert!(e.message.contains("line 1"), "{}", e.message);
+
+    let unknown = format!("sha256:{}", "b".repeat(64));
+    let body = |ctx: &str, platform: &str, tag: &str| {
+        json!({"context": ctx, "platforms": [platform], "tags": [tag]}).to_string()
+    };
+    let (status, e) = error_of(
+        post_job(body(&unknown, "linux/amd64", "localhost:5000/a:1"))
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(
+        (status, e.code.as_str()),
+        (StatusCode::BAD_REQUEST, "unknown_context")
+    );
+
+    let ctx = c.upload(&[("src/main.c", "int main(){}")]).await;
+    let (_, e) = error_of(
+        post_job(body(&ctx, "linux/amd64", "localhost:5000/a:1"))
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(e.code, "missing_dockerfile");
+    assert!(e.message.contains("'Dockerfile'"), "{}", e.message);
+    let (_, e) = error_of(
+        post_job(body(&ctx, "linux/sparc", "localhost:5000/a:1"))
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(e.code, "invalid_platform");
+    assert!(
+        e.message.contains("linux/sparc") && e.message.contains("linux/s390x"),
+        "{}",
+        e.message
+    );
+    let (_, e) = error_of(
+        post_job(body(&ctx, "linux/amd64", "localhost:5000/UPPER:1"))
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(e.code, "invalid_reference");
+
+    // A context whose bytes do not match the digest in the URL is refused and not kept.
+    let res = c
+        .http
+        .put(c.url(&format!("/contexts/{unknown}")))
+        .body("hello")
+        .send()
+        .await
+        .unwrap();
+    let (status, e) = error_of(res).await;
+    assert_eq!(
+        (status, e.code.as_str()),
+        (StatusCode::BAD_REQUEST, "digest_mismatch")
+    );
+    let res = c
+        .http
+        .head(c.url(&format!("/contexts/{unknown}")))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), StatusCode::NOT_FOUND);
+
+    let res = c
+        .http
+        .post(c.url("/agents/register"))
+        .bearer_auth("wrong")
+        .json(&json!({"name": "x", "native_platforms": ["linux/amd64"], "capacity": 1}))
+        .send()
+        .await
+        .unwrap();
+    let (status, e) = error_of(res).await;
+    assert_eq!(
+        (status, e.code.as_str()),
+        (StatusCode::UNAUTHORIZED, "invalid_join_token")
+    );
+
+    let jobs: JobList = c
+        .http
+        .get(c.url("/jobs"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert!(jobs.jobs.is_empty());
+    let agents: Value = c
+        .http
+        .get(c.url("/agents"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(agents["agents"], json!([]));
+    let kept = std::fs::read_dir(c.data.path().join("contexts"))
+        .unwrap()
+        .count();
+    assert_eq!(kept, 1, "only the one valid context is stored");
+    c.stop().await;
+}
+
+#[tokio::test]
+async fn superseded_leases_are_fenced_and_failures_end_the_job() {
+    let c = Coordinator::start(&["--heartbeat-secs", "1", "--missed-heartbeats", "1"]).await;
+    let ctx = c.upload(&[("Dockerfile", "FROM scratch\n")]).await;
+    let dead = c.register("dead", &["linux/s390x"], &[]).await;
+    let res = c
+        .http
+        .post(c.url("/jobs"))
+        .json(&json!({"context": ctx, "platforms": ["linux/s390x"], "tags": ["localhost:5000/app:1"]}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), StatusCode::CREATED);
+    let job: Job = res.json().await.unwrap();
+
+    let first = c.lease(&dead).await.expect("the s390x build is leased");
+    assert_eq!(first.platform.to_string(), "linux/s390x");
+    // The agent goes silent: the one-second lease lapses and the reaper requeues the build.
+    let survivor = c.register("survivor", &["linux/s390x"], &[]).await;
+    let second = loop {
+        if let Some(l) = c.lease(&survivor).await {
+            break l;
+        }
+    };
+    assert_eq!(second.build_id, first.build_id);
+    assert_ne!(second.lease_token, first.lease_token);
+
+    // The presumed-dead agent's late reports under its old lease are refused.
+    let digest = format!("sha256:{}", "c".repeat(64));
+    let late = json!({"lease_token": first.lease_token, "digest": digest, "media_type": "application/vnd.oci.image.manifest.v1+json", "size": 10});
+    let (status, e) = error_of(c.report(&dead, first.build_id, "complete", late).await).await;
+    assert_eq!(
+        (status, e.code.as_str()),
+        (StatusCode::CONFLICT, "lease_lost")
+    );
+    let res = c
+        .report(
+            &dead,
+            first.build_id,
+            "log",
+            json!({"lease_token": first.lease_token, "lines": ["late"]}),
+        )
+        .await;
+    assert_eq!(res.status(), StatusCode::CONFLICT);
+
+    // The survivor logs, heartbeats and fails; the job fails with the platform named.
+    let ok = c
+        .report(
+            &survivor,
+            second.build_id,
+            "log",
+            json!({"lease_token": second.lease_token, "lines": ["step 1"]}),
+        )
+        .await;
+    assert_eq!(ok.status(), StatusCode::NO_CONTENT);
+    let hb: Value = c
+        .report(
+            &survivor,
+            second.build_id,
+            "heartbeat",
+            json!({"lease_token": second.lease_token}),
+        )
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(hb["cancel"], false);
+    let res = c
+        .report(
+            &survivor,
+            second.build_id,
+            "fail",
+            json!({"lease_token": second.lease_token, "error": "RUN exited 3"}),
+        )
+        .await;
+    assert_eq!(res.status(), StatusCode::NO_CONTENT);
+    let job = c.job(job.id).await;
+    assert_eq!(job.state, JobState::Failed);
+    assert_eq!(job.error.as_deref(), Some("linux/s390x: RUN exited 3"));
+    assert_eq!(job.builds[0].attempts, 2);
+    assert_eq!(job.builds[0].agent.as_deref(), Some("survivor"));
+    let log = c
+        .http
+        .get(c.url(&format!("/builds/{}/log", second.build_id)))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(log.contains("step 1") && !log.contains("late"), "{log}");
+    c.stop().await;
+}
+
+#[tokio::test]
+async fn emulation_never_waits_and_says_why_and_cancel_stops_the_holder() {
+    let c = Coordinator::start(&[]).await;
+    let ctx = c.upload(&[("Dockerfile", "FROM scratch\n")]).await;
+    let emu = c.register("emu", &["linux/amd64"], &["linux/s390x"]).await;
+    let res = c
+        .http
+        .post(c.url("/jobs"))
+        .json(&json!({"context": ctx, "platforms": ["linux/amd64", "linux/s390x"], "tags": ["localhost:5000/app:1"], "emulation": "never"}))
+        .send()
+        .await
+        .unwrap();
+    let job: Job = res.json().await.unwrap();
+    let lease = c.lease(&emu).await.expect("amd64 is native on emu");
+    assert_eq!(lease.platform.to_string(), "linux/amd64");
+    let job = c.job(job.id).await;
+    let s390x = &job.builds[1];
+    assert_eq!(s390x.state.as_str(), "queued");
+    assert!(
+        s390x
+            .waiting
+            .as_deref()
+            .unwrap_or("")
+            .contains("emulation policy is 'never'"),
+        "{:?}",
+        s390x.waiting
+    );
+
+    let res = c
+        .http
+        .post(c.url(&format!("/jobs/{}/cancel", job.id)))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), StatusCode::OK);
+    let hb: Value = c
+        .report(
+            &emu,
+            lease.build_id,
+            "heartbeat",
+            json!({"lease_token": lease.lease_token}),
+        )
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(hb["cancel"], true, "the holder learns to stop");
+    assert_eq!(c.job(job.id).await.state, JobState::Cancelled);
+    let (status, _) = error_of(
+        c.http
+            .post(c.url(&format!("/jobs/{}/cancel", job.id)))
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(status, StatusCode::CONFLICT);
+    c.stop().await;
+}
+
+#[tokio::test]
+async fn api_token_guards_client_routes() {
+    let c = Coordinator::start(&["--api-token", "ci-secret"]).await;
+    let (status, e) = error_of(c.http.get(c.url("/jobs")).send().await.unwrap()).await;
+    assert_eq!(
+        (status, e.code.as_str()),
+        (StatusCode::UNAUTHORIZED, "unauthorized")
+    );
+    let ok = c
+        .http
+        .get(c.url("/jobs"))
+        .bearer_auth("ci-secret")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(ok.status(), StatusCode::OK);
+    c.stop().await;
+}

@@ -1,1 +1,142 @@
-//! placeholder
+//! The archfarm agent: registers with a coordinator, leases builds for its platforms, runs them with
+//! buildah, pushes each image to its registry by digest and reports the result.
+//!
+//! * [`config`]: flags and environment variables.
+//! * [`detect`]: the native platform from the kernel, emulated ones from binfmt_misc.
+//! * [`client`]: the typed HTTP client for the coordinator's agent routes.
+//! * [`session`]: registration, the lease loop, heartbeats and log streaming.
+//! * [`context`]: fetching and safely unpacking build contexts.
+//! * [`backend`]: builders behind one trait; [`backend::buildah`] first.
+//! * [`push`]: uploading an OCI layout's image to a registry under its own digest.
+//! * [`runner`]: one leased build from start to end; [`logs`]: its log lines, batched.
+//! * [`workdir`]: the layout of the agent's work directory.
+//!
+//! `main.rs` only parses flags, sets up logging and signals, and calls [`run`].
+
+use std::future::Future;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+pub mod backend;
+pub mod backoff;
+pub mod client;
+pub mod config;
+pub mod context;
+pub mod detect;
+pub mod logs;
+pub mod push;
+pub mod runner;
+pub mod session;
+pub mod workdir;
+
+pub use config::{Config, Emulate, Secret};
+
+use backend::buildah::Buildah;
+use backend::{Backend, BackendError};
+use client::{ClientError, CoordinatorClient};
+use detect::DetectError;
+
+/// Why the agent stopped before its shutdown signal.
+#[derive(Debug, thiserror::Error)]
+pub enum AgentError {
+    /// The coordinator answered 401 to the registration: the join token is wrong.
+    #[error(
+        "the coordinator rejected the join token: {0}; check --join-token / ARCHFARM_JOIN_TOKEN"
+    )]
+    JoinTokenRejected(String),
+    /// A flag or environment variable has a value the agent cannot work with.
+    #[error("invalid configuration: {0}")]
+    Config(String),
+    /// The platforms to offer could not be worked out.
+    #[error(transparent)]
+    Detect(#[from] DetectError),
+    /// The coordinator refused the registration for another reason than the token (e.g. a 400).
+    #[error("the coordinator refused the registration: {0}")]
+    RegisterRefused(#[source] ClientError),
+    /// The work directory could not be created.
+    #[error("cannot prepare the work directory {path}: {source}")]
+    WorkDir {
+        /// The directory.
+        path: PathBuf,
+        /// The cause.
+        source: std::io::Error,
+    },
+    /// The builder backend is unusable (e.g. buildah is not installed).
+    #[error("the build backend is not usable: {0}")]
+    Backend(#[from] BackendError),
+}
+
+impl AgentError {
+    /// The process exit code for this error: 2 for a rejected join token or bad configuration, else 1.
+    pub fn exit_code(&self) -> u8 {
+        match self {
+            AgentError::JoinTokenRejected(_) | AgentError::Config(_) | AgentError::Detect(_) => 2,
+            AgentError::RegisterRefused(_)
+            | AgentError::WorkDir { .. }
+            | AgentError::Backend(_) => 1,
+        }
+    }
+}
+
+/// `e` followed by its causes, `: `-separated. HTTP and tar errors keep the telling part (e.g.
+/// "Connection refused") in their sources, which a plain `Display` leaves out.
+pub fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut s = e.to_string();
+    let mut cur = e.source();
+    while let Some(c) = cur {
+        let text = c.to_string();
+        // Some errors repeat their source in their own message.
+        if !s.contains(&text) {
+            s.push_str(": ");
+            s.push_str(&text);
+        }
+        cur = c.source();
+    }
+    s
+}
+
+/// Runs the agent until `shutdown` resolves (then it stops leasing, kills running builds and returns
+/// `Ok`) or a fatal error occurs.
+pub async fn run(
+    config: Config,
+    shutdown: impl Future<Output = ()> + Send,
+) -> Result<(), AgentError> {
+    if config.name.trim().is_empty() {
+        return Err(AgentError::Config(
+            "the agent name is empty; pass --name or ARCHFARM_AGENT_NAME".into(),
+        ));
+    }
+    let platforms = detect::resolve(
+        &config.platforms,
+        &config.emulate,
+        detect::BINFMT_DIR.as_ref(),
+    )?;
+    tracing::info!(
+        name = %config.name,
+        native = %detect::join(&platforms.native),
+        emulated = %detect::join(&platforms.emulated),
+        capacity = config.capacity,
+        coordinator = %config.coordinator,
+        "starting"
+    );
+    let work_dir =
+        workdir::WorkDir::create(&config.work_dir).map_err(|source| AgentError::WorkDir {
+            path: config.work_dir.clone(),
+            source,
+        })?;
+    let backend: Arc<dyn Backend> = Arc::new(Buildah::new(&work_dir.storage()));
+    backend.prepare().await?;
+    let client = CoordinatorClient::new(config.coordinator.clone());
+    let session = session::Session {
+        client,
+        join_token: config.join_token.clone(),
+        name: config.name.clone(),
+        capacity: config.capacity,
+        platforms,
+        work_dir,
+        backend,
+        limits: context::Limits::default(),
+        backoff: backoff::Backoff::default(),
+    };
+    session.run(shutdown).await
+}

@@ -1,0 +1,277 @@
+//! The buildah backend, as the wire contract's "Build on the agent" section describes: vfs storage
+//! under the agent's work directory, chroot isolation, the image written to an OCI layout and from
+//! there uploaded by digest.
+
+use std::ffi::OsString;
+use std::path::{Component, Path, PathBuf};
+
+use tokio::process::Command;
+use tokio_util::sync::CancellationToken;
+
+use super::process::{run_logged, run_quiet};
+use super::{Backend, BackendError, BoxFuture, BuildSpec, LogSink, PushedImage};
+use crate::push::{self, Target};
+
+/// Builds with `buildah build --isolation chroot`, which works rootless or as root with no daemon.
+#[derive(Debug, Clone)]
+pub struct Buildah {
+    program: PathBuf,
+    root: PathBuf,
+    runroot: PathBuf,
+}
+
+impl Buildah {
+    /// A backend keeping its image storage under `storage` (`root/` and `runroot/`), so several agents
+    /// on one host do not share, and lock, one store.
+    pub fn new(storage: &Path) -> Self {
+        Buildah {
+            program: PathBuf::from("buildah"),
+            root: storage.join("root"),
+            runroot: storage.join("runroot"),
+        }
+    }
+
+    /// Uses another buildah binary than the one on `PATH`.
+    pub fn with_program(mut self, program: impl Into<PathBuf>) -> Self {
+        self.program = program.into();
+        self
+    }
+
+    /// The local image name of a build: unique per build so concurrent builds never collide.
+    pub fn image_name(spec: &BuildSpec) -> String {
+        format!("archfarm-{}", spec.build_id)
+    }
+
+    fn command(&self) -> Command {
+        let mut c = Command::new(&self.program);
+        c.arg("--root")
+            .arg(&self.root)
+            .arg("--runroot")
+            .arg(&self.runroot);
+        c.args(["--storage-driver", "vfs"]);
+        c
+    }
+
+    /// The arguments after `buildah <storage options>` for the build step.
+    pub fn build_args(spec: &BuildSpec, dockerfile: &Path) -> Vec<OsString> {
+        let mut a: Vec<OsString> = vec!["build".into(), "--isolation".into(), "chroot".into()];
+        a.extend(["--platform".into(), spec.platform.to_string().into()]);
+        a.extend(["-f".into(), dockerfile.as_os_str().to_owned()]);
+        for (k, v) in &spec.build_args {
+            a.extend(["--build-arg".into(), format!("{k}={v}").into()]);
+        }
+        if let Some(t) = &spec.target {
+            a.extend(["--target".into(), t.into()]);
+        }
+        a.extend(["-t".into(), Self::image_name(spec).into()]);
+        a.push(spec.context_dir.as_os_str().to_owned());
+        a
+    }
+
+    /// The OCI layout directory a build's image is written to.
+    pub fn layout_dir(spec: &BuildSpec) -> PathBuf {
+        spec.build_dir.join("oci")
+    }
+
+    async fn build_and_push(
+        &self,
+        spec: &BuildSpec,
+        log: &LogSink,
+        cancel: &CancellationToken,
+    ) -> Result<PushedImage, BackendError> {
+        let dockerfile = dockerfile_path(&spec.context_dir, &spec.dockerfile)?;
+        // buildah stages large temporary files in TMPDIR; keep them on the work disk and per build.
+        let tmp = spec.build_dir.join("tmp");
+        tokio::fs::create_dir_all(&tmp)
+            .await
+            .map_err(|source| BackendError::Io {
+                action: "cannot create",
+                path: tmp.clone(),
+                source,
+            })?;
+
+        log.note(format!("building {} with buildah", spec.platform))
+            .await;
+        let mut build = self.command();
+        build
+            .args(Self::build_args(spec, &dockerfile))
+            .env("TMPDIR", &tmp);
+        run_logged(build, "buildah build", log, cancel).await?;
+
+        let layout = Self::layout_dir(spec);
+        let mut dest = OsString::from("oci:");
+        dest.push(&layout);
+        dest.push(":img");
+        let mut export = self.command();
+        export
+            .arg("push")
+            .arg(Self::image_name(spec))
+            .arg(dest)
+            .env("TMPDIR", &tmp);
+        run_logged(export, "buildah push", log, cancel).await?;
+
+        let image = push::read_layout(&layout)?;
+        let target = Target {
+            registry: spec.registry.clone(),
+            repository: spec.repository.clone(),
+            insecure: spec.insecure_registry,
+        };
+        log.note(format!(
+            "pushing {} to {}/{}",
+            image.digest, target.registry, target.repository
+        ))
+        .await;
+        let pushed = tokio::select! {
+            r = push::push(&image, &target, log) => r?,
+            _ = cancel.cancelled() => return Err(BackendError::Cancelled),
+        };
+        log.note(format!(
+            "pushed {}/{}@{}",
+            target.registry, target.repository, pushed.digest
+        ))
+        .await;
+        Ok(pushed)
+    }
+}
+
+impl Backend for Buildah {
+    fn name(&self) -> &'static str {
+        "buildah"
+    }
+
+    fn prepare(&self) -> BoxFuture<'_, Result<(), BackendError>> {
+        Box::pin(async move {
+            let mut version = Command::new(&self.program);
+            version.arg("--version");
+            let v = run_quiet(version, "buildah --version").await.map_err(|e| {
+                BackendError::Missing {
+                    program: self.program.display().to_string(),
+                    package: "buildah".into(),
+                    detail: e.to_string(),
+                }
+            })?;
+            tracing::info!(version = %v.trim(), "buildah found");
+            // Working containers of builds killed with an earlier agent process; nothing runs yet, so
+            // every container in this agent's own store is a leftover.
+            let mut rm = self.command();
+            rm.args(["rm", "--all"]);
+            if let Err(e) = run_quiet(rm, "buildah rm --all").await {
+                tracing::warn!(error = %e, "could not remove leftover build containers");
+            }
+            Ok(())
+        })
+    }
+
+    fn build<'a>(
+        &'a self,
+        spec: &'a BuildSpec,
+        log: LogSink,
+        cancel: CancellationToken,
+    ) -> BoxFuture<'a, Result<PushedImage, BackendError>> {
+        Box::pin(async move {
+            let result = self.build_and_push(spec, &log, &cancel).await;
+            // The image lives on in the registry; locally it only takes space. Removed on failure
+            // and cancellation too (it may not exist then, which is fine).
+            let mut rmi = self.command();
+            rmi.args(["rmi", "--force"]).arg(Self::image_name(spec));
+            if let Err(e) = run_quiet(rmi, "buildah rmi").await {
+                if result.is_ok() {
+                    tracing::warn!(build.id = %spec.build_id, error = %e, "could not remove the local image");
+                }
+            }
+            result
+        })
+    }
+}
+
+/// The Dockerfile inside the context; refuses paths that would leave it.
+fn dockerfile_path(context: &Path, dockerfile: &str) -> Result<PathBuf, BackendError> {
+    let rel = Path::new(dockerfile);
+    let bad = rel.as_os_str().is_empty()
+        || rel.components().any(|c| {
+            matches!(
+                c,
+                Component::ParentDir | Component::RootDir | Component::Prefix(_)
+            )
+        });
+    if bad {
+        return Err(BackendError::Invalid(format!(
+            "Dockerfile path '{dockerfile}' must be a relative path inside the context"
+        )));
+    }
+    let full = context.join(rel);
+    if !full.is_file() {
+        return Err(BackendError::Invalid(format!(
+            "Dockerfile '{dockerfile}' not found in the context"
+        )));
+    }
+    Ok(full)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use archfarm_protocol::Platform;
+
+    fn spec() -> BuildSpec {
+        BuildSpec {
+            build_id: uuid::Uuid::nil(),
+            platform: Platform::parse("linux/arm64").unwrap(),
+            build_dir: "/w/builds/b".into(),
+            context_dir: "/w/builds/b/context".into(),
+            dockerfile: "Dockerfile".into(),
+            build_args: [
+                ("A".to_string(), "1".to_string()),
+                ("B".to_string(), "x=y".to_string()),
+            ]
+            .into(),
+            target: Some("final".into()),
+            registry: "127.0.0.1:5000".into(),
+            repository: "team/app".into(),
+            insecure_registry: true,
+        }
+    }
+
+    #[test]
+    fn build_command_matches_the_contract() {
+        let s = spec();
+        let args = Buildah::build_args(&s, Path::new("/w/builds/b/context/Dockerfile"));
+        let args: Vec<String> = args
+            .iter()
+            .map(|a| a.to_string_lossy().into_owned())
+            .collect();
+        assert_eq!(
+            args.join(" "),
+            "build --isolation chroot --platform linux/arm64 -f /w/builds/b/context/Dockerfile \
+             --build-arg A=1 --build-arg B=x=y --target final \
+             -t archfarm-00000000-0000-0000-0000-000000000000 /w/builds/b/context"
+        );
+        let b = Buildah::new(Path::new("/w/storage"));
+        let std = b.command();
+        let std = std.as_std();
+        let global: Vec<String> = std
+            .get_args()
+            .map(|a| a.to_string_lossy().into_owned())
+            .collect();
+        assert_eq!(
+            global.join(" "),
+            "--root /w/storage/root --runroot /w/storage/runroot --storage-driver vfs"
+        );
+    }
+
+    #[test]
+    fn dockerfile_must_stay_in_the_context() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir(dir.path().join("sub")).unwrap();
+        std::fs::write(dir.path().join("sub/Dockerfile.x"), "FROM scratch").unwrap();
+        assert!(dockerfile_path(dir.path(), "sub/Dockerfile.x").is_ok());
+        for bad in ["../Dockerfile", "/etc/passwd", ""] {
+            let e = dockerfile_path(dir.path(), bad).unwrap_err().to_string();
+            assert!(e.contains("relative path inside the context"), "{bad}: {e}");
+        }
+        let e = dockerfile_path(dir.path(), "Dockerfile")
+            .unwrap_err()
+            .to_string();
+        assert_eq!(e, "Dockerfile 'Dockerfile' not found in the context");
+    }
+}

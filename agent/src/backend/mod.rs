@@ -1,0 +1,155 @@
+//! Builder backends behind one trait. Each builds one platform's image from an unpacked context and
+//! pushes it to the registry by digest.
+
+use std::collections::BTreeMap;
+use std::future::Future;
+use std::path::PathBuf;
+use std::pin::Pin;
+
+use archfarm_protocol::{Digest, Platform};
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+use uuid::Uuid;
+
+use crate::push::PushError;
+
+pub mod buildah;
+pub mod process;
+
+/// A boxed future, so [`Backend`] can be used as a trait object.
+pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+
+/// Everything a backend needs to build and push one platform's image.
+#[derive(Debug, Clone)]
+pub struct BuildSpec {
+    /// Build id; names the image and the build directory.
+    pub build_id: Uuid,
+    /// Platform to build.
+    pub platform: Platform,
+    /// This build's scratch directory (`WORK_DIR/builds/<id>`), removed afterwards by the session.
+    pub build_dir: PathBuf,
+    /// The unpacked context.
+    pub context_dir: PathBuf,
+    /// Dockerfile path inside the context.
+    pub dockerfile: String,
+    /// `--build-arg` values.
+    pub build_args: BTreeMap<String, String>,
+    /// Target stage.
+    pub target: Option<String>,
+    /// Registry `host[:port]` to push to.
+    pub registry: String,
+    /// Repository inside the registry.
+    pub repository: String,
+    /// Whether the registry speaks plain HTTP.
+    pub insecure_registry: bool,
+}
+
+/// The manifest a build pushed, as reported to the coordinator.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PushedImage {
+    /// Digest of the manifest bytes, which is also its reference in the registry.
+    pub digest: Digest,
+    /// The manifest's media type.
+    pub media_type: String,
+    /// The manifest's size in bytes.
+    pub size: u64,
+}
+
+/// Where a backend sends build log lines. Sending waits when the forwarder is behind, so a chatty
+/// build slows down rather than growing memory without bound.
+#[derive(Debug, Clone)]
+pub struct LogSink(mpsc::Sender<String>);
+
+impl LogSink {
+    /// A sink and the receiving end of its bounded channel.
+    pub fn channel(capacity: usize) -> (Self, mpsc::Receiver<String>) {
+        let (tx, rx) = mpsc::channel(capacity);
+        (LogSink(tx), rx)
+    }
+
+    /// Sends one line (without its newline). A closed receiver is ignored: logs are best effort.
+    pub async fn line(&self, line: impl Into<String>) {
+        let _ = self.0.send(line.into()).await;
+    }
+
+    /// Sends a line marked as coming from the agent rather than the builder.
+    pub async fn note(&self, line: impl AsRef<str>) {
+        self.line(format!("[archfarm-agent] {}", line.as_ref()))
+            .await;
+    }
+}
+
+/// Why a build did not produce a pushed image.
+#[derive(Debug, thiserror::Error)]
+pub enum BackendError {
+    /// The builder program is not installed.
+    #[error(
+        "{program} is not installed or not runnable ({detail}); install the {package} package"
+    )]
+    Missing {
+        /// The program, e.g. `buildah`.
+        program: String,
+        /// The package that provides it.
+        package: String,
+        /// What happened when running it.
+        detail: String,
+    },
+    /// A command could not be started.
+    #[error("cannot run {command}: {source}")]
+    Spawn {
+        /// The command.
+        command: String,
+        /// The cause.
+        #[source]
+        source: std::io::Error,
+    },
+    /// A command exited unsuccessfully; `last_line` is its last line of stderr.
+    #[error("{command} exited with {status}{}", last_line.as_deref().map(|l| format!(": {l}")).unwrap_or_default())]
+    Failed {
+        /// The command, e.g. `buildah build`.
+        command: String,
+        /// Its exit status, e.g. `status 1`.
+        status: String,
+        /// Its last non-empty stderr line.
+        last_line: Option<String>,
+    },
+    /// The build was cancelled; its process group was killed.
+    #[error("cancelled")]
+    Cancelled,
+    /// The build request cannot be carried out as given.
+    #[error("{0}")]
+    Invalid(String),
+    /// A local file operation failed.
+    #[error("{action} {path}: {source}")]
+    Io {
+        /// What was being done.
+        action: &'static str,
+        /// The file or directory.
+        path: PathBuf,
+        /// The cause.
+        #[source]
+        source: std::io::Error,
+    },
+    /// Uploading the image to the registry failed.
+    #[error(transparent)]
+    Push(#[from] PushError),
+}
+
+/// A way to build and push images.
+pub trait Backend: Send + Sync {
+    /// A short name for logs, e.g. `buildah`.
+    fn name(&self) -> &'static str;
+
+    /// Checks the builder is usable and clears what an earlier, killed agent may have left behind.
+    /// Called once at startup, before any build.
+    fn prepare(&self) -> BoxFuture<'_, Result<(), BackendError>>;
+
+    /// Builds `spec`, streaming output to `log`, pushes the image by digest and reports it. When
+    /// `cancel` fires the builder's processes are killed and [`BackendError::Cancelled`] returned.
+    fn build<'a>(
+        &'a self,
+        spec: &'a BuildSpec,
+        log: LogSink,
+        cancel: CancellationToken,
+    ) -> BoxFuture<'a, Result<PushedImage, BackendError>>;
+}

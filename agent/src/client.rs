@@ -1,0 +1,404 @@
+//! A small typed client for the coordinator's agent routes (see the wire contract).
+
+use std::path::Path;
+use std::time::Duration;
+
+use archfarm_protocol::api::{
+    CompleteRequest, ErrorResponse, FailRequest, HeartbeatRequest, HeartbeatResponse, Lease,
+    LeaseRequest, LogRequest, RegisterRequest, RegisterResponse, API_PREFIX,
+};
+use archfarm_protocol::Digest;
+use futures::StreamExt;
+use reqwest::{RequestBuilder, Response, StatusCode, Url};
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+use sha2::{Digest as _, Sha256};
+use tokio::io::AsyncWriteExt;
+use uuid::Uuid;
+
+use crate::config::Secret;
+
+/// Time allowed for an ordinary call (register, heartbeat, log, complete, fail).
+const CALL_TIMEOUT: Duration = Duration::from_secs(30);
+/// Extra time a lease call may take beyond the wait asked for, so a slow answer is not cut off.
+const LEASE_GRACE: Duration = Duration::from_secs(15);
+/// Longest silence while downloading a context before giving up.
+const READ_TIMEOUT: Duration = Duration::from_secs(120);
+
+/// What went wrong talking to the coordinator.
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    /// The coordinator could not be reached or timed out; worth retrying.
+    // reqwest's own message already names the URL.
+    #[error("coordinator unreachable: {}", crate::error_chain(source))]
+    Unreachable {
+        /// The URL called.
+        url: String,
+        /// The transport error.
+        #[source]
+        source: reqwest::Error,
+    },
+    /// The coordinator answered 5xx; worth retrying.
+    #[error("coordinator error {status} ({url}): {message}")]
+    Server {
+        /// The status.
+        status: StatusCode,
+        /// The URL called.
+        url: String,
+        /// The coordinator's message.
+        message: String,
+    },
+    /// 401: the join token or agent token was not accepted.
+    #[error("{message} ({code})")]
+    Unauthorized {
+        /// The `ErrorResponse` code, e.g. `invalid_join_token`.
+        code: String,
+        /// The coordinator's message.
+        message: String,
+    },
+    /// 409: the build's lease is gone (expired, handed to another agent, or the job ended).
+    #[error("lease lost: {message}")]
+    LeaseLost {
+        /// The coordinator's message.
+        message: String,
+    },
+    /// Any other 4xx: the request itself was refused; retrying will not help.
+    #[error("coordinator refused the request with {status} ({code}): {message}")]
+    Refused {
+        /// The status.
+        status: StatusCode,
+        /// The `ErrorResponse` code.
+        code: String,
+        /// The coordinator's message.
+        message: String,
+    },
+    /// The answer did not have the expected shape.
+    #[error("unexpected answer from the coordinator ({url}): {detail}")]
+    Protocol {
+        /// The URL called.
+        url: String,
+        /// What was wrong.
+        detail: String,
+    },
+    /// A local file could not be written while downloading.
+    #[error("cannot write {path}: {source}")]
+    Io {
+        /// The file.
+        path: String,
+        /// The cause.
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+impl ClientError {
+    /// True when retrying the same call later may succeed.
+    pub fn is_transient(&self) -> bool {
+        matches!(
+            self,
+            ClientError::Unreachable { .. } | ClientError::Server { .. }
+        )
+    }
+}
+
+/// The coordinator's agent API.
+#[derive(Debug, Clone)]
+pub struct CoordinatorClient {
+    http: reqwest::Client,
+    base: String,
+}
+
+impl CoordinatorClient {
+    /// A client for the coordinator at `base` (a path prefix such as `/archfarm` is kept).
+    pub fn new(base: Url) -> Self {
+        let http = reqwest::Client::builder()
+            .connect_timeout(Duration::from_secs(10))
+            .read_timeout(READ_TIMEOUT)
+            .user_agent(concat!("archfarm-agent/", env!("CARGO_PKG_VERSION")))
+            .build()
+            .expect("a reqwest client with static settings builds");
+        CoordinatorClient {
+            http,
+            base: base.as_str().trim_end_matches('/').to_string(),
+        }
+    }
+
+    fn url(&self, path: &str) -> String {
+        format!("{}{API_PREFIX}{path}", self.base)
+    }
+
+    /// `POST /agents/register` with the join token.
+    pub async fn register(
+        &self,
+        join_token: &Secret,
+        req: &RegisterRequest,
+    ) -> Result<RegisterResponse, ClientError> {
+        let url = self.url("/agents/register");
+        let rb = self
+            .http
+            .post(&url)
+            .bearer_auth(join_token.expose())
+            .json(req)
+            .timeout(CALL_TIMEOUT);
+        json(&url, send(&url, rb).await?).await
+    }
+
+    /// `POST /agents/{id}/lease`: waits up to `wait` for a build; `None` means no work yet (204).
+    pub async fn lease(
+        &self,
+        agent: Uuid,
+        token: &Secret,
+        wait: Duration,
+    ) -> Result<Option<Lease>, ClientError> {
+        let url = self.url(&format!("/agents/{agent}/lease"));
+        let body = LeaseRequest {
+            wait_secs: Some(wait.as_secs()),
+        };
+        let rb = self
+            .http
+            .post(&url)
+            .bearer_auth(token.expose())
+            .json(&body)
+            .timeout(wait + LEASE_GRACE);
+        let resp = send(&url, rb).await?;
+        if resp.status() == StatusCode::NO_CONTENT {
+            return Ok(None);
+        }
+        json(&url, resp).await.map(Some)
+    }
+
+    /// `POST /builds/{id}/heartbeat`.
+    pub async fn heartbeat(
+        &self,
+        token: &Secret,
+        build: Uuid,
+        lease_token: Uuid,
+    ) -> Result<HeartbeatResponse, ClientError> {
+        let url = self.url(&format!("/builds/{build}/heartbeat"));
+        let resp = self
+            .post(&url, token, &HeartbeatRequest { lease_token })
+            .await?;
+        json(&url, resp).await
+    }
+
+    /// `POST /builds/{id}/log`: lines in order, without their newlines.
+    pub async fn log(
+        &self,
+        token: &Secret,
+        build: Uuid,
+        lease_token: Uuid,
+        lines: Vec<String>,
+    ) -> Result<(), ClientError> {
+        let url = self.url(&format!("/builds/{build}/log"));
+        self.post(&url, token, &LogRequest { lease_token, lines })
+            .await
+            .map(drop)
+    }
+
+    /// `POST /builds/{id}/complete`.
+    pub async fn complete(
+        &self,
+        token: &Secret,
+        build: Uuid,
+        req: &CompleteRequest,
+    ) -> Result<(), ClientError> {
+        let url = self.url(&format!("/builds/{build}/complete"));
+        self.post(&url, token, req).await.map(drop)
+    }
+
+    /// `POST /builds/{id}/fail`.
+    pub async fn fail(
+        &self,
+        token: &Secret,
+        build: Uuid,
+        req: &FailRequest,
+    ) -> Result<(), ClientError> {
+        let url = self.url(&format!("/builds/{build}/fail"));
+        self.post(&url, token, req).await.map(drop)
+    }
+
+    /// `GET /contexts/{digest}`, streamed into `dest`; returns the sha256 of the bytes written and
+    /// their count. The caller checks the digest: this only transports.
+    pub async fn download_context(
+        &self,
+        token: &Secret,
+        digest: &Digest,
+        dest: &Path,
+    ) -> Result<(Digest, u64), ClientError> {
+        let url = self.url(&format!("/contexts/{digest}"));
+        let resp = send(&url, self.http.get(&url).bearer_auth(token.expose())).await?;
+        let io_err = |source| ClientError::Io {
+            path: dest.display().to_string(),
+            source,
+        };
+        let mut file = tokio::fs::File::create(dest).await.map_err(io_err)?;
+        let mut hasher = Sha256::new();
+        let mut size = 0u64;
+        let mut body = resp.bytes_stream();
+        while let Some(chunk) = body.next().await {
+            let chunk = chunk.map_err(|source| ClientError::Unreachable {
+                url: url.clone(),
+                source,
+            })?;
+            hasher.update(&chunk);
+            size += chunk.len() as u64;
+            file.write_all(&chunk).await.map_err(io_err)?;
+        }
+        file.flush().await.map_err(io_err)?;
+        file.sync_all().await.map_err(io_err)?;
+        Ok((Digest::from_sha256_bytes(&hasher.finalize()), size))
+    }
+
+    async fn post<T: Serialize>(
+        &self,
+        url: &str,
+        token: &Secret,
+        body: &T,
+    ) -> Result<Response, ClientError> {
+        let rb = self
+            .http
+            .post(url)
+            .bearer_auth(token.expose())
+            .json(body)
+            .timeout(CALL_TIMEOUT);
+        send(url, rb).await
+    }
+}
+
+/// Sends a request and sorts non-2xx answers into [`ClientError`] kinds.
+async fn send(url: &str, rb: RequestBuilder) -> Result<Response, ClientError> {
+    let resp = rb.send().await.map_err(|source| ClientError::Unreachable {
+        url: url.to_string(),
+        source,
+    })?;
+    let status = resp.status();
+    if status.is_success() {
+        return Ok(resp);
+    }
+    // A proxy in front of the coordinator may answer without an ErrorResponse; keep its text.
+    let text = resp.text().await.unwrap_or_default();
+    let (code, message) = match serde_json::from_str::<ErrorResponse>(&text) {
+        Ok(e) => (e.code, e.message),
+        Err(_) => (String::new(), first_line(&text, status)),
+    };
+    Err(classify(status, url, code, message))
+}
+
+/// The error kind for a non-2xx status.
+pub fn classify(status: StatusCode, url: &str, code: String, message: String) -> ClientError {
+    match status {
+        StatusCode::UNAUTHORIZED => ClientError::Unauthorized { code, message },
+        StatusCode::CONFLICT => ClientError::LeaseLost { message },
+        // 408 and 429 say "later", like a 5xx.
+        s if s.is_server_error()
+            || s == StatusCode::REQUEST_TIMEOUT
+            || s == StatusCode::TOO_MANY_REQUESTS =>
+        {
+            ClientError::Server {
+                status,
+                url: url.to_string(),
+                message,
+            }
+        }
+        s if s.is_client_error() => ClientError::Refused {
+            status,
+            code,
+            message,
+        },
+        _ => ClientError::Protocol {
+            url: url.to_string(),
+            detail: format!("status {status}: {message}"),
+        },
+    }
+}
+
+fn first_line(text: &str, status: StatusCode) -> String {
+    let line = text
+        .lines()
+        .map(str::trim)
+        .find(|l| !l.is_empty())
+        .unwrap_or("");
+    if line.is_empty() {
+        status
+            .canonical_reason()
+            .unwrap_or("no message")
+            .to_string()
+    } else {
+        line.chars().take(300).collect()
+    }
+}
+
+async fn json<T: DeserializeOwned>(url: &str, resp: Response) -> Result<T, ClientError> {
+    let bytes = resp
+        .bytes()
+        .await
+        .map_err(|source| ClientError::Unreachable {
+            url: url.to_string(),
+            source,
+        })?;
+    serde_json::from_slice(&bytes).map_err(|e| ClientError::Protocol {
+        url: url.to_string(),
+        detail: e.to_string(),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn kind(status: u16) -> ClientError {
+        classify(
+            StatusCode::from_u16(status).unwrap(),
+            "http://c/x",
+            "c".into(),
+            "m".into(),
+        )
+    }
+
+    #[test]
+    fn statuses_sort_into_kinds() {
+        assert!(matches!(kind(401), ClientError::Unauthorized { .. }));
+        assert!(matches!(kind(409), ClientError::LeaseLost { .. }));
+        assert!(matches!(kind(400), ClientError::Refused { .. }));
+        assert!(matches!(kind(404), ClientError::Refused { .. }));
+        assert!(kind(500).is_transient());
+        assert!(kind(503).is_transient());
+        assert!(kind(429).is_transient());
+        assert!(!kind(401).is_transient());
+        assert!(!kind(409).is_transient());
+    }
+
+    #[tokio::test]
+    async fn nothing_listening_is_unreachable() {
+        // Bind then drop, so the port is (almost certainly) closed.
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let c = CoordinatorClient::new(format!("http://127.0.0.1:{port}/").parse().unwrap());
+        let req = RegisterRequest {
+            name: "a".into(),
+            native_platforms: vec!["linux/amd64".into()],
+            emulated_platforms: vec![],
+            capacity: 1,
+            version: None,
+        };
+        let e = c.register(&Secret::new("t"), &req).await.unwrap_err();
+        assert!(e.is_transient(), "{e}");
+        assert!(
+            e.to_string()
+                .contains(&format!("127.0.0.1:{port}/api/v1/agents/register")),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn base_path_is_kept() {
+        let c = CoordinatorClient::new("http://h:1/farm/".parse().unwrap());
+        assert_eq!(
+            c.url("/agents/register"),
+            "http://h:1/farm/api/v1/agents/register"
+        );
+    }
+}

@@ -1,0 +1,210 @@
+//! Flags and environment variables of `archfarm-agent` (see the wire contract).
+
+use std::fmt;
+use std::path::PathBuf;
+use std::str::FromStr;
+
+use archfarm_protocol::platform::parse_list;
+use archfarm_protocol::{Platform, PlatformError};
+use clap::Parser;
+use reqwest::Url;
+
+/// Where the agent keeps its storage, context cache and build directories unless told otherwise.
+pub const DEFAULT_WORK_DIR: &str = "/var/lib/archfarm-agent";
+
+/// The agent's configuration: every flag has an `ARCHFARM_*` environment variable.
+#[derive(Debug, Clone, Parser)]
+#[command(
+    name = "archfarm-agent",
+    version,
+    about = "Builds container images for an archfarm coordinator on this machine's platforms."
+)]
+pub struct Config {
+    /// Base URL of the coordinator, e.g. `http://farm.example:8080`. Required; no default.
+    #[arg(long, env = "ARCHFARM_COORDINATOR", value_parser = parse_coordinator)]
+    pub coordinator: Url,
+
+    /// Shared secret that lets an agent register. Required; no default. Never printed or logged.
+    #[arg(long, env = "ARCHFARM_JOIN_TOKEN", hide_env_values = true)]
+    pub join_token: Secret,
+
+    /// Name the agent registers under, unique in the farm. Default: this machine's hostname.
+    #[arg(long, env = "ARCHFARM_AGENT_NAME", default_value_t = default_name())]
+    pub name: String,
+
+    /// Directory for buildah storage, the context cache and build directories.
+    /// Default: `/var/lib/archfarm-agent`.
+    #[arg(long, env = "ARCHFARM_WORK_DIR", default_value = DEFAULT_WORK_DIR)]
+    pub work_dir: PathBuf,
+
+    /// How many builds run at once, at least 1. Default: 1.
+    #[arg(long, env = "ARCHFARM_CAPACITY", default_value_t = 1,
+          value_parser = clap::value_parser!(u32).range(1..=1024))]
+    pub capacity: u32,
+
+    /// Native platforms to offer, repeatable or comma separated (`linux/arm64,linux/arm/v7`); they
+    /// replace detection. Default: the kernel's machine (`uname -m`).
+    #[arg(long = "platform", env = "ARCHFARM_PLATFORM", value_delimiter = ',')]
+    pub platforms: Vec<Platform>,
+
+    /// Emulated platforms to offer: `auto` (every enabled QEMU binfmt_misc handler), `none`, or a
+    /// comma-separated list, each of which needs an enabled handler. Default: `auto`.
+    #[arg(long, env = "ARCHFARM_EMULATE", default_value = "auto")]
+    pub emulate: Emulate,
+}
+
+/// Which platforms the agent offers under QEMU emulation.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Emulate {
+    /// Every platform with an enabled `qemu-*` binfmt_misc handler, minus the native ones.
+    Auto,
+    /// No emulated platforms.
+    None,
+    /// Exactly these; each must have an enabled handler.
+    Only(Vec<Platform>),
+}
+
+impl FromStr for Emulate {
+    type Err = PlatformError;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s.trim().to_ascii_lowercase().as_str() {
+            "auto" => Ok(Emulate::Auto),
+            "none" | "" => Ok(Emulate::None),
+            _ => parse_list(s).map(Emulate::Only),
+        }
+    }
+}
+
+/// A string that never shows up in `Debug` output or logs.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(String);
+
+impl Secret {
+    /// Wraps a secret value.
+    pub fn new(value: impl Into<String>) -> Self {
+        Secret(value.into())
+    }
+
+    /// The secret itself, for the one place that must send it (an `Authorization` header).
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Secret(***)")
+    }
+}
+
+impl FromStr for Secret {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        if s.trim().is_empty() {
+            return Err("the token is empty".into());
+        }
+        Ok(Secret(s.to_string()))
+    }
+}
+
+fn parse_coordinator(s: &str) -> Result<Url, String> {
+    let url = Url::parse(s).map_err(|e| format!("'{s}' is not a URL: {e}"))?;
+    if !matches!(url.scheme(), "http" | "https") {
+        return Err(format!(
+            "'{s}' must start with http:// or https:// (e.g. http://127.0.0.1:8080)"
+        ));
+    }
+    if url.host_str().is_none() {
+        return Err(format!("'{s}' has no host"));
+    }
+    Ok(url)
+}
+
+/// The machine's hostname from the kernel, as the default agent name.
+pub fn default_name() -> String {
+    ["/proc/sys/kernel/hostname", "/etc/hostname"]
+        .iter()
+        .filter_map(|p| std::fs::read_to_string(p).ok())
+        .map(|s| s.trim().to_string())
+        .find(|s| !s.is_empty())
+        .unwrap_or_else(|| "archfarm-agent".to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(args: &[&str]) -> Result<Config, clap::Error> {
+        let mut full = vec![
+            "archfarm-agent",
+            "--coordinator",
+            "http://c:8080",
+            "--join-token",
+            "sekrit",
+        ];
+        full.extend_from_slice(args);
+        Config::try_parse_from(full)
+    }
+
+    #[test]
+    fn defaults() {
+        let c = parse(&[]).unwrap();
+        assert_eq!(c.capacity, 1);
+        assert_eq!(c.work_dir, PathBuf::from(DEFAULT_WORK_DIR));
+        assert_eq!(c.emulate, Emulate::Auto);
+        assert!(c.platforms.is_empty());
+        assert!(!c.name.is_empty());
+    }
+
+    #[test]
+    fn platforms_repeat_and_split_and_normalise() {
+        let c = parse(&["--platform", "aarch64,linux/arm/v7", "--platform", "x86_64"]).unwrap();
+        let got: Vec<String> = c.platforms.iter().map(|p| p.to_string()).collect();
+        assert_eq!(got, ["linux/arm64", "linux/arm/v7", "linux/amd64"]);
+        let e = parse(&["--platform", "linux/sparc"])
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("accepted: linux/amd64"), "{e}");
+    }
+
+    #[test]
+    fn emulate_values() {
+        assert_eq!(
+            parse(&["--emulate", "none"]).unwrap().emulate,
+            Emulate::None
+        );
+        let c = parse(&["--emulate", "linux/arm64,s390x"]).unwrap();
+        assert_eq!(
+            c.emulate,
+            Emulate::Only(vec![
+                Platform::parse("linux/arm64").unwrap(),
+                Platform::parse("linux/s390x").unwrap()
+            ])
+        );
+        assert!(parse(&["--emulate", "mips"]).is_err());
+    }
+
+    #[test]
+    fn capacity_at_least_one() {
+        assert!(parse(&["--capacity", "0"]).is_err());
+        assert_eq!(parse(&["--capacity", "3"]).unwrap().capacity, 3);
+    }
+
+    #[test]
+    fn coordinator_must_be_http() {
+        let e = Config::try_parse_from(["a", "--coordinator", "ftp://x", "--join-token", "t"])
+            .unwrap_err();
+        assert!(e.to_string().contains("http://"), "{e}");
+    }
+
+    #[test]
+    fn token_never_in_debug() {
+        let c = parse(&[]).unwrap();
+        let dbg = format!("{c:?}");
+        assert!(!dbg.contains("sekrit"), "{dbg}");
+        assert!(dbg.contains("Secret(***)"));
+        assert_eq!(c.join_token.expose(), "sekrit");
+    }
+}

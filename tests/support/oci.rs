@@ -1,0 +1,192 @@
+//! Independent readers of what is in the registry: `skopeo` for manifests and configs, `umoci` for
+//! image file systems. The tests believe these, not archfarm's own account.
+
+use std::fmt;
+use std::fs;
+use std::path::PathBuf;
+use std::process::Command;
+
+use serde::Deserialize;
+use sha2::{Digest as _, Sha256};
+
+use crate::process::{clean_env, Scratch};
+
+/// Media type of an OCI image index.
+pub const OCI_INDEX: &str = "application/vnd.oci.image.index.v1+json";
+/// Media type of a Docker manifest list.
+pub const DOCKER_LIST: &str = "application/vnd.docker.distribution.manifest.list.v2+json";
+/// Media type of an OCI image manifest.
+pub const OCI_MANIFEST: &str = "application/vnd.oci.image.manifest.v1+json";
+/// Media type of a Docker v2 schema 2 image manifest.
+pub const DOCKER_MANIFEST: &str = "application/vnd.docker.distribution.manifest.v2+json";
+/// An `Accept` header naming every manifest type above.
+pub const ACCEPT_MANIFESTS: &str = "application/vnd.oci.image.index.v1+json, \
+application/vnd.docker.distribution.manifest.list.v2+json, \
+application/vnd.oci.image.manifest.v1+json, \
+application/vnd.docker.distribution.manifest.v2+json";
+
+/// An image index or manifest list, as far as the tests look into it.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Index {
+    /// 2 for both OCI and Docker.
+    pub schema_version: u32,
+    /// Optional in OCI, required by Docker.
+    pub media_type: Option<String>,
+    /// One descriptor per platform.
+    pub manifests: Vec<Descriptor>,
+}
+
+/// A child descriptor of an index.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Descriptor {
+    /// The child manifest's media type.
+    pub media_type: String,
+    /// The child manifest's digest.
+    pub digest: String,
+    /// The child manifest's size in bytes.
+    pub size: u64,
+    /// The platform the child is for.
+    pub platform: Option<PlatformSpec>,
+}
+
+/// The `platform` of a descriptor, or the architecture fields of an image config.
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+pub struct PlatformSpec {
+    /// e.g. `arm64`.
+    pub architecture: String,
+    /// e.g. `linux`.
+    pub os: String,
+    /// e.g. `v7`.
+    #[serde(default)]
+    pub variant: Option<String>,
+}
+
+impl fmt::Display for PlatformSpec {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{}", self.os, self.architecture)?;
+        match self.variant.as_deref() {
+            Some(v) if !v.is_empty() => write!(f, "/{v}"),
+            _ => Ok(()),
+        }
+    }
+}
+
+/// `sha256:HEX` of some bytes.
+pub fn sha256_digest(bytes: &[u8]) -> String {
+    format!("sha256:{}", hex::encode(Sha256::digest(bytes)))
+}
+
+/// Runs `skopeo --insecure-policy ARGS`; stdout on success, stderr as the error otherwise.
+///
+/// `--insecure-policy` because the tests copy their own images from their own registry and must not
+/// depend on the machine's /etc/containers/policy.json.
+pub fn skopeo(args: &[&str]) -> Result<Vec<u8>, String> {
+    let mut cmd = Command::new("skopeo");
+    cmd.arg("--insecure-policy").args(args);
+    clean_env(&mut cmd);
+    let out = cmd
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run skopeo (run scripts/setup.sh): {e}"));
+    if out.status.success() {
+        Ok(out.stdout)
+    } else {
+        Err(format!(
+            "skopeo {} failed ({}): {}",
+            args.join(" "),
+            out.status,
+            String::from_utf8_lossy(&out.stderr).trim()
+        ))
+    }
+}
+
+/// The manifest or index stored under `image` (`HOST/REPO:TAG` or `HOST/REPO@DIGEST`), byte for byte.
+pub fn inspect_raw(image: &str) -> Result<Vec<u8>, String> {
+    skopeo(&[
+        "inspect",
+        "--tls-verify=false",
+        "--raw",
+        &format!("docker://{image}"),
+    ])
+}
+
+/// [`inspect_raw`] parsed as an index; panics when it is not one.
+pub fn inspect_index(image: &str) -> (Vec<u8>, Index) {
+    let raw = inspect_raw(image).unwrap_or_else(|e| panic!("{e}"));
+    let index: Index = serde_json::from_slice(&raw).unwrap_or_else(|e| {
+        panic!(
+            "{image} is not an image index ({e}): {}",
+            String::from_utf8_lossy(&raw)
+        )
+    });
+    (raw, index)
+}
+
+/// The architecture, os and variant in the config blob of the single-platform image `image`.
+pub fn inspect_config(image: &str) -> PlatformSpec {
+    let raw = skopeo(&[
+        "inspect",
+        "--tls-verify=false",
+        "--config",
+        "--raw",
+        &format!("docker://{image}"),
+    ])
+    .unwrap_or_else(|e| panic!("{e}"));
+    serde_json::from_slice(&raw).unwrap_or_else(|e| {
+        panic!(
+            "config of {image} lacks architecture/os ({e}): {}",
+            String::from_utf8_lossy(&raw)
+        )
+    })
+}
+
+/// The unpacked file system of one single-platform image; removed on drop.
+#[derive(Debug)]
+pub struct ImageFs {
+    rootfs: PathBuf,
+    _dir: Scratch,
+}
+
+impl ImageFs {
+    /// Copies `image` out of the registry into an OCI layout (skopeo) and unpacks it (umoci).
+    pub fn unpack(image: &str) -> ImageFs {
+        let dir = Scratch::new("unpack");
+        let layout = format!("{}:img", dir.join("oci").display());
+        skopeo(&[
+            "copy",
+            "--quiet",
+            "--src-tls-verify=false",
+            &format!("docker://{image}"),
+            &format!("oci:{layout}"),
+        ])
+        .unwrap_or_else(|e| panic!("{e}"));
+        let rootfs = dir.join("rootfs");
+        let out = Command::new("umoci")
+            .args(["raw", "unpack", "--image", &layout])
+            .arg(&rootfs)
+            .output()
+            .unwrap_or_else(|e| panic!("cannot run umoci (run scripts/setup.sh): {e}"));
+        assert!(
+            out.status.success(),
+            "umoci raw unpack {layout} failed ({}): {}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr)
+        );
+        ImageFs { rootfs, _dir: dir }
+    }
+
+    /// The root of the unpacked file system.
+    pub fn root(&self) -> &std::path::Path {
+        &self.rootfs
+    }
+
+    /// A file's contents, trimmed of surrounding white space; panics when it is missing.
+    pub fn read(&self, path_in_image: &str) -> String {
+        let path = self.rootfs.join(path_in_image.trim_start_matches('/'));
+        fs::read_to_string(&path)
+            .unwrap_or_else(|e| panic!("{path_in_image} in the image: {e}"))
+            .trim()
+            .to_string()
+    }
+}

@@ -1,0 +1,121 @@
+//! A real OCI registry: Debian's `docker-registry` (the CNCF distribution server) on a free port.
+
+use std::fs;
+use std::process::Command;
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use crate::process::{clean_env, free_port, wait_until, Daemon, Scratch};
+
+/// How long the registry may take to answer `GET /v2/`.
+const READY_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// A `docker-registry serve` process with its storage in a scratch directory; stopped on drop.
+#[derive(Debug)]
+pub struct Registry {
+    // Field order is drop order: stop the process before deleting its storage.
+    daemon: Daemon,
+    host: String,
+    http: reqwest::blocking::Client,
+    _dir: Scratch,
+}
+
+#[derive(Deserialize)]
+struct TagList {
+    tags: Option<Vec<String>>,
+}
+
+impl Registry {
+    /// Starts a registry on 127.0.0.1 and waits until `GET /v2/` answers 200.
+    pub fn start() -> Registry {
+        let dir = Scratch::new("registry");
+        let http = crate::http_client();
+        for attempt in 1..=3 {
+            let port = free_port();
+            let host = format!("127.0.0.1:{port}");
+            let config = dir.join(format!("config-{port}.yml"));
+            // delete.enabled lets tests (and the stitcher, if it wants) remove manifests.
+            let yaml = format!(
+                "version: 0.1\n\
+                 log:\n  level: info\n\
+                 storage:\n  filesystem:\n    rootdirectory: {}\n  delete:\n    enabled: true\n\
+                 http:\n  addr: {host}\n",
+                dir.join("data").display()
+            );
+            fs::write(&config, yaml).expect("write registry config");
+            let mut cmd = Command::new("docker-registry");
+            cmd.arg("serve").arg(&config);
+            clean_env(&mut cmd);
+            let mut daemon = Daemon::spawn("docker-registry", cmd, dir.join("registry.log"));
+            let url = format!("http://{host}/v2/");
+            let mut exited = false;
+            wait_until(READY_TIMEOUT, &format!("the registry at {url}"), || {
+                if daemon.exited().is_some() {
+                    exited = true;
+                    return true;
+                }
+                http.get(&url)
+                    .send()
+                    .map(|r| r.status() == 200)
+                    .unwrap_or(false)
+            });
+            if !exited {
+                return Registry {
+                    daemon,
+                    host,
+                    http,
+                    _dir: dir,
+                };
+            }
+            // Someone took the port between free_port() and the bind: try another one.
+            if attempt < 3 && daemon.log().contains("address already in use") {
+                continue;
+            }
+            daemon.assert_running();
+        }
+        unreachable!("the registry either started or panicked")
+    }
+
+    /// `127.0.0.1:PORT`, the registry part of image references.
+    pub fn host(&self) -> &str {
+        &self.host
+    }
+
+    /// The registry's tags for `repo` (`GET /v2/REPO/tags/list`); empty when the repository is unknown.
+    pub fn tags(&self, repo: &str) -> Vec<String> {
+        let url = format!("http://{}/v2/{repo}/tags/list", self.host);
+        let resp = self.http.get(&url).send().expect("GET tags/list");
+        if resp.status() == 404 {
+            return Vec::new();
+        }
+        assert!(resp.status().is_success(), "GET {url}: {}", resp.status());
+        let list: TagList = resp.json().expect("tags/list JSON");
+        let mut tags = list.tags.unwrap_or_default();
+        tags.sort();
+        tags
+    }
+
+    /// The `Content-Type` the registry serves a manifest with, accepting index and manifest types.
+    pub fn manifest_content_type(&self, repo: &str, reference: &str) -> Option<String> {
+        let url = format!("http://{}/v2/{repo}/manifests/{reference}", self.host);
+        let resp = self
+            .http
+            .head(&url)
+            .header("Accept", crate::oci::ACCEPT_MANIFESTS)
+            .send()
+            .ok()?;
+        if !resp.status().is_success() {
+            return None;
+        }
+        resp.headers()
+            .get("content-type")
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_string)
+    }
+
+    /// The last lines of the registry's log.
+    pub fn log_tail(&self, lines: usize) -> String {
+        self.daemon.log_tail(lines)
+    }
+}

@@ -1,0 +1,294 @@
+//! The command line, declared with clap's derive API.
+//!
+//! Only syntax lives here; what the values mean (platform names, references, paths) is checked in
+//! [`crate::validate`] so the messages can name the problem and what is accepted.
+
+use std::fmt;
+use std::path::PathBuf;
+use std::str::FromStr;
+
+use archfarm_protocol::api::EmulationPolicy;
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use uuid::Uuid;
+
+/// Exit codes, shared by `--help` and the code that picks them.
+pub const EXIT_CODES_HELP: &str = "\
+Exit codes:
+  0    success (for `build`: the image index was pushed; its digest is the last line of stdout)
+  1    the job failed or was cancelled, or the coordinator could not be reached or failed (5xx)
+  2    bad usage or input, refused before anything was sent (unknown platform, malformed reference,
+       missing context or Dockerfile) or refused by the coordinator (4xx: bad request, bad token,
+       unknown job, context too large)
+  130  interrupted (Ctrl-C) while following a job; the job keeps running on the coordinator";
+
+/// Default coordinator URL when neither `--coordinator` nor `ARCHFARM_COORDINATOR` is given.
+pub const DEFAULT_COORDINATOR: &str = "http://127.0.0.1:8080";
+
+/// `archfarm`: build multi-arch container images on an archfarm farm.
+#[derive(Debug, Parser)]
+#[command(
+    name = "archfarm",
+    version,
+    about = "Build multi-arch container images on an archfarm build farm",
+    long_about = format!(
+        "Build multi-arch container images on an archfarm build farm.\n\n\
+         `archfarm build` packs the context (honouring .dockerignore), uploads it once, asks the \
+         coordinator for one image on several platforms, follows the per-platform builds on native \
+         (or emulated) agents and prints the digest of the pushed image index.\n\n{EXIT_CODES_HELP}"
+    )
+)]
+pub struct Cli {
+    /// Where to reach the coordinator and how to authenticate.
+    #[command(flatten)]
+    pub conn: Connection,
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// Options every subcommand shares.
+#[derive(Debug, Clone, Args)]
+pub struct Connection {
+    /// Coordinator URL.
+    #[arg(
+        long,
+        global = true,
+        env = "ARCHFARM_COORDINATOR",
+        default_value = DEFAULT_COORDINATOR,
+        value_name = "URL"
+    )]
+    pub coordinator: String,
+    /// API token sent as a Bearer token (when the coordinator has --api-token).
+    #[arg(
+        long,
+        global = true,
+        env = "ARCHFARM_TOKEN",
+        hide_env_values = true,
+        value_name = "TOKEN"
+    )]
+    pub token: Option<Secret>,
+}
+
+/// The subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Build an image for several platforms and push it as one image index.
+    #[command(long_about = format!(
+        "Build an image for several platforms and push it as one image index under every tag.\n\n\
+         The context directory is packed (honouring .dockerignore; the Dockerfile and .dockerignore \
+         are always sent), uploaded unless the coordinator already has it, and built once per \
+         platform. Progress goes to stderr; stdout gets only the result: the index digest \
+         (`sha256:...`) as its last line, or the job id with --detach.\n\n{EXIT_CODES_HELP}"
+    ))]
+    Build(BuildArgs),
+    /// List recent jobs, newest first.
+    Jobs {
+        /// How many jobs to show.
+        #[arg(long, default_value_t = 20, value_parser = clap::value_parser!(u32).range(1..))]
+        limit: u32,
+    },
+    /// Show one job: its state and each platform's build.
+    Job {
+        /// Job id.
+        id: Uuid,
+        /// Print the coordinator's JSON for the job instead of a summary.
+        #[arg(long)]
+        json: bool,
+    },
+    /// List the build agents.
+    Agents,
+    /// Cancel a job; builds in progress are told to stop.
+    Cancel {
+        /// Job id.
+        id: Uuid,
+    },
+}
+
+/// `archfarm build` options, named like `docker buildx build`'s.
+#[derive(Debug, Clone, Args)]
+pub struct BuildArgs {
+    /// Platforms to build, comma separated and/or repeated (e.g. linux/amd64,linux/arm64).
+    #[arg(long = "platform", required = true, value_name = "P[,P...]")]
+    pub platforms: Vec<String>,
+    /// Reference to push the image index under (REGISTRY/REPOSITORY:TAG); repeat for more tags.
+    #[arg(short = 't', long = "tag", required = true, value_name = "REF")]
+    pub tags: Vec<String>,
+    /// Dockerfile path, relative to the context directory [default: Dockerfile].
+    #[arg(short = 'f', long = "file", value_name = "FILE")]
+    pub file: Option<PathBuf>,
+    /// Build-time variable NAME=VALUE; a bare NAME takes its value from the environment.
+    #[arg(long = "build-arg", value_name = "NAME[=VALUE]")]
+    pub build_args: Vec<String>,
+    /// Target stage of a multi-stage Dockerfile.
+    #[arg(long, value_name = "STAGE")]
+    pub target: Option<String>,
+    /// Whether platforms without a native agent may be built under QEMU emulation.
+    #[arg(long, value_enum, default_value_t = Emulation::Fallback)]
+    pub emulation: Emulation,
+    /// How to show progress on stderr.
+    #[arg(long, value_enum, default_value_t = Progress::Auto)]
+    pub progress: Progress,
+    /// Submit the job, print its id and exit without following it.
+    #[arg(long)]
+    pub detach: bool,
+    /// Context directory.
+    #[arg(value_name = "CONTEXT")]
+    pub context: PathBuf,
+}
+
+/// `--emulation`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Emulation {
+    /// Emulate only when no native agent can take the platform.
+    Fallback,
+    /// Never emulate; wait for a native agent.
+    Never,
+}
+
+impl From<Emulation> for EmulationPolicy {
+    fn from(e: Emulation) -> Self {
+        match e {
+            Emulation::Fallback => EmulationPolicy::Fallback,
+            Emulation::Never => EmulationPolicy::Never,
+        }
+    }
+}
+
+/// `--progress`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Progress {
+    /// Plain when stderr is not a terminal; the same as plain on a terminal for now.
+    Auto,
+    /// One line per state change, plus the build logs prefixed with their platform.
+    Plain,
+    /// Nothing but the result (and errors).
+    Quiet,
+}
+
+/// A secret string whose `Debug` never shows the value.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(String);
+
+impl Secret {
+    /// Wraps a secret value.
+    pub fn new(value: impl Into<String>) -> Self {
+        Secret(value.into())
+    }
+
+    /// The value, for the one place that sends it.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Secret(***)")
+    }
+}
+
+impl FromStr for Secret {
+    type Err = std::convert::Infallible;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Ok(Secret(s.to_string()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    fn parse(args: &[&str]) -> Result<Cli, clap::Error> {
+        Cli::try_parse_from(std::iter::once("archfarm").chain(args.iter().copied()))
+    }
+
+    #[test]
+    fn cli_is_well_formed() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn build_flags_like_buildx() {
+        let cli = parse(&[
+            "build",
+            "--platform",
+            "linux/amd64,linux/arm64",
+            "--platform",
+            "s390x",
+            "-t",
+            "localhost:5000/app:1",
+            "--tag",
+            "localhost:5000/app:latest",
+            "-f",
+            "docker/Dockerfile",
+            "--build-arg",
+            "A=1",
+            "--build-arg",
+            "B",
+            "--target",
+            "final",
+            "--emulation",
+            "never",
+            "--progress",
+            "plain",
+            "--detach",
+            "--coordinator",
+            "http://farm:8080",
+            "ctx",
+        ])
+        .unwrap();
+        assert_eq!(cli.conn.coordinator, "http://farm:8080");
+        let Command::Build(b) = cli.command else {
+            panic!("not build")
+        };
+        assert_eq!(b.platforms, ["linux/amd64,linux/arm64", "s390x"]);
+        assert_eq!(b.tags.len(), 2);
+        assert_eq!(b.build_args, ["A=1", "B"]);
+        assert_eq!(b.emulation, Emulation::Never);
+        assert_eq!(b.progress, Progress::Plain);
+        assert!(b.detach);
+        assert_eq!(b.context, PathBuf::from("ctx"));
+        assert_eq!(b.file, Some(PathBuf::from("docker/Dockerfile")));
+    }
+
+    #[test]
+    fn usage_errors_are_clap_errors() {
+        assert!(
+            parse(&["build", "-t", "x:1", "ctx"]).is_err(),
+            "platform required"
+        );
+        assert!(
+            parse(&["build", "--platform", "amd64", "ctx"]).is_err(),
+            "tag required"
+        );
+        assert!(parse(&["job", "not-a-uuid"]).is_err());
+        assert!(parse(&["jobs", "--limit", "0"]).is_err());
+        let e = parse(&[
+            "build",
+            "--platform",
+            "amd64",
+            "-t",
+            "a:1",
+            "--progress",
+            "tty",
+            ".",
+        ])
+        .unwrap_err();
+        assert_eq!(e.exit_code(), 2);
+    }
+
+    #[test]
+    fn token_never_in_debug() {
+        let cli = parse(&["--token", "hunter2", "agents"]).unwrap();
+        assert_eq!(cli.conn.token.as_ref().unwrap().expose(), "hunter2");
+        assert!(!format!("{cli:?}").contains("hunter2"));
+    }
+
+    #[test]
+    fn help_documents_exit_codes() {
+        let help = Cli::command().render_long_help().to_string();
+        assert!(help.contains("Exit codes:"), "{help}");
+        assert!(help.contains("130"), "{help}");
+    }
+}

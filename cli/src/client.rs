@@ -1,0 +1,367 @@
+//! A typed client for the coordinator's CI routes (`/api/v1`).
+//!
+//! Errors carry the coordinator's own [`ErrorResponse`] message, and the causes of transport
+//! failures are flattened into the message: a CI log shows one line that says what happened.
+
+use std::time::Duration;
+
+use archfarm_protocol::api::{
+    AgentList, ContextInfo, ErrorResponse, Job, JobList, JobRequest, API_PREFIX,
+};
+use archfarm_protocol::Digest;
+use reqwest::{Method, RequestBuilder, Response, StatusCode};
+use serde::de::DeserializeOwned;
+use uuid::Uuid;
+
+use crate::args::Secret;
+
+/// How long a JSON call may take; uploads have no limit, as contexts can be large.
+const CALL_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// Why a call to the coordinator failed.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum ClientError {
+    /// No connection could be made (refused, unknown host, no route).
+    #[error("cannot reach the coordinator at {url}: {cause}")]
+    Unreachable {
+        /// The coordinator's base URL.
+        url: String,
+        /// The innermost cause, e.g. `Connection refused (os error 111)`.
+        cause: String,
+    },
+    /// The coordinator answered with an error.
+    #[error("{message} ({code}, HTTP {status}){hint}", hint = hint(*status))]
+    Api {
+        /// HTTP status.
+        status: u16,
+        /// The `ErrorResponse` code, or `http_<status>` when the body was not one.
+        code: String,
+        /// The `ErrorResponse` message.
+        message: String,
+    },
+    /// The connection broke or timed out mid-call.
+    #[error("request to the coordinator at {url} failed: {cause}")]
+    Transport {
+        /// The coordinator's base URL.
+        url: String,
+        /// The innermost cause.
+        cause: String,
+    },
+    /// The answer was not what the contract says.
+    #[error("the coordinator at {url} sent an answer archfarm cannot read ({route}): {cause}")]
+    Decode {
+        /// The coordinator's base URL.
+        url: String,
+        /// The route called.
+        route: String,
+        /// What did not parse.
+        cause: String,
+    },
+}
+
+fn hint(status: u16) -> &'static str {
+    match status {
+        401 | 403 => "; pass the coordinator's API token with --token or ARCHFARM_TOKEN",
+        _ => "",
+    }
+}
+
+impl ClientError {
+    /// True when trying again later may succeed (network trouble, 5xx, 408, 429).
+    pub fn is_transient(&self) -> bool {
+        match self {
+            ClientError::Unreachable { .. } | ClientError::Transport { .. } => true,
+            ClientError::Api { status, .. } => *status >= 500 || matches!(status, 408 | 429),
+            ClientError::Decode { .. } => false,
+        }
+    }
+
+    /// 2 when the coordinator refused the request as wrong (4xx), else 1.
+    pub fn exit_code(&self) -> u8 {
+        match self {
+            ClientError::Api { status, .. }
+                if (400..500).contains(status) && !self.is_transient() =>
+            {
+                2
+            }
+            _ => 1,
+        }
+    }
+
+    /// The HTTP status, when the coordinator answered.
+    pub fn status(&self) -> Option<u16> {
+        match self {
+            ClientError::Api { status, .. } => Some(*status),
+            _ => None,
+        }
+    }
+}
+
+/// The innermost message of an error's source chain, which is where the useful words are.
+fn root_cause(err: &(dyn std::error::Error + 'static)) -> String {
+    let mut last = err;
+    while let Some(next) = last.source() {
+        last = next;
+    }
+    last.to_string()
+}
+
+/// A client for one coordinator.
+#[derive(Clone)]
+pub struct Client {
+    http: reqwest::Client,
+    /// Base URL without a trailing `/`.
+    base: String,
+    token: Option<Secret>,
+}
+
+impl std::fmt::Debug for Client {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Client")
+            .field("base", &self.base)
+            .field("token", &self.token)
+            .finish()
+    }
+}
+
+impl Client {
+    /// A client for the coordinator at `base` (already validated as an http(s) URL).
+    pub fn new(base: &str, token: Option<Secret>) -> Result<Self, ClientError> {
+        let http = reqwest::Client::builder()
+            .user_agent(concat!("archfarm/", env!("CARGO_PKG_VERSION")))
+            .connect_timeout(Duration::from_secs(10))
+            .build()
+            .map_err(|e| ClientError::Transport {
+                url: base.to_string(),
+                cause: root_cause(&e),
+            })?;
+        Ok(Client {
+            http,
+            base: base.trim_end_matches('/').to_string(),
+            token,
+        })
+    }
+
+    /// The coordinator's base URL.
+    pub fn base(&self) -> &str {
+        &self.base
+    }
+
+    fn request(&self, method: Method, route: &str) -> RequestBuilder {
+        let rb = self
+            .http
+            .request(method, format!("{}{API_PREFIX}{route}", self.base));
+        match &self.token {
+            Some(t) => rb.bearer_auth(t.expose()),
+            None => rb,
+        }
+    }
+
+    /// Sends and maps transport failures; non-2xx answers become [`ClientError::Api`].
+    async fn send(&self, rb: RequestBuilder) -> Result<Response, ClientError> {
+        let resp = rb.send().await.map_err(|e| self.transport(&e))?;
+        if resp.status().is_success() {
+            return Ok(resp);
+        }
+        Err(self.api_error(resp).await)
+    }
+
+    fn transport(&self, e: &reqwest::Error) -> ClientError {
+        let url = self.base.clone();
+        let cause = root_cause(e);
+        if e.is_connect() {
+            ClientError::Unreachable { url, cause }
+        } else if e.is_timeout() {
+            ClientError::Transport {
+                url,
+                cause: format!("no answer in time ({cause})"),
+            }
+        } else {
+            ClientError::Transport { url, cause }
+        }
+    }
+
+    async fn api_error(&self, resp: Response) -> ClientError {
+        let status = resp.status();
+        let body = resp.text().await.unwrap_or_default();
+        match serde_json::from_str::<ErrorResponse>(&body) {
+            Ok(er) => ClientError::Api {
+                status: status.as_u16(),
+                code: er.code,
+                message: er.message,
+            },
+            // A proxy or load balancer in front of the coordinator may answer in HTML or not at all.
+            Err(_) => {
+                let text: String = body.trim().chars().take(200).collect();
+                let reason = status.canonical_reason().unwrap_or("error");
+                ClientError::Api {
+                    status: status.as_u16(),
+                    code: format!("http_{}", status.as_u16()),
+                    message: if text.is_empty() {
+                        format!("the coordinator answered {reason}")
+                    } else {
+                        format!("the coordinator answered {reason}: {text}")
+                    },
+                }
+            }
+        }
+    }
+
+    async fn json<T: DeserializeOwned>(
+        &self,
+        method: Method,
+        route: &str,
+        body: Option<&JobRequest>,
+    ) -> Result<T, ClientError> {
+        let mut rb = self.request(method, route).timeout(CALL_TIMEOUT);
+        if let Some(b) = body {
+            rb = rb.json(b);
+        }
+        let resp = self.send(rb).await?;
+        let bytes = resp.bytes().await.map_err(|e| self.transport(&e))?;
+        serde_json::from_slice(&bytes).map_err(|e| ClientError::Decode {
+            url: self.base.clone(),
+            route: route.to_string(),
+            cause: e.to_string(),
+        })
+    }
+
+    /// `HEAD /contexts/{digest}`: whether the coordinator already stores this context.
+    pub async fn context_exists(&self, digest: &Digest) -> Result<bool, ClientError> {
+        let rb = self
+            .request(Method::HEAD, &format!("/contexts/{digest}"))
+            .timeout(CALL_TIMEOUT);
+        let resp = rb.send().await.map_err(|e| self.transport(&e))?;
+        match resp.status() {
+            s if s.is_success() => Ok(true),
+            StatusCode::NOT_FOUND => Ok(false),
+            _ => Err(self.api_error(resp).await),
+        }
+    }
+
+    /// `PUT /contexts/{digest}`, streaming the archive from `file`.
+    pub async fn upload_context(
+        &self,
+        digest: &Digest,
+        file: tokio::fs::File,
+        size: u64,
+    ) -> Result<ContextInfo, ClientError> {
+        let route = format!("/contexts/{digest}");
+        let rb = self
+            .request(Method::PUT, &route)
+            .header(reqwest::header::CONTENT_TYPE, "application/gzip")
+            .header(reqwest::header::CONTENT_LENGTH, size)
+            .body(reqwest::Body::from(file));
+        let resp = self.send(rb).await?;
+        let bytes = resp.bytes().await.map_err(|e| self.transport(&e))?;
+        serde_json::from_slice(&bytes).map_err(|e| ClientError::Decode {
+            url: self.base.clone(),
+            route,
+            cause: e.to_string(),
+        })
+    }
+
+    /// `POST /jobs`.
+    pub async fn submit_job(&self, req: &JobRequest) -> Result<Job, ClientError> {
+        self.json(Method::POST, "/jobs", Some(req)).await
+    }
+
+    /// `GET /jobs?limit=N`, newest first.
+    pub async fn list_jobs(&self, limit: u32) -> Result<JobList, ClientError> {
+        self.json(Method::GET, &format!("/jobs?limit={limit}"), None)
+            .await
+    }
+
+    /// `GET /jobs/{id}`.
+    pub async fn job(&self, id: Uuid) -> Result<Job, ClientError> {
+        self.json(Method::GET, &format!("/jobs/{id}"), None).await
+    }
+
+    /// `GET /jobs/{id}` as the coordinator's own JSON, for `archfarm job --json`.
+    pub async fn job_json(&self, id: Uuid) -> Result<serde_json::Value, ClientError> {
+        self.json(Method::GET, &format!("/jobs/{id}"), None).await
+    }
+
+    /// `POST /jobs/{id}/cancel`.
+    pub async fn cancel_job(&self, id: Uuid) -> Result<Job, ClientError> {
+        self.json(Method::POST, &format!("/jobs/{id}/cancel"), None)
+            .await
+    }
+
+    /// `GET /agents`.
+    pub async fn agents(&self) -> Result<AgentList, ClientError> {
+        self.json(Method::GET, "/agents", None).await
+    }
+
+    /// `GET /builds/{id}/log?offset=N`: the log bytes from `offset` to the current end.
+    pub async fn build_log(&self, id: Uuid, offset: u64) -> Result<Vec<u8>, ClientError> {
+        let rb = self
+            .request(Method::GET, &format!("/builds/{id}/log?offset={offset}"))
+            .timeout(CALL_TIMEOUT);
+        let resp = self.send(rb).await?;
+        let bytes = resp.bytes().await.map_err(|e| self.transport(&e))?;
+        Ok(bytes.to_vec())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn messages_and_exit_codes() {
+        let e = ClientError::Api {
+            status: 400,
+            code: "invalid_platform".into(),
+            message: "unknown platform 'x'".into(),
+        };
+        assert_eq!(
+            e.to_string(),
+            "unknown platform 'x' (invalid_platform, HTTP 400)"
+        );
+        assert_eq!(e.exit_code(), 2);
+        let e = ClientError::Api {
+            status: 401,
+            code: "unauthorized".into(),
+            message: "missing token".into(),
+        };
+        assert!(e.to_string().contains("--token or ARCHFARM_TOKEN"), "{e}");
+        let e = ClientError::Api {
+            status: 503,
+            code: "unavailable".into(),
+            message: "draining".into(),
+        };
+        assert!(e.is_transient());
+        assert_eq!(e.exit_code(), 1);
+        let e = ClientError::Unreachable {
+            url: "http://127.0.0.1:1".into(),
+            cause: "Connection refused (os error 111)".into(),
+        };
+        assert_eq!(
+            e.to_string(),
+            "cannot reach the coordinator at http://127.0.0.1:1: Connection refused (os error 111)"
+        );
+        assert_eq!(e.exit_code(), 1);
+    }
+
+    #[tokio::test]
+    async fn connection_refused_is_unreachable() {
+        // Bind then drop to find a port nobody listens on.
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let c = Client::new(&format!("http://127.0.0.1:{port}/"), Some(Secret::new("t"))).unwrap();
+        assert!(!format!("{c:?}").contains("\"t\""));
+        let e = c.agents().await.unwrap_err();
+        let msg = e.to_string();
+        assert!(
+            msg.starts_with(&format!(
+                "cannot reach the coordinator at http://127.0.0.1:{port}: "
+            )),
+            "{msg}"
+        );
+        assert!(msg.to_lowercase().contains("refused"), "{msg}");
+    }
+}

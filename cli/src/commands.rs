@@ -1,0 +1,212 @@
+//! One function per subcommand. Results go to stdout, progress and errors to stderr, so a pipeline
+//! can capture stdout (`DIGEST=$(archfarm build ...)`) while the log still shows what happened.
+
+use std::io::IsTerminal;
+
+use archfarm_protocol::api::{JobRequest, JobState};
+use uuid::Uuid;
+
+use crate::args::{BuildArgs, Connection, Progress};
+use crate::client::Client;
+use crate::follow::{self, failure_report};
+use crate::output::{self, human_size};
+use crate::validate::{check_coordinator_url, BuildPlan};
+use crate::{context, Error};
+
+/// Exit code after Ctrl-C, as shells report a SIGINT death.
+pub const EXIT_INTERRUPTED: u8 = 130;
+
+/// How progress is shown once `auto` is resolved.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Style {
+    /// One line per change plus the build logs.
+    Plain,
+    /// Only the result.
+    Quiet,
+}
+
+impl Style {
+    /// Resolves `--progress` for a stderr that is or is not a terminal.
+    pub fn resolve(progress: Progress, stderr_is_terminal: bool) -> Style {
+        match progress {
+            Progress::Quiet => Style::Quiet,
+            Progress::Plain => Style::Plain,
+            // No live terminal view exists yet, so a terminal gets the plain lines too.
+            Progress::Auto if stderr_is_terminal => Style::Plain,
+            Progress::Auto => Style::Plain,
+        }
+    }
+}
+
+fn client(conn: &Connection) -> Result<Client, Error> {
+    check_coordinator_url(&conn.coordinator)?;
+    Ok(Client::new(&conn.coordinator, conn.token.clone())?)
+}
+
+/// `archfarm build`: validate, pack, upload, submit, follow.
+pub async fn build(conn: &Connection, args: &BuildArgs) -> Result<u8, Error> {
+    // Everything local first: a typo must never cost an upload.
+    let plan = BuildPlan::from_args(args, |name| std::env::var(name).ok())?;
+    let client = client(conn)?;
+    let verbose = Style::resolve(plan.progress, std::io::stderr().is_terminal()) == Style::Plain;
+    let say = |msg: String| {
+        if verbose {
+            eprintln!("{msg}");
+        }
+    };
+
+    say(format!("context: packing {}", plan.context.display()));
+    let (dir, dockerfile) = (plan.context.clone(), plan.dockerfile.clone());
+    let packed = tokio::task::spawn_blocking(move || context::pack(&dir, &dockerfile))
+        .await
+        .map_err(|e| Error::Other(format!("packing the context stopped: {e}")))??;
+    for w in &packed.warnings {
+        eprintln!("warning: {w}");
+    }
+    say(format!(
+        "context: {} {}, {} compressed, {}",
+        packed.entries,
+        if packed.entries == 1 {
+            "entry"
+        } else {
+            "entries"
+        },
+        human_size(packed.size),
+        packed.digest
+    ));
+    if client.context_exists(&packed.digest).await? {
+        say("context: already on the coordinator".into());
+    } else {
+        let size = packed.size;
+        let file = tokio::fs::File::from_std(packed.file);
+        client.upload_context(&packed.digest, file, size).await?;
+        say(format!("context: {} uploaded", human_size(size)));
+    }
+
+    let request = JobRequest {
+        context: packed.digest,
+        platforms: plan.platforms.iter().map(|p| p.to_string()).collect(),
+        tags: plan.tags.clone(),
+        dockerfile: plan.dockerfile.clone(),
+        build_args: plan.build_args.clone(),
+        target: plan.target.clone(),
+        emulation: plan.emulation,
+    };
+    let job = client.submit_job(&request).await?;
+    let id = job.id;
+    say(format!(
+        "job {id} submitted: {} -> {}",
+        request.platforms.join(", "),
+        request.tags.join(", ")
+    ));
+    if plan.detach {
+        output::stdout(&format!("{id}\n"));
+        return Ok(0);
+    }
+
+    let interrupted = async {
+        // If the handler cannot be installed, Ctrl-C keeps its default effect; never fire here.
+        if tokio::signal::ctrl_c().await.is_err() {
+            std::future::pending::<()>().await;
+        }
+    };
+    let finished = tokio::select! {
+        result = follow::follow(&client, job, verbose) => {
+            result.map_err(|last| Error::LostJob { id, last })?
+        }
+        () = interrupted => {
+            eprintln!(
+                "\ninterrupted: job {id} keeps running on the coordinator; \
+                 follow it with `archfarm job {id}` or cancel it with `archfarm cancel {id}`"
+            );
+            return Ok(EXIT_INTERRUPTED);
+        }
+    };
+    outcome(&client, &finished).await
+}
+
+/// Prints a finished job's result and picks the exit code.
+async fn outcome(client: &Client, job: &archfarm_protocol::api::Job) -> Result<u8, Error> {
+    match job.state {
+        JobState::Succeeded => match &job.index_digest {
+            Some(d) => {
+                output::stdout(&format!("{d}\n"));
+                Ok(0)
+            }
+            None => Err(Error::Other(format!(
+                "job {} succeeded but the coordinator reported no index digest",
+                job.id
+            ))),
+        },
+        JobState::Failed => {
+            eprint!("{}", failure_report(client, job).await);
+            Ok(1)
+        }
+        JobState::Cancelled => {
+            eprintln!(
+                "error: job {} was cancelled: {}",
+                job.id,
+                job.error.as_deref().unwrap_or("cancelled by a user")
+            );
+            Ok(1)
+        }
+        other => Err(Error::Other(format!(
+            "job {} stopped being followed in state {other}",
+            job.id
+        ))),
+    }
+}
+
+/// `archfarm jobs`.
+pub async fn jobs(conn: &Connection, limit: u32) -> Result<u8, Error> {
+    let list = client(conn)?.list_jobs(limit).await?;
+    output::stdout(&output::jobs_table(&list.jobs, chrono::Utc::now()));
+    Ok(0)
+}
+
+/// `archfarm job ID [--json]`.
+pub async fn job(conn: &Connection, id: Uuid, json: bool) -> Result<u8, Error> {
+    let client = client(conn)?;
+    if json {
+        let value = client.job_json(id).await?;
+        let text = serde_json::to_string_pretty(&value)
+            .map_err(|e| Error::Other(format!("printing the job's JSON: {e}")))?;
+        output::stdout(&format!("{text}\n"));
+    } else {
+        let job = client.job(id).await?;
+        output::stdout(&output::job_summary(&job, chrono::Utc::now()));
+    }
+    Ok(0)
+}
+
+/// `archfarm agents`.
+pub async fn agents(conn: &Connection) -> Result<u8, Error> {
+    let list = client(conn)?.agents().await?;
+    output::stdout(&output::agents_table(&list.agents, chrono::Utc::now()));
+    Ok(0)
+}
+
+/// `archfarm cancel ID`: succeeds when the job is cancelled or had already ended.
+pub async fn cancel(conn: &Connection, id: Uuid) -> Result<u8, Error> {
+    let job = client(conn)?.cancel_job(id).await?;
+    let text = match job.state {
+        JobState::Cancelled => format!("job {id} cancelled\n"),
+        s if s.is_terminal() => format!("job {id} had already {s}; nothing to cancel\n"),
+        s => format!("job {id}: cancel requested (now {s})\n"),
+    };
+    output::stdout(&text);
+    Ok(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn auto_progress_is_plain_for_now() {
+        assert_eq!(Style::resolve(Progress::Auto, false), Style::Plain);
+        assert_eq!(Style::resolve(Progress::Auto, true), Style::Plain);
+        assert_eq!(Style::resolve(Progress::Quiet, true), Style::Quiet);
+        assert_eq!(Style::resolve(Progress::Plain, false), Style::Plain);
+    }
+}

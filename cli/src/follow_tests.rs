@@ -1,0 +1,172 @@
+//! Tests of the change tracker and log line splitting.
+
+use super::*;
+use serde_json::{json, Value};
+
+/// A job as the coordinator would send it: amd64 building on pi-4, s390x queued and waiting.
+pub(crate) fn sample_job_json() -> Value {
+    json!({
+        "id": "6f1e2d3c-0000-4000-8000-000000000001",
+        "state": "building",
+        "tags": ["localhost:5000/app:1"],
+        "platforms": ["linux/amd64", "linux/s390x"],
+        "index_digest": null,
+        "index_media_type": null,
+        "error": null,
+        "context": format!("sha256:{}", "c".repeat(64)),
+        "dockerfile": "Dockerfile",
+        "build_args": {},
+        "target": null,
+        "emulation": "fallback",
+        "created_at": "2024-05-01T10:00:00Z",
+        "updated_at": "2024-05-01T10:00:01Z",
+        "finished_at": null,
+        "builds": [
+            build_json("00000000-0000-4000-8000-0000000000a1", "linux/amd64", "building", Some("pi-4"), 1),
+            with(
+                build_json("00000000-0000-4000-8000-0000000000a2", "linux/s390x", "queued", None, 0),
+                json!({"waiting": "no online agent builds linux/s390x natively or under emulation"}),
+            ),
+        ],
+    })
+}
+
+fn build_json(id: &str, platform: &str, state: &str, agent: Option<&str>, attempts: i64) -> Value {
+    json!({
+        "id": id,
+        "platform": platform,
+        "state": state,
+        "agent": agent,
+        "mode": agent.map(|_| "native"),
+        "digest": null,
+        "media_type": null,
+        "size": null,
+        "attempts": attempts,
+        "error": null,
+        "waiting": null,
+        "created_at": "2024-05-01T10:00:00Z",
+        "started_at": null,
+        "finished_at": null,
+    })
+}
+
+fn build(v: Value) -> Build {
+    serde_json::from_value(v).unwrap()
+}
+
+fn with(mut v: Value, changes: Value) -> Value {
+    for (k, val) in changes.as_object().unwrap() {
+        v[k] = val.clone();
+    }
+    v
+}
+
+#[test]
+fn one_line_per_change() {
+    let id = "00000000-0000-4000-8000-0000000000b1";
+    let queued = build_json(id, "linux/arm64", "queued", None, 0);
+    let mut t = Tracker::default();
+    assert_eq!(
+        t.build_lines(&build(queued.clone())).0,
+        ["[linux/arm64] queued"]
+    );
+    assert!(t.build_lines(&build(queued.clone())).0.is_empty());
+
+    let waiting = with(queued.clone(), json!({"waiting": "no native agent online"}));
+    assert_eq!(
+        t.build_lines(&build(waiting.clone())).0,
+        ["[linux/arm64] waiting: no native agent online"]
+    );
+    assert!(
+        t.build_lines(&build(waiting)).0.is_empty(),
+        "waiting text printed once"
+    );
+
+    let running = build_json(id, "linux/arm64", "building", Some("pi-4"), 1);
+    assert_eq!(
+        t.build_lines(&build(running.clone())).0,
+        ["[linux/arm64] building on pi-4 (native)"]
+    );
+    assert_eq!(t.build_lines(&build(running)), (vec![], vec![]));
+
+    let requeued = build_json(id, "linux/arm64", "queued", None, 1);
+    assert_eq!(
+        t.build_lines(&build(requeued)).0,
+        ["[linux/arm64] back in the queue: attempt 1 on pi-4 ended"]
+    );
+    let again = with(
+        build_json(id, "linux/arm64", "building", Some("qemu-box"), 2),
+        json!({"mode": "emulated"}),
+    );
+    assert_eq!(
+        t.build_lines(&build(again)).0,
+        ["[linux/arm64] building on qemu-box (emulated, attempt 2)"]
+    );
+    let done = with(
+        build_json(id, "linux/arm64", "succeeded", Some("qemu-box"), 2),
+        json!({"mode": "emulated", "digest": "sha256:abc"}),
+    );
+    let (pre, post) = t.build_lines(&build(done.clone()));
+    assert!(pre.is_empty());
+    assert_eq!(post, ["[linux/arm64] succeeded sha256:abc"]);
+    assert_eq!(t.build_lines(&build(done)), (vec![], vec![]));
+}
+
+#[test]
+fn skipped_states_still_show_the_agent() {
+    let id = "00000000-0000-4000-8000-0000000000c1";
+    let mut t = Tracker::default();
+    t.build_lines(&build(build_json(id, "linux/s390x", "queued", None, 0)));
+    let failed = with(
+        build_json(id, "linux/s390x", "failed", Some("z15"), 1),
+        json!({"error": "buildah exited with status 1"}),
+    );
+    let (pre, post) = t.build_lines(&build(failed));
+    assert_eq!(pre, ["[linux/s390x] building on z15 (native)"]);
+    assert_eq!(post, ["[linux/s390x] failed: buildah exited with status 1"]);
+}
+
+#[test]
+fn job_lines() {
+    let mut job: Job = serde_json::from_value(sample_job_json()).unwrap();
+    let mut t = Tracker::default();
+    assert!(t.job_lines(&job).is_empty());
+    job.state = JobState::Stitching;
+    assert_eq!(t.job_lines(&job).len(), 1);
+    assert!(t.job_lines(&job).is_empty());
+    job.state = JobState::Succeeded;
+    job.index_digest = Some("sha256:feed".into());
+    assert_eq!(
+        t.job_lines(&job),
+        ["[index] pushed sha256:feed to localhost:5000/app:1"]
+    );
+}
+
+#[test]
+fn log_lines_split_across_reads() {
+    let mut s = LogStream::default();
+    assert!(s.feed(b"STEP 1/2: FROM scr").is_empty());
+    assert_eq!(
+        s.feed(b"atch\nSTEP 2/2: COPY\r\nCOMM"),
+        ["STEP 1/2: FROM scratch", "STEP 2/2: COPY"]
+    );
+    assert_eq!(s.offset, 43);
+    assert!(s.feed(b"").is_empty());
+    assert_eq!(s.feed(b"IT\n\n"), ["COMMIT", ""]);
+    assert_eq!(s.flush(), None);
+    s.feed(b"no newline");
+    assert_eq!(s.flush().as_deref(), Some("no newline"));
+}
+
+#[test]
+fn tails() {
+    let log: String = (1..=30).map(|i| format!("line {i}\n")).collect();
+    let t = log_tail(log.as_bytes(), TAIL_LINES);
+    assert!(
+        t.starts_with("  last 20 lines of its log:\n  | line 11\n"),
+        "{t}"
+    );
+    assert!(t.ends_with("  | line 30\n"), "{t}");
+    assert_eq!(log_tail(b"", 20), "  (its log is empty)\n");
+    assert_eq!(log_tail(b"one", 20), "  last line of its log:\n  | one\n");
+}

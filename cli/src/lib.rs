@@ -1,0 +1,75 @@
+//! The `archfarm` command: what CI pipelines run to build multi-arch images on an archfarm farm.
+//!
+//! * [`args`]: the command line (clap).
+//! * [`validate`]: local checks of `build`'s inputs, before any network call.
+//! * [`dockerignore`] and [`context`]: packing the context deterministically.
+//! * [`client`]: the coordinator's CI routes, typed.
+//! * [`follow`]: following a job's builds and logs.
+//! * [`output`]: tables and summaries for people.
+//! * [`commands`]: one function per subcommand.
+
+pub mod args;
+pub mod client;
+pub mod commands;
+pub mod context;
+pub mod dockerignore;
+pub mod follow;
+pub mod output;
+pub mod validate;
+
+use uuid::Uuid;
+
+use crate::args::{Cli, Command};
+use crate::client::ClientError;
+use crate::context::PackError;
+use crate::validate::UsageError;
+
+/// Everything that can end a command early, each with its exit code.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// A command-line value was refused locally.
+    #[error(transparent)]
+    Usage(#[from] UsageError),
+    /// The context could not be packed.
+    #[error(transparent)]
+    Pack(#[from] PackError),
+    /// A call to the coordinator failed.
+    #[error(transparent)]
+    Client(#[from] ClientError),
+    /// The coordinator stayed unreachable while a job was followed.
+    #[error("{last}; stopped following job {id}, which may still be running: check it with `archfarm job {id}`")]
+    LostJob {
+        /// The job.
+        id: Uuid,
+        /// The last failure (its message is part of this one, so it is not a `source`).
+        last: ClientError,
+    },
+    /// Anything else, already worded for people.
+    #[error("{0}")]
+    Other(String),
+}
+
+impl Error {
+    /// The process exit code: 2 for bad input (local or refused by the coordinator), else 1.
+    pub fn exit_code(&self) -> u8 {
+        match self {
+            Error::Usage(_) => 2,
+            Error::Pack(PackError::Read { .. } | PackError::Pattern(_)) => 2,
+            Error::Pack(PackError::Write(_)) => 1,
+            Error::Client(e) => e.exit_code(),
+            Error::LostJob { .. } | Error::Other(_) => 1,
+        }
+    }
+}
+
+/// Runs the parsed command line and returns the exit code.
+pub async fn run(cli: Cli) -> Result<u8, Error> {
+    let conn = &cli.conn;
+    match &cli.command {
+        Command::Build(args) => commands::build(conn, args).await,
+        Command::Jobs { limit } => commands::jobs(conn, *limit).await,
+        Command::Job { id, json } => commands::job(conn, *id, *json).await,
+        Command::Agents => commands::agents(conn).await,
+        Command::Cancel { id } => commands::cancel(conn, *id).await,
+    }
+}

@@ -1,0 +1,455 @@
+//! Local checks of `archfarm build`'s inputs, done before any network call.
+//!
+//! Every refusal is a [`UsageError`] whose message names the problem and what is accepted, so a CI
+//! engineer can fix the pipeline without reading the coordinator's logs.
+
+use std::collections::BTreeMap;
+use std::path::{Component, Path, PathBuf};
+
+use archfarm_protocol::api::EmulationPolicy;
+use archfarm_protocol::{platform, ImageRef, Platform};
+
+use crate::args::{BuildArgs, Progress};
+
+/// A command-line value that was refused; exit code 2.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct UsageError(pub String);
+
+/// `archfarm build`'s inputs, checked and normalised.
+#[derive(Debug, Clone)]
+pub struct BuildPlan {
+    /// Normalised platforms, in the order given, without duplicates.
+    pub platforms: Vec<Platform>,
+    /// References to push the index under, as given (`:latest` added when there is no tag).
+    pub tags: Vec<String>,
+    /// The context directory as given.
+    pub context: PathBuf,
+    /// Dockerfile path inside the context, `/`-separated, without `.` or `..`.
+    pub dockerfile: String,
+    /// Build arguments; a later `--build-arg` for the same name wins, as with docker.
+    pub build_args: BTreeMap<String, String>,
+    /// Target stage.
+    pub target: Option<String>,
+    /// Emulation policy.
+    pub emulation: EmulationPolicy,
+    /// Progress mode.
+    pub progress: Progress,
+    /// Whether to return right after submitting.
+    pub detach: bool,
+}
+
+impl BuildPlan {
+    /// Checks `args`; `env` looks up variables for bare `--build-arg NAME`.
+    pub fn from_args(
+        args: &BuildArgs,
+        env: impl Fn(&str) -> Option<String>,
+    ) -> Result<Self, UsageError> {
+        let platforms = parse_platforms(&args.platforms)?;
+        let tags = parse_tags(&args.tags)?;
+        let build_args = parse_build_args(&args.build_args, env)?;
+        let target = match args.target.as_deref() {
+            Some(t) if t.trim().is_empty() => {
+                return Err(UsageError(
+                    "--target is empty; give the name of a stage of the Dockerfile".into(),
+                ))
+            }
+            t => t.map(str::to_string),
+        };
+        check_context_dir(&args.context)?;
+        let dockerfile = match &args.file {
+            Some(f) => dockerfile_in_context(&args.context, f, true)?,
+            None => dockerfile_in_context(&args.context, Path::new("Dockerfile"), false)?,
+        };
+        Ok(BuildPlan {
+            platforms,
+            tags,
+            context: args.context.clone(),
+            dockerfile,
+            build_args,
+            target,
+            emulation: args.emulation.into(),
+            progress: args.progress,
+            detach: args.detach,
+        })
+    }
+}
+
+/// Parses every `--platform` value (each may be a comma list) into one list without duplicates.
+pub fn parse_platforms(values: &[String]) -> Result<Vec<Platform>, UsageError> {
+    let mut out: Vec<Platform> = Vec::new();
+    for v in values {
+        for p in platform::parse_list(v).map_err(|e| UsageError(e.to_string()))? {
+            if !out.contains(&p) {
+                out.push(p);
+            }
+        }
+    }
+    if out.is_empty() {
+        return Err(UsageError(format!(
+            "no platform given; pass --platform with one or more of: {}",
+            platform::ACCEPTED.join(", ")
+        )));
+    }
+    Ok(out)
+}
+
+/// Parses the `-t` references: each must parse, carry no digest, and all must share one repository.
+pub fn parse_tags(values: &[String]) -> Result<Vec<String>, UsageError> {
+    let mut out: Vec<String> = Vec::new();
+    let mut first: Option<(String, ImageRef)> = None;
+    for v in values {
+        let r = ImageRef::parse(v).map_err(|e| UsageError(format!("-t: {e}")))?;
+        if r.digest.is_some() {
+            return Err(UsageError(format!(
+                "-t '{v}' has a digest; the image index is pushed under tags, so give REGISTRY/REPOSITORY:TAG"
+            )));
+        }
+        if let Some((first_input, first_ref)) = &first {
+            if first_ref.name() != r.name() {
+                return Err(UsageError(format!(
+                    "all tags must be in one registry/repository: '{first_input}' is {} but '{v}' is {}; \
+                     run one build per repository",
+                    first_ref.name(),
+                    r.name()
+                )));
+            }
+        } else {
+            first = Some((v.clone(), r.clone()));
+        }
+        // Docker's default tag, made explicit so the coordinator never has to guess.
+        let tag = if r.tag.is_none() {
+            format!("{v}:latest")
+        } else {
+            v.clone()
+        };
+        if !out.contains(&tag) {
+            out.push(tag);
+        }
+    }
+    Ok(out)
+}
+
+/// Parses `NAME=VALUE` or `NAME` (value from `env`, left out when unset, like docker).
+pub fn parse_build_args(
+    values: &[String],
+    env: impl Fn(&str) -> Option<String>,
+) -> Result<BTreeMap<String, String>, UsageError> {
+    let mut out = BTreeMap::new();
+    for v in values {
+        let (name, value) = match v.split_once('=') {
+            Some((n, val)) => (n, Some(val.to_string())),
+            None => (v.as_str(), None),
+        };
+        if name.is_empty() || name.chars().any(|c| c.is_whitespace() || c.is_control()) {
+            return Err(UsageError(format!(
+                "invalid --build-arg '{v}': the name must be non-empty without spaces; \
+                 expected NAME=VALUE, or NAME to take the value from the environment"
+            )));
+        }
+        let value = match value {
+            Some(val) => val,
+            None => match env(name) {
+                Some(val) => val,
+                // docker leaves an unset bare name out, so the Dockerfile's default applies.
+                None => continue,
+            },
+        };
+        out.insert(name.to_string(), value);
+    }
+    Ok(out)
+}
+
+/// The context must be an existing directory.
+pub fn check_context_dir(context: &Path) -> Result<(), UsageError> {
+    match std::fs::metadata(context) {
+        Ok(m) if m.is_dir() => Ok(()),
+        Ok(_) => Err(UsageError(format!(
+            "context '{}' is not a directory; give the directory to build from",
+            context.display()
+        ))),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Err(UsageError(format!(
+            "context directory '{}' does not exist",
+            context.display()
+        ))),
+        Err(e) => Err(UsageError(format!(
+            "context directory '{}' cannot be read: {e}",
+            context.display()
+        ))),
+    }
+}
+
+/// Resolves `-f` against the context: it must name a regular file inside it. Returns the
+/// `/`-separated path inside the context. With `explicit` (the user gave `-f`), a relative path that
+/// fails that way is also tried relative to the current directory, as docker reads it.
+pub fn dockerfile_in_context(
+    context: &Path,
+    file: &Path,
+    explicit: bool,
+) -> Result<String, UsageError> {
+    let canon_ctx = context.canonicalize().map_err(|e| {
+        UsageError(format!(
+            "context directory '{}' cannot be read: {e}",
+            context.display()
+        ))
+    })?;
+    let check = |relative: &Path| inside_context(context, &canon_ctx, file, relative);
+    let first = if file.is_absolute() {
+        let canon = file.canonicalize().map_err(|_| not_found(context, file))?;
+        match canon.strip_prefix(&canon_ctx) {
+            Ok(rel) => check(rel),
+            Err(_) => Err(outside(context, file)),
+        }
+    } else {
+        check(file)
+    };
+    match first {
+        Err(e) if explicit && file.is_relative() => {
+            // docker reads -f relative to the current directory; accept that reading when it
+            // lands inside the context, and otherwise report the context-relative problem.
+            let docker_style = file
+                .canonicalize()
+                .ok()
+                .and_then(|c| c.strip_prefix(&canon_ctx).ok().map(Path::to_path_buf));
+            docker_style.and_then(|rel| check(&rel).ok()).ok_or(e)
+        }
+        other => other,
+    }
+}
+
+/// Checks a path relative to the context: no climbing out, exists, stays inside through
+/// symlinks, is a regular file. Returns it `/`-separated.
+fn inside_context(
+    context: &Path,
+    canon_ctx: &Path,
+    file: &Path,
+    relative: &Path,
+) -> Result<String, UsageError> {
+    // Lexical normalisation first: `..` that climbs above the context is refused even if a
+    // symlink would bring it back, as the archive could not hold it.
+    let mut parts: Vec<String> = Vec::new();
+    for c in relative.components() {
+        match c {
+            Component::CurDir => {}
+            Component::ParentDir => {
+                if parts.pop().is_none() {
+                    return Err(outside(context, file));
+                }
+            }
+            Component::Normal(n) => parts.push(
+                n.to_str()
+                    .ok_or_else(|| {
+                        UsageError(format!(
+                            "Dockerfile path '{}' is not valid UTF-8",
+                            file.display()
+                        ))
+                    })?
+                    .to_string(),
+            ),
+            Component::RootDir | Component::Prefix(_) => return Err(outside(context, file)),
+        }
+    }
+    if parts.is_empty() {
+        return Err(UsageError(format!(
+            "Dockerfile '{}' names the context directory itself; -f must name a file",
+            file.display()
+        )));
+    }
+    let joined = parts.join("/");
+    // A symlink may still point outside: the agent would not find its target in the archive.
+    let canon = canon_ctx
+        .join(&joined)
+        .canonicalize()
+        .map_err(|_| not_found(context, file))?;
+    if !canon.starts_with(canon_ctx) {
+        return Err(outside(context, file));
+    }
+    if !canon.is_file() {
+        return Err(UsageError(format!(
+            "Dockerfile '{}' in the context directory '{}' is not a regular file",
+            joined,
+            context.display()
+        )));
+    }
+    Ok(joined)
+}
+
+fn outside(context: &Path, file: &Path) -> UsageError {
+    UsageError(format!(
+        "Dockerfile '{}' is outside the context directory '{}'; -f must name a file inside the context (relative to it)",
+        file.display(),
+        context.display()
+    ))
+}
+
+fn not_found(context: &Path, file: &Path) -> UsageError {
+    UsageError(format!(
+        "Dockerfile '{}' not found in the context directory '{}' (-f is relative to the context; default 'Dockerfile')",
+        file.display(),
+        context.display()
+    ))
+}
+
+/// Checks the coordinator URL: `http://` or `https://` with a host.
+pub fn check_coordinator_url(url: &str) -> Result<(), UsageError> {
+    let bad = |why: String| {
+        UsageError(format!(
+            "invalid coordinator URL '{url}': {why}; expected http://HOST:PORT or https://HOST (--coordinator or ARCHFARM_COORDINATOR)"
+        ))
+    };
+    let parsed = reqwest::Url::parse(url).map_err(|e| bad(e.to_string()))?;
+    if !matches!(parsed.scheme(), "http" | "https") {
+        return Err(bad(format!(
+            "scheme '{}' is not http or https",
+            parsed.scheme()
+        )));
+    }
+    if parsed.host_str().unwrap_or("").is_empty() {
+        return Err(bad("the host is missing".into()));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn strings(v: &[&str]) -> Vec<String> {
+        v.iter().map(|s| s.to_string()).collect()
+    }
+
+    #[test]
+    fn platforms_merge_and_explain() {
+        let p = parse_platforms(&strings(&["linux/amd64,aarch64", "arm64/v8", "s390x"])).unwrap();
+        let s: Vec<String> = p.iter().map(|p| p.to_string()).collect();
+        assert_eq!(s, ["linux/amd64", "linux/arm64", "linux/s390x"]);
+        let e = parse_platforms(&strings(&["linux/amd64,linux/sparc"])).unwrap_err();
+        assert!(e.0.contains("unknown platform 'linux/sparc'"), "{e}");
+        assert!(e.0.contains("accepted: linux/amd64"), "{e}");
+        let e = parse_platforms(&strings(&[","])).unwrap_err();
+        assert!(e.0.contains("no platform given"), "{e}");
+    }
+
+    #[test]
+    fn tags_share_a_repository() {
+        let t = parse_tags(&strings(&["localhost:5000/app:1", "localhost:5000/app"])).unwrap();
+        assert_eq!(t, ["localhost:5000/app:1", "localhost:5000/app:latest"]);
+        let e = parse_tags(&strings(&[
+            "localhost:5000/app:1",
+            "localhost:5000/other:1",
+        ]))
+        .unwrap_err();
+        assert!(
+            e.0.contains("all tags must be in one registry/repository"),
+            "{e}"
+        );
+        assert!(e.0.contains("localhost:5000/other"), "{e}");
+        let e = parse_tags(&strings(&["localhost:5000/App:1"])).unwrap_err();
+        assert!(e.0.contains("must be lowercase"), "{e}");
+        assert!(e.0.contains("expected [REGISTRY"), "{e}");
+        let d = format!("localhost:5000/app@sha256:{}", "a".repeat(64));
+        let e = parse_tags(&[d]).unwrap_err();
+        assert!(e.0.contains("has a digest"), "{e}");
+    }
+
+    #[test]
+    fn build_args_like_docker() {
+        let env = |k: &str| (k == "FROM_ENV").then(|| "env-value".to_string());
+        let a = parse_build_args(
+            &strings(&["A=1", "B=x=y", "EMPTY=", "FROM_ENV", "UNSET", "A=2"]),
+            env,
+        )
+        .unwrap();
+        let got: Vec<(&str, &str)> = a.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+        assert_eq!(
+            got,
+            [
+                ("A", "2"),
+                ("B", "x=y"),
+                ("EMPTY", ""),
+                ("FROM_ENV", "env-value")
+            ]
+        );
+        for bad in ["=1", "", "A B=1"] {
+            let e = parse_build_args(&strings(&[bad]), env).unwrap_err();
+            assert!(e.0.contains("expected NAME=VALUE"), "{bad}: {e}");
+        }
+    }
+
+    #[test]
+    fn context_and_dockerfile() {
+        let dir = tempfile::tempdir().unwrap();
+        let ctx = dir.path().join("ctx");
+        let e = check_context_dir(&ctx).unwrap_err();
+        assert_eq!(
+            e.0,
+            format!("context directory '{}' does not exist", ctx.display())
+        );
+        std::fs::create_dir_all(ctx.join("docker")).unwrap();
+        std::fs::write(ctx.join("docker/Dockerfile.prod"), "FROM scratch\n").unwrap();
+        std::fs::write(dir.path().join("Outside"), "FROM scratch\n").unwrap();
+        check_context_dir(&ctx).unwrap();
+
+        let e = dockerfile_in_context(&ctx, Path::new("Dockerfile"), false).unwrap_err();
+        assert!(
+            e.0.contains("Dockerfile 'Dockerfile' not found in the context"),
+            "{e}"
+        );
+        let ok = dockerfile_in_context(&ctx, Path::new("./docker/../docker/Dockerfile.prod"), true);
+        assert_eq!(ok.unwrap(), "docker/Dockerfile.prod");
+        let abs = ctx.join("docker/Dockerfile.prod");
+        assert_eq!(
+            dockerfile_in_context(&ctx, &abs, true).unwrap(),
+            "docker/Dockerfile.prod"
+        );
+        let e = dockerfile_in_context(&ctx, Path::new("../Outside"), true).unwrap_err();
+        assert!(e.0.contains("is outside the context directory"), "{e}");
+        let e = dockerfile_in_context(&ctx, &dir.path().join("Outside"), true).unwrap_err();
+        assert!(e.0.contains("is outside the context directory"), "{e}");
+        std::os::unix::fs::symlink("../Outside", ctx.join("Linked")).unwrap();
+        let e = dockerfile_in_context(&ctx, Path::new("Linked"), true).unwrap_err();
+        assert!(e.0.contains("is outside the context directory"), "{e}");
+        // docker's way, relative to the current directory, when that is inside the context.
+        let from_cwd = ctx.join("docker/Dockerfile.prod");
+        let cwd_relative = pathdiff(&from_cwd);
+        assert_eq!(
+            dockerfile_in_context(&ctx, &cwd_relative, true).unwrap(),
+            "docker/Dockerfile.prod"
+        );
+        let e = dockerfile_in_context(&ctx, Path::new("docker"), true).unwrap_err();
+        assert!(e.0.contains("is not a regular file"), "{e}");
+
+        std::fs::write(dir.path().join("file"), "").unwrap();
+        let e = check_context_dir(&dir.path().join("file")).unwrap_err();
+        assert!(e.0.contains("is not a directory"), "{e}");
+    }
+
+    /// `path` relative to the current directory, spelled with `..` as needed.
+    fn pathdiff(path: &Path) -> PathBuf {
+        let cwd = std::env::current_dir().unwrap().canonicalize().unwrap();
+        let path = path.canonicalize().unwrap();
+        let common = cwd
+            .components()
+            .zip(path.components())
+            .take_while(|(a, b)| a == b)
+            .count();
+        let mut out = PathBuf::new();
+        for _ in cwd.components().skip(common) {
+            out.push("..");
+        }
+        for c in path.components().skip(common) {
+            out.push(c);
+        }
+        out
+    }
+
+    #[test]
+    fn coordinator_urls() {
+        check_coordinator_url("http://127.0.0.1:8080").unwrap();
+        check_coordinator_url("https://farm.example.com/archfarm/").unwrap();
+        for bad in ["127.0.0.1:8080", "ftp://x", "http://", "not a url"] {
+            let e = check_coordinator_url(bad).unwrap_err();
+            assert!(e.0.contains("expected http://HOST:PORT"), "{bad}: {e}");
+        }
+    }
+}

@@ -1,0 +1,314 @@
+//! A scripted, in-process coordinator speaking the wire contract's CI routes, for the CLI's
+//! process tests. Each `GET /jobs/{id}` moves the job one step along its [`Scenario`].
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use archfarm_protocol::api::{
+    Agent, AgentList, AgentState, Build, BuildMode, BuildState, ContextInfo, ErrorResponse, Job,
+    JobList, JobRequest, JobState,
+};
+use archfarm_protocol::{Digest, Platform};
+use axum::body::Bytes;
+use axum::extract::{Path, Query, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, head, post};
+use axum::{Json, Router};
+use sha2::Digest as _;
+use uuid::Uuid;
+
+/// The index digest a succeeding job reports.
+pub const INDEX: &str = "sha256:1111111111111111111111111111111111111111111111111111111111111111";
+/// The linux/amd64 manifest digest.
+pub const AMD64: &str = "sha256:2222222222222222222222222222222222222222222222222222222222222222";
+
+/// How the scripted job goes.
+#[derive(Clone, Copy, PartialEq)]
+pub enum Scenario {
+    /// Both platforms build, then the index is stitched and pushed.
+    Succeed,
+    /// linux/s390x fails with a 25-line log.
+    FailS390x,
+    /// Builds start and never finish, for Ctrl-C and cancel tests.
+    Hang,
+}
+
+/// What the fake has seen and holds.
+#[derive(Default)]
+pub struct Fake {
+    pub scenario: Option<Scenario>,
+    pub token: Option<String>,
+    pub contexts: HashMap<String, Vec<u8>>,
+    pub puts: usize,
+    pub request: Option<JobRequest>,
+    pub job: Option<Job>,
+    pub polls: usize,
+    pub logs: HashMap<Uuid, String>,
+}
+
+/// The fake's state, shared with the tests.
+pub type Shared = Arc<Mutex<Fake>>;
+
+fn error(status: StatusCode, code: &str, message: &str) -> Response {
+    let body = ErrorResponse {
+        code: code.into(),
+        message: message.into(),
+    };
+    (status, Json(body)).into_response()
+}
+
+fn authorised(fake: &Fake, headers: &HeaderMap) -> bool {
+    let Some(t) = &fake.token else { return true };
+    headers.get("authorization").and_then(|v| v.to_str().ok()) == Some(&format!("Bearer {t}"))
+}
+
+async fn head_context(State(s): State<Shared>, h: HeaderMap, Path(d): Path<String>) -> StatusCode {
+    let f = s.lock().unwrap();
+    if !authorised(&f, &h) {
+        return StatusCode::UNAUTHORIZED;
+    }
+    if f.contexts.contains_key(&d) {
+        StatusCode::OK
+    } else {
+        StatusCode::NOT_FOUND
+    }
+}
+
+async fn put_context(
+    State(s): State<Shared>,
+    h: HeaderMap,
+    Path(d): Path<String>,
+    body: Bytes,
+) -> Response {
+    let mut f = s.lock().unwrap();
+    if !authorised(&f, &h) {
+        return error(StatusCode::UNAUTHORIZED, "unauthorized", "bad API token");
+    }
+    let actual = Digest::from_sha256_bytes(&sha2::Sha256::digest(&body));
+    if actual.as_str() != d {
+        return error(
+            StatusCode::BAD_REQUEST,
+            "digest_mismatch",
+            "digest mismatch",
+        );
+    }
+    f.puts += 1;
+    let size = body.len() as u64;
+    f.contexts.insert(d, body.to_vec());
+    (
+        StatusCode::CREATED,
+        Json(ContextInfo {
+            digest: actual,
+            size,
+        }),
+    )
+        .into_response()
+}
+
+fn new_build(platform: &str) -> Build {
+    Build {
+        id: Uuid::new_v4(),
+        platform: Platform::parse(platform).unwrap(),
+        state: BuildState::Queued,
+        agent: None,
+        mode: None,
+        digest: None,
+        media_type: None,
+        size: None,
+        attempts: 0,
+        error: None,
+        waiting: None,
+        created_at: chrono::Utc::now(),
+        started_at: None,
+        finished_at: None,
+    }
+}
+
+async fn submit(State(s): State<Shared>, Json(req): Json<JobRequest>) -> Response {
+    let mut f = s.lock().unwrap();
+    if !f.contexts.contains_key(req.context.as_str()) {
+        return error(
+            StatusCode::BAD_REQUEST,
+            "unknown_context",
+            "upload the context first",
+        );
+    }
+    if req.tags.iter().any(|t| t.contains("forbidden")) {
+        return error(
+            StatusCode::BAD_REQUEST,
+            "invalid_reference",
+            "registry 'forbidden' is not allowed here",
+        );
+    }
+    let now = chrono::Utc::now();
+    let job = Job {
+        id: Uuid::new_v4(),
+        state: JobState::Queued,
+        tags: req.tags.clone(),
+        platforms: req
+            .platforms
+            .iter()
+            .map(|p| Platform::parse(p).unwrap())
+            .collect(),
+        index_digest: None,
+        index_media_type: None,
+        error: None,
+        context: req.context.clone(),
+        dockerfile: req.dockerfile.clone(),
+        build_args: req.build_args.clone(),
+        target: req.target.clone(),
+        emulation: req.emulation,
+        created_at: now,
+        updated_at: now,
+        finished_at: None,
+        builds: req.platforms.iter().map(|p| new_build(p)).collect(),
+    };
+    f.request = Some(req);
+    f.job = Some(job.clone());
+    (StatusCode::CREATED, Json(job)).into_response()
+}
+
+fn lease(b: &mut Build, agent: &str, mode: BuildMode) {
+    b.state = BuildState::Building;
+    b.agent = Some(agent.into());
+    b.mode = Some(mode);
+    b.attempts = 1;
+    b.waiting = None;
+}
+
+/// Moves the scripted job one step on each poll.
+fn advance(f: &mut Fake) {
+    f.polls += 1;
+    let scenario = f.scenario.unwrap();
+    let step = match scenario {
+        // Step 1 only once: later polls must not undo what a test did to the job.
+        Scenario::Hang if f.polls > 1 => 0,
+        _ => f.polls,
+    };
+    let job = f.job.as_mut().unwrap();
+    let (amd, other) = job.builds.split_at_mut(1);
+    let (amd, other) = (&mut amd[0], &mut other[0]);
+    match step {
+        1 => {
+            job.state = JobState::Building;
+            lease(amd, "box-1", BuildMode::Native);
+            other.waiting = Some("no agent with this platform is online".into());
+            f.logs
+                .insert(amd.id, "STEP 1/2: FROM scratch\nSTEP 2/2: COPY".into());
+        }
+        2 => {
+            lease(other, "qemu-1", BuildMode::Emulated);
+            f.logs.get_mut(&amd.id).unwrap().push_str(" . /\nCOMMIT\n");
+            let log: String = (1..=25).map(|i| format!("s390x line {i}\n")).collect();
+            f.logs.insert(other.id, log);
+        }
+        3 => {
+            amd.state = BuildState::Succeeded;
+            amd.digest = Some(AMD64.into());
+            if scenario == Scenario::FailS390x {
+                other.state = BuildState::Failed;
+                other.error = Some("buildah exited with status 1".into());
+                job.state = JobState::Failed;
+                job.error = Some("the build for linux/s390x failed".into());
+            } else {
+                other.state = BuildState::Succeeded;
+                other.digest = Some(format!("sha256:{}", "3".repeat(64)));
+                job.state = JobState::Stitching;
+            }
+        }
+        0 => {}
+        _ => {
+            if job.state == JobState::Stitching {
+                job.state = JobState::Succeeded;
+                job.index_digest = Some(INDEX.into());
+            }
+        }
+    }
+}
+
+async fn get_job(State(s): State<Shared>, Path(id): Path<Uuid>) -> Response {
+    let mut f = s.lock().unwrap();
+    if f.job.as_ref().map(|j| j.id) != Some(id) {
+        return error(StatusCode::NOT_FOUND, "not_found", "no such job");
+    }
+    advance(&mut f);
+    Json(f.job.clone().unwrap()).into_response()
+}
+
+async fn list_jobs(State(s): State<Shared>, Query(q): Query<HashMap<String, usize>>) -> Response {
+    let f = s.lock().unwrap();
+    assert_eq!(q.get("limit"), Some(&5), "the CLI passes --limit");
+    Json(JobList {
+        jobs: f.job.clone().into_iter().collect(),
+    })
+    .into_response()
+}
+
+async fn cancel_job(State(s): State<Shared>, Path(id): Path<Uuid>) -> Response {
+    let mut f = s.lock().unwrap();
+    let Some(job) = f.job.as_mut().filter(|j| j.id == id) else {
+        return error(StatusCode::NOT_FOUND, "not_found", "no such job");
+    };
+    cancel(job);
+    Json(job.clone()).into_response()
+}
+
+/// Cancels the job the way the coordinator would.
+pub fn cancel(job: &mut Job) {
+    job.state = JobState::Cancelled;
+    job.error = Some("cancelled by ci-bot".into());
+    for b in &mut job.builds {
+        b.state = BuildState::Cancelled;
+    }
+}
+
+async fn agents() -> Json<AgentList> {
+    Json(AgentList {
+        agents: vec![Agent {
+            id: Uuid::new_v4(),
+            name: "pi-4".into(),
+            native_platforms: vec![Platform::parse("arm64").unwrap()],
+            emulated_platforms: vec![Platform::parse("s390x").unwrap()],
+            capacity: 2,
+            running: 1,
+            state: AgentState::Online,
+            last_seen: chrono::Utc::now(),
+        }],
+    })
+}
+
+async fn get_log(
+    State(s): State<Shared>,
+    Path(id): Path<Uuid>,
+    Query(q): Query<HashMap<String, usize>>,
+) -> String {
+    let f = s.lock().unwrap();
+    let log = f.logs.get(&id).cloned().unwrap_or_default();
+    let offset = q.get("offset").copied().unwrap_or(0).min(log.len());
+    log[offset..].to_string()
+}
+
+/// Starts the fake on a free port; returns its URL and state.
+pub async fn start(scenario: Scenario, token: Option<&str>) -> (String, Shared) {
+    let state: Shared = Arc::new(Mutex::new(Fake {
+        scenario: Some(scenario),
+        token: token.map(str::to_string),
+        ..Fake::default()
+    }));
+    let app = Router::new()
+        .route(
+            "/api/v1/contexts/{digest}",
+            head(head_context).put(put_context),
+        )
+        .route("/api/v1/jobs", post(submit).get(list_jobs))
+        .route("/api/v1/jobs/{id}", get(get_job))
+        .route("/api/v1/jobs/{id}/cancel", post(cancel_job))
+        .route("/api/v1/agents", get(agents))
+        .route("/api/v1/builds/{id}/log", get(get_log))
+        .with_state(state.clone());
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    (url, state)
+}

@@ -1,0 +1,342 @@
+//! `archfarm build` and friends as processes against a scripted in-process coordinator that speaks
+//! the wire contract: upload once, submit, follow states and logs, print the digest or the failure
+//! report. The real coordinator is exercised by the workspace's end-to-end tests; this pins the
+//! CLI's side.
+
+mod fake;
+
+use std::process::{Command, Output};
+
+use fake::{cancel, start, Scenario, Shared, AMD64, INDEX};
+use uuid::Uuid;
+fn sample_context() -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("Dockerfile"), "FROM scratch\nCOPY . /\n").unwrap();
+    std::fs::write(dir.path().join("hello.txt"), "hello\n").unwrap();
+    dir
+}
+
+async fn run(url: &str, extra: &[&str], ctx: &std::path::Path) -> Output {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_archfarm"));
+    cmd.args([
+        "build",
+        "--coordinator",
+        url,
+        "--platform",
+        "linux/amd64,s390x",
+    ])
+    .args([
+        "-t",
+        "localhost:5000/team/app:1",
+        "-t",
+        "localhost:5000/team/app:latest",
+    ])
+    .args(extra)
+    .arg(ctx)
+    .env_remove("ARCHFARM_COORDINATOR")
+    .env_remove("ARCHFARM_TOKEN")
+    .env("FROM_ENV", "env-value");
+    tokio::task::spawn_blocking(move || cmd.output().unwrap())
+        .await
+        .unwrap()
+}
+
+fn text(b: &[u8]) -> String {
+    String::from_utf8_lossy(b).into_owned()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn success_prints_the_index_digest_last() {
+    let (url, state) = start(Scenario::Succeed, Some("tok")).await;
+    let ctx = sample_context();
+    let out = run(
+        &url,
+        &[
+            "--token",
+            "tok",
+            "--build-arg",
+            "A=1",
+            "--build-arg",
+            "FROM_ENV",
+            "--progress",
+            "plain",
+        ],
+        ctx.path(),
+    )
+    .await;
+    let (stdout, stderr) = (text(&out.stdout), text(&out.stderr));
+    assert_eq!(out.status.code(), Some(0), "stderr: {stderr}");
+    assert_eq!(stdout.lines().last(), Some(INDEX), "stdout: {stdout}");
+    assert!(stderr.contains("context: 2 entries"), "{stderr}");
+    assert!(stderr.contains(" uploaded"), "{stderr}");
+    for want in [
+        "[linux/amd64] building on box-1 (native)",
+        "[linux/amd64] STEP 1/2: FROM scratch",
+        "[linux/amd64] STEP 2/2: COPY . /",
+        "[linux/s390x] waiting: no agent with this platform is online",
+        "[linux/s390x] building on qemu-1 (emulated)",
+        &format!("[linux/amd64] succeeded {AMD64}"),
+        &format!(
+            "[index] pushed {INDEX} to localhost:5000/team/app:1, localhost:5000/team/app:latest"
+        ),
+    ] {
+        assert!(stderr.contains(want), "want {want:?} in stderr:\n{stderr}");
+    }
+    assert_eq!(stderr.matches("waiting:").count(), 1, "{stderr}");
+    assert!(
+        !stderr.contains("tok\n") && !stderr.contains("Bearer"),
+        "{stderr}"
+    );
+    {
+        let f = state.lock().unwrap();
+        assert_eq!(f.puts, 1);
+        let req = f.request.as_ref().unwrap();
+        assert_eq!(req.platforms, ["linux/amd64", "linux/s390x"]);
+        assert_eq!(req.dockerfile, "Dockerfile");
+        assert_eq!(req.build_args.get("A").map(String::as_str), Some("1"));
+        assert_eq!(
+            req.build_args.get("FROM_ENV").map(String::as_str),
+            Some("env-value")
+        );
+        // The uploaded archive holds the context.
+        let bytes = f.contexts.values().next().unwrap();
+        let mut ar = tar::Archive::new(flate2::read::GzDecoder::new(&bytes[..]));
+        let names: Vec<String> = ar
+            .entries()
+            .unwrap()
+            .map(|e| e.unwrap().path().unwrap().to_string_lossy().into_owned())
+            .collect();
+        assert_eq!(names, ["Dockerfile", "hello.txt"]);
+    }
+
+    // Same tree again: the upload is skipped; detached, only the job id is on stdout.
+    let out = run(&url, &["--token", "tok", "--detach"], ctx.path()).await;
+    let (stdout, stderr) = (text(&out.stdout), text(&out.stderr));
+    assert_eq!(out.status.code(), Some(0), "{stderr}");
+    assert!(
+        stderr.contains("context: already on the coordinator"),
+        "{stderr}"
+    );
+    assert_eq!(state.lock().unwrap().puts, 1);
+    let id: Uuid = stdout.trim().parse().expect("stdout is the job id");
+    assert_eq!(state.lock().unwrap().job.as_ref().unwrap().id, id);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failure_reports_the_build_and_its_log_tail() {
+    let (url, _state) = start(Scenario::FailS390x, None).await;
+    let ctx = sample_context();
+    let out = run(&url, &["--progress", "quiet"], ctx.path()).await;
+    let (stdout, stderr) = (text(&out.stdout), text(&out.stderr));
+    assert_eq!(out.status.code(), Some(1), "stderr: {stderr}");
+    assert!(stdout.is_empty(), "{stdout}");
+    assert!(
+        stderr.contains("failed: the build for linux/s390x failed")
+            && stderr.starts_with("error: job "),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains("platform linux/s390x failed: buildah exited with status 1"),
+        "{stderr}"
+    );
+    assert!(stderr.contains("  | s390x line 25"), "{stderr}");
+    assert!(stderr.contains("  | s390x line 6\n"), "{stderr}");
+    assert!(
+        !stderr.contains("s390x line 5\n"),
+        "only the last 20 lines: {stderr}"
+    );
+    assert!(
+        !stderr.contains("building on"),
+        "quiet shows no progress: {stderr}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn coordinator_errors_carry_its_message() {
+    let (url, _state) = start(Scenario::Succeed, Some("right")).await;
+    let ctx = sample_context();
+    let out = run(&url, &["--token", "wrong"], ctx.path()).await;
+    let stderr = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains("HTTP 401"), "{stderr}");
+    assert!(stderr.contains("--token or ARCHFARM_TOKEN"), "{stderr}");
+
+    let (url, _state) = start(Scenario::Succeed, None).await;
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_archfarm"));
+    cmd.args([
+        "build",
+        "--coordinator",
+        &url,
+        "--platform",
+        "amd64",
+        "-t",
+        "forbidden.io/app:1",
+    ])
+    .arg(ctx.path())
+    .env_remove("ARCHFARM_TOKEN");
+    let out = tokio::task::spawn_blocking(move || cmd.output().unwrap())
+        .await
+        .unwrap();
+    let stderr = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(
+        stderr.contains(
+            "error: registry 'forbidden' is not allowed here (invalid_reference, HTTP 400)"
+        ),
+        "{stderr}"
+    );
+}
+
+/// Waits (polling the fake's state, never a blind sleep) until the CLI has polled the job.
+async fn until_followed(state: &Shared) {
+    for _ in 0..200 {
+        if state.lock().unwrap().polls >= 1 {
+            return;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    panic!("the CLI never polled the job");
+}
+
+/// Waits for the child at most a minute, killing it rather than hanging the test suite.
+async fn wait_bounded(mut child: std::process::Child) -> Output {
+    use std::io::Read as _;
+    for _ in 0..1200 {
+        if let Some(status) = child.try_wait().unwrap() {
+            let (mut stdout, mut stderr) = (Vec::new(), Vec::new());
+            child
+                .stdout
+                .take()
+                .unwrap()
+                .read_to_end(&mut stdout)
+                .unwrap();
+            child
+                .stderr
+                .take()
+                .unwrap()
+                .read_to_end(&mut stderr)
+                .unwrap();
+            return Output {
+                status,
+                stdout,
+                stderr,
+            };
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    child.kill().unwrap();
+    panic!("archfarm did not exit within a minute");
+}
+
+fn spawn_build(url: &str, ctx: &std::path::Path) -> std::process::Child {
+    Command::new(env!("CARGO_BIN_EXE_archfarm"))
+        .args(["build", "--coordinator", url, "--platform", "amd64,s390x"])
+        .args(["-t", "localhost:5000/team/app:1"])
+        .arg(ctx)
+        .env_remove("ARCHFARM_TOKEN")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ctrl_c_leaves_the_job_running_and_exits_130() {
+    let (url, state) = start(Scenario::Hang, None).await;
+    let ctx = sample_context();
+    let child = spawn_build(&url, ctx.path());
+    until_followed(&state).await;
+    let pid = child.id().to_string();
+    let status = Command::new("kill").args(["-INT", &pid]).status().unwrap();
+    assert!(status.success());
+    let out = wait_bounded(child).await;
+    let stderr = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(130), "{stderr}");
+    let id = state.lock().unwrap().job.as_ref().unwrap().id;
+    assert!(
+        stderr.contains(&format!("job {id} keeps running on the coordinator")),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains(&format!("archfarm cancel {id}")),
+        "{stderr}"
+    );
+    assert!(text(&out.stdout).is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_job_cancelled_while_followed_exits_1() {
+    let (url, state) = start(Scenario::Hang, None).await;
+    let ctx = sample_context();
+    let child = spawn_build(&url, ctx.path());
+    until_followed(&state).await;
+    cancel(state.lock().unwrap().job.as_mut().unwrap());
+    let out = wait_bounded(child).await;
+    let stderr = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("was cancelled: cancelled by ci-bot"),
+        "{stderr}"
+    );
+    assert!(stderr.contains("[linux/amd64] cancelled"), "{stderr}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn jobs_job_agents_cancel() {
+    let (url, state) = start(Scenario::Hang, None).await;
+    let ctx = sample_context();
+    let out = run(&url, &["--detach", "--progress", "quiet"], ctx.path()).await;
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    let id = text(&out.stdout).trim().to_string();
+    let cli = |args: Vec<String>| {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_archfarm"));
+        cmd.args(&args)
+            .env("ARCHFARM_COORDINATOR", &url)
+            .env_remove("ARCHFARM_TOKEN");
+        tokio::task::spawn_blocking(move || cmd.output().unwrap())
+    };
+    let args = |a: &[&str]| a.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+
+    let out = cli(args(&["job", &id])).await.unwrap();
+    let stdout = text(&out.stdout);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    assert!(stdout.contains("state      building"), "{stdout}");
+    assert!(
+        stdout.contains("linux/amd64  building  box-1  native"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("linux/s390x: waiting: no agent with this platform is online"),
+        "{stdout}"
+    );
+
+    let out = cli(args(&["jobs", "--limit", "5"])).await.unwrap();
+    let stdout = text(&out.stdout);
+    assert!(stdout.starts_with("ID "), "{stdout}");
+    assert!(
+        stdout.contains(&id) && stdout.contains("linux/amd64,linux/s390x"),
+        "{stdout}"
+    );
+
+    let out = cli(args(&["agents"])).await.unwrap();
+    let stdout = text(&out.stdout);
+    assert!(
+        stdout.contains("pi-4  online  linux/arm64  linux/s390x  1/2"),
+        "{stdout}"
+    );
+
+    let out = cli(args(&["cancel", &id])).await.unwrap();
+    assert_eq!(text(&out.stdout), format!("job {id} cancelled\n"));
+
+    let out = cli(args(&["job", &id, "--json"])).await.unwrap();
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["state"], "cancelled");
+    assert_eq!(v["id"], id.as_str());
+
+    let out = cli(args(&["job", &Uuid::new_v4().to_string()]))
+        .await
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(text(&out.stderr).contains("no such job (not_found, HTTP 404)"));
+    drop(state);
+}

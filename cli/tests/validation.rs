@@ -1,0 +1,234 @@
+//! `archfarm` as a process, with no coordinator: bad input must exit 2 with the validation message
+//! before any network call. `--coordinator` points at a closed port, so a message about reaching the
+//! coordinator would prove a request was attempted.
+
+use std::path::Path;
+use std::process::{Command, Output};
+
+/// A port nobody listens on: bound, then released.
+fn closed_port_url() -> String {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    format!("http://127.0.0.1:{}", l.local_addr().unwrap().port())
+}
+
+fn archfarm(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_archfarm"))
+        .args(args)
+        .env_remove("ARCHFARM_COORDINATOR")
+        .env_remove("ARCHFARM_TOKEN")
+        .output()
+        .unwrap()
+}
+
+/// Runs `archfarm build` with the given extra flags against a closed port.
+fn build(ctx: &Path, extra: &[&str]) -> (i32, String, String) {
+    let url = closed_port_url();
+    let mut args = vec!["build", "--coordinator", &url];
+    args.extend_from_slice(extra);
+    let ctx = ctx.to_str().unwrap();
+    args.push(ctx);
+    let out = archfarm(&args);
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+fn good_context() -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("Dockerfile"), "FROM scratch\n").unwrap();
+    dir
+}
+
+const OK: &[&str] = &["--platform", "linux/amd64", "-t", "localhost:5000/app:1"];
+
+#[track_caller]
+fn assert_usage(result: (i32, String, String), expected: &str) {
+    let (code, stdout, stderr) = result;
+    assert_eq!(code, 2, "stderr: {stderr}");
+    assert!(
+        stderr.contains(expected),
+        "want {expected:?} in stderr: {stderr}"
+    );
+    assert!(
+        !stderr.contains("cannot reach"),
+        "no network call expected: {stderr}"
+    );
+    assert!(stdout.is_empty(), "stdout: {stdout}");
+}
+
+#[test]
+fn missing_context_dir() {
+    let dir = tempfile::tempdir().unwrap();
+    let missing = dir.path().join("nope");
+    assert_usage(
+        build(&missing, OK),
+        &format!(
+            "error: context directory '{}' does not exist",
+            missing.display()
+        ),
+    );
+}
+
+#[test]
+fn unknown_platform() {
+    let ctx = good_context();
+    let r = build(
+        ctx.path(),
+        &[
+            "--platform",
+            "linux/amd64,linux/sparc64",
+            "-t",
+            "localhost:5000/app:1",
+        ],
+    );
+    assert_usage(r.clone(), "unknown platform 'linux/sparc64'");
+    assert_usage(r, "accepted: linux/amd64, linux/arm64");
+}
+
+#[test]
+fn malformed_reference() {
+    let ctx = good_context();
+    let r = build(
+        ctx.path(),
+        &["--platform", "amd64", "-t", "localhost:5000/App:1"],
+    );
+    assert_usage(r.clone(), "invalid image reference 'localhost:5000/App:1'");
+    assert_usage(r, "expected [REGISTRY[:PORT]/]REPOSITORY[:TAG]");
+}
+
+#[test]
+fn tags_in_two_repositories() {
+    let ctx = good_context();
+    let r = build(
+        ctx.path(),
+        &[
+            "--platform",
+            "amd64",
+            "-t",
+            "localhost:5000/a:1",
+            "-t",
+            "localhost:5000/b:1",
+        ],
+    );
+    assert_usage(r, "all tags must be in one registry/repository");
+}
+
+#[test]
+fn context_without_dockerfile() {
+    let ctx = tempfile::tempdir().unwrap();
+    assert_usage(
+        build(ctx.path(), OK),
+        "Dockerfile 'Dockerfile' not found in the context directory",
+    );
+}
+
+#[test]
+fn dockerfile_outside_context() {
+    let ctx = good_context();
+    let mut args = OK.to_vec();
+    args.extend(["-f", "../Dockerfile"]);
+    assert_usage(build(ctx.path(), &args), "is outside the context directory");
+}
+
+#[test]
+fn bad_build_arg() {
+    let ctx = good_context();
+    let mut args = OK.to_vec();
+    args.extend(["--build-arg", "=value"]);
+    assert_usage(build(ctx.path(), &args), "invalid --build-arg '=value'");
+}
+
+#[test]
+fn bad_coordinator_url() {
+    let ctx = good_context();
+    let mut args = vec!["build", "--coordinator", "farm:8080"];
+    args.extend_from_slice(OK);
+    args.push(ctx.path().to_str().unwrap());
+    let out = archfarm(&args);
+    assert_eq!(out.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("invalid coordinator URL 'farm:8080'"),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn clap_usage_errors_exit_2() {
+    let out = archfarm(&["build", "-t", "localhost:5000/app:1", "."]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--platform"));
+    let out = archfarm(&[
+        "build",
+        "--platform",
+        "amd64",
+        "-t",
+        "x:1",
+        "--emulation",
+        "always",
+        ".",
+    ]);
+    assert_eq!(out.status.code(), Some(2));
+}
+
+#[test]
+fn valid_input_then_unreachable_coordinator_exits_1() {
+    let ctx = good_context();
+    let (code, stdout, stderr) = build(ctx.path(), OK);
+    assert_eq!(code, 1, "{stderr}");
+    assert!(stdout.is_empty());
+    assert!(
+        stderr.contains("error: cannot reach the coordinator at http://127.0.0.1:"),
+        "{stderr}"
+    );
+    assert!(stderr.contains("context: packing"), "{stderr}");
+}
+
+#[test]
+fn other_commands_report_unreachable() {
+    let url = closed_port_url();
+    for cmd in [
+        vec!["jobs"],
+        vec!["agents"],
+        vec!["job", "6f1e2d3c-0000-4000-8000-000000000001"],
+        vec!["cancel", "6f1e2d3c-0000-4000-8000-000000000001"],
+    ] {
+        let mut args = cmd.clone();
+        args.extend(["--coordinator", &url]);
+        let out = archfarm(&args);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{cmd:?}: {stderr}");
+        assert!(
+            stderr.starts_with(&format!("error: cannot reach the coordinator at {url}: ")),
+            "{cmd:?}: {stderr}"
+        );
+    }
+}
+
+#[test]
+fn help_documents_exit_codes() {
+    for args in [&["--help"][..], &["build", "--help"][..]] {
+        let out = archfarm(args);
+        assert_eq!(out.status.code(), Some(0));
+        let help = String::from_utf8_lossy(&out.stdout);
+        assert!(help.contains("Exit codes:"), "{help}");
+        assert!(help.contains("130"), "{help}");
+    }
+}
+
+#[test]
+fn token_is_not_echoed() {
+    let out = Command::new(env!("CARGO_BIN_EXE_archfarm"))
+        .args(["build", "--help"])
+        .env("ARCHFARM_TOKEN", "s3cr3t-value")
+        .output()
+        .unwrap();
+    let all = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(!all.contains("s3cr3t-value"), "{all}");
+}

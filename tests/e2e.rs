@@ -338,6 +338,7 @@ fn bad_input_is_refused_and_nothing_stored() {
         emulated_platforms: Vec::new(),
         capacity: 1,
         version: None,
+        instance_id: None,
     };
     let resp = archfarm_e2e::http_client()
         .post(format!("{}/api/v1/agents/register", coordinator.url()))

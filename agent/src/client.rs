@@ -62,6 +62,12 @@ pub enum ClientError {
         /// The coordinator's message.
         message: String,
     },
+    /// 409 `name_taken` to a registration: another installation holding the name is online.
+    #[error("name taken: {message}")]
+    NameTaken {
+        /// The coordinator's message.
+        message: String,
+    },
     /// Any other 4xx: the request itself was refused; retrying will not help.
     #[error("coordinator refused the request with {status} ({code}): {message}")]
     Refused {
@@ -288,6 +294,7 @@ async fn send(url: &str, rb: RequestBuilder) -> Result<Response, ClientError> {
 pub fn classify(status: StatusCode, url: &str, code: String, message: String) -> ClientError {
     match status {
         StatusCode::UNAUTHORIZED => ClientError::Unauthorized { code, message },
+        StatusCode::CONFLICT if code == "name_taken" => ClientError::NameTaken { message },
         StatusCode::CONFLICT => ClientError::LeaseLost { message },
         // 408 and 429 say "later", like a 5xx.
         s if s.is_server_error()
@@ -366,6 +373,14 @@ mod tests {
         assert!(kind(429).is_transient());
         assert!(!kind(401).is_transient());
         assert!(!kind(409).is_transient());
+        let taken = classify(
+            StatusCode::CONFLICT,
+            "http://c/x",
+            "name_taken".into(),
+            "m".into(),
+        );
+        assert!(matches!(taken, ClientError::NameTaken { .. }), "{taken}");
+        assert!(!taken.is_transient());
     }
 
     #[tokio::test]
@@ -383,6 +398,7 @@ mod tests {
             emulated_platforms: vec![],
             capacity: 1,
             version: None,
+            instance_id: None,
         };
         let e = c.register(&Secret::new("t"), &req).await.unwrap_err();
         assert!(e.is_transient(), "{e}");

@@ -4,6 +4,7 @@ use std::fmt;
 use std::path::PathBuf;
 use std::str::FromStr;
 
+use archfarm_protocol::api::MAX_AGENT_CAPACITY;
 use archfarm_protocol::platform::parse_list;
 use archfarm_protocol::{Platform, PlatformError};
 use clap::Parser;
@@ -37,9 +38,9 @@ pub struct Config {
     #[arg(long, env = "ARCHFARM_WORK_DIR", default_value = DEFAULT_WORK_DIR)]
     pub work_dir: PathBuf,
 
-    /// How many builds run at once, at least 1. Default: 1.
+    /// How many builds run at once, from 1 to 256. Default: 1.
     #[arg(long, env = "ARCHFARM_CAPACITY", default_value_t = 1,
-          value_parser = clap::value_parser!(u32).range(1..=1024))]
+          value_parser = clap::value_parser!(u32).range(1..=MAX_AGENT_CAPACITY))]
     pub capacity: u32,
 
     /// Native platforms to offer, repeatable or comma separated (`linux/arm64,linux/arm/v7`); they
@@ -187,9 +188,17 @@ mod tests {
     }
 
     #[test]
-    fn capacity_at_least_one() {
+    fn capacity_from_one_to_the_coordinators_maximum() {
         assert!(parse(&["--capacity", "0"]).is_err());
         assert_eq!(parse(&["--capacity", "3"]).unwrap().capacity, 3);
+        let max = MAX_AGENT_CAPACITY.to_string();
+        assert_eq!(
+            i64::from(parse(&["--capacity", &max]).unwrap().capacity),
+            MAX_AGENT_CAPACITY
+        );
+        let over = (MAX_AGENT_CAPACITY + 1).to_string();
+        let e = parse(&["--capacity", &over]).unwrap_err().to_string();
+        assert!(e.contains("1..=256"), "{e}");
     }
 
     #[test]

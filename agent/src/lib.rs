@@ -44,6 +44,17 @@ pub enum AgentError {
         "the coordinator rejected the join token: {0}; check --join-token / ARCHFARM_JOIN_TOKEN"
     )]
     JoinTokenRejected(String),
+    /// The coordinator answered 409 `name_taken`: another installation holding this name is online.
+    #[error(
+        "another agent named {name} is online; give this one a different --name (or \
+         ARCHFARM_AGENT_NAME). The coordinator said: {message}"
+    )]
+    NameTaken {
+        /// The name asked for.
+        name: String,
+        /// The coordinator's message.
+        message: String,
+    },
     /// A flag or environment variable has a value the agent cannot work with.
     #[error("invalid configuration: {0}")]
     Config(String),
@@ -67,10 +78,14 @@ pub enum AgentError {
 }
 
 impl AgentError {
-    /// The process exit code for this error: 2 for a rejected join token or bad configuration, else 1.
+    /// The process exit code for this error: 2 for a rejected join token, a name another agent
+    /// holds or bad configuration, else 1.
     pub fn exit_code(&self) -> u8 {
         match self {
-            AgentError::JoinTokenRejected(_) | AgentError::Config(_) | AgentError::Detect(_) => 2,
+            AgentError::JoinTokenRejected(_)
+            | AgentError::NameTaken { .. }
+            | AgentError::Config(_)
+            | AgentError::Detect(_) => 2,
             AgentError::RegisterRefused(_)
             | AgentError::WorkDir { .. }
             | AgentError::Backend(_) => 1,
@@ -111,19 +126,20 @@ pub async fn run(
         &config.emulate,
         detect::BINFMT_DIR.as_ref(),
     )?;
+    let work_dir =
+        workdir::WorkDir::create(&config.work_dir).map_err(|source| AgentError::WorkDir {
+            path: config.work_dir.clone(),
+            source,
+        })?;
     tracing::info!(
         name = %config.name,
+        instance.id = %work_dir.instance_id(),
         native = %detect::join(&platforms.native),
         emulated = %detect::join(&platforms.emulated),
         capacity = config.capacity,
         coordinator = %config.coordinator,
         "starting"
     );
-    let work_dir =
-        workdir::WorkDir::create(&config.work_dir).map_err(|source| AgentError::WorkDir {
-            path: config.work_dir.clone(),
-            source,
-        })?;
     let backend: Arc<dyn Backend> = Arc::new(Buildah::new(&work_dir.storage()));
     backend.prepare().await?;
     let client = CoordinatorClient::new(config.coordinator.clone());

@@ -1,11 +1,13 @@
 //! Forwarding a build's log lines to the coordinator in order, in batches.
 //!
 //! One POST per line would swamp the coordinator during a chatty compile; one per build would show
-//! nothing until the end. Lines are sent when 100 have gathered or 200 ms after the first of a batch.
+//! nothing until the end. Lines are sent when 100 have gathered, when the next line would take the
+//! batch past 512 KiB, or 200 ms after the first of a batch.
 
 use std::sync::Arc;
 use std::time::Duration;
 
+use archfarm_protocol::api::MAX_LOG_BATCH_BYTES;
 use tokio::sync::mpsc;
 use tokio::time::{timeout_at, Instant};
 use tokio_util::sync::CancellationToken;
@@ -17,29 +19,74 @@ use crate::session::Credentials;
 
 /// Most lines in one batch.
 pub const MAX_BATCH_LINES: usize = 100;
+/// Most bytes of line text in one batch (a single line is capped far below this by the backend).
+pub const MAX_BATCH_BYTES: usize = 512 * 1024;
 /// Longest a line waits for its batch to fill.
 pub const MAX_BATCH_WAIT: Duration = Duration::from_millis(200);
+
+// Even if every byte were escaped in JSON as `\u00XX` (6 bytes), a full batch with its quotes and
+// commas stays under what the coordinator accepts.
+const _: () = assert!(6 * MAX_BATCH_BYTES + 3 * MAX_BATCH_LINES + 1024 < MAX_LOG_BATCH_BYTES);
+
 /// Attempts at sending one batch before it is dropped, so an unreachable coordinator stalls
 /// neither the build nor the later lines for long.
 const SEND_ATTEMPTS: u32 = 3;
 
-/// The next batch: waits for a first line, then gathers more until `max_lines` or `max_wait` after
-/// the first. `None` once the channel is closed and empty.
-pub async fn next_batch(
-    rx: &mut mpsc::Receiver<String>,
+/// Cuts a stream of lines into batches.
+#[derive(Debug)]
+pub struct Batcher {
+    rx: mpsc::Receiver<String>,
+    /// A line received that did not fit into the previous batch: the first of the next one.
+    carry: Option<String>,
     max_lines: usize,
+    max_bytes: usize,
     max_wait: Duration,
-) -> Option<Vec<String>> {
-    let first = rx.recv().await?;
-    let deadline = Instant::now() + max_wait;
-    let mut batch = vec![first];
-    while batch.len() < max_lines {
-        match timeout_at(deadline, rx.recv()).await {
-            Ok(Some(line)) => batch.push(line),
-            Ok(None) | Err(_) => break,
+}
+
+impl Batcher {
+    /// Batches of at most `max_lines` lines and `max_bytes` bytes of line text (a single longer
+    /// line goes alone), each sent at most `max_wait` after its first line.
+    pub fn new(
+        rx: mpsc::Receiver<String>,
+        max_lines: usize,
+        max_bytes: usize,
+        max_wait: Duration,
+    ) -> Self {
+        Batcher {
+            rx,
+            carry: None,
+            max_lines,
+            max_bytes,
+            max_wait,
         }
     }
-    Some(batch)
+
+    /// The next batch: waits for a first line, then gathers more until the next line would pass
+    /// `max_lines` or `max_bytes`, or `max_wait` after the first. `None` once the channel is closed
+    /// and empty.
+    pub async fn next(&mut self) -> Option<Vec<String>> {
+        let first = match self.carry.take() {
+            Some(line) => line,
+            None => self.rx.recv().await?,
+        };
+        let deadline = Instant::now() + self.max_wait;
+        let mut bytes = first.len();
+        let mut batch = vec![first];
+        while batch.len() < self.max_lines {
+            match timeout_at(deadline, self.rx.recv()).await {
+                Ok(Some(line)) if bytes + line.len() > self.max_bytes => {
+                    self.carry = Some(line);
+                    break;
+                }
+                Ok(Some(line)) => {
+                    bytes += line.len();
+                    batch.push(line);
+                }
+                Ok(None) | Err(_) => break,
+            }
+        }
+        Some(batch)
+    }
 }
 
 /// Where a build's lines go.
@@ -57,12 +104,13 @@ pub struct LogTarget {
 
 /// Sends every line of `rx` until it closes. A 409 (or 401) means the lease is gone: `lost` is
 /// cancelled, which stops the build. Returns once `rx` is drained or `lost` fires.
-pub async fn forward(target: LogTarget, mut rx: mpsc::Receiver<String>, lost: CancellationToken) {
+pub async fn forward(target: LogTarget, rx: mpsc::Receiver<String>, lost: CancellationToken) {
+    let mut batches = Batcher::new(rx, MAX_BATCH_LINES, MAX_BATCH_BYTES, MAX_BATCH_WAIT);
     let mut dropped = 0usize;
     loop {
         let batch = tokio::select! {
             _ = lost.cancelled() => return,
-            b = next_batch(&mut rx, MAX_BATCH_LINES, MAX_BATCH_WAIT) => b,
+            b = batches.next() => b,
         };
         let Some(batch) = batch else { break };
         let n = batch.len();
@@ -103,14 +151,15 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn batches_by_count() {
-        let (tx, mut rx) = mpsc::channel(1000);
+        let (tx, rx) = mpsc::channel(1000);
         for i in 0..250 {
             tx.send(format!("line {i}")).await.unwrap();
         }
         drop(tx);
+        let mut batches = Batcher::new(rx, 100, MAX_BATCH_BYTES, Duration::from_millis(200));
         let mut sizes = Vec::new();
         let mut all = Vec::new();
-        while let Some(b) = next_batch(&mut rx, 100, Duration::from_millis(200)).await {
+        while let Some(b) = batches.next().await {
             sizes.push(b.len());
             all.extend(b);
         }
@@ -121,30 +170,71 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn batches_by_time() {
-        let (tx, mut rx) = mpsc::channel(10);
+        let (tx, rx) = mpsc::channel(10);
         let producer = tokio::spawn(async move {
             tx.send("a".to_string()).await.unwrap();
             tx.send("b".to_string()).await.unwrap();
             tokio::time::sleep(Duration::from_millis(500)).await;
             tx.send("c".to_string()).await.unwrap();
         });
+        let mut batches = Batcher::new(rx, 100, MAX_BATCH_BYTES, Duration::from_millis(200));
         let start = Instant::now();
-        let b = next_batch(&mut rx, 100, Duration::from_millis(200))
-            .await
-            .unwrap();
+        let b = batches.next().await.unwrap();
         assert_eq!(b, ["a", "b"]);
         assert_eq!(
             start.elapsed(),
             Duration::from_millis(200),
             "a partial batch leaves after the wait"
         );
-        let b = next_batch(&mut rx, 100, Duration::from_millis(200))
-            .await
-            .unwrap();
+        let b = batches.next().await.unwrap();
         assert_eq!(b, ["c"]);
         producer.await.unwrap();
-        assert!(next_batch(&mut rx, 100, Duration::from_millis(200))
-            .await
-            .is_none());
+        assert!(batches.next().await.is_none());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn batches_by_bytes() {
+        // 16 KiB lines, as long as the backend lets a line be: 32 of them fill 512 KiB exactly.
+        let line = |i: usize| format!("{i:05}{}", "x".repeat(16 * 1024 - 5));
+        let (tx, rx) = mpsc::channel(1000);
+        for i in 0..70 {
+            tx.send(line(i)).await.unwrap();
+        }
+        tx.send("short".to_string()).await.unwrap();
+        drop(tx);
+        let mut batches = Batcher::new(rx, 100, MAX_BATCH_BYTES, Duration::from_millis(200));
+        let start = Instant::now();
+        let mut sizes = Vec::new();
+        let mut all = Vec::new();
+        while let Some(b) = batches.next().await {
+            let bytes: usize = b.iter().map(String::len).sum();
+            assert!(bytes <= MAX_BATCH_BYTES, "{bytes} bytes in one batch");
+            sizes.push(b.len());
+            all.extend(b);
+        }
+        assert_eq!(
+            sizes,
+            [32, 32, 7],
+            "full batches go before the 100-line cap"
+        );
+        assert_eq!(start.elapsed(), Duration::ZERO, "full batches do not wait");
+        let mut want: Vec<String> = (0..70).map(line).collect();
+        want.push("short".into());
+        assert_eq!(
+            all, want,
+            "the line that did not fit opens the next batch; order kept"
+        );
+
+        // A line longer than the cap still goes, alone.
+        let (tx, rx) = mpsc::channel(10);
+        for s in ["a".to_string(), "y".repeat(10), "b".to_string()] {
+            tx.send(s).await.unwrap();
+        }
+        drop(tx);
+        let mut batches = Batcher::new(rx, 100, 8, Duration::from_millis(200));
+        assert_eq!(batches.next().await.unwrap(), ["a"]);
+        assert_eq!(batches.next().await.unwrap(), ["y".repeat(10)]);
+        assert_eq!(batches.next().await.unwrap(), ["b"]);
+        assert!(batches.next().await.is_none());
     }
 }

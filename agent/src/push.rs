@@ -4,6 +4,7 @@
 //! digest the registry serves and the coordinator can reference it from the index unchanged.
 
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use archfarm_protocol::Digest;
 use futures::TryStreamExt;
@@ -16,7 +17,18 @@ use serde::Deserialize;
 use sha2::{Digest as _, Sha256};
 use tokio_util::io::ReaderStream;
 
+/// Bytes read per upload chunk of a blob.
+const UPLOAD_CHUNK_BYTES: usize = 4 * 1024 * 1024;
+
 use crate::backend::{LogSink, PushedImage};
+
+/// Longest wait for a connection to the registry.
+pub const REGISTRY_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+/// Longest a registry call may go without an answer: reqwest counts it from the start of a request
+/// until its response headers, then between reads of the body. Blobs go up in chunks of at most
+/// 4 MiB (oci-client's chunked upload), so each request stays well within it; a registry that
+/// stops answering fails the push instead of holding the lease for ever.
+pub const REGISTRY_READ_TIMEOUT: Duration = Duration::from_secs(120);
 
 /// Why an image could not be read from its layout or uploaded.
 #[derive(Debug, thiserror::Error)]
@@ -196,6 +208,8 @@ pub async fn push(
     };
     let client = Client::new(ClientConfig {
         protocol,
+        connect_timeout: Some(REGISTRY_CONNECT_TIMEOUT),
+        read_timeout: Some(REGISTRY_READ_TIMEOUT),
         ..Default::default()
     });
     let err = |action: String| {
@@ -229,8 +243,10 @@ pub async fn push(
         let file = tokio::fs::File::open(&blob.path)
             .await
             .map_err(|e| err(format!("reading blob {}", blob.digest))(e.into()))?;
-        // Streamed in chunks: a layer can be far larger than the memory of a small agent.
-        let stream = ReaderStream::new(file).map_err(OciDistributionError::from);
+        // Streamed in chunks: a layer can be far larger than the memory of a small agent. oci-client
+        // sends each chunk as its own PATCH, so chunks are large (ReaderStream's default is 4 KiB).
+        let stream = ReaderStream::with_capacity(file, UPLOAD_CHUNK_BYTES)
+            .map_err(OciDistributionError::from);
         client
             .push_blob_stream(&reference, stream, &blob.digest, Some(blob.size))
             .await

@@ -176,6 +176,7 @@ impl Session {
                 .collect(),
             capacity: i64::from(self.capacity),
             version: Some(env!("CARGO_PKG_VERSION").to_string()),
+            instance_id: Some(self.work_dir.instance_id()),
         };
         let mut backoff = self.backoff.clone();
         backoff.reset();
@@ -194,6 +195,12 @@ impl Session {
                 }
                 Err(ClientError::Unauthorized { message, .. }) => {
                     return Err(AgentError::JoinTokenRejected(message))
+                }
+                Err(ClientError::NameTaken { message }) => {
+                    return Err(AgentError::NameTaken {
+                        name: self.name.clone(),
+                        message,
+                    })
                 }
                 Err(e) if e.is_transient() => {
                     let d = backoff.next_delay();

@@ -2,6 +2,7 @@
 //!
 //! ```text
 //! WORK_DIR/agent.lock        held (flock) while the agent runs: one agent per work directory
+//! WORK_DIR/instance-id       this installation's id (a UUID), sent with every registration
 //! WORK_DIR/storage/          buildah --root/--runroot
 //! WORK_DIR/contexts/<hex>.tar.gz   verified context archives, by digest
 //! WORK_DIR/builds/<build id>/      context/, oci/, tmp/ of one build; removed afterwards
@@ -16,17 +17,21 @@ use std::sync::Arc;
 use rustix::fs::{flock, FlockOperation};
 use uuid::Uuid;
 
+/// The file, in the work directory, holding the installation's id.
+pub const INSTANCE_ID_FILE: &str = "instance-id";
+
 /// An agent's work directory, locked against a second agent for as long as any clone lives.
 #[derive(Debug, Clone)]
 pub struct WorkDir {
     root: PathBuf,
+    instance_id: Uuid,
     /// Keeps the flock; released when the last clone is dropped.
     _lock: Arc<File>,
 }
 
 impl WorkDir {
-    /// Creates the layout under `root` (mode 0700: contexts may hold private sources), takes the lock
-    /// and removes what a previous agent process left mid-build.
+    /// Creates the layout under `root` (mode 0700: contexts may hold private sources), takes the lock,
+    /// reads (or creates) the instance id and removes what a previous agent process left mid-build.
     pub fn create(root: &Path) -> io::Result<Self> {
         let mut db = DirBuilder::new();
         db.recursive(true).mode(0o700);
@@ -42,6 +47,7 @@ impl WorkDir {
         })?;
         let wd = WorkDir {
             root: root.to_path_buf(),
+            instance_id: load_instance_id(root)?,
             _lock: Arc::new(lock),
         };
         // Holding the lock, nothing else can be using these.
@@ -87,6 +93,12 @@ impl WorkDir {
         &self.root
     }
 
+    /// The stable id of this installation, kept in [`INSTANCE_ID_FILE`]: the coordinator tells a
+    /// restart of this agent from another machine registering under the same name by it.
+    pub fn instance_id(&self) -> Uuid {
+        self.instance_id
+    }
+
     /// buildah's storage.
     pub fn storage(&self) -> PathBuf {
         self.root.join("storage")
@@ -106,6 +118,59 @@ impl WorkDir {
     pub fn build_dir(&self, build: Uuid) -> PathBuf {
         self.builds().join(build.to_string())
     }
+}
+
+/// Reads the instance id from `root`, or writes a new one when the file is missing or holds no
+/// usable id (with a warning in the latter case). Called with the work directory's lock held.
+fn load_instance_id(root: &Path) -> io::Result<Uuid> {
+    let path = root.join(INSTANCE_ID_FILE);
+    match std::fs::read(&path) {
+        Ok(bytes) => {
+            let parsed = std::str::from_utf8(&bytes)
+                .ok()
+                .and_then(|s| Uuid::try_parse(s.trim()).ok())
+                .filter(|id| !id.is_nil());
+            if let Some(id) = parsed {
+                return Ok(id);
+            }
+            let id = Uuid::new_v4();
+            tracing::warn!(
+                path = %path.display(),
+                new_id = %id,
+                "the instance id file does not hold a UUID; replacing it with a new id (the \
+                 coordinator sees a new installation of this agent)"
+            );
+            write_instance_id(&path, id)?;
+            Ok(id)
+        }
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {
+            let id = Uuid::new_v4();
+            write_instance_id(&path, id)?;
+            tracing::info!(instance.id = %id, "created a new instance id");
+            Ok(id)
+        }
+        Err(e) => Err(io::Error::new(
+            e.kind(),
+            format!("cannot read {}: {e}", path.display()),
+        )),
+    }
+}
+
+/// Writes `id` to `path` through a temporary file and a rename, so a crash leaves the old file or
+/// the new one, never half of one.
+fn write_instance_id(path: &Path, id: Uuid) -> io::Result<()> {
+    use std::io::Write;
+    let tmp = path.with_extension("partial");
+    let res = (|| {
+        let mut f = File::create(&tmp)?;
+        writeln!(f, "{id}")?;
+        f.sync_all()?;
+        std::fs::rename(&tmp, path)
+    })();
+    res.map_err(|e| {
+        let _ = std::fs::remove_file(&tmp);
+        io::Error::new(e.kind(), format!("cannot write {}: {e}", path.display()))
+    })
 }
 
 #[cfg(test)]
@@ -152,5 +217,39 @@ mod tests {
             std::fs::metadata(&root).unwrap().permissions().mode() & 0o777,
             0o700
         );
+    }
+
+    #[test]
+    fn instance_id_is_created_once_kept_and_replaced_when_garbage() {
+        let tmp = tempfile::tempdir().unwrap();
+        let root = tmp.path().join("w");
+        let file = root.join(INSTANCE_ID_FILE);
+        let first = WorkDir::create(&root).unwrap().instance_id();
+        assert!(!first.is_nil());
+        assert_eq!(
+            std::fs::read_to_string(&file).unwrap(),
+            format!("{first}\n")
+        );
+        assert_eq!(
+            WorkDir::create(&root).unwrap().instance_id(),
+            first,
+            "kept across restarts"
+        );
+        // Edited by hand, without the newline: still read.
+        let edited = Uuid::new_v4();
+        std::fs::write(&file, edited.to_string()).unwrap();
+        assert_eq!(WorkDir::create(&root).unwrap().instance_id(), edited);
+        for garbage in [
+            &b"not a uuid\n"[..],
+            b"",
+            b"\xff\xfe",
+            b"00000000-0000-0000-0000-000000000000",
+        ] {
+            std::fs::write(&file, garbage).unwrap();
+            let id = WorkDir::create(&root).unwrap().instance_id();
+            assert!(!id.is_nil() && id != edited && id != first);
+            assert_eq!(std::fs::read_to_string(&file).unwrap(), format!("{id}\n"));
+        }
+        assert!(!root.join("instance-id.partial").exists());
     }
 }

@@ -37,6 +37,8 @@ struct Fake {
     /// Answer 503 to this many registrations first.
     register_unavailable: usize,
     reject_join: bool,
+    /// Answer 409 `name_taken` to registrations (another installation holds the name).
+    name_taken: bool,
     registers: Vec<RegisterRequest>,
     /// Answer 401 to the next lease call (as after a coordinator reset).
     lease_unauthorized_once: bool,
@@ -92,6 +94,13 @@ async fn register(
             "invalid_join_token",
             "the join token is not valid",
         );
+    }
+    if f.name_taken {
+        let message = format!(
+            "agent '{}' is online from another installation (last seen 2s ago)",
+            req.name
+        );
+        return err(StatusCode::CONFLICT, "name_taken", &message);
     }
     f.registers.push(req);
     Json(RegisterResponse {
@@ -353,6 +362,35 @@ async fn a_rejected_join_token_is_fatal_with_exit_code_2() {
 }
 
 #[tokio::test]
+async fn a_name_held_by_another_online_agent_is_fatal_with_exit_code_2() {
+    let (url, s) = start(Fake {
+        name_taken: true,
+        ..Default::default()
+    })
+    .await;
+    let agent = spawn_agent(&url, JOIN, Behaviour::Fail);
+    let e = tokio::time::timeout(Duration::from_secs(10), agent.task)
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap_err();
+    assert!(matches!(e, AgentError::NameTaken { .. }), "{e}");
+    assert_eq!(e.exit_code(), 2);
+    let msg = e.to_string();
+    assert!(
+        msg.starts_with(
+            "another agent named pi-on-a-shelf is online; give this one a different --name"
+        ),
+        "{msg}"
+    );
+    assert!(
+        msg.contains("agent 'pi-on-a-shelf' is online from another installation"),
+        "the coordinator's message is kept: {msg}"
+    );
+    assert!(s.lock().unwrap().registers.is_empty());
+}
+
+#[tokio::test]
 async fn registration_retries_while_the_coordinator_is_unavailable() {
     let (url, s) = start(Fake {
         register_unavailable: 3,
@@ -366,6 +404,12 @@ async fn registration_retries_while_the_coordinator_is_unavailable() {
     assert_eq!(reg.native_platforms, ["linux/arm64"]);
     assert_eq!(reg.emulated_platforms, ["linux/s390x"]);
     assert_eq!(reg.capacity, 2);
+    let kept = std::fs::read_to_string(agent.work.path().join("instance-id")).unwrap();
+    assert_eq!(
+        reg.instance_id.map(|id| id.to_string()).as_deref(),
+        Some(kept.trim()),
+        "the work directory's instance id is sent"
+    );
     agent.shutdown().await.unwrap();
 }
 
@@ -518,6 +562,14 @@ async fn a_401_on_lease_registers_again() {
     .await;
     let agent = spawn_agent(&url, JOIN, Behaviour::Fail);
     until(&s, "second registration", |f| f.registers.len() >= 2).await;
+    {
+        let f = s.lock().unwrap();
+        assert!(f.registers[0].instance_id.is_some());
+        assert_eq!(
+            f.registers[0].instance_id, f.registers[1].instance_id,
+            "the same installation registers again"
+        );
+    }
     agent.shutdown().await.unwrap();
 }
 

@@ -15,7 +15,8 @@ use uuid::Uuid;
 pub const EXIT_CODES_HELP: &str = "\
 Exit codes:
   0    success (for `build`: the image index was pushed; its digest is the last line of stdout)
-  1    the job failed or was cancelled, or the coordinator could not be reached or failed (5xx)
+  1    the job failed or was cancelled, or the coordinator could not be reached or failed (5xx);
+       for `cancel`: the job is pushing its image index and can no longer be cancelled
   2    bad usage or input, refused before anything was sent (unknown platform, malformed reference,
        missing context or Dockerfile) or refused by the coordinator (4xx: bad request, bad token,
        unknown job, context too large)
@@ -97,7 +98,8 @@ pub enum Command {
     },
     /// List the build agents.
     Agents,
-    /// Cancel a job; builds in progress are told to stop.
+    /// Cancel a job; builds in progress are told to stop. A job that already ended is left as it
+    /// is (exit 0); one whose image index is being pushed can no longer be cancelled (exit 1).
     Cancel {
         /// Job id.
         id: Uuid,

@@ -7,7 +7,7 @@ use archfarm_protocol::api::{JobRequest, JobState};
 use uuid::Uuid;
 
 use crate::args::{BuildArgs, Connection, Progress};
-use crate::client::Client;
+use crate::client::{Client, ClientError};
 use crate::follow::{self, failure_report};
 use crate::output::{self, human_size};
 use crate::validate::{check_coordinator_url, BuildPlan};
@@ -186,12 +186,25 @@ pub async fn agents(conn: &Connection) -> Result<u8, Error> {
     Ok(0)
 }
 
-/// `archfarm cancel ID`: succeeds when the job is cancelled or had already ended.
+/// `archfarm cancel ID`: succeeds when the job is cancelled or had already ended; exits 1 when the
+/// coordinator is pushing the job's index and the job can no longer be cancelled.
 pub async fn cancel(conn: &Connection, id: Uuid) -> Result<u8, Error> {
-    let job = client(conn)?.cancel_job(id).await?;
+    let job = match client(conn)?.cancel_job(id).await {
+        Ok(job) => job,
+        // Nothing was wrong with the request: the job is just past the point of cancelling.
+        Err(ClientError::Api {
+            status: 409,
+            code,
+            message,
+        }) if code == "job_stitching" => {
+            eprintln!("{message}");
+            return Ok(1);
+        }
+        Err(e) => return Err(e.into()),
+    };
     let text = match job.state {
         JobState::Cancelled => format!("job {id} cancelled\n"),
-        s if s.is_terminal() => format!("job {id} had already {s}; nothing to cancel\n"),
+        s if s.is_terminal() => format!("job {id} had already ended: {s}\n"),
         s => format!("job {id}: cancel requested (now {s})\n"),
     };
     output::stdout(&text);

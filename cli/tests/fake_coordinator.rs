@@ -7,6 +7,7 @@ mod fake;
 
 use std::process::{Command, Output};
 
+use archfarm_protocol::api::JobState;
 use fake::{cancel, start, Scenario, Shared, AMD64, INDEX};
 use uuid::Uuid;
 fn sample_context() -> tempfile::TempDir {
@@ -326,6 +327,7 @@ async fn jobs_job_agents_cancel() {
     );
 
     let out = cli(args(&["cancel", &id])).await.unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
     assert_eq!(text(&out.stdout), format!("job {id} cancelled\n"));
 
     let out = cli(args(&["job", &id, "--json"])).await.unwrap();
@@ -339,4 +341,56 @@ async fn jobs_job_agents_cancel() {
     assert_eq!(out.status.code(), Some(2));
     assert!(text(&out.stderr).contains("no such job (not_found, HTTP 404)"));
     drop(state);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cancel_of_an_ended_or_stitching_job() {
+    let (url, state) = start(Scenario::Hang, None).await;
+    let ctx = sample_context();
+    let out = run(&url, &["--detach", "--progress", "quiet"], ctx.path()).await;
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    let id = text(&out.stdout).trim().to_string();
+    let cancel = || {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_archfarm"));
+        cmd.args(["cancel", &id])
+            .env("ARCHFARM_COORDINATOR", &url)
+            .env_remove("ARCHFARM_TOKEN");
+        tokio::task::spawn_blocking(move || cmd.output().unwrap())
+    };
+    let set_state = |s: JobState| state.lock().unwrap().job.as_mut().unwrap().state = s;
+
+    // The index is being pushed: nothing was wrong with the request, but nothing was cancelled.
+    set_state(JobState::Stitching);
+    let out = cancel().await.unwrap();
+    let stderr = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert_eq!(text(&out.stdout), "");
+    assert!(
+        stderr.contains(&format!(
+            "job {id} is pushing its image index and can no longer be cancelled"
+        )),
+        "{stderr}"
+    );
+
+    // It ended on its own: the answer is the job as it is, and that is a success.
+    set_state(JobState::Succeeded);
+    let out = cancel().await.unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    assert_eq!(
+        text(&out.stdout),
+        format!("job {id} had already ended: succeeded\n")
+    );
+    assert_eq!(
+        state.lock().unwrap().job.as_ref().unwrap().state,
+        JobState::Succeeded,
+        "an ended job is left as it is"
+    );
+
+    set_state(JobState::Failed);
+    let out = cancel().await.unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    assert_eq!(
+        text(&out.stdout),
+        format!("job {id} had already ended: failed\n")
+    );
 }

@@ -49,6 +49,13 @@ impl BlobStore {
     /// Opens (and creates) the directory.
     pub fn open(dir: PathBuf) -> std::io::Result<Self> {
         std::fs::create_dir_all(&dir)?;
+        // Uploads cut off by a disconnect or a crash leave their temporary files behind.
+        for entry in std::fs::read_dir(&dir)? {
+            let entry = entry?;
+            if entry.file_name().to_string_lossy().starts_with(".upload-") {
+                let _ = std::fs::remove_file(entry.path());
+            }
+        }
         Ok(BlobStore { dir })
     }
 

@@ -7,7 +7,8 @@ use std::time::Duration;
 
 use clap::Parser;
 
-/// A string that never shows in `Debug` output or logs.
+/// A string that never shows in `Debug` output or logs (tokens, and database URLs, which can hold a
+/// password).
 #[derive(Clone, PartialEq, Eq)]
 pub struct Secret(String);
 
@@ -51,16 +52,16 @@ pub struct Config {
     pub data_dir: PathBuf,
 
     /// Database URL, `sqlite://PATH` or `postgres://...`. Default: SQLite file `archfarm.db` in the data dir.
-    #[arg(long, env = "ARCHFARM_DATABASE")]
-    pub database: Option<String>,
+    #[arg(long, env = "ARCHFARM_DATABASE", hide_env_values = true)]
+    pub database: Option<Secret>,
 
     /// Token agents must present to register. Default: none, and then any agent that reaches the
     /// coordinator may register (a warning is logged).
-    #[arg(long, env = "ARCHFARM_JOIN_TOKEN")]
+    #[arg(long, env = "ARCHFARM_JOIN_TOKEN", hide_env_values = true)]
     pub join_token: Option<Secret>,
 
     /// Bearer token CI clients must send. Default: none (the API is open to whoever reaches it).
-    #[arg(long, env = "ARCHFARM_API_TOKEN")]
+    #[arg(long, env = "ARCHFARM_API_TOKEN", hide_env_values = true)]
     pub api_token: Option<Secret>,
 
     /// Registry (HOST[:PORT]) spoken to over plain HTTP; repeatable. Registries on loopback are plain
@@ -106,7 +107,7 @@ impl Config {
     /// The database URL to use, defaulting to SQLite in the data dir.
     pub fn database_url(&self) -> String {
         match &self.database {
-            Some(url) => url.clone(),
+            Some(url) => url.expose().to_string(),
             None => format!(
                 "sqlite://{}?mode=rwc",
                 self.data_dir.join("archfarm.db").display()
@@ -165,8 +166,19 @@ mod tests {
 
     #[test]
     fn secrets_do_not_show_in_debug() {
-        let c = parse(&["--join-token", "hunter2", "--api-token", "s3cret"]);
+        let c = parse(&[
+            "--join-token",
+            "hunter2",
+            "--api-token",
+            "s3cret",
+            "--database",
+            "postgres://u:pw@h/db",
+        ]);
         let dbg = format!("{c:?}");
-        assert!(!dbg.contains("hunter2") && !dbg.contains("s3cret"), "{dbg}");
+        assert!(
+            !dbg.contains("hunter2") && !dbg.contains("s3cret") && !dbg.contains("pw@"),
+            "{dbg}"
+        );
+        assert_eq!(c.database_url(), "postgres://u:pw@h/db");
     }
 }

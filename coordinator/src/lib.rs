@@ -96,6 +96,16 @@ pub async fn run(
         shutdown: token.clone(),
     }));
 
+    // Agents need a heartbeat interval to find a restarted coordinator; until then their leases
+    // must not count as lapsed, or finished work would be thrown away.
+    let extended = state
+        .store
+        .extend_running_leases(state.scheduler.lease_expiry())
+        .await?;
+    if extended > 0 {
+        tracing::info!(leases = extended, "running leases extended after restart");
+    }
+    progress::reconcile(&state).await?;
     // A restart interrupted these; pushing the index again is idempotent.
     for job in state.store.jobs_in_state(JobState::Stitching).await? {
         tracing::info!(job.id = %job.id, "resuming stitching after restart");
@@ -123,6 +133,7 @@ pub async fn run(
 /// Background task: takes back leases whose agents stopped heartbeating.
 async fn reap_leases(state: AppState) {
     let mut tick = tokio::time::interval(Duration::from_secs(1));
+    let mut passes: u64 = 0;
     loop {
         tokio::select! {
             _ = state.shutdown.cancelled() => return,
@@ -130,6 +141,12 @@ async fn reap_leases(state: AppState) {
         }
         if let Err(e) = state.scheduler.reap_expired().await {
             tracing::error!(error = %e, "lease reaper pass failed");
+        }
+        passes += 1;
+        if passes.is_multiple_of(10) {
+            if let Err(e) = progress::reconcile(&state).await {
+                tracing::error!(error = %e, "reconcile pass failed");
+            }
         }
     }
 }

@@ -30,6 +30,35 @@ pub async fn after_build_succeeded(state: &AppState, job_id: Uuid) -> StoreResul
     Ok(())
 }
 
+/// Finishes what a crash between two writes left half done: a job whose build failed but which
+/// was not failed itself, and a job whose builds all succeeded but which never began stitching.
+pub async fn reconcile(state: &AppState) -> StoreResult<()> {
+    for (job_id, platform, error) in state.store.jobs_with_failed_builds().await? {
+        let error = format!(
+            "{platform}: {}",
+            error.unwrap_or_else(|| "the build failed".into())
+        );
+        if state
+            .store
+            .end_job(job_id, JobState::Failed, &error)
+            .await?
+        {
+            tracing::warn!(job.id = %job_id, error, "job failed (reconciled)");
+        }
+    }
+    for job_id in state.store.jobs_ready_to_stitch().await? {
+        if state
+            .store
+            .transition_job(job_id, &[JobState::Building], JobState::Stitching)
+            .await?
+        {
+            tracing::info!(job.id = %job_id, "stitching (reconciled)");
+            spawn_stitch(state.clone(), job_id);
+        }
+    }
+    Ok(())
+}
+
 /// Stitches a job in the background; also used at start to resume jobs a restart interrupted
 /// (pushing the same index again is harmless: the same bytes give the same digest).
 pub fn spawn_stitch(state: AppState, job_id: Uuid) {

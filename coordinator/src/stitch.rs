@@ -4,6 +4,8 @@
 //! reported digest, and its image config must name the platform the build was for, so a mislabelled
 //! agent cannot put an amd64 image into a release's arm64 slot.
 
+use std::time::Duration;
+
 use archfarm_protocol::Platform;
 use oci_client::client::{ClientConfig, ClientProtocol};
 use oci_client::manifest::{
@@ -75,8 +77,11 @@ pub fn client_for(registry: &str, insecure: bool) -> Client {
     } else {
         ClientProtocol::Https
     };
+    // A registry that stops answering must not hold a job in stitching forever.
     Client::new(ClientConfig {
         protocol,
+        connect_timeout: Some(Duration::from_secs(10)),
+        read_timeout: Some(Duration::from_secs(60)),
         ..Default::default()
     })
 }

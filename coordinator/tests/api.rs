@@ -421,15 +421,18 @@ async fn emulation_never_waits_and_says_why_and_cancel_stops_the_holder() {
         .unwrap();
     assert_eq!(hb["cancel"], true, "the holder learns to stop");
     assert_eq!(c.job(job.id).await.state, JobState::Cancelled);
-    let (status, _) = error_of(
-        c.http
-            .post(c.url(&format!("/jobs/{}/cancel", job.id)))
-            .send()
-            .await
-            .unwrap(),
-    )
-    .await;
-    assert_eq!(status, StatusCode::CONFLICT);
+    // Cancelling again is not an error: the answer shows the job as it is.
+    let again: Job = c
+        .http
+        .post(c.url(&format!("/jobs/{}/cancel", job.id)))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(again.state, JobState::Cancelled);
+    assert_eq!(again.builds[1].state.as_str(), "cancelled");
     c.stop().await;
 }
 
@@ -449,5 +452,72 @@ async fn api_token_guards_client_routes() {
         .await
         .unwrap();
     assert_eq!(ok.status(), StatusCode::OK);
+    c.stop().await;
+}
+
+#[tokio::test]
+async fn limits_unknown_routes_and_bad_queries_answer_json() {
+    let c = Coordinator::start(&["--max-context-bytes", "1000"]).await;
+    let big = vec![7u8; 5000];
+    let digest = format!("sha256:{}", hex::encode(Sha256::digest(&big)));
+    let res = c
+        .http
+        .put(c.url(&format!("/contexts/{digest}")))
+        .body(big)
+        .send()
+        .await
+        .unwrap();
+    let (status, e) = error_of(res).await;
+    assert_eq!(
+        (status, e.code.as_str()),
+        (StatusCode::PAYLOAD_TOO_LARGE, "context_too_large")
+    );
+    assert!(
+        e.message.contains("1000 bytes") && e.message.contains("--max-context-bytes"),
+        "{}",
+        e.message
+    );
+    assert_eq!(
+        std::fs::read_dir(c.data.path().join("contexts"))
+            .unwrap()
+            .count(),
+        0
+    );
+
+    let (status, e) = error_of(c.http.get(c.url("/nothing/here")).send().await.unwrap()).await;
+    assert_eq!(
+        (status, e.code.as_str()),
+        (StatusCode::NOT_FOUND, "not_found")
+    );
+    let (status, e) = error_of(c.http.get(c.url("/jobs?limit=many")).send().await.unwrap()).await;
+    assert_eq!(
+        (status, e.code.as_str()),
+        (StatusCode::BAD_REQUEST, "invalid_query")
+    );
+    let (status, _) = error_of(c.http.get(c.url("/jobs/not-a-uuid")).send().await.unwrap()).await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    c.stop().await;
+}
+
+#[tokio::test]
+async fn a_second_machine_cannot_take_an_online_agents_name() {
+    let c = Coordinator::start(&[]).await;
+    let register = |instance: uuid::Uuid| {
+        c.http
+            .post(c.url("/agents/register"))
+            .bearer_auth("join-secret")
+            .json(&json!({"name": "raspberrypi", "native_platforms": ["linux/arm64"], "capacity": 1, "instance_id": instance}))
+            .send()
+    };
+    let (first, second) = (uuid::Uuid::new_v4(), uuid::Uuid::new_v4());
+    assert_eq!(register(first).await.unwrap().status(), StatusCode::OK);
+    let (status, e) = error_of(register(second).await.unwrap()).await;
+    assert_eq!(
+        (status, e.code.as_str()),
+        (StatusCode::CONFLICT, "name_taken")
+    );
+    assert!(e.message.contains("--name"), "{}", e.message);
+    // The same installation restarting keeps its name.
+    assert_eq!(register(first).await.unwrap().status(), StatusCode::OK);
     c.stop().await;
 }

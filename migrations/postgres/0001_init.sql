@@ -11,6 +11,7 @@ CREATE TABLE agents (
     id                  TEXT PRIMARY KEY,
     name                TEXT NOT NULL UNIQUE,
     token_hash          TEXT NOT NULL UNIQUE,
+    instance_id         TEXT,
     native_platforms    TEXT NOT NULL,
     emulated_platforms  TEXT NOT NULL,
     capacity            BIGINT NOT NULL,

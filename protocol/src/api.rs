@@ -1,7 +1,8 @@
 //! JSON bodies of the coordinator's HTTP API (`/api/v1`).
 //!
 //! CI clients: `PUT/HEAD/GET /contexts/{digest}`, `POST /jobs`, `GET /jobs`, `GET /jobs/{id}`,
-//! `POST /jobs/{id}/cancel`, `GET /agents`, `GET /builds/{id}/log?offset=N`.
+//! `POST /jobs/{id}/cancel` (200 with the job, also when it had already ended; 409 `job_stitching`
+//! while its index is being pushed), `GET /agents`, `GET /builds/{id}/log?offset=N`.
 //! Agents: `POST /agents/register`, `POST /agents/{id}/lease`, `POST /builds/{id}/{heartbeat,log,complete,fail}`.
 //! Every error is an [`ErrorResponse`] with a 4xx or 5xx status.
 
@@ -16,6 +17,12 @@ use crate::{Digest, Platform};
 
 /// Path prefix of every API route.
 pub const API_PREFIX: &str = "/api/v1";
+
+/// Most builds one agent may run at once.
+pub const MAX_AGENT_CAPACITY: i64 = 256;
+
+/// Largest body `POST /builds/{id}/log` accepts; agents keep their batches well under it.
+pub const MAX_LOG_BATCH_BYTES: usize = 4 * 1024 * 1024;
 
 /// Every non-2xx answer carries this body.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
@@ -349,11 +356,16 @@ pub struct RegisterRequest {
     /// Platforms built under emulation.
     #[serde(default)]
     pub emulated_platforms: Vec<String>,
-    /// Builds at once, at least 1.
+    /// Builds at once, from 1 to [`MAX_AGENT_CAPACITY`].
     pub capacity: i64,
     /// The agent's version, for the dashboard.
     #[serde(default)]
     pub version: Option<String>,
+    /// Stable id of the agent's installation (kept in its work directory). While an agent is online,
+    /// another installation registering under its name is refused (409 `name_taken`) instead of
+    /// silently taking over its builds.
+    #[serde(default)]
+    pub instance_id: Option<Uuid>,
 }
 
 /// Answer to a registration.

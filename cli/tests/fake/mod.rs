@@ -250,7 +250,18 @@ async fn cancel_job(State(s): State<Shared>, Path(id): Path<Uuid>) -> Response {
     let Some(job) = f.job.as_mut().filter(|j| j.id == id) else {
         return error(StatusCode::NOT_FOUND, "not_found", "no such job");
     };
-    cancel(job);
+    match job.state {
+        JobState::Stitching => {
+            return error(
+                StatusCode::CONFLICT,
+                "job_stitching",
+                &format!("job {id} is pushing its image index and can no longer be cancelled"),
+            )
+        }
+        // An ended job is answered as it is; its state tells.
+        s if s.is_terminal() => {}
+        _ => cancel(job),
+    }
     Json(job.clone()).into_response()
 }
 

@@ -2,7 +2,9 @@
 
 use std::time::Duration;
 
-use archfarm_protocol::api::{AgentList, Lease, LeaseRequest, RegisterRequest, RegisterResponse};
+use archfarm_protocol::api::{
+    AgentList, Lease, LeaseRequest, RegisterRequest, RegisterResponse, MAX_AGENT_CAPACITY,
+};
 use archfarm_protocol::Platform;
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode};
@@ -13,6 +15,8 @@ use axum::{Json, Router};
 use super::auth::{bearer, require_agent, require_client, same_secret, token_hash};
 use super::error::{parse_id, ApiError, ApiJson};
 use super::views;
+use crate::scheduler::Claimed;
+use crate::store::{AgentRow, Registered};
 use crate::AppState;
 
 /// Routes of this resource.
@@ -64,10 +68,13 @@ async fn register(
             ),
         ));
     }
-    if !(1..=256).contains(&req.capacity) {
+    if !(1..=MAX_AGENT_CAPACITY).contains(&req.capacity) {
         return Err(ApiError::bad(
             "invalid_agent",
-            format!("capacity {} must be from 1 to 256", req.capacity),
+            format!(
+                "capacity {} must be from 1 to {MAX_AGENT_CAPACITY}",
+                req.capacity
+            ),
         ));
     }
     let native = parse_platforms(&req.native_platforms, "native platform")?;
@@ -80,7 +87,7 @@ async fn register(
         ));
     }
     let token = format!("afa_{}", uuid::Uuid::new_v4().simple());
-    let (id, requeued) = state
+    let registered = state
         .store
         .upsert_agent(
             &req.name,
@@ -89,8 +96,21 @@ async fn register(
             &emulated,
             req.capacity,
             req.version.as_deref(),
+            req.instance_id,
+            state.scheduler.online_since(),
         )
         .await?;
+    let Registered::Ok { id, requeued } = registered else {
+        tracing::warn!(agent = %req.name, "registration refused: another online installation holds the name");
+        return Err(ApiError::Conflict {
+            code: "name_taken",
+            message: format!(
+                "another agent named '{}' is online from a different machine or work directory; \
+                 give this one a different --name",
+                req.name
+            ),
+        });
+    };
     tracing::info!(agent.id = %id, agent = %req.name, native = ?native.iter().map(ToString::to_string).collect::<Vec<_>>(),
         emulated = ?emulated.iter().map(ToString::to_string).collect::<Vec<_>>(), capacity = req.capacity, requeued, "agent registered");
     state.scheduler.wake();
@@ -125,6 +145,29 @@ async fn lease(
     else {
         return Ok(StatusCode::NO_CONTENT.into_response());
     };
+    match lease_for(&state, &agent, &claimed).await {
+        Ok(lease) => Ok(Json(lease).into_response()),
+        Err(e) => {
+            // The agent never learns of this lease: do not make it wait out a TTL and use an attempt.
+            if let Err(undo) = state
+                .store
+                .requeue_build(claimed.build_id, claimed.token)
+                .await
+            {
+                tracing::error!(build.id = %claimed.build_id, error = %undo, "could not requeue an undelivered lease");
+            }
+            state.scheduler.wake();
+            Err(e)
+        }
+    }
+}
+
+/// The lease message for a build just claimed.
+async fn lease_for(
+    state: &AppState,
+    agent: &AgentRow,
+    claimed: &Claimed,
+) -> Result<Lease, ApiError> {
     let job = state.store.get_job(claimed.job_id).await?.ok_or_else(|| {
         ApiError::Internal(anyhow::anyhow!(
             "leased build {} has no job",
@@ -145,8 +188,10 @@ async fn lease(
         "[archfarm] attempt {} on agent {} ({})",
         build.attempts, agent.name, claimed.mode
     );
-    state.logs.append(build.id, &[header]).await?;
-    Ok(Json(Lease {
+    if let Err(e) = state.logs.append(build.id, &[header]).await {
+        tracing::warn!(build.id = %build.id, error = %e, "could not write the attempt header to the build log");
+    }
+    Ok(Lease {
         build_id: build.id,
         job_id: job.id,
         lease_token: claimed.token,
@@ -161,7 +206,6 @@ async fn lease(
         repository: job.repository,
         heartbeat_interval_secs: state.config.heartbeat_secs,
     })
-    .into_response())
 }
 
 async fn list(

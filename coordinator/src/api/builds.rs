@@ -2,8 +2,9 @@
 
 use archfarm_protocol::api::{
     CompleteRequest, FailRequest, HeartbeatRequest, HeartbeatResponse, JobState, LogRequest,
+    MAX_LOG_BATCH_BYTES,
 };
-use axum::extract::{Path, Query, State};
+use axum::extract::{DefaultBodyLimit, Path, State};
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::IntoResponse;
 use axum::routing::post;
@@ -12,7 +13,7 @@ use serde::Deserialize;
 use uuid::Uuid;
 
 use super::auth::{require_agent, require_client};
-use super::error::{parse_id, ApiError, ApiJson};
+use super::error::{parse_id, ApiError, ApiJson, ApiQuery};
 use crate::store::{BuildRow, LeaseCheck};
 use crate::AppState;
 
@@ -25,7 +26,13 @@ const MAX_ERROR_CHARS: usize = 4096;
 pub fn router() -> Router<AppState> {
     Router::new()
         .route("/builds/{id}/heartbeat", post(heartbeat))
-        .route("/builds/{id}/log", post(append_log).get(read_log))
+        .route(
+            "/builds/{id}/log",
+            // A log batch may be larger than other JSON bodies; agents keep theirs under this.
+            post(append_log)
+                .layer(DefaultBodyLimit::max(MAX_LOG_BATCH_BYTES))
+                .get(read_log),
+        )
         .route("/builds/{id}/complete", post(complete))
         .route("/builds/{id}/fail", post(fail))
 }
@@ -165,7 +172,7 @@ async fn read_log(
     State(state): State<AppState>,
     headers: HeaderMap,
     Path(raw): Path<String>,
-    Query(q): Query<LogQuery>,
+    ApiQuery(q): ApiQuery<LogQuery>,
 ) -> Result<impl IntoResponse, ApiError> {
     require_client(&state, &headers)?;
     let id = parse_id("build", &raw)?;

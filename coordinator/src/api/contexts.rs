@@ -49,7 +49,12 @@ async fn upload(
     let digest = parse_digest(&raw)?;
     let limit = state.config.max_context_bytes;
     let too_large = || {
-        ApiError::TooLarge(format!("the context is larger than the limit of {limit} bytes (set --max-context-bytes to raise it)"))
+        ApiError::TooLarge {
+            code: "context_too_large",
+            message: format!(
+                "the context is larger than the limit of {limit} bytes (set --max-context-bytes to raise it)"
+            ),
+        }
     };
     // Refuse early when the client says up front that it will not fit.
     let declared = headers

@@ -2,7 +2,8 @@
 
 use archfarm_protocol::api::ErrorResponse;
 use axum::extract::rejection::JsonRejection;
-use axum::extract::{FromRequest, Request};
+use axum::extract::{FromRequest, FromRequestParts, Query, Request};
+use axum::http::request::Parts;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
@@ -40,9 +41,14 @@ pub enum ApiError {
         /// Sentence for people.
         message: String,
     },
-    /// 413.
-    #[error("{0}")]
-    TooLarge(String),
+    /// 413: the body is over a limit.
+    #[error("{message}")]
+    TooLarge {
+        /// Machine-readable code.
+        code: &'static str,
+        /// Sentence for people, naming the limit.
+        message: String,
+    },
     /// 500: logged with its cause, never shown to the client.
     #[error("internal error: {0}")]
     Internal(#[from] anyhow::Error),
@@ -87,7 +93,7 @@ impl IntoResponse for ApiError {
             ApiError::Unauthorized { code, message } => (StatusCode::UNAUTHORIZED, code, message),
             ApiError::NotFound(message) => (StatusCode::NOT_FOUND, "not_found", message),
             ApiError::Conflict { code, message } => (StatusCode::CONFLICT, code, message),
-            ApiError::TooLarge(message) => (StatusCode::PAYLOAD_TOO_LARGE, "too_large", message),
+            ApiError::TooLarge { code, message } => (StatusCode::PAYLOAD_TOO_LARGE, code, message),
             ApiError::Internal(e) => {
                 tracing::error!(error = format!("{e:#}"), "internal error");
                 (
@@ -122,6 +128,13 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for ApiJson<T> {
                     "invalid_json",
                     "the body must be JSON with Content-Type: application/json",
                 ),
+                other if other.status() == StatusCode::PAYLOAD_TOO_LARGE => ApiError::TooLarge {
+                    code: "body_too_large",
+                    message: format!(
+                        "the request body is over this endpoint's limit: {}",
+                        other.body_text()
+                    ),
+                },
                 other => ApiError::bad(
                     "invalid_json",
                     format!("the body is not a valid request: {}", other.body_text()),
@@ -129,6 +142,30 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for ApiJson<T> {
             }),
         }
     }
+}
+
+/// `Query` whose rejections are `ApiError`s.
+pub struct ApiQuery<T>(pub T);
+
+impl<S: Send + Sync, T: DeserializeOwned> FromRequestParts<S> for ApiQuery<T> {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
+        Query::<T>::from_request_parts(parts, state)
+            .await
+            .map(|Query(v)| ApiQuery(v))
+            .map_err(|e| {
+                ApiError::bad(
+                    "invalid_query",
+                    format!("the query string is not valid: {}", e.body_text()),
+                )
+            })
+    }
+}
+
+/// The answer for a path no route matches, in the same JSON shape as every other error.
+pub async fn no_route(uri: axum::http::Uri) -> ApiError {
+    ApiError::NotFound(format!("no such endpoint: {}", uri.path()))
 }
 
 /// Parses an id from a path segment, answering 404 for anything that is not a UUID.

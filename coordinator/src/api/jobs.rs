@@ -4,14 +4,14 @@ use std::path::{Component, Path as FsPath};
 
 use archfarm_protocol::api::{JobList, JobRequest, JobState};
 use archfarm_protocol::{ImageRef, Platform};
-use axum::extract::{Path, Query, State};
+use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use serde::Deserialize;
 
 use super::auth::require_client;
-use super::error::{parse_id, ApiError, ApiJson};
+use super::error::{parse_id, ApiError, ApiJson, ApiQuery};
 use super::views::{self, Fleet};
 use crate::store::NewJob;
 use crate::AppState;
@@ -227,7 +227,7 @@ struct ListQuery {
 async fn list(
     State(state): State<AppState>,
     headers: HeaderMap,
-    Query(q): Query<ListQuery>,
+    ApiQuery(q): ApiQuery<ListQuery>,
 ) -> Result<Json<JobList>, ApiError> {
     require_client(&state, &headers)?;
     let limit = q.limit.unwrap_or(50).clamp(1, 1000);
@@ -267,20 +267,32 @@ async fn cancel(
         .get_job(id)
         .await?
         .ok_or_else(|| ApiError::NotFound(format!("no job with id '{id}'")))?;
-    if !state
-        .store
-        .end_job(id, JobState::Cancelled, "cancelled by user")
-        .await?
-    {
-        let now = state
-            .store
-            .get_job(id)
-            .await?
-            .map_or(row.state, |j| j.state);
-        return Err(ApiError::Conflict {
-            code: "job_finished",
-            message: format!("job {id} already ended: {now}"),
-        });
+    match row.state {
+        JobState::Stitching => {
+            // Its index may be landing under the release tags right now; a "cancelled" job must
+            // not have moved them.
+            return Err(ApiError::Conflict {
+                code: "job_stitching",
+                message: format!("job {id} is pushing its index and can no longer be cancelled"),
+            });
+        }
+        s if s.is_terminal() => {
+            let fleet = Fleet::load(&state).await?;
+            return Ok(Json(views::job(&state, row, &fleet).await?));
+        }
+        _ => {}
+    }
+    if !state.store.cancel_job(id, "cancelled by user").await? {
+        // It moved on (to stitching or an end) since we looked; report it as it is now.
+        let now = state.store.get_job(id).await?.unwrap_or(row);
+        if now.state == JobState::Stitching {
+            return Err(ApiError::Conflict {
+                code: "job_stitching",
+                message: format!("job {id} is pushing its index and can no longer be cancelled"),
+            });
+        }
+        let fleet = Fleet::load(&state).await?;
+        return Ok(Json(views::job(&state, now, &fleet).await?));
     }
     tracing::info!(job.id = %id, "job cancelled");
     let row = state.store.get_job(id).await?.unwrap_or(row);

@@ -29,6 +29,7 @@ pub fn router(state: AppState) -> Router {
     Router::new()
         .route("/healthz", get(|| async { "ok" }))
         .nest(archfarm_protocol::api::API_PREFIX, api)
+        .fallback(error::no_route)
         .layer(TraceLayer::new_for_http().make_span_with(|req: &Request| {
             // Keyed by the matched route, so spans group by endpoint rather than by id.
             let route = req

@@ -37,12 +37,30 @@ impl AgentRow {
     }
 }
 
+/// Outcome of a registration.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Registered {
+    /// Registered; `requeued` builds of an earlier incarnation went back to the queue.
+    Ok {
+        /// The agent's id (kept across re-registrations).
+        id: Uuid,
+        /// Builds requeued.
+        requeued: u64,
+    },
+    /// Another online installation holds the name.
+    NameTaken,
+}
+
 const COLUMNS: &str = "id, name, native_platforms, emulated_platforms, capacity, last_seen";
 
 impl Store {
     /// Registers an agent, or re-registers one under the same name, keeping its id. A re-registering
     /// agent is a new process that holds none of its old builds, so those go back to the queue.
-    /// Returns the id and how many builds were requeued.
+    ///
+    /// When another installation (a different `instance`) holds the name and was seen since
+    /// `online_since`, nothing changes and `NameTaken` comes back: two machines sharing a host name
+    /// would otherwise take each other's builds away on every poll.
+    #[allow(clippy::too_many_arguments)]
     pub async fn upsert_agent(
         &self,
         name: &str,
@@ -51,21 +69,30 @@ impl Store {
         emulated: &[Platform],
         capacity: i64,
         version: Option<&str>,
-    ) -> StoreResult<(Uuid, u64)> {
+        instance: Option<Uuid>,
+        online_since: i64,
+    ) -> StoreResult<Registered> {
         let now = now_ms();
         let native = serde_json::to_string(native).expect("platforms serialise");
         let emulated = serde_json::to_string(emulated).expect("platforms serialise");
         let mut tx = self.pool.begin().await?;
-        let existing = sqlx::query("SELECT id FROM agents WHERE name = $1")
+        let instance_text = instance.map(|i| i.to_string());
+        let existing = sqlx::query("SELECT id, instance_id, last_seen FROM agents WHERE name = $1")
             .bind(name)
             .fetch_optional(&mut *tx)
             .await?;
         let (id, requeued) = match existing {
             Some(row) => {
                 let id: String = row.try_get("id")?;
+                let held_by: Option<String> = row.try_get("instance_id")?;
+                let last_seen: i64 = row.try_get("last_seen")?;
+                let other = matches!((&held_by, &instance_text), (Some(a), Some(b)) if a != b);
+                if other && last_seen >= online_since {
+                    return Ok(Registered::NameTaken);
+                }
                 sqlx::query(
                     "UPDATE agents SET token_hash = $1, native_platforms = $2, emulated_platforms = $3, \
-                     capacity = $4, version = $5, last_seen = $6 WHERE id = $7",
+                     capacity = $4, version = $5, last_seen = $6, instance_id = $7 WHERE id = $8",
                 )
                 .bind(token_hash)
                 .bind(&native)
@@ -73,6 +100,7 @@ impl Store {
                 .bind(capacity)
                 .bind(version)
                 .bind(now)
+                .bind(&instance_text)
                 .bind(&id)
                 .execute(&mut *tx)
                 .await?;
@@ -91,7 +119,7 @@ impl Store {
                 let id = Uuid::new_v4();
                 sqlx::query(
                     "INSERT INTO agents (id, name, token_hash, native_platforms, emulated_platforms, capacity, \
-                     version, registered_at, last_seen) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
+                     version, registered_at, last_seen, instance_id) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
                 )
                 .bind(id.to_string())
                 .bind(name)
@@ -102,13 +130,14 @@ impl Store {
                 .bind(version)
                 .bind(now)
                 .bind(now)
+                .bind(&instance_text)
                 .execute(&mut *tx)
                 .await?;
                 (id, 0)
             }
         };
         tx.commit().await?;
-        Ok((id, requeued))
+        Ok(Registered::Ok { id, requeued })
     }
 
     /// The agent holding this token hash, if any.
@@ -178,18 +207,34 @@ mod tests {
     async fn reregistering_keeps_the_id() {
         let (store, _dir) = test_store().await;
         let arm: Vec<Platform> = vec!["linux/arm64".parse().unwrap()];
-        let (a, _) = store
-            .upsert_agent("pi", "h1", &arm, &[], 1, None)
+        let (one, two) = (Some(Uuid::new_v4()), Some(Uuid::new_v4()));
+        let first = store
+            .upsert_agent("pi", "h1", &arm, &[], 1, None, one, 0)
             .await
             .unwrap();
-        let (b, requeued) = store
-            .upsert_agent("pi", "h2", &arm, &[], 2, Some("0.1"))
+        let Registered::Ok { id: a, .. } = first else {
+            panic!("first registration refused")
+        };
+        // Another installation may not take the name while the first is online...
+        let taken = store
+            .upsert_agent("pi", "hx", &arm, &[], 1, None, two, 0)
             .await
             .unwrap();
-        assert_eq!(a, b);
-        assert_eq!(requeued, 0);
-        assert!(store.agent_by_token_hash("h1").await.unwrap().is_none());
-        let row = store.agent_by_token_hash("h2").await.unwrap().unwrap();
+        assert_eq!(taken, Registered::NameTaken);
+        // ...but the same installation re-registers freely, and keeps its id.
+        let again = store
+            .upsert_agent("pi", "h2", &arm, &[], 2, Some("0.1"), one, 0)
+            .await
+            .unwrap();
+        assert_eq!(again, Registered::Ok { id: a, requeued: 0 });
+        // Once the first has gone offline, the name is free for another installation.
+        let later = store
+            .upsert_agent("pi", "h3", &arm, &[], 2, Some("0.1"), two, i64::MAX)
+            .await
+            .unwrap();
+        assert_eq!(later, Registered::Ok { id: a, requeued: 0 });
+        assert!(store.agent_by_token_hash("h2").await.unwrap().is_none());
+        let row = store.agent_by_token_hash("h3").await.unwrap().unwrap();
         assert_eq!((row.name.as_str(), row.capacity), ("pi", 2));
         assert_eq!(row.native, arm);
         assert_eq!(store.list_agents().await.unwrap().len(), 1);

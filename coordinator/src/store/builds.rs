@@ -269,7 +269,7 @@ impl Store {
     /// holder; false when its lease changed meanwhile.
     pub async fn requeue_build(&self, build_id: Uuid, old_token: Uuid) -> StoreResult<bool> {
         let res = sqlx::query(
-            "UPDATE builds SET state = 'queued', agent_id = NULL, mode = NULL, lease_token = NULL, \
+            "UPDATE builds SET state = 'queued', agent_id = NULL, agent_name = NULL, mode = NULL, lease_token = NULL, \
              lease_expires_at = NULL, started_at = NULL WHERE id = $1 AND lease_token = $2 AND state = 'building'",
         )
         .bind(build_id.to_string())
@@ -277,6 +277,51 @@ impl Store {
         .execute(&self.pool)
         .await?;
         Ok(res.rows_affected() == 1)
+    }
+}
+
+impl Store {
+    /// Gives every running lease until `expires_at`: after a coordinator restart, agents need a
+    /// heartbeat interval to find it again before their leases may be judged lapsed.
+    pub async fn extend_running_leases(&self, expires_at: i64) -> StoreResult<u64> {
+        let res = sqlx::query("UPDATE builds SET lease_expires_at = $1 WHERE state = 'building' AND lease_expires_at < $1")
+            .bind(expires_at)
+            .execute(&self.pool)
+            .await?;
+        Ok(res.rows_affected())
+    }
+
+    /// Unfinished jobs that have a failed build, with that build's platform and error: a job whose
+    /// failure was recorded for the build but not yet for the job (a crash between the two).
+    pub async fn jobs_with_failed_builds(
+        &self,
+    ) -> StoreResult<Vec<(Uuid, String, Option<String>)>> {
+        let rows = sqlx::query(
+            "SELECT j.id, b.platform, b.error FROM jobs j JOIN builds b ON b.job_id = j.id \
+             WHERE j.state IN ('queued', 'building') AND b.state = 'failed'",
+        )
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|r| {
+                Ok((
+                    parse_col(r, "id")?,
+                    r.try_get("platform")?,
+                    r.try_get("error")?,
+                ))
+            })
+            .collect()
+    }
+
+    /// Jobs still `building` although every build succeeded (a crash before stitching began).
+    pub async fn jobs_ready_to_stitch(&self) -> StoreResult<Vec<Uuid>> {
+        let rows = sqlx::query(
+            "SELECT j.id FROM jobs j WHERE j.state = 'building' \
+             AND NOT EXISTS (SELECT 1 FROM builds b WHERE b.job_id = j.id AND b.state <> 'succeeded')",
+        )
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter().map(|r| parse_col(r, "id")).collect()
     }
 }
 
@@ -384,5 +429,66 @@ mod tests {
             LeaseCheck::Cancelled
         );
         assert!(store.queued_builds().await.unwrap().is_empty());
+    }
+
+    #[tokio::test]
+    async fn half_done_outcomes_are_found_for_reconciling() {
+        let (store, _dir) = test_store().await;
+        let (job, builds) = one_job(&store).await;
+        let (t0, t1) = (Uuid::new_v4(), Uuid::new_v4());
+        store
+            .claim_build(
+                builds[0].id,
+                Uuid::new_v4(),
+                "a",
+                BuildMode::Native,
+                t0,
+                i64::MAX,
+            )
+            .await
+            .unwrap();
+        store
+            .claim_build(
+                builds[1].id,
+                Uuid::new_v4(),
+                "b",
+                BuildMode::Emulated,
+                t1,
+                i64::MAX,
+            )
+            .await
+            .unwrap();
+        sqlx::query("UPDATE jobs SET state = 'building'")
+            .execute(store.pool())
+            .await
+            .unwrap();
+        // Both builds succeed but the job never moved on (a crash in between).
+        assert!(store
+            .complete_build(builds[0].id, t0, "sha256:a", "m", 1)
+            .await
+            .unwrap());
+        assert!(store.jobs_ready_to_stitch().await.unwrap().is_empty());
+        assert!(store
+            .complete_build(builds[1].id, t1, "sha256:b", "m", 1)
+            .await
+            .unwrap());
+        assert_eq!(store.jobs_ready_to_stitch().await.unwrap(), vec![job]);
+        assert!(store.jobs_with_failed_builds().await.unwrap().is_empty());
+        // Leases of a restarted coordinator are pushed out, never pulled in.
+        let (_, other) = one_job(&store).await;
+        let t2 = Uuid::new_v4();
+        store
+            .claim_build(other[0].id, Uuid::new_v4(), "a", BuildMode::Native, t2, 5)
+            .await
+            .unwrap();
+        assert_eq!(store.extend_running_leases(1_000).await.unwrap(), 1);
+        assert_eq!(store.extend_running_leases(10).await.unwrap(), 0);
+        assert!(store.fail_build(other[0].id, t2, "boom").await.unwrap());
+        let failed = store.jobs_with_failed_builds().await.unwrap();
+        assert_eq!(failed.len(), 1);
+        assert_eq!(
+            (failed[0].1.as_str(), failed[0].2.as_deref()),
+            ("linux/amd64", Some("boom"))
+        );
     }
 }

@@ -209,12 +209,34 @@ impl Store {
     /// Ends a job as failed or cancelled (unless it already ended) and cancels its unfinished builds.
     /// True when this caller ended it.
     pub async fn end_job(&self, id: Uuid, state: JobState, error: &str) -> StoreResult<bool> {
+        self.end_job_from(id, &["queued", "building", "stitching"], state, error)
+            .await
+    }
+
+    /// Cancels a job that has not started stitching; true when this caller cancelled it.
+    pub async fn cancel_job(&self, id: Uuid, reason: &str) -> StoreResult<bool> {
+        self.end_job_from(id, &["queued", "building"], JobState::Cancelled, reason)
+            .await
+    }
+
+    async fn end_job_from(
+        &self,
+        id: Uuid,
+        from: &[&str],
+        state: JobState,
+        error: &str,
+    ) -> StoreResult<bool> {
         let now = now_ms();
+        let from_list = from
+            .iter()
+            .map(|s| format!("'{s}'"))
+            .collect::<Vec<_>>()
+            .join(", ");
         let mut tx = self.pool.begin().await?;
-        let res = sqlx::query(
+        let res = sqlx::query(&format!(
             "UPDATE jobs SET state = $1, error = $2, updated_at = $3, finished_at = $4 \
-             WHERE id = $5 AND state NOT IN ('succeeded', 'failed', 'cancelled')",
-        )
+             WHERE id = $5 AND state IN ({from_list})"
+        ))
         .bind(state.as_str())
         .bind(error)
         .bind(now)

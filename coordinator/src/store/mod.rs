@@ -14,7 +14,7 @@ use sqlx::any::{AnyPoolOptions, AnyRow};
 use sqlx::migrate::Migrator;
 use sqlx::{AnyPool, Row};
 
-pub use agents::AgentRow;
+pub use agents::{AgentRow, Registered};
 pub use builds::{BuildRow, LeaseCheck, QueuedBuild};
 pub use jobs::{JobRow, NewJob};
 
@@ -38,8 +38,8 @@ pub enum StoreError {
         /// The value.
         value: String,
     },
-    /// The URL names a database archfarm does not support.
-    #[error("unsupported database URL '{0}': use sqlite://PATH or postgres://USER@HOST/DB")]
+    /// The URL names a database archfarm does not support (only its scheme is kept: a URL can hold a password).
+    #[error("unsupported database URL scheme '{0}': use sqlite://PATH or postgres://USER@HOST/DB")]
     UnsupportedUrl(String),
 }
 
@@ -59,7 +59,10 @@ impl Store {
         let sqlite = url.starts_with("sqlite:");
         let postgres = url.starts_with("postgres:") || url.starts_with("postgresql:");
         if !sqlite && !postgres {
-            return Err(StoreError::UnsupportedUrl(url.to_string()));
+            let scheme = url.split(':').next().unwrap_or_default();
+            return Err(StoreError::UnsupportedUrl(
+                scheme.chars().take(32).collect(),
+            ));
         }
         // SQLite allows one writer at a time; a handful of connections is plenty and keeps
         // lock waits (sqlx's default busy timeout is 5 s) short.

@@ -1,11 +1,11 @@
 //! Flags and environment variables of `archfarm-agent` (see the wire contract).
 
-use std::fmt;
 use std::path::PathBuf;
 use std::str::FromStr;
 
 use archfarm_protocol::api::MAX_AGENT_CAPACITY;
 use archfarm_protocol::platform::parse_list;
+pub use archfarm_protocol::Secret;
 use archfarm_protocol::{Platform, PlatformError};
 use clap::Parser;
 use reqwest::Url;
@@ -74,39 +74,6 @@ impl FromStr for Emulate {
             "none" | "" => Ok(Emulate::None),
             _ => parse_list(s).map(Emulate::Only),
         }
-    }
-}
-
-/// A string that never shows up in `Debug` output or logs.
-#[derive(Clone, PartialEq, Eq)]
-pub struct Secret(String);
-
-impl Secret {
-    /// Wraps a secret value.
-    pub fn new(value: impl Into<String>) -> Self {
-        Secret(value.into())
-    }
-
-    /// The secret itself, for the one place that must send it (an `Authorization` header).
-    pub fn expose(&self) -> &str {
-        &self.0
-    }
-}
-
-impl fmt::Debug for Secret {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("Secret(***)")
-    }
-}
-
-impl FromStr for Secret {
-    type Err = String;
-
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        if s.trim().is_empty() {
-            return Err("the token is empty".into());
-        }
-        Ok(Secret(s.to_string()))
     }
 }
 

@@ -3,11 +3,10 @@
 //! Only syntax lives here; what the values mean (platform names, references, paths) is checked in
 //! [`crate::validate`] so the messages can name the problem and what is accepted.
 
-use std::fmt;
 use std::path::PathBuf;
-use std::str::FromStr;
 
 use archfarm_protocol::api::EmulationPolicy;
+pub use archfarm_protocol::Secret;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use uuid::Uuid;
 
@@ -165,35 +164,6 @@ pub enum Progress {
     Plain,
     /// Nothing but the result (and errors).
     Quiet,
-}
-
-/// A secret string whose `Debug` never shows the value.
-#[derive(Clone, PartialEq, Eq)]
-pub struct Secret(String);
-
-impl Secret {
-    /// Wraps a secret value.
-    pub fn new(value: impl Into<String>) -> Self {
-        Secret(value.into())
-    }
-
-    /// The value, for the one place that sends it.
-    pub fn expose(&self) -> &str {
-        &self.0
-    }
-}
-
-impl fmt::Debug for Secret {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("Secret(***)")
-    }
-}
-
-impl FromStr for Secret {
-    type Err = std::convert::Infallible;
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        Ok(Secret(s.to_string()))
-    }
 }
 
 #[cfg(test)]

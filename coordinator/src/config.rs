@@ -1,39 +1,12 @@
 //! Coordinator configuration: flags with `ARCHFARM_*` environment equivalents.
 
-use std::fmt;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::Parser;
 
-/// A string that never shows in `Debug` output or logs (tokens, and database URLs, which can hold a
-/// password).
-#[derive(Clone, PartialEq, Eq)]
-pub struct Secret(String);
-
-impl Secret {
-    /// The secret itself; call only where it is compared or sent.
-    pub fn expose(&self) -> &str {
-        &self.0
-    }
-}
-
-impl fmt::Debug for Secret {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("Secret(***)")
-    }
-}
-
-impl std::str::FromStr for Secret {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        if s.is_empty() {
-            return Err("a token must not be empty".into());
-        }
-        Ok(Secret(s.to_string()))
-    }
-}
+pub use archfarm_protocol::Secret;
 
 /// Everything the coordinator can be told at start.
 #[derive(Debug, Clone, Parser)]

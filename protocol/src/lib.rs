@@ -2,11 +2,14 @@
 //!
 //! * [`platform`]: parsing and normalising `os/arch[/variant]`; the single home of those rules.
 //! * [`reference`]: image references (`REGISTRY/REPOSITORY[:TAG][@DIGEST]`) and content digests.
+//! * [`secret`]: tokens that never show in logs.
 //! * [`api`]: the JSON bodies of the coordinator's HTTP API, for CI clients and agents alike.
 
 pub mod api;
 pub mod platform;
 pub mod reference;
+pub mod secret;
 
 pub use platform::{Platform, PlatformError};
 pub use reference::{Digest, ImageRef, ReferenceError};
+pub use secret::Secret;

@@ -1,5 +1,7 @@
 //! `archfarm-coordinator`: parses flags and runs the coordinator until SIGTERM or Ctrl-C.
 
+use std::io::IsTerminal;
+
 use anyhow::Context as _;
 use archfarm_coordinator::config::Config;
 use clap::Parser;
@@ -12,6 +14,8 @@ async fn main() -> anyhow::Result<()> {
                 .unwrap_or_else(|_| "info,sqlx=warn,tower_http=warn".into()),
         )
         .with_writer(std::io::stderr)
+        // Colour codes only for a person at a terminal, not in log files and journals.
+        .with_ansi(std::io::stderr().is_terminal())
         .init();
     let config = Config::parse();
     let listener = tokio::net::TcpListener::bind(config.listen)

@@ -3,44 +3,9 @@
 //! fails the machine (tools, binfmt, rootfs) is at fault, not archfarm.
 
 use std::collections::BTreeSet;
-use std::process::Command;
 
 use archfarm_e2e::oci::{self, DOCKER_LIST, OCI_INDEX};
-use archfarm_e2e::{preflight, BuildContext, ImageFs, Registry, Scratch, HELLO_PLATFORMS};
-
-/// buildah with its own storage, as an agent would run it.
-struct Buildah {
-    storage: Scratch,
-}
-
-impl Buildah {
-    fn new() -> Buildah {
-        Buildah {
-            storage: Scratch::new("buildah"),
-        }
-    }
-
-    fn run(&self, args: &[&str]) -> String {
-        let out = Command::new("buildah")
-            .arg("--root")
-            .arg(self.storage.join("root"))
-            .arg("--runroot")
-            .arg(self.storage.join("runroot"))
-            .args(["--storage-driver", "vfs"])
-            .args(args)
-            .output()
-            .expect("run buildah");
-        let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
-        assert!(
-            out.status.success(),
-            "buildah {} failed ({}):\n{stdout}\n{}",
-            args.join(" "),
-            out.status,
-            String::from_utf8_lossy(&out.stderr)
-        );
-        stdout
-    }
-}
+use archfarm_e2e::{preflight, BuildContext, Buildah, ImageFs, Registry, HELLO_PLATFORMS};
 
 #[test]
 fn registry_and_readers_read_back_a_buildah_index() {

@@ -62,6 +62,13 @@ pub enum ClientError {
         /// The coordinator's message.
         message: String,
     },
+    /// 409 `draining` to a lease call: the agent is being drained (e.g. `archfarm agents drain`);
+    /// it takes no new builds, finishes the running ones and deregisters.
+    #[error("draining: {message}")]
+    Draining {
+        /// The coordinator's message.
+        message: String,
+    },
     /// 409 `name_taken` to a registration: another installation holding the name is online.
     #[error("name taken: {message}")]
     NameTaken {
@@ -98,6 +105,15 @@ pub enum ClientError {
 }
 
 impl ClientError {
+    /// True for a 409 about a build (lease lost, or anything else the coordinator refuses as a
+    /// conflict): the build must stop and its result be dropped.
+    pub fn is_conflict(&self) -> bool {
+        matches!(
+            self,
+            ClientError::LeaseLost { .. } | ClientError::Draining { .. }
+        )
+    }
+
     /// True when retrying the same call later may succeed.
     pub fn is_transient(&self) -> bool {
         matches!(
@@ -171,6 +187,23 @@ impl CoordinatorClient {
             return Ok(None);
         }
         json(&url, resp).await.map(Some)
+    }
+
+    /// `POST /agents/{id}/drain` with the agent's own token: the coordinator shows the agent as
+    /// draining and hands it no new builds.
+    pub async fn drain(&self, agent: Uuid, token: &Secret) -> Result<(), ClientError> {
+        let url = self.url(&format!("/agents/{agent}/drain"));
+        self.post(&url, token, &serde_json::json!({}))
+            .await
+            .map(drop)
+    }
+
+    /// `POST /agents/{id}/deregister`: the agent leaves the farm (after its builds finished).
+    pub async fn deregister(&self, agent: Uuid, token: &Secret) -> Result<(), ClientError> {
+        let url = self.url(&format!("/agents/{agent}/deregister"));
+        self.post(&url, token, &serde_json::json!({}))
+            .await
+            .map(drop)
     }
 
     /// `POST /builds/{id}/heartbeat`.
@@ -295,6 +328,7 @@ pub fn classify(status: StatusCode, url: &str, code: String, message: String) ->
     match status {
         StatusCode::UNAUTHORIZED => ClientError::Unauthorized { code, message },
         StatusCode::CONFLICT if code == "name_taken" => ClientError::NameTaken { message },
+        StatusCode::CONFLICT if code == "draining" => ClientError::Draining { message },
         StatusCode::CONFLICT => ClientError::LeaseLost { message },
         // 408 and 429 say "later", like a 5xx.
         s if s.is_server_error()
@@ -381,6 +415,19 @@ mod tests {
         );
         assert!(matches!(taken, ClientError::NameTaken { .. }), "{taken}");
         assert!(!taken.is_transient());
+        let draining = classify(
+            StatusCode::CONFLICT,
+            "http://c/x",
+            "draining".into(),
+            "agent pi is draining".into(),
+        );
+        assert!(
+            matches!(draining, ClientError::Draining { .. }),
+            "{draining}"
+        );
+        assert!(!draining.is_transient());
+        assert!(draining.is_conflict() && kind(409).is_conflict());
+        assert!(!kind(503).is_conflict());
     }
 
     #[tokio::test]

@@ -5,15 +5,16 @@
 //! * [`detect`]: the native platform from the kernel, emulated ones from binfmt_misc.
 //! * [`client`]: the typed HTTP client for the coordinator's agent routes.
 //! * [`session`]: registration, the lease loop, heartbeats and log streaming.
+//! * [`shutdown`]: draining on the first SIGTERM, abandoning running builds on the second.
 //! * [`context`]: fetching and safely unpacking build contexts.
 //! * [`backend`]: builders behind one trait; [`backend::buildah`] first.
 //! * [`push`]: uploading an OCI layout's image to a registry under its own digest.
+//!   [`registry_error`] sorts its failures into transient and permanent ones.
 //! * [`runner`]: one leased build from start to end; [`logs`]: its log lines, batched.
 //! * [`workdir`]: the layout of the agent's work directory.
 //!
 //! `main.rs` only parses flags, sets up logging and signals, and calls [`run`].
 
-use std::future::Future;
 use std::path::PathBuf;
 use std::sync::Arc;
 
@@ -25,11 +26,14 @@ pub mod context;
 pub mod detect;
 pub mod logs;
 pub mod push;
+pub mod registry_error;
 pub mod runner;
 pub mod session;
+pub mod shutdown;
 pub mod workdir;
 
 pub use config::{Config, Emulate, Secret};
+pub use shutdown::Stopped;
 
 use backend::buildah::Buildah;
 use backend::{Backend, BackendError};
@@ -110,12 +114,14 @@ pub fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
     s
 }
 
-/// Runs the agent until `shutdown` resolves (then it stops leasing, kills running builds and returns
-/// `Ok`) or a fatal error occurs.
+/// Runs the agent until it is told to stop or a fatal error occurs. `signals` yields one item per
+/// shutdown signal: the first drains (no new builds, running ones finish and report, then the agent
+/// deregisters: [`Stopped::Drained`]), the second abandons the running builds
+/// ([`Stopped::Abandoned`]). A 409 `draining` from the coordinator drains too.
 pub async fn run(
     config: Config,
-    shutdown: impl Future<Output = ()> + Send,
-) -> Result<(), AgentError> {
+    signals: impl futures::Stream<Item = ()> + Send + Unpin,
+) -> Result<Stopped, AgentError> {
     if config.name.trim().is_empty() {
         return Err(AgentError::Config(
             "the agent name is empty; pass --name or ARCHFARM_AGENT_NAME".into(),
@@ -154,5 +160,5 @@ pub async fn run(
         limits: context::Limits::default(),
         backoff: backoff::Backoff::default(),
     };
-    session.run(shutdown).await
+    session.run(signals).await
 }

@@ -124,7 +124,7 @@ pub async fn forward(target: LogTarget, rx: mpsc::Receiver<String>, lost: Cancel
             };
             match sent {
                 Ok(()) => break,
-                Err(ClientError::LeaseLost { .. } | ClientError::Unauthorized { .. }) => {
+                Err(e) if e.is_conflict() || matches!(e, ClientError::Unauthorized { .. }) => {
                     tracing::warn!(build.id = %target.build_id, "lease lost while sending log lines; stopping the build");
                     lost.cancel();
                     return;

@@ -1,4 +1,8 @@
 //! `archfarm-agent`: parses flags, sets up logging and signals, and runs [`archfarm_agent::run`].
+//!
+//! Exit codes: 0 after a drain (first SIGTERM/SIGINT, or `archfarm agents drain`), 1 when a second
+//! signal abandoned running builds or on an error, 2 for a rejected join token, a name taken by
+//! another online agent, or bad flags.
 
 use std::io::IsTerminal;
 use std::process::ExitCode;
@@ -20,15 +24,15 @@ async fn main() -> ExitCode {
             EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
         )
         .init();
-    let shutdown = match shutdown_signal() {
+    let signals = match shutdown_signals() {
         Ok(s) => s,
         Err(e) => {
             eprintln!("archfarm-agent: {e:#}");
             return ExitCode::from(1);
         }
     };
-    match archfarm_agent::run(config, shutdown).await {
-        Ok(()) => ExitCode::SUCCESS,
+    match archfarm_agent::run(config, signals).await {
+        Ok(stopped) => ExitCode::from(stopped.exit_code()),
         Err(e) => {
             tracing::error!(error = %e, "fatal");
             eprintln!("archfarm-agent: {e}");
@@ -37,14 +41,21 @@ async fn main() -> ExitCode {
     }
 }
 
-/// Resolves on the first SIGTERM or SIGINT.
-fn shutdown_signal() -> anyhow::Result<impl std::future::Future<Output = ()> + Send> {
-    let mut term = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
-    let mut int = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
-    Ok(async move {
-        tokio::select! {
-            _ = term.recv() => tracing::info!("SIGTERM received"),
-            _ = int.recv() => tracing::info!("SIGINT received"),
-        }
-    })
+/// One item per SIGTERM or SIGINT, for as long as the agent runs (the handlers stay installed, so
+/// a second signal reaches the agent instead of killing the process outright).
+fn shutdown_signals() -> anyhow::Result<impl futures::Stream<Item = ()> + Send + Unpin> {
+    let term = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
+    let int = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
+    Ok(Box::pin(futures::stream::unfold(
+        (term, int),
+        |(mut term, mut int)| async move {
+            let name = tokio::select! {
+                Some(()) = term.recv() => "SIGTERM",
+                Some(()) = int.recv() => "SIGINT",
+                else => return None,
+            };
+            tracing::info!(signal = name, "shutdown signal received");
+            Some(((), (term, int)))
+        },
+    )))
 }

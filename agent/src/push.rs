@@ -2,6 +2,12 @@
 //!
 //! The manifest is sent byte for byte as buildah wrote it, so the digest the agent reports is the
 //! digest the registry serves and the coordinator can reference it from the index unchanged.
+//!
+//! A push that fails for a transient reason (connection refused or reset, timeout, 5xx, 429) is
+//! started over with exponential backoff and jitter for up to [`Retry::budget`] (two minutes by
+//! default), each retry noted in the build log; blobs that made it are not sent again. A permanent
+//! failure (401/403, unknown repository, invalid manifest, ...) fails the push at once with the
+//! reason [`crate::registry_error`] gives it.
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -21,6 +27,8 @@ use tokio_util::io::ReaderStream;
 const UPLOAD_CHUNK_BYTES: usize = 4 * 1024 * 1024;
 
 use crate::backend::{LogSink, PushedImage};
+use crate::backoff::Backoff;
+use crate::registry_error::{self, Failure};
 
 /// Longest wait for a connection to the registry.
 pub const REGISTRY_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
@@ -42,15 +50,19 @@ pub enum PushError {
         reason: String,
     },
     /// A registry call failed.
-    #[error("registry {registry}: {action}: {}", crate::error_chain(source))]
+    #[error("registry {registry}: {action}: {}{}", failure.reason(), gave_up.as_deref().unwrap_or(""))]
     Registry {
         /// The registry.
         registry: String,
         /// What was being done, e.g. `uploading blob sha256:...`.
         action: String,
-        /// The cause.
+        /// Whether it may be retried, and why it failed in one line.
+        failure: Failure,
+        /// Set once retrying has stopped: how long it went on.
+        gave_up: Option<String>,
+        /// The cause (boxed: oci-client's errors are large).
         #[source]
-        source: OciDistributionError,
+        source: Box<OciDistributionError>,
     },
     /// The registry keeps other bytes under the digest than the ones sent.
     #[error("registry {registry} serves {actual} for manifest {expected}; refusing to report it")]
@@ -189,9 +201,110 @@ fn blob_path(dir: &Path, digest: &str) -> PathBuf {
     dir.join("blobs").join(alg).join(hex)
 }
 
-/// Uploads `image` to `target`: blobs the registry lacks, then the manifest under its digest (no
-/// tag). Reads the manifest back to make sure the registry keeps exactly those bytes.
+impl PushError {
+    /// True when the same push may succeed later.
+    pub fn is_transient(&self) -> bool {
+        matches!(self, PushError::Registry { failure, .. } if failure.is_transient())
+    }
+}
+
+/// How long and how often a push is retried after transient failures.
+#[derive(Debug, Clone)]
+pub struct Retry {
+    /// No retry starts later than this after the first attempt began.
+    pub budget: Duration,
+    /// Delays between attempts.
+    pub backoff: Backoff,
+}
+
+impl Default for Retry {
+    /// Two minutes, with delays from 1 s doubling up to 15 s.
+    fn default() -> Self {
+        Retry {
+            budget: Duration::from_secs(120),
+            backoff: Backoff::new(Duration::from_secs(1), Duration::from_secs(15)),
+        }
+    }
+}
+
+/// [`push_with`] with the default [`Retry`].
 pub async fn push(
+    image: &LayoutImage,
+    target: &Target,
+    log: &LogSink,
+) -> Result<PushedImage, PushError> {
+    push_with(image, target, log, &Retry::default()).await
+}
+
+/// Uploads `image` to `target`, starting over after transient failures as `retry` allows.
+pub async fn push_with(
+    image: &LayoutImage,
+    target: &Target,
+    log: &LogSink,
+    retry: &Retry,
+) -> Result<PushedImage, PushError> {
+    let client = client_for(target);
+    let started = tokio::time::Instant::now();
+    let mut backoff = retry.backoff.clone();
+    backoff.reset();
+    loop {
+        let mut err = match push_once(&client, image, target, log).await {
+            Ok(pushed) => return Ok(pushed),
+            Err(e) if !e.is_transient() => return Err(e),
+            Err(e) => e,
+        };
+        let attempt = backoff.attempts() + 1;
+        let delay = backoff.next_delay();
+        let elapsed = started.elapsed();
+        if elapsed + delay > retry.budget {
+            if let PushError::Registry { gave_up, .. } = &mut err {
+                *gave_up = Some(format!(
+                    " (gave up after {attempt} attempts in {}s)",
+                    elapsed.as_secs()
+                ));
+            }
+            return Err(err);
+        }
+        tracing::warn!(registry = %target.registry, error = %crate::error_chain(&err), attempt, retry_in_ms = delay.as_millis() as u64, "push failed; retrying");
+        log.note(format!(
+            "{err}; retrying in {:.1}s (attempt {attempt}; retrying for up to {}s)",
+            delay.as_secs_f64(),
+            retry.budget.as_secs()
+        ))
+        .await;
+        tokio::time::sleep(delay).await;
+    }
+}
+
+fn client_for(target: &Target) -> Client {
+    let protocol = if target.insecure {
+        ClientProtocol::HttpsExcept(vec![registry_host(target)])
+    } else {
+        ClientProtocol::Https
+    };
+    Client::new(ClientConfig {
+        protocol,
+        connect_timeout: Some(REGISTRY_CONNECT_TIMEOUT),
+        read_timeout: Some(REGISTRY_READ_TIMEOUT),
+        ..Default::default()
+    })
+}
+
+/// The registry as oci-client resolves it (e.g. `docker.io` becomes `index.docker.io`).
+fn registry_host(target: &Target) -> String {
+    Reference::with_tag(
+        target.registry.clone(),
+        target.repository.clone(),
+        "latest".into(),
+    )
+    .resolve_registry()
+    .to_string()
+}
+
+/// One attempt: blobs the registry lacks, then the manifest under its digest (no tag), then reads
+/// the manifest back to make sure the registry keeps exactly those bytes.
+async fn push_once(
+    client: &Client,
     image: &LayoutImage,
     target: &Target,
     log: &LogSink,
@@ -201,23 +314,14 @@ pub async fn push(
         target.repository.clone(),
         image.digest.to_string(),
     );
-    let protocol = if target.insecure {
-        ClientProtocol::HttpsExcept(vec![reference.resolve_registry().to_string()])
-    } else {
-        ClientProtocol::Https
-    };
-    let client = Client::new(ClientConfig {
-        protocol,
-        connect_timeout: Some(REGISTRY_CONNECT_TIMEOUT),
-        read_timeout: Some(REGISTRY_READ_TIMEOUT),
-        ..Default::default()
-    });
     let err = |action: String| {
         let registry = target.registry.clone();
-        move |source| PushError::Registry {
+        move |source: OciDistributionError| PushError::Registry {
             registry,
             action,
-            source,
+            failure: registry_error::classify(&source),
+            gave_up: None,
+            source: Box::new(source),
         }
     };
     let auth = RegistryAuth::Anonymous;

@@ -1,9 +1,11 @@
 //! One leased build from start to end: context, backend, log forwarding, heartbeats and the report.
 //!
-//! Cancellation has one token per build, a child of the agent's shutdown token. It fires on shutdown,
-//! on a heartbeat answering `cancel: true`, and on a 409 (lease lost) from any call; in every case the
-//! builder is killed and nothing is reported, because the coordinator has already moved on (or, on
-//! shutdown, the lease lapses and the build is requeued for another agent).
+//! Cancellation has one token per build, a child of the agent's "abandon" token. It fires when the
+//! agent abandons its builds (a second shutdown signal), on a heartbeat answering `cancel: true`, and
+//! on a 409 (lease lost) from any call; in every case the builder is killed and nothing is reported,
+//! because the coordinator has already moved on (or, when abandoned, the lease lapses and the build is
+//! requeued for another agent). A coordinator that is merely unreachable stops nothing: the build
+//! goes on and its report is retried for up to [`REPORT_BUDGET`].
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -24,9 +26,10 @@ use crate::workdir::WorkDir;
 const LOG_CHANNEL: usize = 1000;
 /// Longest failure message sent to the coordinator.
 const MAX_ERROR_LEN: usize = 2000;
-/// Attempts at delivering the final report while the coordinator is unreachable (about two minutes
-/// with the capped backoff): the image is pushed, so giving up early would waste the build.
-const REPORT_ATTEMPTS: u32 = 15;
+/// How long the final report is retried while the coordinator is unreachable or answers 5xx: long
+/// enough for a coordinator restart (the image is pushed, so giving up early would waste the
+/// build), short enough that a coordinator gone for good does not hold the agent for ever.
+pub const REPORT_BUDGET: Duration = Duration::from_secs(5 * 60);
 /// Cached contexts unused for this long are deleted; CI pipelines rebuild the same context within
 /// minutes, rarely after a week.
 const CONTEXT_MAX_AGE: Duration = Duration::from_secs(7 * 24 * 3600);
@@ -44,6 +47,8 @@ pub struct BuildEnv {
     pub work_dir: WorkDir,
     /// Caps on unpacked contexts.
     pub limits: Limits,
+    /// Backoff between attempts at the final report (tests shorten it).
+    pub report_backoff: Backoff,
 }
 
 /// Runs one leased build to its end; never fails, only logs: errors go to the coordinator as `fail`.
@@ -91,7 +96,7 @@ pub async fn run_build(
                     media_type: img.media_type,
                     size: img.size as i64,
                 };
-                report(&cancel, id, "complete", || {
+                report(&env, &cancel, id, "complete", || {
                     env.client.complete(&creds.token, id, &req)
                 })
                 .await;
@@ -103,7 +108,7 @@ pub async fn run_build(
                     lease_token: lease.lease_token,
                     error: message,
                 };
-                report(&cancel, id, "fail", || {
+                report(&env, &cancel, id, "fail", || {
                     env.client.fail(&creds.token, id, &req)
                 })
                 .await;
@@ -238,45 +243,59 @@ async fn heartbeat(
                 return;
             }
             Ok(_) => {}
-            Err(ClientError::LeaseLost { .. } | ClientError::Unauthorized { .. }) => {
-                warn!(build.id = %id, "the lease is lost; stopping the build");
+            Err(e) if e.is_conflict() || matches!(e, ClientError::Unauthorized { .. }) => {
+                warn!(build.id = %id, error = %e, "the lease is lost; stopping the build");
                 cancel.cancel();
                 return;
             }
-            // The lease outlives a few missed beats; keep trying.
-            Err(e) => warn!(build.id = %id, error = %e, "heartbeat failed"),
+            // The coordinator may be restarting: the lease outlives a few missed beats, and a
+            // restarted coordinator extends it. Only its word (409, cancel) stops the build.
+            Err(e) => warn!(build.id = %id, error = %e, "heartbeat failed; the build goes on"),
         }
     }
 }
 
-/// Delivers a final report, retrying while the coordinator is unreachable.
-async fn report<F, Fut>(cancel: &CancellationToken, id: uuid::Uuid, what: &str, call: F)
-where
+/// Delivers a final report, retrying transient failures for up to [`REPORT_BUDGET`]. A 409 means
+/// the lease is gone: the result is dropped.
+async fn report<F, Fut>(
+    env: &BuildEnv,
+    cancel: &CancellationToken,
+    id: uuid::Uuid,
+    what: &str,
+    call: F,
+) where
     F: Fn() -> Fut,
     Fut: std::future::Future<Output = Result<(), ClientError>>,
 {
-    let mut backoff = Backoff::default();
-    for attempt in 1..=REPORT_ATTEMPTS {
+    let mut backoff = env.report_backoff.clone();
+    backoff.reset();
+    let deadline = tokio::time::Instant::now() + REPORT_BUDGET;
+    loop {
         let r = tokio::select! {
             _ = cancel.cancelled() => return,
             r = call() => r,
         };
+        let d = backoff.next_delay();
         match r {
-            Ok(()) => return,
-            Err(ClientError::LeaseLost { message }) => {
-                warn!(build.id = %id, report = what, %message, "the lease was lost before the report; result dropped");
+            Ok(()) => {
+                if backoff.attempts() > 1 {
+                    info!(build.id = %id, report = what, attempts = backoff.attempts(), "reported after retrying");
+                }
                 return;
             }
-            Err(e) if e.is_transient() && attempt < REPORT_ATTEMPTS => {
-                let d = backoff.next_delay();
-                warn!(build.id = %id, report = what, error = %e, attempt, retry_in_ms = d.as_millis() as u64, "report failed; retrying");
+            Err(e) if e.is_conflict() => {
+                warn!(build.id = %id, report = what, error = %e, "the lease was lost before the report; result dropped");
+                return;
+            }
+            Err(e) if e.is_transient() && tokio::time::Instant::now() + d < deadline => {
+                warn!(build.id = %id, report = what, error = %e, attempt = backoff.attempts(), retry_in_ms = d.as_millis() as u64, "report failed; retrying");
                 tokio::select! {
                     _ = cancel.cancelled() => return,
                     _ = tokio::time::sleep(d) => {}
                 }
             }
             Err(e) => {
-                error!(build.id = %id, report = what, error = %e, "could not report the build's result");
+                error!(build.id = %id, report = what, error = %e, attempts = backoff.attempts(), "could not report the build's result; giving up");
                 return;
             }
         }

@@ -1,11 +1,12 @@
 //! The agent's life with the coordinator: register (retrying while it is unreachable), then lease
-//! builds while capacity is free, each run by [`crate::runner`] in its own task.
+//! builds while capacity is free, each run by [`crate::runner`] in its own task; on a shutdown
+//! signal or the coordinator's word, drain and deregister (see [`crate::shutdown`]).
 
-use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
 use archfarm_protocol::api::RegisterRequest;
+use futures::Stream;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn, Instrument};
@@ -18,13 +19,19 @@ use crate::config::Secret;
 use crate::context::Limits;
 use crate::detect::Platforms;
 use crate::runner::{self, BuildEnv};
+use crate::shutdown::{self, Requests, Stopped};
 use crate::workdir::WorkDir;
 use crate::AgentError;
 
 /// How long one lease call asks the coordinator to hold the request open.
 pub const LEASE_WAIT: Duration = Duration::from_secs(25);
-/// How long running builds get to stop after a shutdown signal before their tasks are dropped.
-const SHUTDOWN_GRACE: Duration = Duration::from_secs(20);
+/// How long abandoned builds get to kill their builders and clean up before their tasks are dropped
+/// (killing a builder takes at most `backend::process`'s grace period).
+const ABANDON_WAIT: Duration = Duration::from_secs(10);
+/// Longest wait for the coordinator to take note of a drain.
+const ANNOUNCE_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long deregistration is retried while the coordinator is unreachable.
+const DEREGISTER_BUDGET: Duration = Duration::from_secs(30);
 
 /// What a registration hands back: the identity every later call uses.
 #[derive(Debug)]
@@ -58,46 +65,55 @@ pub struct Session {
 }
 
 impl Session {
-    /// Runs until `shutdown` resolves (returns `Ok` after stopping running builds) or a fatal error.
-    pub async fn run(self, shutdown: impl Future<Output = ()> + Send) -> Result<(), AgentError> {
-        let stop = CancellationToken::new();
-        let main = self.main_loop(stop.clone());
-        tokio::pin!(main, shutdown);
+    /// Runs until the agent is told to stop or a fatal error occurs. The first item of `signals`
+    /// drains (see [`crate::shutdown`]), the second abandons the running builds; the end of the
+    /// stream only means no more signals will come.
+    pub async fn run(
+        self,
+        signals: impl Stream<Item = ()> + Send + Unpin,
+    ) -> Result<Stopped, AgentError> {
+        let requests = Requests::default();
+        let watcher = shutdown::watch(signals, requests.clone());
+        let main = self.main_loop(requests);
+        tokio::pin!(main, watcher);
         tokio::select! {
             r = &mut main => return r,
-            _ = &mut shutdown => {
-                info!("shutdown requested: no more leases, stopping running builds");
-                stop.cancel();
-            }
+            () = &mut watcher => {}
         }
         main.await
     }
 
-    async fn main_loop(self, stop: CancellationToken) -> Result<(), AgentError> {
-        let Some(mut creds) = self.register(&stop).await? else {
-            return Ok(());
+    async fn main_loop(self, requests: Requests) -> Result<Stopped, AgentError> {
+        let Some(mut creds) = self.register(&requests.drain).await? else {
+            info!("stopped before registering");
+            return Ok(Stopped::Drained);
         };
         let env = Arc::new(BuildEnv {
             client: self.client.clone(),
             backend: self.backend.clone(),
             work_dir: self.work_dir.clone(),
             limits: self.limits,
+            report_backoff: self.backoff.clone(),
         });
+        // Parent of every build's cancellation token; fires only when builds are abandoned.
+        let kill = CancellationToken::new();
         let mut builds = JoinSet::new();
         let mut backoff = self.backoff.clone();
+        let drain = &requests.drain;
+        // Whether the coordinator itself put the agent into draining (then there is nothing to tell it).
+        let mut told_to_drain = false;
         loop {
-            while let Some(done) = builds.try_join_next() {
-                reap(done);
-            }
+            reap_finished(&mut builds);
             if builds.len() >= self.capacity as usize {
                 tokio::select! {
-                    _ = stop.cancelled() => break,
+                    _ = drain.cancelled() => break,
                     Some(done) = builds.join_next() => reap(done),
                 }
                 continue;
             }
+            // Dropping the call on a drain request aborts the long poll at once.
             let leased = tokio::select! {
-                _ = stop.cancelled() => break,
+                _ = drain.cancelled() => break,
                 r = self.client.lease(creds.agent_id, &creds.token, LEASE_WAIT) => r,
             };
             match leased {
@@ -105,10 +121,15 @@ impl Session {
                     backoff.reset();
                     let span = tracing::info_span!("build", build.id = %lease.build_id, platform = %lease.platform);
                     let task =
-                        runner::run_build(env.clone(), creds.clone(), lease, stop.child_token());
+                        runner::run_build(env.clone(), creds.clone(), lease, kill.child_token());
                     builds.spawn(task.instrument(span));
                 }
                 Ok(None) => backoff.reset(),
+                Err(ClientError::Draining { message }) => {
+                    info!(%message, "the coordinator is draining this agent: no new builds");
+                    told_to_drain = true;
+                    break;
+                }
                 // The coordinator forgot this agent (token revoked, database reset): register anew.
                 Err(ClientError::Unauthorized { message, .. })
                 | Err(ClientError::Refused {
@@ -117,7 +138,7 @@ impl Session {
                     ..
                 }) => {
                     warn!(%message, "the coordinator no longer knows this agent; registering again");
-                    match self.register(&stop).await? {
+                    match self.register(drain).await? {
                         Some(c) => creds = c,
                         None => break,
                     }
@@ -126,32 +147,105 @@ impl Session {
                     let d = backoff.next_delay();
                     warn!(error = %e, attempt = backoff.attempts(), retry_in_ms = d.as_millis() as u64, "lease failed; retrying");
                     tokio::select! {
-                        _ = stop.cancelled() => break,
+                        _ = drain.cancelled() => break,
                         _ = tokio::time::sleep(d) => {}
                     }
                 }
             }
         }
-        if !builds.is_empty() {
-            info!(running = builds.len(), "waiting for running builds to stop");
-        }
-        // Each build's token is a child of `stop`, which is cancelled here at the latest.
-        stop.cancel();
-        let drained = tokio::time::timeout(SHUTDOWN_GRACE, async {
-            while let Some(done) = builds.join_next().await {
-                reap(done);
+
+        let hint = if told_to_drain {
+            "SIGTERM twice abandons them"
+        } else {
+            "send SIGTERM again to abandon them"
+        };
+        let log_running = |n: usize| {
+            if n > 0 {
+                info!(running = n, "draining: {n} builds still running; {hint}");
             }
-        })
-        .await;
-        if drained.is_err() {
-            warn!(
-                left = builds.len(),
-                "builds did not stop in time; dropping them"
-            );
-            builds.shutdown().await;
+        };
+        reap_finished(&mut builds);
+        log_running(builds.len());
+        if !told_to_drain {
+            self.announce_drain(&creds, &requests.abandon).await;
         }
+        loop {
+            reap_finished(&mut builds);
+            if builds.is_empty() {
+                break;
+            }
+            tokio::select! {
+                _ = requests.abandon.cancelled() => return Ok(abandon(builds, kill).await),
+                Some(done) = builds.join_next() => {
+                    reap(done);
+                    reap_finished(&mut builds);
+                    log_running(builds.len());
+                }
+            }
+        }
+        info!("draining: no builds running");
+        self.deregister(&creds, &requests.abandon).await;
         info!("stopped");
-        Ok(())
+        Ok(Stopped::Drained)
+    }
+
+    /// Tells the coordinator the agent is draining, so it shows so and leases nothing more to it.
+    /// Best effort: the agent already stopped leasing, so a failure changes nothing.
+    async fn announce_drain(&self, creds: &Credentials, abandon: &CancellationToken) {
+        let call = tokio::time::timeout(
+            ANNOUNCE_TIMEOUT,
+            self.client.drain(creds.agent_id, &creds.token),
+        );
+        tokio::select! {
+            _ = abandon.cancelled() => {}
+            r = call => match r {
+                Ok(Ok(())) => info!("the coordinator shows this agent as draining"),
+                Ok(Err(e)) => warn!(error = %e, "could not tell the coordinator the agent is draining; carrying on"),
+                Err(_) => warn!("the coordinator did not answer the drain call in time; carrying on"),
+            },
+        }
+    }
+
+    /// Leaves the farm, retrying for a while when the coordinator is away; a failure only means the
+    /// coordinator shows the agent offline instead of forgetting it.
+    async fn deregister(&self, creds: &Credentials, abandon: &CancellationToken) {
+        let deadline = tokio::time::Instant::now() + DEREGISTER_BUDGET;
+        let mut backoff = self.backoff.clone();
+        backoff.reset();
+        loop {
+            let r = tokio::select! {
+                _ = abandon.cancelled() => return,
+                r = self.client.deregister(creds.agent_id, &creds.token) => r,
+            };
+            let d = backoff.next_delay();
+            match r {
+                Ok(()) => {
+                    info!(agent.id = %creds.agent_id, "deregistered");
+                    return;
+                }
+                Err(
+                    ClientError::Unauthorized { .. }
+                    | ClientError::Refused {
+                        status: reqwest::StatusCode::NOT_FOUND,
+                        ..
+                    },
+                ) => {
+                    info!("the coordinator no longer knows this agent; nothing to deregister");
+                    return;
+                }
+                Err(e) if e.is_transient() && tokio::time::Instant::now() + d < deadline => {
+                    warn!(error = %e, retry_in_ms = d.as_millis() as u64, "deregistration failed; retrying");
+                    tokio::select! {
+                        _ = abandon.cancelled() => return,
+                        _ = tokio::time::sleep(d) => {}
+                    }
+                }
+                Err(e) => {
+                    warn!(error = %e, "could not deregister; the coordinator will show this agent offline");
+                    return;
+                }
+            }
+        }
     }
 
     /// Registers, retrying with backoff while the coordinator is unreachable. `None` when `stop` fired
@@ -213,6 +307,40 @@ impl Session {
                 Err(e) => return Err(AgentError::RegisterRefused(e)),
             }
         }
+    }
+}
+
+/// Kills every running build (their tasks kill the builders' process groups and clean up, reporting
+/// nothing) and waits a little for them to finish doing so.
+async fn abandon(mut builds: JoinSet<()>, kill: CancellationToken) -> Stopped {
+    reap_finished(&mut builds);
+    let n = builds.len();
+    warn!(
+        builds = n,
+        "abandoning running builds: killing them without reporting; their leases will lapse and the coordinator will requeue them"
+    );
+    kill.cancel();
+    let stopped = tokio::time::timeout(ABANDON_WAIT, async {
+        while let Some(done) = builds.join_next().await {
+            reap(done);
+        }
+    })
+    .await;
+    if stopped.is_err() {
+        warn!(
+            left = builds.len(),
+            "builds did not stop in time; dropping them"
+        );
+        builds.shutdown().await;
+    }
+    info!("stopped");
+    Stopped::Abandoned { builds: n }
+}
+
+/// Collects the builds that have ended, without waiting.
+fn reap_finished(builds: &mut JoinSet<()>) {
+    while let Some(done) = builds.try_join_next() {
+        reap(done);
     }
 }
 

@@ -13,6 +13,7 @@ use std::time::{Duration, Instant};
 
 use archfarm_agent::backend::buildah::Buildah;
 use archfarm_agent::backend::{Backend, BackendError, BuildSpec, LogSink};
+use archfarm_agent::backoff::Backoff;
 use archfarm_agent::context::{self, Limits};
 use archfarm_agent::push;
 use archfarm_protocol::{Digest, Platform};
@@ -37,20 +38,29 @@ struct Registry {
     _dir: tempfile::TempDir,
 }
 
+/// A port nothing listens on (bound, then released).
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
 impl Registry {
     async fn start() -> Registry {
+        Registry::start_on(free_port(), "").await
+    }
+
+    /// A registry on `port`; `storage_extra` goes into the config's `storage:` section.
+    async fn start_on(port: u16, storage_extra: &str) -> Registry {
         let dir = tempfile::tempdir().unwrap();
-        let port = TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
         let addr = format!("127.0.0.1:{port}");
         let config = dir.path().join("config.yml");
         std::fs::write(
             &config,
             format!(
-                "version: 0.1\nlog:\n  level: warn\nstorage:\n  filesystem:\n    rootdirectory: {}\nhttp:\n  addr: {addr}\n",
+                "version: 0.1\nlog:\n  level: warn\nstorage:\n  filesystem:\n    rootdirectory: {}\n{storage_extra}http:\n  addr: {addr}\n",
                 dir.path().join("data").display()
             ),
         )
@@ -313,24 +323,224 @@ async fn a_failing_build_reports_buildahs_last_error_line() {
 }
 
 #[tokio::test]
-async fn an_unreachable_registry_fails_the_push_clearly() {
+async fn an_unreachable_registry_fails_the_push_clearly_after_retrying() {
     require("buildah", "buildah");
-    let fx = Fixture::new().await;
-    let port = TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let mut fx = Fixture::new().await;
+    // A short retry budget keeps the test quick; the agent's default is two minutes.
+    fx.buildah = fx.buildah.clone().with_push_retry(push::Retry {
+        budget: Duration::from_secs(2),
+        backoff: Backoff::new(Duration::from_millis(100), Duration::from_millis(500)),
+    });
+    let port = free_port();
     let spec = fx.spec(
         &[("Dockerfile", DOCKERFILE), ("hello.txt", "hi\n")],
         "linux/amd64",
         &format!("127.0.0.1:{port}"),
     );
-    let (r, _) = build(&fx, &spec).await;
+    let (r, lines) = build(&fx, &spec).await;
     let msg = r.unwrap_err().to_string();
     assert!(
         msg.starts_with(&format!("registry 127.0.0.1:{port}: ")),
         "{msg}"
     );
+    assert!(msg.contains("cannot connect: "), "{msg}");
+    assert!(msg.contains("gave up after "), "{msg}");
+    assert!(!msg.contains('\n'), "one line: {msg}");
+    let retries: Vec<&String> = lines.iter().filter(|l| l.contains("retrying in")).collect();
+    assert!(
+        retries.len() >= 2,
+        "each retry is in the build log: {lines:?}"
+    );
     assert!(!fx.local_images().contains(&spec.build_id.to_string()));
+}
+
+/// The registry is down when the push begins and comes up about three seconds later: the push
+/// retries and lands, and skopeo finds the image under the reported digest.
+#[tokio::test]
+async fn a_push_waits_for_a_registry_that_comes_up_late() {
+    require("buildah", "buildah");
+    require("docker-registry", "docker-registry");
+    require("skopeo", "skopeo");
+    let fx = Fixture::new().await;
+    let port = free_port();
+    let addr = format!("127.0.0.1:{port}");
+    let spec = fx.spec(
+        &[("Dockerfile", DOCKERFILE), ("hello.txt", "late\n")],
+        "linux/amd64",
+        &addr,
+    );
+    let (log, mut rx) = LogSink::channel(10_000);
+    let (began_tx, began_rx) = tokio::sync::oneshot::channel::<Instant>();
+    let collector = tokio::spawn(async move {
+        let mut began = Some(began_tx);
+        let mut lines = Vec::new();
+        while let Some(l) = rx.recv().await {
+            if l.starts_with("[archfarm-agent] pushing ") {
+                if let Some(tx) = began.take() {
+                    let _ = tx.send(Instant::now());
+                }
+            }
+            lines.push(l);
+        }
+        lines
+    });
+    let late_registry = async {
+        // No push (the build failed first): nothing to start.
+        let began = began_rx.await.ok()?;
+        tokio::time::sleep(Duration::from_secs(3)).await;
+        Some((began, Registry::start_on(port, "").await))
+    };
+    let (r, late) = tokio::join!(
+        fx.buildah.build(&spec, log, CancellationToken::new()),
+        late_registry
+    );
+    let lines = collector.await.unwrap();
+    let img = r.unwrap_or_else(|e| panic!("{e}\n{}", lines.join("\n")));
+    let (began, reg) = late.expect("the push began");
+    assert!(began.elapsed() >= Duration::from_secs(3));
+    let retries: Vec<&String> = lines.iter().filter(|l| l.contains("retrying in")).collect();
+    assert!(!retries.is_empty(), "{lines:?}");
+    assert!(
+        retries
+            .iter()
+            .all(|l| l.contains(&format!("registry {addr}: ")) && l.contains("cannot connect")),
+        "{retries:?}"
+    );
+    let reference = format!("docker://{}/team/app@{}", reg.addr, img.digest);
+    let raw = skopeo(&["inspect", "--tls-verify=false", "--raw", &reference]);
+    assert_eq!(Digest::from_sha256_bytes(&Sha256::digest(&raw)), img.digest);
+}
+
+/// A refusal that retrying cannot fix (here a read-only registry: 405 to the upload) fails the push
+/// at once, with the reason on one line.
+#[tokio::test]
+async fn a_permanent_refusal_fails_the_push_at_once() {
+    require("buildah", "buildah");
+    require("docker-registry", "docker-registry");
+    let reg = Registry::start_on(
+        free_port(),
+        "  maintenance:\n    readonly:\n      enabled: true\n",
+    )
+    .await;
+    let fx = Fixture::new().await;
+    let spec = fx.spec(
+        &[("Dockerfile", DOCKERFILE), ("hello.txt", "ro\n")],
+        "linux/amd64",
+        &reg.addr,
+    );
+    let (r, lines) = build(&fx, &spec).await;
+    let msg = r.unwrap_err().to_string();
+    assert!(
+        msg.starts_with(&format!("registry {}: uploading blob sha256:", reg.addr)),
+        "{msg}"
+    );
+    assert!(
+        msg.contains("the registry does not accept pushes here (405 Method Not Allowed"),
+        "{msg}"
+    );
+    assert!(!msg.contains("gave up"), "{msg}");
+    assert!(
+        lines.iter().all(|l| !l.contains("retrying in")),
+        "no retries: {lines:?}"
+    );
+}
+
+/// Command lines of the running processes, as text.
+fn processes() -> Vec<String> {
+    let mut out = Vec::new();
+    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+        if let Ok(raw) = std::fs::read(entry.path().join("cmdline")) {
+            if !raw.is_empty() {
+                out.push(String::from_utf8_lossy(&raw).replace('\0', " "));
+            }
+        }
+    }
+    out
+}
+
+/// A cancelled build (a cancelled job, a lost lease) stops at once: the RUN step's process dies
+/// within a second or two, and buildah itself soon after.
+#[tokio::test]
+async fn cancelling_a_build_kills_buildah_and_its_run_step() {
+    require("buildah", "buildah");
+    let arch = match std::env::consts::ARCH {
+        "x86_64" => "amd64",
+        "aarch64" => "arm64",
+        "powerpc64" => "ppc64le",
+        other => other,
+    };
+    let busybox = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join(format!("../examples/hello/rootfs/{arch}/bin/busybox"));
+    assert!(
+        busybox.is_file(),
+        "{} is missing: run scripts/setup.sh",
+        busybox.display()
+    );
+    let fx = Fixture::new().await;
+    // A sleep no other process on the machine has.
+    let secs = 10_000 + std::process::id() % 50_000;
+    let marker = format!("/bin/busybox sleep {secs}");
+    let dockerfile = format!(
+        "FROM scratch\nCOPY busybox /bin/busybox\nRUN [\"/bin/busybox\", \"sleep\", \"{secs}\"]\n"
+    );
+    let spec = fx.spec(&[("Dockerfile", &dockerfile)], "linux/amd64", "127.0.0.1:1");
+    std::fs::copy(&busybox, spec.context_dir.join("busybox")).unwrap();
+    let storage = fx.work.path().join("storage").display().to_string();
+
+    let cancel = CancellationToken::new();
+    let trigger = cancel.clone();
+    let m = marker.clone();
+    let watcher = tokio::spawn(async move {
+        let deadline = Instant::now() + Duration::from_secs(300);
+        while !processes().iter().any(|p| p.contains(&m)) {
+            if Instant::now() > deadline {
+                // Stop the build anyway, so the test fails instead of hanging.
+                trigger.cancel();
+                return None;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        let cancelled = Instant::now();
+        trigger.cancel();
+        while processes().iter().any(|p| p.contains(&m)) {
+            assert!(
+                cancelled.elapsed() < Duration::from_secs(30),
+                "the RUN step survived"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        Some((cancelled, cancelled.elapsed()))
+    });
+    let (log, mut rx) = LogSink::channel(10_000);
+    let r = fx.buildah.build(&spec, log, cancel).await;
+    let returned = Instant::now();
+    let mut lines = Vec::new();
+    while let Ok(l) = rx.try_recv() {
+        lines.push(l);
+    }
+    assert!(
+        matches!(r, Err(BackendError::Cancelled)),
+        "{r:?}\n{}",
+        lines.join("\n")
+    );
+    let (cancelled, run_step_gone) = watcher
+        .await
+        .unwrap()
+        .unwrap_or_else(|| panic!("the RUN step never started:\n{}", lines.join("\n")));
+    assert!(
+        run_step_gone < Duration::from_secs(2),
+        "the RUN step took {run_step_gone:?} to die"
+    );
+    let stopped = returned - cancelled;
+    eprintln!("run step gone after {run_step_gone:?}, build returned after {stopped:?}");
+    assert!(
+        stopped < Duration::from_secs(5),
+        "buildah took {stopped:?} to stop"
+    );
+    assert!(
+        !processes()
+            .iter()
+            .any(|p| p.contains("buildah") && p.contains(&storage)),
+        "a buildah process of this build is still running"
+    );
 }

@@ -14,7 +14,7 @@ use archfarm_agent::context::Limits;
 use archfarm_agent::detect::Platforms;
 use archfarm_agent::session::Session;
 use archfarm_agent::workdir::WorkDir;
-use archfarm_agent::{AgentError, Secret};
+use archfarm_agent::{AgentError, Secret, Stopped};
 use archfarm_protocol::api::{
     BuildMode, CompleteRequest, ErrorResponse, FailRequest, HeartbeatRequest, HeartbeatResponse,
     Lease, LogRequest, RegisterRequest, RegisterResponse,
@@ -51,6 +51,28 @@ struct Fake {
     completes: Vec<CompleteRequest>,
     fails: Vec<FailRequest>,
     context: Vec<u8>,
+    /// Lease calls received.
+    lease_calls: usize,
+    /// How long a lease call without work is held open (default 50 ms).
+    lease_hold: Option<Duration>,
+    /// Answer lease calls with 409 `draining` (as after `archfarm agents drain`).
+    draining: bool,
+    /// Set `draining` once the queued leases are handed out.
+    drain_when_empty: bool,
+    /// 409 `draining` answers sent.
+    draining_answers: usize,
+    /// Answer this many complete calls with 503 first.
+    complete_unavailable: usize,
+    /// Answer complete calls with 409 `lease_lost`.
+    complete_conflict: bool,
+    /// Complete calls received, answered or not.
+    complete_attempts: usize,
+    /// `POST /agents/{id}/drain` calls.
+    drains: usize,
+    /// `POST /agents/{id}/deregister` calls.
+    deregisters: usize,
+    /// Drain, complete, fail and deregister calls in the order they arrived.
+    events: Vec<&'static str>,
 }
 
 type Shared = Arc<Mutex<Fake>>;
@@ -112,9 +134,18 @@ async fn register(
 }
 
 async fn lease(State(s): State<Shared>, h: HeaderMap) -> Response {
-    {
+    let hold = {
         let mut f = s.lock().unwrap();
         assert_eq!(bearer(&h), AGENT_TOKEN);
+        f.lease_calls += 1;
+        if f.draining {
+            f.draining_answers += 1;
+            return err(
+                StatusCode::CONFLICT,
+                "draining",
+                "agent pi-on-a-shelf is draining: finish the running builds, then deregister",
+            );
+        }
         if f.lease_unauthorized_once {
             f.lease_unauthorized_once = false;
             return err(
@@ -124,12 +155,33 @@ async fn lease(State(s): State<Shared>, h: HeaderMap) -> Response {
             );
         }
         if let Some(l) = f.leases.pop_front() {
+            if f.leases.is_empty() && f.drain_when_empty {
+                f.draining = true;
+            }
             return Json(l).into_response();
         }
-    }
-    // A short hold stands in for the real long poll.
-    tokio::time::sleep(Duration::from_millis(50)).await;
+        // A short hold stands in for the real long poll unless a test asks for the real length.
+        f.lease_hold.unwrap_or(Duration::from_millis(50))
+    };
+    tokio::time::sleep(hold).await;
     StatusCode::NO_CONTENT.into_response()
+}
+
+async fn drain(State(s): State<Shared>, h: HeaderMap) -> Response {
+    assert_eq!(bearer(&h), AGENT_TOKEN);
+    let mut f = s.lock().unwrap();
+    f.drains += 1;
+    f.draining = true;
+    f.events.push("drain");
+    Json(serde_json::json!({"state": "draining"})).into_response()
+}
+
+async fn deregister(State(s): State<Shared>, h: HeaderMap) -> StatusCode {
+    assert_eq!(bearer(&h), AGENT_TOKEN);
+    let mut f = s.lock().unwrap();
+    f.deregisters += 1;
+    f.events.push("deregister");
+    StatusCode::NO_CONTENT
 }
 
 async fn heartbeat(State(s): State<Shared>, Json(_): Json<HeartbeatRequest>) -> Response {
@@ -149,13 +201,25 @@ async fn log(State(s): State<Shared>, Json(req): Json<LogRequest>) -> StatusCode
     StatusCode::NO_CONTENT
 }
 
-async fn complete(State(s): State<Shared>, Json(req): Json<CompleteRequest>) -> StatusCode {
-    s.lock().unwrap().completes.push(req);
-    StatusCode::NO_CONTENT
+async fn complete(State(s): State<Shared>, Json(req): Json<CompleteRequest>) -> Response {
+    let mut f = s.lock().unwrap();
+    f.complete_attempts += 1;
+    if f.complete_unavailable > 0 {
+        f.complete_unavailable -= 1;
+        return err(StatusCode::SERVICE_UNAVAILABLE, "unavailable", "restarting");
+    }
+    if f.complete_conflict {
+        return err(StatusCode::CONFLICT, "lease_lost", "the lease expired");
+    }
+    f.completes.push(req);
+    f.events.push("complete");
+    StatusCode::NO_CONTENT.into_response()
 }
 
 async fn fail(State(s): State<Shared>, Json(req): Json<FailRequest>) -> StatusCode {
-    s.lock().unwrap().fails.push(req);
+    let mut f = s.lock().unwrap();
+    f.fails.push(req);
+    f.events.push("fail");
     StatusCode::NO_CONTENT
 }
 
@@ -163,25 +227,77 @@ async fn context(State(s): State<Shared>, Path(_digest): Path<String>) -> Vec<u8
     s.lock().unwrap().context.clone()
 }
 
+/// The fake coordinator's server, which can go away (connections refused) and come back on the
+/// same port with the same state, as a restarted coordinator does.
+struct Server {
+    addr: std::net::SocketAddr,
+    shared: Shared,
+    stop: CancellationToken,
+    task: Option<tokio::task::JoinHandle<()>>,
+}
+
+impl Server {
+    async fn start(fake: Fake) -> Server {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let mut s = Server {
+            addr: listener.local_addr().unwrap(),
+            shared: Arc::new(Mutex::new(fake)),
+            stop: CancellationToken::new(),
+            task: None,
+        };
+        s.serve(listener);
+        s
+    }
+
+    fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    fn serve(&mut self, listener: tokio::net::TcpListener) {
+        self.stop = CancellationToken::new();
+        let stop = self.stop.clone();
+        let app = app(self.shared.clone());
+        self.task = Some(tokio::spawn(async move {
+            axum::serve(listener, app)
+                .with_graceful_shutdown(async move { stop.cancelled().await })
+                .await
+                .unwrap()
+        }));
+    }
+
+    /// Stops listening and closes every connection: calls are refused until [`Server::up`].
+    async fn down(&mut self) {
+        self.stop.cancel();
+        self.task.take().unwrap().await.unwrap();
+    }
+
+    async fn up(&mut self) {
+        let listener = tokio::net::TcpListener::bind(self.addr).await.unwrap();
+        self.serve(listener);
+    }
+}
+
 async fn start(fake: Fake) -> (String, Shared) {
-    let shared = Arc::new(Mutex::new(fake));
-    let app = Router::new()
+    let server = Server::start(fake).await;
+    (server.url(), server.shared.clone())
+}
+
+fn app(shared: Shared) -> Router {
+    Router::new()
         .route("/api/v1/agents/register", post(register))
         .route("/api/v1/agents/{id}/lease", post(lease))
+        .route("/api/v1/agents/{id}/drain", post(drain))
+        .route("/api/v1/agents/{id}/deregister", post(deregister))
         .route("/api/v1/builds/{id}/heartbeat", post(heartbeat))
         .route("/api/v1/builds/{id}/log", post(log))
         .route("/api/v1/builds/{id}/complete", post(complete))
         .route("/api/v1/builds/{id}/fail", post(fail))
         .route("/api/v1/contexts/{digest}", get(context))
-        .with_state(shared.clone());
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let url = format!("http://{}", listener.local_addr().unwrap());
-    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
-    (url, shared)
+        .with_state(shared)
 }
 
 /// What the fake backend does with a build.
-#[derive(Clone, Copy)]
+#[derive(Clone)]
 enum Behaviour {
     Succeed {
         lines: usize,
@@ -189,6 +305,8 @@ enum Behaviour {
     Fail,
     /// Runs until cancelled, then notes that it saw the cancellation.
     Hang,
+    /// Runs until the token fires, then succeeds (or until cancelled, like `Hang`).
+    SucceedWhen(CancellationToken),
 }
 
 struct FakeBackend {
@@ -215,16 +333,26 @@ impl Backend for FakeBackend {
             let dockerfile = std::fs::read_to_string(spec.context_dir.join("Dockerfile"))
                 .expect("context unpacked");
             assert_eq!(dockerfile, "FROM scratch\n");
-            match self.behaviour {
+            let pushed = || PushedImage {
+                digest: digest(b"manifest"),
+                media_type: "application/vnd.oci.image.manifest.v1+json".into(),
+                size: 8,
+            };
+            match &self.behaviour {
+                Behaviour::SucceedWhen(release) => {
+                    tokio::select! {
+                        _ = release.cancelled() => Ok(pushed()),
+                        _ = cancel.cancelled() => {
+                            self.saw_cancel.store(true, Ordering::SeqCst);
+                            Err(BackendError::Cancelled)
+                        }
+                    }
+                }
                 Behaviour::Succeed { lines } => {
-                    for i in 0..lines {
+                    for i in 0..*lines {
                         log.line(format!("line {i}")).await;
                     }
-                    Ok(PushedImage {
-                        digest: digest(b"manifest"),
-                        media_type: "application/vnd.oci.image.manifest.v1+json".into(),
-                        size: 8,
-                    })
+                    Ok(pushed())
                 }
                 Behaviour::Fail => {
                     log.line("Error: it broke").await;
@@ -280,8 +408,9 @@ fn a_lease(context: &[u8]) -> Lease {
 }
 
 struct Agent {
-    stop: Option<tokio::sync::oneshot::Sender<()>>,
-    task: tokio::task::JoinHandle<Result<(), AgentError>>,
+    /// One send per shutdown signal.
+    signals: tokio::sync::mpsc::UnboundedSender<()>,
+    task: tokio::task::JoinHandle<Result<Stopped, AgentError>>,
     work: tempfile::TempDir,
     saw_cancel: Arc<AtomicBool>,
 }
@@ -306,12 +435,15 @@ fn spawn_agent(url: &str, join: &str, behaviour: Behaviour) -> Agent {
         limits: Limits::default(),
         backoff: Backoff::new(Duration::from_millis(10), Duration::from_millis(50)),
     };
-    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
-    let task = tokio::spawn(session.run(async move {
-        let _ = rx.await;
-    }));
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel::<()>();
+    let signals =
+        futures::stream::unfold(
+            rx,
+            |mut rx| async move { rx.recv().await.map(|()| ((), rx)) },
+        );
+    let task = tokio::spawn(session.run(Box::pin(signals)));
     Agent {
-        stop: Some(tx),
+        signals: tx,
         task,
         work,
         saw_cancel,
@@ -319,9 +451,19 @@ fn spawn_agent(url: &str, join: &str, behaviour: Behaviour) -> Agent {
 }
 
 impl Agent {
-    async fn shutdown(mut self) -> Result<(), AgentError> {
-        let _ = self.stop.take().unwrap().send(());
-        tokio::time::timeout(Duration::from_secs(30), self.task)
+    /// As a SIGTERM would.
+    fn signal(&self) {
+        self.signals.send(()).unwrap();
+    }
+
+    /// One signal, then waits for the agent to stop.
+    async fn shutdown(mut self) -> Result<Stopped, AgentError> {
+        self.signal();
+        self.stopped().await
+    }
+
+    async fn stopped(&mut self) -> Result<Stopped, AgentError> {
+        tokio::time::timeout(Duration::from_secs(30), &mut self.task)
             .await
             .expect("agent stops")
             .unwrap()
@@ -533,7 +675,74 @@ async fn stops_without_report(change: impl Fn(&mut Fake)) {
 }
 
 #[tokio::test]
-async fn shutdown_kills_running_builds_and_returns_ok() {
+async fn the_first_signal_drains_running_builds_then_deregisters() {
+    let ctx = context_archive();
+    let lease = a_lease(&ctx);
+    let release = CancellationToken::new();
+    let (url, s) = start(Fake {
+        context: ctx,
+        leases: VecDeque::from([lease.clone()]),
+        ..Default::default()
+    })
+    .await;
+    let mut agent = spawn_agent(&url, JOIN, Behaviour::SucceedWhen(release.clone()));
+    until(&s, "build started", |f| {
+        f.lines.iter().any(|l| l.contains("context unpacked"))
+    })
+    .await;
+    agent.signal();
+    until(&s, "drain announced", |f| f.drains == 1).await;
+    let (leases, beats) = {
+        let f = s.lock().unwrap();
+        (f.lease_calls, f.heartbeats)
+    };
+    // The build goes on, heartbeating, while nothing new is leased and nothing is deregistered.
+    until(&s, "two more heartbeats", |f| f.heartbeats >= beats + 2).await;
+    {
+        let f = s.lock().unwrap();
+        assert_eq!(f.lease_calls, leases, "no lease calls after the drain");
+        assert_eq!(f.deregisters, 0);
+        assert!(f.completes.is_empty());
+    }
+    assert!(!agent.task.is_finished(), "the agent waits for its build");
+    release.cancel();
+    let stopped = agent.stopped().await.unwrap();
+    assert_eq!(stopped, Stopped::Drained);
+    assert_eq!(stopped.exit_code(), 0);
+    assert!(
+        !agent.saw_cancel.load(Ordering::SeqCst),
+        "the build was not killed"
+    );
+    assert_eq!(agent.builds_left(), 0);
+    let f = s.lock().unwrap();
+    assert_eq!(f.completes.len(), 1);
+    assert_eq!(f.completes[0].lease_token, lease.lease_token);
+    assert_eq!(f.events, ["drain", "complete", "deregister"]);
+}
+
+#[tokio::test]
+async fn a_signal_while_idle_aborts_the_long_poll_and_deregisters() {
+    let (url, s) = start(Fake {
+        lease_hold: Some(Duration::from_secs(25)),
+        ..Default::default()
+    })
+    .await;
+    let agent = spawn_agent(&url, JOIN, Behaviour::Fail);
+    until(&s, "a long poll in flight", |f| f.lease_calls == 1).await;
+    let started = Instant::now();
+    assert_eq!(agent.shutdown().await.unwrap(), Stopped::Drained);
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "the long poll was not waited out: {:?}",
+        started.elapsed()
+    );
+    let f = s.lock().unwrap();
+    assert_eq!(f.events, ["drain", "deregister"]);
+    assert_eq!(f.lease_calls, 1);
+}
+
+#[tokio::test]
+async fn a_second_signal_abandons_running_builds() {
     let ctx = context_archive();
     let (url, s) = start(Fake {
         context: ctx.clone(),
@@ -541,16 +750,144 @@ async fn shutdown_kills_running_builds_and_returns_ok() {
         ..Default::default()
     })
     .await;
-    let agent = spawn_agent(&url, JOIN, Behaviour::Hang);
+    let mut agent = spawn_agent(&url, JOIN, Behaviour::Hang);
     until(&s, "build started", |f| {
         f.lines.iter().any(|l| l.contains("context unpacked"))
     })
     .await;
-    let saw = agent.saw_cancel.clone();
-    agent.shutdown().await.unwrap();
-    assert!(saw.load(Ordering::SeqCst), "the running build was stopped");
+    agent.signal();
+    until(&s, "drain announced", |f| f.drains == 1).await;
+    assert!(!agent.saw_cancel.load(Ordering::SeqCst));
+    agent.signal();
+    let stopped = agent.stopped().await.unwrap();
+    assert_eq!(stopped, Stopped::Abandoned { builds: 1 });
+    assert_eq!(stopped.exit_code(), 1);
+    assert!(
+        agent.saw_cancel.load(Ordering::SeqCst),
+        "the running build was killed"
+    );
+    assert_eq!(agent.builds_left(), 0, "its directory was removed");
     let f = s.lock().unwrap();
-    assert!(f.completes.is_empty() && f.fails.is_empty());
+    assert!(
+        f.completes.is_empty() && f.fails.is_empty(),
+        "an abandoned build is not reported: its lease lapses"
+    );
+    assert_eq!(
+        f.deregisters, 0,
+        "the coordinator finds out through the leases"
+    );
+}
+
+#[tokio::test]
+async fn a_drain_from_the_coordinator_finishes_builds_then_deregisters() {
+    let ctx = context_archive();
+    let release = CancellationToken::new();
+    let (url, s) = start(Fake {
+        context: ctx.clone(),
+        leases: VecDeque::from([a_lease(&ctx)]),
+        drain_when_empty: true,
+        ..Default::default()
+    })
+    .await;
+    let mut agent = spawn_agent(&url, JOIN, Behaviour::SucceedWhen(release.clone()));
+    until(&s, "409 draining", |f| f.draining_answers >= 1).await;
+    let calls = s.lock().unwrap().lease_calls;
+    let beats = s.lock().unwrap().heartbeats;
+    until(&s, "a heartbeat after the 409", |f| f.heartbeats > beats).await;
+    assert_eq!(
+        s.lock().unwrap().lease_calls,
+        calls,
+        "no lease calls after the 409"
+    );
+    assert!(
+        !agent.task.is_finished(),
+        "the running build is finished first"
+    );
+    release.cancel();
+    assert_eq!(agent.stopped().await.unwrap(), Stopped::Drained);
+    let f = s.lock().unwrap();
+    assert_eq!(f.completes.len(), 1);
+    assert_eq!(
+        f.events,
+        ["complete", "deregister"],
+        "no drain call: the coordinator started it"
+    );
+}
+
+#[tokio::test]
+async fn builds_survive_a_coordinator_outage_and_report_when_it_is_back() {
+    let ctx = context_archive();
+    let lease = a_lease(&ctx);
+    let release = CancellationToken::new();
+    let mut server = Server::start(Fake {
+        context: ctx,
+        leases: VecDeque::from([lease.clone()]),
+        ..Default::default()
+    })
+    .await;
+    let s = server.shared.clone();
+    let agent = spawn_agent(&server.url(), JOIN, Behaviour::SucceedWhen(release.clone()));
+    until(&s, "first heartbeat", |f| f.heartbeats >= 1).await;
+    server.down().await;
+    let refused = reqwest::get(server.url()).await.unwrap_err();
+    assert!(
+        refused.is_connect(),
+        "the coordinator is really away: {refused}"
+    );
+    // The build ends while the coordinator is away: its heartbeats (every second) and its report
+    // are refused for a few seconds.
+    release.cancel();
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert!(
+        !agent.saw_cancel.load(Ordering::SeqCst),
+        "failed heartbeats do not stop the build"
+    );
+    assert!(s.lock().unwrap().completes.is_empty());
+    server.up().await;
+    until(&s, "the report after the restart", |f| {
+        f.completes.len() == 1
+    })
+    .await;
+    assert_eq!(
+        s.lock().unwrap().completes[0].lease_token,
+        lease.lease_token
+    );
+    until(&s, "cleanup", |_| agent.builds_left() == 0).await;
+    assert!(!agent.saw_cancel.load(Ordering::SeqCst));
+    assert_eq!(agent.shutdown().await.unwrap(), Stopped::Drained);
+}
+
+#[tokio::test]
+async fn a_report_is_retried_through_5xx_and_dropped_on_409() {
+    let ctx = context_archive();
+    let (url, s) = start(Fake {
+        context: ctx.clone(),
+        leases: VecDeque::from([a_lease(&ctx)]),
+        complete_unavailable: 3,
+        ..Default::default()
+    })
+    .await;
+    let agent = spawn_agent(&url, JOIN, Behaviour::Succeed { lines: 1 });
+    until(&s, "complete", |f| f.completes.len() == 1).await;
+    assert_eq!(s.lock().unwrap().complete_attempts, 4);
+    agent.shutdown().await.unwrap();
+
+    let (url, s) = start(Fake {
+        context: ctx.clone(),
+        leases: VecDeque::from([a_lease(&ctx)]),
+        complete_conflict: true,
+        ..Default::default()
+    })
+    .await;
+    let agent = spawn_agent(&url, JOIN, Behaviour::Succeed { lines: 1 });
+    until(&s, "complete attempted", |f| f.complete_attempts >= 1).await;
+    until(&s, "cleanup", |_| agent.builds_left() == 0).await;
+    assert_eq!(
+        s.lock().unwrap().complete_attempts,
+        1,
+        "a 409 is not retried"
+    );
+    agent.shutdown().await.unwrap();
 }
 
 #[tokio::test]
@@ -604,6 +941,48 @@ async fn the_binary_exits_2_when_the_join_token_is_rejected() {
         !stderr.contains("not-the-token"),
         "the token leaked into the output: {stderr}"
     );
+}
+
+/// The binary itself: SIGTERM while idle drains, deregisters and exits 0 at once, long poll or not.
+#[tokio::test]
+async fn the_binary_drains_on_sigterm_and_exits_0() {
+    let (url, s) = start(Fake {
+        lease_hold: Some(Duration::from_secs(25)),
+        ..Default::default()
+    })
+    .await;
+    let work = tempfile::tempdir().unwrap();
+    let child = tokio::process::Command::new(env!("CARGO_BIN_EXE_archfarm-agent"))
+        .args([
+            "--coordinator",
+            &url,
+            "--platform",
+            "linux/amd64",
+            "--emulate",
+            "none",
+        ])
+        .arg("--work-dir")
+        .arg(work.path())
+        .env("ARCHFARM_JOIN_TOKEN", JOIN)
+        .env("RUST_LOG", "info")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    until(&s, "a long poll in flight", |f| f.lease_calls == 1).await;
+    let pid = rustix::process::Pid::from_raw(child.id().unwrap() as i32).unwrap();
+    rustix::process::kill_process(pid, rustix::process::Signal::TERM).unwrap();
+    let out = tokio::time::timeout(Duration::from_secs(10), child.wait_with_output())
+        .await
+        .expect("the agent exits soon after SIGTERM")
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{stderr}");
+    assert!(stderr.contains("SIGTERM"), "{stderr}");
+    assert!(stderr.contains("draining: no builds running"), "{stderr}");
+    assert!(stderr.contains("deregistered"), "{stderr}");
+    assert_eq!(s.lock().unwrap().events, ["drain", "deregister"]);
 }
 
 #[tokio::test]

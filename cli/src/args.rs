@@ -4,8 +4,10 @@
 //! [`crate::validate`] so the messages can name the problem and what is accepted.
 
 use std::path::PathBuf;
+use std::time::Duration;
 
 use archfarm_protocol::api::EmulationPolicy;
+use archfarm_protocol::duration::parse_duration;
 pub use archfarm_protocol::Secret;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use uuid::Uuid;
@@ -17,8 +19,8 @@ Exit codes:
   1    the job failed or was cancelled, or the coordinator could not be reached or failed (5xx);
        for `cancel`: the job is pushing its image index and can no longer be cancelled
   2    bad usage or input, refused before anything was sent (unknown platform, malformed reference,
-       missing context or Dockerfile) or refused by the coordinator (4xx: bad request, bad token,
-       unknown job, context too large)
+       missing context or Dockerfile, unknown agent name for `agents drain`) or refused by the
+       coordinator (4xx: bad request, bad token, unknown job, context too large)
   130  interrupted (Ctrl-C) while following a job; the job keeps running on the coordinator";
 
 /// Default coordinator URL when neither `--coordinator` nor `ARCHFARM_COORDINATOR` is given.
@@ -95,13 +97,31 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
-    /// List the build agents.
-    Agents,
+    /// List the build agents, or drain one (`archfarm agents drain NAME`).
+    Agents(AgentsArgs),
     /// Cancel a job; builds in progress are told to stop. A job that already ended is left as it
     /// is (exit 0); one whose image index is being pushed can no longer be cancelled (exit 1).
     Cancel {
         /// Job id.
         id: Uuid,
+    },
+}
+
+/// `archfarm agents [drain NAME]`.
+#[derive(Debug, Clone, Args)]
+pub struct AgentsArgs {
+    /// What to do with the agents; without one, list them.
+    #[command(subcommand)]
+    pub action: Option<AgentsAction>,
+}
+
+/// `archfarm agents` subcommands.
+#[derive(Debug, Clone, Subcommand)]
+pub enum AgentsAction {
+    /// Let an agent finish its running builds, take no new ones, then leave the farm.
+    Drain {
+        /// The agent's name, as `archfarm agents` lists it.
+        name: String,
     },
 }
 
@@ -111,6 +131,10 @@ pub struct BuildArgs {
     /// Platforms to build, comma separated and/or repeated (e.g. linux/amd64,linux/arm64).
     #[arg(long = "platform", required = true, value_name = "P[,P...]")]
     pub platforms: Vec<String>,
+    /// Platforms built when possible: one that fails or that no agent can take is left out of the
+    /// index with a warning instead of failing the job. Comma separated and/or repeated.
+    #[arg(long = "optional-platform", value_name = "P[,P...]")]
+    pub optional_platforms: Vec<String>,
     /// Reference to push the image index under (REGISTRY/REPOSITORY:TAG); repeat for more tags.
     #[arg(short = 't', long = "tag", required = true, value_name = "REF")]
     pub tags: Vec<String>,
@@ -123,9 +147,21 @@ pub struct BuildArgs {
     /// Target stage of a multi-stage Dockerfile.
     #[arg(long, value_name = "STAGE")]
     pub target: Option<String>,
-    /// Whether platforms without a native agent may be built under QEMU emulation.
-    #[arg(long, value_enum, default_value_t = Emulation::Fallback)]
-    pub emulation: Emulation,
+    /// When a platform may be built under QEMU emulation: `fallback` (when no native agent can
+    /// take it, or when the recorded build times say emulating finishes first), `never` (wait for a
+    /// native agent), or `prefer-native=DURATION` (wait at most DURATION, e.g. 10m, for a native
+    /// agent, then emulate).
+    #[arg(
+        long,
+        value_name = "POLICY",
+        default_value = "fallback",
+        value_parser = parse_emulation
+    )]
+    pub emulation: EmulationPolicy,
+    /// Fail the job as timed out when it has not finished after DURATION (e.g. 90m, 1h30m, 3600)
+    /// [default: the coordinator's, 2h].
+    #[arg(long, value_name = "DURATION", value_parser = parse_timeout)]
+    pub timeout: Option<Duration>,
     /// How to show progress on stderr.
     #[arg(long, value_enum, default_value_t = Progress::Auto)]
     pub progress: Progress,
@@ -137,22 +173,18 @@ pub struct BuildArgs {
     pub context: PathBuf,
 }
 
-/// `--emulation`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
-pub enum Emulation {
-    /// Emulate only when no native agent can take the platform.
-    Fallback,
-    /// Never emulate; wait for a native agent.
-    Never,
+/// `--emulation`, with [`EmulationPolicy`]'s own message for a bad value.
+fn parse_emulation(value: &str) -> Result<EmulationPolicy, String> {
+    value.parse()
 }
 
-impl From<Emulation> for EmulationPolicy {
-    fn from(e: Emulation) -> Self {
-        match e {
-            Emulation::Fallback => EmulationPolicy::Fallback,
-            Emulation::Never => EmulationPolicy::Never,
-        }
+/// `--timeout`: a duration of at least one second.
+fn parse_timeout(value: &str) -> Result<Duration, String> {
+    let d = parse_duration(value)?;
+    if d.is_zero() {
+        return Err("a job needs more than 0s; give e.g. 30m or 2h".into());
     }
+    Ok(d)
 }
 
 /// `--progress`.
@@ -217,11 +249,88 @@ mod tests {
         assert_eq!(b.platforms, ["linux/amd64,linux/arm64", "s390x"]);
         assert_eq!(b.tags.len(), 2);
         assert_eq!(b.build_args, ["A=1", "B"]);
-        assert_eq!(b.emulation, Emulation::Never);
+        assert_eq!(b.emulation, EmulationPolicy::Never);
+        assert!(b.optional_platforms.is_empty());
+        assert_eq!(b.timeout, None);
         assert_eq!(b.progress, Progress::Plain);
         assert!(b.detach);
         assert_eq!(b.context, PathBuf::from("ctx"));
         assert_eq!(b.file, Some(PathBuf::from("docker/Dockerfile")));
+    }
+
+    #[test]
+    fn emulation_timeout_and_optional_platforms() {
+        let cli = parse(&[
+            "build",
+            "--platform",
+            "amd64",
+            "--optional-platform",
+            "s390x,riscv64",
+            "--optional-platform",
+            "ppc64le",
+            "--emulation",
+            "prefer-native=10m",
+            "--timeout",
+            "1h30m",
+            "-t",
+            "a:1",
+            ".",
+        ])
+        .unwrap();
+        let Command::Build(b) = cli.command else {
+            panic!("not build")
+        };
+        assert_eq!(
+            b.emulation,
+            EmulationPolicy::PreferNative(Duration::from_secs(600))
+        );
+        assert_eq!(b.timeout, Some(Duration::from_secs(5400)));
+        assert_eq!(b.optional_platforms, ["s390x,riscv64", "ppc64le"]);
+        let base = ["build", "--platform", "amd64", "-t", "a:1"];
+        let with = |extra: &[&str]| {
+            let mut a = base.to_vec();
+            a.extend_from_slice(extra);
+            a.push(".");
+            parse(&a)
+        };
+        let Command::Build(b) = with(&[]).unwrap().command else {
+            panic!("not build")
+        };
+        assert_eq!(b.emulation, EmulationPolicy::Fallback);
+        for bad in [
+            &["--emulation", "always"][..],
+            &["--emulation", "prefer-native=soon"],
+            &["--emulation", "prefer-native"],
+            &["--timeout", "0"],
+            &["--timeout", "2 days"],
+        ] {
+            let e = with(bad).unwrap_err();
+            assert_eq!(e.exit_code(), 2, "{bad:?}");
+        }
+        let e = with(&["--emulation", "always"]).unwrap_err().to_string();
+        assert!(e.contains("unknown emulation policy 'always'"), "{e}");
+        assert!(e.contains("prefer-native=DURATION"), "{e}");
+        let e = with(&["--timeout", "0s"]).unwrap_err().to_string();
+        assert!(e.contains("more than 0s"), "{e}");
+    }
+
+    #[test]
+    fn agents_lists_or_drains() {
+        let Command::Agents(a) = parse(&["agents"]).unwrap().command else {
+            panic!("not agents")
+        };
+        assert!(a.action.is_none());
+        let cli = parse(&["agents", "drain", "pi-4", "--coordinator", "http://x:1"]).unwrap();
+        assert_eq!(cli.conn.coordinator, "http://x:1");
+        let Command::Agents(a) = cli.command else {
+            panic!("not agents")
+        };
+        let Some(AgentsAction::Drain { name }) = a.action else {
+            panic!("not drain")
+        };
+        assert_eq!(name, "pi-4");
+        assert!(parse(&["agents", "drain"]).is_err(), "name required");
+        assert!(parse(&["agents", "evict", "pi-4"]).is_err());
     }
 
     #[test]

@@ -6,7 +6,7 @@
 use std::time::Duration;
 
 use archfarm_protocol::api::{
-    AgentList, ContextInfo, ErrorResponse, Job, JobList, JobRequest, API_PREFIX,
+    Agent, AgentList, ContextInfo, ErrorResponse, Job, JobList, JobRequest, API_PREFIX,
 };
 use archfarm_protocol::Digest;
 use reqwest::{Method, RequestBuilder, Response, StatusCode};
@@ -291,6 +291,13 @@ impl Client {
     /// `GET /agents`.
     pub async fn agents(&self) -> Result<AgentList, ClientError> {
         self.json(Method::GET, "/agents", None).await
+    }
+
+    /// `POST /agents/{id}/drain`: the agent finishes its running builds, takes no new ones, then
+    /// leaves. Answers the agent, now `draining`.
+    pub async fn drain_agent(&self, id: Uuid) -> Result<Agent, ClientError> {
+        self.json(Method::POST, &format!("/agents/{id}/drain"), None)
+            .await
     }
 
     /// `GET /builds/{id}/log?offset=N`: the log bytes from `offset` to the current end.

@@ -3,14 +3,14 @@
 
 use std::io::IsTerminal;
 
-use archfarm_protocol::api::{JobRequest, JobState};
+use archfarm_protocol::api::{Job, JobRequest, JobState};
 use uuid::Uuid;
 
-use crate::args::{BuildArgs, Connection, Progress};
+use crate::args::{AgentsAction, BuildArgs, Connection, Progress};
 use crate::client::{Client, ClientError};
 use crate::follow::{self, failure_report};
 use crate::output::{self, human_size};
-use crate::validate::{check_coordinator_url, BuildPlan};
+use crate::validate::{check_coordinator_url, BuildPlan, UsageError};
 use crate::{context, Error};
 
 /// Exit code after Ctrl-C, as shells report a SIGINT death.
@@ -91,15 +91,27 @@ pub async fn build(conn: &Connection, args: &BuildArgs) -> Result<u8, Error> {
         build_args: plan.build_args.clone(),
         target: plan.target.clone(),
         emulation: plan.emulation,
+        optional_platforms: plan
+            .optional_platforms
+            .iter()
+            .map(|p| p.to_string())
+            .collect(),
+        timeout_secs: plan.timeout.map(|t| t.as_secs()),
     };
     let job = client.submit_job(&request).await?;
     let id = job.id;
+    let optional = if request.optional_platforms.is_empty() {
+        String::new()
+    } else {
+        format!(" (optional: {})", request.optional_platforms.join(", "))
+    };
     say(format!(
-        "job {id} submitted: {} -> {}",
+        "job {id} submitted: {}{optional} -> {}",
         request.platforms.join(", "),
         request.tags.join(", ")
     ));
     if plan.detach {
+        print_warnings(&job);
         output::stdout(&format!("{id}\n"));
         return Ok(0);
     }
@@ -125,8 +137,17 @@ pub async fn build(conn: &Connection, args: &BuildArgs) -> Result<u8, Error> {
     outcome(&client, &finished).await
 }
 
-/// Prints a finished job's result and picks the exit code.
-async fn outcome(client: &Client, job: &archfarm_protocol::api::Job) -> Result<u8, Error> {
+/// The job's warnings (e.g. an optional platform left out), on stderr whatever `--progress` says.
+fn print_warnings(job: &Job) {
+    for w in &job.warnings {
+        eprintln!("warning: {w}");
+    }
+}
+
+/// Prints a finished job's result and picks the exit code. Warnings come first, so that the
+/// digest stays the last thing printed.
+async fn outcome(client: &Client, job: &Job) -> Result<u8, Error> {
+    print_warnings(job);
     match job.state {
         JobState::Succeeded => match &job.index_digest {
             Some(d) => {
@@ -179,10 +200,20 @@ pub async fn job(conn: &Connection, id: Uuid, json: bool) -> Result<u8, Error> {
     Ok(0)
 }
 
-/// `archfarm agents`.
-pub async fn agents(conn: &Connection) -> Result<u8, Error> {
-    let list = client(conn)?.agents().await?;
-    output::stdout(&output::agents_table(&list.agents, chrono::Utc::now()));
+/// `archfarm agents [drain NAME]`.
+pub async fn agents(conn: &Connection, action: Option<&AgentsAction>) -> Result<u8, Error> {
+    let client = client(conn)?;
+    let list = client.agents().await?;
+    match action {
+        None => output::stdout(&output::agents_table(&list.agents, chrono::Utc::now())),
+        Some(AgentsAction::Drain { name }) => {
+            let Some(agent) = list.agents.iter().find(|a| a.name == *name) else {
+                return Err(UsageError(output::unknown_agent(name, &list.agents)).into());
+            };
+            let drained = client.drain_agent(agent.id).await?;
+            output::stdout(&output::draining(&drained));
+        }
+    }
     Ok(0)
 }
 

@@ -36,28 +36,65 @@ pub struct Tracker {
     job_state: Option<JobState>,
 }
 
+/// `[linux/arm64] building on pi-4 (native) (attempt 2): <why this agent>`.
 fn building_line(b: &Build) -> String {
     let agent = b.agent.as_deref().unwrap_or("an agent");
-    let mode = b.mode.map_or("", |m| m.as_str());
-    let mut detail: Vec<String> = Vec::new();
-    if !mode.is_empty() {
-        detail.push(mode.to_string());
+    let mut line = format!("[{}] building on {agent}", b.platform);
+    if let Some(m) = b.mode {
+        line.push_str(&format!(" ({m})"));
     }
     if b.attempts > 1 {
-        detail.push(format!("attempt {}", b.attempts));
+        line.push_str(&format!(" (attempt {})", b.attempts));
     }
-    let detail = if detail.is_empty() {
-        String::new()
-    } else {
-        format!(" ({})", detail.join(", "))
-    };
-    format!("[{}] building on {agent}{detail}", b.platform)
+    if let Some(d) = b.decision.as_deref().filter(|d| !d.is_empty()) {
+        line.push_str(&format!(": {d}"));
+    }
+    line
+}
+
+/// `attempt 1 on pi-4 ended`, with the reason when the coordinator gave one.
+fn attempt_ended(seen: &Seen, b: &Build) -> String {
+    let mut line = format!(
+        "attempt {} on {} ended",
+        seen.attempts,
+        seen.agent.as_deref().unwrap_or("its agent")
+    );
+    if let Some(e) = b.error.as_deref().filter(|e| !e.is_empty()) {
+        line.push_str(&format!(": {e}"));
+    }
+    line
+}
+
+/// The line for a build that ended, given the state of its job.
+fn end_line(job_state: JobState, b: &Build) -> String {
+    let p = &b.platform;
+    let error = b.error.as_deref().filter(|e| !e.is_empty());
+    match (b.state, error) {
+        (BuildState::Succeeded, _) => format!(
+            "[{p}] succeeded {}",
+            b.digest.as_deref().unwrap_or("(no digest reported)")
+        ),
+        (BuildState::Failed, e) => format!(
+            "[{p}] failed{}: {}",
+            if b.optional { " (optional)" } else { "" },
+            e.unwrap_or("no reason given")
+        ),
+        // An optional build the coordinator gave up on while the job goes on without it; when the
+        // whole job was cancelled or failed, its builds are just cancelled.
+        (_, Some(e))
+            if b.optional && !matches!(job_state, JobState::Cancelled | JobState::Failed) =>
+        {
+            format!("[{p}] skipped (optional): {e}")
+        }
+        (_, Some(e)) => format!("[{p}] cancelled: {e}"),
+        (_, None) => format!("[{p}] cancelled"),
+    }
 }
 
 impl Tracker {
-    /// Lines for a build's changes: those to print before its new log lines, and those after
-    /// (the end of a build reads better after its last log line).
-    pub fn build_lines(&mut self, b: &Build) -> (Vec<String>, Vec<String>) {
+    /// Lines for a build's changes in a job now in `job_state`: those to print before its new log
+    /// lines, and those after (the end of a build reads better after its last log line).
+    pub fn build_lines(&mut self, job_state: JobState, b: &Build) -> (Vec<String>, Vec<String>) {
         let p = &b.platform;
         let seen = self.builds.entry(b.id).or_default();
         let (mut pre, mut post) = (Vec::new(), Vec::new());
@@ -66,12 +103,12 @@ impl Tracker {
             BuildState::Queued => {
                 if seen.state == Some(BuildState::Building) {
                     pre.push(format!(
-                        "[{p}] back in the queue: attempt {} on {} ended",
-                        seen.attempts,
-                        seen.agent.as_deref().unwrap_or("its agent")
+                        "[{p}] back in the queue: {}",
+                        attempt_ended(seen, b)
                     ));
                 } else if seen.state.is_none() {
-                    pre.push(format!("[{p}] queued"));
+                    let optional = if b.optional { " (optional)" } else { "" };
+                    pre.push(format!("[{p}] queued{optional}"));
                 }
                 let waiting = b.waiting.as_deref().filter(|w| !w.is_empty());
                 if let Some(w) = waiting {
@@ -82,6 +119,10 @@ impl Tracker {
                 seen.waiting = waiting.map(str::to_string);
             }
             BuildState::Building => {
+                if seen.state == Some(BuildState::Building) && new_attempt && seen.attempts > 0 {
+                    // Lost and leased again between two polls.
+                    pre.push(format!("[{p}] {}", attempt_ended(seen, b)));
+                }
                 if seen.state != Some(BuildState::Building) || new_attempt {
                     pre.push(building_line(b));
                 }
@@ -93,17 +134,7 @@ impl Tracker {
                     if seen.state != Some(BuildState::Building) && b.agent.is_some() {
                         pre.push(building_line(b));
                     }
-                    post.push(match end {
-                        BuildState::Succeeded => format!(
-                            "[{p}] succeeded {}",
-                            b.digest.as_deref().unwrap_or("(no digest reported)")
-                        ),
-                        BuildState::Failed => format!(
-                            "[{p}] failed: {}",
-                            b.error.as_deref().unwrap_or("no reason given")
-                        ),
-                        _ => format!("[{p}] cancelled"),
-                    });
+                    post.push(end_line(job_state, b));
                 }
             }
         }
@@ -226,7 +257,7 @@ async fn show(
     logs: &mut HashMap<Uuid, LogStream>,
 ) {
     for b in &job.builds {
-        let (pre, post) = tracker.build_lines(b);
+        let (pre, post) = tracker.build_lines(job.state, b);
         for line in pre {
             eprintln!("{line}");
         }

@@ -18,6 +18,9 @@ pub(crate) fn sample_job_json() -> Value {
         "build_args": {},
         "target": null,
         "emulation": "fallback",
+        "optional_platforms": [],
+        "timeout_secs": 7200,
+        "warnings": [],
         "created_at": "2024-05-01T10:00:00Z",
         "updated_at": "2024-05-01T10:00:01Z",
         "finished_at": null,
@@ -44,11 +47,16 @@ fn build_json(id: &str, platform: &str, state: &str, agent: Option<&str>, attemp
         "attempts": attempts,
         "error": null,
         "waiting": null,
+        "optional": false,
+        "decision": null,
         "created_at": "2024-05-01T10:00:00Z",
         "started_at": null,
         "finished_at": null,
     })
 }
+
+/// The job state most tracker tests run in.
+const B: JobState = JobState::Building;
 
 fn build(v: Value) -> Build {
     serde_json::from_value(v).unwrap()
@@ -67,31 +75,31 @@ fn one_line_per_change() {
     let queued = build_json(id, "linux/arm64", "queued", None, 0);
     let mut t = Tracker::default();
     assert_eq!(
-        t.build_lines(&build(queued.clone())).0,
+        t.build_lines(B, &build(queued.clone())).0,
         ["[linux/arm64] queued"]
     );
-    assert!(t.build_lines(&build(queued.clone())).0.is_empty());
+    assert!(t.build_lines(B, &build(queued.clone())).0.is_empty());
 
     let waiting = with(queued.clone(), json!({"waiting": "no native agent online"}));
     assert_eq!(
-        t.build_lines(&build(waiting.clone())).0,
+        t.build_lines(B, &build(waiting.clone())).0,
         ["[linux/arm64] waiting: no native agent online"]
     );
     assert!(
-        t.build_lines(&build(waiting)).0.is_empty(),
+        t.build_lines(B, &build(waiting)).0.is_empty(),
         "waiting text printed once"
     );
 
     let running = build_json(id, "linux/arm64", "building", Some("pi-4"), 1);
     assert_eq!(
-        t.build_lines(&build(running.clone())).0,
+        t.build_lines(B, &build(running.clone())).0,
         ["[linux/arm64] building on pi-4 (native)"]
     );
-    assert_eq!(t.build_lines(&build(running)), (vec![], vec![]));
+    assert_eq!(t.build_lines(B, &build(running)), (vec![], vec![]));
 
     let requeued = build_json(id, "linux/arm64", "queued", None, 1);
     assert_eq!(
-        t.build_lines(&build(requeued)).0,
+        t.build_lines(B, &build(requeued)).0,
         ["[linux/arm64] back in the queue: attempt 1 on pi-4 ended"]
     );
     let again = with(
@@ -99,31 +107,108 @@ fn one_line_per_change() {
         json!({"mode": "emulated"}),
     );
     assert_eq!(
-        t.build_lines(&build(again)).0,
-        ["[linux/arm64] building on qemu-box (emulated, attempt 2)"]
+        t.build_lines(B, &build(again)).0,
+        ["[linux/arm64] building on qemu-box (emulated) (attempt 2)"]
     );
     let done = with(
         build_json(id, "linux/arm64", "succeeded", Some("qemu-box"), 2),
         json!({"mode": "emulated", "digest": "sha256:abc"}),
     );
-    let (pre, post) = t.build_lines(&build(done.clone()));
+    let (pre, post) = t.build_lines(B, &build(done.clone()));
     assert!(pre.is_empty());
     assert_eq!(post, ["[linux/arm64] succeeded sha256:abc"]);
-    assert_eq!(t.build_lines(&build(done)), (vec![], vec![]));
+    assert_eq!(t.build_lines(B, &build(done)), (vec![], vec![]));
 }
 
 #[test]
 fn skipped_states_still_show_the_agent() {
     let id = "00000000-0000-4000-8000-0000000000c1";
     let mut t = Tracker::default();
-    t.build_lines(&build(build_json(id, "linux/s390x", "queued", None, 0)));
+    t.build_lines(B, &build(build_json(id, "linux/s390x", "queued", None, 0)));
     let failed = with(
         build_json(id, "linux/s390x", "failed", Some("z15"), 1),
         json!({"error": "buildah exited with status 1"}),
     );
-    let (pre, post) = t.build_lines(&build(failed));
+    let (pre, post) = t.build_lines(B, &build(failed));
     assert_eq!(pre, ["[linux/s390x] building on z15 (native)"]);
     assert_eq!(post, ["[linux/s390x] failed: buildah exited with status 1"]);
+}
+
+#[test]
+fn decisions_attempts_and_optional_builds() {
+    let id = "00000000-0000-4000-8000-0000000000d1";
+    let mut t = Tracker::default();
+    let queued = with(
+        build_json(id, "linux/arm64", "queued", None, 0),
+        json!({"optional": true}),
+    );
+    assert_eq!(
+        t.build_lines(B, &build(queued)).0,
+        ["[linux/arm64] queued (optional)"]
+    );
+    let decided = with(
+        build_json(id, "linux/arm64", "building", Some("pi-4"), 1),
+        json!({"optional": true, "decision": "native agent pi-4 had a free slot"}),
+    );
+    assert_eq!(
+        t.build_lines(B, &build(decided.clone())).0,
+        ["[linux/arm64] building on pi-4 (native): native agent pi-4 had a free slot"]
+    );
+    assert_eq!(
+        t.build_lines(B, &build(decided)),
+        (vec![], vec![]),
+        "the decision is shown once"
+    );
+    // Lost and leased again between two polls: the end of the old attempt, then the new one.
+    let moved = with(
+        build_json(id, "linux/arm64", "building", Some("pi-5"), 2),
+        json!({"optional": true, "error": "pi-4 missed 3 heartbeats", "decision": "pi-5 is native"}),
+    );
+    assert_eq!(
+        t.build_lines(B, &build(moved)).0,
+        [
+            "[linux/arm64] attempt 1 on pi-4 ended: pi-4 missed 3 heartbeats",
+            "[linux/arm64] building on pi-5 (native) (attempt 2): pi-5 is native",
+        ]
+    );
+    let requeued = with(
+        build_json(id, "linux/arm64", "queued", Some("pi-5"), 2),
+        json!({"optional": true, "error": "pi-5 missed 3 heartbeats"}),
+    );
+    assert_eq!(
+        t.build_lines(B, &build(requeued)).0,
+        ["[linux/arm64] back in the queue: attempt 2 on pi-5 ended: pi-5 missed 3 heartbeats"]
+    );
+    let skipped = with(
+        build_json(id, "linux/arm64", "cancelled", None, 2),
+        json!({"optional": true, "error": "no agent took it within the native wait"}),
+    );
+    let (pre, post) = t.build_lines(B, &build(skipped));
+    assert!(pre.is_empty(), "{pre:?}");
+    assert_eq!(
+        post,
+        ["[linux/arm64] skipped (optional): no agent took it within the native wait"]
+    );
+
+    // The same build in a job a user cancelled is just cancelled.
+    let mut t = Tracker::default();
+    let cancelled = with(
+        build_json(id, "linux/s390x", "cancelled", None, 0),
+        json!({"optional": true, "error": "cancelled by ci-bot"}),
+    );
+    assert_eq!(
+        t.build_lines(JobState::Cancelled, &build(cancelled)).1,
+        ["[linux/s390x] cancelled: cancelled by ci-bot"]
+    );
+    let mut t = Tracker::default();
+    let failed = with(
+        build_json(id, "linux/s390x", "failed", Some("z15"), 1),
+        json!({"optional": true, "error": "buildah exited with status 1"}),
+    );
+    assert_eq!(
+        t.build_lines(JobState::Succeeded, &build(failed)).1,
+        ["[linux/s390x] failed (optional): buildah exited with status 1"]
+    );
 }
 
 #[test]

@@ -69,7 +69,7 @@ pub async fn run(cli: Cli) -> Result<u8, Error> {
         Command::Build(args) => commands::build(conn, args).await,
         Command::Jobs { limit } => commands::jobs(conn, *limit).await,
         Command::Job { id, json } => commands::job(conn, *id, *json).await,
-        Command::Agents => commands::agents(conn).await,
+        Command::Agents(a) => commands::agents(conn, a.action.as_ref()).await,
         Command::Cancel { id } => commands::cancel(conn, *id).await,
     }
 }

@@ -2,7 +2,8 @@
 //!
 //! Pure functions returning strings, so the layouts are tested without a coordinator.
 
-use archfarm_protocol::api::{Agent, AgentState, Build, Job};
+use archfarm_protocol::api::{Agent, AgentState, Build, BuildState, Job};
+use archfarm_protocol::duration::format_duration;
 use archfarm_protocol::Platform;
 use chrono::{DateTime, Utc};
 
@@ -109,10 +110,7 @@ pub fn agents_table(agents: &[Agent], now: DateTime<Utc>) -> String {
         .map(|a| {
             vec![
                 a.name.clone(),
-                match a.state {
-                    AgentState::Online => "online".into(),
-                    AgentState::Offline => "offline".into(),
-                },
+                agent_state(a.state).into(),
                 platforms(&a.native_platforms),
                 platforms(&a.emulated_platforms),
                 format!("{}/{}", a.running, a.capacity),
@@ -133,6 +131,47 @@ pub fn agents_table(agents: &[Agent], now: DateTime<Utc>) -> String {
     )
 }
 
+/// The lowercase name of an agent state, as the API writes it.
+pub fn agent_state(s: AgentState) -> &'static str {
+    match s {
+        AgentState::Online => "online",
+        AgentState::Offline => "offline",
+        AgentState::Draining => "draining",
+    }
+}
+
+/// `archfarm agents drain NAME` for a name no agent has.
+pub fn unknown_agent(name: &str, agents: &[Agent]) -> String {
+    if agents.is_empty() {
+        return format!("no agent named '{name}': no agents are registered");
+    }
+    let names: Vec<&str> = agents.iter().map(|a| a.name.as_str()).collect();
+    format!(
+        "no agent named '{name}'; the agents are: {}",
+        names.join(", ")
+    )
+}
+
+/// What `archfarm agents drain NAME` prints once the coordinator answered.
+pub fn draining(agent: &Agent) -> String {
+    let name = &agent.name;
+    if agent.state != AgentState::Draining {
+        return format!(
+            "agent {name}: drain requested, the coordinator shows it {}\n",
+            agent_state(agent.state)
+        );
+    }
+    match agent.running {
+        0 => format!(
+            "agent {name} is draining: it has no running builds and leaves when it next calls in\n"
+        ),
+        1 => format!("agent {name} is draining: it finishes its 1 running build and then leaves\n"),
+        n => format!(
+            "agent {name} is draining: it finishes its {n} running builds and then leaves\n"
+        ),
+    }
+}
+
 fn build_row(b: &Build) -> Vec<String> {
     vec![
         b.platform.to_string(),
@@ -151,7 +190,16 @@ pub fn job_summary(job: &Job, now: DateTime<Utc>) -> String {
     field("job", job.id.to_string());
     field("state", job.state.to_string());
     field("tags", job.tags.join(", "));
-    field("platforms", platforms(&job.platforms));
+    let required: Vec<Platform> = job
+        .platforms
+        .iter()
+        .filter(|p| !job.optional_platforms.contains(p))
+        .cloned()
+        .collect();
+    field("platforms", platforms(&required));
+    if !job.optional_platforms.is_empty() {
+        field("optional", platforms(&job.optional_platforms));
+    }
     field("context", job.context.to_string());
     field("dockerfile", job.dockerfile.clone());
     if let Some(t) = &job.target {
@@ -162,6 +210,12 @@ pub fn job_summary(job: &Job, now: DateTime<Utc>) -> String {
         field("build args", names.join(", "));
     }
     field("emulation", job.emulation.to_string());
+    if job.timeout_secs > 0 {
+        field(
+            "timeout",
+            format_duration(std::time::Duration::from_secs(job.timeout_secs)),
+        );
+    }
     field(
         "created",
         format!(
@@ -183,6 +237,9 @@ pub fn job_summary(job: &Job, now: DateTime<Utc>) -> String {
     if let Some(e) = &job.error {
         field("error", e.clone());
     }
+    for w in &job.warnings {
+        field("warning", w.clone());
+    }
     out.push('\n');
     let rows: Vec<Vec<String>> = job.builds.iter().map(build_row).collect();
     out.push_str(&table(
@@ -190,10 +247,33 @@ pub fn job_summary(job: &Job, now: DateTime<Utc>) -> String {
         &rows,
     ));
     for b in &job.builds {
-        if let Some(e) = &b.error {
-            out.push_str(&format!("{}: failed: {e}\n", b.platform));
-        } else if let Some(w) = b.waiting.as_deref().filter(|w| !w.is_empty()) {
-            out.push_str(&format!("{}: waiting: {w}\n", b.platform));
+        out.push_str(&build_notes(b));
+    }
+    out
+}
+
+/// The lines under the builds table for one build: why it went where it went, and why it
+/// failed, was skipped or waits.
+fn build_notes(b: &Build) -> String {
+    let p = &b.platform;
+    let mut out = String::new();
+    if let Some(d) = b.decision.as_deref().filter(|d| !d.is_empty()) {
+        out.push_str(&format!("{p}: decision: {d}\n"));
+    }
+    let optional = if b.optional { " (optional)" } else { "" };
+    if let Some(e) = b.error.as_deref().filter(|e| !e.is_empty()) {
+        let what = match b.state {
+            BuildState::Failed => format!("failed{optional}"),
+            BuildState::Cancelled if b.optional => "skipped (optional)".into(),
+            BuildState::Cancelled => "cancelled".into(),
+            // Still running or queued again: the error is an earlier attempt's.
+            _ => "earlier attempt ended".into(),
+        };
+        out.push_str(&format!("{p}: {what}: {e}\n"));
+    }
+    if !b.state.is_terminal() {
+        if let Some(w) = b.waiting.as_deref().filter(|w| !w.is_empty()) {
+            out.push_str(&format!("{p}: waiting: {w}\n"));
         }
     }
     out
@@ -245,5 +325,106 @@ mod tests {
         assert!(s.contains("state      building"), "{s}");
         assert!(s.contains("linux/amd64  building  pi-4"), "{s}");
         assert!(s.contains("linux/s390x: waiting: no online agent"), "{s}");
+        assert!(s.contains("timeout    2h\n"), "{s}");
+        assert!(!s.contains("optional"), "{s}");
+        assert!(!s.contains("decision"), "{s}");
+    }
+
+    #[test]
+    fn job_view_with_optional_platforms_warnings_and_decisions() {
+        let mut job: Job = serde_json::from_value(crate::follow::tests::sample_job_json()).unwrap();
+        job.state = archfarm_protocol::api::JobState::Succeeded;
+        job.optional_platforms = vec![Platform::parse("s390x").unwrap()];
+        job.warnings = vec!["optional platform linux/s390x left out of the index".into()];
+        job.timeout_secs = 5400;
+        job.emulation = "prefer-native=10m".parse().unwrap();
+        let amd = &mut job.builds[0];
+        amd.state = BuildState::Succeeded;
+        amd.attempts = 2;
+        amd.error = Some("box-1 missed 3 heartbeats".into());
+        amd.decision = Some("pi-4 is native and was free".into());
+        let s390x = &mut job.builds[1];
+        s390x.optional = true;
+        s390x.state = BuildState::Cancelled;
+        s390x.error = Some("no online agent can build linux/s390x".into());
+        let s = job_summary(&job, job.created_at);
+        for want in [
+            "platforms  linux/amd64\n",
+            "optional   linux/s390x\n",
+            "emulation  prefer-native=10m\n",
+            "timeout    1h30m\n",
+            "warning    optional platform linux/s390x left out of the index\n",
+            "linux/amd64  succeeded  pi-4   native  2         -\n",
+            "linux/amd64: decision: pi-4 is native and was free\n",
+            "linux/amd64: earlier attempt ended: box-1 missed 3 heartbeats\n",
+            "linux/s390x: skipped (optional): no online agent can build linux/s390x\n",
+        ] {
+            assert!(s.contains(want), "want {want:?} in:\n{s}");
+        }
+        assert!(!s.contains("waiting"), "an ended build waits no more:\n{s}");
+
+        job.builds[1].state = BuildState::Failed;
+        job.builds[1].error = Some("buildah exited with status 1".into());
+        let s = job_summary(&job, job.created_at);
+        assert!(
+            s.contains("linux/s390x: failed (optional): buildah exited with status 1\n"),
+            "{s}"
+        );
+    }
+
+    fn agent(name: &str, state: AgentState, running: i64) -> Agent {
+        Agent {
+            id: uuid::Uuid::new_v4(),
+            name: name.into(),
+            native_platforms: vec![Platform::parse("arm64").unwrap()],
+            emulated_platforms: vec![],
+            capacity: 4,
+            running,
+            state,
+            last_seen: Utc::now(),
+        }
+    }
+
+    #[test]
+    fn agents_and_draining() {
+        let now = Utc::now();
+        let t = agents_table(
+            &[
+                agent("pi-4", AgentState::Draining, 3),
+                agent("pi-5", AgentState::Offline, 0),
+            ],
+            now,
+        );
+        assert!(
+            t.contains("pi-4  draining  linux/arm64  -         3/4"),
+            "{t}"
+        );
+        assert!(t.contains("pi-5  offline   linux/arm64"), "{t}");
+        assert_eq!(
+            draining(&agent("pi-4", AgentState::Draining, 3)),
+            "agent pi-4 is draining: it finishes its 3 running builds and then leaves\n"
+        );
+        assert_eq!(
+            draining(&agent("pi-4", AgentState::Draining, 1)),
+            "agent pi-4 is draining: it finishes its 1 running build and then leaves\n"
+        );
+        assert!(draining(&agent("pi-4", AgentState::Draining, 0))
+            .starts_with("agent pi-4 is draining: it has no running builds"));
+        assert_eq!(
+            draining(&agent("pi-4", AgentState::Offline, 0)),
+            "agent pi-4: drain requested, the coordinator shows it offline\n"
+        );
+        let known = [
+            agent("pi-4", AgentState::Online, 0),
+            agent("nuc", AgentState::Online, 0),
+        ];
+        assert_eq!(
+            unknown_agent("pi", &known),
+            "no agent named 'pi'; the agents are: pi-4, nuc"
+        );
+        assert_eq!(
+            unknown_agent("pi", &[]),
+            "no agent named 'pi': no agents are registered"
+        );
     }
 }

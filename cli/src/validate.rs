@@ -5,6 +5,7 @@
 
 use std::collections::BTreeMap;
 use std::path::{Component, Path, PathBuf};
+use std::time::Duration;
 
 use archfarm_protocol::api::EmulationPolicy;
 use archfarm_protocol::{platform, ImageRef, Platform};
@@ -21,6 +22,8 @@ pub struct UsageError(pub String);
 pub struct BuildPlan {
     /// Normalised platforms, in the order given, without duplicates.
     pub platforms: Vec<Platform>,
+    /// Normalised optional platforms, in the order given, none of them also in `platforms`.
+    pub optional_platforms: Vec<Platform>,
     /// References to push the index under, as given (`:latest` added when there is no tag).
     pub tags: Vec<String>,
     /// The context directory as given.
@@ -33,6 +36,8 @@ pub struct BuildPlan {
     pub target: Option<String>,
     /// Emulation policy.
     pub emulation: EmulationPolicy,
+    /// Time limit of the job; the coordinator's default when unset.
+    pub timeout: Option<Duration>,
     /// Progress mode.
     pub progress: Progress,
     /// Whether to return right after submitting.
@@ -46,6 +51,7 @@ impl BuildPlan {
         env: impl Fn(&str) -> Option<String>,
     ) -> Result<Self, UsageError> {
         let platforms = parse_platforms(&args.platforms)?;
+        let optional_platforms = parse_optional_platforms(&args.optional_platforms, &platforms)?;
         let tags = parse_tags(&args.tags)?;
         let build_args = parse_build_args(&args.build_args, env)?;
         let target = match args.target.as_deref() {
@@ -63,12 +69,14 @@ impl BuildPlan {
         };
         Ok(BuildPlan {
             platforms,
+            optional_platforms,
             tags,
             context: args.context.clone(),
             dockerfile,
             build_args,
             target,
-            emulation: args.emulation.into(),
+            emulation: args.emulation,
+            timeout: args.timeout,
             progress: args.progress,
             detach: args.detach,
         })
@@ -90,6 +98,32 @@ pub fn parse_platforms(values: &[String]) -> Result<Vec<Platform>, UsageError> {
             "no platform given; pass --platform with one or more of: {}",
             platform::ACCEPTED.join(", ")
         )));
+    }
+    Ok(out)
+}
+
+/// Parses every `--optional-platform` value like `--platform` (an empty list is fine); a platform
+/// may not be both required and optional.
+pub fn parse_optional_platforms(
+    values: &[String],
+    required: &[Platform],
+) -> Result<Vec<Platform>, UsageError> {
+    let mut out: Vec<Platform> = Vec::new();
+    for v in values {
+        let list =
+            platform::parse_list(v).map_err(|e| UsageError(format!("--optional-platform: {e}")))?;
+        for p in list {
+            if required.contains(&p) {
+                return Err(UsageError(format!(
+                    "platform {p} is both required (--platform) and optional (--optional-platform); \
+                     give it once: with --platform if the job must fail without it, with \
+                     --optional-platform if the image may be pushed without it"
+                )));
+            }
+            if !out.contains(&p) {
+                out.push(p);
+            }
+        }
     }
     Ok(out)
 }
@@ -328,6 +362,27 @@ mod tests {
         assert!(e.0.contains("accepted: linux/amd64"), "{e}");
         let e = parse_platforms(&strings(&[","])).unwrap_err();
         assert!(e.0.contains("no platform given"), "{e}");
+    }
+
+    #[test]
+    fn optional_platforms_apart_from_required_ones() {
+        let required = parse_platforms(&strings(&["amd64,arm64"])).unwrap();
+        assert!(parse_optional_platforms(&[], &required).unwrap().is_empty());
+        let o =
+            parse_optional_platforms(&strings(&["s390x,linux/s390x", "armhf"]), &required).unwrap();
+        let s: Vec<String> = o.iter().map(|p| p.to_string()).collect();
+        assert_eq!(s, ["linux/s390x", "linux/arm/v7"]);
+        let e = parse_optional_platforms(&strings(&["s390x", "aarch64"]), &required).unwrap_err();
+        assert!(
+            e.0.starts_with("platform linux/arm64 is both required (--platform) and optional"),
+            "{e}"
+        );
+        let e = parse_optional_platforms(&strings(&["sparc"]), &required).unwrap_err();
+        assert!(
+            e.0.starts_with("--optional-platform: unknown platform 'sparc'"),
+            "{e}"
+        );
+        assert!(e.0.contains("accepted: linux/amd64"), "{e}");
     }
 
     #[test]

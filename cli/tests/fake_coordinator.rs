@@ -7,9 +7,10 @@ mod fake;
 
 use std::process::{Command, Output};
 
-use archfarm_protocol::api::JobState;
-use fake::{cancel, start, Scenario, Shared, AMD64, INDEX};
+use archfarm_protocol::api::{AgentState, EmulationPolicy, JobState};
+use fake::{cancel, start, Scenario, Shared, AMD64, INDEX, SKIPPED_WARNING};
 use uuid::Uuid;
+
 fn sample_context() -> tempfile::TempDir {
     let dir = tempfile::tempdir().unwrap();
     std::fs::write(dir.path().join("Dockerfile"), "FROM scratch\nCOPY . /\n").unwrap();
@@ -18,25 +19,29 @@ fn sample_context() -> tempfile::TempDir {
 }
 
 async fn run(url: &str, extra: &[&str], ctx: &std::path::Path) -> Output {
+    run_platforms(url, &["--platform", "linux/amd64,s390x"], extra, ctx).await
+}
+
+async fn run_platforms(
+    url: &str,
+    platforms: &[&str],
+    extra: &[&str],
+    ctx: &std::path::Path,
+) -> Output {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_archfarm"));
-    cmd.args([
-        "build",
-        "--coordinator",
-        url,
-        "--platform",
-        "linux/amd64,s390x",
-    ])
-    .args([
-        "-t",
-        "localhost:5000/team/app:1",
-        "-t",
-        "localhost:5000/team/app:latest",
-    ])
-    .args(extra)
-    .arg(ctx)
-    .env_remove("ARCHFARM_COORDINATOR")
-    .env_remove("ARCHFARM_TOKEN")
-    .env("FROM_ENV", "env-value");
+    cmd.args(["build", "--coordinator", url])
+        .args(platforms)
+        .args([
+            "-t",
+            "localhost:5000/team/app:1",
+            "-t",
+            "localhost:5000/team/app:latest",
+        ])
+        .args(extra)
+        .arg(ctx)
+        .env_remove("ARCHFARM_COORDINATOR")
+        .env_remove("ARCHFARM_TOKEN")
+        .env("FROM_ENV", "env-value");
     tokio::task::spawn_blocking(move || cmd.output().unwrap())
         .await
         .unwrap()
@@ -393,4 +398,155 @@ async fn cancel_of_an_ended_or_stitching_job() {
         text(&out.stdout),
         format!("job {id} had already ended: failed\n")
     );
+}
+
+/// Runs `archfarm ARGS` against `url`.
+async fn archfarm(url: &str, args: &[&str]) -> Output {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_archfarm"));
+    cmd.args(args)
+        .env("ARCHFARM_COORDINATOR", url)
+        .env_remove("ARCHFARM_TOKEN");
+    tokio::task::spawn_blocking(move || cmd.output().unwrap())
+        .await
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn skipped_optional_platform_warns_and_still_prints_the_digest() {
+    let (url, state) = start(Scenario::OptionalSkipped, None).await;
+    let ctx = sample_context();
+    let out = run_platforms(
+        &url,
+        &["--platform", "linux/amd64", "--optional-platform", "s390x"],
+        &[
+            "--emulation",
+            "prefer-native=10m",
+            "--timeout",
+            "1h30m",
+            "--progress",
+            "plain",
+        ],
+        ctx.path(),
+    )
+    .await;
+    let (stdout, stderr) = (text(&out.stdout), text(&out.stderr));
+    assert_eq!(out.status.code(), Some(0), "stderr: {stderr}");
+    assert_eq!(stdout, format!("{INDEX}\n"), "only the digest on stdout");
+    for want in [
+        "(optional: linux/s390x) -> localhost:5000/team/app:1",
+        "[linux/s390x] queued (optional)",
+        "[linux/amd64] building on box-1 (native): box-1 builds linux/amd64 natively and had a free slot",
+        "[linux/amd64] attempt 1 on box-1 ended: box-1 missed 3 heartbeats",
+        "[linux/amd64] building on box-2 (native) (attempt 2): box-2 builds linux/amd64 natively",
+        "[linux/s390x] skipped (optional): no online agent can build linux/s390x",
+        &format!("[linux/amd64] succeeded {AMD64}"),
+    ] {
+        assert!(stderr.contains(want), "want {want:?} in stderr:\n{stderr}");
+    }
+    // The warning comes once, as the last thing on stderr (after the index was pushed).
+    let warning = format!("warning: {SKIPPED_WARNING}");
+    assert_eq!(stderr.matches(&warning).count(), 1, "{stderr}");
+    assert_eq!(stderr.lines().last(), Some(warning.as_str()), "{stderr}");
+    assert_eq!(
+        stderr.matches("box-1 builds linux/amd64 natively").count(),
+        1,
+        "a decision is shown once: {stderr}"
+    );
+    let id = {
+        let f = state.lock().unwrap();
+        let req = f.request.as_ref().unwrap();
+        assert_eq!(req.platforms, ["linux/amd64"]);
+        assert_eq!(req.optional_platforms, ["linux/s390x"]);
+        assert_eq!(req.timeout_secs, Some(5400));
+        assert_eq!(
+            req.emulation,
+            EmulationPolicy::PreferNative(std::time::Duration::from_secs(600))
+        );
+        f.job.as_ref().unwrap().id.to_string()
+    };
+
+    // `archfarm job ID` shows the optional platform, the warning, decisions and attempts.
+    let out = archfarm(&url, &["job", &id]).await;
+    let stdout = text(&out.stdout);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    for want in [
+        "platforms  linux/amd64\n",
+        "optional   linux/s390x\n",
+        "emulation  prefer-native=10m\n",
+        "timeout    1h30m\n",
+        &format!("warning    {SKIPPED_WARNING}\n"),
+        &format!("linux/amd64  succeeded  box-2  native  2         {AMD64}"),
+        "linux/amd64: decision: box-2 builds linux/amd64 natively and had a free slot\n",
+        "linux/s390x: skipped (optional): no online agent can build linux/s390x\n",
+    ] {
+        assert!(stdout.contains(want), "want {want:?} in:\n{stdout}");
+    }
+
+    // Quiet: no progress, but the warning still shows.
+    let (url, _state) = start(Scenario::OptionalSkipped, None).await;
+    let out = run_platforms(
+        &url,
+        &["--platform", "amd64", "--optional-platform", "s390x"],
+        &["--progress", "quiet"],
+        ctx.path(),
+    )
+    .await;
+    let stderr = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{stderr}");
+    assert_eq!(stderr, format!("{warning}\n"));
+    assert_eq!(text(&out.stdout), format!("{INDEX}\n"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn agents_drain_by_name() {
+    let (url, state) = start(Scenario::Hang, Some("tok")).await;
+    let out = archfarm(&url, &["agents", "drain", "pi-4", "--token", "tok"]).await;
+    let stderr = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{stderr}");
+    assert_eq!(
+        text(&out.stdout),
+        "agent pi-4 is draining: it finishes its 1 running build and then leaves\n"
+    );
+    {
+        let f = state.lock().unwrap();
+        let pi = f.agents.iter().find(|a| a.name == "pi-4").unwrap();
+        assert_eq!(f.drained, [pi.id], "drained by its id");
+        assert_eq!(pi.state, AgentState::Draining);
+    }
+    let out = archfarm(&url, &["agents", "--token", "tok"]).await;
+    let stdout = text(&out.stdout);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    assert!(
+        stdout.contains("pi-4  draining  linux/arm64  linux/s390x  1/2"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("nuc   online    linux/amd64  -"),
+        "{stdout}"
+    );
+
+    let out = archfarm(&url, &["agents", "drain", "nuc", "--token", "tok"]).await;
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stdout).starts_with("agent nuc is draining: it has no running builds"),
+        "{}",
+        text(&out.stdout)
+    );
+
+    // An unknown name is refused with the names there are, and nothing is drained.
+    let out = archfarm(&url, &["agents", "drain", "pi-5", "--token", "tok"]).await;
+    let stderr = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert_eq!(
+        stderr,
+        "error: no agent named 'pi-5'; the agents are: pi-4, nuc\n"
+    );
+    assert!(text(&out.stdout).is_empty());
+    assert_eq!(state.lock().unwrap().drained.len(), 2);
+
+    // A wrong token is the coordinator's 401, with the hint.
+    let out = archfarm(&url, &["agents", "drain", "pi-4", "--token", "bad"]).await;
+    let stderr = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains("--token or ARCHFARM_TOKEN"), "{stderr}");
 }

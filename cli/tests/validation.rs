@@ -141,6 +141,79 @@ fn bad_build_arg() {
 }
 
 #[test]
+fn emulation_policy_values() {
+    let ctx = good_context();
+    let with = |extra: &[&str]| {
+        let mut args = OK.to_vec();
+        args.extend_from_slice(extra);
+        build(ctx.path(), &args)
+    };
+    let r = with(&["--emulation", "always"]);
+    assert_usage(r.clone(), "unknown emulation policy 'always'");
+    assert_usage(r, "fallback, never, prefer-native=DURATION");
+    assert_usage(
+        with(&["--emulation", "prefer-native=soon"]),
+        "'soon' is not a duration: use e.g. 90s, 10m, 1h30m",
+    );
+    // Good values get past validation (to the closed port).
+    for good in [
+        "never",
+        "fallback",
+        "prefer-native=10m",
+        "prefer-native=1h30m",
+    ] {
+        let (code, _, stderr) = with(&["--emulation", good]);
+        assert_eq!(code, 1, "{good}: {stderr}");
+        assert!(stderr.contains("cannot reach the coordinator"), "{stderr}");
+    }
+}
+
+#[test]
+fn timeout_values() {
+    let ctx = good_context();
+    let with = |extra: &[&str]| {
+        let mut args = OK.to_vec();
+        args.extend_from_slice(extra);
+        build(ctx.path(), &args)
+    };
+    assert_usage(
+        with(&["--timeout", "2d"]),
+        "'2d' is not a duration: use e.g. 90s, 10m, 1h30m",
+    );
+    assert_usage(with(&["--timeout", "0s"]), "a job needs more than 0s");
+    let (code, _, stderr) = with(&["--timeout", "90m"]);
+    assert_eq!(code, 1, "{stderr}");
+}
+
+#[test]
+fn optional_platforms() {
+    let ctx = good_context();
+    let with = |extra: &[&str]| {
+        let mut args = OK.to_vec();
+        args.extend_from_slice(extra);
+        build(ctx.path(), &args)
+    };
+    let r = with(&["--optional-platform", "s390x,sparc"]);
+    assert_usage(r.clone(), "--optional-platform: unknown platform 'sparc'");
+    assert_usage(r, "accepted: linux/amd64");
+    // Any spelling of a required platform counts as that platform.
+    for both in ["x86_64", "linux/s390x,amd64"] {
+        assert_usage(
+            with(&["--optional-platform", both]),
+            "error: platform linux/amd64 is both required (--platform) and optional (--optional-platform)",
+        );
+    }
+    let (code, _, stderr) = with(&[
+        "--optional-platform",
+        "s390x",
+        "--optional-platform",
+        "riscv64,s390x",
+    ]);
+    assert_eq!(code, 1, "{stderr}");
+    assert!(stderr.contains("cannot reach the coordinator"), "{stderr}");
+}
+
+#[test]
 fn bad_coordinator_url() {
     let ctx = good_context();
     let mut args = vec!["build", "--coordinator", "farm:8080"];
@@ -192,6 +265,7 @@ fn other_commands_report_unreachable() {
     for cmd in [
         vec!["jobs"],
         vec!["agents"],
+        vec!["agents", "drain", "pi-4"],
         vec!["job", "6f1e2d3c-0000-4000-8000-000000000001"],
         vec!["cancel", "6f1e2d3c-0000-4000-8000-000000000001"],
     ] {

@@ -66,6 +66,11 @@ pub struct Config {
     #[arg(long, env = "ARCHFARM_MAX_ATTEMPTS", default_value_t = 3)]
     pub max_attempts: i64,
 
+    /// How long stitching keeps retrying a registry that is down or answering 5xx/429, in seconds;
+    /// the job waits in `stitching` meanwhile. Default: 600.
+    #[arg(long, env = "ARCHFARM_STITCH_RETRY_SECS", default_value_t = 600)]
+    pub stitch_retry_secs: u64,
+
     /// Seconds without a call after which an agent counts as offline. Default: 60.
     #[arg(long, env = "ARCHFARM_AGENT_OFFLINE_SECS", default_value_t = 60)]
     pub agent_offline_secs: u64,

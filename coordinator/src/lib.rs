@@ -142,6 +142,9 @@ async fn reap_leases(state: AppState) {
         if let Err(e) = state.scheduler.reap_expired().await {
             tracing::error!(error = %e, "lease reaper pass failed");
         }
+        if let Err(e) = progress::expire_jobs(&state).await {
+            tracing::error!(error = %e, "job time limit pass failed");
+        }
         passes += 1;
         if passes.is_multiple_of(10) {
             if let Err(e) = progress::reconcile(&state).await {

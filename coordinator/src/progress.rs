@@ -1,59 +1,147 @@
-//! Moving a job on when its builds finish: into stitching, and from there to its end.
+//! Moving a job on as its builds finish: into stitching (leaving out optional platforms that failed
+//! or that nobody can build), and from there to its end.
 
 use std::time::Duration;
 
-use archfarm_protocol::api::{BuildState, JobState};
+use archfarm_protocol::api::{BuildState, EmulationPolicy, JobState};
+use archfarm_protocol::duration::format_duration;
 use uuid::Uuid;
 
 use crate::stitch::{self, StitchError};
-use crate::store::StoreResult;
+use crate::store::{BuildRow, JobRow, StoreResult};
 use crate::AppState;
 
-/// Tries a transient registry failure this many times before the job fails.
-const STITCH_TRIES: u32 = 4;
+/// Longest pause between two stitching attempts while the registry is away.
+const MAX_STITCH_BACKOFF: Duration = Duration::from_secs(10);
 
-/// Called after a build succeeded: when it was the job's last one, start stitching.
-pub async fn after_build_succeeded(state: &AppState, job_id: Uuid) -> StoreResult<()> {
-    let builds = state.store.builds_of_job(job_id).await?;
-    if builds.iter().all(|b| b.state == BuildState::Succeeded)
-        && state
-            .store
-            .transition_job(
-                job_id,
-                &[JobState::Queued, JobState::Building],
-                JobState::Stitching,
-            )
-            .await?
-    {
-        spawn_stitch(state.clone(), job_id);
+/// Moves a job on after one of its builds changed: fails it when a required build failed; once
+/// every required build succeeded, resolves the optional ones and starts stitching.
+pub async fn advance(state: &AppState, job_id: Uuid) -> StoreResult<()> {
+    let Some(job) = state.store.get_job(job_id).await? else {
+        return Ok(());
+    };
+    if !matches!(job.state, JobState::Queued | JobState::Building) {
+        return Ok(());
     }
-    Ok(())
-}
-
-/// Finishes what a crash between two writes left half done: a job whose build failed but which
-/// was not failed itself, and a job whose builds all succeeded but which never began stitching.
-pub async fn reconcile(state: &AppState) -> StoreResult<()> {
-    for (job_id, platform, error) in state.store.jobs_with_failed_builds().await? {
+    let builds = state.store.builds_of_job(job_id).await?;
+    if let Some(failed) = builds
+        .iter()
+        .find(|b| !b.optional && b.state == BuildState::Failed)
+    {
         let error = format!(
-            "{platform}: {}",
-            error.unwrap_or_else(|| "the build failed".into())
+            "{}: {}",
+            failed.platform,
+            failed.error.as_deref().unwrap_or("the build failed")
         );
         if state
             .store
             .end_job(job_id, JobState::Failed, &error)
             .await?
         {
-            tracing::warn!(job.id = %job_id, error, "job failed (reconciled)");
+            tracing::warn!(job.id = %job_id, error, "job failed");
+        }
+        return Ok(());
+    }
+    if builds
+        .iter()
+        .any(|b| !b.optional && b.state != BuildState::Succeeded)
+    {
+        return Ok(());
+    }
+    for build in builds.iter().filter(|b| b.optional) {
+        match build.state {
+            BuildState::Succeeded => {}
+            BuildState::Building => return Ok(()),
+            BuildState::Queued => match unservable_reason(state, &job, build).await? {
+                None => return Ok(()),
+                Some(reason) => {
+                    if state.store.skip_build(build.id, &reason).await? {
+                        warn_left_out(state, &job, build, &reason).await?;
+                    }
+                }
+            },
+            BuildState::Failed | BuildState::Cancelled => {
+                let reason = build
+                    .error
+                    .clone()
+                    .unwrap_or_else(|| "it did not finish".into());
+                warn_left_out(state, &job, build, &reason).await?;
+            }
         }
     }
-    for job_id in state.store.jobs_ready_to_stitch().await? {
+    if state
+        .store
+        .transition_job(
+            job_id,
+            &[JobState::Queued, JobState::Building],
+            JobState::Stitching,
+        )
+        .await?
+    {
+        spawn_stitch(state.clone(), job_id);
+    }
+    Ok(())
+}
+
+/// Why no agent will take a queued optional build, or None while one still may.
+async fn unservable_reason(
+    state: &AppState,
+    job: &JobRow,
+    build: &BuildRow,
+) -> StoreResult<Option<String>> {
+    let online = state
+        .store
+        .online_agents(state.scheduler.online_since())
+        .await?;
+    let mut capable = online.iter().filter(|a| !a.draining);
+    let servable = capable.any(|a| {
+        a.native.contains(&build.platform)
+            || (a.emulated.contains(&build.platform) && job.emulation != EmulationPolicy::Never)
+    });
+    Ok((!servable).then(|| format!("no online agent can build {}", build.platform)))
+}
+
+async fn warn_left_out(
+    state: &AppState,
+    job: &JobRow,
+    build: &BuildRow,
+    reason: &str,
+) -> StoreResult<()> {
+    let warning = format!(
+        "optional platform {} left out of the index: {reason}",
+        build.platform
+    );
+    tracing::warn!(job.id = %job.id, warning, "optional platform left out");
+    state.store.add_job_warning(job.id, &warning).await
+}
+
+/// Finishes what a crash or a change in the fleet left pending: jobs whose required build failed,
+/// jobs whose builds are all done but which never began stitching, and optional builds nobody can
+/// take any more.
+pub async fn reconcile(state: &AppState) -> StoreResult<()> {
+    for (job_id, _, _) in state.store.jobs_with_failed_builds().await? {
+        advance(state, job_id).await?;
+    }
+    for job in state.store.jobs_in_state(JobState::Building).await? {
+        advance(state, job.id).await?;
+    }
+    Ok(())
+}
+
+/// Fails the jobs past their time limit; their running builds learn it on their next heartbeat.
+pub async fn expire_jobs(state: &AppState) -> StoreResult<()> {
+    for job in state.store.timed_out_jobs(state.scheduler.now()).await? {
+        let limit = format_duration(Duration::from_secs(job.timeout_secs.max(0) as u64));
         if state
             .store
-            .transition_job(job_id, &[JobState::Building], JobState::Stitching)
+            .end_job(
+                job.id,
+                JobState::Failed,
+                &format!("timed out after {limit}"),
+            )
             .await?
         {
-            tracing::info!(job.id = %job_id, "stitching (reconciled)");
-            spawn_stitch(state.clone(), job_id);
+            tracing::warn!(job.id = %job.id, limit, "job timed out");
         }
     }
     Ok(())
@@ -80,18 +168,32 @@ async fn stitch_job(state: &AppState, job_id: Uuid) -> StoreResult<()> {
     if job.state != JobState::Stitching {
         return Ok(());
     }
-    let builds = state.store.builds_of_job(job_id).await?;
+    let builds: Vec<BuildRow> = state
+        .store
+        .builds_of_job(job_id)
+        .await?
+        .into_iter()
+        .filter(|b| b.state == BuildState::Succeeded)
+        .collect();
     let client = stitch::client_for(&job.registry, state.config.is_insecure(&job.registry));
     let started = std::time::Instant::now();
+    let deadline = started + Duration::from_secs(state.config.stitch_retry_secs);
     let mut delay = Duration::from_millis(500);
-    let mut tries = 0;
     let outcome = loop {
-        tries += 1;
         match stitch::stitch(&client, &job, &builds).await {
-            Err(e @ StitchError::Registry { .. }) if tries < STITCH_TRIES => {
-                tracing::warn!(job.id = %job_id, error = %e, tries, "stitching failed; retrying");
-                tokio::time::sleep(delay).await;
-                delay *= 2;
+            Err(
+                e @ StitchError::Registry {
+                    transient: true, ..
+                },
+            ) if std::time::Instant::now() < deadline => {
+                // The job stays in `stitching` while the registry is away; jitter spreads the
+                // retries of many jobs waiting on the same registry.
+                let jitter =
+                    Duration::from_millis(u64::from(uuid::Uuid::new_v4().as_bytes()[0]) * 4);
+                tracing::warn!(job.id = %job_id, error = %e, retry_in_ms = (delay + jitter).as_millis() as u64,
+                    "registry unavailable while stitching; retrying");
+                tokio::time::sleep(delay + jitter).await;
+                delay = (delay * 2).min(MAX_STITCH_BACKOFF);
             }
             other => break other,
         }

@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use archfarm_protocol::Platform;
 use oci_client::client::{ClientConfig, ClientProtocol};
+use oci_client::errors::OciDistributionError;
 use oci_client::manifest::{
     ImageIndexEntry, OciImageIndex, OciImageManifest, Platform as OciPlatform,
     IMAGE_MANIFEST_LIST_MEDIA_TYPE, IMAGE_MANIFEST_MEDIA_TYPE, OCI_IMAGE_INDEX_MEDIA_TYPE,
@@ -33,6 +34,8 @@ pub enum StitchError {
         registry: String,
         /// What went wrong.
         message: String,
+        /// Whether trying again later may help (connection refused, timeouts, 5xx, 429).
+        transient: bool,
     },
     /// The pushed manifest is not what the agent reported.
     #[error("{platform}: the pushed manifest {digest} {problem}")]
@@ -92,8 +95,9 @@ pub async fn stitch(
     job: &JobRow,
     builds: &[BuildRow],
 ) -> Result<Stitched, StitchError> {
-    let registry_err = |e: oci_client::errors::OciDistributionError| StitchError::Registry {
+    let registry_err = |e: OciDistributionError| StitchError::Registry {
         registry: job.registry.clone(),
+        transient: is_transient(&e),
         message: e.to_string(),
     };
     let auth = RegistryAuth::Anonymous;
@@ -170,6 +174,7 @@ pub async fn stitch(
         let reference: Reference = tag.parse().map_err(|e| StitchError::Registry {
             registry: job.registry.clone(),
             message: format!("tag '{tag}' does not parse: {e}"),
+            transient: false,
         })?;
         client
             .store_auth_if_needed(reference.resolve_registry(), &auth)
@@ -187,6 +192,21 @@ pub async fn stitch(
         digest,
         media_type: media_type.to_string(),
     })
+}
+
+/// Whether a registry failure may go away by itself: the registry is down or overloaded, as
+/// opposed to refusing the request (401, 404, an invalid manifest), which retrying cannot fix.
+pub fn is_transient(e: &OciDistributionError) -> bool {
+    match e {
+        OciDistributionError::RequestError(r) => {
+            r.is_connect() || r.is_timeout() || r.is_request() || r.is_body()
+        }
+        OciDistributionError::ServerError { code, .. } => {
+            *code >= 500 || *code == 429 || *code == 408
+        }
+        OciDistributionError::IoError(_) => true,
+        _ => false,
+    }
 }
 
 /// The index document: a Docker manifest list when every child is a Docker v2 manifest (older

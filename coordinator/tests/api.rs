@@ -521,3 +521,183 @@ async fn a_second_machine_cannot_take_an_online_agents_name() {
     assert_eq!(register(first).await.unwrap().status(), StatusCode::OK);
     c.stop().await;
 }
+
+#[tokio::test]
+async fn a_drained_agent_takes_no_work_and_leaves() {
+    let c = Coordinator::start(&[]).await;
+    let pi = c.register("pi", &["linux/arm64"], &[]).await;
+    let res = c
+        .http
+        .post(c.url(&format!("/agents/{}/drain", pi.agent_id)))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), StatusCode::OK);
+    let agent: Value = res.json().await.unwrap();
+    assert_eq!(agent["state"], "draining");
+    let res = c
+        .http
+        .post(c.url(&format!("/agents/{}/lease", pi.agent_id)))
+        .bearer_auth(&pi.token)
+        .json(&json!({"wait_secs": 1}))
+        .send()
+        .await
+        .unwrap();
+    let (status, e) = error_of(res).await;
+    assert_eq!(
+        (status, e.code.as_str()),
+        (StatusCode::CONFLICT, "draining")
+    );
+    let res = c
+        .http
+        .post(c.url(&format!("/agents/{}/deregister", pi.agent_id)))
+        .bearer_auth(&pi.token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), StatusCode::NO_CONTENT);
+    let agents: Value = c
+        .http
+        .get(c.url("/agents"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(agents["agents"], json!([]));
+    c.stop().await;
+}
+
+#[tokio::test]
+async fn an_optional_platform_nobody_can_build_is_left_out_with_a_warning() {
+    // No registry runs here, so stitching fails after its short retry window; what matters is
+    // that the job got there without the optional platform, and says so.
+    let c = Coordinator::start(&["--stitch-retry-secs", "1"]).await;
+    let ctx = c.upload(&[("Dockerfile", "FROM scratch\n")]).await;
+    let amd = c.register("amd", &["linux/amd64"], &[]).await;
+    let res = c
+        .http
+        .post(c.url("/jobs"))
+        .json(&json!({"context": ctx, "platforms": ["linux/amd64"], "optional_platforms": ["linux/riscv64"],
+            "tags": ["127.0.0.1:9/app:1"]}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), StatusCode::CREATED);
+    let job: Job = res.json().await.unwrap();
+    assert_eq!(job.platforms.len(), 2);
+    assert!(job.builds[1].optional);
+    let lease = c.lease(&amd).await.expect("amd64 is leased");
+    let digest = format!("sha256:{}", "d".repeat(64));
+    let done = json!({"lease_token": lease.lease_token, "digest": digest,
+        "media_type": "application/vnd.oci.image.manifest.v1+json", "size": 10});
+    assert_eq!(
+        c.report(&amd, lease.build_id, "complete", done)
+            .await
+            .status(),
+        StatusCode::NO_CONTENT
+    );
+    let job = c.job(job.id).await;
+    assert_eq!(job.builds[1].state.as_str(), "cancelled");
+    assert_eq!(
+        job.builds[1].error.as_deref(),
+        Some("no online agent can build linux/riscv64")
+    );
+    assert_eq!(job.warnings, ["optional platform linux/riscv64 left out of the index: no online agent can build linux/riscv64"]);
+    assert!(
+        matches!(job.state, JobState::Stitching | JobState::Failed),
+        "{:?}",
+        job.state
+    );
+    c.stop().await;
+}
+
+#[tokio::test]
+async fn a_job_past_its_time_limit_fails_and_tells_its_builds_to_stop() {
+    let c = Coordinator::start(&[]).await;
+    let ctx = c.upload(&[("Dockerfile", "FROM scratch\n")]).await;
+    let amd = c.register("amd", &["linux/amd64"], &[]).await;
+    let res = c
+        .http
+        .post(c.url("/jobs"))
+        .json(&json!({"context": ctx, "platforms": ["linux/amd64"], "tags": ["localhost:5000/app:1"], "timeout_secs": 1}))
+        .send()
+        .await
+        .unwrap();
+    let job: Job = res.json().await.unwrap();
+    assert_eq!(job.timeout_secs, 1);
+    let lease = c.lease(&amd).await.expect("leased");
+    // The reaper checks time limits every second; poll the job rather than sleeping a fixed time.
+    let mut ended = c.job(job.id).await;
+    for _ in 0..100 {
+        if ended.state.is_terminal() {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        ended = c.job(job.id).await;
+    }
+    assert_eq!(ended.state, JobState::Failed);
+    assert_eq!(ended.error.as_deref(), Some("timed out after 1s"));
+    let hb: Value = c
+        .report(
+            &amd,
+            lease.build_id,
+            "heartbeat",
+            json!({"lease_token": lease.lease_token}),
+        )
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(hb["cancel"], true);
+    c.stop().await;
+}
+
+#[tokio::test]
+async fn variants_match_after_normalisation() {
+    // An arm64 board that also runs 32-bit code declares both, in any accepted spelling.
+    let c = Coordinator::start(&[]).await;
+    let ctx = c.upload(&[("Dockerfile", "FROM scratch\n")]).await;
+    let board = c.register("board", &["linux/arm64/v8", "armhf"], &[]).await;
+    let res = c
+        .http
+        .post(c.url("/jobs"))
+        .json(&json!({"context": ctx, "platforms": ["linux/arm/v7", "aarch64"], "tags": ["localhost:5000/app:1"]}))
+        .send()
+        .await
+        .unwrap();
+    let job: Job = res.json().await.unwrap();
+    assert_eq!(
+        job.platforms
+            .iter()
+            .map(ToString::to_string)
+            .collect::<Vec<_>>(),
+        ["linux/arm/v7", "linux/arm64"]
+    );
+    let first = c.lease(&board).await.expect("arm/v7 goes to the board");
+    assert_eq!(first.platform.to_string(), "linux/arm/v7");
+    assert_eq!(first.mode.as_str(), "native");
+    // Capacity 1: the arm64 build waits until the first is done.
+    assert!(c.lease(&board).await.is_none());
+    let job = c.job(job.id).await;
+    assert!(
+        job.builds[1]
+            .waiting
+            .as_deref()
+            .unwrap_or("")
+            .contains("board"),
+        "{:?}",
+        job.builds[1].waiting
+    );
+    assert!(
+        job.builds[0]
+            .decision
+            .as_deref()
+            .unwrap_or("")
+            .starts_with("native"),
+        "{:?}",
+        job.builds[0].decision
+    );
+    c.stop().await;
+}

@@ -3,16 +3,23 @@
 //! CI clients: `PUT/HEAD/GET /contexts/{digest}`, `POST /jobs`, `GET /jobs`, `GET /jobs/{id}`,
 //! `POST /jobs/{id}/cancel` (200 with the job, also when it had already ended; 409 `job_stitching`
 //! while its index is being pushed), `GET /agents`, `GET /builds/{id}/log?offset=N`.
-//! Agents: `POST /agents/register`, `POST /agents/{id}/lease`, `POST /builds/{id}/{heartbeat,log,complete,fail}`.
+//! Agents: `POST /agents/register`, `POST /agents/{id}/lease` (409 `draining` once the agent is
+//! draining: finish running builds, then `POST /agents/{id}/deregister`),
+//! `POST /builds/{id}/{heartbeat,log,complete,fail}`.
+//! Either side: `POST /agents/{id}/drain` (a CI client's token or the agent's own).
 //! Every error is an [`ErrorResponse`] with a 4xx or 5xx status.
 
 use std::collections::BTreeMap;
 use std::fmt;
 
+use std::str::FromStr;
+use std::time::Duration;
+
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
+use crate::duration::{format_duration, parse_duration};
 use crate::{Digest, Platform};
 
 /// Path prefix of every API route.
@@ -33,25 +40,61 @@ pub struct ErrorResponse {
     pub message: String,
 }
 
-/// When a platform may be built under QEMU emulation.
-#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, PartialEq, Eq)]
-#[serde(rename_all = "kebab-case")]
+/// When a platform may be built under QEMU emulation. Written as `fallback`, `never` or
+/// `prefer-native=DURATION` (e.g. `prefer-native=10m`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub enum EmulationPolicy {
-    /// Emulate only when no online agent has the platform natively (the default).
+    /// Emulate when no online agent has the platform natively, or when its native agents are busy
+    /// and the recorded build times say emulation would finish first (the default).
     #[default]
     Fallback,
     /// Never emulate; the build waits for a native agent.
     Never,
+    /// Wait at most this long for a native agent, then emulate (ignoring the estimates).
+    PreferNative(Duration),
 }
 
 impl fmt::Display for EmulationPolicy {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(match self {
-            EmulationPolicy::Fallback => "fallback",
-            EmulationPolicy::Never => "never",
-        })
+        match self {
+            EmulationPolicy::Fallback => f.write_str("fallback"),
+            EmulationPolicy::Never => f.write_str("never"),
+            EmulationPolicy::PreferNative(d) => write!(f, "prefer-native={}", format_duration(*d)),
+        }
     }
 }
+
+impl FromStr for EmulationPolicy {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s.trim() {
+            "fallback" => Ok(EmulationPolicy::Fallback),
+            "never" => Ok(EmulationPolicy::Never),
+            other => match other.strip_prefix("prefer-native=") {
+                Some(d) => parse_duration(d).map(EmulationPolicy::PreferNative),
+                None => Err(format!(
+                    "unknown emulation policy '{other}': accepted are fallback, never, prefer-native=DURATION (e.g. prefer-native=10m)"
+                )),
+            },
+        }
+    }
+}
+
+impl Serialize for EmulationPolicy {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+impl<'de> Deserialize<'de> for EmulationPolicy {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        s.parse().map_err(serde::de::Error::custom)
+    }
+}
+
+/// How long a job may take before it fails as timed out, unless it says otherwise.
+pub const DEFAULT_JOB_TIMEOUT_SECS: u64 = 2 * 60 * 60;
 
 fn default_dockerfile() -> String {
     "Dockerfile".to_string()
@@ -79,6 +122,13 @@ pub struct JobRequest {
     /// Emulation policy (default `fallback`).
     #[serde(default)]
     pub emulation: EmulationPolicy,
+    /// Platforms built when possible: one that fails, or that no agent can take, is left out of the
+    /// index with a warning instead of failing the job.
+    #[serde(default)]
+    pub optional_platforms: Vec<String>,
+    /// Seconds after which the job fails as timed out (default [`DEFAULT_JOB_TIMEOUT_SECS`]).
+    #[serde(default)]
+    pub timeout_secs: Option<u64>,
 }
 
 /// The life of a job.
@@ -257,6 +307,12 @@ pub struct Job {
     pub target: Option<String>,
     /// Emulation policy.
     pub emulation: EmulationPolicy,
+    /// Platforms that may be left out (also listed in `platforms`).
+    pub optional_platforms: Vec<Platform>,
+    /// Seconds after which the job fails as timed out.
+    pub timeout_secs: u64,
+    /// Things the user should know about a job that succeeded, e.g. an optional platform left out.
+    pub warnings: Vec<String>,
     /// When the job was submitted.
     pub created_at: DateTime<Utc>,
     /// When the job last changed.
@@ -292,6 +348,10 @@ pub struct Build {
     pub error: Option<String>,
     /// While queued: why no agent has taken it yet.
     pub waiting: Option<String>,
+    /// Whether the platform is optional.
+    pub optional: bool,
+    /// Why the current or last lease went to a native or an emulating agent.
+    pub decision: Option<String>,
     /// When the build was created.
     pub created_at: DateTime<Utc>,
     /// When the current attempt was leased.
@@ -313,8 +373,10 @@ pub struct JobList {
 pub enum AgentState {
     /// Seen recently.
     Online,
-    /// Not seen for longer than the offline threshold.
+    /// Not seen for longer than the offline threshold, or its lease lapsed.
     Offline,
+    /// Finishing its running builds and taking no new ones.
+    Draining,
 }
 
 /// An agent as the API shows it.

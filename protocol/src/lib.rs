@@ -6,6 +6,7 @@
 //! * [`api`]: the JSON bodies of the coordinator's HTTP API, for CI clients and agents alike.
 
 pub mod api;
+pub mod duration;
 pub mod platform;
 pub mod reference;
 pub mod secret;

@@ -1,12 +1,14 @@
 //! The `archfarm-agent` binary, registered with a [`Coordinator`].
 
+use std::path::PathBuf;
 use std::process::{Command, ExitStatus};
 use std::time::Duration;
 
 use archfarm_protocol::api::AgentState;
+use rustix::process::Signal;
 
 use crate::coordinator::Coordinator;
-use crate::process::{bin_path, clean_env, wait_until, Daemon, Scratch};
+use crate::process::{bin_path, clean_env, processes_of, wait_until, Daemon, ProcessInfo, Scratch};
 
 /// How long an agent may take to show up in `GET /api/v1/agents`.
 const REGISTER_TIMEOUT: Duration = Duration::from_secs(60);
@@ -72,25 +74,18 @@ pub struct Agent {
     // Field order is drop order: stop the agent and its builds before deleting its storage.
     daemon: Daemon,
     name: String,
-    _dir: Scratch,
+    /// What it was started with, so a restart is the same agent (name, work dir, flags).
+    opts: AgentOptions,
+    /// Coordinator URL and join token it was started with.
+    coordinator: (String, String),
+    dir: Scratch,
 }
 
 impl Agent {
     /// Starts an agent and waits until the coordinator lists it as online.
     pub fn start(coordinator: &Coordinator, opts: AgentOptions) -> Agent {
         let mut agent = Self::spawn(coordinator, opts);
-        let name = agent.name.clone();
-        wait_until(
-            REGISTER_TIMEOUT,
-            &format!("agent {name} to register"),
-            || {
-                agent.daemon.assert_running();
-                coordinator
-                    .agents()
-                    .iter()
-                    .any(|a| a.name == name && a.state == AgentState::Online)
-            },
-        );
+        agent.wait_online(coordinator);
         agent
     }
 
@@ -99,37 +94,83 @@ impl Agent {
         let dir = Scratch::new(&format!("agent-{}", opts.name));
         let token = opts
             .join_token
-            .as_deref()
-            .unwrap_or(coordinator.join_token());
-        let mut cmd = Command::new(bin_path("archfarm-agent"));
-        cmd.arg("--coordinator")
-            .arg(coordinator.url())
-            .arg("--join-token")
-            .arg(token)
-            .arg("--name")
-            .arg(&opts.name)
-            .arg("--work-dir")
-            .arg(dir.join("work"))
-            .arg("--capacity")
-            .arg(opts.capacity.to_string());
-        for platform in &opts.platforms {
-            cmd.arg("--platform").arg(platform);
-        }
-        if let Some(emulate) = &opts.emulate {
-            cmd.arg("--emulate").arg(emulate);
-        }
-        cmd.args(&opts.extra_args);
-        clean_env(&mut cmd);
-        let daemon = Daemon::spawn(
-            &format!("archfarm-agent {}", opts.name),
-            cmd,
-            dir.join("agent.log"),
-        );
+            .clone()
+            .unwrap_or_else(|| coordinator.join_token().to_string());
+        let target = (coordinator.url().to_string(), token);
+        let daemon = spawn_daemon(&opts, &target, &dir);
         Agent {
             daemon,
-            name: opts.name,
-            _dir: dir,
+            name: opts.name.clone(),
+            opts,
+            coordinator: target,
+            dir,
         }
+    }
+
+    /// Waits until the coordinator lists this agent as online.
+    pub fn wait_online(&mut self, coordinator: &Coordinator) {
+        let name = self.name.clone();
+        wait_until(
+            REGISTER_TIMEOUT,
+            &format!("agent {name} to register"),
+            || {
+                self.daemon.assert_running();
+                coordinator
+                    .agents()
+                    .iter()
+                    .any(|a| a.name == name && a.state == AgentState::Online)
+            },
+        );
+    }
+
+    /// SIGKILLs the agent's whole process group (the agent and the buildah it runs), as when its
+    /// machine dies, and reaps it.
+    pub fn kill(&mut self) {
+        self.daemon.kill();
+    }
+
+    /// Starts the agent again after [`Agent::kill`] (or [`Agent::stop`]): same name, flags and work
+    /// dir, so the same installation id. Does not wait for it to register.
+    pub fn restart(&mut self) {
+        self.daemon.kill();
+        self.daemon = spawn_daemon(&self.opts, &self.coordinator, &self.dir);
+    }
+
+    /// Stops the agent: SIGTERM to its process group, then SIGKILL after a grace period.
+    pub fn stop(&mut self) {
+        self.daemon.stop();
+    }
+
+    /// SIGSTOPs the agent's process group: it stays alive but silent, like a machine that hangs.
+    pub fn freeze(&mut self) {
+        self.daemon.signal(Signal::STOP);
+    }
+
+    /// SIGCONTs a frozen agent.
+    pub fn thaw(&mut self) {
+        self.daemon.signal(Signal::CONT);
+    }
+
+    /// True while the agent process runs (it may be frozen).
+    pub fn is_running(&mut self) -> bool {
+        self.daemon.exited().is_none()
+    }
+
+    /// The agent's process id (also its process group id).
+    pub fn pid(&self) -> u32 {
+        self.daemon.pid()
+    }
+
+    /// The `--work-dir` (buildah storage under `storage/`, builds under `builds/`).
+    pub fn work_dir(&self) -> PathBuf {
+        self.dir.join("work")
+    }
+
+    /// Processes working for this agent other than the agent itself: its descendants, its process
+    /// group, and anything whose command line, root or cwd is under its work dir (buildah and the
+    /// RUN step it chroots into), including orphans a killed agent left behind.
+    pub fn build_processes(&self) -> Vec<ProcessInfo> {
+        processes_of(self.daemon.pid(), &self.work_dir())
     }
 
     /// The agent's name.
@@ -152,4 +193,38 @@ impl Agent {
     pub fn log(&self) -> String {
         self.daemon.log()
     }
+
+    /// The last lines of the agent's log.
+    pub fn log_tail(&self, lines: usize) -> String {
+        self.daemon.log_tail(lines)
+    }
+}
+
+/// Starts the agent binary for `opts` against `(url, join token)` with its work dir in `dir`; the
+/// log is appended to, so a restarted agent's log follows its previous life.
+fn spawn_daemon(opts: &AgentOptions, target: &(String, String), dir: &Scratch) -> Daemon {
+    let mut cmd = Command::new(bin_path("archfarm-agent"));
+    cmd.arg("--coordinator")
+        .arg(&target.0)
+        .arg("--join-token")
+        .arg(&target.1)
+        .arg("--name")
+        .arg(&opts.name)
+        .arg("--work-dir")
+        .arg(dir.join("work"))
+        .arg("--capacity")
+        .arg(opts.capacity.to_string());
+    for platform in &opts.platforms {
+        cmd.arg("--platform").arg(platform);
+    }
+    if let Some(emulate) = &opts.emulate {
+        cmd.arg("--emulate").arg(emulate);
+    }
+    cmd.args(&opts.extra_args);
+    clean_env(&mut cmd);
+    Daemon::spawn(
+        &format!("archfarm-agent {}", opts.name),
+        cmd,
+        dir.join("agent.log"),
+    )
 }

@@ -2,7 +2,7 @@
 
 use std::fs::File;
 use std::path::PathBuf;
-use std::process::{Command, Output, Stdio};
+use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 use archfarm_protocol::api::{Agent, AgentList, Job, JobList};
@@ -28,6 +28,24 @@ pub struct CoordinatorOptions {
     pub extra_args: Vec<String>,
 }
 
+impl CoordinatorOptions {
+    /// Leases that lapse quickly: `--heartbeat-secs 1 --missed-heartbeats 3`, so a dead agent's
+    /// build is requeued about three seconds after its last heartbeat.
+    pub fn fast_leases() -> CoordinatorOptions {
+        CoordinatorOptions::default()
+            .arg("--heartbeat-secs")
+            .arg("1")
+            .arg("--missed-heartbeats")
+            .arg("3")
+    }
+
+    /// Adds one more command-line argument.
+    pub fn arg(mut self, arg: &str) -> Self {
+        self.extra_args.push(arg.to_string());
+        self
+    }
+}
+
 impl Default for CoordinatorOptions {
     fn default() -> Self {
         CoordinatorOptions {
@@ -44,6 +62,8 @@ pub struct Coordinator {
     // Field order is drop order: stop the process before deleting its data.
     daemon: Daemon,
     url: String,
+    /// `127.0.0.1:PORT`, kept so a restart binds the same port.
+    listen: String,
     opts: CoordinatorOptions,
     http: reqwest::blocking::Client,
     dir: Scratch,
@@ -59,57 +79,64 @@ impl Coordinator {
     pub fn start_with(opts: CoordinatorOptions) -> Coordinator {
         let dir = Scratch::new("coordinator");
         let http = crate::http_client();
-        let data_dir = dir.join("data");
         for attempt in 1..=3 {
             let listen = format!("127.0.0.1:{}", free_port());
-            let mut cmd = Command::new(bin_path("archfarm-coordinator"));
-            cmd.arg("--listen")
-                .arg(&listen)
-                .arg("--data-dir")
-                .arg(&data_dir)
-                .arg("--join-token")
-                .arg(&opts.join_token);
-            if let Some(token) = &opts.api_token {
-                cmd.arg("--api-token").arg(token);
-            }
-            cmd.args(&opts.extra_args);
-            clean_env(&mut cmd);
-            let mut daemon =
-                Daemon::spawn("archfarm-coordinator", cmd, dir.join("coordinator.log"));
-            let url = format!("http://{listen}");
-            let health = format!("{url}/healthz");
-            let mut exited = false;
-            wait_until(
-                READY_TIMEOUT,
-                &format!("the coordinator at {health}"),
-                || {
-                    if daemon.exited().is_some() {
-                        exited = true;
-                        return true;
+            match spawn_ready(&listen, &opts, &dir, &http) {
+                Ok(daemon) => {
+                    return Coordinator {
+                        daemon,
+                        url: format!("http://{listen}"),
+                        listen,
+                        opts,
+                        http,
+                        dir,
                     }
-                    http.get(&health)
-                        .send()
-                        .map(|r| r.status() == 200)
-                        .unwrap_or(false)
-                },
-            );
-            if !exited {
-                return Coordinator {
-                    daemon,
-                    url,
-                    opts,
-                    http,
-                    dir,
-                };
+                }
+                // Someone took the port between free_port() and the bind: try another one.
+                Err(mut daemon) => {
+                    if attempt < 3
+                        && daemon
+                            .log()
+                            .to_lowercase()
+                            .contains("address already in use")
+                    {
+                        continue;
+                    }
+                    daemon.assert_running();
+                }
             }
-            // Someone took the port between free_port() and the bind: try another one.
-            let log = daemon.log().to_lowercase();
-            if attempt < 3 && log.contains("address already in use") {
-                continue;
-            }
-            daemon.assert_running();
         }
         unreachable!("the coordinator either started or panicked")
+    }
+
+    /// SIGKILLs the coordinator (no chance to clean up, as on a power cut) and reaps it.
+    pub fn kill(&mut self) {
+        self.daemon.kill();
+    }
+
+    /// Starts the coordinator again on the same port, data directory, database and flags, after
+    /// [`Coordinator::kill`], and waits until it is healthy. Retries while the port is still busy.
+    pub fn start_again(&mut self) {
+        self.daemon.kill();
+        let deadline = Instant::now() + READY_TIMEOUT;
+        loop {
+            match spawn_ready(&self.listen, &self.opts, &self.dir, &self.http) {
+                Ok(daemon) => {
+                    self.daemon = daemon;
+                    return;
+                }
+                Err(mut daemon) => {
+                    let busy = daemon
+                        .log_tail(20)
+                        .to_lowercase()
+                        .contains("address already in use");
+                    if !busy || Instant::now() >= deadline {
+                        daemon.assert_running();
+                    }
+                    std::thread::sleep(Duration::from_millis(200));
+                }
+            }
+        }
     }
 
     /// `http://127.0.0.1:PORT`.
@@ -181,6 +208,87 @@ impl Coordinator {
         self.get_json::<AgentList>("/api/v1/agents").agents
     }
 
+    /// A build's log so far (`GET /api/v1/builds/{id}/log`); empty when it cannot be read.
+    pub fn build_log(&self, build: uuid::Uuid) -> String {
+        self.request(
+            reqwest::Method::GET,
+            &format!("/api/v1/builds/{build}/log?offset=0"),
+        )
+        .send()
+        .ok()
+        .filter(|r| r.status().is_success())
+        .and_then(|r| r.text().ok())
+        .unwrap_or_default()
+    }
+
+    /// One job, or None when the coordinator does not answer (e.g. while it restarts).
+    pub fn try_job(&self, id: uuid::Uuid) -> Option<Job> {
+        let resp = self
+            .request(reqwest::Method::GET, &format!("/api/v1/jobs/{id}"))
+            .send()
+            .ok()?;
+        if !resp.status().is_success() {
+            return None;
+        }
+        let body = resp.text().ok()?;
+        Some(
+            serde_json::from_str(&body)
+                .unwrap_or_else(|e| panic!("GET /api/v1/jobs/{id}: not a Job ({e}): {body}")),
+        )
+    }
+
+    /// Polls a job until `done` holds for it, returning that snapshot; panics with the last one
+    /// seen after `timeout`.
+    pub fn wait_job(
+        &self,
+        id: uuid::Uuid,
+        timeout: Duration,
+        what: &str,
+        mut done: impl FnMut(&Job) -> bool,
+    ) -> Job {
+        let mut last: Option<Job> = None;
+        let start = Instant::now();
+        loop {
+            if let Some(job) = self.try_job(id) {
+                if done(&job) {
+                    return job;
+                }
+                last = Some(job);
+            }
+            if start.elapsed() >= timeout {
+                panic!("timed out after {timeout:?} waiting for job {id}: {what}; last seen: {last:#?}");
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+
+    /// Polls a job until it is succeeded, failed or cancelled.
+    pub fn wait_terminal(&self, id: uuid::Uuid, timeout: Duration) -> Job {
+        self.wait_job(id, timeout, "a terminal state", |j| j.state.is_terminal())
+    }
+
+    /// `archfarm build --detach ARGS`: submits a job and returns its id (stdout's last line).
+    pub fn submit(&self, args: &[&str]) -> uuid::Uuid {
+        let mut all = vec!["build", "--detach"];
+        all.extend_from_slice(args);
+        let out = self.cli_timeout(&all, Duration::from_secs(120));
+        assert!(
+            out.status.success(),
+            "archfarm {} failed: {}",
+            all.join(" "),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let line = crate::last_line(&out.stdout);
+        line.parse().unwrap_or_else(|e| {
+            panic!("archfarm build --detach printed {line:?}, not a job id ({e})")
+        })
+    }
+
+    /// Starts `archfarm ARGS` against this coordinator in the background.
+    pub fn cli_background(&self, args: &[&str]) -> BackgroundCli {
+        BackgroundCli::spawn(&self.url, self.opts.api_token.as_deref(), args)
+    }
+
     /// Runs `archfarm ARGS` against this coordinator with [`CLI_TIMEOUT`].
     pub fn cli(&self, args: &[&str]) -> Output {
         self.cli_timeout(args, CLI_TIMEOUT)
@@ -192,56 +300,138 @@ impl Coordinator {
     }
 }
 
+/// Starts the coordinator binary on `listen` and waits for `/healthz`; the daemon is returned as the
+/// error when it exits first (its log says why).
+fn spawn_ready(
+    listen: &str,
+    opts: &CoordinatorOptions,
+    dir: &Scratch,
+    http: &reqwest::blocking::Client,
+) -> Result<Daemon, Daemon> {
+    let mut cmd = Command::new(bin_path("archfarm-coordinator"));
+    cmd.arg("--listen")
+        .arg(listen)
+        .arg("--data-dir")
+        .arg(dir.join("data"))
+        .arg("--join-token")
+        .arg(&opts.join_token);
+    if let Some(token) = &opts.api_token {
+        cmd.arg("--api-token").arg(token);
+    }
+    cmd.args(&opts.extra_args);
+    clean_env(&mut cmd);
+    let mut daemon = Daemon::spawn("archfarm-coordinator", cmd, dir.join("coordinator.log"));
+    let health = format!("http://{listen}/healthz");
+    let mut exited = false;
+    wait_until(
+        READY_TIMEOUT,
+        &format!("the coordinator at {health}"),
+        || {
+            if daemon.exited().is_some() {
+                exited = true;
+                return true;
+            }
+            http.get(&health)
+                .send()
+                .map(|r| r.status() == 200)
+                .unwrap_or(false)
+        },
+    );
+    if exited {
+        Err(daemon)
+    } else {
+        Ok(daemon)
+    }
+}
+
 /// Runs the `archfarm` CLI with `ARCHFARM_COORDINATOR=url` (and `ARCHFARM_TOKEN`), no stdin.
 ///
 /// Output goes to files rather than pipes so a chatty build cannot block on a full pipe while we
 /// wait with a deadline. It is echoed to the test's own output, which the harness shows on failure.
 pub fn run_cli(url: &str, token: Option<&str>, args: &[&str], timeout: Duration) -> Output {
-    let dir = Scratch::new("cli");
-    let (out_path, err_path) = (dir.join("stdout"), dir.join("stderr"));
-    let mut cmd = Command::new(bin_path("archfarm"));
-    cmd.args(args);
-    clean_env(&mut cmd);
-    cmd.env("ARCHFARM_COORDINATOR", url)
-        .stdin(Stdio::null())
-        .stdout(File::create(&out_path).expect("create stdout file"))
-        .stderr(File::create(&err_path).expect("create stderr file"));
-    if let Some(token) = token {
-        cmd.env("ARCHFARM_TOKEN", token);
-    }
-    let mut child = cmd
-        .spawn()
-        .unwrap_or_else(|e| panic!("cannot start archfarm: {e}"));
-    let start = Instant::now();
-    let status = loop {
-        if let Some(status) = child.try_wait().expect("try_wait archfarm") {
-            break Some(status);
+    BackgroundCli::spawn(url, token, args).wait(timeout)
+}
+
+/// An `archfarm` CLI run in the background (e.g. following a job while the test kills things);
+/// killed on drop if still running.
+#[derive(Debug)]
+pub struct BackgroundCli {
+    child: Option<Child>,
+    args: Vec<String>,
+    dir: Scratch,
+}
+
+impl BackgroundCli {
+    /// Starts `archfarm ARGS` with `ARCHFARM_COORDINATOR=url` (and `ARCHFARM_TOKEN`), no stdin.
+    pub fn spawn(url: &str, token: Option<&str>, args: &[&str]) -> BackgroundCli {
+        let dir = Scratch::new("cli");
+        let mut cmd = Command::new(bin_path("archfarm"));
+        cmd.args(args);
+        clean_env(&mut cmd);
+        cmd.env("ARCHFARM_COORDINATOR", url)
+            .stdin(Stdio::null())
+            .stdout(File::create(dir.join("stdout")).expect("create stdout file"))
+            .stderr(File::create(dir.join("stderr")).expect("create stderr file"));
+        if let Some(token) = token {
+            cmd.env("ARCHFARM_TOKEN", token);
         }
-        if start.elapsed() >= timeout {
+        let child = cmd
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start archfarm: {e}"));
+        BackgroundCli {
+            child: Some(child),
+            args: args.iter().map(|a| a.to_string()).collect(),
+            dir,
+        }
+    }
+
+    /// What it has written to stderr so far.
+    pub fn stderr(&self) -> String {
+        String::from_utf8_lossy(&std::fs::read(self.dir.join("stderr")).unwrap_or_default())
+            .into_owned()
+    }
+
+    /// Waits for it to exit and returns its output (echoed to the test's output); panics if it
+    /// runs longer than `timeout`.
+    pub fn wait(mut self, timeout: Duration) -> Output {
+        let mut child = self.child.take().expect("not waited for yet");
+        let start = Instant::now();
+        let status = loop {
+            if let Some(status) = child.try_wait().expect("try_wait archfarm") {
+                break Some(status);
+            }
+            if start.elapsed() >= timeout {
+                let _ = child.kill();
+                let _ = child.wait();
+                break None;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        };
+        let stdout = std::fs::read(self.dir.join("stdout")).unwrap_or_default();
+        let stderr = std::fs::read(self.dir.join("stderr")).unwrap_or_default();
+        let args = self.args.join(" ");
+        eprintln!(
+            "$ archfarm {args}\n--- stdout ---\n{}--- stderr ---\n{}--- {} ---",
+            String::from_utf8_lossy(&stdout),
+            String::from_utf8_lossy(&stderr),
+            status.map_or_else(|| "timed out".to_string(), |s| s.to_string())
+        );
+        let Some(status) = status else {
+            panic!("archfarm {args} did not finish within {timeout:?}");
+        };
+        Output {
+            status,
+            stdout,
+            stderr,
+        }
+    }
+}
+
+impl Drop for BackgroundCli {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
             let _ = child.kill();
             let _ = child.wait();
-            break None;
         }
-        std::thread::sleep(Duration::from_millis(50));
-    };
-    let stdout = std::fs::read(&out_path).unwrap_or_default();
-    let stderr = std::fs::read(&err_path).unwrap_or_default();
-    eprintln!(
-        "$ archfarm {}\n--- stdout ---\n{}--- stderr ---\n{}--- {} ---",
-        args.join(" "),
-        String::from_utf8_lossy(&stdout),
-        String::from_utf8_lossy(&stderr),
-        status.map_or_else(|| "timed out".to_string(), |s| s.to_string())
-    );
-    let Some(status) = status else {
-        panic!(
-            "archfarm {} did not finish within {timeout:?}",
-            args.join(" ")
-        );
-    };
-    Output {
-        status,
-        stdout,
-        stderr,
     }
 }

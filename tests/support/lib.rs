@@ -8,21 +8,27 @@
 //! `cargo build --workspace --bins` first; `scripts/test.sh` does.
 
 pub mod agent;
+pub mod buildah;
+pub mod checks;
 pub mod context;
 pub mod coordinator;
 pub mod oci;
 pub mod process;
+pub mod protocol_agent;
 pub mod registry;
 
 use std::path::Path;
 use std::time::Duration;
 
 pub use agent::{Agent, AgentOptions};
+pub use buildah::Buildah;
 pub use context::{repo_root, BuildContext};
-pub use coordinator::{run_cli, Coordinator, CoordinatorOptions, CLI_TIMEOUT};
+pub use coordinator::{run_cli, BackgroundCli, Coordinator, CoordinatorOptions, CLI_TIMEOUT};
 pub use oci::ImageFs;
-pub use process::{bin_path, free_port, wait_until, Daemon, Scratch};
+pub use process::{bin_path, free_port, processes_of, wait_until, Daemon, ProcessInfo, Scratch};
+pub use protocol_agent::{KeepAlive, ProtocolAgent, Refused};
 pub use registry::Registry;
+pub use rustix::process::Signal;
 
 /// The four platforms of the example, with what `uname -m` says on each.
 pub const HELLO_PLATFORMS: &[(&str, &str)] = &[

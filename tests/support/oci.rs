@@ -190,3 +190,115 @@ impl ImageFs {
             .to_string()
     }
 }
+
+/// A manifest pushed by digest: what an agent reports in `complete`.
+#[derive(Debug, Clone)]
+pub struct Pushed {
+    /// `sha256:...` of the manifest bytes.
+    pub digest: String,
+    /// The manifest's media type.
+    pub media_type: String,
+    /// The manifest's size in bytes.
+    pub size: u64,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct LayoutIndex {
+    manifests: Vec<Descriptor>,
+}
+
+#[derive(Deserialize)]
+struct ManifestBlobs {
+    config: BlobRef,
+    layers: Vec<BlobRef>,
+}
+
+#[derive(Deserialize)]
+struct BlobRef {
+    digest: String,
+}
+
+/// Uploads the single image of the OCI layout `layout` to `http://REGISTRY/v2/REPOSITORY` over the
+/// distribution API: blobs by monolithic upload, then the manifest under its own digest, no tag (as
+/// an archfarm agent pushes).
+pub fn push_layout_by_digest(layout: &std::path::Path, registry: &str, repository: &str) -> Pushed {
+    let http = crate::http_client();
+    let read_blob = |digest: &str| {
+        let hex = digest.strip_prefix("sha256:").expect("a sha256 digest");
+        let path = layout.join("blobs/sha256").join(hex);
+        fs::read(&path).unwrap_or_else(|e| panic!("read {}: {e}", path.display()))
+    };
+    let index: LayoutIndex = serde_json::from_slice(
+        &fs::read(layout.join("index.json")).expect("read the layout's index.json"),
+    )
+    .expect("parse the layout's index.json");
+    assert_eq!(
+        index.manifests.len(),
+        1,
+        "one image in {}",
+        layout.display()
+    );
+    let desc = &index.manifests[0];
+    let manifest = read_blob(&desc.digest);
+    assert_eq!(
+        sha256_digest(&manifest),
+        desc.digest,
+        "manifest blob digest"
+    );
+    let blobs: ManifestBlobs = serde_json::from_slice(&manifest).expect("parse the manifest");
+    let base = format!("http://{registry}/v2/{repository}");
+    for digest in
+        std::iter::once(&blobs.config.digest).chain(blobs.layers.iter().map(|l| &l.digest))
+    {
+        let head = http
+            .head(format!("{base}/blobs/{digest}"))
+            .send()
+            .expect("HEAD blob");
+        if head.status().is_success() {
+            continue;
+        }
+        let start = http
+            .post(format!("{base}/blobs/uploads/"))
+            .send()
+            .expect("start a blob upload");
+        assert_eq!(start.status(), 202, "POST {base}/blobs/uploads/");
+        let location = start
+            .headers()
+            .get("location")
+            .and_then(|v| v.to_str().ok())
+            .expect("upload Location")
+            .to_string();
+        let location = if location.starts_with('/') {
+            format!("http://{registry}{location}")
+        } else {
+            location
+        };
+        let sep = if location.contains('?') { '&' } else { '?' };
+        let put = http
+            .put(format!("{location}{sep}digest={digest}"))
+            .header("content-type", "application/octet-stream")
+            .body(read_blob(digest))
+            .send()
+            .expect("PUT blob");
+        assert_eq!(put.status(), 201, "upload of {digest}");
+    }
+    let put = http
+        .put(format!("{base}/manifests/{}", desc.digest))
+        .header("content-type", &desc.media_type)
+        .body(manifest.clone())
+        .send()
+        .expect("PUT manifest");
+    let status = put.status();
+    assert_eq!(
+        status,
+        201,
+        "PUT manifest: {}",
+        put.text().unwrap_or_default()
+    );
+    Pushed {
+        digest: desc.digest.clone(),
+        media_type: desc.media_type.clone(),
+        size: manifest.len() as u64,
+    }
+}

@@ -263,6 +263,32 @@ impl Daemon {
         }
     }
 
+    /// Sends `signal` to the whole process group (the daemon and what it started); a no-op once the
+    /// daemon has been reaped (its group id could belong to someone else by then).
+    pub fn signal(&mut self, signal: Signal) {
+        if self.exited().is_some() {
+            return;
+        }
+        let pid = self.child.id() as i32;
+        if let Some(pgid) = Pid::from_raw(pid).filter(|_| pid > 1) {
+            let _ = kill_process_group(pgid, signal);
+        }
+    }
+
+    /// SIGKILLs the whole process group at once (a machine losing power) and reaps the leader.
+    pub fn kill(&mut self) {
+        if self.reaped.is_some() {
+            return;
+        }
+        // Not through signal(): that reaps a leader that has just exited, and the group must be
+        // signalled while the unreaped leader still pins its id.
+        let pid = self.child.id() as i32;
+        if let Some(pgid) = Pid::from_raw(pid).filter(|_| pid > 1) {
+            let _ = kill_process_group(pgid, Signal::KILL);
+        }
+        self.reaped = self.child.wait().ok();
+    }
+
     /// Stops the process group: SIGTERM, up to [`STOP_GRACE`] to exit, then SIGKILL.
     pub fn stop(&mut self) {
         if self.reaped.is_some() {
@@ -274,6 +300,8 @@ impl Daemon {
             return;
         };
         let _ = kill_process_group(pgid, Signal::TERM);
+        // A group a test froze with SIGSTOP would never see the SIGTERM otherwise.
+        let _ = kill_process_group(pgid, Signal::CONT);
         let start = Instant::now();
         // Check without reaping: while the leader is a zombie its id cannot be reused, so the
         // group SIGKILL below cannot hit a stranger.
@@ -290,6 +318,109 @@ impl Daemon {
         let _ = kill_process_group(pgid, Signal::KILL);
         self.reaped = self.child.wait().ok();
     }
+}
+
+/// What `/proc/PID/stat` says about a process: state, parent and process group.
+#[derive(Debug, Clone, Copy)]
+struct Stat {
+    state: char,
+    ppid: u32,
+    pgrp: u32,
+}
+
+fn read_stat(pid: u32) -> Option<Stat> {
+    let stat = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The fields follow the parenthesised command name, which may itself hold spaces or ')'.
+    let (_, rest) = stat.rsplit_once(')')?;
+    let mut fields = rest.split_whitespace();
+    let state = fields.next()?.chars().next()?;
+    let ppid = fields.next()?.parse().ok()?;
+    let pgrp = fields.next()?.parse().ok()?;
+    Some(Stat { state, ppid, pgrp })
+}
+
+/// A live process found by [`processes_of`].
+#[derive(Debug, Clone)]
+pub struct ProcessInfo {
+    /// Its pid.
+    pub pid: u32,
+    /// Its command line, arguments joined by spaces.
+    pub cmdline: String,
+    /// Why it was counted (descendant, process group, path).
+    pub why: &'static str,
+}
+
+/// Live (non-zombie) processes other than `leader` that belong to it: its descendants, members of
+/// its process group (children it started keep the group after it dies), and any process whose
+/// command line, root directory or working directory lies under `dir` (a build's chroot).
+pub fn processes_of(leader: u32, dir: &Path) -> Vec<ProcessInfo> {
+    let Ok(entries) = fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    let me = std::process::id();
+    let mut table = Vec::new();
+    for entry in entries.flatten() {
+        let Some(pid) = entry
+            .file_name()
+            .to_str()
+            .and_then(|s| s.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        if let Some(stat) = read_stat(pid) {
+            table.push((pid, stat));
+        }
+    }
+    let parent_of = |pid: u32| table.iter().find(|(p, _)| *p == pid).map(|(_, s)| s.ppid);
+    let dir_text = dir.display().to_string();
+    let mut found = Vec::new();
+    for (pid, stat) in &table {
+        if *pid == leader || *pid == me || matches!(stat.state, 'Z' | 'X') {
+            continue;
+        }
+        let cmdline = fs::read(format!("/proc/{pid}/cmdline"))
+            .map(|b| {
+                String::from_utf8_lossy(&b)
+                    .replace('\0', " ")
+                    .trim()
+                    .to_string()
+            })
+            .unwrap_or_default();
+        let under = |link: &str| {
+            fs::read_link(format!("/proc/{pid}/{link}"))
+                .map(|p| p.starts_with(dir))
+                .unwrap_or(false)
+        };
+        let mut ancestor = stat.ppid;
+        let mut descendant = false;
+        for _ in 0..64 {
+            if ancestor == leader {
+                descendant = true;
+                break;
+            }
+            match parent_of(ancestor) {
+                Some(p) if ancestor > 1 => ancestor = p,
+                _ => break,
+            }
+        }
+        let why = if descendant {
+            "descendant"
+        } else if stat.pgrp == leader {
+            "process group"
+        } else if cmdline.contains(&dir_text) {
+            "command line"
+        } else if under("root") || under("cwd") {
+            "root or cwd"
+        } else {
+            continue;
+        };
+        found.push(ProcessInfo {
+            pid: *pid,
+            cmdline,
+            why,
+        });
+    }
+    found
 }
 
 /// True when `pid` has exited (zombie) or no longer exists.

@@ -1,8 +1,9 @@
 //! A real OCI registry: Debian's `docker-registry` (the CNCF distribution server) on a free port.
 
 use std::fs;
+use std::path::PathBuf;
 use std::process::Command;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use serde::Deserialize;
 
@@ -17,8 +18,10 @@ pub struct Registry {
     // Field order is drop order: stop the process before deleting its storage.
     daemon: Daemon,
     host: String,
+    /// The config file naming the port and storage, kept so a restart serves the same content.
+    config: PathBuf,
     http: reqwest::blocking::Client,
-    _dir: Scratch,
+    dir: Scratch,
 }
 
 #[derive(Deserialize)]
@@ -44,37 +47,66 @@ impl Registry {
                 dir.join("data").display()
             );
             fs::write(&config, yaml).expect("write registry config");
-            let mut cmd = Command::new("docker-registry");
-            cmd.arg("serve").arg(&config);
-            clean_env(&mut cmd);
-            let mut daemon = Daemon::spawn("docker-registry", cmd, dir.join("registry.log"));
-            let url = format!("http://{host}/v2/");
-            let mut exited = false;
-            wait_until(READY_TIMEOUT, &format!("the registry at {url}"), || {
-                if daemon.exited().is_some() {
-                    exited = true;
-                    return true;
+            match spawn_ready(&host, &config, &dir, &http) {
+                Ok(daemon) => {
+                    return Registry {
+                        daemon,
+                        host,
+                        config,
+                        http,
+                        dir,
+                    }
                 }
-                http.get(&url)
-                    .send()
-                    .map(|r| r.status() == 200)
-                    .unwrap_or(false)
-            });
-            if !exited {
-                return Registry {
-                    daemon,
-                    host,
-                    http,
-                    _dir: dir,
-                };
+                // Someone took the port between free_port() and the bind: try another one.
+                Err(mut daemon) => {
+                    if attempt < 3 && daemon.log().contains("address already in use") {
+                        continue;
+                    }
+                    daemon.assert_running();
+                }
             }
-            // Someone took the port between free_port() and the bind: try another one.
-            if attempt < 3 && daemon.log().contains("address already in use") {
-                continue;
-            }
-            daemon.assert_running();
         }
         unreachable!("the registry either started or panicked")
+    }
+
+    /// Stops the registry (SIGTERM, then SIGKILL after a grace period); its storage stays.
+    pub fn stop(&mut self) {
+        self.daemon.stop();
+    }
+
+    /// SIGKILLs the registry; its storage stays.
+    pub fn kill(&mut self) {
+        self.daemon.kill();
+    }
+
+    /// True while `GET /v2/` answers.
+    pub fn is_up(&self) -> bool {
+        self.http
+            .get(format!("http://{}/v2/", self.host))
+            .send()
+            .is_ok()
+    }
+
+    /// Starts the registry again on the same port and storage after [`Registry::stop`] or
+    /// [`Registry::kill`], and waits until it answers. Retries while the port is still busy.
+    pub fn start_again(&mut self) {
+        self.daemon.stop();
+        let deadline = Instant::now() + READY_TIMEOUT;
+        loop {
+            match spawn_ready(&self.host, &self.config, &self.dir, &self.http) {
+                Ok(daemon) => {
+                    self.daemon = daemon;
+                    return;
+                }
+                Err(mut daemon) => {
+                    let busy = daemon.log_tail(20).contains("address already in use");
+                    if !busy || Instant::now() >= deadline {
+                        daemon.assert_running();
+                    }
+                    std::thread::sleep(Duration::from_millis(200));
+                }
+            }
+        }
     }
 
     /// `127.0.0.1:PORT`, the registry part of image references.
@@ -117,5 +149,36 @@ impl Registry {
     /// The last lines of the registry's log.
     pub fn log_tail(&self, lines: usize) -> String {
         self.daemon.log_tail(lines)
+    }
+}
+
+/// Starts `docker-registry serve CONFIG` and waits until `GET /v2/` answers 200; the daemon is
+/// returned as the error when it exits first (its log says why).
+fn spawn_ready(
+    host: &str,
+    config: &std::path::Path,
+    dir: &Scratch,
+    http: &reqwest::blocking::Client,
+) -> Result<Daemon, Daemon> {
+    let mut cmd = Command::new("docker-registry");
+    cmd.arg("serve").arg(config);
+    clean_env(&mut cmd);
+    let mut daemon = Daemon::spawn("docker-registry", cmd, dir.join("registry.log"));
+    let url = format!("http://{host}/v2/");
+    let mut exited = false;
+    wait_until(READY_TIMEOUT, &format!("the registry at {url}"), || {
+        if daemon.exited().is_some() {
+            exited = true;
+            return true;
+        }
+        http.get(&url)
+            .send()
+            .map(|r| r.status() == 200)
+            .unwrap_or(false)
+    });
+    if exited {
+        Err(daemon)
+    } else {
+        Ok(daemon)
     }
 }

@@ -10,7 +10,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::process::{run_logged, run_quiet};
 use super::{Backend, BackendError, BoxFuture, BuildSpec, LogSink, PushedImage};
-use crate::push::{self, Target};
+use crate::push::{self, Retry, Target};
 
 /// Builds with `buildah build --isolation chroot`, which works rootless or as root with no daemon.
 #[derive(Debug, Clone)]
@@ -18,6 +18,7 @@ pub struct Buildah {
     program: PathBuf,
     root: PathBuf,
     runroot: PathBuf,
+    push_retry: Retry,
 }
 
 impl Buildah {
@@ -28,7 +29,14 @@ impl Buildah {
             program: PathBuf::from("buildah"),
             root: storage.join("root"),
             runroot: storage.join("runroot"),
+            push_retry: Retry::default(),
         }
+    }
+
+    /// Retries pushes after transient registry failures as `retry` says (default: two minutes).
+    pub fn with_push_retry(mut self, retry: Retry) -> Self {
+        self.push_retry = retry;
+        self
     }
 
     /// Uses another buildah binary than the one on `PATH`.
@@ -122,7 +130,7 @@ impl Buildah {
         ))
         .await;
         let pushed = tokio::select! {
-            r = push::push(&image, &target, log) => r?,
+            r = push::push_with(&image, &target, log, &self.push_retry) => r?,
             _ = cancel.cancelled() => return Err(BackendError::Cancelled),
         };
         log.note(format!(

@@ -11,8 +11,10 @@ use tokio_util::sync::CancellationToken;
 
 use super::{BackendError, LogSink};
 
-/// How long a cancelled command gets after SIGTERM to clean up before SIGKILL.
-const TERM_GRACE: Duration = Duration::from_secs(5);
+/// How long a cancelled command gets after SIGTERM to clean up before SIGKILL. The RUN steps buildah
+/// started die at once from the group's SIGTERM; buildah itself exits within a second or two, after
+/// removing its working container (what a SIGKILL leaves is removed when the agent next starts).
+const TERM_GRACE: Duration = Duration::from_secs(3);
 /// Longest log line kept; the rest is cut so one runaway line cannot exhaust memory downstream.
 const MAX_LINE: usize = 16 * 1024;
 

@@ -32,7 +32,15 @@ pub enum Scenario {
     FailS390x,
     /// Builds start and never finish, for Ctrl-C and cancel tests.
     Hang,
+    /// The required linux/amd64 build loses its first agent and succeeds on its second attempt;
+    /// the optional second platform is skipped (no agent can build it) and the job succeeds with a
+    /// warning.
+    OptionalSkipped,
 }
+
+/// The warning a job with a skipped optional platform ends with.
+pub const SKIPPED_WARNING: &str =
+    "optional platform linux/s390x left out of the index: no online agent can build it";
 
 /// What the fake has seen and holds.
 #[derive(Default)]
@@ -45,6 +53,9 @@ pub struct Fake {
     pub job: Option<Job>,
     pub polls: usize,
     pub logs: HashMap<Uuid, String>,
+    pub agents: Vec<Agent>,
+    /// Agents `POST /agents/{id}/drain` was called for.
+    pub drained: Vec<Uuid>,
 }
 
 /// The fake's state, shared with the tests.
@@ -106,7 +117,7 @@ async fn put_context(
         .into_response()
 }
 
-fn new_build(platform: &str) -> Build {
+fn new_build(platform: &str, optional: bool) -> Build {
     Build {
         id: Uuid::new_v4(),
         platform: Platform::parse(platform).unwrap(),
@@ -119,6 +130,8 @@ fn new_build(platform: &str) -> Build {
         attempts: 0,
         error: None,
         waiting: None,
+        optional,
+        decision: None,
         created_at: chrono::Utc::now(),
         started_at: None,
         finished_at: None,
@@ -142,14 +155,20 @@ async fn submit(State(s): State<Shared>, Json(req): Json<JobRequest>) -> Respons
         );
     }
     let now = chrono::Utc::now();
+    // Required platforms first, optional ones last, as the coordinator lists them.
+    let all: Vec<(&String, bool)> = req
+        .platforms
+        .iter()
+        .map(|p| (p, false))
+        .chain(req.optional_platforms.iter().map(|p| (p, true)))
+        .collect();
     let job = Job {
         id: Uuid::new_v4(),
         state: JobState::Queued,
         tags: req.tags.clone(),
-        platforms: req
-            .platforms
+        platforms: all
             .iter()
-            .map(|p| Platform::parse(p).unwrap())
+            .map(|(p, _)| Platform::parse(p).unwrap())
             .collect(),
         index_digest: None,
         index_media_type: None,
@@ -159,10 +178,17 @@ async fn submit(State(s): State<Shared>, Json(req): Json<JobRequest>) -> Respons
         build_args: req.build_args.clone(),
         target: req.target.clone(),
         emulation: req.emulation,
+        optional_platforms: req
+            .optional_platforms
+            .iter()
+            .map(|p| Platform::parse(p).unwrap())
+            .collect(),
+        timeout_secs: req.timeout_secs.unwrap_or(7200),
+        warnings: Vec::new(),
         created_at: now,
         updated_at: now,
         finished_at: None,
-        builds: req.platforms.iter().map(|p| new_build(p)).collect(),
+        builds: all.iter().map(|(p, o)| new_build(p, *o)).collect(),
     };
     f.request = Some(req);
     f.job = Some(job.clone());
@@ -189,6 +215,44 @@ fn advance(f: &mut Fake) {
     let job = f.job.as_mut().unwrap();
     let (amd, other) = job.builds.split_at_mut(1);
     let (amd, other) = (&mut amd[0], &mut other[0]);
+    if scenario == Scenario::OptionalSkipped {
+        match step {
+            1 => {
+                job.state = JobState::Building;
+                lease(amd, "box-1", BuildMode::Native);
+                amd.decision = Some("box-1 builds linux/amd64 natively and had a free slot".into());
+                other.waiting = Some("no online agent builds linux/s390x".into());
+                f.logs.insert(amd.id, "STEP 1/2: FROM scratch\n".into());
+            }
+            2 => {
+                // box-1 died; the lease lapsed and box-2 took the build over.
+                lease(amd, "box-2", BuildMode::Native);
+                amd.attempts = 2;
+                amd.error = Some("box-1 missed 3 heartbeats".into());
+                amd.decision = Some("box-2 builds linux/amd64 natively and had a free slot".into());
+                f.logs.insert(
+                    amd.id,
+                    "STEP 1/2: FROM scratch\nSTEP 1/2: FROM scratch\n".into(),
+                );
+            }
+            3 => {
+                amd.state = BuildState::Succeeded;
+                amd.digest = Some(AMD64.into());
+                other.state = BuildState::Cancelled;
+                other.waiting = None;
+                other.error = Some("no online agent can build linux/s390x".into());
+                job.state = JobState::Stitching;
+            }
+            _ => {
+                if job.state == JobState::Stitching {
+                    job.state = JobState::Succeeded;
+                    job.index_digest = Some(INDEX.into());
+                    job.warnings = vec![SKIPPED_WARNING.into()];
+                }
+            }
+        }
+        return;
+    }
     match step {
         1 => {
             job.state = JobState::Building;
@@ -274,19 +338,46 @@ pub fn cancel(job: &mut Job) {
     }
 }
 
-async fn agents() -> Json<AgentList> {
+/// The farm's agents: pi-4 runs one build, nuc none.
+fn sample_agents() -> Vec<Agent> {
+    let agent = |name: &str, native: &str, emulated: Vec<Platform>, running| Agent {
+        id: Uuid::new_v4(),
+        name: name.into(),
+        native_platforms: vec![Platform::parse(native).unwrap()],
+        emulated_platforms: emulated,
+        capacity: 2,
+        running,
+        state: AgentState::Online,
+        last_seen: chrono::Utc::now(),
+    };
+    vec![
+        agent("pi-4", "arm64", vec![Platform::parse("s390x").unwrap()], 1),
+        agent("nuc", "amd64", vec![], 0),
+    ]
+}
+
+async fn agents(State(s): State<Shared>, h: HeaderMap) -> Response {
+    let f = s.lock().unwrap();
+    if !authorised(&f, &h) {
+        return error(StatusCode::UNAUTHORIZED, "unauthorized", "bad API token");
+    }
     Json(AgentList {
-        agents: vec![Agent {
-            id: Uuid::new_v4(),
-            name: "pi-4".into(),
-            native_platforms: vec![Platform::parse("arm64").unwrap()],
-            emulated_platforms: vec![Platform::parse("s390x").unwrap()],
-            capacity: 2,
-            running: 1,
-            state: AgentState::Online,
-            last_seen: chrono::Utc::now(),
-        }],
+        agents: f.agents.clone(),
     })
+    .into_response()
+}
+
+async fn drain_agent(State(s): State<Shared>, h: HeaderMap, Path(id): Path<Uuid>) -> Response {
+    let mut f = s.lock().unwrap();
+    if !authorised(&f, &h) {
+        return error(StatusCode::UNAUTHORIZED, "unauthorized", "bad API token");
+    }
+    f.drained.push(id);
+    let Some(agent) = f.agents.iter_mut().find(|a| a.id == id) else {
+        return error(StatusCode::NOT_FOUND, "not_found", "no such agent");
+    };
+    agent.state = AgentState::Draining;
+    Json(agent.clone()).into_response()
 }
 
 async fn get_log(
@@ -305,6 +396,7 @@ pub async fn start(scenario: Scenario, token: Option<&str>) -> (String, Shared) 
     let state: Shared = Arc::new(Mutex::new(Fake {
         scenario: Some(scenario),
         token: token.map(str::to_string),
+        agents: sample_agents(),
         ..Fake::default()
     }));
     let app = Router::new()
@@ -316,6 +408,7 @@ pub async fn start(scenario: Scenario, token: Option<&str>) -> (String, Shared) 
         .route("/api/v1/jobs/{id}", get(get_job))
         .route("/api/v1/jobs/{id}/cancel", post(cancel_job))
         .route("/api/v1/agents", get(agents))
+        .route("/api/v1/agents/{id}/drain", post(drain_agent))
         .route("/api/v1/builds/{id}/log", get(get_log))
         .with_state(state.clone());
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();

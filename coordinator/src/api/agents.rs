@@ -25,6 +25,8 @@ pub fn router() -> Router<AppState> {
         .route("/agents", get(list))
         .route("/agents/register", post(register))
         .route("/agents/{id}/lease", post(lease))
+        .route("/agents/{id}/drain", post(drain))
+        .route("/agents/{id}/deregister", post(deregister))
 }
 
 fn parse_platforms(list: &[String], what: &str) -> Result<Vec<Platform>, ApiError> {
@@ -136,6 +138,15 @@ async fn lease(
         });
     }
     state.store.touch_agent(agent.id).await?;
+    if agent.draining {
+        return Err(ApiError::Conflict {
+            code: "draining",
+            message: format!(
+                "agent {} is draining: finish the running builds, then deregister",
+                agent.name
+            ),
+        });
+    }
     let max = state.config.lease_wait_secs;
     let wait = Duration::from_secs(req.wait_secs.unwrap_or(max).min(max));
     let Some(claimed) = state
@@ -223,4 +234,56 @@ async fn list(
         .map(|a| views::agent(a, since, &running))
         .collect();
     Ok(Json(AgentList { agents }))
+}
+
+/// Marks an agent draining: its running builds finish, it takes no new ones. Allowed to the agent
+/// itself (on SIGTERM) and to CI clients (`archfarm agents drain NAME`).
+async fn drain(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Path(raw): Path<String>,
+) -> Result<Json<archfarm_protocol::api::Agent>, ApiError> {
+    let id = parse_id("agent", &raw)?;
+    let by_itself = require_agent(&state, &headers)
+        .await
+        .is_ok_and(|a| a.id == id);
+    if !by_itself {
+        require_client(&state, &headers)?;
+    }
+    if !state.store.set_draining(id).await? {
+        return Err(ApiError::NotFound(format!("no agent with id '{id}'")));
+    }
+    tracing::info!(agent.id = %id, "agent draining");
+    // Builds it would have taken may now go to others (or to emulation).
+    state.scheduler.wake();
+    let since = state.scheduler.online_since();
+    let running = state.store.running_counts().await?;
+    let agent = state
+        .store
+        .list_agents()
+        .await?
+        .into_iter()
+        .find(|a| a.id == id)
+        .ok_or_else(|| ApiError::NotFound(format!("no agent with id '{id}'")))?;
+    Ok(Json(views::agent(agent, since, &running)))
+}
+
+/// Removes the calling agent (the end of a drain); anything it still held is requeued.
+async fn deregister(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Path(raw): Path<String>,
+) -> Result<StatusCode, ApiError> {
+    let agent = require_agent(&state, &headers).await?;
+    let id = parse_id("agent", &raw)?;
+    if id != agent.id {
+        return Err(ApiError::Unauthorized {
+            code: "invalid_agent_token",
+            message: "this token belongs to another agent".into(),
+        });
+    }
+    let requeued = state.store.deregister_agent(id).await?;
+    tracing::info!(agent.id = %id, agent = %agent.name, requeued, "agent deregistered");
+    state.scheduler.wake();
+    Ok(StatusCode::NO_CONTENT)
 }

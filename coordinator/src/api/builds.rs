@@ -1,7 +1,7 @@
 //! `/builds/{id}`: what agents report about a leased build, and its log for clients.
 
 use archfarm_protocol::api::{
-    CompleteRequest, FailRequest, HeartbeatRequest, HeartbeatResponse, JobState, LogRequest,
+    CompleteRequest, FailRequest, HeartbeatRequest, HeartbeatResponse, LogRequest,
     MAX_LOG_BATCH_BYTES,
 };
 use axum::extract::{DefaultBodyLimit, Path, State};
@@ -124,11 +124,14 @@ async fn complete(
         return Err(ApiError::lease_lost(build.id));
     }
     tracing::info!(build.id = %build.id, platform = %build.platform, digest = %req.digest, "build pushed");
-    state
+    if let Err(e) = state
         .logs
         .append(build.id, &[format!("[archfarm] pushed {}", req.digest)])
-        .await?;
-    crate::progress::after_build_succeeded(&state, build.job_id).await?;
+        .await
+    {
+        tracing::warn!(build.id = %build.id, error = %e, "could not append to the build log");
+    }
+    crate::progress::advance(&state, build.job_id).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -148,18 +151,16 @@ async fn fail(
         return Err(ApiError::lease_lost(build.id));
     }
     tracing::warn!(build.id = %build.id, platform = %build.platform, error, "build failed");
-    state
+    // The outcome is recorded: a log that cannot be written must not undo it.
+    if let Err(e) = state
         .logs
         .append(build.id, &[format!("[archfarm] failed: {error}")])
-        .await?;
-    let job_error = format!("{}: {error}", build.platform);
-    if state
-        .store
-        .end_job(build.job_id, JobState::Failed, &job_error)
-        .await?
+        .await
     {
-        tracing::warn!(job.id = %build.job_id, "job failed");
+        tracing::warn!(build.id = %build.id, error = %e, "could not append to the build log");
     }
+    // A required platform's failure fails the job; an optional one's becomes a warning.
+    crate::progress::advance(&state, build.job_id).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 

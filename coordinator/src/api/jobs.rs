@@ -2,7 +2,7 @@
 
 use std::path::{Component, Path as FsPath};
 
-use archfarm_protocol::api::{JobList, JobRequest, JobState};
+use archfarm_protocol::api::{JobList, JobRequest, JobState, DEFAULT_JOB_TIMEOUT_SECS};
 use archfarm_protocol::{ImageRef, Platform};
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode};
@@ -20,6 +20,8 @@ use crate::AppState;
 const MAX_PLATFORMS: usize = 16;
 /// Most tags one job may push.
 const MAX_TAGS: usize = 32;
+/// Longest time limit a job may ask for: a week.
+const MAX_JOB_TIMEOUT_SECS: u64 = 7 * 24 * 3600;
 /// Most build arguments one job may pass.
 const MAX_BUILD_ARGS: usize = 128;
 
@@ -56,6 +58,34 @@ pub fn validate(req: JobRequest) -> Result<NewJob, ApiError> {
             ));
         }
         platforms.push(p);
+    }
+    let mut optional_platforms: Vec<Platform> = Vec::new();
+    for raw in &req.optional_platforms {
+        let p =
+            Platform::parse(raw).map_err(|e| ApiError::bad("invalid_platform", e.to_string()))?;
+        if platforms.contains(&p) {
+            return Err(ApiError::bad(
+                "invalid_platform",
+                format!("platform {p} is listed twice (once as '{raw}'); a platform is either required or optional"),
+            ));
+        }
+        optional_platforms.push(p.clone());
+        platforms.push(p);
+    }
+    if platforms.len() > MAX_PLATFORMS {
+        return Err(ApiError::bad(
+            "invalid_platform",
+            format!("at most {MAX_PLATFORMS} platforms per job"),
+        ));
+    }
+    let timeout_secs = req.timeout_secs.unwrap_or(DEFAULT_JOB_TIMEOUT_SECS);
+    if !(1..=MAX_JOB_TIMEOUT_SECS).contains(&timeout_secs) {
+        return Err(ApiError::bad(
+            "invalid_timeout",
+            format!(
+                "timeout_secs {timeout_secs} must be from 1 to {MAX_JOB_TIMEOUT_SECS} (7 days)"
+            ),
+        ));
     }
     if req.tags.is_empty() {
         return Err(ApiError::bad(
@@ -136,6 +166,8 @@ pub fn validate(req: JobRequest) -> Result<NewJob, ApiError> {
     }
     let first = &refs[0];
     Ok(NewJob {
+        optional_platforms,
+        timeout_secs: timeout_secs as i64,
         context: req.context,
         dockerfile: req.dockerfile,
         build_args: req.build_args,

@@ -45,6 +45,9 @@ pub async fn job(state: &AppState, job: JobRow, fleet: &Fleet) -> StoreResult<ap
         build_args: job.build_args,
         target: job.target,
         emulation: job.emulation,
+        optional_platforms: job.optional_platforms,
+        timeout_secs: job.timeout_secs.max(0) as u64,
+        warnings: job.warnings,
         created_at: to_time(job.created_at),
         updated_at: to_time(job.updated_at),
         finished_at: job.finished_at.map(to_time),
@@ -67,6 +70,8 @@ fn build(b: BuildRow, job: &JobRow, fleet: &Fleet) -> api::Build {
         attempts: b.attempts,
         error: b.error,
         waiting,
+        optional: b.optional,
+        decision: b.decision,
         created_at: to_time(b.created_at),
         started_at: b.started_at.map(to_time),
         finished_at: b.finished_at.map(to_time),
@@ -77,7 +82,9 @@ fn build(b: BuildRow, job: &JobRow, fleet: &Fleet) -> api::Build {
 pub fn agent(a: AgentRow, online_since: i64, running: &HashMap<Uuid, i64>) -> api::Agent {
     api::Agent {
         running: running.get(&a.id).copied().unwrap_or(0),
-        state: if a.last_seen >= online_since {
+        state: if a.draining {
+            api::AgentState::Draining
+        } else if a.last_seen >= online_since {
             api::AgentState::Online
         } else {
             api::AgentState::Offline

@@ -1,15 +1,51 @@
 //! Hands queued builds to long-polling agents and takes back leases whose heartbeats stopped.
 
+pub mod estimate;
 pub mod matching;
 
 use std::time::Duration;
 
+use std::collections::HashMap;
+use std::sync::Arc;
+
 use archfarm_protocol::api::{BuildMode, JobState};
+use archfarm_protocol::Platform;
 use tokio::sync::{Mutex, Notify};
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
+use self::estimate::{NativeAgent, Verdict};
 use crate::store::{now_ms, AgentRow, Store, StoreResult};
+
+/// How many recent successful builds of a repository the estimates look at.
+const HISTORY_SAMPLES: i64 = 200;
+
+/// The scheduler's source of the current time (Unix ms), replaceable in tests.
+#[derive(Clone)]
+pub struct Clock(Arc<dyn Fn() -> i64 + Send + Sync>);
+
+impl Clock {
+    /// The system clock.
+    pub fn system() -> Self {
+        Clock(Arc::new(now_ms))
+    }
+
+    /// A clock that always reads `ms`.
+    pub fn fixed(ms: i64) -> Self {
+        Clock(Arc::new(move || ms))
+    }
+
+    /// The current time, Unix ms.
+    pub fn now(&self) -> i64 {
+        (self.0)()
+    }
+}
+
+impl std::fmt::Debug for Clock {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Clock({})", self.now())
+    }
+}
 
 /// A build just leased to an agent.
 #[derive(Debug, Clone)]
@@ -44,6 +80,8 @@ pub struct Scheduler {
     lease_ttl: Duration,
     offline_after: Duration,
     max_attempts: i64,
+    /// The time source for leases, waits and estimates.
+    clock: Clock,
 }
 
 impl Scheduler {
@@ -61,7 +99,14 @@ impl Scheduler {
             lease_ttl,
             offline_after,
             max_attempts,
+            clock: Clock::system(),
         }
+    }
+
+    /// The same scheduler reading time from `clock` (tests replay scenarios at fixed instants).
+    pub fn with_clock(mut self, clock: Clock) -> Self {
+        self.clock = clock;
+        self
     }
 
     /// Tells waiting agents to look again.
@@ -69,14 +114,19 @@ impl Scheduler {
         self.work.notify_waiters();
     }
 
+    /// The current time by the scheduler's clock, Unix ms.
+    pub fn now(&self) -> i64 {
+        self.clock.now()
+    }
+
     /// Millisecond timestamp after which an agent that has not called counts as offline.
     pub fn online_since(&self) -> i64 {
-        now_ms() - self.offline_after.as_millis() as i64
+        self.clock.now() - self.offline_after.as_millis() as i64
     }
 
     /// When a lease granted or renewed now lapses.
     pub fn lease_expiry(&self) -> i64 {
-        now_ms() + self.lease_ttl.as_millis() as i64
+        self.clock.now() + self.lease_ttl.as_millis() as i64
     }
 
     /// Waits up to `wait` for a build this agent may take.
@@ -110,74 +160,136 @@ impl Scheduler {
         }
     }
 
-    async fn try_claim(&self, agent: &AgentRow) -> StoreResult<Option<Claimed>> {
+    /// Leases this agent the first queued build it may take now, if any.
+    pub async fn try_claim(&self, agent: &AgentRow) -> StoreResult<Option<Claimed>> {
         let _guard = self.claim_lock.lock().await;
-        let running = self
-            .store
-            .running_counts()
-            .await?
-            .get(&agent.id)
-            .copied()
-            .unwrap_or(0);
-        if running >= agent.capacity {
+        if agent.draining {
+            return Ok(None);
+        }
+        let running = self.store.running_builds().await?;
+        if running.iter().filter(|r| r.agent_id == agent.id).count() as i64 >= agent.capacity {
             return Ok(None);
         }
         let queued = self.store.queued_builds().await?;
         if queued.is_empty() {
             return Ok(None);
         }
-        let online = self.store.online_agents(self.online_since()).await?;
-        let served = matching::natively_served(&online);
-        let Some((i, mode)) = matching::pick(agent, &queued, &served) else {
-            return Ok(None);
-        };
-        let build = &queued[i];
-        let token = Uuid::new_v4();
-        let claimed = self
+        let online: Vec<AgentRow> = self
             .store
-            .claim_build(
-                build.id,
-                agent.id,
-                &agent.name,
-                mode,
+            .online_agents(self.online_since())
+            .await?
+            .into_iter()
+            .filter(|a| !a.draining)
+            .collect();
+        let now = self.clock.now();
+        let mut histories: HashMap<String, Vec<(Platform, BuildMode, i64)>> = HashMap::new();
+        let mut ahead: HashMap<Platform, usize> = HashMap::new();
+        for build in &queued {
+            let n_ahead = ahead.entry(build.platform.clone()).or_insert(0);
+            let choice = if agent.native.contains(&build.platform) {
+                Some((
+                    BuildMode::Native,
+                    format!("native: {} builds {} natively", agent.name, build.platform),
+                ))
+            } else if agent.emulated.contains(&build.platform) {
+                let native_agents: Vec<NativeAgent> = online
+                    .iter()
+                    .filter(|a| a.native.contains(&build.platform))
+                    .map(|a| NativeAgent {
+                        capacity: a.capacity,
+                        running_since: running
+                            .iter()
+                            .filter(|r| r.agent_id == a.id)
+                            .map(|r| r.started_at)
+                            .collect(),
+                    })
+                    .collect();
+                if !histories.contains_key(&build.repository) {
+                    let h = self
+                        .store
+                        .recent_durations(&build.repository, HISTORY_SAMPLES)
+                        .await?;
+                    histories.insert(build.repository.clone(), h);
+                }
+                let est = estimate::estimates(&histories[&build.repository], &build.platform);
+                match estimate::decide(
+                    now,
+                    &build.platform,
+                    build.emulation,
+                    build.queued_at,
+                    &native_agents,
+                    *n_ahead,
+                    est,
+                ) {
+                    Verdict::Emulate(why) => {
+                        Some((BuildMode::Emulated, format!("emulated: {why}")))
+                    }
+                    Verdict::Wait(_) => None,
+                }
+            } else {
+                None
+            };
+            *n_ahead += 1;
+            let Some((mode, decision)) = choice else {
+                continue;
+            };
+            let token = Uuid::new_v4();
+            let expiry = self.lease_expiry();
+            if !self
+                .store
+                .claim_build(
+                    build.id,
+                    agent.id,
+                    &agent.name,
+                    mode,
+                    token,
+                    expiry,
+                    &decision,
+                )
+                .await?
+            {
+                // Another coordinator sharing the database took it.
+                continue;
+            }
+            self.store
+                .transition_job(build.job_id, &[JobState::Queued], JobState::Building)
+                .await?;
+            tracing::info!(build.id = %build.id, job.id = %build.job_id, platform = %build.platform,
+                agent = %agent.name, mode = %mode, decision, "leased");
+            return Ok(Some(Claimed {
+                build_id: build.id,
+                job_id: build.job_id,
                 token,
-                self.lease_expiry(),
-            )
-            .await?;
-        if !claimed {
-            // Another coordinator sharing the database took it; the next loop looks again.
-            return Ok(None);
+                mode,
+            }));
         }
-        self.store
-            .transition_job(build.job_id, &[JobState::Queued], JobState::Building)
-            .await?;
-        tracing::info!(build.id = %build.id, job.id = %build.job_id, platform = %build.platform,
-            agent = %agent.name, mode = %mode, "leased");
-        Ok(Some(Claimed {
-            build_id: build.id,
-            job_id: build.job_id,
-            token,
-            mode,
-        }))
+        Ok(None)
     }
 
     /// Takes back lapsed leases: requeues the build, or fails its job when attempts are used up.
     pub async fn reap_expired(&self) -> StoreResult<Reaped> {
         let mut reaped = Reaped::default();
-        for build in self.store.expired_leases(now_ms()).await? {
+        for build in self.store.expired_leases(self.clock.now()).await? {
             let Some(token) = build.lease_token else {
                 continue;
             };
             let agent = build.agent_name.as_deref().unwrap_or("?");
+            // Presumed dead: shown offline, and not counted as a native agent, until it calls again.
+            if let Some(id) = build.agent_id {
+                self.store.mark_agent_offline(id).await?;
+            }
             if build.attempts >= self.max_attempts {
                 let error = format!(
                     "{}: the lease lapsed on attempt {} of {} (agent {agent} stopped heartbeating)",
                     build.platform, build.attempts, self.max_attempts
                 );
                 if self.store.fail_build(build.id, token, &error).await? {
-                    self.store
-                        .end_job(build.job_id, JobState::Failed, &error)
-                        .await?;
+                    // An optional platform's failure is the reconciler's to turn into a warning.
+                    if !build.optional {
+                        self.store
+                            .end_job(build.job_id, JobState::Failed, &error)
+                            .await?;
+                    }
                     tracing::warn!(build.id = %build.id, platform = %build.platform, agent, "lease lapsed; attempts used up");
                     reaped.failed += 1;
                 }
@@ -191,5 +303,142 @@ impl Scheduler {
             self.wake();
         }
         Ok(reaped)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::{test_store, NewJob, Registered};
+    use archfarm_protocol::api::EmulationPolicy;
+    use archfarm_protocol::Digest;
+
+    const S: i64 = 1000;
+
+    fn p(s: &str) -> Platform {
+        s.parse().unwrap()
+    }
+
+    async fn submit(store: &Store, platform: &str) -> Uuid {
+        let digest = Digest::parse(&format!("sha256:{}", "0".repeat(64))).unwrap();
+        store.insert_context(digest.as_str(), 1).await.unwrap();
+        store
+            .insert_job(&NewJob {
+                context: digest,
+                dockerfile: "Dockerfile".into(),
+                build_args: Default::default(),
+                target: None,
+                emulation: EmulationPolicy::Fallback,
+                tags: vec!["localhost:5000/app:1".into()],
+                platforms: vec![p(platform)],
+                registry: "localhost:5000".into(),
+                repository: "app".into(),
+                optional_platforms: vec![],
+                timeout_secs: 7200,
+            })
+            .await
+            .unwrap()
+    }
+
+    async fn agent(store: &Store, name: &str, native: &[&str], emulated: &[&str]) -> AgentRow {
+        let native: Vec<Platform> = native.iter().map(|s| p(s)).collect();
+        let emulated: Vec<Platform> = emulated.iter().map(|s| p(s)).collect();
+        let r = store
+            .upsert_agent(name, name, &native, &emulated, 1, None, None, 0)
+            .await
+            .unwrap();
+        assert!(matches!(r, Registered::Ok { .. }));
+        store.agent_by_token_hash(name).await.unwrap().unwrap()
+    }
+
+    /// Records finished builds of `app` as history: `(mode, seconds)`.
+    async fn history(store: &Store, samples: &[(BuildMode, i64)]) {
+        for (mode, secs) in samples {
+            let job = submit(store, "linux/arm64").await;
+            let build = store.builds_of_job(job).await.unwrap()[0].id;
+            sqlx::query(
+                "UPDATE builds SET state = 'succeeded', mode = $1, started_at = 0, finished_at = $2 WHERE id = $3",
+            )
+            .bind(mode.as_str())
+            .bind(secs * S)
+            .bind(build.to_string())
+            .execute(store.pool())
+            .await
+            .unwrap();
+            sqlx::query("UPDATE jobs SET state = 'succeeded' WHERE id = $1")
+                .bind(job.to_string())
+                .execute(store.pool())
+                .await
+                .unwrap();
+        }
+    }
+
+    /// The native agent `pi` is busy with a build that started `busy_for` seconds before `now`; a
+    /// new arm64 build waits; does the emulating agent take it?
+    async fn scenario(
+        native_secs: i64,
+        emulated_secs: i64,
+        busy_for: i64,
+    ) -> Option<(Claimed, String)> {
+        let (store, _dir) = test_store().await;
+        let now = now_ms();
+        let pi = agent(&store, "pi", &["linux/arm64"], &[]).await;
+        let emu = agent(&store, "emu", &["linux/amd64"], &["linux/arm64"]).await;
+        history(
+            &store,
+            &[
+                (BuildMode::Native, native_secs),
+                (BuildMode::Emulated, emulated_secs),
+            ],
+        )
+        .await;
+        let scheduler = Scheduler::new(
+            store.clone(),
+            Duration::from_secs(15),
+            Duration::from_secs(60),
+            3,
+        )
+        .with_clock(Clock::fixed(now));
+        let running = submit(&store, "linux/arm64").await;
+        let claimed = scheduler
+            .try_claim(&pi)
+            .await
+            .unwrap()
+            .expect("pi takes the first build");
+        assert_eq!(claimed.job_id, running);
+        sqlx::query("UPDATE builds SET started_at = $1 WHERE id = $2")
+            .bind(now - busy_for * S)
+            .bind(claimed.build_id.to_string())
+            .execute(store.pool())
+            .await
+            .unwrap();
+        submit(&store, "linux/arm64").await;
+        let taken = scheduler.try_claim(&emu).await.unwrap()?;
+        let decision = store
+            .get_build(taken.build_id)
+            .await
+            .unwrap()
+            .unwrap()
+            .decision
+            .unwrap();
+        Some((taken, decision))
+    }
+
+    #[tokio::test]
+    async fn busy_native_and_slow_native_history_sends_the_build_to_emulation() {
+        // Native takes 300 s and started 10 s ago; emulation takes 200 s: emulation is sooner.
+        let (claimed, decision) = scenario(300, 200, 10).await.expect("emulated");
+        assert_eq!(claimed.mode, BuildMode::Emulated);
+        assert!(
+            decision.starts_with("emulated: emulation finishes sooner"),
+            "{decision}"
+        );
+        assert!(decision.contains("recorded history"), "{decision}");
+    }
+
+    #[tokio::test]
+    async fn busy_native_finishing_soon_keeps_the_build_for_native() {
+        // Native takes 300 s and is 290 s in; emulation takes 3000 s: waiting is sooner.
+        assert!(scenario(300, 3000, 290).await.is_none());
     }
 }

@@ -22,6 +22,8 @@ pub struct AgentRow {
     pub capacity: i64,
     /// Last call, Unix ms.
     pub last_seen: i64,
+    /// Finishing its builds, taking no new ones.
+    pub draining: bool,
 }
 
 impl AgentRow {
@@ -33,6 +35,7 @@ impl AgentRow {
             emulated: json_col(row, "emulated_platforms")?,
             capacity: row.try_get("capacity")?,
             last_seen: row.try_get("last_seen")?,
+            draining: row.try_get::<i64, _>("draining")? != 0,
         })
     }
 }
@@ -51,7 +54,8 @@ pub enum Registered {
     NameTaken,
 }
 
-const COLUMNS: &str = "id, name, native_platforms, emulated_platforms, capacity, last_seen";
+const COLUMNS: &str =
+    "id, name, native_platforms, emulated_platforms, capacity, last_seen, draining";
 
 impl Store {
     /// Registers an agent, or re-registers one under the same name, keeping its id. A re-registering
@@ -92,7 +96,7 @@ impl Store {
                 }
                 sqlx::query(
                     "UPDATE agents SET token_hash = $1, native_platforms = $2, emulated_platforms = $3, \
-                     capacity = $4, version = $5, last_seen = $6, instance_id = $7 WHERE id = $8",
+                     capacity = $4, version = $5, last_seen = $6, instance_id = $7, draining = 0 WHERE id = $8",
                 )
                 .bind(token_hash)
                 .bind(&native)
@@ -168,6 +172,44 @@ impl Store {
         .fetch_all(&self.pool)
         .await?;
         rows.iter().map(AgentRow::from_row).collect()
+    }
+
+    /// Marks an agent draining: it takes no new builds. Returns false when there is no such agent.
+    pub async fn set_draining(&self, id: Uuid) -> StoreResult<bool> {
+        let res = sqlx::query("UPDATE agents SET draining = 1 WHERE id = $1")
+            .bind(id.to_string())
+            .execute(&self.pool)
+            .await?;
+        Ok(res.rows_affected() == 1)
+    }
+
+    /// Removes an agent; any build it still held goes back to the queue.
+    pub async fn deregister_agent(&self, id: Uuid) -> StoreResult<u64> {
+        let mut tx = self.pool.begin().await?;
+        let requeued = sqlx::query(
+            "UPDATE builds SET state = 'queued', agent_id = NULL, agent_name = NULL, mode = NULL, lease_token = NULL, \
+             lease_expires_at = NULL, started_at = NULL, queued_at = $2 WHERE agent_id = $1 AND state = 'building'",
+        )
+        .bind(id.to_string())
+        .bind(now_ms())
+        .execute(&mut *tx)
+        .await?
+        .rows_affected();
+        sqlx::query("DELETE FROM agents WHERE id = $1")
+            .bind(id.to_string())
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        Ok(requeued)
+    }
+
+    /// Shows an agent offline until it calls again (its lease lapsed: it is presumed dead).
+    pub async fn mark_agent_offline(&self, id: Uuid) -> StoreResult<()> {
+        sqlx::query("UPDATE agents SET last_seen = 0 WHERE id = $1")
+            .bind(id.to_string())
+            .execute(&self.pool)
+            .await?;
+        Ok(())
     }
 
     /// Notes that the agent called in.

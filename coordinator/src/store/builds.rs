@@ -37,6 +37,10 @@ pub struct BuildRow {
     pub attempts: i64,
     /// Failure reason.
     pub error: Option<String>,
+    /// Whether the platform is optional for its job.
+    pub optional: bool,
+    /// Why the current or last lease went where it did.
+    pub decision: Option<String>,
     /// Unix ms.
     pub created_at: i64,
     /// Unix ms.
@@ -47,7 +51,7 @@ pub struct BuildRow {
 
 const COLUMNS: &str =
     "id, job_id, platform, state, agent_id, agent_name, mode, lease_token, digest, media_type, \
-    size, attempts, error, created_at, started_at, finished_at";
+        size, attempts, error, created_at, started_at, finished_at, optional, decision";
 
 impl BuildRow {
     fn from_row(row: &AnyRow) -> StoreResult<Self> {
@@ -70,6 +74,8 @@ impl BuildRow {
             size: row.try_get("size")?,
             attempts: row.try_get("attempts")?,
             error: row.try_get("error")?,
+            optional: row.try_get::<i64, _>("optional")? != 0,
+            decision: row.try_get("decision")?,
             created_at: row.try_get("created_at")?,
             started_at: row.try_get("started_at")?,
             finished_at: row.try_get("finished_at")?,
@@ -88,6 +94,10 @@ pub struct QueuedBuild {
     pub platform: Platform,
     /// The job's emulation policy.
     pub emulation: EmulationPolicy,
+    /// The job's repository (`registry/repository`), whose history estimates durations.
+    pub repository: String,
+    /// When it (re)entered the queue, Unix ms.
+    pub queued_at: i64,
 }
 
 /// Outcome of a report made under a lease token.
@@ -125,7 +135,8 @@ impl Store {
     /// Queued builds, oldest job first.
     pub async fn queued_builds(&self) -> StoreResult<Vec<QueuedBuild>> {
         let rows = sqlx::query(
-            "SELECT b.id, b.job_id, b.platform, j.emulation FROM builds b JOIN jobs j ON j.id = b.job_id \
+                        "SELECT b.id, b.job_id, b.platform, b.queued_at, j.emulation, j.registry, j.repository \
+             FROM builds b JOIN jobs j ON j.id = b.job_id \
              WHERE b.state = 'queued' ORDER BY j.created_at, b.position",
         )
         .fetch_all(&self.pool)
@@ -137,17 +148,23 @@ impl Store {
                     id: parse_col(row, "id")?,
                     job_id: parse_col(row, "job_id")?,
                     platform: parse_col(row, "platform")?,
-                    emulation: if emulation == "never" {
-                        EmulationPolicy::Never
-                    } else {
-                        EmulationPolicy::Fallback
-                    },
+                    emulation: emulation.parse().map_err(|_| StoreError::Corrupt {
+                        column: "jobs.emulation",
+                        value: emulation.clone(),
+                    })?,
+                    repository: format!(
+                        "{}/{}",
+                        row.try_get::<String, _>("registry")?,
+                        row.try_get::<String, _>("repository")?
+                    ),
+                    queued_at: row.try_get("queued_at")?,
                 })
             })
             .collect()
     }
 
-    /// Leases a queued build to an agent; false when someone else took it first.
+    /// Leases a queued build to an agent, recording why; false when someone else took it first.
+    #[allow(clippy::too_many_arguments)]
     pub async fn claim_build(
         &self,
         build_id: Uuid,
@@ -156,19 +173,21 @@ impl Store {
         mode: BuildMode,
         lease_token: Uuid,
         lease_expires_at: i64,
+        decision: &str,
     ) -> StoreResult<bool> {
         let res = sqlx::query(
             "UPDATE builds SET state = 'building', agent_id = $1, agent_name = $2, mode = $3, lease_token = $4, \
-             lease_expires_at = $5, attempts = attempts + 1, started_at = $6, error = NULL \
+             lease_expires_at = $5, attempts = attempts + 1, started_at = $6, error = NULL, decision = $8 \
              WHERE id = $7 AND state = 'queued'",
         )
         .bind(agent_id.to_string())
         .bind(agent_name)
         .bind(mode.as_str())
         .bind(lease_token.to_string())
-        .bind(lease_expires_at)
+                .bind(lease_expires_at)
         .bind(now_ms())
         .bind(build_id.to_string())
+        .bind(decision)
         .execute(&self.pool)
         .await?;
         Ok(res.rows_affected() == 1)
@@ -269,11 +288,13 @@ impl Store {
     /// holder; false when its lease changed meanwhile.
     pub async fn requeue_build(&self, build_id: Uuid, old_token: Uuid) -> StoreResult<bool> {
         let res = sqlx::query(
-            "UPDATE builds SET state = 'queued', agent_id = NULL, agent_name = NULL, mode = NULL, lease_token = NULL, \
-             lease_expires_at = NULL, started_at = NULL WHERE id = $1 AND lease_token = $2 AND state = 'building'",
+                        "UPDATE builds SET state = 'queued', agent_id = NULL, agent_name = NULL, mode = NULL, lease_token = NULL, \
+             lease_expires_at = NULL, started_at = NULL, queued_at = $3 \
+             WHERE id = $1 AND lease_token = $2 AND state = 'building'",
         )
         .bind(build_id.to_string())
         .bind(old_token.to_string())
+        .bind(now_ms())
         .execute(&self.pool)
         .await?;
         Ok(res.rows_affected() == 1)
@@ -298,7 +319,7 @@ impl Store {
     ) -> StoreResult<Vec<(Uuid, String, Option<String>)>> {
         let rows = sqlx::query(
             "SELECT j.id, b.platform, b.error FROM jobs j JOIN builds b ON b.job_id = j.id \
-             WHERE j.state IN ('queued', 'building') AND b.state = 'failed'",
+                          WHERE j.state IN ('queued', 'building') AND b.state = 'failed' AND b.optional = 0",
         )
         .fetch_all(&self.pool)
         .await?;
@@ -311,17 +332,6 @@ impl Store {
                 ))
             })
             .collect()
-    }
-
-    /// Jobs still `building` although every build succeeded (a crash before stitching began).
-    pub async fn jobs_ready_to_stitch(&self) -> StoreResult<Vec<Uuid>> {
-        let rows = sqlx::query(
-            "SELECT j.id FROM jobs j WHERE j.state = 'building' \
-             AND NOT EXISTS (SELECT 1 FROM builds b WHERE b.job_id = j.id AND b.state <> 'succeeded')",
-        )
-        .fetch_all(&self.pool)
-        .await?;
-        rows.iter().map(|r| parse_col(r, "id")).collect()
     }
 }
 
@@ -347,6 +357,8 @@ mod tests {
             ],
             registry: "localhost:5000".into(),
             repository: "a".into(),
+            optional_platforms: vec![],
+            timeout_secs: 7200,
         };
         let id = store.insert_job(&job).await.unwrap();
         (id, store.builds_of_job(id).await.unwrap())
@@ -359,18 +371,18 @@ mod tests {
         let b = builds[0].id;
         let (agent, first, second) = (Uuid::new_v4(), Uuid::new_v4(), Uuid::new_v4());
         assert!(store
-            .claim_build(b, agent, "a", BuildMode::Native, first, 1)
+            .claim_build(b, agent, "a", BuildMode::Native, first, 1, "test")
             .await
             .unwrap());
         assert!(!store
-            .claim_build(b, agent, "a", BuildMode::Native, second, 1)
+            .claim_build(b, agent, "a", BuildMode::Native, second, 1, "test")
             .await
             .unwrap());
         // The lease lapses and the build goes to someone else: the first holder's report is refused.
         assert_eq!(store.expired_leases(now_ms()).await.unwrap().len(), 1);
         assert!(store.requeue_build(b, first).await.unwrap());
         assert!(store
-            .claim_build(b, agent, "b", BuildMode::Native, second, i64::MAX)
+            .claim_build(b, agent, "b", BuildMode::Native, second, i64::MAX, "test")
             .await
             .unwrap());
         assert!(!store
@@ -406,6 +418,7 @@ mod tests {
                 BuildMode::Native,
                 token,
                 i64::MAX,
+                "test",
             )
             .await
             .unwrap();
@@ -444,6 +457,7 @@ mod tests {
                 BuildMode::Native,
                 t0,
                 i64::MAX,
+                "test",
             )
             .await
             .unwrap();
@@ -455,6 +469,7 @@ mod tests {
                 BuildMode::Emulated,
                 t1,
                 i64::MAX,
+                "test",
             )
             .await
             .unwrap();
@@ -467,18 +482,26 @@ mod tests {
             .complete_build(builds[0].id, t0, "sha256:a", "m", 1)
             .await
             .unwrap());
-        assert!(store.jobs_ready_to_stitch().await.unwrap().is_empty());
         assert!(store
             .complete_build(builds[1].id, t1, "sha256:b", "m", 1)
             .await
             .unwrap());
-        assert_eq!(store.jobs_ready_to_stitch().await.unwrap(), vec![job]);
+        let done = store.builds_of_job(job).await.unwrap();
+        assert!(done.iter().all(|b| b.state == BuildState::Succeeded));
         assert!(store.jobs_with_failed_builds().await.unwrap().is_empty());
         // Leases of a restarted coordinator are pushed out, never pulled in.
         let (_, other) = one_job(&store).await;
         let t2 = Uuid::new_v4();
         store
-            .claim_build(other[0].id, Uuid::new_v4(), "a", BuildMode::Native, t2, 5)
+            .claim_build(
+                other[0].id,
+                Uuid::new_v4(),
+                "a",
+                BuildMode::Native,
+                t2,
+                5,
+                "test",
+            )
             .await
             .unwrap();
         assert_eq!(store.extend_running_leases(1_000).await.unwrap(), 1);
@@ -490,5 +513,87 @@ mod tests {
             (failed[0].1.as_str(), failed[0].2.as_deref()),
             ("linux/amd64", Some("boom"))
         );
+    }
+}
+
+/// A running build, for estimating when a native slot frees up.
+#[derive(Debug, Clone)]
+pub struct RunningBuild {
+    /// Holder.
+    pub agent_id: Uuid,
+    /// Platform.
+    pub platform: Platform,
+    /// Lease start, Unix ms.
+    pub started_at: i64,
+}
+
+impl Store {
+    /// Every running build.
+    pub async fn running_builds(&self) -> StoreResult<Vec<RunningBuild>> {
+        let rows = sqlx::query(
+            "SELECT agent_id, platform, started_at FROM builds WHERE state = 'building'",
+        )
+        .fetch_all(&self.pool)
+        .await?;
+        let mut out = Vec::with_capacity(rows.len());
+        for row in &rows {
+            let Some(agent_id) = parse_opt_col::<Uuid>(row, "agent_id")? else {
+                continue;
+            };
+            out.push(RunningBuild {
+                agent_id,
+                platform: parse_col(row, "platform")?,
+                started_at: row.try_get::<Option<i64>, _>("started_at")?.unwrap_or(0),
+            });
+        }
+        Ok(out)
+    }
+
+    /// Durations (ms) of recent successful builds of a repository (`registry/repository`), newest
+    /// first, with their platform and mode: the history the emulation decision learns from.
+    pub async fn recent_durations(
+        &self,
+        repository: &str,
+        limit: i64,
+    ) -> StoreResult<Vec<(Platform, BuildMode, i64)>> {
+        let (registry, repo) = repository.split_once('/').unwrap_or((repository, ""));
+        let rows = sqlx::query(
+            "SELECT b.platform, b.mode, b.started_at, b.finished_at FROM builds b JOIN jobs j ON j.id = b.job_id \
+             WHERE j.registry = $1 AND j.repository = $2 AND b.state = 'succeeded' \
+             AND b.started_at IS NOT NULL AND b.finished_at IS NOT NULL ORDER BY b.finished_at DESC LIMIT $3",
+        )
+        .bind(registry)
+        .bind(repo)
+        .bind(limit)
+        .fetch_all(&self.pool)
+        .await?;
+        let mut out = Vec::with_capacity(rows.len());
+        for row in &rows {
+            let mode: Option<String> = row.try_get("mode")?;
+            let Some(mode) = mode.as_deref().and_then(BuildMode::from_name) else {
+                continue;
+            };
+            let started: i64 = row.try_get("started_at")?;
+            let finished: i64 = row.try_get("finished_at")?;
+            out.push((
+                parse_col(row, "platform")?,
+                mode,
+                (finished - started).max(0),
+            ));
+        }
+        Ok(out)
+    }
+
+    /// Gives up on a queued optional build: it ends `cancelled` with the reason.
+    pub async fn skip_build(&self, build_id: Uuid, reason: &str) -> StoreResult<bool> {
+        let res = sqlx::query(
+            "UPDATE builds SET state = 'cancelled', error = $1, finished_at = $2 WHERE id = $3 AND state = 'queued'",
+        )
+        .bind(reason)
+        .bind(now_ms())
+        .bind(build_id.to_string())
+        .execute(&self.pool)
+        .await?;
+        Ok(res.rows_affected() == 1)
     }
 }

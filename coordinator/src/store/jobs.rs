@@ -25,8 +25,12 @@ pub struct NewJob {
     pub emulation: EmulationPolicy,
     /// Normalised tags, all in `registry/repository`.
     pub tags: Vec<String>,
-    /// Normalised platforms.
+    /// Normalised platforms, required first, then optional ones.
     pub platforms: Vec<Platform>,
+    /// The optional ones among `platforms`.
+    pub optional_platforms: Vec<Platform>,
+    /// Seconds before the job fails as timed out.
+    pub timeout_secs: i64,
     /// Registry host[:port] of the tags.
     pub registry: String,
     /// Repository of the tags.
@@ -52,8 +56,14 @@ pub struct JobRow {
     pub emulation: EmulationPolicy,
     /// Tags.
     pub tags: Vec<String>,
-    /// Platforms.
+    /// Platforms, required first.
     pub platforms: Vec<Platform>,
+    /// The optional ones among `platforms`.
+    pub optional_platforms: Vec<Platform>,
+    /// Seconds before the job fails as timed out.
+    pub timeout_secs: i64,
+    /// Warnings for the user.
+    pub warnings: Vec<String>,
     /// Registry host[:port].
     pub registry: String,
     /// Repository.
@@ -74,7 +84,8 @@ pub struct JobRow {
 
 const COLUMNS: &str =
     "id, state, context, dockerfile, build_args, target, emulation, tags, platforms, registry, \
-    repository, index_digest, index_media_type, error, created_at, updated_at, finished_at";
+        repository, index_digest, index_media_type, error, created_at, updated_at, finished_at, \
+    optional_platforms, timeout_secs, warnings";
 
 impl JobRow {
     fn from_row(row: &AnyRow) -> StoreResult<Self> {
@@ -90,11 +101,10 @@ impl JobRow {
             dockerfile: row.try_get("dockerfile")?,
             build_args: json_col(row, "build_args")?,
             target: row.try_get("target")?,
-            emulation: serde_json::from_value(serde_json::Value::String(emulation.clone()))
-                .map_err(|_| StoreError::Corrupt {
-                    column: "jobs.emulation",
-                    value: emulation,
-                })?,
+            emulation: emulation.parse().map_err(|_| StoreError::Corrupt {
+                column: "jobs.emulation",
+                value: emulation.clone(),
+            })?,
             tags: json_col(row, "tags")?,
             platforms: json_col(row, "platforms")?,
             registry: row.try_get("registry")?,
@@ -105,6 +115,9 @@ impl JobRow {
             created_at: row.try_get("created_at")?,
             updated_at: row.try_get("updated_at")?,
             finished_at: row.try_get("finished_at")?,
+            optional_platforms: json_col(row, "optional_platforms")?,
+            timeout_secs: row.try_get("timeout_secs")?,
+            warnings: json_col(row, "warnings")?,
         })
     }
 }
@@ -116,7 +129,8 @@ impl Store {
         let now = now_ms();
         let mut tx = self.pool.begin().await?;
         sqlx::query(&format!(
-            "INSERT INTO jobs ({COLUMNS}) VALUES ($1, 'queued', $2, $3, $4, $5, $6, $7, $8, $9, $10, NULL, NULL, NULL, $11, $12, NULL)"
+                        "INSERT INTO jobs ({COLUMNS}) VALUES ($1, 'queued', $2, $3, $4, $5, $6, $7, $8, $9, $10, NULL, NULL, NULL, \
+             $11, $12, NULL, $13, $14, '[]')"
         ))
         .bind(id.to_string())
         .bind(job.context.as_str())
@@ -128,19 +142,23 @@ impl Store {
         .bind(serde_json::to_string(&job.platforms).expect("platforms serialise"))
         .bind(&job.registry)
         .bind(&job.repository)
+                .bind(now)
         .bind(now)
-        .bind(now)
+        .bind(serde_json::to_string(&job.optional_platforms).expect("platforms serialise"))
+        .bind(job.timeout_secs)
         .execute(&mut *tx)
         .await?;
         for (position, platform) in job.platforms.iter().enumerate() {
             sqlx::query(
-                "INSERT INTO builds (id, job_id, position, platform, state, attempts, created_at) \
-                 VALUES ($1, $2, $3, $4, 'queued', 0, $5)",
+                "INSERT INTO builds (id, job_id, position, platform, state, attempts, created_at, optional, queued_at) \
+                 VALUES ($1, $2, $3, $4, 'queued', 0, $5, $6, $7)",
             )
             .bind(Uuid::new_v4().to_string())
             .bind(id.to_string())
             .bind(position as i64)
             .bind(platform.to_string())
+            .bind(now)
+            .bind(i64::from(job.optional_platforms.contains(platform)))
             .bind(now)
             .execute(&mut *tx)
             .await?;
@@ -278,5 +296,37 @@ impl Store {
         .execute(&self.pool)
         .await?;
         Ok(res.rows_affected() == 1)
+    }
+}
+
+impl Store {
+    /// Adds a warning to a job (read-modify-write: warnings are few and written by one task at a time).
+    pub async fn add_job_warning(&self, id: Uuid, warning: &str) -> StoreResult<()> {
+        let Some(job) = self.get_job(id).await? else {
+            return Ok(());
+        };
+        if job.warnings.iter().any(|w| w == warning) {
+            return Ok(());
+        }
+        let mut warnings = job.warnings;
+        warnings.push(warning.to_string());
+        sqlx::query("UPDATE jobs SET warnings = $1, updated_at = $2 WHERE id = $3")
+            .bind(serde_json::to_string(&warnings).expect("strings serialise"))
+            .bind(now_ms())
+            .bind(id.to_string())
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    /// Unfinished jobs (not yet stitching) whose time limit has passed at `now`.
+    pub async fn timed_out_jobs(&self, now: i64) -> StoreResult<Vec<JobRow>> {
+        let rows = sqlx::query(&format!(
+            "SELECT {COLUMNS} FROM jobs WHERE state IN ('queued', 'building') AND created_at + timeout_secs * 1000 < $1"
+        ))
+        .bind(now)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter().map(JobRow::from_row).collect()
     }
 }

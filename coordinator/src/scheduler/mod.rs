@@ -185,6 +185,21 @@ impl Scheduler {
         let mut histories: HashMap<String, Vec<(Platform, BuildMode, i64)>> = HashMap::new();
         let mut ahead: HashMap<Platform, usize> = HashMap::new();
         for build in &queued {
+            // However a build came back to the queue (a lapsed lease, its agent restarting), each
+            // lease was an attempt: a build that keeps killing agents must not go round forever.
+            if build.attempts >= self.max_attempts {
+                let error = format!(
+                    "{}: gave up after {} attempts (each agent that held it stopped or restarted)",
+                    build.platform, build.attempts
+                );
+                if self.store.fail_queued_build(build.id, &error).await? && !build.optional {
+                    self.store
+                        .end_job(build.job_id, JobState::Failed, &error)
+                        .await?;
+                }
+                tracing::warn!(build.id = %build.id, platform = %build.platform, attempts = build.attempts, "attempts used up");
+                continue;
+            }
             let n_ahead = ahead.entry(build.platform.clone()).or_insert(0);
             let choice = if agent.native.contains(&build.platform) {
                 Some((
@@ -440,5 +455,30 @@ mod tests {
     async fn busy_native_finishing_soon_keeps_the_build_for_native() {
         // Native takes 300 s and is 290 s in; emulation takes 3000 s: waiting is sooner.
         assert!(scenario(300, 3000, 290).await.is_none());
+    }
+
+    #[tokio::test]
+    async fn a_build_requeued_after_its_last_attempt_fails_its_job() {
+        let (store, _dir) = test_store().await;
+        let pi = agent(&store, "pi", &["linux/arm64"], &[]).await;
+        let job = submit(&store, "linux/arm64").await;
+        // Leased three times already, each time lost to an agent restart.
+        sqlx::query("UPDATE builds SET attempts = 3")
+            .execute(store.pool())
+            .await
+            .unwrap();
+        let scheduler = Scheduler::new(
+            store.clone(),
+            Duration::from_secs(15),
+            Duration::from_secs(60),
+            3,
+        );
+        assert!(scheduler.try_claim(&pi).await.unwrap().is_none());
+        let row = store.get_job(job).await.unwrap().unwrap();
+        assert_eq!(row.state, JobState::Failed);
+        assert_eq!(
+            row.error.as_deref(),
+            Some("linux/arm64: gave up after 3 attempts (each agent that held it stopped or restarted)")
+        );
     }
 }

@@ -98,6 +98,10 @@ pub struct QueuedBuild {
     pub repository: String,
     /// When it (re)entered the queue, Unix ms.
     pub queued_at: i64,
+    /// Times it has been leased so far.
+    pub attempts: i64,
+    /// Whether the platform is optional for its job.
+    pub optional: bool,
 }
 
 /// Outcome of a report made under a lease token.
@@ -135,7 +139,7 @@ impl Store {
     /// Queued builds, oldest job first.
     pub async fn queued_builds(&self) -> StoreResult<Vec<QueuedBuild>> {
         let rows = sqlx::query(
-                        "SELECT b.id, b.job_id, b.platform, b.queued_at, j.emulation, j.registry, j.repository \
+                                    "SELECT b.id, b.job_id, b.platform, b.queued_at, b.attempts, b.optional, j.emulation, j.registry, j.repository \
              FROM builds b JOIN jobs j ON j.id = b.job_id \
              WHERE b.state = 'queued' ORDER BY j.created_at, b.position",
         )
@@ -158,6 +162,8 @@ impl Store {
                         row.try_get::<String, _>("repository")?
                     ),
                     queued_at: row.try_get("queued_at")?,
+                    attempts: row.try_get("attempts")?,
+                    optional: row.try_get::<i64, _>("optional")? != 0,
                 })
             })
             .collect()
@@ -582,6 +588,19 @@ impl Store {
             ));
         }
         Ok(out)
+    }
+
+    /// Fails a queued build that may not be leased again; false when it left the queue meanwhile.
+    pub async fn fail_queued_build(&self, build_id: Uuid, error: &str) -> StoreResult<bool> {
+        let res = sqlx::query(
+            "UPDATE builds SET state = 'failed', error = $1, finished_at = $2 WHERE id = $3 AND state = 'queued'",
+        )
+        .bind(error)
+        .bind(now_ms())
+        .bind(build_id.to_string())
+        .execute(&self.pool)
+        .await?;
+        Ok(res.rows_affected() == 1)
     }
 
     /// Gives up on a queued optional build: it ends `cancelled` with the reason.

@@ -41,37 +41,15 @@ pub fn validate(req: JobRequest) -> Result<NewJob, ApiError> {
             "no platforms given: name at least one, e.g. linux/amd64",
         ));
     }
-    if req.platforms.len() > MAX_PLATFORMS {
-        return Err(ApiError::bad(
-            "invalid_platform",
-            format!("at most {MAX_PLATFORMS} platforms per job"),
-        ));
-    }
     let mut platforms: Vec<Platform> = Vec::new();
-    for raw in &req.platforms {
-        let p =
-            Platform::parse(raw).map_err(|e| ApiError::bad("invalid_platform", e.to_string()))?;
-        if platforms.contains(&p) {
-            return Err(ApiError::bad(
-                "invalid_platform",
-                format!("platform {p} is listed twice (once as '{raw}')"),
-            ));
-        }
-        platforms.push(p);
-    }
-    let mut optional_platforms: Vec<Platform> = Vec::new();
-    for raw in &req.optional_platforms {
-        let p =
-            Platform::parse(raw).map_err(|e| ApiError::bad("invalid_platform", e.to_string()))?;
-        if platforms.contains(&p) {
-            return Err(ApiError::bad(
-                "invalid_platform",
-                format!("platform {p} is listed twice (once as '{raw}'); a platform is either required or optional"),
-            ));
-        }
-        optional_platforms.push(p.clone());
-        platforms.push(p);
-    }
+    add_platforms(&mut platforms, &req.platforms, "")?;
+    let required = platforms.len();
+    add_platforms(
+        &mut platforms,
+        &req.optional_platforms,
+        "; a platform is either required or optional",
+    )?;
+    let optional_platforms = platforms[required..].to_vec();
     if platforms.len() > MAX_PLATFORMS {
         return Err(ApiError::bad(
             "invalid_platform",
@@ -178,6 +156,26 @@ pub fn validate(req: JobRequest) -> Result<NewJob, ApiError> {
         tags: refs.iter().map(ToString::to_string).collect(),
         platforms,
     })
+}
+
+/// Parses `raw` onto `platforms`, refusing any that normalises to one already there.
+fn add_platforms(
+    platforms: &mut Vec<Platform>,
+    raw: &[String],
+    twice_hint: &str,
+) -> Result<(), ApiError> {
+    for item in raw {
+        let p =
+            Platform::parse(item).map_err(|e| ApiError::bad("invalid_platform", e.to_string()))?;
+        if platforms.contains(&p) {
+            return Err(ApiError::bad(
+                "invalid_platform",
+                format!("platform {p} is listed twice (once as '{item}'){twice_hint}"),
+            ));
+        }
+        platforms.push(p);
+    }
+    Ok(())
 }
 
 fn validate_dockerfile_path(path: &str) -> Result<(), ApiError> {

@@ -592,23 +592,27 @@ impl Store {
 
     /// Fails a queued build that may not be leased again; false when it left the queue meanwhile.
     pub async fn fail_queued_build(&self, build_id: Uuid, error: &str) -> StoreResult<bool> {
-        let res = sqlx::query(
-            "UPDATE builds SET state = 'failed', error = $1, finished_at = $2 WHERE id = $3 AND state = 'queued'",
-        )
-        .bind(error)
-        .bind(now_ms())
-        .bind(build_id.to_string())
-        .execute(&self.pool)
-        .await?;
-        Ok(res.rows_affected() == 1)
+        self.end_queued_build(build_id, BuildState::Failed, error)
+            .await
     }
 
     /// Gives up on a queued optional build: it ends `cancelled` with the reason.
     pub async fn skip_build(&self, build_id: Uuid, reason: &str) -> StoreResult<bool> {
+        self.end_queued_build(build_id, BuildState::Cancelled, reason)
+            .await
+    }
+
+    async fn end_queued_build(
+        &self,
+        build_id: Uuid,
+        state: BuildState,
+        why: &str,
+    ) -> StoreResult<bool> {
         let res = sqlx::query(
-            "UPDATE builds SET state = 'cancelled', error = $1, finished_at = $2 WHERE id = $3 AND state = 'queued'",
+            "UPDATE builds SET state = $1, error = $2, finished_at = $3 WHERE id = $4 AND state = 'queued'",
         )
-        .bind(reason)
+        .bind(state.as_str())
+        .bind(why)
         .bind(now_ms())
         .bind(build_id.to_string())
         .execute(&self.pool)

@@ -7,6 +7,7 @@ use archfarm_protocol::api::{
     CompleteRequest, ErrorResponse, FailRequest, HeartbeatRequest, HeartbeatResponse, Lease,
     LeaseRequest, LogRequest, RegisterRequest, RegisterResponse, API_PREFIX,
 };
+use archfarm_protocol::events::LogResponse;
 use archfarm_protocol::Digest;
 use futures::StreamExt;
 use reqwest::{RequestBuilder, Response, StatusCode, Url};
@@ -227,11 +228,14 @@ impl CoordinatorClient {
         build: Uuid,
         lease_token: Uuid,
         lines: Vec<String>,
-    ) -> Result<(), ClientError> {
+    ) -> Result<LogResponse, ClientError> {
         let url = self.url(&format!("/builds/{build}/log"));
-        self.post(&url, token, &LogRequest { lease_token, lines })
-            .await
-            .map(drop)
+        let resp = self
+            .post(&url, token, &LogRequest { lease_token, lines })
+            .await?;
+        // An older coordinator answers 204 with no body: it never tells the log is cut.
+        let body = resp.bytes().await.unwrap_or_default();
+        Ok(serde_json::from_slice(&body).unwrap_or(LogResponse { truncated: false }))
     }
 
     /// `POST /builds/{id}/complete`.

@@ -103,10 +103,14 @@ pub struct LogTarget {
 }
 
 /// Sends every line of `rx` until it closes. A 409 (or 401) means the lease is gone: `lost` is
-/// cancelled, which stops the build. Returns once `rx` is drained or `lost` fires.
+/// cancelled, which stops the build. Once the coordinator says the log reached its cap, later lines
+/// are read and dropped here instead of being sent, so a build that prints gigabytes neither stalls
+/// on a full channel nor sends them over the network. Returns once `rx` is drained or `lost` fires.
 pub async fn forward(target: LogTarget, rx: mpsc::Receiver<String>, lost: CancellationToken) {
     let mut batches = Batcher::new(rx, MAX_BATCH_LINES, MAX_BATCH_BYTES, MAX_BATCH_WAIT);
     let mut dropped = 0usize;
+    let mut past_cap = 0usize;
+    let mut truncated = false;
     loop {
         let batch = tokio::select! {
             _ = lost.cancelled() => return,
@@ -114,6 +118,10 @@ pub async fn forward(target: LogTarget, rx: mpsc::Receiver<String>, lost: Cancel
         };
         let Some(batch) = batch else { break };
         let n = batch.len();
+        if truncated {
+            past_cap += n;
+            continue;
+        }
         let mut backoff = Backoff::new(Duration::from_millis(200), Duration::from_secs(2));
         let mut attempt = 0;
         loop {
@@ -123,7 +131,13 @@ pub async fn forward(target: LogTarget, rx: mpsc::Receiver<String>, lost: Cancel
                 r = target.client.log(&target.creds.token, target.build_id, target.lease_token, batch.clone()) => r,
             };
             match sent {
-                Ok(()) => break,
+                Ok(answer) => {
+                    if answer.truncated {
+                        tracing::warn!(build.id = %target.build_id, "the coordinator cut this build's log at its size cap; later lines are not sent");
+                        truncated = true;
+                    }
+                    break;
+                }
                 Err(e) if e.is_conflict() || matches!(e, ClientError::Unauthorized { .. }) => {
                     tracing::warn!(build.id = %target.build_id, "lease lost while sending log lines; stopping the build");
                     lost.cancel();
@@ -139,6 +153,9 @@ pub async fn forward(target: LogTarget, rx: mpsc::Receiver<String>, lost: Cancel
                 }
             }
         }
+    }
+    if past_cap > 0 {
+        tracing::info!(build.id = %target.build_id, lines = past_cap, "log lines past the coordinator's cap were not sent");
     }
     if dropped > 0 {
         tracing::warn!(build.id = %target.build_id, lines = dropped, "some log lines of this build were not delivered");

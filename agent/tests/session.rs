@@ -19,6 +19,7 @@ use archfarm_protocol::api::{
     BuildMode, CompleteRequest, ErrorResponse, FailRequest, HeartbeatRequest, HeartbeatResponse,
     Lease, LogRequest, RegisterRequest, RegisterResponse,
 };
+use archfarm_protocol::events::LogResponse;
 use archfarm_protocol::{Digest, Platform};
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode};
@@ -48,6 +49,10 @@ struct Fake {
     /// Answer 409 to heartbeats (the lease went to another agent).
     lost_on_heartbeat: bool,
     lines: Vec<String>,
+    /// Answer `truncated: true` once this many lines were taken (as a coordinator at its cap).
+    log_cap_lines: Option<usize>,
+    /// Log reports received.
+    log_calls: usize,
     completes: Vec<CompleteRequest>,
     fails: Vec<FailRequest>,
     context: Vec<u8>,
@@ -196,9 +201,18 @@ async fn heartbeat(State(s): State<Shared>, Json(_): Json<HeartbeatRequest>) -> 
     .into_response()
 }
 
-async fn log(State(s): State<Shared>, Json(req): Json<LogRequest>) -> StatusCode {
-    s.lock().unwrap().lines.extend(req.lines);
-    StatusCode::NO_CONTENT
+async fn log(State(s): State<Shared>, Json(req): Json<LogRequest>) -> Response {
+    let mut f = s.lock().unwrap();
+    f.log_calls += 1;
+    f.lines.extend(req.lines);
+    match f.log_cap_lines {
+        // Like a coordinator from before log caps: 204 and no body.
+        None => StatusCode::NO_CONTENT.into_response(),
+        Some(cap) => Json(LogResponse {
+            truncated: f.lines.len() >= cap,
+        })
+        .into_response(),
+    }
 }
 
 async fn complete(State(s): State<Shared>, Json(req): Json<CompleteRequest>) -> Response {
@@ -596,6 +610,34 @@ async fn a_build_streams_its_lines_in_order_then_completes() {
         .join(format!("{}.tar.gz", lease.context.hex()));
     assert!(cached.exists(), "context cached by digest");
     until(&s, "cleanup", |_| agent.builds_left() == 0).await;
+    agent.shutdown().await.unwrap();
+}
+
+#[tokio::test]
+async fn lines_past_the_coordinators_cap_are_not_sent() {
+    let ctx = context_archive();
+    let (url, s) = start(Fake {
+        context: ctx.clone(),
+        leases: VecDeque::from([a_lease(&ctx)]),
+        log_cap_lines: Some(150),
+        ..Default::default()
+    })
+    .await;
+    let agent = spawn_agent(&url, JOIN, Behaviour::Succeed { lines: 5000 });
+    until(&s, "complete", |f| !f.completes.is_empty()).await;
+    {
+        let f = s.lock().unwrap();
+        // Reports stop at the first answer that says the log is cut: at most one batch more
+        // than the cap arrives, not all 5000 lines.
+        assert!(f.lines.len() >= 150, "{} lines", f.lines.len());
+        assert!(
+            f.lines.len() < 150 + archfarm_agent::logs::MAX_BATCH_LINES,
+            "{} lines sent after the cap",
+            f.lines.len()
+        );
+        assert!(f.log_calls <= 3, "{} log reports", f.log_calls);
+        assert!(f.fails.is_empty(), "the build itself still succeeds");
+    }
     agent.shutdown().await.unwrap();
 }
 

@@ -4,9 +4,11 @@
 //! * [`reference`]: image references (`REGISTRY/REPOSITORY[:TAG][@DIGEST]`) and content digests.
 //! * [`secret`]: tokens that never show in logs.
 //! * [`api`]: the JSON bodies of the coordinator's HTTP API, for CI clients and agents alike.
+//! * [`events`]: the Server-Sent Events of job and farm streams.
 
 pub mod api;
 pub mod duration;
+pub mod events;
 pub mod platform;
 pub mod reference;
 pub mod secret;

@@ -219,6 +219,7 @@ wait_for "agent emu" "$EMU_PID" "$QS/logs/agent-emu.log" 60 agent_listed emu
 cat >"$QS/urls" <<EOF
 registry:     http://$REGISTRY   (e.g. skopeo inspect --tls-verify=false docker://$REGISTRY/hello:latest)
 coordinator:  $COORDINATOR   (export ARCHFARM_COORDINATOR=$COORDINATOR)
+dashboard:    $COORDINATOR/   (jobs, agents, live logs; metrics at $COORDINATOR/metrics)
 join token:   .quickstart/join-token
 logs:         .quickstart/logs/
 stop:         scripts/quickstart.sh --stop

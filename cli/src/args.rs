@@ -19,8 +19,9 @@ Exit codes:
   1    the job failed or was cancelled, or the coordinator could not be reached or failed (5xx);
        for `cancel`: the job is pushing its image index and can no longer be cancelled
   2    bad usage or input, refused before anything was sent (unknown platform, malformed reference,
-       missing context or Dockerfile, unknown agent name for `agents drain`) or refused by the
-       coordinator (4xx: bad request, bad token, unknown job, context too large)
+       missing context or Dockerfile, unknown agent name for `agents drain`, a platform the job
+       does not build for `logs`) or refused by the coordinator (4xx: bad request, bad token,
+       unknown job, context too large)
   130  interrupted (Ctrl-C) while following a job; the job keeps running on the coordinator";
 
 /// Default coordinator URL when neither `--coordinator` nor `ARCHFARM_COORDINATOR` is given.
@@ -105,6 +106,47 @@ pub enum Command {
         /// Job id.
         id: Uuid,
     },
+    /// Print a job's build logs on stdout, or follow them until the job ends.
+    #[command(long_about = LOGS_HELP)]
+    Logs(LogsArgs),
+}
+
+/// `archfarm logs --help`.
+const LOGS_HELP: &str = "\
+Print a job's build logs on stdout.
+
+With --platform, only that platform's log, exactly as the build wrote it. Without it, every \
+build's log; when the job has more than one build, each line starts with `[PLATFORM AGENT] ` \
+(`[linux/arm64 pi-4] STEP 2/5: RUN make`), the builds one after another, or with --follow \
+interleaved as their lines arrive. Only whole lines are printed.
+
+Examples:
+  archfarm logs 6f1e2d3c-5b7a-4c1d-9e8f-0a1b2c3d4e5f                     every build's log so far
+  archfarm logs 6f1e2d3c-5b7a-4c1d-9e8f-0a1b2c3d4e5f --platform aarch64  only linux/arm64's log
+  archfarm logs 6f1e2d3c-5b7a-4c1d-9e8f-0a1b2c3d4e5f --follow            until the job ends
+  ID=$(archfarm build --detach --platform amd64,arm64 -t registry.example.com/app:1 .)
+  archfarm logs \"$ID\" --follow --platform arm64
+
+Exit codes:
+  0    the logs were printed; with --follow, the job ended and every log was read to its end.
+       This says nothing about how the job ended: `archfarm job ID` (or `archfarm build`'s own
+       exit code) tells that
+  1    the coordinator could not be reached or failed (5xx), or stayed unreachable while following
+  2    bad usage: an unknown platform name, a platform the job does not build, or a request the
+       coordinator refused (4xx: unknown job, bad token)
+  130  stopped by Ctrl-C while following (as shells report it); the job keeps running";
+
+/// `archfarm logs JOB [--platform P] [--follow]`.
+#[derive(Debug, Clone, Args)]
+pub struct LogsArgs {
+    /// Job id.
+    pub id: Uuid,
+    /// Only this platform's log, unprefixed (any accepted spelling: aarch64, x86_64, arm64/v8...).
+    #[arg(long, value_name = "P")]
+    pub platform: Option<String>,
+    /// Keep printing new lines until the job has ended and every log was read to its end.
+    #[arg(short, long)]
+    pub follow: bool,
 }
 
 /// `archfarm agents [drain NAME]`.
@@ -168,6 +210,10 @@ pub struct BuildArgs {
     /// Submit the job, print its id and exit without following it.
     #[arg(long)]
     pub detach: bool,
+    /// Who submits the job, shown on the dashboard [default: the CI user from GITHUB_ACTOR,
+    /// GITLAB_USER_LOGIN or BUILDKITE_BUILD_CREATOR, else USER@HOST].
+    #[arg(long, env = "ARCHFARM_SUBMITTER", value_name = "NAME")]
+    pub submitter: Option<String>,
     /// Context directory.
     #[arg(value_name = "CONTEXT")]
     pub context: PathBuf,
@@ -190,9 +236,12 @@ fn parse_timeout(value: &str) -> Result<Duration, String> {
 /// `--progress`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum Progress {
-    /// Plain when stderr is not a terminal; the same as plain on a terminal for now.
+    /// `tty` when stderr is a terminal (and TERM is not `dumb`), `plain` otherwise.
     Auto,
-    /// One line per state change, plus the build logs prefixed with their platform.
+    /// One live row per platform (state, agent, native or emulated, elapsed time, last log
+    /// line), redrawn in place with ANSI escapes.
+    Tty,
+    /// One line per state change, plus the build logs prefixed with platform and agent.
     Plain,
     /// Nothing but the result (and errors).
     Quiet,
@@ -352,11 +401,67 @@ mod tests {
             "-t",
             "a:1",
             "--progress",
-            "tty",
+            "fancy",
             ".",
         ])
         .unwrap_err();
         assert_eq!(e.exit_code(), 2);
+        assert!(parse(&["logs"]).is_err(), "job id required");
+        assert!(parse(&["logs", "not-a-uuid"]).is_err());
+    }
+
+    #[test]
+    fn progress_styles() {
+        let progress_of = |value: &str| {
+            let args = [
+                "build",
+                "--platform",
+                "amd64",
+                "-t",
+                "a:1",
+                "--progress",
+                value,
+                ".",
+            ];
+            let Command::Build(b) = parse(&args).unwrap().command else {
+                panic!("not build")
+            };
+            b.progress
+        };
+        for (value, want) in [
+            ("auto", Progress::Auto),
+            ("tty", Progress::Tty),
+            ("plain", Progress::Plain),
+            ("quiet", Progress::Quiet),
+        ] {
+            assert_eq!(progress_of(value), want);
+        }
+    }
+
+    #[test]
+    fn logs_args() {
+        let id = "6f1e2d3c-0000-4000-8000-000000000001";
+        let Command::Logs(l) = parse(&["logs", id]).unwrap().command else {
+            panic!("not logs")
+        };
+        assert_eq!(l.id.to_string(), id);
+        assert_eq!((l.platform, l.follow), (None, false));
+        let Command::Logs(l) = parse(&["logs", id, "--platform", "aarch64", "-f"])
+            .unwrap()
+            .command
+        else {
+            panic!("not logs")
+        };
+        assert_eq!(l.platform.as_deref(), Some("aarch64"));
+        assert!(l.follow);
+        let help = Cli::command()
+            .find_subcommand_mut("logs")
+            .unwrap()
+            .render_long_help()
+            .to_string();
+        assert!(help.contains("Examples:"), "{help}");
+        assert!(help.contains("--platform aarch64"), "{help}");
+        assert!(help.contains("every log was read to its end"), "{help}");
     }
 
     #[test]

@@ -6,10 +6,12 @@ use std::io::IsTerminal;
 use archfarm_protocol::api::{Job, JobRequest, JobState};
 use uuid::Uuid;
 
-use crate::args::{AgentsAction, BuildArgs, Connection, Progress};
+use crate::args::{AgentsAction, BuildArgs, Connection, LogsArgs, Progress};
 use crate::client::{Client, ClientError};
-use crate::follow::{self, failure_report};
+use crate::follow::{self, failure_report, PlainView, QuietView, View};
+use crate::logs::{self, LogSet, LogsView};
 use crate::output::{self, human_size};
+use crate::tty::TtyView;
 use crate::validate::{check_coordinator_url, BuildPlan, UsageError};
 use crate::{context, Error};
 
@@ -19,6 +21,8 @@ pub const EXIT_INTERRUPTED: u8 = 130;
 /// How progress is shown once `auto` is resolved.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Style {
+    /// One live row per platform, redrawn in place.
+    Tty,
     /// One line per change plus the build logs.
     Plain,
     /// Only the result.
@@ -26,16 +30,32 @@ pub enum Style {
 }
 
 impl Style {
-    /// Resolves `--progress` for a stderr that is or is not a terminal.
-    pub fn resolve(progress: Progress, stderr_is_terminal: bool) -> Style {
+    /// Resolves `--progress` for a stderr that is or is not a terminal able to redraw (see
+    /// [`stderr_can_redraw`]). An explicit `tty` is obeyed even when it is not.
+    pub fn resolve(progress: Progress, stderr_can_redraw: bool) -> Style {
         match progress {
             Progress::Quiet => Style::Quiet,
             Progress::Plain => Style::Plain,
-            // No live terminal view exists yet, so a terminal gets the plain lines too.
-            Progress::Auto if stderr_is_terminal => Style::Plain,
+            Progress::Tty => Style::Tty,
+            Progress::Auto if stderr_can_redraw => Style::Tty,
             Progress::Auto => Style::Plain,
         }
     }
+
+    /// The view that shows a followed job in this style.
+    fn view(self) -> Box<dyn View> {
+        match self {
+            Style::Tty => Box::<TtyView>::default(),
+            Style::Plain => Box::<PlainView>::default(),
+            Style::Quiet => Box::new(QuietView),
+        }
+    }
+}
+
+/// Whether stderr is a terminal that understands cursor movement: a CI log file, a pipe or
+/// `TERM=dumb` (Emacs shells) get plain lines instead of escapes.
+pub fn stderr_can_redraw() -> bool {
+    std::io::stderr().is_terminal() && std::env::var("TERM").map_or(true, |t| t != "dumb")
 }
 
 fn client(conn: &Connection) -> Result<Client, Error> {
@@ -48,7 +68,8 @@ pub async fn build(conn: &Connection, args: &BuildArgs) -> Result<u8, Error> {
     // Everything local first: a typo must never cost an upload.
     let plan = BuildPlan::from_args(args, |name| std::env::var(name).ok())?;
     let client = client(conn)?;
-    let verbose = Style::resolve(plan.progress, std::io::stderr().is_terminal()) == Style::Plain;
+    let style = Style::resolve(plan.progress, stderr_can_redraw());
+    let verbose = style != Style::Quiet;
     let say = |msg: String| {
         if verbose {
             eprintln!("{msg}");
@@ -97,6 +118,7 @@ pub async fn build(conn: &Connection, args: &BuildArgs) -> Result<u8, Error> {
             .map(|p| p.to_string())
             .collect(),
         timeout_secs: plan.timeout.map(|t| t.as_secs()),
+        submitter: plan.submitter.clone(),
     };
     let job = client.submit_job(&request).await?;
     let id = job.id;
@@ -122,8 +144,9 @@ pub async fn build(conn: &Connection, args: &BuildArgs) -> Result<u8, Error> {
             std::future::pending::<()>().await;
         }
     };
+    let mut view = style.view();
     let finished = tokio::select! {
-        result = follow::follow(&client, job, verbose) => {
+        result = follow::follow(&client, job, view.as_mut()) => {
             result.map_err(|last| Error::LostJob { id, last })?
         }
         () = interrupted => {
@@ -242,15 +265,40 @@ pub async fn cancel(conn: &Connection, id: Uuid) -> Result<u8, Error> {
     Ok(0)
 }
 
+/// `archfarm logs JOB [--platform P] [--follow]`: the logs on stdout; exit 0 once printed (with
+/// `--follow`, once the job ended and every log was read), whatever the job's outcome.
+pub async fn logs(conn: &Connection, args: &LogsArgs) -> Result<u8, Error> {
+    // A misspelt platform must not cost a request.
+    let platform = args
+        .platform
+        .as_deref()
+        .map(logs::parse_platform)
+        .transpose()?;
+    let client = client(conn)?;
+    let job = client.job(args.id).await?;
+    let mut view = LogsView::new(&job, platform.as_ref())?;
+    if args.follow {
+        let id = job.id;
+        follow::follow(&client, job, &mut view)
+            .await
+            .map_err(|last| Error::LostJob { id, last })?;
+    } else {
+        follow::round(&client, &job, &mut LogSet::default(), &mut view).await?;
+    }
+    Ok(0)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
     #[test]
-    fn auto_progress_is_plain_for_now() {
+    fn auto_progress_is_tty_on_a_terminal() {
         assert_eq!(Style::resolve(Progress::Auto, false), Style::Plain);
-        assert_eq!(Style::resolve(Progress::Auto, true), Style::Plain);
+        assert_eq!(Style::resolve(Progress::Auto, true), Style::Tty);
+        assert_eq!(Style::resolve(Progress::Tty, false), Style::Tty);
         assert_eq!(Style::resolve(Progress::Quiet, true), Style::Quiet);
+        assert_eq!(Style::resolve(Progress::Plain, true), Style::Plain);
         assert_eq!(Style::resolve(Progress::Plain, false), Style::Plain);
     }
 }

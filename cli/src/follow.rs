@@ -1,4 +1,5 @@
-//! Following a job until it ends: state changes and build logs on stderr, the outcome returned.
+//! Following a job until it ends: one polling loop, [`follow`], shown through a [`View`] (plain
+//! lines, nothing, the live terminal rows of [`crate::tty`], or `archfarm logs`' output).
 //!
 //! The coordinator is polled (`GET /jobs/{id}` about every 500 ms) rather than streamed so that a
 //! proxy, a coordinator restart or a flaky CI network costs a retry, not the build's result.
@@ -10,6 +11,7 @@ use archfarm_protocol::api::{Build, BuildState, Job, JobState};
 use uuid::Uuid;
 
 use crate::client::{Client, ClientError};
+use crate::logs::{self, LogSet};
 
 /// How often the job is polled.
 pub const POLL_INTERVAL: Duration = Duration::from_millis(500);
@@ -167,122 +169,215 @@ impl Tracker {
     }
 }
 
-/// One build's log as received so far: the byte offset to ask from and an unfinished last line.
+/// What a follower shows of each snapshot of the job: `archfarm build`'s progress styles and
+/// `archfarm logs --follow` are views over the one polling loop, [`follow`].
+pub trait View {
+    /// Whether this build's log is read at all.
+    fn wants_log(&self, build: &Build) -> bool;
+
+    /// Whether a log that cannot be read is an error (`archfarm logs`) rather than a gap in a
+    /// progress view that must not stop the build being followed. Following then also goes on
+    /// until every wanted log was read to its end.
+    fn needs_every_line(&self) -> bool {
+        false
+    }
+
+    /// A new snapshot, with the log lines that arrived since the last one: `lines[i]` belongs to
+    /// `job.builds[i]`.
+    fn update(&mut self, job: &Job, lines: &[Vec<String>]);
+
+    /// A message about following itself (the coordinator went away, came back), on stderr.
+    fn note(&mut self, message: &str) {
+        eprintln!("{message}");
+    }
+
+    /// How often [`View::tick`] wants calling between polls, if at all.
+    fn tick_every(&self) -> Option<Duration> {
+        None
+    }
+
+    /// Called every [`View::tick_every`] between polls (a live view's clocks move on).
+    fn tick(&mut self) {}
+
+    /// True when nobody reads the output any more, so following can stop.
+    fn closed(&self) -> bool {
+        false
+    }
+}
+
+/// `--progress quiet`: nothing but notes about the coordinator's trouble.
 #[derive(Debug, Default)]
-pub struct LogStream {
-    /// Bytes received so far (the next `offset=`).
-    pub offset: u64,
-    partial: Vec<u8>,
-    /// The build ended and its log was read to the end.
-    pub drained: bool,
-}
+pub struct QuietView;
 
-impl LogStream {
-    /// Takes newly received bytes and returns the lines they complete.
-    pub fn feed(&mut self, bytes: &[u8]) -> Vec<String> {
-        self.offset += bytes.len() as u64;
-        self.partial.extend_from_slice(bytes);
-        let Some(last_nl) = self.partial.iter().rposition(|b| *b == b'\n') else {
-            return Vec::new();
-        };
-        let rest = self.partial.split_off(last_nl + 1);
-        let complete = std::mem::replace(&mut self.partial, rest);
-        String::from_utf8_lossy(&complete[..complete.len() - 1])
-            .split('\n')
-            .map(|l| l.trim_end_matches('\r').to_string())
-            .collect()
+impl View for QuietView {
+    fn wants_log(&self, _: &Build) -> bool {
+        false
     }
 
-    /// The unfinished last line, once no more is coming.
-    pub fn flush(&mut self) -> Option<String> {
-        if self.partial.is_empty() {
-            return None;
+    fn update(&mut self, _: &Job, _: &[Vec<String>]) {}
+}
+
+/// `--progress plain`: one line per change, the log lines prefixed `[platform agent]`.
+#[derive(Debug, Default)]
+pub struct PlainView {
+    tracker: Tracker,
+}
+
+impl PlainView {
+    /// The lines for one snapshot: per build its changes, its new log lines, how it ended; then
+    /// the job's own changes.
+    pub fn lines(&mut self, job: &Job, logs: &[Vec<String>]) -> Vec<String> {
+        let mut out = Vec::new();
+        for (b, new) in job.builds.iter().zip(logs) {
+            let (pre, post) = self.tracker.build_lines(job.state, b);
+            out.extend(pre);
+            let prefix = logs::prefix(b);
+            out.extend(new.iter().map(|l| format!("{prefix} {l}")));
+            out.extend(post);
         }
-        let line = String::from_utf8_lossy(&self.partial).into_owned();
-        self.partial.clear();
-        Some(line)
+        out.extend(self.tracker.job_lines(job));
+        out
     }
 }
 
-/// Polls the job until it reaches a terminal state and returns that last snapshot. With `verbose`,
-/// prints each change and the build logs on stderr.
-pub async fn follow(client: &Client, initial: Job, verbose: bool) -> Result<Job, ClientError> {
+impl View for PlainView {
+    fn wants_log(&self, _: &Build) -> bool {
+        true
+    }
+
+    fn update(&mut self, job: &Job, logs: &[Vec<String>]) {
+        let mut text = String::new();
+        for line in self.lines(job, logs) {
+            text.push_str(&line);
+            text.push('\n');
+        }
+        eprint!("{text}");
+    }
+}
+
+/// Reads the new log lines of the builds `view` wants and hands them to it with the snapshot.
+/// A log that cannot be read is skipped, unless the view needs every line: then the first such
+/// failure is returned, after the view got what could be read.
+pub async fn round(
+    client: &Client,
+    job: &Job,
+    logs: &mut LogSet,
+    view: &mut dyn View,
+) -> Result<(), ClientError> {
+    let mut batch = Vec::with_capacity(job.builds.len());
+    let mut failed = None;
+    for b in &job.builds {
+        let mut lines = Vec::new();
+        if view.wants_log(b) {
+            match logs.pull(client, b, job.state.is_terminal()).await {
+                Ok(l) => lines = l,
+                Err(e) if view.needs_every_line() => {
+                    failed.get_or_insert(e);
+                }
+                // Best effort: a missing log must not stop a build being followed.
+                Err(_) => {}
+            }
+        }
+        batch.push(lines);
+    }
+    view.update(job, &batch);
+    failed.map_or(Ok(()), Err)
+}
+
+/// Since when the coordinator has been failing, to give up after [`GIVE_UP_AFTER`].
+#[derive(Debug, Default)]
+struct Trouble {
+    since: Option<Instant>,
+}
+
+impl Trouble {
+    /// Records a failed call: a transient one is retried (the first is announced) until
+    /// [`GIVE_UP_AFTER`]; any other ends following.
+    fn hit(&mut self, e: ClientError, view: &mut dyn View) -> Result<(), ClientError> {
+        if !e.is_transient() {
+            return Err(e);
+        }
+        let since = *self.since.get_or_insert_with(|| {
+            view.note(&format!(
+                "warning: {e}; retrying for up to {} s (the job keeps running)",
+                GIVE_UP_AFTER.as_secs()
+            ));
+            Instant::now()
+        });
+        if since.elapsed() > GIVE_UP_AFTER {
+            return Err(e);
+        }
+        Ok(())
+    }
+
+    /// Records a round that went through.
+    fn clear(&mut self, view: &mut dyn View, id: Uuid) {
+        if self.since.take().is_some() {
+            view.note(&format!(
+                "archfarm: the coordinator answers again; still following job {id}"
+            ));
+        }
+    }
+}
+
+/// Waits one poll interval, ticking the view meanwhile.
+async fn pause(view: &mut dyn View) {
+    let Some(every) = view.tick_every() else {
+        tokio::time::sleep(POLL_INTERVAL).await;
+        return;
+    };
+    let until = Instant::now() + POLL_INTERVAL;
+    loop {
+        let left = until.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return;
+        }
+        tokio::time::sleep(left.min(every)).await;
+        view.tick();
+    }
+}
+
+/// Polls the job until it reaches a terminal state (and, for a view that needs every line,
+/// every wanted log was read to its end), showing each snapshot in `view`, and returns the last
+/// snapshot. Also returns early, with the snapshot then, once the view is closed.
+pub async fn follow(
+    client: &Client,
+    initial: Job,
+    view: &mut dyn View,
+) -> Result<Job, ClientError> {
     let mut job = initial;
-    let mut tracker = Tracker::default();
-    let mut logs: HashMap<Uuid, LogStream> = HashMap::new();
-    let mut trouble_since: Option<Instant> = None;
+    let mut logs = LogSet::default();
+    let mut trouble = Trouble::default();
     let mut fresh = true;
     loop {
-        if verbose && fresh {
-            show(client, &job, &mut tracker, &mut logs).await;
+        if fresh {
+            match round(client, &job, &mut logs, view).await {
+                Ok(()) => trouble.clear(view, job.id),
+                Err(e) => trouble.hit(e, view)?,
+            }
+            if view.closed() {
+                return Ok(job);
+            }
+            let wanted = |b: &Build| view.wants_log(b);
+            if job.state.is_terminal() && (!view.needs_every_line() || logs.drained(&job, wanted)) {
+                return Ok(job);
+            }
         }
-        if job.state.is_terminal() {
-            return Ok(job);
-        }
-        tokio::time::sleep(POLL_INTERVAL).await;
+        pause(view).await;
         match client.job(job.id).await {
             Ok(j) => {
-                if trouble_since.take().is_some() {
-                    eprintln!(
-                        "archfarm: the coordinator answers again; still following job {}",
-                        j.id
-                    );
+                // A view that needs every line is only back on track once its logs read too.
+                if !view.needs_every_line() {
+                    trouble.clear(view, j.id);
                 }
                 job = j;
                 fresh = true;
             }
-            Err(e) if e.is_transient() => {
-                let since = *trouble_since.get_or_insert_with(|| {
-                    eprintln!(
-                        "warning: {e}; retrying for up to {} s (the job keeps running)",
-                        GIVE_UP_AFTER.as_secs()
-                    );
-                    Instant::now()
-                });
-                if since.elapsed() > GIVE_UP_AFTER {
-                    return Err(e);
-                }
+            Err(e) => {
+                trouble.hit(e, view)?;
                 fresh = false;
             }
-            Err(e) => return Err(e),
         }
-    }
-}
-
-/// Prints what changed in `job` and the log lines that arrived since the last call.
-async fn show(
-    client: &Client,
-    job: &Job,
-    tracker: &mut Tracker,
-    logs: &mut HashMap<Uuid, LogStream>,
-) {
-    for b in &job.builds {
-        let (pre, post) = tracker.build_lines(job.state, b);
-        for line in pre {
-            eprintln!("{line}");
-        }
-        let leased = b.agent.is_some() || b.state == BuildState::Building;
-        let stream = logs.entry(b.id).or_default();
-        if leased && !stream.drained {
-            // Logs are best effort: a missing or failed read must not stop following the job.
-            if let Ok(bytes) = client.build_log(b.id, stream.offset).await {
-                for line in stream.feed(&bytes) {
-                    eprintln!("[{}] {line}", b.platform);
-                }
-                if b.state.is_terminal() {
-                    if let Some(line) = stream.flush() {
-                        eprintln!("[{}] {line}", b.platform);
-                    }
-                    stream.drained = true;
-                }
-            }
-        }
-        for line in post {
-            eprintln!("{line}");
-        }
-    }
-    for line in tracker.job_lines(job) {
-        eprintln!("{line}");
     }
 }
 

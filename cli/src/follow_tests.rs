@@ -228,19 +228,30 @@ fn job_lines() {
 }
 
 #[test]
-fn log_lines_split_across_reads() {
-    let mut s = LogStream::default();
-    assert!(s.feed(b"STEP 1/2: FROM scr").is_empty());
+fn plain_log_lines_name_platform_and_agent() {
+    let mut job: Job = serde_json::from_value(sample_job_json()).unwrap();
+    let mut v = PlainView::default();
+    let logs = vec![vec!["STEP 1/2: FROM scratch".to_string()], vec![]];
     assert_eq!(
-        s.feed(b"atch\nSTEP 2/2: COPY\r\nCOMM"),
-        ["STEP 1/2: FROM scratch", "STEP 2/2: COPY"]
+        v.lines(&job, &logs),
+        [
+            "[linux/amd64] building on pi-4 (native)",
+            "[linux/amd64 pi-4] STEP 1/2: FROM scratch",
+            "[linux/s390x] queued",
+            "[linux/s390x] waiting: no online agent builds linux/s390x natively or under emulation",
+        ]
     );
-    assert_eq!(s.offset, 43);
-    assert!(s.feed(b"").is_empty());
-    assert_eq!(s.feed(b"IT\n\n"), ["COMMIT", ""]);
-    assert_eq!(s.flush(), None);
-    s.feed(b"no newline");
-    assert_eq!(s.flush().as_deref(), Some("no newline"));
+    // A build running on an agent the coordinator has not named yet: the platform alone.
+    job.builds[1].state = BuildState::Building;
+    let logs = vec![vec![], vec!["s390x line 1".to_string()]];
+    assert_eq!(
+        v.lines(&job, &logs),
+        [
+            "[linux/s390x] building on an agent",
+            "[linux/s390x] s390x line 1"
+        ]
+    );
+    assert!(!QuietView.wants_log(&job.builds[0]), "quiet reads no logs");
 }
 
 #[test]

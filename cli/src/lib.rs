@@ -4,7 +4,9 @@
 //! * [`validate`]: local checks of `build`'s inputs, before any network call.
 //! * [`dockerignore`] and [`context`]: packing the context deterministically.
 //! * [`client`]: the coordinator's CI routes, typed.
-//! * [`follow`]: following a job's builds and logs.
+//! * [`follow`]: following a job's builds and logs, shown through a view.
+//! * [`logs`]: build logs as whole lines, and `archfarm logs`' view.
+//! * [`tty`]: the live terminal view of `--progress tty`.
 //! * [`output`]: tables and summaries for people.
 //! * [`commands`]: one function per subcommand.
 
@@ -14,7 +16,9 @@ pub mod commands;
 pub mod context;
 pub mod dockerignore;
 pub mod follow;
+pub mod logs;
 pub mod output;
+pub mod tty;
 pub mod validate;
 
 use uuid::Uuid;
@@ -71,5 +75,6 @@ pub async fn run(cli: Cli) -> Result<u8, Error> {
         Command::Job { id, json } => commands::job(conn, *id, *json).await,
         Command::Agents(a) => commands::agents(conn, a.action.as_ref()).await,
         Command::Cancel { id } => commands::cancel(conn, *id).await,
+        Command::Logs(args) => commands::logs(conn, args).await,
     }
 }

@@ -216,6 +216,9 @@ pub fn job_summary(job: &Job, now: DateTime<Utc>) -> String {
             format_duration(std::time::Duration::from_secs(job.timeout_secs)),
         );
     }
+    if let Some(who) = &job.submitter {
+        field("submitter", who.clone());
+    }
     field(
         "created",
         format!(

@@ -42,6 +42,8 @@ pub struct BuildPlan {
     pub progress: Progress,
     /// Whether to return right after submitting.
     pub detach: bool,
+    /// Who submits, as shown on the dashboard.
+    pub submitter: Option<String>,
 }
 
 impl BuildPlan {
@@ -53,7 +55,7 @@ impl BuildPlan {
         let platforms = parse_platforms(&args.platforms)?;
         let optional_platforms = parse_optional_platforms(&args.optional_platforms, &platforms)?;
         let tags = parse_tags(&args.tags)?;
-        let build_args = parse_build_args(&args.build_args, env)?;
+        let build_args = parse_build_args(&args.build_args, &env)?;
         let target = match args.target.as_deref() {
             Some(t) if t.trim().is_empty() => {
                 return Err(UsageError(
@@ -79,8 +81,43 @@ impl BuildPlan {
             timeout: args.timeout,
             progress: args.progress,
             detach: args.detach,
+            submitter: args
+                .submitter
+                .clone()
+                .filter(|s| !s.trim().is_empty())
+                .or_else(|| default_submitter(&env, local_host_name)),
         })
     }
+}
+
+/// The CI system's user when a known CI variable names one, else `USER@HOST`.
+pub fn default_submitter(
+    env: impl Fn(&str) -> Option<String>,
+    host: impl Fn() -> Option<String>,
+) -> Option<String> {
+    let set = |k: &str| env(k).filter(|v| !v.trim().is_empty());
+    [
+        "GITHUB_ACTOR",
+        "GITLAB_USER_LOGIN",
+        "BUILDKITE_BUILD_CREATOR",
+    ]
+    .iter()
+    .find_map(|k| set(k))
+    .or_else(|| {
+        let user = set("USER").or_else(|| set("LOGNAME"))?;
+        Some(match host() {
+            Some(h) => format!("{user}@{h}"),
+            None => user,
+        })
+    })
+}
+
+/// This machine's host name, from the kernel.
+fn local_host_name() -> Option<String> {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .ok()
+        .map(|h| h.trim().to_string())
+        .filter(|h| !h.is_empty())
 }
 
 /// Parses every `--platform` value (each may be a comma list) into one list without duplicates.
@@ -347,6 +384,36 @@ pub fn check_coordinator_url(url: &str) -> Result<(), UsageError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_submitter_defaults_to_the_ci_user_then_user_at_host() {
+        let env = |pairs: &'static [(&'static str, &'static str)]| {
+            move |k: &str| {
+                pairs
+                    .iter()
+                    .find(|(n, _)| *n == k)
+                    .map(|(_, v)| v.to_string())
+            }
+        };
+        let host = || Some("build-7".to_string());
+        assert_eq!(
+            default_submitter(
+                env(&[("GITLAB_USER_LOGIN", "alice"), ("USER", "root")]),
+                host
+            ),
+            Some("alice".into())
+        );
+        assert_eq!(
+            default_submitter(env(&[("GITHUB_ACTOR", " "), ("USER", "root")]), host),
+            Some("root@build-7".into()),
+            "a blank CI variable is skipped"
+        );
+        assert_eq!(
+            default_submitter(env(&[("LOGNAME", "bob")]), || None),
+            Some("bob".into())
+        );
+        assert_eq!(default_submitter(env(&[]), host), None);
+    }
 
     fn strings(v: &[&str]) -> Vec<String> {
         v.iter().map(|s| s.to_string()).collect()

@@ -8,7 +8,7 @@ mod fake;
 use std::process::{Command, Output};
 
 use archfarm_protocol::api::{AgentState, EmulationPolicy, JobState};
-use fake::{cancel, start, Scenario, Shared, AMD64, INDEX, SKIPPED_WARNING};
+use fake::{cancel, start, Scenario, Shared, AMD64, AMD64_LAST_LINE, INDEX, SKIPPED_WARNING};
 use uuid::Uuid;
 
 fn sample_context() -> tempfile::TempDir {
@@ -77,8 +77,9 @@ async fn success_prints_the_index_digest_last() {
     assert!(stderr.contains(" uploaded"), "{stderr}");
     for want in [
         "[linux/amd64] building on box-1 (native)",
-        "[linux/amd64] STEP 1/2: FROM scratch",
-        "[linux/amd64] STEP 2/2: COPY . /",
+        "[linux/amd64 box-1] STEP 1/2: FROM scratch",
+        "[linux/amd64 box-1] STEP 2/2: COPY . /",
+        "[linux/s390x qemu-1] s390x line 25\n",
         "[linux/s390x] waiting: no agent with this platform is online",
         "[linux/s390x] building on qemu-1 (emulated)",
         &format!("[linux/amd64] succeeded {AMD64}"),
@@ -89,6 +90,11 @@ async fn success_prints_the_index_digest_last() {
         assert!(stderr.contains(want), "want {want:?} in stderr:\n{stderr}");
     }
     assert_eq!(stderr.matches("waiting:").count(), 1, "{stderr}");
+    assert!(
+        !stderr.contains("[linux/amd64] STEP"),
+        "log lines name the agent: {stderr}"
+    );
+    assert!(!stderr.contains('\x1b'), "plain has no escapes: {stderr}");
     assert!(
         !stderr.contains("tok\n") && !stderr.contains("Bearer"),
         "{stderr}"
@@ -285,6 +291,10 @@ async fn a_job_cancelled_while_followed_exits_1() {
         "{stderr}"
     );
     assert!(stderr.contains("[linux/amd64] cancelled"), "{stderr}");
+    assert!(
+        !stderr.contains('\x1b'),
+        "auto is plain when stderr is not a terminal: {stderr}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -549,4 +559,230 @@ async fn agents_drain_by_name() {
     let stderr = text(&out.stderr);
     assert_eq!(out.status.code(), Some(2), "{stderr}");
     assert!(stderr.contains("--token or ARCHFARM_TOKEN"), "{stderr}");
+}
+
+/// The rows of every frame `--progress tty` drew, in order: each line that clears itself
+/// (`ESC[2K`), without the escapes before its text.
+fn frame_rows(stderr: &str) -> Vec<&str> {
+    stderr
+        .split('\n')
+        .filter_map(|l| l.rsplit_once("\x1b[2K").map(|(_, row)| row))
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tty_progress_redraws_one_row_per_platform() {
+    let (url, state) = start(Scenario::Succeed, None).await;
+    let ctx = sample_context();
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_archfarm"));
+    cmd.args(["build", "--coordinator", &url, "--platform", "amd64,s390x"])
+        .args(["-t", "localhost:5000/team/app:1", "--progress", "tty"])
+        .arg(ctx.path())
+        .env_remove("ARCHFARM_TOKEN")
+        // stderr is a pipe here, so the width comes from COLUMNS.
+        .env("COLUMNS", "70");
+    let out = tokio::task::spawn_blocking(move || cmd.output().unwrap())
+        .await
+        .unwrap();
+    let (stdout, stderr) = (text(&out.stdout), text(&out.stderr));
+    assert_eq!(out.status.code(), Some(0), "stderr: {stderr:?}");
+    assert_eq!(stdout, format!("{INDEX}\n"), "only the digest on stdout");
+    let id = state.lock().unwrap().job.as_ref().unwrap().id;
+
+    // Header + two platforms: each redraw moves up three lines and clears each before writing.
+    assert!(stderr.contains("\x1b[3A\r\x1b[2K"), "{stderr:?}");
+    let rows = frame_rows(&stderr);
+    assert!(rows.len() >= 6, "at least two frames: {rows:#?}");
+    for row in &rows {
+        assert!(
+            row.chars().count() <= 69,
+            "a row wider than 70 - 1: {row:?}"
+        );
+    }
+    let waiting = rows
+        .iter()
+        .find(|r| r.starts_with("linux/s390x") && r.contains("waiting: no agent"))
+        .unwrap_or_else(|| panic!("no frame showed s390x waiting: {rows:#?}"));
+    assert!(
+        waiting.contains(" queued ") && waiting.ends_with('…'),
+        "cut to the width: {waiting:?}"
+    );
+
+    let last = &rows[rows.len() - 3..];
+    assert!(
+        last[0].starts_with(&format!("job {id}  succeeded  ")),
+        "{last:#?}"
+    );
+    let amd = last[1];
+    assert!(
+        amd.starts_with("linux/amd64  succeeded  box-1   native  "),
+        "{amd:?}"
+    );
+    assert!(amd.ends_with(&format!("  {AMD64_LAST_LINE}")), "{amd:?}");
+    let s390x = last[2];
+    assert!(
+        s390x.starts_with("linux/s390x  succeeded  qemu-1  emulated  "),
+        "{s390x:?}"
+    );
+    assert!(s390x.ends_with("  s390x line 25"), "{s390x:?}");
+
+    // Under the final frame: what plain mode ends with, and no plain progress lines before it.
+    let after = stderr.rsplit_once("s390x line 25\n").unwrap().1;
+    assert_eq!(
+        after,
+        format!("[index] pushed {INDEX} to localhost:5000/team/app:1\n")
+    );
+    assert!(!stderr.contains("building on box-1"), "{stderr:?}");
+    assert!(
+        stderr.starts_with("context: packing "),
+        "the context lines still print: {stderr:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tty_progress_of_a_failed_job_ends_with_the_failure_report() {
+    let (url, _state) = start(Scenario::FailS390x, None).await;
+    let ctx = sample_context();
+    let out = run(&url, &["--progress", "tty"], ctx.path()).await;
+    let (stdout, stderr) = (text(&out.stdout), text(&out.stderr));
+    assert_eq!(out.status.code(), Some(1), "stderr: {stderr:?}");
+    assert!(stdout.is_empty(), "{stdout}");
+    let rows = frame_rows(&stderr);
+    let last = &rows[rows.len() - 3..];
+    assert!(last[0].contains("  failed  "), "{last:#?}");
+    assert!(
+        last[2].starts_with("linux/s390x  failed     qemu-1  emulated  "),
+        "{last:#?}"
+    );
+    let after = stderr.rsplit_once(last[2]).unwrap().1;
+    assert!(after.starts_with("\nerror: job "), "{after:?}");
+    assert!(
+        after.contains("platform linux/s390x failed: buildah exited with status 1\n"),
+        "{after:?}"
+    );
+    assert!(after.ends_with("  | s390x line 25\n"), "{after:?}");
+}
+
+/// The fake's linux/amd64 log, one line per entry.
+fn amd64_log() -> Vec<String> {
+    ["STEP 1/2: FROM scratch", "STEP 2/2: COPY . /", "COMMIT"]
+        .into_iter()
+        .chain([AMD64_LAST_LINE])
+        .map(str::to_string)
+        .collect()
+}
+
+/// The fake's linux/s390x log.
+fn s390x_log() -> Vec<String> {
+    (1..=25).map(|i| format!("s390x line {i}")).collect()
+}
+
+fn lines(prefix: &str, lines: &[String]) -> String {
+    lines.iter().map(|l| format!("{prefix}{l}\n")).collect()
+}
+
+/// Submits a `scenario` job detached; returns the fake, its URL and the job id.
+async fn detached(scenario: Scenario) -> (String, Shared, String) {
+    let (url, state) = start(scenario, None).await;
+    let ctx = sample_context();
+    let out = run(&url, &["--detach", "--progress", "quiet"], ctx.path()).await;
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    let id = text(&out.stdout).trim().to_string();
+    (url, state, id)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn logs_of_one_platform_or_all() {
+    let (url, state, id) = detached(Scenario::Succeed).await;
+    // Let the job run to its end, as `archfarm job` polls would.
+    for _ in 0..5 {
+        assert_eq!(archfarm(&url, &["job", &id]).await.status.code(), Some(0));
+    }
+    assert_eq!(
+        state.lock().unwrap().job.as_ref().unwrap().state,
+        JobState::Succeeded
+    );
+
+    let out = archfarm(&url, &["logs", &id, "--platform", "x86_64"]).await;
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    assert_eq!(text(&out.stdout), lines("", &amd64_log()), "unprefixed");
+    let out = archfarm(&url, &["logs", &id, "--platform", "linux/s390x"]).await;
+    assert_eq!(text(&out.stdout), lines("", &s390x_log()));
+
+    // Every build, one after another, each line naming platform and agent.
+    let out = archfarm(&url, &["logs", &id]).await;
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    assert_eq!(
+        text(&out.stdout),
+        lines("[linux/amd64 box-1] ", &amd64_log()) + &lines("[linux/s390x qemu-1] ", &s390x_log())
+    );
+    assert!(text(&out.stderr).is_empty(), "{}", text(&out.stderr));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn logs_refuses_platforms_and_jobs_it_cannot_show() {
+    let (url, state, id) = detached(Scenario::Succeed).await;
+    let out = archfarm(&url, &["logs", &id, "--platform", "aarch64"]).await;
+    assert_eq!(out.status.code(), Some(2));
+    assert_eq!(
+        text(&out.stderr),
+        format!(
+            "error: job {id} has no build for linux/arm64; its platforms are: linux/amd64, linux/s390x\n"
+        )
+    );
+    assert!(text(&out.stdout).is_empty());
+
+    // A name no platform has is refused before anything is asked.
+    let polls = state.lock().unwrap().polls;
+    let out = archfarm(&url, &["logs", &id, "--platform", "sparc64"]).await;
+    let stderr = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(
+        stderr.starts_with("error: --platform: unknown platform 'sparc64'"),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains("linux/riscv64"),
+        "lists what is accepted: {stderr}"
+    );
+    assert_eq!(state.lock().unwrap().polls, polls, "no request was made");
+
+    let out = archfarm(&url, &["logs", &Uuid::new_v4().to_string(), "--follow"]).await;
+    assert_eq!(out.status.code(), Some(2));
+    assert_eq!(
+        text(&out.stderr),
+        "error: no such job (not_found, HTTP 404)\n"
+    );
+    assert!(text(&out.stdout).is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn logs_follow_until_the_job_ends() {
+    let (url, state, id) = detached(Scenario::Succeed).await;
+    let out = archfarm(&url, &["logs", &id, "--follow"]).await;
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    let amd = amd64_log();
+    // As the lines arrived: amd64's last line came after all of s390x's. "STEP 2/2: COPY" was
+    // an unfinished line at the first read, and is printed once, whole.
+    assert_eq!(
+        text(&out.stdout),
+        lines("[linux/amd64 box-1] ", &amd[..3])
+            + &lines("[linux/s390x qemu-1] ", &s390x_log())
+            + &lines("[linux/amd64 box-1] ", &amd[3..])
+    );
+    {
+        let f = state.lock().unwrap();
+        assert_eq!(f.job.as_ref().unwrap().state, JobState::Succeeded);
+        assert!(f.polls >= 4, "followed to the end: {} polls", f.polls);
+    }
+
+    // A job that fails is followed to its end too: exit 0 means the logs were printed.
+    let (url, state, id) = detached(Scenario::FailS390x).await;
+    let out = archfarm(&url, &["logs", &id, "-f", "--platform", "s390x"]).await;
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    assert_eq!(text(&out.stdout), lines("", &s390x_log()));
+    assert_eq!(
+        state.lock().unwrap().job.as_ref().unwrap().state,
+        JobState::Failed
+    );
 }

@@ -5,12 +5,15 @@
 
 pub mod api;
 pub mod blobs;
+pub mod changes;
 pub mod config;
 pub mod logs;
+pub mod metrics;
 pub mod progress;
 pub mod scheduler;
 pub mod stitch;
 pub mod store;
+pub mod web;
 
 use std::future::Future;
 use std::ops::Deref;
@@ -23,8 +26,10 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 use crate::blobs::BlobStore;
+use crate::changes::Changes;
 use crate::config::Config;
 use crate::logs::LogStore;
+use crate::metrics::Metrics;
 use crate::scheduler::Scheduler;
 use crate::store::Store;
 
@@ -41,6 +46,10 @@ pub struct App {
     pub blobs: BlobStore,
     /// Build logs on disk.
     pub logs: LogStore,
+    /// Wakes live views (event streams, followed logs) after a change.
+    pub changes: Changes,
+    /// Prometheus metrics, shared with the scheduler.
+    pub metrics: Arc<Metrics>,
     /// Cancelled when the coordinator stops; long polls and background tasks watch it.
     pub shutdown: CancellationToken,
 }
@@ -80,8 +89,10 @@ pub async fn run(
             "no --join-token set: any agent that can reach this coordinator may register"
         );
     }
+    let metrics = Arc::new(Metrics::new());
     let scheduler = Scheduler::new(
         store.clone(),
+        metrics.clone(),
         config.lease_ttl(),
         Duration::from_secs(config.agent_offline_secs),
         config.max_attempts,
@@ -93,6 +104,8 @@ pub async fn run(
         scheduler,
         blobs,
         logs,
+        changes: Changes::new(),
+        metrics,
         shutdown: token.clone(),
     }));
 
@@ -139,8 +152,10 @@ async fn reap_leases(state: AppState) {
             _ = state.shutdown.cancelled() => return,
             _ = tick.tick() => {}
         }
-        if let Err(e) = state.scheduler.reap_expired().await {
-            tracing::error!(error = %e, "lease reaper pass failed");
+        match state.scheduler.reap_expired().await {
+            Ok(reaped) if reaped != Default::default() => state.changes.notify(),
+            Ok(_) => {}
+            Err(e) => tracing::error!(error = %e, "lease reaper pass failed"),
         }
         if let Err(e) = progress::expire_jobs(&state).await {
             tracing::error!(error = %e, "job time limit pass failed");

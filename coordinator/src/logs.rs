@@ -5,9 +5,7 @@ use std::path::PathBuf;
 use tokio::io::{AsyncReadExt, AsyncSeekExt, AsyncWriteExt};
 use uuid::Uuid;
 
-/// The line that ends a log cut at the cap.
-pub const TRUNCATION_MARKER: &str =
-    "[archfarm] log truncated: the build printed more than the coordinator keeps";
+pub use archfarm_protocol::events::TRUNCATION_MARKER;
 
 /// The directory of build logs.
 #[derive(Debug, Clone)]
@@ -28,8 +26,9 @@ impl LogStore {
     }
 
     /// Appends lines, each ended by a newline. Past the cap the rest is dropped and the
-    /// truncation marker written once, so a runaway build cannot fill the disk.
-    pub async fn append(&self, build: Uuid, lines: &[String]) -> std::io::Result<()> {
+    /// truncation marker written once, so a runaway build cannot fill the disk. Returns whether
+    /// the log is now cut, i.e. whether later lines will be dropped too.
+    pub async fn append(&self, build: Uuid, lines: &[String]) -> std::io::Result<bool> {
         let mut file = tokio::fs::OpenOptions::new()
             .create(true)
             .append(true)
@@ -37,7 +36,7 @@ impl LogStore {
             .await?;
         let size = file.metadata().await?.len();
         if size >= self.max_bytes {
-            return Ok(());
+            return Ok(true);
         }
         let mut out = String::new();
         for line in lines {
@@ -54,20 +53,58 @@ impl LogStore {
             out = cut;
         }
         file.write_all(out.as_bytes()).await?;
-        Ok(())
+        Ok(size + out.len() as u64 >= self.max_bytes)
     }
 
-    /// The log from byte `offset` to its current end; empty when there is nothing new or no log.
-    pub async fn read_from(&self, build: Uuid, offset: u64) -> std::io::Result<Vec<u8>> {
-        let mut file = match tokio::fs::File::open(self.path(build)).await {
+    /// The log's current size in bytes (0 when there is none yet).
+    pub async fn size(&self, build: Uuid) -> std::io::Result<u64> {
+        match tokio::fs::metadata(self.path(build)).await {
+            Ok(m) => Ok(m.len()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(0),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// At most `max` bytes of the log from byte `offset`; empty when there is nothing new or no
+    /// log. Readers take the log in pieces like this so a large log never sits in memory whole.
+    pub async fn read_chunk(
+        &self,
+        build: Uuid,
+        offset: u64,
+        max: usize,
+    ) -> std::io::Result<Vec<u8>> {
+        let file = match tokio::fs::File::open(self.path(build)).await {
             Ok(f) => f,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
             Err(e) => return Err(e),
         };
+        let mut file = file;
         file.seek(std::io::SeekFrom::Start(offset)).await?;
-        let mut out = Vec::new();
-        file.read_to_end(&mut out).await?;
+        let mut out = Vec::with_capacity(max.min(64 * 1024));
+        file.take(max as u64).read_to_end(&mut out).await?;
         Ok(out)
+    }
+
+    /// The whole lines among at most `max` bytes from `offset`, and the offset after the last of
+    /// them. A line still being written (no newline yet) is left for the next call, unless it
+    /// alone fills `max`, in which case it is cut there so a reader never stalls.
+    pub async fn read_lines(
+        &self,
+        build: Uuid,
+        offset: u64,
+        max: usize,
+    ) -> std::io::Result<(Vec<String>, u64)> {
+        let bytes = self.read_chunk(build, offset, max).await?;
+        let whole = match bytes.iter().rposition(|b| *b == b'\n') {
+            Some(i) => i + 1,
+            None if bytes.len() >= max => bytes.len(),
+            None => 0,
+        };
+        let lines = String::from_utf8_lossy(&bytes[..whole])
+            .lines()
+            .map(str::to_string)
+            .collect();
+        Ok((lines, offset + whole as u64))
     }
 }
 
@@ -95,17 +132,41 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let logs = LogStore::open(dir.path().to_path_buf(), 64).unwrap();
         let b = Uuid::new_v4();
-        assert!(logs.read_from(b, 0).await.unwrap().is_empty());
-        logs.append(b, &["one".into(), "two\n".into()])
+        assert!(logs.read_chunk(b, 0, 1024).await.unwrap().is_empty());
+        let cut = logs
+            .append(b, &["one".into(), "two\n".into()])
             .await
             .unwrap();
-        assert_eq!(logs.read_from(b, 0).await.unwrap(), b"one\ntwo\n");
-        assert_eq!(logs.read_from(b, 4).await.unwrap(), b"two\n");
-        logs.append(b, &["x".repeat(100)]).await.unwrap();
-        logs.append(b, &["after the cap".into()]).await.unwrap();
-        let all = String::from_utf8(logs.read_from(b, 0).await.unwrap()).unwrap();
+        assert!(!cut);
+        assert_eq!(logs.read_chunk(b, 0, 1024).await.unwrap(), b"one\ntwo\n");
+        assert_eq!(logs.read_chunk(b, 4, 1024).await.unwrap(), b"two\n");
+        assert_eq!(logs.read_chunk(b, 0, 5).await.unwrap(), b"one\nt");
+        assert!(logs.append(b, &["x".repeat(100)]).await.unwrap());
+        assert!(logs.append(b, &["after the cap".into()]).await.unwrap());
+        let all = String::from_utf8(logs.read_chunk(b, 0, 1024).await.unwrap()).unwrap();
         assert!(all.contains(TRUNCATION_MARKER), "{all}");
         assert!(!all.contains("after the cap"));
         assert_eq!(all.matches(TRUNCATION_MARKER).count(), 1);
+    }
+
+    #[tokio::test]
+    async fn reads_whole_lines_only() {
+        let dir = tempfile::tempdir().unwrap();
+        let logs = LogStore::open(dir.path().to_path_buf(), 1 << 20).unwrap();
+        let b = Uuid::new_v4();
+        logs.append(b, &["alpha".into(), "beta".into()])
+            .await
+            .unwrap();
+        // "alpha\nbe": only the whole line comes back, and the offset stops after it.
+        let (lines, next) = logs.read_lines(b, 0, 8).await.unwrap();
+        assert_eq!((lines, next), (vec!["alpha".to_string()], 6));
+        let (lines, next) = logs.read_lines(b, next, 8).await.unwrap();
+        assert_eq!((lines, next), (vec!["beta".to_string()], 11));
+        let (lines, next) = logs.read_lines(b, next, 8).await.unwrap();
+        assert_eq!((lines.len(), next), (0, 11));
+        // A line longer than the window is cut rather than waited on forever.
+        logs.append(b, &["z".repeat(20)]).await.unwrap();
+        let (lines, next) = logs.read_lines(b, 11, 8).await.unwrap();
+        assert_eq!((lines, next), (vec!["z".repeat(8)], 19));
     }
 }

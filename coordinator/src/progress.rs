@@ -38,6 +38,7 @@ pub async fn advance(state: &AppState, job_id: Uuid) -> StoreResult<()> {
             .end_job(job_id, JobState::Failed, &error)
             .await?
         {
+            state.metrics.job_entered(JobState::Failed);
             tracing::warn!(job.id = %job_id, error, "job failed");
         }
         return Ok(());
@@ -141,6 +142,8 @@ pub async fn expire_jobs(state: &AppState) -> StoreResult<()> {
             )
             .await?
         {
+            state.metrics.job_entered(JobState::Failed);
+            state.changes.notify();
             tracing::warn!(job.id = %job.id, limit, "job timed out");
         }
     }
@@ -154,9 +157,12 @@ pub fn spawn_stitch(state: AppState, job_id: Uuid) {
     tokio::spawn(async move {
         tokio::select! {
             _ = shutdown.cancelled() => tracing::info!(job.id = %job_id, "stitching interrupted by shutdown; resumes at next start"),
-            res = stitch_job(&state, job_id) => if let Err(e) = res {
-                tracing::error!(job.id = %job_id, error = %e, "stitching could not record its outcome");
-            },
+            res = stitch_job(&state, job_id) => {
+                if let Err(e) = res {
+                    tracing::error!(job.id = %job_id, error = %e, "stitching could not record its outcome");
+                }
+                state.changes.notify();
+            }
         }
     });
 }
@@ -198,19 +204,26 @@ async fn stitch_job(state: &AppState, job_id: Uuid) -> StoreResult<()> {
             other => break other,
         }
     };
+    state.metrics.stitched(started.elapsed());
     match outcome {
         Ok(index) => {
-            state
+            if state
                 .store
                 .finish_job(job_id, &index.digest, &index.media_type)
-                .await?;
+                .await?
+            {
+                state.metrics.job_entered(JobState::Succeeded);
+            }
             tracing::info!(job.id = %job_id, digest = %index.digest, elapsed_ms = started.elapsed().as_millis() as u64, "job succeeded");
         }
         Err(e) => {
-            state
+            if state
                 .store
                 .end_job(job_id, JobState::Failed, &format!("stitching failed: {e}"))
-                .await?;
+                .await?
+            {
+                state.metrics.job_entered(JobState::Failed);
+            }
             tracing::warn!(job.id = %job_id, error = %e, "job failed while stitching");
         }
     }

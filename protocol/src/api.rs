@@ -129,7 +129,13 @@ pub struct JobRequest {
     /// Seconds after which the job fails as timed out (default [`DEFAULT_JOB_TIMEOUT_SECS`]).
     #[serde(default)]
     pub timeout_secs: Option<u64>,
+    /// Who asks, as the client declares it (e.g. the CI user, or `user@host`); shown, not trusted.
+    #[serde(default)]
+    pub submitter: Option<String>,
 }
+
+/// Longest `submitter` the coordinator keeps.
+pub const MAX_SUBMITTER_CHARS: usize = 128;
 
 /// The life of a job.
 #[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq, Hash)]
@@ -313,6 +319,9 @@ pub struct Job {
     pub timeout_secs: u64,
     /// Things the user should know about a job that succeeded, e.g. an optional platform left out.
     pub warnings: Vec<String>,
+    /// Who submitted it, as its client declared.
+    #[serde(default)]
+    pub submitter: Option<String>,
     /// When the job was submitted.
     pub created_at: DateTime<Utc>,
     /// When the job last changed.

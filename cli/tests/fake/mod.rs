@@ -23,6 +23,9 @@ pub const INDEX: &str = "sha256:111111111111111111111111111111111111111111111111
 /// The linux/amd64 manifest digest.
 pub const AMD64: &str = "sha256:2222222222222222222222222222222222222222222222222222222222222222";
 
+/// The last line of linux/amd64's log in the `Succeed` and `FailS390x` scenarios.
+pub const AMD64_LAST_LINE: &str = "pushed linux/amd64";
+
 /// How the scripted job goes.
 #[derive(Clone, Copy, PartialEq)]
 pub enum Scenario {
@@ -185,6 +188,7 @@ async fn submit(State(s): State<Shared>, Json(req): Json<JobRequest>) -> Respons
             .collect(),
         timeout_secs: req.timeout_secs.unwrap_or(7200),
         warnings: Vec::new(),
+        submitter: req.submitter.clone(),
         created_at: now,
         updated_at: now,
         finished_at: None,
@@ -270,6 +274,9 @@ fn advance(f: &mut Fake) {
         3 => {
             amd.state = BuildState::Succeeded;
             amd.digest = Some(AMD64.into());
+            // Logged after s390x's lines, so following shows the two logs interleaved.
+            f.logs.get_mut(&amd.id).unwrap().push_str(AMD64_LAST_LINE);
+            f.logs.get_mut(&amd.id).unwrap().push('\n');
             if scenario == Scenario::FailS390x {
                 other.state = BuildState::Failed;
                 other.error = Some("buildah exited with status 1".into());

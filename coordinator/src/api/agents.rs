@@ -224,16 +224,9 @@ async fn list(
     headers: HeaderMap,
 ) -> Result<Json<AgentList>, ApiError> {
     require_client(&state, &headers)?;
-    let since = state.scheduler.online_since();
-    let running = state.store.running_counts().await?;
-    let agents = state
-        .store
-        .list_agents()
-        .await?
-        .into_iter()
-        .map(|a| views::agent(a, since, &running))
-        .collect();
-    Ok(Json(AgentList { agents }))
+    Ok(Json(AgentList {
+        agents: views::agents(&state).await?,
+    }))
 }
 
 /// Marks an agent draining: its running builds finish, it takes no new ones. Allowed to the agent

@@ -50,6 +50,34 @@ pub fn require_client(state: &AppState, headers: &HeaderMap) -> Result<(), ApiEr
     }
 }
 
+/// The cookie the dashboard's sign-in form sets to the API token, so a browser (whose
+/// `EventSource` cannot send headers) can read what a CI client can.
+pub const TOKEN_COOKIE: &str = "archfarm_token";
+
+/// The value of cookie `name`, if the request carries it.
+pub fn cookie<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
+    headers
+        .get_all(axum::http::header::COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(';'))
+        .filter_map(|pair| pair.trim().split_once('='))
+        .find(|(k, _)| *k == name)
+        .map(|(_, v)| v.trim())
+}
+
+/// Checks the API token for a read-only request: as a bearer token or as the dashboard's cookie.
+/// Only reads take the cookie, so a page on another site cannot make a browser change anything.
+pub fn require_reader(state: &AppState, headers: &HeaderMap) -> Result<(), ApiError> {
+    let Some(expected) = &state.config.api_token else {
+        return Ok(());
+    };
+    match cookie(headers, TOKEN_COOKIE) {
+        Some(given) if same_secret(given, expected) => Ok(()),
+        _ => require_client(state, headers),
+    }
+}
+
 /// Resolves the calling agent from its token.
 pub async fn require_agent(state: &AppState, headers: &HeaderMap) -> Result<AgentRow, ApiError> {
     let unauthorized = || ApiError::Unauthorized {
@@ -86,5 +114,15 @@ mod tests {
         assert!(!same_secret("abd", &s));
         assert!(!same_secret("ab", &s));
         assert_eq!(token_hash("x").len(), 64);
+    }
+
+    #[test]
+    fn cookies_are_found_by_name() {
+        let mut h = HeaderMap::new();
+        h.append("cookie", "a=1; archfarm_token=s3cret".parse().unwrap());
+        h.append("cookie", "b=2".parse().unwrap());
+        assert_eq!(cookie(&h, TOKEN_COOKIE), Some("s3cret"));
+        assert_eq!(cookie(&h, "b"), Some("2"));
+        assert_eq!(cookie(&h, "archfarm"), None);
     }
 }

@@ -4,16 +4,21 @@ use archfarm_protocol::api::{
     CompleteRequest, FailRequest, HeartbeatRequest, HeartbeatResponse, LogRequest,
     MAX_LOG_BATCH_BYTES,
 };
+use archfarm_protocol::events::LogResponse;
+use axum::body::Body;
 use axum::extract::{DefaultBodyLimit, Path, State};
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::IntoResponse;
 use axum::routing::post;
 use axum::{Json, Router};
+use bytes::Bytes;
 use serde::Deserialize;
 use uuid::Uuid;
 
-use super::auth::{require_agent, require_client};
+use super::auth::{require_agent, require_reader};
 use super::error::{parse_id, ApiError, ApiJson, ApiQuery};
+use crate::changes::Watcher;
+use crate::metrics::Outcome;
 use crate::store::{BuildRow, LeaseCheck};
 use crate::AppState;
 
@@ -82,7 +87,7 @@ async fn append_log(
     headers: HeaderMap,
     Path(raw): Path<String>,
     ApiJson(req): ApiJson<LogRequest>,
-) -> Result<StatusCode, ApiError> {
+) -> Result<Json<LogResponse>, ApiError> {
     let build = held_build(&state, &headers, &raw, req.lease_token).await?;
     if req.lines.len() > MAX_LINES_PER_REPORT {
         return Err(ApiError::bad(
@@ -93,8 +98,8 @@ async fn append_log(
     if state.store.check_lease(build.id, req.lease_token).await? == LeaseCheck::Lost {
         return Err(ApiError::lease_lost(build.id));
     }
-    state.logs.append(build.id, &req.lines).await?;
-    Ok(StatusCode::NO_CONTENT)
+    let truncated = state.logs.append(build.id, &req.lines).await?;
+    Ok(Json(LogResponse { truncated }))
 }
 
 async fn complete(
@@ -124,6 +129,12 @@ async fn complete(
         return Err(ApiError::lease_lost(build.id));
     }
     tracing::info!(build.id = %build.id, platform = %build.platform, digest = %req.digest, "build pushed");
+    let ran_for = build
+        .started_at
+        .map(|s| std::time::Duration::from_millis((crate::store::now_ms() - s).max(0) as u64));
+    state
+        .metrics
+        .build_ended(&build.platform, build.mode, Outcome::Succeeded, ran_for);
     if let Err(e) = state
         .logs
         .append(build.id, &[format!("[archfarm] pushed {}", req.digest)])
@@ -151,6 +162,9 @@ async fn fail(
         return Err(ApiError::lease_lost(build.id));
     }
     tracing::warn!(build.id = %build.id, platform = %build.platform, error, "build failed");
+    state
+        .metrics
+        .build_ended(&build.platform, build.mode, Outcome::Failed, None);
     // The outcome is recorded: a log that cannot be written must not undo it.
     if let Err(e) = state
         .logs
@@ -167,19 +181,88 @@ async fn fail(
 #[derive(Deserialize)]
 struct LogQuery {
     offset: Option<u64>,
+    #[serde(default)]
+    follow: bool,
 }
 
+/// The log as plain text from `?offset=` (default 0). With `?follow=true` the response stays open
+/// and new lines are sent as they arrive, until the build ends.
 async fn read_log(
     State(state): State<AppState>,
     headers: HeaderMap,
     Path(raw): Path<String>,
     ApiQuery(q): ApiQuery<LogQuery>,
 ) -> Result<impl IntoResponse, ApiError> {
-    require_client(&state, &headers)?;
+    require_reader(&state, &headers)?;
     let id = parse_id("build", &raw)?;
     if state.store.get_build(id).await?.is_none() {
         return Err(ApiError::NotFound(format!("no build with id '{id}'")));
     }
-    let bytes = state.logs.read_from(id, q.offset.unwrap_or(0)).await?;
-    Ok(([(header::CONTENT_TYPE, "text/plain; charset=utf-8")], bytes))
+    let tail = LogTail {
+        watcher: state.changes.watch(),
+        state,
+        id,
+        offset: q.offset.unwrap_or(0),
+        follow: q.follow,
+        ended: false,
+    };
+    let body = Body::from_stream(futures::stream::unfold(tail, |mut t| async move {
+        t.next().await.map(|chunk| (chunk, t))
+    }));
+    Ok((
+        [
+            (header::CONTENT_TYPE, "text/plain; charset=utf-8"),
+            (header::CACHE_CONTROL, "no-cache"),
+        ],
+        body,
+    ))
+}
+
+/// Most bytes of a log read into memory at once while answering.
+const LOG_CHUNK: usize = 256 * 1024;
+
+/// Reads a log out in chunks, and with `follow` waits for more until the build has ended.
+struct LogTail {
+    state: AppState,
+    watcher: Watcher,
+    id: Uuid,
+    offset: u64,
+    follow: bool,
+    /// The build had ended at the last look; one more read after a pause catches the lines
+    /// written just after its state changed, then the response ends.
+    ended: bool,
+}
+
+impl LogTail {
+    async fn next(&mut self) -> Option<std::io::Result<Bytes>> {
+        loop {
+            let ended_before = self.ended;
+            if self.follow && !self.ended {
+                match self.state.store.get_build(self.id).await {
+                    Ok(Some(b)) => self.ended = b.state.is_terminal(),
+                    Ok(None) => return None,
+                    Err(e) => return Some(Err(std::io::Error::other(e))),
+                }
+            }
+            match self
+                .state
+                .logs
+                .read_chunk(self.id, self.offset, LOG_CHUNK)
+                .await
+            {
+                Err(e) => return Some(Err(e)),
+                Ok(bytes) if !bytes.is_empty() => {
+                    self.offset += bytes.len() as u64;
+                    return Some(Ok(Bytes::from(bytes)));
+                }
+                Ok(_) if !self.follow || ended_before => return None,
+                Ok(_) => {
+                    tokio::select! {
+                        _ = self.state.shutdown.cancelled() => return None,
+                        _ = self.watcher.next() => {}
+                    }
+                }
+            }
+        }
+    }
 }

@@ -2,7 +2,9 @@
 
 use std::path::{Component, Path as FsPath};
 
-use archfarm_protocol::api::{JobList, JobRequest, JobState, DEFAULT_JOB_TIMEOUT_SECS};
+use archfarm_protocol::api::{
+    JobList, JobRequest, JobState, DEFAULT_JOB_TIMEOUT_SECS, MAX_SUBMITTER_CHARS,
+};
 use archfarm_protocol::{ImageRef, Platform};
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode};
@@ -142,8 +144,21 @@ pub fn validate(req: JobRequest) -> Result<NewJob, ApiError> {
             ));
         }
     }
+    let submitter = match req.submitter.as_deref().map(str::trim) {
+        None | Some("") => None,
+        Some(s) if s.chars().count() > MAX_SUBMITTER_CHARS || s.chars().any(char::is_control) => {
+            return Err(ApiError::bad(
+                "invalid_submitter",
+                format!(
+                    "submitter must be at most {MAX_SUBMITTER_CHARS} printable characters, e.g. ci-bot or alice@laptop"
+                ),
+            ))
+        }
+        Some(s) => Some(s.to_string()),
+    };
     let first = &refs[0];
     Ok(NewJob {
+        submitter,
         optional_platforms,
         timeout_secs: timeout_secs as i64,
         context: req.context,
@@ -234,6 +249,7 @@ async fn create(
         ));
     }
     let id = state.store.insert_job(&job).await?;
+    state.metrics.job_entered(JobState::Queued);
     tracing::info!(job.id = %id, platforms = ?job.platforms.iter().map(ToString::to_string).collect::<Vec<_>>(),
         tags = ?job.tags, "job submitted");
     state.scheduler.wake();
@@ -324,6 +340,7 @@ async fn cancel(
         let fleet = Fleet::load(&state).await?;
         return Ok(Json(views::job(&state, now, &fleet).await?));
     }
+    state.metrics.job_entered(JobState::Cancelled);
     tracing::info!(job.id = %id, "job cancelled");
     let row = state.store.get_job(id).await?.unwrap_or(row);
     let fleet = Fleet::load(&state).await?;
@@ -417,5 +434,23 @@ mod tests {
         let mut r = req(&["amd64"], &["localhost:5000/a:1"]);
         r.build_args.insert("BAD-NAME".into(), "x".into());
         assert_eq!(message(validate(r).unwrap_err()).0, "invalid_build_arg");
+        for bad in ["x".repeat(MAX_SUBMITTER_CHARS + 1), "ci\nbot".into()] {
+            let mut r = req(&["amd64"], &["localhost:5000/a:1"]);
+            r.submitter = Some(bad);
+            assert_eq!(message(validate(r).unwrap_err()).0, "invalid_submitter");
+        }
+    }
+
+    #[test]
+    fn the_submitter_is_kept_trimmed_and_blank_means_none() {
+        let mut r = req(&["amd64"], &["localhost:5000/a:1"]);
+        r.submitter = Some("  alice@laptop ".into());
+        assert_eq!(
+            validate(r).unwrap().submitter.as_deref(),
+            Some("alice@laptop")
+        );
+        let mut r = req(&["amd64"], &["localhost:5000/a:1"]);
+        r.submitter = Some(" ".into());
+        assert_eq!(validate(r).unwrap().submitter, None);
     }
 }

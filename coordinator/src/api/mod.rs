@@ -5,8 +5,10 @@ pub mod auth;
 pub mod builds;
 pub mod contexts;
 pub mod error;
+pub mod events;
 pub mod jobs;
-mod views;
+pub mod observe;
+pub mod views;
 
 use axum::extract::{DefaultBodyLimit, MatchedPath, Request};
 use axum::routing::get;
@@ -25,11 +27,19 @@ pub fn router(state: AppState) -> Router {
         .merge(jobs::router())
         .merge(agents::router())
         .merge(builds::router())
+        .merge(events::router())
         .layer(DefaultBodyLimit::max(MAX_JSON_BODY));
     Router::new()
         .route("/healthz", get(|| async { "ok" }))
+        .route("/metrics", get(observe::metrics))
         .nest(archfarm_protocol::api::API_PREFIX, api)
+        .merge(crate::web::router())
         .fallback(error::no_route)
+        // A router-wide layer runs after routing, so it sees the matched route template.
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            observe::observe,
+        ))
         .layer(TraceLayer::new_for_http().make_span_with(|req: &Request| {
             // Keyed by the matched route, so spans group by endpoint rather than by id.
             let route = req

@@ -48,6 +48,7 @@ pub async fn job(state: &AppState, job: JobRow, fleet: &Fleet) -> StoreResult<ap
         optional_platforms: job.optional_platforms,
         timeout_secs: job.timeout_secs.max(0) as u64,
         warnings: job.warnings,
+        submitter: job.submitter,
         created_at: to_time(job.created_at),
         updated_at: to_time(job.updated_at),
         finished_at: job.finished_at.map(to_time),
@@ -76,6 +77,19 @@ fn build(b: BuildRow, job: &JobRow, fleet: &Fleet) -> api::Build {
         started_at: b.started_at.map(to_time),
         finished_at: b.finished_at.map(to_time),
     }
+}
+
+/// Every agent as the API shows it, by name.
+pub async fn agents(state: &AppState) -> StoreResult<Vec<api::Agent>> {
+    let since = state.scheduler.online_since();
+    let running = state.store.running_counts().await?;
+    Ok(state
+        .store
+        .list_agents()
+        .await?
+        .into_iter()
+        .map(|a| agent(a, since, &running))
+        .collect())
 }
 
 /// An agent as the API shows it.

@@ -15,6 +15,7 @@ use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
 use self::estimate::{NativeAgent, Verdict};
+use crate::metrics::{Metrics, Outcome};
 use crate::store::{now_ms, AgentRow, Store, StoreResult};
 
 /// How many recent successful builds of a repository the estimates look at.
@@ -73,6 +74,8 @@ pub struct Reaped {
 #[derive(Debug)]
 pub struct Scheduler {
     store: Store,
+    /// Counts jobs failed and leases taken back here.
+    metrics: Arc<Metrics>,
     /// Woken whenever work may have appeared (a job, a requeue, an agent).
     work: Notify,
     /// Serialises matching inside this process so two agents do not race for the same row.
@@ -88,12 +91,14 @@ impl Scheduler {
     /// A scheduler over `store`.
     pub fn new(
         store: Store,
+        metrics: Arc<Metrics>,
         lease_ttl: Duration,
         offline_after: Duration,
         max_attempts: i64,
     ) -> Self {
         Scheduler {
             store,
+            metrics,
             work: Notify::new(),
             claim_lock: Mutex::new(()),
             lease_ttl,
@@ -192,10 +197,14 @@ impl Scheduler {
                     "{}: gave up after {} attempts (each agent that held it stopped or restarted)",
                     build.platform, build.attempts
                 );
-                if self.store.fail_queued_build(build.id, &error).await? && !build.optional {
-                    self.store
+                if self.store.fail_queued_build(build.id, &error).await?
+                    && !build.optional
+                    && self
+                        .store
                         .end_job(build.job_id, JobState::Failed, &error)
-                        .await?;
+                        .await?
+                {
+                    self.metrics.job_entered(JobState::Failed);
                 }
                 tracing::warn!(build.id = %build.id, platform = %build.platform, attempts = build.attempts, "attempts used up");
                 continue;
@@ -299,16 +308,25 @@ impl Scheduler {
                     build.platform, build.attempts, self.max_attempts
                 );
                 if self.store.fail_build(build.id, token, &error).await? {
+                    self.metrics.lease_expired();
+                    self.metrics
+                        .build_ended(&build.platform, build.mode, Outcome::Lost, None);
                     // An optional platform's failure is the reconciler's to turn into a warning.
-                    if !build.optional {
-                        self.store
+                    if !build.optional
+                        && self
+                            .store
                             .end_job(build.job_id, JobState::Failed, &error)
-                            .await?;
+                            .await?
+                    {
+                        self.metrics.job_entered(JobState::Failed);
                     }
                     tracing::warn!(build.id = %build.id, platform = %build.platform, agent, "lease lapsed; attempts used up");
                     reaped.failed += 1;
                 }
             } else if self.store.requeue_build(build.id, token).await? {
+                self.metrics.lease_expired();
+                self.metrics
+                    .build_ended(&build.platform, build.mode, Outcome::Lost, None);
                 tracing::warn!(build.id = %build.id, platform = %build.platform, agent, attempts = build.attempts,
                     "lease lapsed; build requeued");
                 reaped.requeued += 1;
@@ -350,6 +368,7 @@ mod tests {
                 repository: "app".into(),
                 optional_platforms: vec![],
                 timeout_secs: 7200,
+                submitter: None,
             })
             .await
             .unwrap()
@@ -409,6 +428,7 @@ mod tests {
         .await;
         let scheduler = Scheduler::new(
             store.clone(),
+            Arc::new(Metrics::new()),
             Duration::from_secs(15),
             Duration::from_secs(60),
             3,
@@ -469,6 +489,7 @@ mod tests {
             .unwrap();
         let scheduler = Scheduler::new(
             store.clone(),
+            Arc::new(Metrics::new()),
             Duration::from_secs(15),
             Duration::from_secs(60),
             3,

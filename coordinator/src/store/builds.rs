@@ -365,6 +365,7 @@ mod tests {
             repository: "a".into(),
             optional_platforms: vec![],
             timeout_secs: 7200,
+            submitter: None,
         };
         let id = store.insert_job(&job).await.unwrap();
         (id, store.builds_of_job(id).await.unwrap())

@@ -35,6 +35,8 @@ pub struct NewJob {
     pub registry: String,
     /// Repository of the tags.
     pub repository: String,
+    /// Who submitted it, as declared.
+    pub submitter: Option<String>,
 }
 
 /// A job as stored.
@@ -68,6 +70,8 @@ pub struct JobRow {
     pub registry: String,
     /// Repository.
     pub repository: String,
+    /// Who submitted it, as declared.
+    pub submitter: Option<String>,
     /// Pushed index digest.
     pub index_digest: Option<String>,
     /// Pushed index media type.
@@ -85,7 +89,7 @@ pub struct JobRow {
 const COLUMNS: &str =
     "id, state, context, dockerfile, build_args, target, emulation, tags, platforms, registry, \
         repository, index_digest, index_media_type, error, created_at, updated_at, finished_at, \
-    optional_platforms, timeout_secs, warnings";
+    optional_platforms, timeout_secs, warnings, submitter";
 
 impl JobRow {
     fn from_row(row: &AnyRow) -> StoreResult<Self> {
@@ -118,6 +122,7 @@ impl JobRow {
             optional_platforms: json_col(row, "optional_platforms")?,
             timeout_secs: row.try_get("timeout_secs")?,
             warnings: json_col(row, "warnings")?,
+            submitter: row.try_get("submitter")?,
         })
     }
 }
@@ -130,7 +135,7 @@ impl Store {
         let mut tx = self.pool.begin().await?;
         sqlx::query(&format!(
                         "INSERT INTO jobs ({COLUMNS}) VALUES ($1, 'queued', $2, $3, $4, $5, $6, $7, $8, $9, $10, NULL, NULL, NULL, \
-             $11, $12, NULL, $13, $14, '[]')"
+             $11, $12, NULL, $13, $14, '[]', $15)"
         ))
         .bind(id.to_string())
         .bind(job.context.as_str())
@@ -146,6 +151,7 @@ impl Store {
         .bind(now)
         .bind(serde_json::to_string(&job.optional_platforms).expect("platforms serialise"))
         .bind(job.timeout_secs)
+        .bind(job.submitter.as_deref())
         .execute(&mut *tx)
         .await?;
         for (position, platform) in job.platforms.iter().enumerate() {
@@ -182,6 +188,19 @@ impl Store {
             "SELECT {COLUMNS} FROM jobs ORDER BY created_at DESC, id LIMIT $1"
         ))
         .bind(limit)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter().map(JobRow::from_row).collect()
+    }
+
+    /// Jobs that have not ended, oldest first: what live views watch.
+    pub async fn active_jobs(&self) -> StoreResult<Vec<JobRow>> {
+        let rows = sqlx::query(&format!(
+            "SELECT {COLUMNS} FROM jobs WHERE state IN ($1, $2, $3) ORDER BY created_at"
+        ))
+        .bind(JobState::Queued.as_str())
+        .bind(JobState::Building.as_str())
+        .bind(JobState::Stitching.as_str())
         .fetch_all(&self.pool)
         .await?;
         rows.iter().map(JobRow::from_row).collect()

@@ -5,6 +5,7 @@
 mod agents;
 mod builds;
 mod contexts;
+pub mod history;
 mod jobs;
 
 use std::str::FromStr;

@@ -1,0 +1,56 @@
+//! What every request passes through: HTTP metrics by matched route, and a wake-up for live views
+//! after any request that may have changed something.
+
+use std::time::Instant;
+
+use axum::extract::{MatchedPath, Request, State};
+use axum::http::{header, Method};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+
+use super::auth::require_reader;
+use super::error::ApiError;
+use crate::store::now_ms;
+use crate::AppState;
+
+/// Label for requests that matched no route: raw paths would make the label set unbounded.
+const UNMATCHED: &str = "unmatched";
+
+/// Counts and times the request; after a successful write, wakes live views.
+pub async fn observe(State(state): State<AppState>, req: Request, next: Next) -> Response {
+    let started = Instant::now();
+    let method = req.method().clone();
+    let route = req
+        .extensions()
+        .get::<MatchedPath>()
+        .map_or(UNMATCHED, |m| m.as_str())
+        .to_string();
+    let response = next.run(req).await;
+    let status = response.status();
+    if method != Method::GET && method != Method::HEAD && status.is_success() {
+        state.changes.notify();
+    }
+    state
+        .metrics
+        .http_request(method.as_str(), &route, status.as_u16(), started.elapsed());
+    response
+}
+
+/// `GET /metrics`: the Prometheus text format. Readable with the API token when one is set.
+pub async fn metrics(
+    State(state): State<AppState>,
+    headers: axum::http::HeaderMap,
+) -> Result<Response, ApiError> {
+    require_reader(&state, &headers)?;
+    let queued = state.store.queued_builds().await?;
+    let agents = super::views::agents(&state).await?;
+    state.metrics.set_gauges(now_ms(), &queued, &agents);
+    Ok((
+        [(
+            header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
+        state.metrics.encode(),
+    )
+        .into_response())
+}

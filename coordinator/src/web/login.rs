@@ -1,0 +1,127 @@
+//! Signing in to the dashboard with the API token, kept in an HttpOnly cookie so a browser's
+//! `EventSource` (which cannot send headers) carries it too.
+
+use askama::Template;
+use axum::extract::{Query, State};
+use axum::http::{header, StatusCode};
+use axum::response::{IntoResponse, Redirect, Response};
+use axum::Form;
+use serde::Deserialize;
+
+use super::format::safe_next;
+use super::{render, Layout, PageError};
+use crate::api::auth::{same_secret, TOKEN_COOKIE};
+use crate::AppState;
+
+#[derive(Template)]
+#[template(path = "login.html")]
+struct LoginPage {
+    layout: Layout,
+    next: String,
+    message: Option<String>,
+}
+
+#[derive(Deserialize)]
+pub(crate) struct NextQuery {
+    #[serde(default)]
+    next: String,
+}
+
+#[derive(Deserialize)]
+pub(crate) struct LoginForm {
+    #[serde(default)]
+    token: String,
+    #[serde(default)]
+    next: String,
+}
+
+fn page(state: &AppState, next: &str, message: Option<String>) -> LoginPage {
+    LoginPage {
+        layout: Layout::new(state, "Sign in", "login", false),
+        next: safe_next(next).to_string(),
+        message,
+    }
+}
+
+/// `GET /login`: the form; straight back to the dashboard when there is no token to ask for.
+pub(crate) async fn form(
+    State(state): State<AppState>,
+    Query(q): Query<NextQuery>,
+) -> Result<Response, PageError> {
+    if state.config.api_token.is_none() {
+        return Ok(Redirect::to(safe_next(&q.next)).into_response());
+    }
+    render(StatusCode::OK, &page(&state, &q.next, None))
+}
+
+/// Whether `token` can be a cookie value as it is (RFC 6265 `cookie-octet`s).
+fn cookie_safe(token: &str) -> bool {
+    !token.is_empty()
+        && token
+            .bytes()
+            .all(|b| matches!(b, 0x21 | 0x23..=0x2b | 0x2d..=0x3a | 0x3c..=0x5b | 0x5d..=0x7e))
+}
+
+/// `POST /login`: checks the token, sets the cookie and returns to where the reader was going.
+pub(crate) async fn submit(
+    State(state): State<AppState>,
+    Form(f): Form<LoginForm>,
+) -> Result<Response, PageError> {
+    let next = safe_next(&f.next);
+    let Some(expected) = &state.config.api_token else {
+        return Ok(Redirect::to(next).into_response());
+    };
+    let token = f.token.trim();
+    if !same_secret(token, expected) {
+        tracing::warn!("dashboard sign-in with a wrong API token refused");
+        let message =
+            "That is not this coordinator's API token (its --api-token or ARCHFARM_API_TOKEN).";
+        return render(
+            StatusCode::UNAUTHORIZED,
+            &page(&state, next, Some(message.into())),
+        );
+    }
+    if !cookie_safe(token) {
+        let message = "The token is right, but it holds spaces, quotes, commas, semicolons or \
+                       backslashes, which a browser cookie cannot carry; use a token without them.";
+        return render(
+            StatusCode::BAD_REQUEST,
+            &page(&state, next, Some(message.into())),
+        );
+    }
+    let cookie = format!("{TOKEN_COOKIE}={token}; HttpOnly; SameSite=Strict; Path=/");
+    Ok((
+        StatusCode::SEE_OTHER,
+        [
+            (header::SET_COOKIE, cookie),
+            (header::LOCATION, next.to_string()),
+        ],
+    )
+        .into_response())
+}
+
+/// `POST /logout`: forgets the cookie.
+pub(crate) async fn logout() -> Response {
+    let cookie = format!("{TOKEN_COOKIE}=; HttpOnly; SameSite=Strict; Path=/; Max-Age=0");
+    (
+        StatusCode::SEE_OTHER,
+        [
+            (header::SET_COOKIE, cookie),
+            (header::LOCATION, "/login".to_string()),
+        ],
+    )
+        .into_response()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cookie_values_exclude_separators() {
+        assert!(cookie_safe("ci-secret_0.9~A+/="));
+        for bad in ["", "a b", "a;b", "a,b", "a\"b", "a\\b", "é"] {
+            assert!(!cookie_safe(bad), "{bad:?}");
+        }
+    }
+}

@@ -25,6 +25,8 @@ pub enum Outcome {
     Failed,
     /// Its lease lapsed or its agent came back without it: the attempt's work was lost.
     Lost,
+    /// Its job was cancelled while it ran.
+    Cancelled,
 }
 
 impl Outcome {
@@ -33,6 +35,7 @@ impl Outcome {
             Outcome::Succeeded => "succeeded",
             Outcome::Failed => "failed",
             Outcome::Lost => "lost",
+            Outcome::Cancelled => "cancelled",
         }
     }
 }
@@ -233,26 +236,30 @@ impl Metrics {
             .observe(took.as_secs_f64());
     }
 
-    /// Sets the gauges from the current queue and fleet. Series of platforms that are no longer
-    /// queued or served are removed rather than left at their last value.
+    /// Sets the gauges from the current queue and fleet. Every platform that is queued or that a
+    /// registered agent serves has a queue series (0 when empty, so graphs and alerts see an empty
+    /// queue rather than a gap); platforms that are neither are dropped, not left at a stale value.
     pub fn set_gauges(&self, now_ms: i64, queued: &[QueuedBuild], agents: &[Agent]) {
         self.queued.reset();
         self.oldest_queued.reset();
-        let mut per_platform: BTreeMap<String, (i64, i64)> = BTreeMap::new();
+        let mut per_platform: BTreeMap<String, (i64, Option<i64>)> = agents
+            .iter()
+            .flat_map(|a| a.native_platforms.iter().chain(&a.emulated_platforms))
+            .map(|p| (p.to_string(), (0, None)))
+            .collect();
         for b in queued {
-            let e = per_platform
-                .entry(b.platform.to_string())
-                .or_insert((0, b.queued_at));
+            let e = per_platform.entry(b.platform.to_string()).or_default();
             e.0 += 1;
-            e.1 = e.1.min(b.queued_at);
+            e.1 = Some(e.1.map_or(b.queued_at, |t| t.min(b.queued_at)));
         }
         for (platform, (count, oldest)) in per_platform {
             self.queued
                 .with_label_values(&[platform.as_str()])
                 .set(count);
+            let age = oldest.map_or(0.0, |t| (now_ms - t).max(0) as f64 / 1000.0);
             self.oldest_queued
                 .with_label_values(&[platform.as_str()])
-                .set((now_ms - oldest).max(0) as f64 / 1000.0);
+                .set(age);
         }
         self.agents.reset();
         for agent in agents {
@@ -343,10 +350,31 @@ mod tests {
         // A lost attempt is not a duration sample.
         assert!(!text.contains("archfarm_build_duration_seconds_count{mode=\"native\""));
 
-        // The queue emptied: the platform's gauges go away rather than stay at 2.
-        m.set_gauges(20_000, &[], &[]);
-        assert!(!m
+        // The queue emptied: an agent still serves s390x, so its queue reads 0; nothing serves or
+        // waits for riscv64 any more, so that series goes rather than stay at its last value.
+        m.set_gauges(9_000, &[queued("linux/riscv64", 8_000)], &[]);
+        assert!(m
             .encode()
-            .contains("archfarm_queued_builds{platform=\"linux/s390x\"}"));
+            .contains("archfarm_queued_builds{platform=\"linux/riscv64\"} 1"));
+        let z15 = Agent {
+            id: uuid::Uuid::new_v4(),
+            name: "z15".into(),
+            native_platforms: vec![platform("linux/s390x")],
+            emulated_platforms: vec![],
+            capacity: 1,
+            running: 0,
+            state: AgentState::Online,
+            last_seen: chrono::Utc::now(),
+        };
+        m.set_gauges(20_000, &[], &[z15]);
+        let text = m.encode();
+        for want in [
+            "archfarm_queued_builds{platform=\"linux/s390x\"} 0",
+            "archfarm_oldest_queued_build_age_seconds{platform=\"linux/s390x\"} 0",
+            "archfarm_agents{mode=\"native\",platform=\"linux/s390x\",state=\"online\"} 1",
+        ] {
+            assert!(text.contains(want), "missing {want} in\n{text}");
+        }
+        assert!(!text.contains("linux/riscv64"));
     }
 }

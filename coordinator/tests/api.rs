@@ -286,6 +286,22 @@ async fn emulation_never_waits_and_says_why_and_cancel_stops_the_holder() {
         .unwrap();
     assert_eq!(again.state, JobState::Cancelled);
     assert_eq!(again.builds[1].state.as_str(), "cancelled");
+    // Counted once, however often it is asked: the job, and the one build that was running.
+    let metrics = c
+        .http
+        .get(format!("{}/metrics", c.base))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    for line in [
+        "archfarm_jobs_total{state=\"cancelled\"} 1",
+        "archfarm_builds_total{mode=\"native\",outcome=\"cancelled\",platform=\"linux/amd64\"} 1",
+    ] {
+        assert!(metrics.lines().any(|l| l == line), "{line} in\n{metrics}");
+    }
     c.stop().await;
 }
 

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Prepares a Debian/Ubuntu machine to build, test and demo archfarm:
 #   * the container tools the agents and the tests use (buildah, skopeo, umoci, docker-registry),
+#   * headless Chromium and its WebDriver (chromium, chromium-driver) for the dashboard's browser test,
 #   * QEMU user-mode emulation registered with binfmt_misc (arm64, ppc64le, s390x, arm, riscv64),
 #   * the example's per-architecture base file systems (a static busybox from Debian for each).
 # Idempotent and non-interactive: when everything is in place it only checks and returns quickly.
@@ -77,20 +78,33 @@ declare -A NEED=(
     [update-binfmts]=binfmt-support
     [curl]=curl
     [mount]=mount
+    # The dashboard's browser test drives headless Chromium through chromedriver (WebDriver).
+    [chromium]=chromium
+    [chromedriver]=chromium-driver
 )
 missing=()
 for cmd in "${!NEED[@]}"; do
     command -v "$cmd" >/dev/null 2>&1 || missing+=("${NEED[$cmd]}")
 done
-# buildah and skopeo refuse to run without a signature policy (shipped by containers-common).
-[ -f /etc/containers/policy.json ] || missing+=(containers-common)
+# buildah and skopeo refuse to run without a signature policy, shipped by containers-common on Ubuntu
+# and Debian 13 and by golang-github-containers-common on Debian 12 (which has no containers-common).
+if [ ! -f /etc/containers/policy.json ]; then
+    apt_update
+    if apt-cache show containers-common >/dev/null 2>&1; then
+        missing+=(containers-common)
+    else
+        missing+=(golang-github-containers-common)
+    fi
+fi
+# Chromium only recommends a font; without one the dashboard screenshots show boxes for text.
+[ -d /usr/share/fonts/truetype/liberation ] || missing+=(fonts-liberation)
 if [ "${#missing[@]}" -gt 0 ]; then
     mapfile -t missing < <(printf '%s\n' "${missing[@]}" | sort -u)
     say "installing: ${missing[*]}"
     apt_update
     as_root apt-get install -y -qq --no-install-recommends "${missing[@]}"
 else
-    say "packages present: buildah skopeo umoci docker-registry qemu-user-static binfmt-support curl"
+    say "packages present: buildah skopeo umoci docker-registry qemu-user-static binfmt-support curl chromium chromium-driver"
 fi
 
 # --- binfmt_misc and QEMU handlers ------------------------------------------------------------------

@@ -139,6 +139,11 @@ impl Coordinator {
         }
     }
 
+    /// The coordinator's process id (e.g. to read its memory use from `/proc`).
+    pub fn pid(&self) -> u32 {
+        self.daemon.pid()
+    }
+
     /// `http://127.0.0.1:PORT`.
     pub fn url(&self) -> &str {
         &self.url

@@ -8,10 +8,12 @@
 //! `cargo build --workspace --bins` first; `scripts/test.sh` does.
 
 pub mod agent;
+pub mod browser;
 pub mod buildah;
 pub mod checks;
 pub mod context;
 pub mod coordinator;
+pub mod metrics;
 pub mod oci;
 pub mod process;
 pub mod protocol_agent;
@@ -21,11 +23,15 @@ use std::path::Path;
 use std::time::Duration;
 
 pub use agent::{Agent, AgentOptions};
+pub use browser::{artifacts_dir, Browser};
 pub use buildah::Buildah;
 pub use context::{repo_root, BuildContext};
 pub use coordinator::{run_cli, BackgroundCli, Coordinator, CoordinatorOptions, CLI_TIMEOUT};
+pub use metrics::{scrape, Scrape};
 pub use oci::ImageFs;
-pub use process::{bin_path, free_port, processes_of, wait_until, Daemon, ProcessInfo, Scratch};
+pub use process::{
+    bin_path, free_port, peak_rss_bytes, processes_of, wait_until, Daemon, ProcessInfo, Scratch,
+};
 pub use protocol_agent::{KeepAlive, ProtocolAgent, Refused};
 pub use registry::Registry;
 pub use rustix::process::Signal;

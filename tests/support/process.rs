@@ -423,6 +423,19 @@ pub fn processes_of(leader: u32, dir: &Path) -> Vec<ProcessInfo> {
     found
 }
 
+/// The peak resident set size of a live process (`VmHWM` in `/proc/PID/status`), in bytes.
+pub fn peak_rss_bytes(pid: u32) -> u64 {
+    let status = fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap_or_else(|e| panic!("read /proc/{pid}/status: {e}"));
+    let kib: u64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().strip_suffix("kB"))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no VmHWM in /proc/{pid}/status:\n{status}"));
+    kib * 1024
+}
+
 /// True when `pid` has exited (zombie) or no longer exists.
 fn is_zombie_or_gone(pid: i32) -> bool {
     match fs::read_to_string(format!("/proc/{pid}/stat")) {

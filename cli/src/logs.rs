@@ -4,7 +4,7 @@
 use std::collections::HashMap;
 use std::io::Write as _;
 
-use archfarm_protocol::api::{Build, BuildState, Job};
+use archfarm_protocol::api::{Build, Job};
 use archfarm_protocol::Platform;
 use uuid::Uuid;
 
@@ -25,6 +25,8 @@ pub struct LogStream {
     partial: Vec<u8>,
     /// The build ended and its log was read to the end.
     pub drained: bool,
+    /// A read has already been made after the build was seen to have ended.
+    saw_end: bool,
 }
 
 impl LogStream {
@@ -63,8 +65,8 @@ pub struct LogSet {
 
 impl LogSet {
     /// Reads the lines `b` logged since the last call. Once the build (or, with `job_ended`, its
-    /// job) has ended, the rest of the log is read, an unfinished last line included, and the
-    /// stream is marked drained; later calls read nothing.
+    /// job) has ended and settled, the rest of the log is read, an unfinished last line included,
+    /// and the stream is marked drained; later calls read nothing.
     pub async fn pull(
         &mut self,
         client: &Client,
@@ -76,17 +78,25 @@ impl LogSet {
             return Ok(Vec::new());
         }
         let ended = job_ended || b.state.is_terminal();
-        // A build no agent ever took has no log; asking would cost a request per poll.
-        if b.agent.is_none() && b.state != BuildState::Building {
+        // A build never leased has no log; asking would cost a request per poll. (One whose
+        // lease was lost is back in the queue without an agent but has its first attempt's log.)
+        if b.attempts == 0 {
             stream.drained = ended;
             return Ok(Vec::new());
         }
         let bytes = client.build_log(b.id, stream.offset).await?;
         let mut lines = stream.feed(&bytes);
-        if ended {
+        // The coordinator writes a build's last line (`pushed …`, `failed: …`) just after
+        // recording its end, so a build that ended only just now is read once more before its
+        // stream counts as drained.
+        let settled = b
+            .finished_at
+            .is_some_and(|t| chrono::Utc::now() - t > chrono::Duration::seconds(2));
+        if ended && (stream.saw_end || settled) {
             lines.extend(stream.flush());
             stream.drained = true;
         }
+        stream.saw_end |= ended;
         Ok(lines)
     }
 

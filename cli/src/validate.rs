@@ -7,7 +7,7 @@ use std::collections::BTreeMap;
 use std::path::{Component, Path, PathBuf};
 use std::time::Duration;
 
-use archfarm_protocol::api::EmulationPolicy;
+use archfarm_protocol::api::{EmulationPolicy, MAX_SUBMITTER_CHARS};
 use archfarm_protocol::{platform, ImageRef, Platform};
 
 use crate::args::{BuildArgs, Progress};
@@ -81,22 +81,32 @@ impl BuildPlan {
             timeout: args.timeout,
             progress: args.progress,
             detach: args.detach,
-            submitter: args
-                .submitter
-                .clone()
-                .filter(|s| !s.trim().is_empty())
-                .or_else(|| default_submitter(&env, local_host_name)),
+            submitter: match args.submitter.as_deref().map(str::trim) {
+                Some(s) if !s.is_empty() => Some(check_submitter(s)?),
+                _ => default_submitter(&env, local_host_name),
+            },
         })
     }
 }
 
-/// The CI system's user when a known CI variable names one, else `USER@HOST`.
+/// `--submitter`: what the coordinator accepts, checked before anything is uploaded.
+fn check_submitter(s: &str) -> Result<String, UsageError> {
+    if s.chars().count() > MAX_SUBMITTER_CHARS || s.chars().any(char::is_control) {
+        return Err(UsageError(format!(
+            "--submitter must be at most {MAX_SUBMITTER_CHARS} printable characters, e.g. ci-bot or alice@laptop"
+        )));
+    }
+    Ok(s.to_string())
+}
+
+/// The CI system's user when a known CI variable names one, else `USER@HOST`; cleaned to what
+/// the coordinator accepts, since a display-only field must never fail a build.
 pub fn default_submitter(
     env: impl Fn(&str) -> Option<String>,
     host: impl Fn() -> Option<String>,
 ) -> Option<String> {
     let set = |k: &str| env(k).filter(|v| !v.trim().is_empty());
-    [
+    let raw = [
         "GITHUB_ACTOR",
         "GITLAB_USER_LOGIN",
         "BUILDKITE_BUILD_CREATOR",
@@ -109,7 +119,13 @@ pub fn default_submitter(
             Some(h) => format!("{user}@{h}"),
             None => user,
         })
-    })
+    })?;
+    let clean: String = raw
+        .chars()
+        .filter(|c| !c.is_control())
+        .take(MAX_SUBMITTER_CHARS)
+        .collect();
+    Some(clean.trim().to_string()).filter(|s| !s.is_empty())
 }
 
 /// This machine's host name, from the kernel.
@@ -413,6 +429,23 @@ mod tests {
             Some("bob".into())
         );
         assert_eq!(default_submitter(env(&[]), host), None);
+        let long: &'static str = Box::leak("é".repeat(300).into_boxed_str());
+        let vars: &'static [(&'static str, &'static str)] =
+            Box::leak(Box::new([("GITHUB_ACTOR", long)]));
+        let cleaned = default_submitter(env(vars), host).unwrap();
+        assert_eq!(
+            cleaned.chars().count(),
+            MAX_SUBMITTER_CHARS,
+            "cut to what the coordinator takes"
+        );
+        assert_eq!(
+            default_submitter(env(&[("GITHUB_ACTOR", "bot\u{7}\n")]), host),
+            Some("bot".into()),
+            "control characters dropped"
+        );
+        assert!(check_submitter("a\tb").is_err());
+        assert!(check_submitter(&"x".repeat(MAX_SUBMITTER_CHARS + 1)).is_err());
+        assert_eq!(check_submitter("alice@laptop").unwrap(), "alice@laptop");
     }
 
     fn strings(v: &[&str]) -> Vec<String> {

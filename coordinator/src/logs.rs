@@ -43,7 +43,9 @@ impl LogStore {
             out.push_str(line.trim_end_matches(['\n', '\r']));
             out.push('\n');
         }
-        if size + out.len() as u64 > self.max_bytes {
+        // `>=`: a batch that lands exactly on the cap is cut too, so a full log always ends with
+        // the marker.
+        if size + out.len() as u64 >= self.max_bytes {
             let keep = (self.max_bytes - size) as usize;
             let mut cut = out.floor_char_boundary_compat(keep);
             cut.push('\n');
@@ -85,26 +87,32 @@ impl LogStore {
         Ok(out)
     }
 
-    /// The whole lines among at most `max` bytes from `offset`, and the offset after the last of
-    /// them. A line still being written (no newline yet) is left for the next call, unless it
-    /// alone fills `max`, in which case it is cut there so a reader never stalls.
+    /// The whole lines among at most `max` bytes from `offset`, the offset after the last of
+    /// them, and whether the read filled `max` (so more may be waiting). A line still being
+    /// written (no newline yet) is left for the next call, unless it alone fills `max`: then it is
+    /// cut there, at a character boundary, so a reader never stalls.
     pub async fn read_lines(
         &self,
         build: Uuid,
         offset: u64,
         max: usize,
-    ) -> std::io::Result<(Vec<String>, u64)> {
+    ) -> std::io::Result<(Vec<String>, u64, bool)> {
         let bytes = self.read_chunk(build, offset, max).await?;
+        let full = bytes.len() >= max;
         let whole = match bytes.iter().rposition(|b| *b == b'\n') {
             Some(i) => i + 1,
-            None if bytes.len() >= max => bytes.len(),
+            None if full => match std::str::from_utf8(&bytes) {
+                // Cut inside a character: stop before it; the next read starts with it whole.
+                Err(e) if e.error_len().is_none() && e.valid_up_to() > 0 => e.valid_up_to(),
+                _ => bytes.len(),
+            },
             None => 0,
         };
         let lines = String::from_utf8_lossy(&bytes[..whole])
             .lines()
             .map(str::to_string)
             .collect();
-        Ok((lines, offset + whole as u64))
+        Ok((lines, offset + whole as u64, full))
     }
 }
 
@@ -158,15 +166,21 @@ mod tests {
             .await
             .unwrap();
         // "alpha\nbe": only the whole line comes back, and the offset stops after it.
-        let (lines, next) = logs.read_lines(b, 0, 8).await.unwrap();
-        assert_eq!((lines, next), (vec!["alpha".to_string()], 6));
-        let (lines, next) = logs.read_lines(b, next, 8).await.unwrap();
-        assert_eq!((lines, next), (vec!["beta".to_string()], 11));
-        let (lines, next) = logs.read_lines(b, next, 8).await.unwrap();
+        let (lines, next, full) = logs.read_lines(b, 0, 8).await.unwrap();
+        assert_eq!((lines, next, full), (vec!["alpha".to_string()], 6, true));
+        let (lines, next, full) = logs.read_lines(b, next, 8).await.unwrap();
+        assert_eq!((lines, next, full), (vec!["beta".to_string()], 11, false));
+        let (lines, next, _) = logs.read_lines(b, next, 8).await.unwrap();
         assert_eq!((lines.len(), next), (0, 11));
         // A line longer than the window is cut rather than waited on forever.
         logs.append(b, &["z".repeat(20)]).await.unwrap();
-        let (lines, next) = logs.read_lines(b, 11, 8).await.unwrap();
-        assert_eq!((lines, next), (vec!["z".repeat(8)], 19));
+        let (lines, next, full) = logs.read_lines(b, 11, 8).await.unwrap();
+        assert_eq!((lines, next, full), (vec!["z".repeat(8)], 19, true));
+        // ... and never inside a character: "ééé" is 6 bytes, a 5-byte window takes two.
+        logs.append(b, &["ééé".into()]).await.unwrap();
+        let (_, start, _) = logs.read_lines(b, 19, 64).await.unwrap();
+        let at = start - 7; // "ééé\n" is 7 bytes
+        let (lines, next, _) = logs.read_lines(b, at, 5).await.unwrap();
+        assert_eq!((lines, next), (vec!["éé".to_string()], at + 4));
     }
 }

@@ -23,9 +23,9 @@ pub enum Outcome {
     Succeeded,
     /// The build reported a failure, or gave up after too many attempts.
     Failed,
-    /// Its lease lapsed or its agent came back without it: the attempt's work was lost.
+    /// Its lease lapsed (the agent stopped heartbeating): the attempt's work was lost.
     Lost,
-    /// Its job was cancelled while it ran.
+    /// Its job was cancelled by a user while it ran.
     Cancelled,
 }
 
@@ -46,7 +46,8 @@ const BUILD_BUCKETS: &[f64] = &[
 ];
 /// Stitching is a handful of registry round trips, longer while the registry is away.
 const STITCH_BUCKETS: &[f64] = &[0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0];
-/// HTTP latencies; long polls and streams land in the last buckets by design.
+/// HTTP latencies, to the response's head: a lease long poll lands in the last buckets, an event
+/// stream or followed log in the first (its body is not timed).
 const HTTP_BUCKETS: &[f64] = &[
     0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 10.0, 30.0,
 ];
@@ -55,6 +56,9 @@ const HTTP_BUCKETS: &[f64] = &[
 #[derive(Debug)]
 pub struct Metrics {
     registry: Registry,
+    /// Held from setting the gauges to encoding them, so two scrapes at once (an HA pair of
+    /// Prometheus servers) never see the moment between a gauge's reset and its refill.
+    scrape_lock: std::sync::Mutex<()>,
     jobs: IntCounterVec,
     builds: IntCounterVec,
     build_duration: HistogramVec,
@@ -95,7 +99,7 @@ impl Metrics {
         );
         let builds = counter(
             "archfarm_builds_total",
-            "Build attempts that ended, by platform, native or emulated, and outcome (succeeded, failed, lost).",
+            "Build attempts that ended, by platform, native or emulated, and outcome (succeeded, failed, lost, cancelled).",
             &["platform", "mode", "outcome"],
         );
         let http_requests = counter(
@@ -178,6 +182,7 @@ impl Metrics {
         );
         Metrics {
             registry,
+            scrape_lock: std::sync::Mutex::new(()),
             jobs,
             builds,
             build_duration,
@@ -279,6 +284,16 @@ impl Metrics {
                     .inc();
             }
         }
+    }
+
+    /// Sets the gauges (see [`Metrics::set_gauges`]) and encodes everything, as one step.
+    pub fn scrape(&self, now_ms: i64, queued: &[QueuedBuild], agents: &[Agent]) -> String {
+        let _one_at_a_time = self
+            .scrape_lock
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        self.set_gauges(now_ms, queued, agents);
+        self.encode()
     }
 
     /// Everything in the Prometheus text format.

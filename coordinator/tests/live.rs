@@ -129,6 +129,36 @@ async fn a_jobs_stream_carries_its_states_and_log_lines_then_ends() {
     assert_eq!(chunk.offset, 0);
     assert_eq!(chunk.lines.len(), 6);
 
+    // A client that already shows part of the log asks for the rest only.
+    let shown = chunk.lines[..5]
+        .iter()
+        .map(|l| l.len() as u64 + 1)
+        .sum::<u64>();
+    let res = c
+        .http
+        .get(c.url(&format!(
+            "/jobs/{}/events?from={}:{shown}",
+            job.id, lease.build_id
+        )))
+        .send()
+        .await
+        .unwrap();
+    let mut rx = sse_events(res);
+    let mut rest = Vec::new();
+    until_event(&mut rx, "end", &mut rest).await;
+    let chunk: LogChunk = serde_json::from_str(&rest[1].data).unwrap();
+    assert_eq!(
+        (chunk.offset, chunk.lines),
+        (shown, vec!["[archfarm] failed: exit status 2".to_string()])
+    );
+    let res = c
+        .http
+        .get(c.url(&format!("/jobs/{}/events?from=nonsense", job.id)))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), StatusCode::BAD_REQUEST);
+
     let res = c
         .http
         .get(c.url(&format!("/jobs/{}/events", uuid::Uuid::new_v4())))
@@ -323,6 +353,13 @@ async fn metrics_follow_jobs_builds_queues_and_routes() {
     for id in [job.id, lease.build_id, agent.agent_id] {
         assert!(!text.contains(&id.to_string()), "{id} in a label");
     }
+    // Any token is a method to HTTP; none may become a label value of its own.
+    let brew = reqwest::Method::from_bytes(b"BREW").unwrap();
+    c.http
+        .request(brew, format!("{}/healthz", c.base))
+        .send()
+        .await
+        .unwrap();
     let res = c
         .http
         .get(format!("{}/no/such/{}", c.base, job.id))
@@ -332,6 +369,10 @@ async fn metrics_follow_jobs_builds_queues_and_routes() {
     assert_eq!(res.status(), StatusCode::NOT_FOUND);
     let text = scrape(&c).await;
     assert!(text.contains("route=\"unmatched\""), "{text}");
+    assert!(
+        text.contains("method=\"other\"") && !text.contains("BREW"),
+        "{text}"
+    );
     assert!(!text.contains(&job.id.to_string()));
     c.stop().await;
 }

@@ -398,9 +398,32 @@ async fn pages_ask_for_the_api_token_and_keep_it_in_a_cookie() {
     assert_eq!(res.status(), StatusCode::SEE_OTHER);
     assert_eq!(res.headers()[LOCATION], "/agents");
     let cookie = res.headers()[SET_COOKIE].to_str().unwrap().to_string();
+    let value = cookie
+        .strip_prefix("archfarm_token=")
+        .and_then(|c| c.strip_suffix("; HttpOnly; SameSite=Strict; Path=/"))
+        .unwrap_or_else(|| panic!("{cookie}"))
+        .to_string();
+    // The cookie is not the token, and it reads but never writes.
+    assert!(!value.contains("t0ken") && value.len() == 64, "{value}");
+    let res = c
+        .http
+        .post(c.url(&format!("/jobs/{}/cancel", uuid::Uuid::new_v4())))
+        .header(COOKIE, format!("archfarm_token={value}"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), StatusCode::UNAUTHORIZED);
+    let res = c
+        .http
+        .get(c.url("/jobs"))
+        .bearer_auth(&value)
+        .send()
+        .await
+        .unwrap();
     assert_eq!(
-        cookie,
-        "archfarm_token=t0ken; HttpOnly; SameSite=Strict; Path=/"
+        res.status(),
+        StatusCode::UNAUTHORIZED,
+        "not usable as a token"
     );
     let res = login("token=t0ken").await.unwrap();
     assert_eq!(res.headers()[LOCATION], "/");
@@ -413,7 +436,7 @@ async fn pages_ask_for_the_api_token_and_keep_it_in_a_cookie() {
     let res = web
         .http
         .get(web.url("/agents"))
-        .header(COOKIE, "archfarm_token=t0ken")
+        .header(COOKIE, format!("archfarm_token={value}"))
         .send()
         .await
         .unwrap();

@@ -251,7 +251,7 @@
     }
 
     // Appends the lines of a LogChunk not shown yet: the page was rendered up to data-offset,
-    // and after a reconnect the stream sends the whole log again.
+    // and a reconnect starts the stream again from where the page was first rendered.
     function appendLog(chunk) {
       const entry = builds.get(chunk.platform);
       if (!entry) return;
@@ -271,7 +271,15 @@
     }
 
     const id = root.getAttribute("data-job-id");
-    const stream = connect("/api/v1/jobs/" + encodeURIComponent(id) + "/events", {
+    // The page already holds each log up to data-offset: the stream starts there instead of
+    // sending whole logs again (after a reconnect it starts there too; appendLog skips repeats).
+    const from = [];
+    for (const card of root.querySelectorAll("[data-build-id]")) {
+      const entry = builds.get(card.getAttribute("data-platform"));
+      if (entry) from.push(card.getAttribute("data-build-id") + ":" + entry.next);
+    }
+    const query = from.length ? "?from=" + encodeURIComponent(from.join(",")) : "";
+    const stream = connect("/api/v1/jobs/" + encodeURIComponent(id) + "/events" + query, {
       job: (j) => { job = j; render(); },
       log: appendLog,
       end: () => stream.stop("job ended"),

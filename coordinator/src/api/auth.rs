@@ -50,9 +50,18 @@ pub fn require_client(state: &AppState, headers: &HeaderMap) -> Result<(), ApiEr
     }
 }
 
-/// The cookie the dashboard's sign-in form sets to the API token, so a browser (whose
-/// `EventSource` cannot send headers) can read what a CI client can.
+/// The cookie the dashboard's sign-in form sets, so a browser (whose `EventSource` cannot send
+/// headers) can read what a CI client can. Its value is [`read_cookie_value`], not the token.
 pub const TOKEN_COOKIE: &str = "archfarm_token";
+
+/// The dashboard cookie's value for an API token: a one-way digest of it. A cookie that leaks
+/// therefore grants reading only; it is not the token and cannot be turned back into it.
+pub fn read_cookie_value(token: &Secret) -> String {
+    let mut h = Sha256::new();
+    h.update(b"archfarm dashboard read access v1\0");
+    h.update(token.expose().as_bytes());
+    hex::encode(h.finalize())
+}
 
 /// The value of cookie `name`, if the request carries it.
 pub fn cookie<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
@@ -73,7 +82,7 @@ pub fn require_reader(state: &AppState, headers: &HeaderMap) -> Result<(), ApiEr
         return Ok(());
     };
     match cookie(headers, TOKEN_COOKIE) {
-        Some(given) if same_secret(given, expected) => Ok(()),
+        Some(given) if same_secret(given, &Secret::new(read_cookie_value(expected))) => Ok(()),
         _ => require_client(state, headers),
     }
 }

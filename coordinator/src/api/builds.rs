@@ -205,6 +205,7 @@ async fn read_log(
         offset: q.offset.unwrap_or(0),
         follow: q.follow,
         ended: false,
+        settled: false,
     };
     let body = Body::from_stream(futures::stream::unfold(tail, |mut t| async move {
         t.next().await.map(|chunk| (chunk, t))
@@ -228,15 +229,16 @@ struct LogTail {
     id: Uuid,
     offset: u64,
     follow: bool,
-    /// The build had ended at the last look; one more read after a pause catches the lines
-    /// written just after its state changed, then the response ends.
+    /// The build has been seen to have ended.
     ended: bool,
+    /// A pause has passed since then: the lines written just after the build's state changed
+    /// (`pushed …`, `failed: …`) are on disk, so the next empty read ends the response.
+    settled: bool,
 }
 
 impl LogTail {
     async fn next(&mut self) -> Option<std::io::Result<Bytes>> {
         loop {
-            let ended_before = self.ended;
             if self.follow && !self.ended {
                 match self.state.store.get_build(self.id).await {
                     Ok(Some(b)) => self.ended = b.state.is_terminal(),
@@ -255,12 +257,22 @@ impl LogTail {
                     self.offset += bytes.len() as u64;
                     return Some(Ok(Bytes::from(bytes)));
                 }
-                Ok(_) if !self.follow || ended_before => return None,
+                Ok(_) if !self.follow || self.settled => return None,
                 Ok(_) => {
+                    let ended = self.ended;
+                    let pause = async {
+                        if ended {
+                            // Not the watcher: its first wake-up may come at once.
+                            tokio::time::sleep(crate::changes::MIN_GAP).await;
+                        } else {
+                            self.watcher.next().await;
+                        }
+                    };
                     tokio::select! {
                         _ = self.state.shutdown.cancelled() => return None,
-                        _ = self.watcher.next() => {}
+                        _ = pause => {}
                     }
+                    self.settled = ended;
                 }
             }
         }

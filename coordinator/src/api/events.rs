@@ -3,7 +3,8 @@
 //!
 //! A feed keeps only what it last sent (the job's JSON, each log's offset) and reads the rest back
 //! from the database and the log files when woken (see [`crate::changes`]). A slow client
-//! therefore costs one log chunk of memory at most, never a queue of events.
+//! therefore costs at most one log chunk per build of the look in progress, never a queue of
+//! events.
 
 use std::collections::HashMap;
 use std::convert::Infallible;
@@ -18,11 +19,11 @@ use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::routing::get;
 use axum::Router;
 use futures::{Stream, StreamExt};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
 use super::auth::require_reader;
-use super::error::{parse_id, ApiError};
+use super::error::{parse_id, ApiError, ApiQuery};
 use super::views::{self, Fleet};
 use crate::changes::Watcher;
 use crate::AppState;
@@ -37,13 +38,39 @@ pub fn router() -> Router<AppState> {
         .route("/events", get(farm_events))
 }
 
+#[derive(Deserialize)]
+struct JobQuery {
+    /// `BUILD_ID:OFFSET,…`: where each build's log lines start (default 0, the whole log), for a
+    /// client that already shows the log up to there.
+    from: Option<String>,
+}
+
+/// Parses `?from=BUILD_ID:OFFSET,…`.
+fn parse_from(raw: &str) -> Result<HashMap<Uuid, u64>, ApiError> {
+    raw.split(',')
+        .filter(|s| !s.is_empty())
+        .map(|pair| {
+            pair.split_once(':')
+                .and_then(|(id, off)| Some((id.parse().ok()?, off.parse().ok()?)))
+                .ok_or_else(|| {
+                    ApiError::bad(
+                        "invalid_query",
+                        format!("from: '{pair}' is not BUILD_ID:OFFSET (e.g. from=6f1c…:4096)"),
+                    )
+                })
+        })
+        .collect()
+}
+
 async fn job_events(
     State(state): State<AppState>,
     headers: HeaderMap,
     Path(raw): Path<String>,
+    ApiQuery(q): ApiQuery<JobQuery>,
 ) -> Result<Sse<impl Stream<Item = Result<Event, Infallible>>>, ApiError> {
     require_reader(&state, &headers)?;
     let id = parse_id("job", &raw)?;
+    let offsets = parse_from(q.from.as_deref().unwrap_or(""))?;
     if state.store.get_job(id).await?.is_none() {
         return Err(ApiError::NotFound(format!("no job with id '{id}'")));
     }
@@ -52,20 +79,30 @@ async fn job_events(
         state,
         job_id: id,
         last_job: None,
-        offsets: HashMap::new(),
+        offsets,
         done: false,
     };
     Ok(sse(feed))
 }
 
+#[derive(Deserialize)]
+struct FarmQuery {
+    /// Whether to send the log lines of running builds (`log` events); a page that shows only
+    /// states leaves them out and saves reading every log.
+    #[serde(default)]
+    logs: bool,
+}
+
 async fn farm_events(
     State(state): State<AppState>,
     headers: HeaderMap,
+    ApiQuery(q): ApiQuery<FarmQuery>,
 ) -> Result<Sse<impl Stream<Item = Result<Event, Infallible>>>, ApiError> {
     require_reader(&state, &headers)?;
     let feed = FarmFeed {
         watcher: state.changes.watch(),
         state,
+        logs: q.logs,
         last_agents: None,
         jobs: HashMap::new(),
         offsets: HashMap::new(),
@@ -111,11 +148,10 @@ async fn log_event(
     build: &archfarm_protocol::api::Build,
     offset: &mut u64,
 ) -> std::io::Result<(Option<Event>, bool)> {
-    let (lines, next) = state.logs.read_lines(build.id, *offset, LOG_CHUNK).await?;
-    let full = next - *offset >= (LOG_CHUNK / 2) as u64;
+    let (lines, next, full) = state.logs.read_lines(build.id, *offset, LOG_CHUNK).await?;
     if lines.is_empty() {
         *offset = next;
-        return Ok((None, false));
+        return Ok((None, full));
     }
     let chunk = LogChunk {
         job_id: job.id,
@@ -197,6 +233,8 @@ impl JobFeed {
 struct FarmFeed {
     state: AppState,
     watcher: Watcher,
+    /// Whether `log` events are wanted.
+    logs: bool,
     last_agents: Option<String>,
     /// Jobs being watched and the JSON last sent of each.
     jobs: HashMap<Uuid, String>,
@@ -248,7 +286,7 @@ impl FarmFeed {
                 events.push(Event::default().event(EVENT_JOB).data(&json));
             }
             for build in &job.builds {
-                if build.state == BuildState::Queued {
+                if !self.logs || build.state == BuildState::Queued {
                     continue;
                 }
                 // Builds running when the stream opened are followed from their current end;

@@ -30,10 +30,28 @@ pub async fn observe(State(state): State<AppState>, req: Request, next: Next) ->
     if method != Method::GET && method != Method::HEAD && status.is_success() {
         state.changes.notify();
     }
-    state
-        .metrics
-        .http_request(method.as_str(), &route, status.as_u16(), started.elapsed());
+    state.metrics.http_request(
+        method_label(&method),
+        &route,
+        status.as_u16(),
+        started.elapsed(),
+    );
     response
+}
+
+/// The method as a label value. Clients may send any token as a method; each would otherwise
+/// become a new series, so anything but the usual methods is `other`.
+fn method_label(method: &Method) -> &'static str {
+    match *method {
+        Method::GET => "GET",
+        Method::HEAD => "HEAD",
+        Method::POST => "POST",
+        Method::PUT => "PUT",
+        Method::DELETE => "DELETE",
+        Method::PATCH => "PATCH",
+        Method::OPTIONS => "OPTIONS",
+        _ => "other",
+    }
 }
 
 /// `GET /metrics`: the Prometheus text format. Readable with the API token when one is set.
@@ -44,13 +62,12 @@ pub async fn metrics(
     require_reader(&state, &headers)?;
     let queued = state.store.queued_builds().await?;
     let agents = super::views::agents(&state).await?;
-    state.metrics.set_gauges(now_ms(), &queued, &agents);
     Ok((
         [(
             header::CONTENT_TYPE,
             "text/plain; version=0.0.4; charset=utf-8",
         )],
-        state.metrics.encode(),
+        state.metrics.scrape(now_ms(), &queued, &agents),
     )
         .into_response())
 }

@@ -78,6 +78,8 @@ struct Row {
 
 /// One platform's build with its log.
 struct Card {
+    /// The build's id, so the live view can ask for the log from where the page ends.
+    build_id: String,
     platform: String,
     anchor: String,
     state: &'static str,
@@ -243,6 +245,7 @@ async fn card(state: &AppState, b: &Build, now: i64) -> Result<Card, PageError> 
     let (log, log_end, log_omitted) = log_tail(state, b.id).await?;
     let platform = b.platform.to_string();
     Ok(Card {
+        build_id: b.id.to_string(),
         anchor: anchor(&platform),
         platform,
         state: b.state.as_str(),
@@ -266,7 +269,7 @@ async fn card(state: &AppState, b: &Build, now: i64) -> Result<Card, PageError> 
 async fn log_tail(state: &AppState, build: Uuid) -> std::io::Result<(Vec<String>, u64, bool)> {
     let size = state.logs.size(build).await?;
     let start = size.saturating_sub(LOG_TAIL_BYTES);
-    let (mut lines, end) = state
+    let (mut lines, end, _) = state
         .logs
         .read_lines(build, start, (size - start) as usize)
         .await?;

@@ -14,7 +14,7 @@ use prometheus::{
     Registry, TextEncoder,
 };
 
-use crate::store::QueuedBuild;
+use crate::store::{QueuedBuild, Stopped};
 
 /// How a build's attempt ended, for `archfarm_builds_total{outcome}`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -25,7 +25,7 @@ pub enum Outcome {
     Failed,
     /// Its lease lapsed (the agent stopped heartbeating): the attempt's work was lost.
     Lost,
-    /// Its job was cancelled by a user while it ran.
+    /// Its job ended while it ran (cancelled, timed out, or failed on another platform).
     Cancelled,
 }
 
@@ -199,6 +199,14 @@ impl Metrics {
     /// A job entered `state` (submitted as queued, or ended).
     pub fn job_entered(&self, state: JobState) {
         self.jobs.with_label_values(&[state.as_str()]).inc();
+    }
+
+    /// A job ended as `state`, stopping the builds in `stopped` (counted as cancelled).
+    pub fn job_ended(&self, state: JobState, stopped: &Stopped) {
+        self.job_entered(state);
+        for (platform, mode) in &stopped.running {
+            self.build_ended(platform, *mode, Outcome::Cancelled, None);
+        }
     }
 
     /// A build attempt ended; `ran_for` is observed for succeeded builds.

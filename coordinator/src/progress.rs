@@ -33,12 +33,12 @@ pub async fn advance(state: &AppState, job_id: Uuid) -> StoreResult<()> {
             failed.platform,
             failed.error.as_deref().unwrap_or("the build failed")
         );
-        if state
+        if let Some(stopped) = state
             .store
             .end_job(job_id, JobState::Failed, &error)
             .await?
         {
-            state.metrics.job_entered(JobState::Failed);
+            state.metrics.job_ended(JobState::Failed, &stopped);
             tracing::warn!(job.id = %job_id, error, "job failed");
         }
         return Ok(());
@@ -133,7 +133,7 @@ pub async fn reconcile(state: &AppState) -> StoreResult<()> {
 pub async fn expire_jobs(state: &AppState) -> StoreResult<()> {
     for job in state.store.timed_out_jobs(state.scheduler.now()).await? {
         let limit = format_duration(Duration::from_secs(job.timeout_secs.max(0) as u64));
-        if state
+        if let Some(stopped) = state
             .store
             .end_job(
                 job.id,
@@ -142,7 +142,7 @@ pub async fn expire_jobs(state: &AppState) -> StoreResult<()> {
             )
             .await?
         {
-            state.metrics.job_entered(JobState::Failed);
+            state.metrics.job_ended(JobState::Failed, &stopped);
             state.changes.notify();
             tracing::warn!(job.id = %job.id, limit, "job timed out");
         }
@@ -217,12 +217,12 @@ async fn stitch_job(state: &AppState, job_id: Uuid) -> StoreResult<()> {
             tracing::info!(job.id = %job_id, digest = %index.digest, elapsed_ms = started.elapsed().as_millis() as u64, "job succeeded");
         }
         Err(e) => {
-            if state
+            if let Some(stopped) = state
                 .store
                 .end_job(job_id, JobState::Failed, &format!("stitching failed: {e}"))
                 .await?
             {
-                state.metrics.job_entered(JobState::Failed);
+                state.metrics.job_ended(JobState::Failed, &stopped);
             }
             tracing::warn!(job.id = %job_id, error = %e, "job failed while stitching");
         }

@@ -3,7 +3,7 @@
 use std::path::{Component, Path as FsPath};
 
 use archfarm_protocol::api::{
-    BuildState, JobList, JobRequest, JobState, DEFAULT_JOB_TIMEOUT_SECS, MAX_SUBMITTER_CHARS,
+    JobList, JobRequest, JobState, DEFAULT_JOB_TIMEOUT_SECS, MAX_SUBMITTER_CHARS,
 };
 use archfarm_protocol::{ImageRef, Platform};
 use axum::extract::{Path, State};
@@ -15,7 +15,6 @@ use serde::Deserialize;
 use super::auth::require_client;
 use super::error::{parse_id, ApiError, ApiJson, ApiQuery};
 use super::views::{self, Fleet};
-use crate::metrics::Outcome;
 use crate::store::NewJob;
 use crate::AppState;
 
@@ -329,14 +328,7 @@ async fn cancel(
         }
         _ => {}
     }
-    let running: Vec<_> = state
-        .store
-        .builds_of_job(id)
-        .await?
-        .into_iter()
-        .filter(|b| b.state == BuildState::Building)
-        .collect();
-    if !state.store.cancel_job(id, "cancelled by user").await? {
+    let Some(stopped) = state.store.cancel_job(id, "cancelled by user").await? else {
         // It moved on (to stitching or an end) since we looked; report it as it is now.
         let now = state.store.get_job(id).await?.unwrap_or(row);
         if now.state == JobState::Stitching {
@@ -347,13 +339,8 @@ async fn cancel(
         }
         let fleet = Fleet::load(&state).await?;
         return Ok(Json(views::job(&state, now, &fleet).await?));
-    }
-    state.metrics.job_entered(JobState::Cancelled);
-    for b in running {
-        state
-            .metrics
-            .build_ended(&b.platform, b.mode, Outcome::Cancelled, None);
-    }
+    };
+    state.metrics.job_ended(JobState::Cancelled, &stopped);
     tracing::info!(job.id = %id, "job cancelled");
     let row = state.store.get_job(id).await?.unwrap_or(row);
     let fleet = Fleet::load(&state).await?;

@@ -197,14 +197,14 @@ impl Scheduler {
                     "{}: gave up after {} attempts (each agent that held it stopped or restarted)",
                     build.platform, build.attempts
                 );
-                if self.store.fail_queued_build(build.id, &error).await?
-                    && !build.optional
-                    && self
+                if self.store.fail_queued_build(build.id, &error).await? && !build.optional {
+                    if let Some(stopped) = self
                         .store
                         .end_job(build.job_id, JobState::Failed, &error)
                         .await?
-                {
-                    self.metrics.job_entered(JobState::Failed);
+                    {
+                        self.metrics.job_ended(JobState::Failed, &stopped);
+                    }
                 }
                 tracing::warn!(build.id = %build.id, platform = %build.platform, attempts = build.attempts, "attempts used up");
                 continue;
@@ -312,13 +312,14 @@ impl Scheduler {
                     self.metrics
                         .build_ended(&build.platform, build.mode, Outcome::Lost, None);
                     // An optional platform's failure is the reconciler's to turn into a warning.
-                    if !build.optional
-                        && self
+                    if !build.optional {
+                        if let Some(stopped) = self
                             .store
                             .end_job(build.job_id, JobState::Failed, &error)
                             .await?
-                    {
-                        self.metrics.job_entered(JobState::Failed);
+                        {
+                            self.metrics.job_ended(JobState::Failed, &stopped);
+                        }
                     }
                     tracing::warn!(build.id = %build.id, platform = %build.platform, agent, "lease lapsed; attempts used up");
                     reaped.failed += 1;

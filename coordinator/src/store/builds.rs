@@ -429,18 +429,26 @@ mod tests {
             )
             .await
             .unwrap();
-        assert!(store
+        let stopped = store
             .end_job(
                 job,
                 archfarm_protocol::api::JobState::Cancelled,
-                "cancelled by user"
+                "cancelled by user",
             )
             .await
-            .unwrap());
-        assert!(!store
+            .unwrap()
+            .expect("this call ended it");
+        assert_eq!(
+            stopped.running.len(),
+            1,
+            "the one running build was stopped"
+        );
+        assert_eq!(stopped.running[0].1, Some(BuildMode::Native));
+        assert!(store
             .end_job(job, archfarm_protocol::api::JobState::Failed, "again")
             .await
-            .unwrap());
+            .unwrap()
+            .is_none());
         assert_eq!(
             store
                 .renew_lease(builds[0].id, token, i64::MAX)

@@ -2,7 +2,7 @@
 
 use std::collections::BTreeMap;
 
-use archfarm_protocol::api::{EmulationPolicy, JobState};
+use archfarm_protocol::api::{BuildMode, EmulationPolicy, JobState};
 use archfarm_protocol::{Digest, Platform};
 use sqlx::any::AnyRow;
 use sqlx::Row;
@@ -37,6 +37,13 @@ pub struct NewJob {
     pub repository: String,
     /// Who submitted it, as declared.
     pub submitter: Option<String>,
+}
+
+/// What ending a job stopped.
+#[derive(Debug, Clone, Default)]
+pub struct Stopped {
+    /// Platform and mode of each build that was running.
+    pub running: Vec<(Platform, Option<BuildMode>)>,
 }
 
 /// A job as stored.
@@ -244,14 +251,19 @@ impl Store {
     }
 
     /// Ends a job as failed or cancelled (unless it already ended) and cancels its unfinished builds.
-    /// True when this caller ended it.
-    pub async fn end_job(&self, id: Uuid, state: JobState, error: &str) -> StoreResult<bool> {
+    /// `Some` when this caller ended it, with the builds that were running.
+    pub async fn end_job(
+        &self,
+        id: Uuid,
+        state: JobState,
+        error: &str,
+    ) -> StoreResult<Option<Stopped>> {
         self.end_job_from(id, &["queued", "building", "stitching"], state, error)
             .await
     }
 
-    /// Cancels a job that has not started stitching; true when this caller cancelled it.
-    pub async fn cancel_job(&self, id: Uuid, reason: &str) -> StoreResult<bool> {
+    /// Cancels a job that has not started stitching; `Some` when this caller cancelled it.
+    pub async fn cancel_job(&self, id: Uuid, reason: &str) -> StoreResult<Option<Stopped>> {
         self.end_job_from(id, &["queued", "building"], JobState::Cancelled, reason)
             .await
     }
@@ -262,7 +274,7 @@ impl Store {
         from: &[&str],
         state: JobState,
         error: &str,
-    ) -> StoreResult<bool> {
+    ) -> StoreResult<Option<Stopped>> {
         let now = now_ms();
         let from_list = from
             .iter()
@@ -281,18 +293,38 @@ impl Store {
         .bind(id.to_string())
         .execute(&mut *tx)
         .await?;
-        if res.rows_affected() == 1 {
-            // The lease token stays so the holder's next heartbeat learns it should stop.
-            sqlx::query(
-                "UPDATE builds SET state = 'cancelled', finished_at = $1 WHERE job_id = $2 AND state IN ('queued', 'building')",
-            )
-            .bind(now)
-            .bind(id.to_string())
-            .execute(&mut *tx)
-            .await?;
+        if res.rows_affected() != 1 {
+            tx.commit().await?;
+            return Ok(None);
         }
+        // The lease token stays so the holder's next heartbeat learns it should stop. Running
+        // builds first, to learn which they were (in the same statement, so a report racing
+        // with this cannot make a build count as both finished and stopped).
+        let rows = sqlx::query(
+            "UPDATE builds SET state = 'cancelled', finished_at = $1 WHERE job_id = $2 AND state = 'building' \
+             RETURNING platform, mode",
+        )
+        .bind(now)
+        .bind(id.to_string())
+        .fetch_all(&mut *tx)
+        .await?;
+        let mut running = Vec::with_capacity(rows.len());
+        for row in &rows {
+            let mode: Option<String> = row.try_get("mode")?;
+            running.push((
+                parse_col(row, "platform")?,
+                mode.as_deref().and_then(BuildMode::from_name),
+            ));
+        }
+        sqlx::query(
+            "UPDATE builds SET state = 'cancelled', finished_at = $1 WHERE job_id = $2 AND state = 'queued'",
+        )
+        .bind(now)
+        .bind(id.to_string())
+        .execute(&mut *tx)
+        .await?;
         tx.commit().await?;
-        Ok(res.rows_affected() == 1)
+        Ok(Some(Stopped { running }))
     }
 
     /// Marks a stitching job succeeded with its index.

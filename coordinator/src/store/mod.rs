@@ -17,7 +17,7 @@ use sqlx::{AnyPool, Row};
 
 pub use agents::{AgentRow, Registered};
 pub use builds::{BuildRow, LeaseCheck, QueuedBuild};
-pub use jobs::{JobRow, NewJob};
+pub use jobs::{JobRow, NewJob, Stopped};
 
 static SQLITE_MIGRATIONS: Migrator = sqlx::migrate!("../migrations/sqlite");
 static POSTGRES_MIGRATIONS: Migrator = sqlx::migrate!("../migrations/postgres");

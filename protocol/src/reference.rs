@@ -114,7 +114,14 @@ fn validate_host(host: &str) -> Result<(), String> {
                 "registry host '{host}' is not a valid IPv6 address"
             ));
         }
-        (ip, after.strip_prefix(':'))
+        // Only a port may follow the address: `[::1]x` is no host.
+        let port = match after {
+            "" => None,
+            _ => Some(after.strip_prefix(':').ok_or_else(|| {
+                format!("registry host '{host}' has '{after}' after its IPv6 address")
+            })?),
+        };
+        (ip, port)
     } else {
         match host.split_once(':') {
             Some((h, p)) => (h, Some(p)),
@@ -382,6 +389,11 @@ mod tests {
             ),
             ("localhost:99999/app", "registry port '99999'"),
             ("local_host:5000/app", "registry host 'local_host'"),
+            (
+                "[::1]x/app",
+                "registry host '[::1]x' has 'x' after its IPv6 address",
+            ),
+            ("[::1]5000/app", "registry host '[::1]5000' has '5000'"),
             ("localhost:5000/a..b", "repository component 'a..b'"),
             ("localhost:5000/app@sha256:abc", "a sha256 digest has 64"),
             (

@@ -2,11 +2,17 @@
 //!
 //! A context archive comes from whoever submitted the job, so unpacking treats it as hostile: nothing
 //! may land outside the build's directory, no device nodes or FIFOs, and its size is capped so a
-//! gzip bomb cannot fill the agent's disk.
+//! gzip bomb cannot fill the agent's disk. The cap covers every byte the tar reader decompresses:
+//! entry data of any kind counts towards [`Limits::max_bytes`], and the headers before an entry
+//! (GNU long names, PAX records, which the tar reader keeps in memory) may take at most
+//! [`MAX_HEADER_BYTES`]. Paths are capped at [`MAX_PATH_BYTES`], their components at
+//! [`MAX_COMPONENT_BYTES`].
 
+use std::cell::Cell;
 use std::fs::File;
-use std::io::BufReader;
+use std::io::{BufReader, Read};
 use std::path::{Component, Path, PathBuf};
+use std::rc::Rc;
 
 use archfarm_protocol::Digest;
 use flate2::read::GzDecoder;
@@ -15,10 +21,19 @@ use tar::EntryType;
 use crate::client::{ClientError, CoordinatorClient};
 use crate::config::Secret;
 
+/// Longest path (or link target) of an entry, in bytes: Linux's `PATH_MAX`.
+pub const MAX_PATH_BYTES: usize = 4096;
+/// Longest component of a path, in bytes: Linux's `NAME_MAX`.
+pub const MAX_COMPONENT_BYTES: usize = 255;
+/// Most bytes the headers of one entry may take: its own 512-byte header plus any GNU long name,
+/// GNU long link and PAX records before it. Two paths of [`MAX_PATH_BYTES`] fit with room to spare.
+pub const MAX_HEADER_BYTES: u64 = 64 << 10;
+
 /// Caps on what one context may unpack to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Limits {
-    /// Total bytes of file contents. Default 2 GiB.
+    /// Total bytes of entry data: file contents, plus whatever data other entries carry (it is
+    /// read and skipped, so it costs as much to decompress). Default 2 GiB.
     pub max_bytes: u64,
     /// Number of archive entries. Default 100 000.
     pub max_entries: u64,
@@ -38,7 +53,7 @@ impl Default for Limits {
 pub struct Unpacked {
     /// Entries unpacked.
     pub entries: u64,
-    /// Bytes of file contents written.
+    /// Bytes of entry data read: file contents, plus any data other entries carried.
     pub bytes: u64,
 }
 
@@ -95,6 +110,26 @@ pub enum ContextError {
     /// The archive has more entries than the limit.
     #[error("the context has more than {limit} entries")]
     TooManyEntries {
+        /// The limit.
+        limit: u64,
+    },
+    /// An entry's path or link target, or one of their components, is longer than the limit.
+    #[error("context entry '{entry}' refused: its {what} is {len} bytes long, over the limit of {limit} bytes")]
+    PathTooLong {
+        /// The entry's path, cut to its first 100 characters when longer.
+        entry: String,
+        /// `path`, `path component`, `link target` or `link target component`.
+        what: &'static str,
+        /// Its length in bytes.
+        len: usize,
+        /// The limit in bytes.
+        limit: usize,
+    },
+    /// The headers before one entry (long names, PAX records) are larger than [`MAX_HEADER_BYTES`].
+    #[error("the context's entry headers after {after} take more than {limit} bytes (long names or PAX records; paths are limited to {MAX_PATH_BYTES} bytes)")]
+    HeadersTooLarge {
+        /// The last entry read before them, quoted, or `the start of the archive`.
+        after: String,
         /// The limit.
         limit: u64,
     },
@@ -171,7 +206,13 @@ pub fn unpack(archive: &Path, dest: &Path, limits: &Limits) -> Result<Unpacked, 
         .canonicalize()
         .map_err(io_err("cannot resolve", dest))?;
     let file = File::open(archive).map_err(io_err("cannot open", archive))?;
-    let mut ar = tar::Archive::new(GzDecoder::new(BufReader::new(file)));
+    let budget = Rc::new(Budget::default());
+    budget.grant(MAX_HEADER_BYTES);
+    let stream = Budgeted {
+        inner: GzDecoder::new(BufReader::new(file)),
+        budget: budget.clone(),
+    };
+    let mut ar = tar::Archive::new(stream);
     ar.set_preserve_permissions(false);
     ar.set_preserve_ownerships(false);
     ar.set_unpack_xattrs(false);
@@ -179,17 +220,52 @@ pub fn unpack(archive: &Path, dest: &Path, limits: &Limits) -> Result<Unpacked, 
 
     let mut stats = Unpacked::default();
     let mut symlinks = Vec::new();
-    let corrupt = |e: std::io::Error| ContextError::Corrupt(e.to_string());
-    for entry in ar.entries().map_err(corrupt)? {
-        let mut entry = entry.map_err(corrupt)?;
+    let mut last = String::new();
+    // A read error after the budget ran out is the budget's doing, whatever the tar reader made of it.
+    let corrupt = |e: std::io::Error, last: &str| {
+        if budget.exceeded.get() {
+            ContextError::HeadersTooLarge {
+                after: if last.is_empty() {
+                    "the start of the archive".into()
+                } else {
+                    format!("entry '{last}'")
+                },
+                limit: MAX_HEADER_BYTES,
+            }
+        } else {
+            ContextError::Corrupt(e.to_string())
+        }
+    };
+    for entry in ar.entries().map_err(|e| corrupt(e, &last))? {
+        let mut entry = entry.map_err(|e| corrupt(e, &last))?;
         stats.entries += 1;
         if stats.entries > limits.max_entries {
             return Err(ContextError::TooManyEntries {
                 limit: limits.max_entries,
             });
         }
-        let raw = entry.path().map_err(corrupt)?.into_owned();
+        check_path_len(&entry.path_bytes(), "path", &entry.path_bytes())?;
+        if let Some(link) = entry.link_name_bytes() {
+            check_path_len(&link, "link target", &entry.path_bytes())?;
+        }
+        let raw = entry.path().map_err(|e| corrupt(e, &last))?.into_owned();
         let name = raw.display().to_string();
+        last.clone_from(&name);
+        // Data of any kind is decompressed, even when it is only skipped, so all of it counts.
+        stats.bytes = stats.bytes.saturating_add(entry.size());
+        if stats.bytes > limits.max_bytes {
+            return Err(ContextError::TooLarge {
+                limit: limits.max_bytes,
+                entry: name,
+            });
+        }
+        // This entry's data (padded to whole blocks), then the next entry's headers.
+        budget.grant(
+            entry
+                .size()
+                .saturating_add(511)
+                .saturating_add(MAX_HEADER_BYTES),
+        );
         let refuse = |reason: String| ContextError::Refused {
             entry: name.clone(),
             reason,
@@ -197,16 +273,7 @@ pub fn unpack(archive: &Path, dest: &Path, limits: &Limits) -> Result<Unpacked, 
         let rel = relative_path(&raw).map_err(refuse)?;
         let kind = entry.header().entry_type();
         match kind {
-            EntryType::Regular | EntryType::Continuous => {
-                stats.bytes = stats.bytes.saturating_add(entry.size());
-                if stats.bytes > limits.max_bytes {
-                    return Err(ContextError::TooLarge {
-                        limit: limits.max_bytes,
-                        entry: name,
-                    });
-                }
-            }
-            EntryType::Directory => {}
+            EntryType::Regular | EntryType::Continuous | EntryType::Directory => {}
             EntryType::Symlink => {
                 let target = link_target(&mut entry).map_err(refuse)?;
                 check_symlink(&rel, &target).map_err(refuse)?;
@@ -259,19 +326,121 @@ pub fn unpack(archive: &Path, dest: &Path, limits: &Limits) -> Result<Unpacked, 
         }
     }
     // Chains of individually harmless symlinks (`a -> .`, `b -> a/..`) can still point outside; now
-    // that the tree is complete, resolve each for real.
+    // that the tree is complete, resolve each for real, dangling ones as far as they exist.
     for rel in symlinks {
         let full = dest_canon.join(&rel);
-        if let Ok(resolved) = full.canonicalize() {
-            if !resolved.starts_with(&dest_canon) {
-                return Err(ContextError::Refused {
-                    entry: rel.display().to_string(),
-                    reason: "the symlink resolves outside the context directory".into(),
-                });
-            }
+        if resolve(&full).is_some_and(|resolved| !resolved.starts_with(&dest_canon)) {
+            return Err(ContextError::Refused {
+                entry: rel.display().to_string(),
+                reason: "the symlink resolves outside the context directory".into(),
+            });
         }
     }
     Ok(stats)
+}
+
+/// Where the decompressed stream may go: the tar reader may read up to `allowed` bytes in all.
+#[derive(Debug, Default)]
+struct Budget {
+    /// Bytes handed to the tar reader so far.
+    read: Cell<u64>,
+    /// Bytes it may have in all.
+    allowed: Cell<u64>,
+    /// Set when a read was refused for want of budget.
+    exceeded: Cell<bool>,
+}
+
+impl Budget {
+    /// Allows `more` bytes past what has been read so far (not past what was allowed: unused
+    /// allowance does not carry over).
+    fn grant(&self, more: u64) {
+        self.allowed.set(self.read.get().saturating_add(more));
+    }
+}
+
+/// The decompressed archive, cut off where the [`Budget`] ends.
+///
+/// The tar reader reads an entry's GNU long name, long link and PAX records into memory before it
+/// returns the entry, so a long name of gigabytes of zeros (a few megabytes gzip'd) would exhaust
+/// the memory before [`unpack`] could look at it; this makes it fail after [`MAX_HEADER_BYTES`].
+struct Budgeted<R> {
+    inner: R,
+    budget: Rc<Budget>,
+}
+
+impl<R: Read> Read for Budgeted<R> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let b = &self.budget;
+        let room = b.allowed.get().saturating_sub(b.read.get());
+        if room == 0 && !buf.is_empty() {
+            b.exceeded.set(true);
+            return Err(std::io::Error::other("the entry headers are too large"));
+        }
+        let n = buf.len().min(usize::try_from(room).unwrap_or(usize::MAX));
+        let got = self.inner.read(&mut buf[..n])?;
+        b.read.set(b.read.get() + got as u64);
+        Ok(got)
+    }
+}
+
+/// Refuses a path (or link target) of an entry longer than [`MAX_PATH_BYTES`], or with a component
+/// longer than [`MAX_COMPONENT_BYTES`]: the kernel would refuse them too, but only after the tar
+/// reader had built them, and with an error that quotes the whole path.
+fn check_path_len(path: &[u8], what: &'static str, entry: &[u8]) -> Result<(), ContextError> {
+    let too_long = |what, len, limit| {
+        let name = String::from_utf8_lossy(entry);
+        let entry = if name.chars().count() > 100 {
+            format!("{}…", name.chars().take(100).collect::<String>())
+        } else {
+            name.into_owned()
+        };
+        Err(ContextError::PathTooLong {
+            entry,
+            what,
+            len,
+            limit,
+        })
+    };
+    if path.len() > MAX_PATH_BYTES {
+        return too_long(what, path.len(), MAX_PATH_BYTES);
+    }
+    if let Some(c) = path
+        .split(|&b| b == b'/')
+        .find(|c| c.len() > MAX_COMPONENT_BYTES)
+    {
+        let what = if what == "path" {
+            "path component"
+        } else {
+            "link target component"
+        };
+        return too_long(what, c.len(), MAX_COMPONENT_BYTES);
+    }
+    Ok(())
+}
+
+/// Where `path` (a symlink) leads: resolved for real as far as it exists, the missing rest taken
+/// lexically, so a dangling link is judged by where it would point once its target is created.
+/// None when nothing of it resolves.
+fn resolve(path: &Path) -> Option<PathBuf> {
+    if let Ok(real) = path.canonicalize() {
+        return Some(real);
+    }
+    let target = std::fs::read_link(path).ok()?;
+    let full = path.parent()?.join(target);
+    let parts: Vec<Component> = full.components().collect();
+    (0..parts.len()).rev().find_map(|i| {
+        let mut out = parts[..i].iter().collect::<PathBuf>().canonicalize().ok()?;
+        for c in &parts[i..] {
+            match c {
+                Component::ParentDir => {
+                    out.pop();
+                }
+                Component::Normal(n) => out.push(n),
+                _ => {}
+            }
+        }
+        Some(out)
+    })
 }
 
 /// The entry path made relative and checked: no root, no `..`.

@@ -217,6 +217,190 @@ fn caps_entry_count() {
 }
 
 #[test]
+fn caps_data_carried_by_entries_other_than_files() {
+    // A directory entry may carry data the tar reader decompresses and skips: a gzip bomb's way
+    // around a cap that counted only files.
+    let limits = Limits {
+        max_bytes: 1000,
+        max_entries: 100,
+    };
+    let mut b = tar::Builder::new(GzEncoder::new(Vec::new(), Compression::fast()));
+    let bomb = vec![0u8; 1 << 20];
+    b.append(
+        &raw_header("d/", EntryType::Directory, bomb.len() as u64, None),
+        &bomb[..],
+    )
+    .unwrap();
+    let tmp = tempfile::tempdir().unwrap();
+    let ar = tmp.path().join("c.tar.gz");
+    std::fs::write(&ar, b.into_inner().unwrap().finish().unwrap()).unwrap();
+    match unpack(&ar, &tmp.path().join("ctx"), &limits) {
+        Err(e @ ContextError::TooLarge { limit: 1000, .. }) => {
+            assert!(e.to_string().contains("'d/'"), "{e}")
+        }
+        other => panic!("{other:?}"),
+    }
+}
+
+/// Optionally a file of `before` bytes, then a GNU long-name entry (type `L`) of `len` zeros, then
+/// the regular file it names.
+fn long_name_archive(before: usize, len: usize) -> Vec<u8> {
+    let mut b = tar::Builder::new(GzEncoder::new(Vec::new(), Compression::fast()));
+    if before > 0 {
+        let data = vec![1u8; before];
+        b.append(
+            &raw_header("big", EntryType::Regular, before as u64, None),
+            &data[..],
+        )
+        .unwrap();
+    }
+    let name = vec![0u8; len];
+    b.append(
+        &raw_header("././@LongLink", EntryType::GNULongName, len as u64, None),
+        &name[..],
+    )
+    .unwrap();
+    b.append(&raw_header("x", EntryType::Regular, 1, None), &b"x"[..])
+        .unwrap();
+    b.into_inner().unwrap().finish().unwrap()
+}
+
+#[test]
+fn caps_long_name_headers_before_reading_them() {
+    // The tar reader keeps a long name in memory: 8 MiB of zeros gzip to a few KiB, and gigabytes
+    // would exhaust the agent's memory before any other check ran. The cap holds for the first
+    // entry and for one after a large file (whose allowance does not carry over).
+    for (before, after) in [(0, "the start of the archive"), (1 << 20, "entry 'big'")] {
+        let tmp = tempfile::tempdir().unwrap();
+        let ar = tmp.path().join("c.tar.gz");
+        std::fs::write(&ar, long_name_archive(before, 8 << 20)).unwrap();
+        let r = unpack(&ar, &tmp.path().join("ctx"), &Limits::default());
+        match r {
+            Err(e @ ContextError::HeadersTooLarge { .. }) => {
+                let msg = e.to_string();
+                assert!(msg.contains(after), "{msg}");
+                assert!(msg.contains(&MAX_HEADER_BYTES.to_string()), "{msg}");
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+}
+
+#[test]
+fn refuses_paths_over_the_length_caps() {
+    let tmp = tempfile::tempdir().unwrap();
+    let check = |path: &str, want_what: &str, want_len: usize, want_limit: usize| {
+        let mut b = tar::Builder::new(GzEncoder::new(Vec::new(), Compression::fast()));
+        let mut h = tar::Header::new_gnu();
+        h.set_size(1);
+        h.set_mode(0o644);
+        // append_data writes a GNU long-name entry for paths past 100 bytes.
+        b.append_data(&mut h, path, &b"x"[..]).unwrap();
+        let ar = tmp.path().join("c.tar.gz");
+        std::fs::write(&ar, b.into_inner().unwrap().finish().unwrap()).unwrap();
+        let dest = tmp.path().join("ctx");
+        let r = unpack(&ar, &dest, &Limits::default());
+        match r {
+            Err(
+                ref e @ ContextError::PathTooLong {
+                    ref entry,
+                    what,
+                    len,
+                    limit,
+                },
+            ) => {
+                assert_eq!((what, len, limit), (want_what, want_len, want_limit), "{e}");
+                assert!(path.starts_with(entry.trim_end_matches('…')), "{entry}");
+                assert!(entry.chars().count() <= 101, "the entry is cut: {entry}");
+                let msg = e.to_string();
+                assert!(
+                    msg.contains(&format!("over the limit of {want_limit} bytes")),
+                    "{msg}"
+                );
+            }
+            other => panic!("{path:.40}…: {other:?}"),
+        }
+        std::fs::remove_dir_all(&dest).unwrap();
+    };
+    // 20 components of 250 bytes: each fine, 5019 bytes in all.
+    let deep = vec!["d".repeat(250); 20].join("/");
+    check(&deep, "path", deep.len(), MAX_PATH_BYTES);
+    let wide = format!("dir/{}", "f".repeat(256));
+    check(&wide, "path component", 256, MAX_COMPONENT_BYTES);
+}
+
+#[test]
+fn long_paths_under_the_caps_unpack() {
+    // 3839 + 1 + 150 = 3990 bytes with 255-byte components: under the caps, and short enough that
+    // the kernel's own PATH_MAX (4096 with the destination's path in front) takes it too.
+    let tmp = tempfile::tempdir().unwrap();
+    let path = format!(
+        "{}/{}",
+        vec!["c".repeat(255); 15].join("/"),
+        "f".repeat(150)
+    );
+    assert_eq!(path.len(), 3990);
+    let dest = tmp.path().join("c");
+    assert!(
+        dest.as_os_str().len() + path.len() < 4090,
+        "{}",
+        dest.display()
+    );
+    let mut b = tar::Builder::new(GzEncoder::new(Vec::new(), Compression::fast()));
+    let mut h = tar::Header::new_gnu();
+    h.set_size(2);
+    h.set_mode(0o644);
+    b.append_data(&mut h, &path, &b"ok"[..]).unwrap();
+    let ar = tmp.path().join("c.tar.gz");
+    std::fs::write(&ar, b.into_inner().unwrap().finish().unwrap()).unwrap();
+    let stats = unpack(&ar, &dest, &Limits::default()).unwrap();
+    assert_eq!((stats.entries, stats.bytes), (1, 2));
+    assert_eq!(std::fs::read(dest.join(&path)).unwrap(), b"ok");
+}
+
+#[test]
+fn refuses_link_targets_over_the_length_cap() {
+    let target = "t".repeat(300);
+    let mut b = tar::Builder::new(GzEncoder::new(Vec::new(), Compression::fast()));
+    let mut h = tar::Header::new_gnu();
+    h.set_entry_type(EntryType::Symlink);
+    h.set_size(0);
+    h.set_mode(0o777);
+    b.append_link(&mut h, "l", &target).unwrap();
+    let tmp = tempfile::tempdir().unwrap();
+    let ar = tmp.path().join("c.tar.gz");
+    std::fs::write(&ar, b.into_inner().unwrap().finish().unwrap()).unwrap();
+    match unpack(&ar, &tmp.path().join("ctx"), &Limits::default()) {
+        Err(ContextError::PathTooLong {
+            entry,
+            what,
+            len,
+            limit,
+        }) => assert_eq!(
+            (entry.as_str(), what, len, limit),
+            ("l", "link target component", 300, MAX_COMPONENT_BYTES)
+        ),
+        other => panic!("{other:?}"),
+    }
+}
+
+#[test]
+fn refuses_dangling_symlinks_pointing_outside() {
+    // `b` leads to a sibling of the context directory that does not exist (yet).
+    refused(
+        &[E::Symlink("a", "."), E::Symlink("b", "a/../not-there")],
+        "b",
+        "resolves outside",
+    );
+    // Dangling inside is fine.
+    let (_tmp, r) = try_unpack(
+        &[E::Dir("d/"), E::Symlink("d/l", "../missing/file")],
+        Limits::default(),
+    );
+    r.unwrap();
+}
+
+#[test]
 fn refuses_garbage() {
     let tmp = tempfile::tempdir().unwrap();
     let ar = tmp.path().join("c.tar.gz");

@@ -3,7 +3,8 @@
 #   * the container tools the agents and the tests use (buildah, skopeo, umoci, docker-registry),
 #   * headless Chromium and its WebDriver (chromium, chromium-driver) for the dashboard's browser test,
 #   * QEMU user-mode emulation registered with binfmt_misc (arm64, ppc64le, s390x, arm, riscv64),
-#   * the example's per-architecture base file systems (a static busybox from Debian for each).
+#   * the example's per-architecture base file systems (a static busybox from Debian for each),
+#   * cargo-fuzz and the nightly toolchain it needs, for the fuzz targets in fuzz/ (scripts/fuzz.sh).
 # Idempotent and non-interactive: when everything is in place it only checks and returns quickly.
 # Needs root (or sudo) for apt-get, mount and binfmt_misc.
 set -euo pipefail
@@ -66,6 +67,22 @@ for component in rustfmt clippy; do
         fi
     fi
 done
+
+# cargo-fuzz (libFuzzer) runs the fuzz targets in fuzz/; it builds with the nightly toolchain.
+if ! cargo +nightly --version >/dev/null 2>&1; then
+    if command -v rustup >/dev/null 2>&1; then
+        say "rustup toolchain install nightly --profile minimal"
+        rustup toolchain install nightly --profile minimal
+    else
+        note "warning: no nightly toolchain (cargo +nightly): scripts/fuzz.sh needs one"
+    fi
+fi
+if cargo fuzz --version >/dev/null 2>&1; then
+    note "$(cargo fuzz --version)"
+else
+    say "cargo install cargo-fuzz --locked"
+    cargo install --quiet cargo-fuzz --locked
+fi
 
 # --- packages -----------------------------------------------------------------------------------------
 # command -> Debian package providing it

@@ -8,6 +8,7 @@
 //! `cargo build --workspace --bins` first; `scripts/test.sh` does.
 
 pub mod agent;
+pub mod archive;
 pub mod browser;
 pub mod buildah;
 pub mod checks;

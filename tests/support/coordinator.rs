@@ -9,7 +9,7 @@ use archfarm_protocol::api::{Agent, AgentList, Job, JobList};
 use reqwest::blocking::RequestBuilder;
 use serde::de::DeserializeOwned;
 
-use crate::process::{bin_path, clean_env, free_port, wait_until, Daemon, Scratch};
+use crate::process::{bin_path, clean_env, free_port, Daemon, Scratch};
 
 /// How long the coordinator may take to answer `/healthz` (it migrates its database first).
 const READY_TIMEOUT: Duration = Duration::from_secs(90);
@@ -325,28 +325,13 @@ fn spawn_ready(
     }
     cmd.args(&opts.extra_args);
     clean_env(&mut cmd);
-    let mut daemon = Daemon::spawn("archfarm-coordinator", cmd, dir.join("coordinator.log"));
-    let health = format!("http://{listen}/healthz");
-    let mut exited = false;
-    wait_until(
+    let daemon = Daemon::spawn("archfarm-coordinator", cmd, dir.join("coordinator.log"));
+    daemon.ready_at(
+        &format!("http://{listen}/healthz"),
+        "the coordinator",
         READY_TIMEOUT,
-        &format!("the coordinator at {health}"),
-        || {
-            if daemon.exited().is_some() {
-                exited = true;
-                return true;
-            }
-            http.get(&health)
-                .send()
-                .map(|r| r.status() == 200)
-                .unwrap_or(false)
-        },
-    );
-    if exited {
-        Err(daemon)
-    } else {
-        Ok(daemon)
-    }
+        http,
+    )
 }
 
 /// Runs the `archfarm` CLI with `ARCHFARM_COORDINATOR=url` (and `ARCHFARM_TOKEN`), no stdin.

@@ -204,6 +204,33 @@ impl Daemon {
         }
     }
 
+    /// Waits until `GET url` answers 200. The daemon is returned as the error when it exits
+    /// first, so the caller can show its log.
+    pub fn ready_at(
+        mut self,
+        url: &str,
+        what: &str,
+        timeout: Duration,
+        http: &reqwest::blocking::Client,
+    ) -> Result<Daemon, Daemon> {
+        let mut exited = false;
+        wait_until(timeout, &format!("{what} at {url}"), || {
+            if self.exited().is_some() {
+                exited = true;
+                return true;
+            }
+            http.get(url)
+                .send()
+                .map(|r| r.status() == 200)
+                .unwrap_or(false)
+        });
+        if exited {
+            Err(self)
+        } else {
+            Ok(self)
+        }
+    }
+
     /// The process id.
     pub fn pid(&self) -> u32 {
         self.child.id()

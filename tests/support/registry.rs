@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use serde::Deserialize;
 
-use crate::process::{clean_env, free_port, wait_until, Daemon, Scratch};
+use crate::process::{clean_env, free_port, Daemon, Scratch};
 
 /// How long the registry may take to answer `GET /v2/`.
 const READY_TIMEOUT: Duration = Duration::from_secs(60);
@@ -163,22 +163,11 @@ fn spawn_ready(
     let mut cmd = Command::new("docker-registry");
     cmd.arg("serve").arg(config);
     clean_env(&mut cmd);
-    let mut daemon = Daemon::spawn("docker-registry", cmd, dir.join("registry.log"));
-    let url = format!("http://{host}/v2/");
-    let mut exited = false;
-    wait_until(READY_TIMEOUT, &format!("the registry at {url}"), || {
-        if daemon.exited().is_some() {
-            exited = true;
-            return true;
-        }
-        http.get(&url)
-            .send()
-            .map(|r| r.status() == 200)
-            .unwrap_or(false)
-    });
-    if exited {
-        Err(daemon)
-    } else {
-        Ok(daemon)
-    }
+    let daemon = Daemon::spawn("docker-registry", cmd, dir.join("registry.log"));
+    daemon.ready_at(
+        &format!("http://{host}/v2/"),
+        "the registry",
+        READY_TIMEOUT,
+        http,
+    )
 }

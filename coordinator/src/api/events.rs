@@ -113,13 +113,36 @@ async fn farm_events(
 
 /// Something that yields batches of events until it is done.
 trait Feed: Send + 'static {
-    /// The next events after a wake-up (possibly none); None when the stream is over.
-    fn next(&mut self) -> impl std::future::Future<Output = Option<Vec<Event>>> + Send;
+    /// The events since the last look (possibly none).
+    fn look(&mut self) -> impl std::future::Future<Output = anyhow::Result<Vec<Event>>> + Send;
+    /// Whether the stream has said all it will.
+    fn done(&self) -> bool;
+    /// The coordinator and this feed's wake-ups.
+    fn waiter(&mut self) -> (&AppState, &mut Watcher);
+}
+
+/// Waits for the next look and takes it; None when the stream is over, the coordinator is
+/// shutting down, or a look failed (logged; the client reconnects).
+async fn next<F: Feed>(feed: &mut F) -> Option<Vec<Event>> {
+    if feed.done() {
+        return None;
+    }
+    let (state, watcher) = feed.waiter();
+    if !wait(state, watcher).await {
+        return None;
+    }
+    match feed.look().await {
+        Ok(events) => Some(events),
+        Err(e) => {
+            tracing::warn!(error = %e, "event stream stopped");
+            None
+        }
+    }
 }
 
 fn sse<F: Feed>(feed: F) -> Sse<impl Stream<Item = Result<Event, Infallible>>> {
     let stream = futures::stream::unfold(feed, |mut feed| async move {
-        let events = feed.next().await?;
+        let events = next(&mut feed).await?;
         Some((futures::stream::iter(events.into_iter().map(Ok)), feed))
     })
     .flatten();
@@ -175,21 +198,14 @@ struct JobFeed {
 }
 
 impl Feed for JobFeed {
-    async fn next(&mut self) -> Option<Vec<Event>> {
-        if self.done || !wait(&self.state, &mut self.watcher).await {
-            return None;
-        }
-        match self.look().await {
-            Ok(events) => Some(events),
-            Err(e) => {
-                tracing::warn!(job.id = %self.job_id, error = %e, "job event stream stopped");
-                None
-            }
-        }
+    fn done(&self) -> bool {
+        self.done
     }
-}
 
-impl JobFeed {
+    fn waiter(&mut self) -> (&AppState, &mut Watcher) {
+        (&self.state, &mut self.watcher)
+    }
+
     async fn look(&mut self) -> anyhow::Result<Vec<Event>> {
         let mut events = Vec::new();
         let Some(row) = self.state.store.get_job(self.job_id).await? else {
@@ -243,21 +259,14 @@ struct FarmFeed {
 }
 
 impl Feed for FarmFeed {
-    async fn next(&mut self) -> Option<Vec<Event>> {
-        if !wait(&self.state, &mut self.watcher).await {
-            return None;
-        }
-        match self.look().await {
-            Ok(events) => Some(events),
-            Err(e) => {
-                tracing::warn!(error = %e, "farm event stream stopped");
-                None
-            }
-        }
+    fn done(&self) -> bool {
+        false
     }
-}
 
-impl FarmFeed {
+    fn waiter(&mut self) -> (&AppState, &mut Watcher) {
+        (&self.state, &mut self.watcher)
+    }
+
     async fn look(&mut self) -> anyhow::Result<Vec<Event>> {
         let mut events = Vec::new();
         let agents = views::agents(&self.state).await?;

@@ -343,9 +343,7 @@ impl Scheduler {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::store::{test_store, NewJob, Registered};
-    use archfarm_protocol::api::EmulationPolicy;
-    use archfarm_protocol::Digest;
+    use crate::store::{insert_test_job, test_store, Registered};
 
     const S: i64 = 1000;
 
@@ -354,25 +352,7 @@ mod tests {
     }
 
     async fn submit(store: &Store, platform: &str) -> Uuid {
-        let digest = Digest::parse(&format!("sha256:{}", "0".repeat(64))).unwrap();
-        store.insert_context(digest.as_str(), 1).await.unwrap();
-        store
-            .insert_job(&NewJob {
-                context: digest,
-                dockerfile: "Dockerfile".into(),
-                build_args: Default::default(),
-                target: None,
-                emulation: EmulationPolicy::Fallback,
-                tags: vec!["localhost:5000/app:1".into()],
-                platforms: vec![p(platform)],
-                registry: "localhost:5000".into(),
-                repository: "app".into(),
-                optional_platforms: vec![],
-                timeout_secs: 7200,
-                submitter: None,
-            })
-            .await
-            .unwrap()
+        insert_test_job(store, "app", &[platform]).await
     }
 
     async fn agent(store: &Store, name: &str, native: &[&str], emulated: &[&str]) -> AgentRow {

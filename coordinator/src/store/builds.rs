@@ -344,30 +344,10 @@ impl Store {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::store::{test_store, NewJob};
-    use archfarm_protocol::Digest;
+    use crate::store::{insert_test_job, test_store};
 
     async fn one_job(store: &Store) -> (Uuid, Vec<BuildRow>) {
-        let digest = Digest::parse(&format!("sha256:{}", "0".repeat(64))).unwrap();
-        store.insert_context(digest.as_str(), 1).await.unwrap();
-        let job = NewJob {
-            context: digest,
-            dockerfile: "Dockerfile".into(),
-            build_args: Default::default(),
-            target: None,
-            emulation: EmulationPolicy::Fallback,
-            tags: vec!["localhost:5000/a:1".into()],
-            platforms: vec![
-                "linux/amd64".parse().unwrap(),
-                "linux/s390x".parse().unwrap(),
-            ],
-            registry: "localhost:5000".into(),
-            repository: "a".into(),
-            optional_platforms: vec![],
-            timeout_secs: 7200,
-            submitter: None,
-        };
-        let id = store.insert_job(&job).await.unwrap();
+        let id = insert_test_job(store, "a", &["linux/amd64", "linux/s390x"]).await;
         (id, store.builds_of_job(id).await.unwrap())
     }
 

@@ -52,34 +52,13 @@ impl Store {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::store::{test_store, NewJob};
-    use archfarm_protocol::api::EmulationPolicy;
-    use archfarm_protocol::Digest;
+    use crate::store::{insert_test_job, test_store};
     use uuid::Uuid;
 
     #[tokio::test]
     async fn samples_are_succeeded_builds_with_their_mode_and_duration() {
         let (store, _dir) = test_store().await;
-        let digest = Digest::parse(&format!("sha256:{}", "0".repeat(64))).unwrap();
-        store.insert_context(digest.as_str(), 1).await.unwrap();
-        let job = NewJob {
-            context: digest,
-            dockerfile: "Dockerfile".into(),
-            build_args: Default::default(),
-            target: None,
-            emulation: EmulationPolicy::Fallback,
-            tags: vec!["localhost:5000/a:1".into()],
-            platforms: ["linux/arm64", "linux/s390x", "linux/amd64"]
-                .iter()
-                .map(|p| p.parse().unwrap())
-                .collect(),
-            registry: "localhost:5000".into(),
-            repository: "a".into(),
-            optional_platforms: vec![],
-            timeout_secs: 7200,
-            submitter: None,
-        };
-        let id = store.insert_job(&job).await.unwrap();
+        let id = insert_test_job(&store, "a", &["linux/arm64", "linux/s390x", "linux/amd64"]).await;
         let builds = store.builds_of_job(id).await.unwrap();
         let modes = [BuildMode::Native, BuildMode::Emulated, BuildMode::Native];
         for (b, mode) in builds.iter().zip(modes) {

@@ -131,3 +131,31 @@ pub(crate) async fn test_store() -> (Store, tempfile::TempDir) {
     let url = format!("sqlite://{}?mode=rwc", dir.path().join("t.db").display());
     (Store::connect(&url).await.unwrap(), dir)
 }
+
+/// Stores a job for `platforms` tagged `localhost:5000/REPO:1`, with its context; returns its id.
+#[cfg(test)]
+pub(crate) async fn insert_test_job(
+    store: &Store,
+    repository: &str,
+    platforms: &[&str],
+) -> uuid::Uuid {
+    let digest = archfarm_protocol::Digest::parse(&format!("sha256:{}", "0".repeat(64))).unwrap();
+    store.insert_context(digest.as_str(), 1).await.unwrap();
+    store
+        .insert_job(&NewJob {
+            context: digest,
+            dockerfile: "Dockerfile".into(),
+            build_args: Default::default(),
+            target: None,
+            emulation: archfarm_protocol::api::EmulationPolicy::Fallback,
+            tags: vec![format!("localhost:5000/{repository}:1")],
+            platforms: platforms.iter().map(|p| p.parse().unwrap()).collect(),
+            registry: "localhost:5000".into(),
+            repository: repository.into(),
+            optional_platforms: vec![],
+            timeout_secs: 7200,
+            submitter: None,
+        })
+        .await
+        .unwrap()
+}

@@ -43,10 +43,21 @@ fi
 
 export DEBIAN_FRONTEND=noninteractive
 APT_UPDATED=0
+# A mirror caught mid-sync fails one index ("File has unexpected size"); that is transient, so
+# retry, and when some index still fails carry on: the install or download that needs a missing
+# index fails with apt's own message, while the indexes that did arrive serve the rest.
 apt_update() {
     if [ "$APT_UPDATED" -eq 0 ]; then
-        say "apt-get update"
-        as_root apt-get update -qq
+        local attempt
+        for attempt in 1 2 3; do
+            say "apt-get update${attempt:+ (attempt $attempt of 3)}"
+            if as_root apt-get update -qq; then
+                APT_UPDATED=1
+                return 0
+            fi
+            [ "$attempt" -lt 3 ] && sleep $((attempt * 10))
+        done
+        note "warning: apt-get update failed 3 times; carrying on with the package lists it did fetch"
         APT_UPDATED=1
     fi
 }

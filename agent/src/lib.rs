@@ -59,6 +59,9 @@ pub enum AgentError {
         /// The coordinator's message.
         message: String,
     },
+    /// The coordinator answered 403 `agent_revoked`: an admin cut this agent off.
+    #[error("{0}")]
+    Revoked(String),
     /// A flag or environment variable has a value the agent cannot work with.
     #[error("invalid configuration: {0}")]
     Config(String),
@@ -83,11 +86,12 @@ pub enum AgentError {
 
 impl AgentError {
     /// The process exit code for this error: 2 for a rejected join token, a name another agent
-    /// holds or bad configuration, else 1.
+    /// holds, a revoked agent or bad configuration, else 1.
     pub fn exit_code(&self) -> u8 {
         match self {
             AgentError::JoinTokenRejected(_)
             | AgentError::NameTaken { .. }
+            | AgentError::Revoked(_)
             | AgentError::Config(_)
             | AgentError::Detect(_) => 2,
             AgentError::RegisterRefused(_)

@@ -274,21 +274,38 @@ impl Session {
         };
         let mut backoff = self.backoff.clone();
         backoff.reset();
+        // The token of the last registration first: a join token may allow one use only.
+        let mut saved = self.work_dir.saved_token();
         loop {
+            let token = saved.as_ref().unwrap_or(&self.join_token);
             let r = tokio::select! {
                 _ = stop.cancelled() => return Ok(None),
-                r = self.client.register(&self.join_token, &req) => r,
+                r = self.client.register(token, &req) => r,
             };
             match r {
                 Ok(resp) => {
-                    info!(agent.id = %resp.agent_id, name = %self.name, heartbeat_secs = resp.heartbeat_interval_secs, "registered");
+                    info!(agent.id = %resp.agent_id, name = %self.name, heartbeat_secs = resp.heartbeat_interval_secs,
+                        again = saved.is_some(), "registered");
+                    let token = Secret::new(resp.token);
+                    if let Err(e) = self.work_dir.save_token(&token) {
+                        warn!(error = %e, "cannot keep the agent token; a restart will need the join token again");
+                    }
                     return Ok(Some(Arc::new(Credentials {
                         agent_id: resp.agent_id,
-                        token: Secret::new(resp.token),
+                        token,
                     })));
+                }
+                Err(ClientError::Unauthorized { .. }) if saved.is_some() => {
+                    info!("the coordinator no longer accepts this agent's own token; registering with the join token");
+                    self.work_dir.forget_token();
+                    saved = None;
                 }
                 Err(ClientError::Unauthorized { message, .. }) => {
                     return Err(AgentError::JoinTokenRejected(message))
+                }
+                Err(ClientError::Refused { code, message, .. }) if code == "agent_revoked" => {
+                    self.work_dir.forget_token();
+                    return Err(AgentError::Revoked(message));
                 }
                 Err(ClientError::NameTaken { message }) => {
                     return Err(AgentError::NameTaken {

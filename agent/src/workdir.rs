@@ -3,6 +3,7 @@
 //! ```text
 //! WORK_DIR/agent.lock        held (flock) while the agent runs: one agent per work directory
 //! WORK_DIR/instance-id       this installation's id (a UUID), sent with every registration
+//! WORK_DIR/agent-token       (0600) the agent's own token, so a restart re-registers without a join token
 //! WORK_DIR/storage/          buildah --root/--runroot
 //! WORK_DIR/contexts/<hex>.tar.gz   verified context archives, by digest
 //! WORK_DIR/builds/<build id>/      context/, oci/, tmp/ of one build; removed afterwards
@@ -17,8 +18,13 @@ use std::sync::Arc;
 use rustix::fs::{flock, FlockOperation};
 use uuid::Uuid;
 
+use crate::config::Secret;
+
 /// The file, in the work directory, holding the installation's id.
 pub const INSTANCE_ID_FILE: &str = "instance-id";
+
+/// The file, in the work directory, holding the token the coordinator gave at registration.
+pub const AGENT_TOKEN_FILE: &str = "agent-token";
 
 /// An agent's work directory, locked against a second agent for as long as any clone lives.
 #[derive(Debug, Clone)]
@@ -118,6 +124,23 @@ impl WorkDir {
     pub fn build_dir(&self, build: Uuid) -> PathBuf {
         self.builds().join(build.to_string())
     }
+
+    /// The agent token kept from the last registration, if any: a restarted agent presents it to
+    /// register again, so a join token limited to one use is not needed twice.
+    pub fn saved_token(&self) -> Option<Secret> {
+        let text = std::fs::read_to_string(self.root.join(AGENT_TOKEN_FILE)).ok()?;
+        text.trim().parse().ok()
+    }
+
+    /// Keeps the agent token (mode 0600, written through a rename).
+    pub fn save_token(&self, token: &Secret) -> io::Result<()> {
+        write_private(&self.root.join(AGENT_TOKEN_FILE), token.expose())
+    }
+
+    /// Forgets the kept agent token (the coordinator no longer accepts it).
+    pub fn forget_token(&self) {
+        let _ = std::fs::remove_file(self.root.join(AGENT_TOKEN_FILE));
+    }
 }
 
 /// Reads the instance id from `root`, or writes a new one when the file is missing or holds no
@@ -156,14 +179,24 @@ fn load_instance_id(root: &Path) -> io::Result<Uuid> {
     }
 }
 
-/// Writes `id` to `path` through a temporary file and a rename, so a crash leaves the old file or
-/// the new one, never half of one.
+/// Writes `id` to `path`; a crash leaves the old file or the new one, never half of one.
 fn write_instance_id(path: &Path, id: Uuid) -> io::Result<()> {
+    write_private(path, &id.to_string())
+}
+
+/// Writes `text` and a newline to `path` (mode 0600) through a temporary file and a rename.
+fn write_private(path: &Path, text: &str) -> io::Result<()> {
     use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
     let tmp = path.with_extension("partial");
     let res = (|| {
-        let mut f = File::create(&tmp)?;
-        writeln!(f, "{id}")?;
+        let _ = std::fs::remove_file(&tmp);
+        let mut f = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(&tmp)?;
+        writeln!(f, "{text}")?;
         f.sync_all()?;
         std::fs::rename(&tmp, path)
     })();
@@ -176,6 +209,23 @@ fn write_instance_id(path: &Path, id: Uuid) -> io::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_agent_token_is_kept_privately_and_forgotten() {
+        use std::os::unix::fs::PermissionsExt;
+        let tmp = tempfile::tempdir().unwrap();
+        let wd = WorkDir::create(tmp.path()).unwrap();
+        assert!(wd.saved_token().is_none());
+        wd.save_token(&Secret::new("afa_0123")).unwrap();
+        assert_eq!(wd.saved_token().unwrap().expose(), "afa_0123");
+        let mode = std::fs::metadata(tmp.path().join(AGENT_TOKEN_FILE))
+            .unwrap()
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o600);
+        wd.forget_token();
+        assert!(wd.saved_token().is_none());
+    }
 
     #[test]
     fn creates_layout_cleans_leftovers_and_locks() {

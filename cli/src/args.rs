@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use archfarm_protocol::api::EmulationPolicy;
 use archfarm_protocol::duration::parse_duration;
+use archfarm_protocol::tokens::Scope;
 pub use archfarm_protocol::Secret;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use uuid::Uuid;
@@ -98,7 +99,7 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
-    /// List the build agents, or drain one (`archfarm agents drain NAME`).
+    /// List the build agents, or drain, revoke or forget one (`archfarm agents drain NAME`).
     Agents(AgentsArgs),
     /// Cancel a job; builds in progress are told to stop. A job that already ended is left as it
     /// is (exit 0); one whose image index is being pushed can no longer be cancelled (exit 1).
@@ -109,6 +110,88 @@ pub enum Command {
     /// Print a job's build logs on stdout, or follow them until the job ends.
     #[command(long_about = LOGS_HELP)]
     Logs(LogsArgs),
+    /// Create, list and revoke join tokens (for agents) and API tokens (admin scope).
+    Tokens(TokensArgs),
+}
+
+/// `archfarm tokens create|list|revoke`.
+#[derive(Debug, Clone, Args)]
+pub struct TokensArgs {
+    /// What to do with tokens.
+    #[command(subcommand)]
+    pub action: TokensAction,
+}
+
+/// `archfarm tokens` subcommands.
+#[derive(Debug, Clone, Subcommand)]
+pub enum TokensAction {
+    /// Create a token and print it on stdout, once: the coordinator keeps only its hash.
+    #[command(long_about = TOKENS_CREATE_HELP)]
+    Create(CreateTokenArgs),
+    /// List tokens (never the tokens themselves): id, kind, scope, name, state, uses, expiry.
+    List {
+        /// Print the coordinator's JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Revoke a token at once; agents already registered with a join token keep working.
+    Revoke {
+        /// The token's id, as `archfarm tokens list` shows it.
+        id: Uuid,
+    },
+}
+
+/// `archfarm tokens create --help`.
+const TOKENS_CREATE_HELP: &str = "\
+Create a token and print it on stdout, once: the coordinator keeps only its hash.
+
+Join tokens (--join) let agents register (`archfarm-agent --join-token`); --uses limits how many \
+agents, --expires how long. API tokens (--scope) let CI and people call the API: read (jobs, \
+agents, logs, the dashboard, /metrics), submit (read + upload contexts, submit and cancel jobs) \
+or admin (submit + tokens and agents). Join tokens start with afj_, API tokens with afu_, agent \
+tokens with afa_, so secret scanners can find leaked ones.
+
+Examples:
+  archfarm tokens create --join --uses 1 --expires 1h --name pi-4
+  archfarm tokens create --scope submit --name gitlab-ci
+  TOKEN=$(archfarm tokens create --scope read --expires 30d)";
+
+/// `archfarm tokens create` options.
+#[derive(Debug, Clone, Args)]
+#[command(group(clap::ArgGroup::new("kind").required(true).args(["join", "scope"])))]
+pub struct CreateTokenArgs {
+    /// A join token, which lets agents register.
+    #[arg(long)]
+    pub join: bool,
+    /// An API token with this scope: read, submit or admin.
+    #[arg(long, value_name = "SCOPE", value_parser = parse_scope)]
+    pub scope: Option<Scope>,
+    /// A label for listings (A-Z a-z 0-9 - _ . @, up to 64) [default: join or api].
+    #[arg(long, value_name = "NAME")]
+    pub name: Option<String>,
+    /// Stop accepting it after DURATION (e.g. 1h, 30d) [default: never].
+    #[arg(long, value_name = "DURATION", value_parser = parse_expiry)]
+    pub expires: Option<Duration>,
+    /// For join tokens: how many agents may register with it [default: any number].
+    #[arg(long, value_name = "N", requires = "join", value_parser = clap::value_parser!(u64).range(1..))]
+    pub uses: Option<u64>,
+    /// Print the coordinator's JSON (with the token) instead of the token alone.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// `--expires`: a duration of at least one second.
+fn parse_expiry(value: &str) -> Result<Duration, String> {
+    let d = parse_duration(value)?;
+    if d.is_zero() {
+        return Err("a token must live more than 0s; give e.g. 1h or 30d".into());
+    }
+    Ok(d)
+}
+
+/// `--scope`, with [`Scope`]'s own message for a bad value.
+fn parse_scope(value: &str) -> Result<Scope, String> {
+    value.parse()
 }
 
 /// `archfarm logs --help`.
@@ -160,8 +243,19 @@ pub struct AgentsArgs {
 /// `archfarm agents` subcommands.
 #[derive(Debug, Clone, Subcommand)]
 pub enum AgentsAction {
-    /// Let an agent finish its running builds, take no new ones, then leave the farm.
+    /// Let an agent finish its running builds, take no new ones, then leave the farm (admin).
     Drain {
+        /// The agent's name, as `archfarm agents` lists it.
+        name: String,
+    },
+    /// Cut an agent off at once (admin): its token stops working, its builds go back to the
+    /// queue, and it cannot register again under its name until it is forgotten.
+    Revoke {
+        /// The agent's name, as `archfarm agents` lists it.
+        name: String,
+    },
+    /// Forget a revoked or offline agent (admin), freeing its name for a new registration.
+    Forget {
         /// The agent's name, as `archfarm agents` lists it.
         name: String,
     },

@@ -8,6 +8,7 @@ use std::time::Duration;
 use archfarm_protocol::api::{
     Agent, AgentList, ContextInfo, ErrorResponse, Job, JobList, JobRequest, API_PREFIX,
 };
+use archfarm_protocol::tokens::{CreateTokenRequest, CreatedToken, TokenInfo, TokenList};
 use archfarm_protocol::Digest;
 use reqwest::{Method, RequestBuilder, Response, StatusCode};
 use serde::de::DeserializeOwned;
@@ -61,7 +62,7 @@ pub enum ClientError {
 
 fn hint(status: u16) -> &'static str {
     match status {
-        401 | 403 => "; pass the coordinator's API token with --token or ARCHFARM_TOKEN",
+        401 => "; pass the coordinator's API token with --token or ARCHFARM_TOKEN",
         _ => "",
     }
 }
@@ -308,6 +309,56 @@ impl Client {
         let resp = self.send(rb).await?;
         let bytes = resp.bytes().await.map_err(|e| self.transport(&e))?;
         Ok(bytes.to_vec())
+    }
+
+    /// A call with a JSON body, for the admin routes.
+    async fn call<B: serde::Serialize, T: DeserializeOwned>(
+        &self,
+        method: Method,
+        route: &str,
+        body: &B,
+    ) -> Result<T, ClientError> {
+        let rb = self.request(method, route).timeout(CALL_TIMEOUT).json(body);
+        let resp = self.send(rb).await?;
+        let bytes = resp.bytes().await.map_err(|e| self.transport(&e))?;
+        serde_json::from_slice(&bytes).map_err(|e| ClientError::Decode {
+            url: self.base.clone(),
+            route: route.to_string(),
+            cause: e.to_string(),
+        })
+    }
+
+    /// `POST /tokens` (admin): the token is in the answer, and nowhere else ever again.
+    pub async fn create_token(
+        &self,
+        req: &CreateTokenRequest,
+    ) -> Result<CreatedToken, ClientError> {
+        self.call(Method::POST, "/tokens", req).await
+    }
+
+    /// `GET /tokens` (admin).
+    pub async fn tokens(&self) -> Result<TokenList, ClientError> {
+        self.json(Method::GET, "/tokens", None).await
+    }
+
+    /// `POST /tokens/{id}/revoke` (admin).
+    pub async fn revoke_token(&self, id: Uuid) -> Result<TokenInfo, ClientError> {
+        self.json(Method::POST, &format!("/tokens/{id}/revoke"), None)
+            .await
+    }
+
+    /// `POST /agents/{id}/revoke` (admin): the agent is cut off at once.
+    pub async fn revoke_agent(&self, id: Uuid) -> Result<Agent, ClientError> {
+        self.json(Method::POST, &format!("/agents/{id}/revoke"), None)
+            .await
+    }
+
+    /// `DELETE /agents/{id}` (admin): forgets a revoked or offline agent, freeing its name.
+    pub async fn forget_agent(&self, id: Uuid) -> Result<(), ClientError> {
+        let rb = self
+            .request(Method::DELETE, &format!("/agents/{id}"))
+            .timeout(CALL_TIMEOUT);
+        self.send(rb).await.map(|_| ())
     }
 }
 

@@ -12,8 +12,8 @@ use crate::follow::{self, failure_report, PlainView, QuietView, View};
 use crate::logs::{self, LogSet, LogsView};
 use crate::output::{self, human_size};
 use crate::tty::TtyView;
-use crate::validate::{check_coordinator_url, BuildPlan, UsageError};
-use crate::{context, Error};
+use crate::validate::{check_coordinator_url, BuildPlan};
+use crate::{admin, context, Error};
 
 /// Exit code after Ctrl-C, as shells report a SIGINT death.
 pub const EXIT_INTERRUPTED: u8 = 130;
@@ -58,7 +58,7 @@ pub fn stderr_can_redraw() -> bool {
     std::io::stderr().is_terminal() && std::env::var("TERM").map_or(true, |t| t != "dumb")
 }
 
-fn client(conn: &Connection) -> Result<Client, Error> {
+pub(crate) fn client(conn: &Connection) -> Result<Client, Error> {
     check_coordinator_url(&conn.coordinator)?;
     Ok(Client::new(&conn.coordinator, conn.token.clone())?)
 }
@@ -223,21 +223,24 @@ pub async fn job(conn: &Connection, id: Uuid, json: bool) -> Result<u8, Error> {
     Ok(0)
 }
 
-/// `archfarm agents [drain NAME]`.
+/// `archfarm agents [drain|revoke|forget NAME]`.
 pub async fn agents(conn: &Connection, action: Option<&AgentsAction>) -> Result<u8, Error> {
     let client = client(conn)?;
-    let list = client.agents().await?;
     match action {
-        None => output::stdout(&output::agents_table(&list.agents, chrono::Utc::now())),
+        None => {
+            let list = client.agents().await?;
+            output::stdout(&output::agents_table(&list.agents, chrono::Utc::now()));
+            Ok(0)
+        }
         Some(AgentsAction::Drain { name }) => {
-            let Some(agent) = list.agents.iter().find(|a| a.name == *name) else {
-                return Err(UsageError(output::unknown_agent(name, &list.agents)).into());
-            };
+            let agent = admin::agent_named(&client, name).await?;
             let drained = client.drain_agent(agent.id).await?;
             output::stdout(&output::draining(&drained));
+            Ok(0)
         }
+        Some(AgentsAction::Revoke { name }) => admin::revoke_agent(&client, name).await,
+        Some(AgentsAction::Forget { name }) => admin::forget_agent(&client, name).await,
     }
-    Ok(0)
 }
 
 /// `archfarm cancel ID`: succeeds when the job is cancelled or had already ended; exits 1 when the

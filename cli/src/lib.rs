@@ -8,8 +8,9 @@
 //! * [`logs`]: build logs as whole lines, and `archfarm logs`' view.
 //! * [`tty`]: the live terminal view of `--progress tty`.
 //! * [`output`]: tables and summaries for people.
-//! * [`commands`]: one function per subcommand.
+//! * [`commands`]: one function per subcommand; [`admin`] those of tokens and revoking agents.
 
+pub mod admin;
 pub mod args;
 pub mod client;
 pub mod commands;
@@ -76,5 +77,6 @@ pub async fn run(cli: Cli) -> Result<u8, Error> {
         Command::Agents(a) => commands::agents(conn, a.action.as_ref()).await,
         Command::Cancel { id } => commands::cancel(conn, *id).await,
         Command::Logs(args) => commands::logs(conn, args).await,
+        Command::Tokens(t) => admin::tokens(&commands::client(conn)?, &t.action).await,
     }
 }

@@ -133,11 +133,7 @@ pub fn agents_table(agents: &[Agent], now: DateTime<Utc>) -> String {
 
 /// The lowercase name of an agent state, as the API writes it.
 pub fn agent_state(s: AgentState) -> &'static str {
-    match s {
-        AgentState::Online => "online",
-        AgentState::Offline => "offline",
-        AgentState::Draining => "draining",
-    }
+    s.as_str()
 }
 
 /// `archfarm agents drain NAME` for a name no agent has.

@@ -177,8 +177,8 @@ fn timeout_values() {
         build(ctx.path(), &args)
     };
     assert_usage(
-        with(&["--timeout", "2d"]),
-        "'2d' is not a duration: use e.g. 90s, 10m, 1h30m",
+        with(&["--timeout", "2w"]),
+        "'2w' is not a duration: use e.g. 90s, 10m, 1h30m, 7d",
     );
     assert_usage(with(&["--timeout", "0s"]), "a job needs more than 0s");
     let (code, _, stderr) = with(&["--timeout", "90m"]);

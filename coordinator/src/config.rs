@@ -79,9 +79,44 @@ pub struct Config {
     /// Default: 67108864 (64 MiB).
     #[arg(long, env = "ARCHFARM_MAX_LOG_BYTES", default_value_t = 64 * 1024 * 1024)]
     pub max_log_bytes: u64,
+
+    /// With `--api-token` set, let anyone who reaches the coordinator read without a token: the
+    /// dashboard, jobs, agents, logs, event streams and `/metrics`. Default: off (a `read` token or
+    /// the dashboard's sign-in is needed).
+    #[arg(long, env = "ARCHFARM_PUBLIC_READ")]
+    pub public_read: bool,
+
+    /// Serve without `--api-token` on an address other than loopback, where anyone who reaches it
+    /// may submit builds (and register agents when there is no `--join-token`). Default: off, and
+    /// then the coordinator refuses to start that way.
+    #[arg(long, env = "ARCHFARM_INSECURE_OPEN")]
+    pub insecure_open: bool,
 }
 
 impl Config {
+    /// Whether API calls need a token: they do once `--api-token` (the admin's) is set.
+    pub fn auth_enabled(&self) -> bool {
+        self.api_token.is_some()
+    }
+
+    /// Whether agents need a join token to register: the static `--join-token`, or one created
+    /// with `archfarm tokens create --join`, which needs an admin, so `--api-token` too.
+    pub fn join_required(&self) -> bool {
+        self.join_token.is_some() || self.api_token.is_some()
+    }
+
+    /// Refuses a start that would leave the API open to the network (see `--insecure-open`).
+    pub fn check_exposure(&self, addr: std::net::SocketAddr) -> Result<(), String> {
+        if self.auth_enabled() || self.insecure_open || addr.ip().is_loopback() {
+            return Ok(());
+        }
+        Err(format!(
+            "refusing to serve on {addr} without --api-token: anyone who can reach that address could submit builds{}. \
+             Set --api-token (ARCHFARM_API_TOKEN) and --join-token, listen on 127.0.0.1, or pass --insecure-open to accept it",
+            if self.join_token.is_none() { " and register agents" } else { "" }
+        ))
+    }
+
     /// The database URL to use, defaulting to SQLite in the data dir.
     pub fn database_url(&self) -> String {
         match &self.database {

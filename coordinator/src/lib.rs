@@ -71,6 +71,9 @@ pub async fn run(
     listener: TcpListener,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
+    config
+        .check_exposure(listener.local_addr()?)
+        .map_err(anyhow::Error::msg)?;
     std::fs::create_dir_all(&config.data_dir).with_context(|| {
         format!(
             "cannot create the data directory {}",
@@ -84,9 +87,14 @@ pub async fn run(
         .context("cannot open the context store")?;
     let logs = LogStore::open(config.data_dir.join("logs"), config.max_log_bytes)
         .context("cannot open the log store")?;
-    if config.join_token.is_none() {
+    if !config.join_required() {
         tracing::warn!(
-            "no --join-token set: any agent that can reach this coordinator may register"
+            "no --join-token or --api-token set: any agent that can reach this coordinator may register"
+        );
+    }
+    if !config.auth_enabled() {
+        tracing::warn!(
+            "no --api-token set: anyone who can reach this coordinator may submit builds"
         );
     }
     let metrics = Arc::new(Metrics::new());

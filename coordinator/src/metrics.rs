@@ -7,7 +7,7 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use archfarm_protocol::api::{Agent, AgentState, BuildMode, JobState};
+use archfarm_protocol::api::{Agent, BuildMode, JobState};
 use archfarm_protocol::Platform;
 use prometheus::{
     Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGaugeVec, Opts,
@@ -276,11 +276,7 @@ impl Metrics {
         }
         self.agents.reset();
         for agent in agents {
-            let state = match agent.state {
-                AgentState::Online => "online",
-                AgentState::Offline => "offline",
-                AgentState::Draining => "draining",
-            };
+            let state = agent.state.as_str();
             let served = agent
                 .native_platforms
                 .iter()
@@ -386,7 +382,7 @@ mod tests {
             emulated_platforms: vec![],
             capacity: 1,
             running: 0,
-            state: AgentState::Online,
+            state: archfarm_protocol::api::AgentState::Online,
             last_seen: chrono::Utc::now(),
         };
         m.set_gauges(20_000, &[], &[z15]);

@@ -392,7 +392,7 @@ async fn pages_ask_for_the_api_token_and_keep_it_in_a_cookie() {
         .text()
         .await
         .unwrap()
-        .contains("not this coordinator&#39;s API token"));
+        .contains("not a valid token for this coordinator"));
 
     let res = login("token=t0ken&next=%2Fagents").await.unwrap();
     assert_eq!(res.status(), StatusCode::SEE_OTHER);

@@ -386,6 +386,20 @@ pub enum AgentState {
     Offline,
     /// Finishing its running builds and taking no new ones.
     Draining,
+    /// Cut off by an admin: its token is void and it may not register again under this name.
+    Revoked,
+}
+
+impl AgentState {
+    /// The state as the API, the dashboard, metrics labels and the CLI spell it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AgentState::Online => "online",
+            AgentState::Offline => "offline",
+            AgentState::Draining => "draining",
+            AgentState::Revoked => "revoked",
+        }
+    }
 }
 
 /// An agent as the API shows it.

@@ -1,12 +1,13 @@
-//! Human durations for flags and JSON: `90s`, `10m`, `1h30m`, `2h`, or plain seconds.
+//! Human durations for flags and JSON: `90s`, `10m`, `1h30m`, `2h`, `30d`, or plain seconds.
 
 use std::time::Duration;
 
-/// Parses `1h30m`, `10m`, `90s`, `45` (seconds). Units: `h`, `m`, `s`.
+/// Parses `1h30m`, `10m`, `90s`, `7d`, `45` (seconds). Units: `d`, `h`, `m`, `s`.
 pub fn parse_duration(input: &str) -> Result<Duration, String> {
     let s = input.trim();
-    let err =
-        || format!("'{input}' is not a duration: use e.g. 90s, 10m, 1h30m or a number of seconds");
+    let err = || {
+        format!("'{input}' is not a duration: use e.g. 90s, 10m, 1h30m, 7d or a number of seconds")
+    };
     if s.is_empty() {
         return Err(err());
     }
@@ -23,6 +24,7 @@ pub fn parse_duration(input: &str) -> Result<Duration, String> {
         let n: u64 = number.parse().map_err(|_| err())?;
         number.clear();
         let unit = match c {
+            'd' => 86_400,
             'h' => 3600,
             'm' => 60,
             's' => 1,
@@ -71,12 +73,13 @@ mod tests {
             ("1h30m", 5400, "1h30m"),
             ("45", 45, "45s"),
             ("2h", 7200, "2h"),
+            ("7d", 604_800, "168h"),
         ] {
             let d = parse_duration(input).unwrap();
             assert_eq!(d.as_secs(), secs, "{input}");
             assert_eq!(format_duration(d), shown);
         }
-        for bad in ["", "10x", "m", "1h30", "-5s", "1.5h"] {
+        for bad in ["", "10x", "m", "1h30", "-5s", "1.5h", "2w"] {
             assert!(parse_duration(bad).is_err(), "{bad}");
         }
     }

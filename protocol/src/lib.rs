@@ -5,6 +5,7 @@
 //! * [`secret`]: tokens that never show in logs.
 //! * [`api`]: the JSON bodies of the coordinator's HTTP API, for CI clients and agents alike.
 //! * [`events`]: the Server-Sent Events of job and farm streams.
+//! * [`tokens`]: join and API tokens, their scopes and prefixes.
 
 pub mod api;
 pub mod duration;
@@ -12,6 +13,7 @@ pub mod events;
 pub mod platform;
 pub mod reference;
 pub mod secret;
+pub mod tokens;
 
 pub use platform::{Platform, PlatformError};
 pub use reference::{Digest, ImageRef, ReferenceError};

@@ -1,18 +1,22 @@
-//! `/agents`: registration, the lease long-poll, and the fleet listing.
+//! `/agents`: registration, the lease long-poll, the fleet listing, and draining, revoking and
+//! forgetting agents.
 
 use std::time::Duration;
 
 use archfarm_protocol::api::{
-    AgentList, Lease, LeaseRequest, RegisterRequest, RegisterResponse, MAX_AGENT_CAPACITY,
+    AgentList, AgentState, Lease, LeaseRequest, RegisterRequest, RegisterResponse,
+    MAX_AGENT_CAPACITY,
 };
+use archfarm_protocol::tokens::{Scope, AGENT_TOKEN_PREFIX};
 use archfarm_protocol::Platform;
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
+use axum::routing::{delete, get, post};
 use axum::{Json, Router};
+use uuid::Uuid;
 
-use super::auth::{bearer, require_agent, require_client, same_secret, token_hash};
+use super::auth::{require, require_agent, require_join, token_hash, Joined};
 use super::error::{parse_id, ApiError, ApiJson};
 use super::views;
 use crate::scheduler::Claimed;
@@ -27,6 +31,8 @@ pub fn router() -> Router<AppState> {
         .route("/agents/{id}/lease", post(lease))
         .route("/agents/{id}/drain", post(drain))
         .route("/agents/{id}/deregister", post(deregister))
+        .route("/agents/{id}/revoke", post(revoke))
+        .route("/agents/{id}", delete(forget))
 }
 
 fn parse_platforms(list: &[String], what: &str) -> Result<Vec<Platform>, ApiError> {
@@ -46,15 +52,6 @@ async fn register(
     headers: HeaderMap,
     ApiJson(req): ApiJson<RegisterRequest>,
 ) -> Result<Json<RegisterResponse>, ApiError> {
-    if let Some(expected) = &state.config.join_token {
-        if !bearer(&headers).is_some_and(|given| same_secret(given, expected)) {
-            tracing::warn!(agent = %req.name, "registration refused: wrong or missing join token");
-            return Err(ApiError::Unauthorized {
-                code: "invalid_join_token",
-                message: "the join token was rejected: start the agent with the coordinator's --join-token".into(),
-            });
-        }
-    }
     let name_ok = !req.name.is_empty()
         && req.name.len() <= 64
         && req
@@ -88,7 +85,10 @@ async fn register(
             "an agent must offer at least one platform",
         ));
     }
-    let token = format!("afa_{}", uuid::Uuid::new_v4().simple());
+    let joined = require_join(&state, &headers, &req.name).await.inspect_err(|_| {
+        tracing::warn!(agent = %req.name, "registration refused: wrong, spent or missing join token");
+    })?;
+    let token = format!("{AGENT_TOKEN_PREFIX}{}", uuid::Uuid::new_v4().simple());
     let registered = state
         .store
         .upsert_agent(
@@ -101,20 +101,48 @@ async fn register(
             req.instance_id,
             state.scheduler.online_since(),
         )
-        .await?;
-    let Registered::Ok { id, requeued } = registered else {
-        tracing::warn!(agent = %req.name, "registration refused: another online installation holds the name");
-        return Err(ApiError::Conflict {
-            code: "name_taken",
-            message: format!(
-                "another agent named '{}' is online from a different machine or work directory; \
-                 give this one a different --name",
-                req.name
-            ),
-        });
+        .await;
+    let refusal = match registered {
+        Ok(Registered::Ok { id, requeued }) => Ok((id, requeued)),
+        Ok(Registered::NameTaken) => {
+            tracing::warn!(agent = %req.name, "registration refused: another online installation holds the name");
+            Err(ApiError::Conflict {
+                code: "name_taken",
+                message: format!(
+                    "another agent named '{}' is online from a different machine or work directory; \
+                     give this one a different --name",
+                    req.name
+                ),
+            })
+        }
+        Ok(Registered::Revoked) => {
+            tracing::warn!(agent = %req.name, "registration refused: the agent was revoked");
+            Err(ApiError::Forbidden {
+                code: "agent_revoked",
+                message: format!(
+                    "the agent named '{}' was revoked by an admin; it may register again only after \
+                     an admin runs `archfarm agents forget {}`",
+                    req.name, req.name
+                ),
+            })
+        }
+        Err(e) => Err(e.into()),
+    };
+    let (id, requeued) = match refusal {
+        Ok(ok) => ok,
+        Err(e) => {
+            // The registration did not happen: a one-use join token must still be usable.
+            if let Joined::Created(token_id) = joined {
+                if let Err(undo) = state.store.return_join_token(token_id).await {
+                    tracing::error!(token.id = %token_id, error = %undo, "could not give back a join token's use");
+                }
+            }
+            return Err(e);
+        }
     };
     tracing::info!(agent.id = %id, agent = %req.name, native = ?native.iter().map(ToString::to_string).collect::<Vec<_>>(),
-        emulated = ?emulated.iter().map(ToString::to_string).collect::<Vec<_>>(), capacity = req.capacity, requeued, "agent registered");
+        emulated = ?emulated.iter().map(ToString::to_string).collect::<Vec<_>>(), capacity = req.capacity, requeued,
+        joined = ?joined, "agent registered");
     state.scheduler.wake();
     Ok(Json(RegisterResponse {
         agent_id: id,
@@ -223,14 +251,14 @@ async fn list(
     State(state): State<AppState>,
     headers: HeaderMap,
 ) -> Result<Json<AgentList>, ApiError> {
-    require_client(&state, &headers)?;
+    require(&state, &headers, Scope::Read).await?;
     Ok(Json(AgentList {
         agents: views::agents(&state).await?,
     }))
 }
 
 /// Marks an agent draining: its running builds finish, it takes no new ones. Allowed to the agent
-/// itself (on SIGTERM) and to CI clients (`archfarm agents drain NAME`).
+/// itself (on SIGTERM) and to admins (`archfarm agents drain NAME`).
 async fn drain(
     State(state): State<AppState>,
     headers: HeaderMap,
@@ -241,7 +269,7 @@ async fn drain(
         .await
         .is_ok_and(|a| a.id == id);
     if !by_itself {
-        require_client(&state, &headers)?;
+        require(&state, &headers, Scope::Admin).await?;
     }
     if !state.store.set_draining(id).await? {
         return Err(ApiError::NotFound(format!("no agent with id '{id}'")));
@@ -249,6 +277,11 @@ async fn drain(
     tracing::info!(agent.id = %id, "agent draining");
     // Builds it would have taken may now go to others (or to emulation).
     state.scheduler.wake();
+    Ok(Json(agent_view(&state, id).await?))
+}
+
+/// The agent with `id` as the API shows it.
+async fn agent_view(state: &AppState, id: Uuid) -> Result<archfarm_protocol::api::Agent, ApiError> {
     let since = state.scheduler.online_since();
     let running = state.store.running_counts().await?;
     let agent = state
@@ -258,7 +291,54 @@ async fn drain(
         .into_iter()
         .find(|a| a.id == id)
         .ok_or_else(|| ApiError::NotFound(format!("no agent with id '{id}'")))?;
-    Ok(Json(views::agent(agent, since, &running)))
+    Ok(views::agent(agent, since, &running))
+}
+
+/// Cuts an agent off at once (admins: `archfarm agents revoke NAME`): its token stops working, so
+/// its next heartbeat, log or lease call gets 401; its builds go back to the queue for other
+/// agents; and it cannot register again under its name until an admin forgets it.
+async fn revoke(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Path(raw): Path<String>,
+) -> Result<Json<archfarm_protocol::api::Agent>, ApiError> {
+    let caller = require(&state, &headers, Scope::Admin).await?;
+    let id = parse_id("agent", &raw)?;
+    let requeued = state
+        .store
+        .revoke_agent(id)
+        .await?
+        .ok_or_else(|| ApiError::NotFound(format!("no agent with id '{id}'")))?;
+    tracing::warn!(agent.id = %id, requeued, by = ?caller.token, "agent revoked");
+    state.scheduler.wake();
+    Ok(Json(agent_view(&state, id).await?))
+}
+
+/// Removes an agent that is revoked or offline (admins: `archfarm agents forget NAME`), freeing
+/// its name; an online agent must be drained or revoked first.
+async fn forget(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Path(raw): Path<String>,
+) -> Result<StatusCode, ApiError> {
+    let caller = require(&state, &headers, Scope::Admin).await?;
+    let id = parse_id("agent", &raw)?;
+    let agent = agent_view(&state, id).await?;
+    if !matches!(agent.state, AgentState::Revoked | AgentState::Offline) {
+        return Err(ApiError::Conflict {
+            code: "agent_online",
+            message: format!(
+                "agent {} is {}: drain it (`archfarm agents drain {}`) or revoke it first",
+                agent.name,
+                agent.state.as_str(),
+                agent.name
+            ),
+        });
+    }
+    let requeued = state.store.deregister_agent(id).await?;
+    tracing::info!(agent.id = %id, agent = %agent.name, requeued, by = ?caller.token, "agent forgotten");
+    state.scheduler.wake();
+    Ok(StatusCode::NO_CONTENT)
 }
 
 /// Removes the calling agent (the end of a drain); anything it still held is requeued.

@@ -1,11 +1,14 @@
-//! Who may call what: CI clients with the API token, agents with their own token.
+//! Who may call what: CI clients and people with the `--api-token` or a created API token of a
+//! scope (read < submit < admin), browsers with the dashboard's cookie, agents with their own token.
 
 use axum::http::HeaderMap;
 use sha2::{Digest as _, Sha256};
 
+use archfarm_protocol::tokens::{Scope, AGENT_TOKEN_PREFIX, API_TOKEN_PREFIX, JOIN_TOKEN_PREFIX};
+
 use super::error::ApiError;
 use crate::config::Secret;
-use crate::store::AgentRow;
+use crate::store::{AgentRow, Refusal};
 use crate::AppState;
 
 /// The bearer token in `Authorization`, if any.
@@ -35,20 +38,105 @@ pub fn same_secret(given: &str, expected: &Secret) -> bool {
         == 0
 }
 
-/// Checks the API token when the coordinator has one.
-pub fn require_client(state: &AppState, headers: &HeaderMap) -> Result<(), ApiError> {
-    let Some(expected) = &state.config.api_token else {
-        return Ok(());
-    };
-    match bearer(headers) {
-        Some(given) if same_secret(given, expected) => Ok(()),
-        _ => Err(ApiError::Unauthorized {
-            code: "unauthorized",
-            message: "missing or wrong API token: send Authorization: Bearer TOKEN (the CLI reads ARCHFARM_TOKEN or --token)"
-                .into(),
-        }),
+/// What an authenticated caller may do, and which token it used (for logs and listings).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Caller {
+    /// The caller's scope; `Admin` for the `--api-token` and when the API is open.
+    pub scope: Scope,
+    /// The name of the created token it used; `None` for `--api-token`, the open API and public reads.
+    pub token: Option<String>,
+}
+
+fn unauthorized(message: impl Into<String>) -> ApiError {
+    ApiError::Unauthorized {
+        code: "unauthorized",
+        message: message.into(),
     }
 }
+
+fn refused(refusal: Refusal) -> ApiError {
+    unauthorized(match refusal {
+        Refusal::Unknown => "unknown API token: send Authorization: Bearer TOKEN with this coordinator's --api-token or a token from `archfarm tokens create` (the CLI reads ARCHFARM_TOKEN or --token)",
+        Refusal::Expired => "this API token has expired: ask an admin for a new one (`archfarm tokens create --scope ...`)",
+        Refusal::Revoked => "this API token was revoked: ask an admin for a new one (`archfarm tokens create --scope ...`)",
+        Refusal::UsedUp => "this API token can no longer be used",
+    })
+}
+
+/// Checks the caller may do what needs `needed`: with the `--api-token` or a created API token
+/// of that scope or above (as a bearer token), or for reads the dashboard's cookie, or nothing at
+/// all when the API is open (no `--api-token`) or, for reads, `--public-read` is on. A token that
+/// is good but too narrow gets 403 `insufficient_scope`.
+pub async fn require(
+    state: &AppState,
+    headers: &HeaderMap,
+    needed: Scope,
+) -> Result<Caller, ApiError> {
+    let open = Caller {
+        scope: Scope::Admin,
+        token: None,
+    };
+    let Some(admin) = &state.config.api_token else {
+        return Ok(open);
+    };
+    if needed == Scope::Read && state.config.public_read {
+        return Ok(Caller {
+            scope: Scope::Read,
+            token: None,
+        });
+    }
+    let caller = match bearer(headers) {
+        Some(given) if same_secret(given, admin) => open,
+        Some(given) if given.starts_with(API_TOKEN_PREFIX) => {
+            let info = state
+                .store
+                .use_api_token(&token_hash(given), false)
+                .await?
+                .map_err(refused)?;
+            Caller {
+                scope: info.scope.unwrap_or(Scope::Read),
+                token: Some(info.name),
+            }
+        }
+        Some(_) => return Err(refused(Refusal::Unknown)),
+        // Only reads take the cookie, so a page on another site cannot make a browser change anything.
+        None if needed == Scope::Read => match cookie(headers, TOKEN_COOKIE) {
+            Some(given) if same_secret(given, &Secret::new(read_cookie_value(admin))) => Caller {
+                scope: Scope::Read,
+                token: None,
+            },
+            Some(given) => {
+                let info = state
+                    .store
+                    .use_api_token(&token_hash(given), true)
+                    .await?
+                    .map_err(|_| {
+                        unauthorized(
+                            "the dashboard sign-in is no longer valid: sign in again at /login",
+                        )
+                    })?;
+                Caller {
+                    scope: Scope::Read,
+                    token: Some(info.name),
+                }
+            }
+            None => return Err(unauthorized(MISSING)),
+        },
+        None => return Err(unauthorized(MISSING)),
+    };
+    if caller.scope < needed {
+        return Err(ApiError::Forbidden {
+            code: "insufficient_scope",
+            message: format!(
+                "this token's scope is {}; this needs {needed}: use a token made with `archfarm tokens create --scope {needed}`",
+                caller.scope
+            ),
+        });
+    }
+    Ok(caller)
+}
+
+const MISSING: &str = "this coordinator needs an API token: send Authorization: Bearer TOKEN (the CLI reads ARCHFARM_TOKEN or --token)";
 
 /// The cookie the dashboard's sign-in form sets, so a browser (whose `EventSource` cannot send
 /// headers) can read what a CI client can. Its value is [`read_cookie_value`], not the token.
@@ -75,18 +163,6 @@ pub fn cookie<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
         .map(|(_, v)| v.trim())
 }
 
-/// Checks the API token for a read-only request: as a bearer token or as the dashboard's cookie.
-/// Only reads take the cookie, so a page on another site cannot make a browser change anything.
-pub fn require_reader(state: &AppState, headers: &HeaderMap) -> Result<(), ApiError> {
-    let Some(expected) = &state.config.api_token else {
-        return Ok(());
-    };
-    match cookie(headers, TOKEN_COOKIE) {
-        Some(given) if same_secret(given, &Secret::new(read_cookie_value(expected))) => Ok(()),
-        _ => require_client(state, headers),
-    }
-}
-
 /// Resolves the calling agent from its token.
 pub async fn require_agent(state: &AppState, headers: &HeaderMap) -> Result<AgentRow, ApiError> {
     let unauthorized = || ApiError::Unauthorized {
@@ -101,15 +177,71 @@ pub async fn require_agent(state: &AppState, headers: &HeaderMap) -> Result<Agen
         .ok_or_else(unauthorized)
 }
 
-/// Either a CI client or an agent (context downloads are needed by both).
-pub async fn require_client_or_agent(
+/// How a registration was let in.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Joined {
+    /// No join token is required (neither `--join-token` nor `--api-token` is set).
+    Open,
+    /// The static `--join-token`.
+    Static,
+    /// A created join token; one of its uses was taken (give it back if registering fails).
+    Created(uuid::Uuid),
+    /// The agent's own token from an earlier registration under the same name, so a restarted
+    /// agent needs no join token again (a `--uses 1` token is spent on the first registration).
+    Itself,
+}
+
+/// Checks a registration under `name` may proceed, taking a use of a created join token.
+pub async fn require_join(
+    state: &AppState,
+    headers: &HeaderMap,
+    name: &str,
+) -> Result<Joined, ApiError> {
+    let given = bearer(headers);
+    if let Some(t) = given.filter(|t| t.starts_with(AGENT_TOKEN_PREFIX)) {
+        if let Some(agent) = state.store.agent_by_token_hash(&token_hash(t)).await? {
+            if agent.name == name {
+                return Ok(Joined::Itself);
+            }
+        }
+    }
+    if !state.config.join_required() {
+        return Ok(Joined::Open);
+    }
+    let refused = |message: &str| {
+        ApiError::Unauthorized {
+        code: "invalid_join_token",
+        message: format!("{message}: start the agent with --join-token (the coordinator's, or one from `archfarm tokens create --join`)"),
+    }
+    };
+    match given {
+        Some(t) if state.config.join_token.as_ref().is_some_and(|j| same_secret(t, j)) => Ok(Joined::Static),
+        Some(t) if t.starts_with(JOIN_TOKEN_PREFIX) => {
+            match state.store.take_join_token(&token_hash(t)).await? {
+                Ok(info) => Ok(Joined::Created(info.id)),
+                Err(Refusal::Unknown) => Err(refused("the join token was rejected")),
+                Err(Refusal::Expired) => Err(refused("the join token has expired")),
+                Err(Refusal::UsedUp) => Err(refused("the join token has registered as many agents as it allows")),
+                Err(Refusal::Revoked) => Err(refused("the join token was revoked")),
+            }
+        }
+        Some(t) if t.starts_with(AGENT_TOKEN_PREFIX) => Err(refused(&format!(
+            "this agent token is not valid for an agent named '{name}' (revoked, or the coordinator forgot it)"
+        ))),
+        Some(_) => Err(refused("the join token was rejected")),
+        None => Err(refused("this coordinator needs a join token")),
+    }
+}
+
+/// Either a CI client that may submit or an agent (context downloads are needed by both).
+pub async fn require_submitter_or_agent(
     state: &AppState,
     headers: &HeaderMap,
 ) -> Result<(), ApiError> {
-    if require_client(state, headers).is_ok() {
-        return Ok(());
+    if bearer(headers).is_some_and(|t| t.starts_with(AGENT_TOKEN_PREFIX)) {
+        return require_agent(state, headers).await.map(|_| ());
     }
-    require_agent(state, headers).await.map(|_| ())
+    require(state, headers, Scope::Submit).await.map(|_| ())
 }
 
 #[cfg(test)]

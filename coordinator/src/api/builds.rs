@@ -5,6 +5,7 @@ use archfarm_protocol::api::{
     MAX_LOG_BATCH_BYTES,
 };
 use archfarm_protocol::events::LogResponse;
+use archfarm_protocol::tokens::Scope;
 use axum::body::Body;
 use axum::extract::{DefaultBodyLimit, Path, State};
 use axum::http::{header, HeaderMap, StatusCode};
@@ -15,7 +16,7 @@ use bytes::Bytes;
 use serde::Deserialize;
 use uuid::Uuid;
 
-use super::auth::{require_agent, require_reader};
+use super::auth::{require, require_agent};
 use super::error::{parse_id, ApiError, ApiJson, ApiQuery};
 use crate::changes::Watcher;
 use crate::metrics::Outcome;
@@ -193,7 +194,7 @@ async fn read_log(
     Path(raw): Path<String>,
     ApiQuery(q): ApiQuery<LogQuery>,
 ) -> Result<impl IntoResponse, ApiError> {
-    require_reader(&state, &headers)?;
+    require(&state, &headers, Scope::Read).await?;
     let id = parse_id("build", &raw)?;
     if state.store.get_build(id).await?.is_none() {
         return Err(ApiError::NotFound(format!("no build with id '{id}'")));

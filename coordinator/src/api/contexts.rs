@@ -1,6 +1,7 @@
 //! `/contexts/{digest}`: content-addressed build context archives.
 
 use archfarm_protocol::api::ContextInfo;
+use archfarm_protocol::tokens::Scope;
 use archfarm_protocol::Digest;
 use axum::body::Body;
 use axum::extract::{Path, State};
@@ -9,7 +10,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
 
-use super::auth::{require_client, require_client_or_agent};
+use super::auth::{require, require_submitter_or_agent};
 use super::error::ApiError;
 use crate::blobs::BlobError;
 use crate::AppState;
@@ -28,7 +29,7 @@ async fn exists(
     headers: HeaderMap,
     Path(raw): Path<String>,
 ) -> Result<StatusCode, ApiError> {
-    require_client(&state, &headers)?;
+    require(&state, &headers, Scope::Submit).await?;
     let digest = parse_digest(&raw)?;
     let known =
         state.store.context_exists(digest.as_str()).await? && state.blobs.exists(&digest).await;
@@ -45,7 +46,7 @@ async fn upload(
     Path(raw): Path<String>,
     body: Body,
 ) -> Result<(StatusCode, Json<ContextInfo>), ApiError> {
-    require_client(&state, &headers)?;
+    require(&state, &headers, Scope::Submit).await?;
     let digest = parse_digest(&raw)?;
     let limit = state.config.max_context_bytes;
     let too_large = || {
@@ -92,7 +93,7 @@ async fn download(
     headers: HeaderMap,
     Path(raw): Path<String>,
 ) -> Result<Response, ApiError> {
-    require_client_or_agent(&state, &headers).await?;
+    require_submitter_or_agent(&state, &headers).await?;
     let digest = parse_digest(&raw)?;
     let file = match tokio::fs::File::open(state.blobs.path(&digest)).await {
         Ok(f) => f,

@@ -30,6 +30,14 @@ pub enum ApiError {
         /// Sentence for people.
         message: String,
     },
+    /// 403: the credentials are good but do not allow this (a `read` token submitting, a revoked agent).
+    #[error("{message}")]
+    Forbidden {
+        /// Machine-readable code.
+        code: &'static str,
+        /// Sentence for people.
+        message: String,
+    },
     /// 404.
     #[error("{0}")]
     NotFound(String),
@@ -91,6 +99,7 @@ impl IntoResponse for ApiError {
         let (status, code, message) = match self {
             ApiError::BadRequest { code, message } => (StatusCode::BAD_REQUEST, code, message),
             ApiError::Unauthorized { code, message } => (StatusCode::UNAUTHORIZED, code, message),
+            ApiError::Forbidden { code, message } => (StatusCode::FORBIDDEN, code, message),
             ApiError::NotFound(message) => (StatusCode::NOT_FOUND, "not_found", message),
             ApiError::Conflict { code, message } => (StatusCode::CONFLICT, code, message),
             ApiError::TooLarge { code, message } => (StatusCode::PAYLOAD_TOO_LARGE, code, message),

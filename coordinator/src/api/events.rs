@@ -6,6 +6,7 @@
 //! therefore costs at most one log chunk per build of the look in progress, never a queue of
 //! events.
 
+use archfarm_protocol::tokens::Scope;
 use std::collections::HashMap;
 use std::convert::Infallible;
 
@@ -22,7 +23,7 @@ use futures::{Stream, StreamExt};
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
-use super::auth::require_reader;
+use super::auth::require;
 use super::error::{parse_id, ApiError, ApiQuery};
 use super::views::{self, Fleet};
 use crate::changes::Watcher;
@@ -68,7 +69,7 @@ async fn job_events(
     Path(raw): Path<String>,
     ApiQuery(q): ApiQuery<JobQuery>,
 ) -> Result<Sse<impl Stream<Item = Result<Event, Infallible>>>, ApiError> {
-    require_reader(&state, &headers)?;
+    require(&state, &headers, Scope::Read).await?;
     let id = parse_id("job", &raw)?;
     let offsets = parse_from(q.from.as_deref().unwrap_or(""))?;
     if state.store.get_job(id).await?.is_none() {
@@ -98,7 +99,7 @@ async fn farm_events(
     headers: HeaderMap,
     ApiQuery(q): ApiQuery<FarmQuery>,
 ) -> Result<Sse<impl Stream<Item = Result<Event, Infallible>>>, ApiError> {
-    require_reader(&state, &headers)?;
+    require(&state, &headers, Scope::Read).await?;
     let feed = FarmFeed {
         watcher: state.changes.watch(),
         state,

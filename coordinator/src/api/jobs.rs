@@ -1,5 +1,6 @@
 //! `/jobs`: submit, list, show and cancel multi-platform jobs.
 
+use archfarm_protocol::tokens::Scope;
 use std::path::{Component, Path as FsPath};
 
 use archfarm_protocol::api::{
@@ -12,7 +13,7 @@ use axum::routing::{get, post};
 use axum::{Json, Router};
 use serde::Deserialize;
 
-use super::auth::require_client;
+use super::auth::require;
 use super::error::{parse_id, ApiError, ApiJson, ApiQuery};
 use super::views::{self, Fleet};
 use crate::store::NewJob;
@@ -221,7 +222,7 @@ async fn create(
     headers: HeaderMap,
     ApiJson(req): ApiJson<JobRequest>,
 ) -> Result<(StatusCode, Json<archfarm_protocol::api::Job>), ApiError> {
-    require_client(&state, &headers)?;
+    require(&state, &headers, Scope::Submit).await?;
     let job = validate(req)?;
     if !state.store.context_exists(job.context.as_str()).await?
         || !state.blobs.exists(&job.context).await
@@ -275,7 +276,7 @@ async fn list(
     headers: HeaderMap,
     ApiQuery(q): ApiQuery<ListQuery>,
 ) -> Result<Json<JobList>, ApiError> {
-    require_client(&state, &headers)?;
+    require(&state, &headers, Scope::Read).await?;
     let limit = q.limit.unwrap_or(50).clamp(1, 1000);
     let fleet = Fleet::load(&state).await?;
     let mut jobs = Vec::new();
@@ -290,7 +291,7 @@ async fn show(
     headers: HeaderMap,
     Path(raw): Path<String>,
 ) -> Result<Json<archfarm_protocol::api::Job>, ApiError> {
-    require_client(&state, &headers)?;
+    require(&state, &headers, Scope::Read).await?;
     let id = parse_id("job", &raw)?;
     let row = state
         .store
@@ -306,7 +307,7 @@ async fn cancel(
     headers: HeaderMap,
     Path(raw): Path<String>,
 ) -> Result<Json<archfarm_protocol::api::Job>, ApiError> {
-    require_client(&state, &headers)?;
+    require(&state, &headers, Scope::Submit).await?;
     let id = parse_id("job", &raw)?;
     let row = state
         .store

@@ -8,6 +8,7 @@ pub mod error;
 pub mod events;
 pub mod jobs;
 pub mod observe;
+pub mod tokens;
 pub mod views;
 
 use axum::extract::{DefaultBodyLimit, MatchedPath, Request};
@@ -28,6 +29,7 @@ pub fn router(state: AppState) -> Router {
         .merge(agents::router())
         .merge(builds::router())
         .merge(events::router())
+        .merge(tokens::router())
         .layer(DefaultBodyLimit::max(MAX_JSON_BODY));
     Router::new()
         .route("/healthz", get(|| async { "ok" }))

@@ -1,6 +1,7 @@
 //! What every request passes through: HTTP metrics by matched route, and a wake-up for live views
 //! after any request that may have changed something.
 
+use archfarm_protocol::tokens::Scope;
 use std::time::Instant;
 
 use axum::extract::{MatchedPath, Request, State};
@@ -8,7 +9,7 @@ use axum::http::{header, Method};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 
-use super::auth::require_reader;
+use super::auth::require;
 use super::error::ApiError;
 use crate::store::now_ms;
 use crate::AppState;
@@ -59,7 +60,7 @@ pub async fn metrics(
     State(state): State<AppState>,
     headers: axum::http::HeaderMap,
 ) -> Result<Response, ApiError> {
-    require_reader(&state, &headers)?;
+    require(&state, &headers, Scope::Read).await?;
     let queued = state.store.queued_builds().await?;
     let agents = super::views::agents(&state).await?;
     Ok((

@@ -96,7 +96,9 @@ pub async fn agents(state: &AppState) -> StoreResult<Vec<api::Agent>> {
 pub fn agent(a: AgentRow, online_since: i64, running: &HashMap<Uuid, i64>) -> api::Agent {
     api::Agent {
         running: running.get(&a.id).copied().unwrap_or(0),
-        state: if a.draining {
+        state: if a.revoked {
+            api::AgentState::Revoked
+        } else if a.draining {
             api::AgentState::Draining
         } else if a.last_seen >= online_since {
             api::AgentState::Online

@@ -85,6 +85,7 @@ mod tests {
             capacity: 1,
             last_seen: 0,
             draining: false,
+            revoked: false,
         }
     }
 

@@ -24,6 +24,8 @@ pub struct AgentRow {
     pub last_seen: i64,
     /// Finishing its builds, taking no new ones.
     pub draining: bool,
+    /// Cut off by an admin; it may not register again under its name.
+    pub revoked: bool,
 }
 
 impl AgentRow {
@@ -36,6 +38,7 @@ impl AgentRow {
             capacity: row.try_get("capacity")?,
             last_seen: row.try_get("last_seen")?,
             draining: row.try_get::<i64, _>("draining")? != 0,
+            revoked: row.try_get::<Option<i64>, _>("revoked_at")?.is_some(),
         })
     }
 }
@@ -52,10 +55,12 @@ pub enum Registered {
     },
     /// Another online installation holds the name.
     NameTaken,
+    /// An admin revoked the agent of that name.
+    Revoked,
 }
 
 const COLUMNS: &str =
-    "id, name, native_platforms, emulated_platforms, capacity, last_seen, draining";
+    "id, name, native_platforms, emulated_platforms, capacity, last_seen, draining, revoked_at";
 
 impl Store {
     /// Registers an agent, or re-registers one under the same name, keeping its id. A re-registering
@@ -81,12 +86,17 @@ impl Store {
         let emulated = serde_json::to_string(emulated).expect("platforms serialise");
         let mut tx = self.pool.begin().await?;
         let instance_text = instance.map(|i| i.to_string());
-        let existing = sqlx::query("SELECT id, instance_id, last_seen FROM agents WHERE name = $1")
-            .bind(name)
-            .fetch_optional(&mut *tx)
-            .await?;
+        let existing = sqlx::query(
+            "SELECT id, instance_id, last_seen, revoked_at FROM agents WHERE name = $1",
+        )
+        .bind(name)
+        .fetch_optional(&mut *tx)
+        .await?;
         let (id, requeued) = match existing {
             Some(row) => {
+                if row.try_get::<Option<i64>, _>("revoked_at")?.is_some() {
+                    return Ok(Registered::Revoked);
+                }
                 let id: String = row.try_get("id")?;
                 let held_by: Option<String> = row.try_get("instance_id")?;
                 let last_seen: i64 = row.try_get("last_seen")?;
@@ -163,10 +173,10 @@ impl Store {
         rows.iter().map(AgentRow::from_row).collect()
     }
 
-    /// Agents seen since `since_ms`.
+    /// Agents seen since `since_ms` (never revoked ones).
     pub async fn online_agents(&self, since_ms: i64) -> StoreResult<Vec<AgentRow>> {
         let rows = sqlx::query(&format!(
-            "SELECT {COLUMNS} FROM agents WHERE last_seen >= $1 ORDER BY name"
+            "SELECT {COLUMNS} FROM agents WHERE last_seen >= $1 AND revoked_at IS NULL ORDER BY name"
         ))
         .bind(since_ms)
         .fetch_all(&self.pool)
@@ -186,21 +196,35 @@ impl Store {
     /// Removes an agent; any build it still held goes back to the queue.
     pub async fn deregister_agent(&self, id: Uuid) -> StoreResult<u64> {
         let mut tx = self.pool.begin().await?;
-        let requeued = sqlx::query(
-            "UPDATE builds SET state = 'queued', agent_id = NULL, agent_name = NULL, mode = NULL, lease_token = NULL, \
-             lease_expires_at = NULL, started_at = NULL, queued_at = $2 WHERE agent_id = $1 AND state = 'building'",
-        )
-        .bind(id.to_string())
-        .bind(now_ms())
-        .execute(&mut *tx)
-        .await?
-        .rows_affected();
+        let requeued = requeue_held(&mut tx, id).await?;
         sqlx::query("DELETE FROM agents WHERE id = $1")
             .bind(id.to_string())
             .execute(&mut *tx)
             .await?;
         tx.commit().await?;
         Ok(requeued)
+    }
+
+    /// Cuts an agent off: its token stops working at once, its builds go back to the queue, and it
+    /// may not register again under its name until an admin forgets it. `None` when there is no
+    /// such agent; otherwise the number of builds requeued.
+    pub async fn revoke_agent(&self, id: Uuid) -> StoreResult<Option<u64>> {
+        let mut tx = self.pool.begin().await?;
+        // A token hash no sha256 can produce, so no token matches it any more; the column stays unique.
+        let res = sqlx::query(
+            "UPDATE agents SET token_hash = $1, revoked_at = $2, last_seen = 0, draining = 0 WHERE id = $3",
+        )
+        .bind(format!("revoked:{id}"))
+        .bind(now_ms())
+        .bind(id.to_string())
+        .execute(&mut *tx)
+        .await?;
+        if res.rows_affected() == 0 {
+            return Ok(None);
+        }
+        let requeued = requeue_held(&mut tx, id).await?;
+        tx.commit().await?;
+        Ok(Some(requeued))
     }
 
     /// Shows an agent offline until it calls again (its lease lapsed: it is presumed dead).
@@ -238,6 +262,19 @@ impl Store {
         }
         Ok(out)
     }
+}
+
+/// Puts every build `agent` holds back in the queue; returns how many.
+async fn requeue_held(tx: &mut sqlx::Transaction<'_, sqlx::Any>, agent: Uuid) -> StoreResult<u64> {
+    Ok(sqlx::query(
+        "UPDATE builds SET state = 'queued', agent_id = NULL, agent_name = NULL, mode = NULL, lease_token = NULL, \
+         lease_expires_at = NULL, started_at = NULL, queued_at = $2 WHERE agent_id = $1 AND state = 'building'",
+    )
+    .bind(agent.to_string())
+    .bind(now_ms())
+    .execute(&mut **tx)
+    .await?
+    .rows_affected())
 }
 
 #[cfg(test)]

@@ -7,6 +7,7 @@ mod builds;
 mod contexts;
 pub mod history;
 mod jobs;
+mod tokens;
 
 use std::str::FromStr;
 
@@ -18,6 +19,7 @@ use sqlx::{AnyPool, Row};
 pub use agents::{AgentRow, Registered};
 pub use builds::{BuildRow, LeaseCheck, QueuedBuild};
 pub use jobs::{JobRow, NewJob, Stopped};
+pub use tokens::{NewToken, Refusal};
 
 static SQLITE_MIGRATIONS: Migrator = sqlx::migrate!("../migrations/sqlite");
 static POSTGRES_MIGRATIONS: Migrator = sqlx::migrate!("../migrations/postgres");

@@ -104,7 +104,7 @@ pub(crate) async fn page(
     uri: Uri,
     Path(raw): Path<String>,
 ) -> Result<Response, PageError> {
-    require_reader(&state, &headers, &uri)?;
+    require_reader(&state, &headers, &uri).await?;
     let shown: String = raw.chars().take(80).collect();
     let not_found = || PageError::NotFound(format!("There is no job with id '{shown}'."));
     let id: Uuid = raw.parse().map_err(|_| not_found())?;

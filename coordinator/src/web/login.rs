@@ -1,6 +1,7 @@
 //! Signing in to the dashboard with the API token, kept in an HttpOnly cookie so a browser's
 //! `EventSource` (which cannot send headers) carries it too.
 
+use archfarm_protocol::tokens::API_TOKEN_PREFIX;
 use askama::Template;
 use axum::extract::{Query, State};
 use axum::http::{header, StatusCode};
@@ -10,7 +11,8 @@ use serde::Deserialize;
 
 use super::format::safe_next;
 use super::{render, Layout, PageError};
-use crate::api::auth::{read_cookie_value, same_secret, TOKEN_COOKIE};
+use crate::api::auth::{read_cookie_value, same_secret, token_hash, TOKEN_COOKIE};
+use crate::config::Secret;
 use crate::AppState;
 
 #[derive(Template)]
@@ -54,27 +56,35 @@ pub(crate) async fn form(
     render(StatusCode::OK, &page(&state, &q.next, None))
 }
 
-/// `POST /login`: checks the token, sets the cookie and returns to where the reader was going.
+/// `POST /login`: checks the token (the `--api-token`, or a created API token of any scope), sets
+/// the cookie and returns to where the reader was going.
 pub(crate) async fn submit(
     State(state): State<AppState>,
     Form(f): Form<LoginForm>,
 ) -> Result<Response, PageError> {
     let next = safe_next(&f.next);
-    let Some(expected) = &state.config.api_token else {
+    let Some(admin) = &state.config.api_token else {
         return Ok(Redirect::to(next).into_response());
     };
     let token = f.token.trim();
-    if !same_secret(token, expected) {
-        tracing::warn!("dashboard sign-in with a wrong API token refused");
-        let message =
-            "That is not this coordinator's API token (its --api-token or ARCHFARM_API_TOKEN).";
+    let accepted = same_secret(token, admin)
+        || (token.starts_with(API_TOKEN_PREFIX)
+            && state
+                .store
+                .use_api_token(&token_hash(token), false)
+                .await?
+                .is_ok());
+    if !accepted {
+        tracing::warn!("dashboard sign-in with a wrong, expired or revoked token refused");
+        let message = "That is not a valid token for this coordinator: use its --api-token or an \
+                       active token from `archfarm tokens create`.";
         return render(
             StatusCode::UNAUTHORIZED,
             &page(&state, next, Some(message.into())),
         );
     }
-    // Hex, so any token works; and a leaked cookie is not the token.
-    let value = read_cookie_value(expected);
+    // Hex, so any token works; and a leaked cookie is not the token and grants reading only.
+    let value = read_cookie_value(&Secret::new(token));
     let cookie = format!("{TOKEN_COOKIE}={value}; HttpOnly; SameSite=Strict; Path=/");
     Ok((
         StatusCode::SEE_OTHER,

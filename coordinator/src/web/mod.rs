@@ -2,8 +2,8 @@
 //! fine without JavaScript, kept live by `web/static/dashboard.js` over the API's SSE streams.
 //!
 //! Pages: `/` jobs, `/jobs/{id}` one job, `/agents`, `/emulation`; `/login` and `/logout`; static
-//! files under `/static/`. Pages need what a read-only API call needs (`auth::require_reader`):
-//! without it they redirect to the sign-in form, which stores the API token in a cookie.
+//! files under `/static/`. Pages need what a read-only API call needs (`auth::require` with the read
+//! scope): without it they redirect to the sign-in form, which keeps a digest of the token in a cookie.
 
 mod assets;
 mod format;
@@ -12,6 +12,7 @@ mod login;
 mod pages;
 mod stats;
 
+use archfarm_protocol::tokens::Scope;
 use askama::Template;
 use axum::http::{header, HeaderMap, HeaderName, StatusCode, Uri};
 use axum::response::{Html, IntoResponse, Redirect, Response};
@@ -157,14 +158,18 @@ pub(crate) fn render(status: StatusCode, page: &impl Template) -> Result<Respons
     Ok((status, PAGE_HEADERS, Html(page.render()?)).into_response())
 }
 
-/// Passes when the request may read (API token as cookie or bearer, or no token configured);
-/// otherwise the page answers with a redirect to the sign-in form.
-pub(crate) fn require_reader(
+/// Passes when the request may read (a token of any scope as cookie or bearer, `--public-read`,
+/// or no `--api-token` at all); otherwise the page answers with a redirect to the sign-in form.
+pub(crate) async fn require_reader(
     state: &AppState,
     headers: &HeaderMap,
     uri: &Uri,
 ) -> Result<(), PageError> {
-    auth::require_reader(state, headers).map_err(|_| {
-        PageError::SignIn(uri.path_and_query().map_or("/", |p| p.as_str()).to_string())
-    })
+    match auth::require(state, headers, Scope::Read).await {
+        Ok(_) => Ok(()),
+        Err(crate::api::error::ApiError::Internal(e)) => Err(PageError::Internal(e)),
+        Err(_) => Err(PageError::SignIn(
+            uri.path_and_query().map_or("/", |p| p.as_str()).to_string(),
+        )),
+    }
 }

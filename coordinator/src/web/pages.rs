@@ -68,7 +68,7 @@ pub(crate) async fn jobs(
     headers: HeaderMap,
     uri: Uri,
 ) -> Result<Response, PageError> {
-    require_reader(&state, &headers, &uri)?;
+    require_reader(&state, &headers, &uri).await?;
     let fleet = Fleet::load(&state).await?;
     let now = now_ms();
     let mut jobs = Vec::new();
@@ -138,7 +138,7 @@ pub(crate) async fn agents(
     headers: HeaderMap,
     uri: Uri,
 ) -> Result<Response, PageError> {
-    require_reader(&state, &headers, &uri)?;
+    require_reader(&state, &headers, &uri).await?;
     // What each agent runs now: the building builds of the jobs that are building.
     let mut current: HashMap<String, Vec<Current>> = HashMap::new();
     for job in state.store.jobs_in_state(JobState::Building).await? {
@@ -163,11 +163,7 @@ pub(crate) async fn agents(
             let seen = a.last_seen.timestamp_millis();
             AgentItem {
                 current: current.remove(&a.name).unwrap_or_default(),
-                state: match a.state {
-                    archfarm_protocol::api::AgentState::Online => "online",
-                    archfarm_protocol::api::AgentState::Offline => "offline",
-                    archfarm_protocol::api::AgentState::Draining => "draining",
-                },
+                state: a.state.as_str(),
                 native: join(&a.native_platforms),
                 emulated: join(&a.emulated_platforms),
                 capacity: a.capacity,
@@ -228,7 +224,7 @@ pub(crate) async fn emulation(
     headers: HeaderMap,
     uri: Uri,
 ) -> Result<Response, PageError> {
-    require_reader(&state, &headers, &uri)?;
+    require_reader(&state, &headers, &uri).await?;
     let samples = state.store.recent_build_samples(HISTORY_BUILDS).await?;
     let page = EmulationPage {
         layout: Layout::new(&state, "Native vs emulated", "emulation", false),

@@ -1,0 +1,217 @@
+//! The admin subcommands: `archfarm tokens create|list|revoke` and `archfarm agents revoke|forget`.
+
+use archfarm_protocol::api::Agent;
+use archfarm_protocol::duration::format_duration;
+use archfarm_protocol::tokens::{CreateTokenRequest, TokenInfo, TokenKind};
+use chrono::{DateTime, Utc};
+
+use crate::args::{CreateTokenArgs, TokensAction};
+use crate::client::Client;
+use crate::output::{self, table};
+use crate::validate::UsageError;
+use crate::Error;
+
+/// `archfarm tokens ...`.
+pub async fn tokens(client: &Client, action: &TokensAction) -> Result<u8, Error> {
+    match action {
+        TokensAction::Create(args) => create(client, args).await,
+        TokensAction::List { json } => {
+            let list = client.tokens().await?;
+            if *json {
+                output::stdout(&format!("{}\n", to_json(&list)?));
+            } else {
+                output::stdout(&tokens_table(&list.tokens, Utc::now()));
+            }
+            Ok(0)
+        }
+        TokensAction::Revoke { id } => {
+            let t = client.revoke_token(*id).await?;
+            output::stdout(&format!(
+                "{} token {} ({}) revoked\n",
+                t.kind, t.name, t.hint
+            ));
+            Ok(0)
+        }
+    }
+}
+
+async fn create(client: &Client, args: &CreateTokenArgs) -> Result<u8, Error> {
+    if let Some(name) = &args.name {
+        if !archfarm_protocol::tokens::valid_token_name(name) {
+            return Err(UsageError(format!(
+                "token name '{name}' must be 1 to {} of A-Z a-z 0-9 - _ . @",
+                archfarm_protocol::tokens::MAX_TOKEN_NAME
+            ))
+            .into());
+        }
+    }
+    let req = CreateTokenRequest {
+        kind: if args.join {
+            TokenKind::Join
+        } else {
+            TokenKind::Api
+        },
+        scope: args.scope,
+        name: args.name.clone(),
+        expires_in_secs: args.expires.map(|d| d.as_secs()),
+        max_uses: args.uses,
+    };
+    let created = client.create_token(&req).await?;
+    if args.json {
+        output::stdout(&format!("{}\n", to_json(&created)?));
+    } else {
+        // stdout gets the token alone, so `TOKEN=$(archfarm tokens create ...)` works.
+        eprintln!("{}", describe(&created.info));
+        output::stdout(&format!("{}\n", created.token));
+    }
+    Ok(0)
+}
+
+fn to_json(value: &impl serde::Serialize) -> Result<String, Error> {
+    serde_json::to_string_pretty(value).map_err(|e| Error::Other(format!("printing JSON: {e}")))
+}
+
+/// The line `tokens create` prints on stderr: what was made, and that it is shown only now.
+pub fn describe(t: &TokenInfo) -> String {
+    let what = match (t.kind, t.scope) {
+        (TokenKind::Join, _) => "join token".to_string(),
+        (TokenKind::Api, Some(s)) => format!("API token with scope {s}"),
+        (TokenKind::Api, None) => "API token".to_string(),
+    };
+    let uses = match t.max_uses {
+        Some(1) => ", 1 registration".to_string(),
+        Some(n) => format!(", {n} registrations"),
+        None => String::new(),
+    };
+    let expires = t
+        .expires_at
+        .map(|e| format!(", expires {}", e.format("%Y-%m-%d %H:%M:%S UTC")))
+        .unwrap_or_default();
+    format!(
+        "created {what} '{}' (id {}{uses}{expires}); it is shown only now, keep it safe",
+        t.name, t.id
+    )
+}
+
+/// `archfarm tokens list`.
+pub fn tokens_table(tokens: &[TokenInfo], now: DateTime<Utc>) -> String {
+    if tokens.is_empty() {
+        return "no tokens created (the coordinator's --api-token and --join-token are not listed)\n"
+            .into();
+    }
+    let rows: Vec<Vec<String>> = tokens
+        .iter()
+        .map(|t| {
+            vec![
+                t.id.to_string(),
+                t.kind.to_string(),
+                t.scope.map(|s| s.to_string()).unwrap_or_else(|| "-".into()),
+                t.name.clone(),
+                t.hint.clone(),
+                t.state.to_string(),
+                match t.max_uses {
+                    Some(m) => format!("{}/{m}", t.uses),
+                    None => t.uses.to_string(),
+                },
+                match t.expires_at {
+                    Some(e) if e > now => format!(
+                        "in {}",
+                        format_duration(std::time::Duration::from_secs(
+                            (e - now).num_seconds().max(0) as u64
+                        ))
+                    ),
+                    Some(_) => "past".into(),
+                    None => "never".into(),
+                },
+            ]
+        })
+        .collect();
+    table(
+        &[
+            "ID", "KIND", "SCOPE", "NAME", "TOKEN", "STATE", "USES", "EXPIRES",
+        ],
+        &rows,
+    )
+}
+
+/// Finds the agent named `name`, or a usage error listing the names there are.
+pub async fn agent_named(client: &Client, name: &str) -> Result<Agent, Error> {
+    let list = client.agents().await?;
+    list.agents
+        .iter()
+        .find(|a| a.name == name)
+        .cloned()
+        .ok_or_else(|| UsageError(output::unknown_agent(name, &list.agents)).into())
+}
+
+/// `archfarm agents revoke NAME`.
+pub async fn revoke_agent(client: &Client, name: &str) -> Result<u8, Error> {
+    let agent = agent_named(client, name).await?;
+    client.revoke_agent(agent.id).await?;
+    output::stdout(&format!(
+        "agent {name} revoked: its token no longer works and its builds went back to the queue; \
+         `archfarm agents forget {name}` lets the name register again\n"
+    ));
+    Ok(0)
+}
+
+/// `archfarm agents forget NAME`.
+pub async fn forget_agent(client: &Client, name: &str) -> Result<u8, Error> {
+    let agent = agent_named(client, name).await?;
+    client.forget_agent(agent.id).await?;
+    output::stdout(&format!("agent {name} forgotten\n"));
+    Ok(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use archfarm_protocol::tokens::{Scope, TokenState};
+    use chrono::TimeZone;
+
+    fn info(kind: TokenKind, scope: Option<Scope>) -> TokenInfo {
+        TokenInfo {
+            id: uuid::Uuid::nil(),
+            kind,
+            scope,
+            name: "ci".into(),
+            hint: "afu_ab12…".into(),
+            state: TokenState::Active,
+            created_at: Utc.timestamp_opt(1_700_000_000, 0).unwrap(),
+            expires_at: Some(Utc.timestamp_opt(1_700_003_600, 0).unwrap()),
+            max_uses: None,
+            uses: 4,
+            last_used_at: None,
+            revoked_at: None,
+        }
+    }
+
+    #[test]
+    fn created_tokens_are_described_without_the_token() {
+        let mut t = info(TokenKind::Join, None);
+        t.max_uses = Some(1);
+        let d = describe(&t);
+        assert!(d.starts_with("created join token 'ci'"), "{d}");
+        assert!(
+            d.contains("1 registration") && d.contains("expires 2023-11-14 23:13:20 UTC"),
+            "{d}"
+        );
+        assert!(describe(&info(TokenKind::Api, Some(Scope::Submit))).contains("scope submit"));
+    }
+
+    #[test]
+    fn listing_shows_state_uses_and_expiry() {
+        let now = Utc.timestamp_opt(1_700_000_000, 0).unwrap();
+        let mut join = info(TokenKind::Join, None);
+        join.max_uses = Some(5);
+        let t = tokens_table(&[info(TokenKind::Api, Some(Scope::Read)), join], now);
+        let lines: Vec<&str> = t.lines().collect();
+        assert!(lines[0].starts_with("ID") && lines[0].contains("EXPIRES"));
+        assert!(
+            lines[1].contains("api") && lines[1].contains("read") && lines[1].contains("in 1h"),
+            "{t}"
+        );
+        assert!(lines[2].contains("join") && lines[2].contains("4/5"), "{t}");
+        assert!(tokens_table(&[], now).starts_with("no tokens"));
+    }
+}

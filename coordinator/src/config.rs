@@ -178,6 +178,27 @@ mod tests {
     }
 
     #[test]
+    fn an_open_api_is_refused_beyond_loopback() {
+        let wide: std::net::SocketAddr = "0.0.0.0:8080".parse().unwrap();
+        let local: std::net::SocketAddr = "127.0.0.1:8080".parse().unwrap();
+        let open = parse(&[]);
+        assert!(open.check_exposure(local).is_ok());
+        let e = open.check_exposure(wide).unwrap_err();
+        assert!(
+            e.contains("--api-token")
+                && e.contains("register agents")
+                && e.contains("--insecure-open"),
+            "{e}"
+        );
+        assert!(parse(&["--insecure-open"]).check_exposure(wide).is_ok());
+        let closed = parse(&["--api-token", "t"]);
+        assert!(closed.check_exposure(wide).is_ok());
+        assert!(closed.auth_enabled() && closed.join_required());
+        assert!(parse(&["--join-token", "j"]).join_required());
+        assert!(!open.join_required() && !open.auth_enabled());
+    }
+
+    #[test]
     fn secrets_do_not_show_in_debug() {
         let c = parse(&[
             "--join-token",

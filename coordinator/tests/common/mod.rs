@@ -26,16 +26,26 @@ pub struct Coordinator {
 }
 
 impl Coordinator {
-    /// Starts a coordinator with `extra` flags and waits for `/healthz`.
+    /// Starts a coordinator with `--join-token join-secret` and `extra` flags; waits for `/healthz`.
     pub async fn start(extra: &[&str]) -> Self {
+        Self::start_join(Some("join-secret"), extra).await
+    }
+
+    /// Starts a coordinator without a static join token.
+    pub async fn start_open_join(extra: &[&str]) -> Self {
+        Self::start_join(None, extra).await
+    }
+
+    async fn start_join(join: Option<&str>, extra: &[&str]) -> Self {
         let data = tempfile::tempdir().unwrap();
         let mut args = vec![
             "archfarm-coordinator",
             "--data-dir",
             data.path().to_str().unwrap(),
-            "--join-token",
-            "join-secret",
         ];
+        if let Some(j) = join {
+            args.extend(["--join-token", j]);
+        }
         args.extend_from_slice(extra);
         let config = Config::try_parse_from(args).unwrap();
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -79,6 +89,11 @@ impl Coordinator {
 
     /// Uploads a context made of `files`; returns its digest.
     pub async fn upload(&self, files: &[(&str, &str)]) -> String {
+        self.upload_as(None, files).await
+    }
+
+    /// Uploads a context made of `files` with an API token; returns its digest.
+    pub async fn upload_as(&self, token: Option<&str>, files: &[(&str, &str)]) -> String {
         let mut builder = tar::Builder::new(flate2::write::GzEncoder::new(
             Vec::new(),
             flate2::Compression::fast(),
@@ -94,13 +109,14 @@ impl Coordinator {
         gz.flush().unwrap();
         let bytes = gz.finish().unwrap();
         let digest = format!("sha256:{}", hex::encode(Sha256::digest(&bytes)));
-        let res = self
+        let mut req = self
             .http
             .put(self.url(&format!("/contexts/{digest}")))
-            .body(bytes)
-            .send()
-            .await
-            .unwrap();
+            .body(bytes);
+        if let Some(t) = token {
+            req = req.bearer_auth(t);
+        }
+        let res = req.send().await.unwrap();
         assert_eq!(res.status(), StatusCode::CREATED);
         digest
     }

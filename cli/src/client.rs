@@ -236,6 +236,19 @@ impl Client {
         match resp.status() {
             s if s.is_success() => Ok(true),
             StatusCode::NOT_FOUND => Ok(false),
+            // A HEAD answer has no body to say why; the same call as a GET carries the message
+            // (a missing token, a scope too narrow), and is refused before any archive is sent.
+            StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN => {
+                let again = self
+                    .request(Method::GET, &format!("/contexts/{digest}"))
+                    .timeout(CALL_TIMEOUT)
+                    .send()
+                    .await;
+                match again {
+                    Ok(r) if r.status() == resp.status() => Err(self.api_error(r).await),
+                    _ => Err(self.api_error(resp).await),
+                }
+            }
             _ => Err(self.api_error(resp).await),
         }
     }

@@ -5,10 +5,12 @@
 //! * [`secret`]: tokens that never show in logs.
 //! * [`api`]: the JSON bodies of the coordinator's HTTP API, for CI clients and agents alike.
 //! * [`events`]: the Server-Sent Events of job and farm streams.
+//! * [`limits`]: caps on a build context archive, the same on the coordinator and agents.
 
 pub mod api;
 pub mod duration;
 pub mod events;
+pub mod limits;
 pub mod platform;
 pub mod reference;
 pub mod secret;

@@ -1,9 +1,11 @@
 //! Hostile build contexts end to end (issue 5): archives made by hand, byte by byte, uploaded over the
 //! HTTP API (`PUT /api/v1/contexts/sha256:…`, `POST /api/v1/jobs`; the CLI only packs real
-//! directories) to a real coordinator, and leased by a real agent. Each one must end in a failed build
-//! whose error names the entry or the limit that was hit, and a marker path outside the build
-//! directory that the archive aims at must not be created or changed. A harmless hand-made archive
-//! builds, so the refusals are the hostility's doing and not the harness's.
+//! directories) to a real coordinator, and leased by a real agent. Archives past a size, count or
+//! length cap are refused at upload by the coordinator, with the JSON error naming the cap, and are
+//! not stored. The others must end in a failed build whose error names the entry that was refused,
+//! and a marker path outside the build directory that the archive aims at must not be created or
+//! changed. A harmless hand-made archive builds, so the refusals are the hostility's doing and not the
+//! harness's.
 
 use std::os::unix::fs::MetadataExt;
 use std::path::PathBuf;
@@ -12,7 +14,7 @@ use std::time::Duration;
 use archfarm_e2e::archive::{Kind, Tar};
 use archfarm_e2e::oci::sha256_digest;
 use archfarm_e2e::{preflight, Agent, AgentOptions, Coordinator, Registry};
-use archfarm_protocol::api::{BuildState, Job, JobState};
+use archfarm_protocol::api::{BuildState, ErrorResponse, Job, JobState};
 use reqwest::Method;
 
 /// How long one hand-made job may take (they fail at unpacking; the harmless one builds natively).
@@ -111,10 +113,13 @@ struct Case {
     needles: Vec<String>,
     /// What it aims at outside the build directory, if anything.
     marker: Option<Marker>,
+    /// The status and error code of the coordinator's refusal at upload, for archives past a cap
+    /// (the message must contain `needles`); None when the agent is the one to refuse.
+    at_upload: Option<(u16, &'static str)>,
 }
 
-/// Uploads `archive` and submits a linux/amd64 job for it; returns the job id.
-fn submit(coordinator: &Coordinator, archive: &[u8], tag: &str) -> uuid::Uuid {
+/// PUTs `archive` as a context; returns its digest, the status and the body.
+fn upload(coordinator: &Coordinator, archive: &[u8]) -> (String, u16, String) {
     let digest = sha256_digest(archive);
     let resp = coordinator
         .request(Method::PUT, &format!("/api/v1/contexts/{digest}"))
@@ -122,8 +127,13 @@ fn submit(coordinator: &Coordinator, archive: &[u8], tag: &str) -> uuid::Uuid {
         .body(archive.to_vec())
         .send()
         .expect("PUT context");
-    let status = resp.status();
-    let body = resp.text().unwrap_or_default();
+    let status = resp.status().as_u16();
+    (digest, status, resp.text().unwrap_or_default())
+}
+
+/// Uploads `archive` and submits a linux/amd64 job for it; returns the job id.
+fn submit(coordinator: &Coordinator, archive: &[u8], tag: &str) -> uuid::Uuid {
+    let (digest, status, body) = upload(coordinator, archive);
     assert_eq!(status, 201, "PUT context {tag}: {body}");
     let request = serde_json::json!({
         "context": digest,
@@ -158,6 +168,7 @@ fn cases() -> Vec<Case> {
             "'..' components are not allowed".into(),
         ],
         marker: Some(m),
+        at_upload: None,
     });
 
     let m = Marker::absent("absolute");
@@ -169,6 +180,7 @@ fn cases() -> Vec<Case> {
             m.abs()
         )],
         marker: Some(m),
+        at_upload: None,
     });
 
     // A symlink to the marker's directory, then a file written through it.
@@ -184,6 +196,7 @@ fn cases() -> Vec<Case> {
             "context entry 'out' refused: symlink target '{up}' resolves outside the context directory"
         )],
         marker: Some(m),
+        at_upload: None,
     });
 
     // A hard link to an existing file outside, then a write to the link.
@@ -199,6 +212,7 @@ fn cases() -> Vec<Case> {
             m.abs()
         )],
         marker: Some(m),
+        at_upload: None,
     });
 
     cases.push(Case {
@@ -210,6 +224,7 @@ fn cases() -> Vec<Case> {
             "context entry 'dev-null' refused: device nodes are not allowed in a context".into(),
         ],
         marker: None,
+        at_upload: None,
     });
 
     cases.push(Case {
@@ -217,10 +232,11 @@ fn cases() -> Vec<Case> {
         archive: base().entry(Kind::Fifo, "pipe", "", &[]).into_tar_gz(),
         needles: vec!["context entry 'pipe' refused: FIFOs are not allowed in a context".into()],
         marker: None,
+        at_upload: None,
     });
 
-    // 16 MiB of long name gzip to about 16 KiB; the agent stops after its 64 KiB header cap instead
-    // of holding gigabytes in memory.
+    // 16 MiB of long name gzip to about 16 KiB; the coordinator refuses it from the long name's header
+    // (64 KiB cap) instead of holding it in memory. (Agents stop there too: agent unit tests.)
     let bomb = vec![b'a'; 16 << 20];
     let archive = base()
         .raw(Kind::GnuLongName, b"././@LongLink", b"", &bomb)
@@ -237,12 +253,14 @@ fn cases() -> Vec<Case> {
         needles: vec![
             "the context's entry headers after entry 'Dockerfile' take more than 65536 bytes"
                 .into(),
+            "one claims 16777216 bytes".into(),
         ],
         marker: None,
+        at_upload: Some((413, "context_headers_too_large")),
     });
 
-    // 100 000 directory entries (51 MB of tar) gzip to a few hundred KiB; the agent's cap is 100 000
-    // entries, and the Dockerfile is one more.
+    // 100 000 directory entries (51 MB of tar) gzip to a few hundred KiB; the cap is 100 000 entries,
+    // and the Dockerfile is one more.
     let mut tar = base();
     for _ in 0..100_000 {
         tar = tar.dir("./");
@@ -258,6 +276,7 @@ fn cases() -> Vec<Case> {
         archive,
         needles: vec!["the context has more than 100000 entries".into()],
         marker: None,
+        at_upload: Some((413, "context_too_many_entries")),
     });
 
     // 25 components of 200 bytes: 5024 bytes, past the 4096-byte path cap.
@@ -271,6 +290,7 @@ fn cases() -> Vec<Case> {
             "its path is 5024 bytes long, over the limit of 4096 bytes".into(),
         ],
         marker: None,
+        at_upload: Some((400, "context_path_too_long")),
     });
 
     let wide = format!("dir/{}", "w".repeat(300));
@@ -279,6 +299,7 @@ fn cases() -> Vec<Case> {
         archive: base().file(&wide, b"wide\n").into_tar_gz(),
         needles: vec!["its path component is 300 bytes long, over the limit of 255 bytes".into()],
         marker: None,
+        at_upload: Some((400, "context_path_too_long")),
     });
     cases
 }
@@ -303,7 +324,30 @@ fn hostile_contexts_are_refused_and_nothing_escapes() {
     assert_eq!(job.state, JobState::Succeeded, "harmless archive: {job:#?}");
     assert_eq!(registry.tags("hostile-control"), vec!["t".to_string()]);
 
-    let cases = cases();
+    let (refused, cases): (Vec<Case>, Vec<Case>) =
+        cases().into_iter().partition(|c| c.at_upload.is_some());
+    for case in &refused {
+        let (digest, status, body) = upload(&coordinator, &case.archive);
+        let (want_status, want_code) = case.at_upload.expect("refused at upload");
+        assert_eq!(status, want_status, "{}: {body}", case.name);
+        let error: ErrorResponse = serde_json::from_str(&body)
+            .unwrap_or_else(|e| panic!("{}: not an ErrorResponse ({e}): {body}", case.name));
+        assert_eq!(error.code, want_code, "{}: {body}", case.name);
+        for needle in &case.needles {
+            assert!(
+                error.message.contains(needle.as_str()),
+                "{}: the refusal does not say {needle:?}; it says {:?}",
+                case.name,
+                error.message
+            );
+        }
+        let head = coordinator
+            .request(Method::HEAD, &format!("/api/v1/contexts/{digest}"))
+            .send()
+            .expect("HEAD context");
+        assert_eq!(head.status(), 404, "{}: the context was stored", case.name);
+    }
+
     let ids: Vec<uuid::Uuid> = cases
         .iter()
         .map(|c| {

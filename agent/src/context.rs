@@ -21,32 +21,10 @@ use tar::EntryType;
 use crate::client::{ClientError, CoordinatorClient};
 use crate::config::Secret;
 
-/// Longest path (or link target) of an entry, in bytes: Linux's `PATH_MAX`.
-pub const MAX_PATH_BYTES: usize = 4096;
-/// Longest component of a path, in bytes: Linux's `NAME_MAX`.
-pub const MAX_COMPONENT_BYTES: usize = 255;
-/// Most bytes the headers of one entry may take: its own 512-byte header plus any GNU long name,
-/// GNU long link and PAX records before it. Two paths of [`MAX_PATH_BYTES`] fit with room to spare.
-pub const MAX_HEADER_BYTES: u64 = 64 << 10;
-
-/// Caps on what one context may unpack to.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Limits {
-    /// Total bytes of entry data: file contents, plus whatever data other entries carry (it is
-    /// read and skipped, so it costs as much to decompress). Default 2 GiB.
-    pub max_bytes: u64,
-    /// Number of archive entries. Default 100 000.
-    pub max_entries: u64,
-}
-
-impl Default for Limits {
-    fn default() -> Self {
-        Limits {
-            max_bytes: 2 << 30,
-            max_entries: 100_000,
-        }
-    }
-}
+// The caps live in the protocol crate so the coordinator checks uploads against the same numbers.
+pub use archfarm_protocol::limits::{
+    Limits, MAX_COMPONENT_BYTES, MAX_HEADER_BYTES, MAX_PATH_BYTES,
+};
 
 /// What a successful unpack produced.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -387,35 +365,19 @@ impl<R: Read> Read for Budgeted<R> {
 /// longer than [`MAX_COMPONENT_BYTES`]: the kernel would refuse them too, but only after the tar
 /// reader had built them, and with an error that quotes the whole path.
 fn check_path_len(path: &[u8], what: &'static str, entry: &[u8]) -> Result<(), ContextError> {
-    let too_long = |what, len, limit| {
-        let name = String::from_utf8_lossy(entry);
-        let entry = if name.chars().count() > 100 {
-            format!("{}…", name.chars().take(100).collect::<String>())
-        } else {
-            name.into_owned()
-        };
-        Err(ContextError::PathTooLong {
-            entry,
-            what,
-            len,
-            limit,
-        })
-    };
-    if path.len() > MAX_PATH_BYTES {
-        return too_long(what, path.len(), MAX_PATH_BYTES);
+    match archfarm_protocol::limits::check_path_len(path) {
+        Ok(()) => Ok(()),
+        Err(e) => Err(ContextError::PathTooLong {
+            entry: archfarm_protocol::limits::entry_name_for_error(entry),
+            what: match (e.component, what) {
+                (false, what) => what,
+                (true, "path") => "path component",
+                (true, _) => "link target component",
+            },
+            len: e.len,
+            limit: e.limit,
+        }),
     }
-    if let Some(c) = path
-        .split(|&b| b == b'/')
-        .find(|c| c.len() > MAX_COMPONENT_BYTES)
-    {
-        let what = if what == "path" {
-            "path component"
-        } else {
-            "link target component"
-        };
-        return too_long(what, c.len(), MAX_COMPONENT_BYTES);
-    }
-    Ok(())
 }
 
 /// Where `path` (a symlink) leads: resolved for real as far as it exists, the missing rest taken

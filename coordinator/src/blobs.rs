@@ -2,10 +2,15 @@
 //!
 //! An upload is streamed to a temporary file while it is hashed and counted, checked, and only then
 //! renamed into place: a wrong digest, an oversized body or a broken archive leaves nothing behind.
+//! The check reads the archive within the caps agents unpack it with (see [`check`]), on a blocking
+//! thread.
 
-use std::io::Read;
+pub mod check;
+
+use std::io::BufReader;
 use std::path::{Component, Path, PathBuf};
 
+use archfarm_protocol::limits::Limits;
 use archfarm_protocol::Digest;
 use futures::{Stream, StreamExt};
 use sha2::{Digest as _, Sha256};
@@ -28,9 +33,9 @@ pub enum BlobError {
         /// The limit.
         limit: u64,
     },
-    /// The body is not a gzip'd tar archive.
-    #[error("the context is not a gzip-compressed tar archive: {0}")]
-    NotAnArchive(String),
+    /// The body is not a gzip'd tar archive, or passes one of the caps on its contents.
+    #[error(transparent)]
+    Refused(#[from] check::CheckError),
     /// The body stream broke off.
     #[error("the upload broke off: {0}")]
     Body(String),
@@ -43,6 +48,7 @@ pub enum BlobError {
 #[derive(Debug, Clone)]
 pub struct BlobStore {
     dir: PathBuf,
+    limits: Limits,
 }
 
 impl BlobStore {
@@ -56,7 +62,16 @@ impl BlobStore {
                 let _ = std::fs::remove_file(entry.path());
             }
         }
-        Ok(BlobStore { dir })
+        Ok(BlobStore {
+            dir,
+            limits: Limits::default(),
+        })
+    }
+
+    /// Checks archives against `limits` rather than the defaults agents use (for tests).
+    pub fn with_limits(mut self, limits: Limits) -> Self {
+        self.limits = limits;
+        self
     }
 
     /// Where an archive with this digest lives.
@@ -106,9 +121,13 @@ impl BlobStore {
                 });
             }
             let check = tmp.clone();
-            tokio::task::spawn_blocking(move || list_entries(&check, |_| false).map(|_| ()))
-                .await
-                .map_err(|e| BlobError::Body(e.to_string()))??;
+            let limits = self.limits;
+            let walked =
+                tokio::task::spawn_blocking(move || list_entries(&check, &limits, |_, _| false))
+                    .await
+                    .map_err(|e| BlobError::Body(e.to_string()))??;
+            tracing::debug!(context = %digest, entries = walked.entries, bytes = walked.bytes,
+                decompressed = walked.decompressed, "context archive checked");
             tokio::fs::rename(&tmp, self.path(digest)).await?;
             Ok(size)
         }
@@ -123,28 +142,29 @@ impl BlobStore {
     pub async fn contains_file(&self, digest: &Digest, path: &str) -> Result<bool, BlobError> {
         let archive = self.path(digest);
         let wanted = normalise(path);
-        tokio::task::spawn_blocking(move || list_entries(&archive, |p| normalise(p) == wanted))
-            .await
-            .map_err(|e| BlobError::Body(e.to_string()))?
+        let limits = self.limits;
+        // Archives stored before the caps existed are read within them too.
+        let walked = tokio::task::spawn_blocking(move || {
+            list_entries(&archive, &limits, |p, kind| {
+                (kind.is_file() || kind.is_symlink())
+                    && normalise(&String::from_utf8_lossy(p)) == wanted
+            })
+        })
+        .await
+        .map_err(|e| BlobError::Body(e.to_string()))??;
+        Ok(walked.stopped)
     }
 }
 
-/// Reads every entry header; returns true as soon as `stop` matches a file entry's path.
-fn list_entries(archive: &Path, mut stop: impl FnMut(&str) -> bool) -> Result<bool, BlobError> {
-    let bad = |e: std::io::Error| BlobError::NotAnArchive(e.to_string());
+/// Reads every entry of the gzip'd tar `archive` within `limits` (see [`check::walk`]).
+fn list_entries(
+    archive: &Path,
+    limits: &Limits,
+    stop: impl FnMut(&[u8], tar::EntryType) -> bool,
+) -> Result<check::Walked, BlobError> {
     let file = std::fs::File::open(archive)?;
-    let mut tar = tar::Archive::new(flate2::read::GzDecoder::new(file));
-    for entry in tar.entries().map_err(bad)? {
-        let mut entry = entry.map_err(bad)?;
-        let path = entry.path().map_err(bad)?.to_string_lossy().into_owned();
-        let kind = entry.header().entry_type();
-        if (kind.is_file() || kind.is_symlink()) && stop(&path) {
-            return Ok(true);
-        }
-        // Drain so a truncated archive is caught here rather than on an agent.
-        std::io::copy(&mut (&mut entry).take(u64::MAX), &mut std::io::sink()).map_err(bad)?;
-    }
-    Ok(false)
+    let tar = flate2::read::GzDecoder::new(BufReader::new(file));
+    Ok(check::walk(tar, limits, stop)?)
 }
 
 /// `./a//b` and `a/b` name the same entry.
@@ -225,8 +245,67 @@ mod tests {
         let g = digest_of(&garbage);
         assert!(matches!(
             store.put(&g, stream(garbage), 1 << 20).await,
-            Err(BlobError::NotAnArchive(_))
+            Err(BlobError::Refused(check::CheckError::Corrupt(_)))
         ));
         assert_eq!(std::fs::read_dir(dir.path().join("c")).unwrap().count(), 0);
+    }
+
+    /// A gzip'd tar of one GNU long name claiming `claimed` bytes, `present` of them there.
+    fn long_name_bomb(claimed: u64, present: usize) -> Vec<u8> {
+        let mut h = tar::Header::new_gnu();
+        h.set_entry_type(tar::EntryType::GNULongName);
+        h.as_gnu_mut().unwrap().name[..13].copy_from_slice(b"././@LongLink");
+        h.set_size(claimed);
+        h.set_cksum();
+        let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+        std::io::Write::write_all(&mut gz, h.as_bytes()).unwrap();
+        std::io::Write::write_all(&mut gz, &vec![b'a'; present]).unwrap();
+        gz.finish().unwrap()
+    }
+
+    #[tokio::test]
+    async fn archives_over_the_caps_are_refused_and_not_kept() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = BlobStore::open(dir.path().join("c")).unwrap();
+        let bomb = long_name_bomb(16 << 20, 1 << 20);
+        let d = digest_of(&bomb);
+        match store.put(&d, stream(bomb), 1 << 20).await {
+            Err(BlobError::Refused(e @ check::CheckError::HeadersTooLarge { .. })) => {
+                assert!(e.to_string().contains("16777216"), "{e}")
+            }
+            other => panic!("{other:?}"),
+        }
+        assert!(!store.exists(&d).await);
+
+        let store = store.with_limits(Limits {
+            max_bytes: 10,
+            max_entries: 10,
+        });
+        let bytes = archive(&[("Dockerfile", b"FROM scratch\n")]);
+        let d = digest_of(&bytes);
+        assert!(matches!(
+            store.put(&d, stream(bytes), 1 << 20).await,
+            Err(BlobError::Refused(check::CheckError::TooLarge {
+                limit: 10,
+                ..
+            }))
+        ));
+        assert_eq!(std::fs::read_dir(dir.path().join("c")).unwrap().count(), 0);
+    }
+
+    #[tokio::test]
+    async fn finding_a_file_reads_within_the_caps() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = BlobStore::open(dir.path().join("c")).unwrap();
+        // As if stored before the caps existed: written straight into place.
+        let bomb = long_name_bomb(16 << 20, 1 << 20);
+        let d = digest_of(&bomb);
+        std::fs::write(store.path(&d), bomb).unwrap();
+        assert!(matches!(
+            store.contains_file(&d, "Dockerfile").await,
+            Err(BlobError::Refused(
+                check::CheckError::HeadersTooLarge { .. }
+            ))
+        ));
     }
 }

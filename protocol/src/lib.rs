@@ -6,10 +6,12 @@
 //! * [`api`]: the JSON bodies of the coordinator's HTTP API, for CI clients and agents alike.
 //! * [`events`]: the Server-Sent Events of job and farm streams.
 //! * [`tokens`]: join and API tokens, their scopes and prefixes.
+//! * [`limits`]: caps on a build context archive, the same on the coordinator and agents.
 
 pub mod api;
 pub mod duration;
 pub mod events;
+pub mod limits;
 pub mod platform;
 pub mod reference;
 pub mod secret;

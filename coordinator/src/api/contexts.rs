@@ -74,8 +74,16 @@ async fn upload(
         Err(e @ BlobError::DigestMismatch { .. }) => {
             return Err(ApiError::bad("digest_mismatch", e.to_string()))
         }
-        Err(e @ BlobError::NotAnArchive(_)) => {
-            return Err(ApiError::bad("invalid_context", e.to_string()))
+        Err(BlobError::Refused(e)) => {
+            tracing::warn!(context = %digest, code = e.code(), error = %e, "context refused");
+            return Err(if e.over_limit() {
+                ApiError::TooLarge {
+                    code: e.code(),
+                    message: e.to_string(),
+                }
+            } else {
+                ApiError::bad(e.code(), e.to_string())
+            });
         }
         Err(e @ BlobError::Body(_)) => return Err(ApiError::bad("upload_failed", e.to_string())),
         Err(BlobError::Io(e)) => return Err(e.into()),

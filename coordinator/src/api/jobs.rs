@@ -239,7 +239,14 @@ async fn create(
         .blobs
         .contains_file(&job.context, &job.dockerfile)
         .await
-        .map_err(|e| ApiError::Internal(e.into()))?;
+        .map_err(|e| match e {
+            // An archive stored before the caps existed may break them: the job cannot use it.
+            crate::blobs::BlobError::Refused(e) => ApiError::bad(
+                e.code(),
+                format!("context {} cannot be used: {e}", job.context),
+            ),
+            e => ApiError::Internal(e.into()),
+        })?;
     if !has_dockerfile {
         return Err(ApiError::bad(
             "missing_dockerfile",

@@ -5,14 +5,19 @@
 //! * [`secret`]: tokens that never show in logs.
 //! * [`api`]: the JSON bodies of the coordinator's HTTP API, for CI clients and agents alike.
 //! * [`events`]: the Server-Sent Events of job and farm streams.
+//! * [`registry_auth`]: registry credentials from Docker's `config.json`; [`redact`]: hiding secret
+//!   values in log lines.
 
 pub mod api;
 pub mod duration;
 pub mod events;
 pub mod platform;
+pub mod redact;
 pub mod reference;
+pub mod registry_auth;
 pub mod secret;
 
 pub use platform::{Platform, PlatformError};
 pub use reference::{Digest, ImageRef, ReferenceError};
+pub use registry_auth::{RegistryAuths, RegistryCredential};
 pub use secret::Secret;

@@ -418,6 +418,8 @@ fn a_lease(context: &[u8]) -> Lease {
         repository: "team/app".into(),
         insecure_registry: true,
         heartbeat_interval_secs: 1,
+        registry_auth: None,
+        secret_build_args: Vec::new(),
     }
 }
 
@@ -448,6 +450,7 @@ fn spawn_agent(url: &str, join: &str, behaviour: Behaviour) -> Agent {
         }),
         limits: Limits::default(),
         backoff: Backoff::new(Duration::from_millis(10), Duration::from_millis(50)),
+        registry: Default::default(),
     };
     let (tx, rx) = tokio::sync::mpsc::unbounded_channel::<()>();
     let signals =

@@ -214,6 +214,10 @@ pub struct BuildArgs {
     /// GITLAB_USER_LOGIN or BUILDKITE_BUILD_CREATOR, else USER@HOST].
     #[arg(long, env = "ARCHFARM_SUBMITTER", value_name = "NAME")]
     pub submitter: Option<String>,
+    /// Treat the value of build argument NAME (given with --build-arg) as secret: the job shows it
+    /// as [redacted] and build logs have it replaced by [redacted]; repeatable.
+    #[arg(long = "secret-build-arg", value_name = "NAME")]
+    pub secret_build_args: Vec<String>,
     /// Context directory.
     #[arg(value_name = "CONTEXT")]
     pub context: PathBuf,

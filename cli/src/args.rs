@@ -73,6 +73,8 @@ pub struct Connection {
 }
 
 /// The subcommands.
+// Parsed once per process: the size of the `build` variant costs nothing worth a Box.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Build an image for several platforms and push it as one image index.

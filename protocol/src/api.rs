@@ -601,7 +601,10 @@ mod tests {
         let mut l: Lease = serde_json::from_value(lease).unwrap();
         assert!(l.registry_auth.is_none() && l.secret_build_args.is_empty());
         let json = serde_json::to_string(&l).unwrap();
-        assert!(!json.contains("registry_auth") && !json.contains("secret_build_args"), "{json}");
+        assert!(
+            !json.contains("registry_auth") && !json.contains("secret_build_args"),
+            "{json}"
+        );
         l.registry_auth = Some(crate::RegistryCredential::Basic {
             username: "u".into(),
             password: crate::Secret::new("hunter2"),

@@ -125,6 +125,7 @@ impl Buildah {
                 )?,
             ),
         };
+        // `build_args` starts with the subcommand; the registry options go right after it.
         let mut build = self.command();
         build.args(["build"]);
         if let Some(file) = &auth_file {

@@ -665,6 +665,48 @@ async fn a_failed_build_reports_one_line() {
 }
 
 #[tokio::test]
+async fn secret_values_are_redacted_from_lines_and_the_failure() {
+    let ctx = context_archive();
+    let mut lease = a_lease(&ctx);
+    // The fake backend prints "Error: it broke" and fails with that as its last line.
+    lease.build_args = BTreeMap::from([
+        ("WORD".to_string(), "broke".to_string()),
+        ("SHOWN".to_string(), "it".to_string()),
+    ]);
+    lease.secret_build_args = vec!["WORD".into()];
+    lease.registry_auth = Some(archfarm_protocol::RegistryCredential::Basic {
+        username: "ci".into(),
+        password: Secret::new("Error"),
+    });
+    let (url, s) = start(Fake {
+        context: ctx,
+        leases: VecDeque::from([lease]),
+        ..Default::default()
+    })
+    .await;
+    let agent = spawn_agent(&url, JOIN, Behaviour::Fail);
+    until(&s, "fail", |f| !f.fails.is_empty()).await;
+    {
+        let f = s.lock().unwrap();
+        assert_eq!(
+            f.fails[0].error,
+            "buildah build exited with status 1: [redacted]: it [redacted]"
+        );
+        assert!(
+            f.lines.iter().any(|l| l == "[redacted]: it [redacted]"),
+            "{:?}",
+            f.lines
+        );
+        assert!(
+            f.lines.iter().all(|l| !l.contains("broke")),
+            "{:?}",
+            f.lines
+        );
+    }
+    agent.shutdown().await.unwrap();
+}
+
+#[tokio::test]
 async fn a_bad_context_digest_fails_the_build() {
     let lease = a_lease(b"something else");
     let (url, s) = start(Fake {

@@ -76,7 +76,7 @@ pub async fn run(
 ) -> anyhow::Result<()> {
     // Before anything else: a broken credentials file must stop the start, not the first job.
     let registry = registry::RegistryAccess::load(&config)?;
-    registry.log_summary();
+    registry.log_summary(&config);
     std::fs::create_dir_all(&config.data_dir).with_context(|| {
         format!(
             "cannot create the data directory {}",

@@ -40,8 +40,9 @@ impl RegistryAccess {
         Ok(RegistryAccess { auths, ca_cert })
     }
 
-    /// Logs what was loaded: registry names and credential kinds, nothing secret.
-    pub fn log_summary(&self) {
+    /// Logs what was loaded: registry names and credential kinds, nothing secret; warns about
+    /// credentials that would cross the network in clear (a registry listed as insecure).
+    pub fn log_summary(&self, config: &Config) {
         for helper in &self.auths.ignored_helpers {
             tracing::warn!(
                 key = %helper,
@@ -51,6 +52,13 @@ impl RegistryAccess {
         for registry in self.auths.registries() {
             let kind = self.auths.get(registry).map_or("", |c| c.kind());
             tracing::info!(registry, kind, "registry credential loaded");
+            if config.insecure_registries.iter().any(|r| r == registry) {
+                tracing::warn!(
+                    registry,
+                    "this registry is spoken to over plain HTTP (--insecure-registry): its \
+                     credential crosses the network unencrypted"
+                );
+            }
             if kind == "identity token" {
                 tracing::warn!(
                     registry,

@@ -2,6 +2,7 @@
 # Prepares a Debian/Ubuntu machine to build, test and demo archfarm:
 #   * the container tools the agents and the tests use (buildah, skopeo, umoci, docker-registry),
 #   * headless Chromium and its WebDriver (chromium, chromium-driver) for the dashboard's browser test,
+#   * htpasswd (apache2-utils) and openssl for the authenticated TLS registry of tests/registry_auth.rs,
 #   * QEMU user-mode emulation registered with binfmt_misc (arm64, ppc64le, s390x, arm, riscv64),
 #   * the example's per-architecture base file systems (a static busybox from Debian for each),
 #   * cargo-fuzz and the nightly toolchain it needs, for the fuzz targets in fuzz/ (scripts/fuzz.sh).
@@ -109,6 +110,10 @@ declare -A NEED=(
     # The dashboard's browser test drives headless Chromium through chromedriver (WebDriver).
     [chromium]=chromium
     [chromedriver]=chromium-driver
+    # bcrypt htpasswd files for the authenticated registry of tests/registry_auth.rs; openssl makes
+    # its self-signed CA and certificate.
+    [htpasswd]=apache2-utils
+    [openssl]=openssl
 )
 missing=()
 for cmd in "${!NEED[@]}"; do
@@ -132,7 +137,7 @@ if [ "${#missing[@]}" -gt 0 ]; then
     apt_update
     as_root apt-get install -y -qq --no-install-recommends "${missing[@]}"
 else
-    say "packages present: buildah skopeo umoci docker-registry qemu-user-static binfmt-support curl chromium chromium-driver"
+    say "packages present: buildah skopeo umoci docker-registry qemu-user-static binfmt-support curl chromium chromium-driver apache2-utils openssl"
 fi
 
 # --- binfmt_misc and QEMU handlers ------------------------------------------------------------------

@@ -52,6 +52,16 @@ pub struct Config {
     /// comma-separated list, each of which needs an enabled handler. Default: `auto`.
     #[arg(long, env = "ARCHFARM_EMULATE", default_value = "auto")]
     pub emulate: Emulate,
+
+    /// Docker `config.json` with this agent's own registry credentials, used for a build's
+    /// registry when its lease carries none from the coordinator. Default: none.
+    #[arg(long, env = "ARCHFARM_REGISTRY_AUTH")]
+    pub registry_auth: Option<PathBuf>,
+
+    /// PEM file of extra root CA certificates trusted for registries spoken to over TLS (pushes
+    /// and buildah's base-image pulls), on top of the system's. Default: none.
+    #[arg(long, env = "ARCHFARM_REGISTRY_CA_CERT")]
+    pub registry_ca_cert: Option<PathBuf>,
 }
 
 /// Which platforms the agent offers under QEMU emulation.

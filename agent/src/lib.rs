@@ -9,7 +9,8 @@
 //! * [`context`]: fetching and safely unpacking build contexts.
 //! * [`backend`]: builders behind one trait; [`backend::buildah`] first.
 //! * [`push`]: uploading an OCI layout's image to a registry under its own digest.
-//!   [`registry_error`] sorts its failures into transient and permanent ones.
+//!   [`registry_error`] sorts its failures into transient and permanent ones; [`registry_auth`]
+//!   holds registry credentials and the private auth file buildah reads.
 //! * [`runner`]: one leased build from start to end; [`logs`]: its log lines, batched.
 //! * [`workdir`]: the layout of the agent's work directory.
 //!
@@ -26,6 +27,7 @@ pub mod context;
 pub mod detect;
 pub mod logs;
 pub mod push;
+pub mod registry_auth;
 pub mod registry_error;
 pub mod runner;
 pub mod session;
@@ -136,6 +138,11 @@ pub async fn run(
         &config.emulate,
         detect::BINFMT_DIR.as_ref(),
     )?;
+    let registry = registry_auth::RegistryAccess::load(
+        config.registry_auth.as_deref(),
+        config.registry_ca_cert.as_deref(),
+    )
+    .map_err(AgentError::Config)?;
     let work_dir =
         workdir::WorkDir::create(&config.work_dir).map_err(|source| AgentError::WorkDir {
             path: config.work_dir.clone(),
@@ -150,7 +157,20 @@ pub async fn run(
         coordinator = %config.coordinator,
         "starting"
     );
-    let backend: Arc<dyn Backend> = Arc::new(Buildah::new(&work_dir.storage()));
+    for registry in registry.own.registries() {
+        tracing::info!(registry, "own registry credential loaded");
+    }
+    let mut buildah = Buildah::new(&work_dir.storage());
+    let cert_dir = registry
+        .write_cert_dir(&work_dir.root().join("registry-ca"))
+        .map_err(|source| AgentError::WorkDir {
+            path: work_dir.root().join("registry-ca"),
+            source,
+        })?;
+    if let (Some(pem), Some(dir)) = (&registry.ca_cert, cert_dir) {
+        buildah = buildah.with_registry_ca(pem.clone(), dir);
+    }
+    let backend: Arc<dyn Backend> = Arc::new(buildah);
     backend.prepare().await?;
     let client = CoordinatorClient::new(config.coordinator.clone());
     let session = session::Session {
@@ -163,6 +183,7 @@ pub async fn run(
         backend,
         limits: context::Limits::default(),
         backoff: backoff::Backoff::default(),
+        registry: Arc::new(registry),
     };
     session.run(signals).await
 }

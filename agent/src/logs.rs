@@ -8,6 +8,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use archfarm_protocol::api::MAX_LOG_BATCH_BYTES;
+use archfarm_protocol::redact::Redactor;
 use tokio::sync::mpsc;
 use tokio::time::{timeout_at, Instant};
 use tokio_util::sync::CancellationToken;
@@ -100,6 +101,9 @@ pub struct LogTarget {
     pub build_id: Uuid,
     /// The lease's fencing token.
     pub lease_token: Uuid,
+    /// Secret values (secret build arguments, the registry credential) replaced by `[redacted]`
+    /// in every line before it is sent. A value split across two lines cannot be matched.
+    pub redactor: Redactor,
 }
 
 /// Sends every line of `rx` until it closes. A 409 (or 401) means the lease is gone: `lost` is
@@ -116,7 +120,8 @@ pub async fn forward(target: LogTarget, rx: mpsc::Receiver<String>, lost: Cancel
             _ = lost.cancelled() => return,
             b = batches.next() => b,
         };
-        let Some(batch) = batch else { break };
+        let Some(mut batch) = batch else { break };
+        target.redactor.redact_all(&mut batch);
         let n = batch.len();
         if truncated {
             past_cap += n;

@@ -14,9 +14,8 @@ use std::time::Duration;
 
 use archfarm_protocol::Digest;
 use futures::TryStreamExt;
-use oci_client::client::{ClientConfig, ClientProtocol};
+use oci_client::client::{Certificate, CertificateEncoding, ClientConfig, ClientProtocol};
 use oci_client::errors::OciDistributionError;
-use oci_client::secrets::RegistryAuth;
 use oci_client::{Client, Reference, RegistryOperation};
 use reqwest::header::HeaderValue;
 use serde::Deserialize;
@@ -85,6 +84,10 @@ pub struct Target {
     pub repository: String,
     /// Plain HTTP instead of HTTPS.
     pub insecure: bool,
+    /// The credential to push with; none means anonymous.
+    pub auth: Option<archfarm_protocol::RegistryCredential>,
+    /// Extra root CA certificates (PEM) trusted on top of the system's.
+    pub ca_cert: Option<Vec<u8>>,
 }
 
 /// A blob of the image, as a file in the layout.
@@ -282,10 +285,19 @@ fn client_for(target: &Target) -> Client {
     } else {
         ClientProtocol::Https
     };
+    let extra_root_certificates = target
+        .ca_cert
+        .iter()
+        .map(|pem| Certificate {
+            encoding: CertificateEncoding::Pem,
+            data: pem.clone(),
+        })
+        .collect();
     Client::new(ClientConfig {
         protocol,
         connect_timeout: Some(REGISTRY_CONNECT_TIMEOUT),
         read_timeout: Some(REGISTRY_READ_TIMEOUT),
+        extra_root_certificates,
         ..Default::default()
     })
 }
@@ -324,7 +336,15 @@ async fn push_once(
             source: Box::new(source),
         }
     };
-    let auth = RegistryAuth::Anonymous;
+    let auth = crate::registry_auth::oci_auth(target.auth.as_ref(), &target.registry).map_err(
+        |message| PushError::Registry {
+            registry: target.registry.clone(),
+            action: "authenticating for push".into(),
+            failure: Failure::Permanent(message.clone()),
+            gave_up: None,
+            source: Box::new(OciDistributionError::GenericError(Some(message))),
+        },
+    )?;
     client
         .auth(&reference, &auth, RegistryOperation::Push)
         .await

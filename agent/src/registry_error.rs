@@ -154,8 +154,8 @@ fn classify_envelope(envelope: &OciEnvelope) -> Failure {
 
 fn denied(detail: &str) -> String {
     format!(
-        "the registry refused the credentials ({detail}); the agent pushes anonymously, so the \
-         repository must accept anonymous pushes from it"
+        "the registry refused the credentials ({detail}); give the coordinator's \
+         --registry-auth (or the agent's own) a credential for this registry that may push to it"
     )
 }
 

@@ -11,6 +11,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use archfarm_protocol::api::{CompleteRequest, FailRequest, Lease};
+use archfarm_protocol::redact::Redactor;
+use archfarm_protocol::RegistryCredential;
 use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
 
@@ -19,6 +21,7 @@ use crate::backoff::Backoff;
 use crate::client::{ClientError, CoordinatorClient};
 use crate::context::{self, Limits};
 use crate::logs::{self, LogTarget};
+use crate::registry_auth::RegistryAccess;
 use crate::session::Credentials;
 use crate::workdir::WorkDir;
 
@@ -49,6 +52,8 @@ pub struct BuildEnv {
     pub limits: Limits,
     /// Backoff between attempts at the final report (tests shorten it).
     pub report_backoff: Backoff,
+    /// The agent's own registry credentials, used when a lease carries none.
+    pub registry: Arc<RegistryAccess>,
 }
 
 /// Runs one leased build to its end; never fails, only logs: errors go to the coordinator as `fail`.
@@ -61,11 +66,23 @@ pub async fn run_build(
     let id = lease.build_id;
     info!(build.id = %id, job.id = %lease.job_id, platform = %lease.platform, mode = %lease.mode, "leased");
     let (log, rx) = LogSink::channel(LOG_CHANNEL);
+    let registry_auth = env
+        .registry
+        .resolve(lease.registry_auth.as_ref(), &lease.registry);
+    // Secret build arguments and the registry credential never leave the agent in a log line or
+    // a failure message.
+    let redactor = Redactor::for_build_args(&lease.build_args, &lease.secret_build_args).with(
+        registry_auth
+            .iter()
+            .flat_map(|c| c.secrets())
+            .map(|s| s.expose()),
+    );
     let target = LogTarget {
         client: env.client.clone(),
         creds: creds.clone(),
         build_id: id,
         lease_token: lease.lease_token,
+        redactor: redactor.clone(),
     };
     let forwarder = tokio::spawn(logs::forward(target, rx, cancel.clone()));
     let hb_stop = CancellationToken::new();
@@ -79,7 +96,7 @@ pub async fn run_build(
     ));
 
     let started = std::time::Instant::now();
-    let result = execute(&env, &creds, &lease, &log, &cancel).await;
+    let result = execute(&env, &creds, &lease, registry_auth, &log, &cancel).await;
     // Every line must reach the coordinator before the result does.
     drop(log);
     let _ = forwarder.await;
@@ -102,7 +119,7 @@ pub async fn run_build(
                 .await;
             }
             Err(e) => {
-                let message = one_line(&e.to_string());
+                let message = one_line(&redactor.redact(&e.to_string()));
                 warn!(build.id = %id, error = %message, "build failed");
                 let req = FailRequest {
                     lease_token: lease.lease_token,
@@ -131,6 +148,7 @@ async fn execute(
     env: &BuildEnv,
     creds: &Credentials,
     lease: &Lease,
+    registry_auth: Option<RegistryCredential>,
     log: &LogSink,
     cancel: &CancellationToken,
 ) -> Result<PushedImage, BuildError> {
@@ -169,6 +187,7 @@ async fn execute(
         registry: lease.registry.clone(),
         repository: lease.repository.clone(),
         insecure_registry: lease.insecure_registry,
+        registry_auth,
     };
     Ok(env
         .backend

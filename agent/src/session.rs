@@ -62,6 +62,8 @@ pub struct Session {
     pub limits: Limits,
     /// Backoff between failed calls (tests shorten it).
     pub backoff: Backoff,
+    /// The agent's own registry credentials and CA.
+    pub registry: Arc<crate::registry_auth::RegistryAccess>,
 }
 
 impl Session {
@@ -94,6 +96,7 @@ impl Session {
             work_dir: self.work_dir.clone(),
             limits: self.limits,
             report_backoff: self.backoff.clone(),
+            registry: self.registry.clone(),
         });
         // Parent of every build's cancellation token; fires only when builds are abandoned.
         let kill = CancellationToken::new();

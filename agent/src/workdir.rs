@@ -7,6 +7,9 @@
 //! WORK_DIR/storage/          buildah --root/--runroot
 //! WORK_DIR/contexts/<hex>.tar.gz   verified context archives, by digest
 //! WORK_DIR/builds/<build id>/      context/, oci/, tmp/ of one build; removed afterwards
+//!                                  (auth-<random>/auth.json, 0700/0600: the registry credential
+//!                                  for buildah, only while `buildah build` runs)
+//! WORK_DIR/registry-ca/ca.crt      --registry-ca-cert, for `buildah --cert-dir`
 //! ```
 
 use std::fs::{DirBuilder, File};

@@ -153,6 +153,7 @@ impl Fixture {
             registry: registry.to_string(),
             repository: "team/app".into(),
             insecure_registry: true,
+            registry_auth: None,
         }
     }
 
@@ -275,6 +276,8 @@ async fn builds_and_pushes_by_digest_to_a_real_registry() {
             registry: reg.addr.clone(),
             repository: "team/app".into(),
             insecure: true,
+            auth: None,
+            ca_cert: None,
         };
         let again = push::push(&layout, &target, &log).await.unwrap();
         assert_eq!(again, img);

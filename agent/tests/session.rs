@@ -418,6 +418,8 @@ fn a_lease(context: &[u8]) -> Lease {
         repository: "team/app".into(),
         insecure_registry: true,
         heartbeat_interval_secs: 1,
+        registry_auth: None,
+        secret_build_args: Vec::new(),
     }
 }
 
@@ -448,6 +450,7 @@ fn spawn_agent(url: &str, join: &str, behaviour: Behaviour) -> Agent {
         }),
         limits: Limits::default(),
         backoff: Backoff::new(Duration::from_millis(10), Duration::from_millis(50)),
+        registry: Default::default(),
     };
     let (tx, rx) = tokio::sync::mpsc::unbounded_channel::<()>();
     let signals =
@@ -658,6 +661,48 @@ async fn a_failed_build_reports_one_line() {
         "buildah build exited with status 1: Error: it broke"
     );
     assert!(s.lock().unwrap().completes.is_empty());
+    agent.shutdown().await.unwrap();
+}
+
+#[tokio::test]
+async fn secret_values_are_redacted_from_lines_and_the_failure() {
+    let ctx = context_archive();
+    let mut lease = a_lease(&ctx);
+    // The fake backend prints "Error: it broke" and fails with that as its last line.
+    lease.build_args = BTreeMap::from([
+        ("WORD".to_string(), "broke".to_string()),
+        ("SHOWN".to_string(), "it".to_string()),
+    ]);
+    lease.secret_build_args = vec!["WORD".into()];
+    lease.registry_auth = Some(archfarm_protocol::RegistryCredential::Basic {
+        username: "ci".into(),
+        password: Secret::new("Error"),
+    });
+    let (url, s) = start(Fake {
+        context: ctx,
+        leases: VecDeque::from([lease]),
+        ..Default::default()
+    })
+    .await;
+    let agent = spawn_agent(&url, JOIN, Behaviour::Fail);
+    until(&s, "fail", |f| !f.fails.is_empty()).await;
+    {
+        let f = s.lock().unwrap();
+        assert_eq!(
+            f.fails[0].error,
+            "buildah build exited with status 1: [redacted]: it [redacted]"
+        );
+        assert!(
+            f.lines.iter().any(|l| l == "[redacted]: it [redacted]"),
+            "{:?}",
+            f.lines
+        );
+        assert!(
+            f.lines.iter().all(|l| !l.contains("broke")),
+            "{:?}",
+            f.lines
+        );
+    }
     agent.shutdown().await.unwrap();
 }
 

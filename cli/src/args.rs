@@ -74,6 +74,8 @@ pub struct Connection {
 }
 
 /// The subcommands.
+// Parsed once per process: the size of the `build` variant costs nothing worth a Box.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Build an image for several platforms and push it as one image index.
@@ -308,6 +310,10 @@ pub struct BuildArgs {
     /// GITLAB_USER_LOGIN or BUILDKITE_BUILD_CREATOR, else USER@HOST].
     #[arg(long, env = "ARCHFARM_SUBMITTER", value_name = "NAME")]
     pub submitter: Option<String>,
+    /// Treat the value of build argument NAME (given with --build-arg) as secret: the job shows it
+    /// as [redacted] and build logs have it replaced by [redacted]; repeatable.
+    #[arg(long = "secret-build-arg", value_name = "NAME")]
+    pub secret_build_args: Vec<String>,
     /// Context directory.
     #[arg(value_name = "CONTEXT")]
     pub context: PathBuf,

@@ -119,6 +119,7 @@ pub async fn build(conn: &Connection, args: &BuildArgs) -> Result<u8, Error> {
             .collect(),
         timeout_secs: plan.timeout.map(|t| t.as_secs()),
         submitter: plan.submitter.clone(),
+        secret_build_args: plan.secret_build_args.clone(),
     };
     let job = client.submit_job(&request).await?;
     let id = job.id;

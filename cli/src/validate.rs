@@ -44,6 +44,8 @@ pub struct BuildPlan {
     pub detach: bool,
     /// Who submits, as shown on the dashboard.
     pub submitter: Option<String>,
+    /// Names of build arguments whose values are secret; each is a key of `build_args`.
+    pub secret_build_args: Vec<String>,
 }
 
 impl BuildPlan {
@@ -56,6 +58,7 @@ impl BuildPlan {
         let optional_platforms = parse_optional_platforms(&args.optional_platforms, &platforms)?;
         let tags = parse_tags(&args.tags)?;
         let build_args = parse_build_args(&args.build_args, &env)?;
+        let secret_build_args = check_secret_build_args(&args.secret_build_args, &build_args)?;
         let target = match args.target.as_deref() {
             Some(t) if t.trim().is_empty() => {
                 return Err(UsageError(
@@ -85,6 +88,7 @@ impl BuildPlan {
                 Some(s) if !s.is_empty() => Some(check_submitter(s)?),
                 _ => default_submitter(&env, local_host_name),
             },
+            secret_build_args,
         })
     }
 }
@@ -212,6 +216,27 @@ pub fn parse_tags(values: &[String]) -> Result<Vec<String>, UsageError> {
         };
         if !out.contains(&tag) {
             out.push(tag);
+        }
+    }
+    Ok(out)
+}
+
+/// `--secret-build-arg NAME`: each must name a build argument that has a value.
+pub fn check_secret_build_args(
+    names: &[String],
+    build_args: &BTreeMap<String, String>,
+) -> Result<Vec<String>, UsageError> {
+    let mut out: Vec<String> = Vec::new();
+    for name in names {
+        if !build_args.contains_key(name) {
+            return Err(UsageError(format!(
+                "--secret-build-arg {name}: there is no build argument {name}; give its value \
+                 with --build-arg {name}=VALUE (or --build-arg {name} with {name} set in the \
+                 environment)"
+            )));
+        }
+        if !out.contains(name) {
+            out.push(name.clone());
         }
     }
     Ok(out)
@@ -505,6 +530,20 @@ mod tests {
         let d = format!("localhost:5000/app@sha256:{}", "a".repeat(64));
         let e = parse_tags(&[d]).unwrap_err();
         assert!(e.0.contains("has a digest"), "{e}");
+    }
+
+    #[test]
+    fn secret_build_args_need_a_value() {
+        let args = parse_build_args(&strings(&["TOKEN=t", "EMPTY="]), |_| None).unwrap();
+        assert_eq!(
+            check_secret_build_args(&strings(&["TOKEN", "EMPTY", "TOKEN"]), &args).unwrap(),
+            ["TOKEN", "EMPTY"]
+        );
+        let e = check_secret_build_args(&strings(&["UNSET"]), &args).unwrap_err();
+        assert!(
+            e.0.starts_with("--secret-build-arg UNSET: there is no build argument UNSET"),
+            "{e}"
+        );
     }
 
     #[test]

@@ -91,6 +91,26 @@ pub struct Config {
     /// then the coordinator refuses to start that way.
     #[arg(long, env = "ARCHFARM_INSECURE_OPEN")]
     pub insecure_open: bool,
+
+    /// Docker `config.json` with registry credentials (`{"auths": {"HOST[:PORT]": {"auth":
+    /// "BASE64(user:password)"}}}`), read at start; used for stitching and handed to the agent of
+    /// each build for that job's registry only. Default: none (registries are used anonymously).
+    #[arg(long, env = "ARCHFARM_REGISTRY_AUTH")]
+    pub registry_auth: Option<PathBuf>,
+
+    /// PEM file of extra root CA certificates trusted for registries spoken to over TLS, on top
+    /// of the system's (e.g. a registry with a self-signed certificate). Default: none.
+    #[arg(long, env = "ARCHFARM_REGISTRY_CA_CERT")]
+    pub registry_ca_cert: Option<PathBuf>,
+
+    /// Registry (HOST[:PORT]) always spoken to over HTTPS, even on loopback (which is otherwise
+    /// plain HTTP); repeatable. Agents follow the coordinator's choice. Default: none.
+    #[arg(
+        long = "secure-registry",
+        env = "ARCHFARM_SECURE_REGISTRY",
+        value_delimiter = ','
+    )]
+    pub secure_registries: Vec<String>,
 }
 
 impl Config {
@@ -136,6 +156,13 @@ impl Config {
     /// Whether pushes to and pulls from `registry` use plain HTTP.
     pub fn is_insecure(&self, registry: &str) -> bool {
         let host = archfarm_protocol::reference::host_of(registry);
+        if self
+            .secure_registries
+            .iter()
+            .any(|r| r == registry || r == host)
+        {
+            return false;
+        }
         let loopback = host == "localhost"
             || host == "[::1]"
             || host
@@ -175,6 +202,12 @@ mod tests {
         assert!(c.is_insecure("other:443"));
         assert!(!c.is_insecure("registry.example.com"));
         assert_eq!(c.lease_ttl(), Duration::from_secs(15));
+        let c = parse(&["--secure-registry", "127.0.0.1:5443"]);
+        assert!(
+            !c.is_insecure("127.0.0.1:5443"),
+            "listed: TLS even on loopback"
+        );
+        assert!(c.is_insecure("127.0.0.1:5000"));
     }
 
     #[test]

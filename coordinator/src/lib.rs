@@ -10,6 +10,7 @@ pub mod config;
 pub mod logs;
 pub mod metrics;
 pub mod progress;
+pub mod registry;
 pub mod scheduler;
 pub mod stitch;
 pub mod store;
@@ -52,6 +53,8 @@ pub struct App {
     pub metrics: Arc<Metrics>,
     /// Cancelled when the coordinator stops; long polls and background tasks watch it.
     pub shutdown: CancellationToken,
+    /// Registry credentials (`--registry-auth`) and extra CA (`--registry-ca-cert`); in memory only.
+    pub registry: registry::RegistryAccess,
 }
 
 /// Shared handle to the [`App`], cloned into every handler.
@@ -74,6 +77,9 @@ pub async fn run(
     config
         .check_exposure(listener.local_addr()?)
         .map_err(anyhow::Error::msg)?;
+    // Before anything else: a broken credentials file must stop the start, not the first job.
+    let registry = registry::RegistryAccess::load(&config)?;
+    registry.log_summary(&config);
     std::fs::create_dir_all(&config.data_dir).with_context(|| {
         format!(
             "cannot create the data directory {}",
@@ -115,6 +121,7 @@ pub async fn run(
         changes: Changes::new(),
         metrics,
         shutdown: token.clone(),
+        registry,
     }));
 
     // Agents need a heartbeat interval to find a restarted coordinator; until then their leases

@@ -181,12 +181,23 @@ async fn stitch_job(state: &AppState, job_id: Uuid) -> StoreResult<()> {
         .into_iter()
         .filter(|b| b.state == BuildState::Succeeded)
         .collect();
-    let client = stitch::client_for(&job.registry, state.config.is_insecure(&job.registry));
+    let client = state
+        .registry
+        .client_for(&job.registry, state.config.is_insecure(&job.registry));
+    let auth = state.registry.oci_auth(&job.registry);
     let started = std::time::Instant::now();
     let deadline = started + Duration::from_secs(state.config.stitch_retry_secs);
     let mut delay = Duration::from_millis(500);
     let outcome = loop {
-        match stitch::stitch(&client, &job, &builds).await {
+        let attempt = match &auth {
+            Ok(auth) => stitch::stitch(&client, auth, &job, &builds).await,
+            Err(message) => Err(StitchError::Registry {
+                registry: job.registry.clone(),
+                message: message.clone(),
+                transient: false,
+            }),
+        };
+        match attempt {
             Err(
                 e @ StitchError::Registry {
                     transient: true, ..

@@ -4,10 +4,7 @@
 //! reported digest, and its image config must name the platform the build was for, so a mislabelled
 //! agent cannot put an amd64 image into a release's arm64 slot.
 
-use std::time::Duration;
-
 use archfarm_protocol::Platform;
-use oci_client::client::{ClientConfig, ClientProtocol};
 use oci_client::errors::OciDistributionError;
 use oci_client::manifest::{
     ImageIndexEntry, OciImageIndex, OciImageManifest, Platform as OciPlatform,
@@ -73,34 +70,25 @@ struct ConfigPlatform {
     variant: Option<String>,
 }
 
-/// A client for `registry`, over plain HTTP when `insecure`.
+/// A client for `registry`, over plain HTTP when `insecure`, trusting the system's roots only
+/// (the coordinator uses [`crate::registry::RegistryAccess::client_for`], which adds its CA).
 pub fn client_for(registry: &str, insecure: bool) -> Client {
-    let protocol = if insecure {
-        ClientProtocol::HttpsExcept(vec![registry.to_string()])
-    } else {
-        ClientProtocol::Https
-    };
-    // A registry that stops answering must not hold a job in stitching forever.
-    Client::new(ClientConfig {
-        protocol,
-        connect_timeout: Some(Duration::from_secs(10)),
-        read_timeout: Some(Duration::from_secs(60)),
-        ..Default::default()
-    })
+    crate::registry::RegistryAccess::default().client_for(registry, insecure)
 }
 
-/// Verifies every build's manifest and pushes the index under every tag of the job.
+/// Verifies every build's manifest and pushes the index under every tag of the job, with `auth`
+/// (the job's registry's credential, or anonymous).
 pub async fn stitch(
     client: &Client,
+    auth: &RegistryAuth,
     job: &JobRow,
     builds: &[BuildRow],
 ) -> Result<Stitched, StitchError> {
     let registry_err = |e: OciDistributionError| StitchError::Registry {
         registry: job.registry.clone(),
         transient: is_transient(&e),
-        message: e.to_string(),
+        message: registry_message(&e),
     };
-    let auth = RegistryAuth::Anonymous;
     let mut entries = Vec::with_capacity(builds.len());
     for build in builds {
         let digest = build
@@ -117,7 +105,7 @@ pub async fn stitch(
         let (bytes, _) = client
             .pull_manifest_raw(
                 &reference,
-                &auth,
+                auth,
                 &[OCI_IMAGE_MEDIA_TYPE, IMAGE_MANIFEST_MEDIA_TYPE],
             )
             .await
@@ -177,7 +165,7 @@ pub async fn stitch(
             transient: false,
         })?;
         client
-            .store_auth_if_needed(reference.resolve_registry(), &auth)
+            .store_auth_if_needed(reference.resolve_registry(), auth)
             .await;
         let content_type = media_type
             .parse()
@@ -192,6 +180,20 @@ pub async fn stitch(
         digest,
         media_type: media_type.to_string(),
     })
+}
+
+/// A registry failure in one line; a refused credential says so plainly, since oci-client's own
+/// words for it vary with the registry's authentication scheme.
+fn registry_message(e: &OciDistributionError) -> String {
+    match e {
+        OciDistributionError::AuthenticationFailure(_)
+        | OciDistributionError::UnauthorizedError { .. }
+        | OciDistributionError::ServerError { code: 401, .. } => format!(
+            "401 unauthorized: the registry refused the coordinator's credentials (or their \
+             absence; see --registry-auth): {e}"
+        ),
+        _ => e.to_string(),
+    }
 }
 
 /// Whether a registry failure may go away by itself: the registry is down or overloaded, as

@@ -132,6 +132,10 @@ pub struct JobRequest {
     /// Who asks, as the client declares it (e.g. the CI user, or `user@host`); shown, not trusted.
     #[serde(default)]
     pub submitter: Option<String>,
+    /// Names of `build_args` whose values are secret: shown as `[redacted]` in the job and
+    /// replaced by `[redacted]` in build logs. Each must be a key of `build_args`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub secret_build_args: Vec<String>,
 }
 
 /// Longest `submitter` the coordinator keeps.
@@ -330,6 +334,10 @@ pub struct Job {
     pub finished_at: Option<DateTime<Utc>>,
     /// One build per platform.
     pub builds: Vec<Build>,
+    /// Names of the build arguments whose values are secret (shown as `[redacted]` in
+    /// `build_args`).
+    #[serde(default)]
+    pub secret_build_args: Vec<String>,
 }
 
 /// One platform's build inside a job.
@@ -502,6 +510,14 @@ pub struct Lease {
     pub insecure_registry: bool,
     /// How often to heartbeat, in seconds.
     pub heartbeat_interval_secs: u64,
+    /// The credential for `registry` from the coordinator's `--registry-auth`, for this build's
+    /// push and the base images its Dockerfile pulls from that registry. Never stored by either
+    /// side; absent when the coordinator has none (the agent then uses its own, or none).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub registry_auth: Option<crate::RegistryCredential>,
+    /// Names of `build_args` whose values the agent replaces with `[redacted]` in log lines.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub secret_build_args: Vec<String>,
 }
 
 /// `POST /api/v1/builds/{id}/heartbeat`. A 409 answer means the lease is gone: stop the build.
@@ -585,6 +601,31 @@ mod tests {
         )
         .unwrap_err();
         assert!(e.to_string().contains("64 lowercase hex"), "{e}");
+    }
+
+    #[test]
+    fn a_lease_carries_a_credential_only_when_there_is_one() {
+        let d = format!("sha256:{}", "a".repeat(64));
+        let lease = serde_json::json!({
+            "build_id": Uuid::nil(), "job_id": Uuid::nil(), "lease_token": Uuid::nil(),
+            "platform": "linux/amd64", "mode": "native", "context": d, "dockerfile": "Dockerfile",
+            "build_args": {}, "target": null, "registry": "r.io", "repository": "a",
+            "insecure_registry": false, "heartbeat_interval_secs": 5
+        });
+        let mut l: Lease = serde_json::from_value(lease).unwrap();
+        assert!(l.registry_auth.is_none() && l.secret_build_args.is_empty());
+        let json = serde_json::to_string(&l).unwrap();
+        assert!(
+            !json.contains("registry_auth") && !json.contains("secret_build_args"),
+            "{json}"
+        );
+        l.registry_auth = Some(crate::RegistryCredential::Basic {
+            username: "u".into(),
+            password: crate::Secret::new("hunter2"),
+        });
+        let back: Lease = serde_json::from_str(&serde_json::to_string(&l).unwrap()).unwrap();
+        assert_eq!(back.registry_auth, l.registry_auth);
+        assert!(!format!("{l:?}").contains("hunter2"));
     }
 
     #[test]

@@ -7,16 +7,21 @@
 //! * [`events`]: the Server-Sent Events of job and farm streams.
 //! * [`tokens`]: join and API tokens, their scopes and prefixes.
 //! * [`limits`]: caps on a build context archive, the same on the coordinator and agents.
+//! * [`registry_auth`]: registry credentials from Docker's `config.json`; [`redact`]: hiding secret
+//!   values in log lines.
 
 pub mod api;
 pub mod duration;
 pub mod events;
 pub mod limits;
 pub mod platform;
+pub mod redact;
 pub mod reference;
+pub mod registry_auth;
 pub mod secret;
 pub mod tokens;
 
 pub use platform::{Platform, PlatformError};
 pub use reference::{Digest, ImageRef, ReferenceError};
+pub use registry_auth::{RegistryAuths, RegistryCredential};
 pub use secret::Secret;

@@ -164,6 +164,11 @@ impl Coordinator {
         self.daemon.log_tail(lines)
     }
 
+    /// Everything the coordinator has logged.
+    pub fn log(&self) -> String {
+        self.daemon.log()
+    }
+
     /// Panics with the log tail if the coordinator has died.
     pub fn assert_running(&mut self) {
         self.daemon.assert_running();

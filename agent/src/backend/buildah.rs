@@ -11,6 +11,7 @@ use tokio_util::sync::CancellationToken;
 use super::process::{run_logged, run_quiet};
 use super::{Backend, BackendError, BoxFuture, BuildSpec, LogSink, PushedImage};
 use crate::push::{self, Retry, Target};
+use crate::registry_auth::PrivateAuthFile;
 
 /// Builds with `buildah build --isolation chroot`, which works rootless or as root with no daemon.
 #[derive(Debug, Clone)]
@@ -19,6 +20,9 @@ pub struct Buildah {
     root: PathBuf,
     runroot: PathBuf,
     push_retry: Retry,
+    /// Extra root CA (PEM) for pushes, and the directory holding it as `ca.crt` for
+    /// `buildah --cert-dir` (base-image pulls).
+    registry_ca: Option<(Vec<u8>, PathBuf)>,
 }
 
 impl Buildah {
@@ -30,7 +34,15 @@ impl Buildah {
             root: storage.join("root"),
             runroot: storage.join("runroot"),
             push_retry: Retry::default(),
+            registry_ca: None,
         }
+    }
+
+    /// Trusts the CA certificates in `pem` (also written to `cert_dir` as `ca.crt`) for registries
+    /// spoken to over TLS, on top of the system's.
+    pub fn with_registry_ca(mut self, pem: Vec<u8>, cert_dir: PathBuf) -> Self {
+        self.registry_ca = Some((pem, cert_dir));
+        self
     }
 
     /// Retries pushes after transient registry failures as `retry` says (default: two minutes).
@@ -100,11 +112,33 @@ impl Buildah {
 
         log.note(format!("building {} with buildah", spec.platform))
             .await;
+        // Removed when this function returns, however it returns (or when its future is dropped).
+        let auth_file = match &spec.registry_auth {
+            None => None,
+            Some(credential) => Some(
+                PrivateAuthFile::create(&spec.build_dir, &spec.registry, credential).map_err(
+                    |source| BackendError::Io {
+                        action: "cannot write the registry auth file in",
+                        path: spec.build_dir.clone(),
+                        source,
+                    },
+                )?,
+            ),
+        };
+        // `build_args` starts with the subcommand; the registry options go right after it.
         let mut build = self.command();
+        build.args(["build"]);
+        if let Some(file) = &auth_file {
+            build.arg("--authfile").arg(file.path());
+        }
+        if let Some((_, dir)) = &self.registry_ca {
+            build.arg("--cert-dir").arg(dir);
+        }
         build
-            .args(Self::build_args(spec, &dockerfile))
+            .args(Self::build_args(spec, &dockerfile).into_iter().skip(1))
             .env("TMPDIR", &tmp);
         run_logged(build, "buildah build", log, cancel).await?;
+        drop(auth_file);
 
         let layout = Self::layout_dir(spec);
         let mut dest = OsString::from("oci:");
@@ -123,6 +157,8 @@ impl Buildah {
             registry: spec.registry.clone(),
             repository: spec.repository.clone(),
             insecure: spec.insecure_registry,
+            auth: spec.registry_auth.clone(),
+            ca_cert: self.registry_ca.as_ref().map(|(pem, _)| pem.clone()),
         };
         log.note(format!(
             "pushing {} to {}/{}",
@@ -237,6 +273,7 @@ mod tests {
             registry: "127.0.0.1:5000".into(),
             repository: "team/app".into(),
             insecure_registry: true,
+            registry_auth: None,
         }
     }
 

@@ -42,6 +42,9 @@ pub struct BuildSpec {
     pub repository: String,
     /// Whether the registry speaks plain HTTP.
     pub insecure_registry: bool,
+    /// The credential for `registry` (from the lease, else the agent's own), for the push and
+    /// for base images pulled from it; none means anonymous. Its `Debug` hides the secret.
+    pub registry_auth: Option<archfarm_protocol::RegistryCredential>,
 }
 
 /// The manifest a build pushed, as reported to the coordinator.

@@ -193,6 +193,7 @@ async fn submit(State(s): State<Shared>, Json(req): Json<JobRequest>) -> Respons
         updated_at: now,
         finished_at: None,
         builds: all.iter().map(|(p, o)| new_build(p, *o)).collect(),
+        secret_build_args: req.secret_build_args.clone(),
     };
     f.request = Some(req);
     f.job = Some(job.clone());

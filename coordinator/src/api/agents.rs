@@ -230,7 +230,12 @@ async fn lease_for(
     if let Err(e) = state.logs.append(build.id, &[header]).await {
         tracing::warn!(build.id = %build.id, error = %e, "could not write the attempt header to the build log");
     }
+    // Only this job's registry's credential travels, and only in this answer: never stored, never
+    // logged (its Debug hides the secret).
+    let registry_auth = state.registry.auths.get(&job.registry).cloned();
     Ok(Lease {
+        registry_auth,
+        secret_build_args: job.secret_build_args,
         build_id: build.id,
         job_id: job.id,
         lease_token: claimed.token,

@@ -6,6 +6,7 @@ use archfarm_protocol::api::{
 };
 use archfarm_protocol::events::LogResponse;
 use archfarm_protocol::tokens::Scope;
+use archfarm_protocol::redact::Redactor;
 use axum::body::Body;
 use axum::extract::{DefaultBodyLimit, Path, State};
 use axum::http::{header, HeaderMap, StatusCode};
@@ -99,7 +100,11 @@ async fn append_log(
     if state.store.check_lease(build.id, req.lease_token).await? == LeaseCheck::Lost {
         return Err(ApiError::lease_lost(build.id));
     }
-    let truncated = state.logs.append(build.id, &req.lines).await?;
+    let mut lines = req.lines;
+    redactor_for(&state, build.job_id)
+        .await?
+        .redact_all(&mut lines);
+    let truncated = state.logs.append(build.id, &lines).await?;
     Ok(Json(LogResponse { truncated }))
 }
 
@@ -154,7 +159,12 @@ async fn fail(
     ApiJson(req): ApiJson<FailRequest>,
 ) -> Result<StatusCode, ApiError> {
     let build = held_build(&state, &headers, &raw, req.lease_token).await?;
-    let error: String = req.error.chars().take(MAX_ERROR_CHARS).collect();
+    let error = redactor_for(&state, build.job_id)
+        .await?
+        .redact(&req.error)
+        .chars()
+        .take(MAX_ERROR_CHARS)
+        .collect::<String>();
     if !state
         .store
         .fail_build(build.id, req.lease_token, &error)
@@ -177,6 +187,24 @@ async fn fail(
     // A required platform's failure fails the job; an optional one's becomes a warning.
     crate::progress::advance(&state, build.job_id).await?;
     Ok(StatusCode::NO_CONTENT)
+}
+
+/// What must never reach a job's logs or errors: its secret build arguments' values and its
+/// registry's credential. Agents redact these already; this is the second line of defence.
+async fn redactor_for(state: &AppState, job_id: Uuid) -> Result<Redactor, ApiError> {
+    let Some(job) = state.store.get_job(job_id).await? else {
+        return Ok(Redactor::default());
+    };
+    let credential = state.registry.auths.get(&job.registry);
+    Ok(
+        Redactor::for_build_args(&job.build_args, &job.secret_build_args).with(
+            credential
+                .map(|c| c.secrets())
+                .unwrap_or_default()
+                .into_iter()
+                .map(|s| s.expose()),
+        ),
+    )
 }
 
 #[derive(Deserialize)]

@@ -132,6 +132,21 @@ pub fn validate(req: JobRequest) -> Result<NewJob, ApiError> {
             ));
         }
     }
+    let mut secret_build_args: Vec<String> = Vec::new();
+    for name in &req.secret_build_args {
+        if !req.build_args.contains_key(name) {
+            return Err(ApiError::bad(
+                "invalid_build_arg",
+                format!(
+                    "secret build argument '{name}' is not among the build arguments; pass its \
+                     value as a build argument too"
+                ),
+            ));
+        }
+        if !secret_build_args.contains(name) {
+            secret_build_args.push(name.clone());
+        }
+    }
     if let Some(t) = &req.target {
         if t.is_empty()
             || t.len() > 128
@@ -171,6 +186,7 @@ pub fn validate(req: JobRequest) -> Result<NewJob, ApiError> {
         repository: first.repository.clone(),
         tags: refs.iter().map(ToString::to_string).collect(),
         platforms,
+        secret_build_args,
     })
 }
 
@@ -447,6 +463,21 @@ mod tests {
             r.submitter = Some(bad);
             assert_eq!(message(validate(r).unwrap_err()).0, "invalid_submitter");
         }
+    }
+
+    #[test]
+    fn secret_build_args_must_be_build_args() {
+        let mut r = req(&["amd64"], &["localhost:5000/a:1"]);
+        r.build_args.insert("TOKEN".into(), "t".into());
+        r.secret_build_args = vec!["TOKEN".into(), "TOKEN".into()];
+        assert_eq!(validate(r.clone()).unwrap().secret_build_args, ["TOKEN"]);
+        r.secret_build_args.push("OTHER".into());
+        let (code, m) = message(validate(r).unwrap_err());
+        assert_eq!(code, "invalid_build_arg");
+        assert!(
+            m.contains("'OTHER' is not among the build arguments"),
+            "{m}"
+        );
     }
 
     #[test]

@@ -3,6 +3,7 @@
 use std::collections::HashMap;
 
 use archfarm_protocol::api::{self, BuildState};
+use archfarm_protocol::redact::REDACTED;
 use uuid::Uuid;
 
 use crate::scheduler::matching::waiting_reason;
@@ -32,6 +33,12 @@ impl Fleet {
 pub async fn job(state: &AppState, job: JobRow, fleet: &Fleet) -> StoreResult<api::Job> {
     let builds = state.store.builds_of_job(job.id).await?;
     let builds = builds.into_iter().map(|b| build(b, &job, fleet)).collect();
+    let mut build_args = job.build_args;
+    for name in &job.secret_build_args {
+        if let Some(value) = build_args.get_mut(name) {
+            *value = REDACTED.to_string();
+        }
+    }
     Ok(api::Job {
         id: job.id,
         state: job.state,
@@ -42,7 +49,7 @@ pub async fn job(state: &AppState, job: JobRow, fleet: &Fleet) -> StoreResult<ap
         error: job.error,
         context: job.context,
         dockerfile: job.dockerfile,
-        build_args: job.build_args,
+        build_args,
         target: job.target,
         emulation: job.emulation,
         optional_platforms: job.optional_platforms,
@@ -53,6 +60,7 @@ pub async fn job(state: &AppState, job: JobRow, fleet: &Fleet) -> StoreResult<ap
         updated_at: to_time(job.updated_at),
         finished_at: job.finished_at.map(to_time),
         builds,
+        secret_build_args: job.secret_build_args,
     })
 }
 

@@ -37,6 +37,8 @@ pub struct NewJob {
     pub repository: String,
     /// Who submitted it, as declared.
     pub submitter: Option<String>,
+    /// Names of the build arguments whose values are secret.
+    pub secret_build_args: Vec<String>,
 }
 
 /// What ending a job stopped.
@@ -91,12 +93,14 @@ pub struct JobRow {
     pub updated_at: i64,
     /// Unix ms.
     pub finished_at: Option<i64>,
+    /// Names of the build arguments whose values are secret.
+    pub secret_build_args: Vec<String>,
 }
 
 const COLUMNS: &str =
     "id, state, context, dockerfile, build_args, target, emulation, tags, platforms, registry, \
         repository, index_digest, index_media_type, error, created_at, updated_at, finished_at, \
-    optional_platforms, timeout_secs, warnings, submitter";
+    optional_platforms, timeout_secs, warnings, submitter, secret_build_args";
 
 impl JobRow {
     fn from_row(row: &AnyRow) -> StoreResult<Self> {
@@ -130,6 +134,18 @@ impl JobRow {
             timeout_secs: row.try_get("timeout_secs")?,
             warnings: json_col(row, "warnings")?,
             submitter: row.try_get("submitter")?,
+            secret_build_args: {
+                let raw: Option<String> = row.try_get("secret_build_args")?;
+                match raw {
+                    None => Vec::new(),
+                    Some(value) => {
+                        serde_json::from_str(&value).map_err(|_| StoreError::Corrupt {
+                            column: "jobs.secret_build_args",
+                            value,
+                        })?
+                    }
+                }
+            },
         })
     }
 }
@@ -142,7 +158,7 @@ impl Store {
         let mut tx = self.pool.begin().await?;
         sqlx::query(&format!(
                         "INSERT INTO jobs ({COLUMNS}) VALUES ($1, 'queued', $2, $3, $4, $5, $6, $7, $8, $9, $10, NULL, NULL, NULL, \
-             $11, $12, NULL, $13, $14, '[]', $15)"
+             $11, $12, NULL, $13, $14, '[]', $15, $16)"
         ))
         .bind(id.to_string())
         .bind(job.context.as_str())
@@ -159,6 +175,10 @@ impl Store {
         .bind(serde_json::to_string(&job.optional_platforms).expect("platforms serialise"))
         .bind(job.timeout_secs)
         .bind(job.submitter.as_deref())
+        .bind(
+            (!job.secret_build_args.is_empty())
+                .then(|| serde_json::to_string(&job.secret_build_args).expect("names serialise")),
+        )
         .execute(&mut *tx)
         .await?;
         for (position, platform) in job.platforms.iter().enumerate() {

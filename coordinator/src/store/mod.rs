@@ -157,6 +157,7 @@ pub(crate) async fn insert_test_job(
             optional_platforms: vec![],
             timeout_secs: 7200,
             submitter: None,
+            secret_build_args: vec![],
         })
         .await
         .unwrap()

@@ -13,6 +13,7 @@ pub mod progress;
 pub mod scheduler;
 pub mod stitch;
 pub mod store;
+pub mod tls;
 pub mod web;
 
 use std::future::Future;
@@ -71,6 +72,11 @@ pub async fn run(
     listener: TcpListener,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
+    // Before anything else, so a bad certificate stops the start with a message naming the file.
+    let tls = match config.tls_files()? {
+        Some(files) => Some(tls::Tls::load(&files)?),
+        None => None,
+    };
     std::fs::create_dir_all(&config.data_dir).with_context(|| {
         format!(
             "cannot create the data directory {}",
@@ -127,19 +133,46 @@ pub async fn run(
     let reaper = tokio::spawn(reap_leases(state.clone()));
 
     let addr = listener.local_addr()?;
-    tracing::info!(%addr, "archfarm-coordinator listening on http://{addr}");
-    let app = api::router(state.clone());
+    // Every request sees its connection as `ConnectInfo<tls::Peer>` (client certificates).
+    let app = api::router(state.clone()).into_make_service_with_connect_info::<tls::Peer>();
     let stop = token.clone();
-    axum::serve(listener, app)
-        .with_graceful_shutdown(async move {
-            shutdown.await;
-            tracing::info!("shutting down");
-            // Wakes long-polling agents so the drain does not wait out their polls.
-            stop.cancel();
-        })
-        .await?;
+    let graceful = async move {
+        shutdown.await;
+        tracing::info!("shutting down");
+        // Wakes long-polling agents so the drain does not wait out their polls.
+        stop.cancel();
+    };
+    let mut reloader = None;
+    match tls {
+        None => {
+            tracing::info!(%addr, "archfarm-coordinator listening on http://{addr}");
+            axum::serve(listener, app)
+                .with_graceful_shutdown(graceful)
+                .await?;
+        }
+        Some(tls) => {
+            reloader = Some(tokio::spawn(tls::watch(
+                tls.resolver.clone(),
+                tls::RELOAD_POLL,
+                token.clone(),
+            )));
+            tracing::info!(
+                %addr,
+                fingerprint = %tls.resolver.current_fingerprint(),
+                client_certificates = state.config.client_ca.is_some(),
+                "archfarm-coordinator listening on https://{addr}"
+            );
+            let listener = tls::TlsListener::new(listener, tls.config)?;
+            axum::serve(listener, app)
+                .with_graceful_shutdown(graceful)
+                .await?;
+        }
+    }
     token.cancel();
     let _ = reaper.await;
+    if let Some(reloader) = reloader {
+        let _ = reloader.await;
+    }
     Ok(())
 }
 

@@ -145,7 +145,13 @@ impl Session {
                 }
                 Err(e) => {
                     let d = backoff.next_delay();
-                    warn!(error = %e, attempt = backoff.attempts(), retry_in_ms = d.as_millis() as u64, "lease failed; retrying");
+                    if matches!(e, ClientError::Certificate { .. }) {
+                        // Registered, so the certificate was fine until now: it was replaced
+                        // under the agent. Builds may still be running; keep trying, loudly.
+                        tracing::error!(error = %e, attempt = backoff.attempts(), retry_in_ms = d.as_millis() as u64, "lease failed on a certificate; retrying");
+                    } else {
+                        warn!(error = %e, attempt = backoff.attempts(), retry_in_ms = d.as_millis() as u64, "lease failed; retrying");
+                    }
                     tokio::select! {
                         _ = drain.cancelled() => break,
                         _ = tokio::time::sleep(d) => {}
@@ -287,8 +293,19 @@ impl Session {
                         token: Secret::new(resp.token),
                     })));
                 }
+                Err(ClientError::Unauthorized { code, message })
+                    if code == "client_certificate_required" =>
+                {
+                    return Err(AgentError::Certificate(format!(
+                        "the coordinator requires a client certificate: {message}"
+                    )))
+                }
                 Err(ClientError::Unauthorized { message, .. }) => {
                     return Err(AgentError::JoinTokenRejected(message))
+                }
+                // Not an outage: retrying cannot fix a certificate, so say so and stop.
+                Err(e @ ClientError::Certificate { .. }) => {
+                    return Err(AgentError::Certificate(e.to_string()))
                 }
                 Err(ClientError::NameTaken { message }) => {
                     return Err(AgentError::NameTaken {

@@ -329,18 +329,13 @@ impl CoordinatorClient {
     }
 }
 
-/// What to change for a certificate problem.
-const CERTIFICATE_HINT: &str = "pass --ca-cert FILE with the CA that signed the coordinator's \
-    certificate (and, for a coordinator with --client-ca, --client-cert FILE and --client-key FILE \
-    signed by its CA)";
-
 /// A transport failure: a certificate problem, or the coordinator being out of reach.
 fn transport_error(url: &str, source: reqwest::Error) -> ClientError {
     match certificate_problem(&source) {
-        Some(problem) => ClientError::Certificate {
+        Some((problem, hint)) => ClientError::Certificate {
             url: url.to_string(),
             problem,
-            hint: CERTIFICATE_HINT,
+            hint,
         },
         None => ClientError::Unreachable {
             url: url.to_string(),

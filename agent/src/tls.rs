@@ -17,6 +17,17 @@ pub struct ClientTls {
     pub identity: Option<(PathBuf, PathBuf)>,
 }
 
+/// A PEM parser's complaint in words (its own message shows bytes as numbers).
+fn pem_detail(e: &rustls::pki_types::pem::Error) -> String {
+    use rustls::pki_types::pem::Error;
+    match e {
+        Error::MissingSectionEnd { .. } => "a section has no `-----END …-----` line".into(),
+        Error::IllegalSectionStart { .. } => "a `-----BEGIN …-----` line is malformed".into(),
+        Error::Base64Decode(_) => "a section's body is not valid base64".into(),
+        other => other.to_string(),
+    }
+}
+
 fn read(what: &str, path: &Path) -> Result<Vec<u8>, String> {
     std::fs::read(path).map_err(|e| format!("cannot read the {what} {}: {e}", path.display()))
 }
@@ -26,7 +37,13 @@ fn certificates(what: &str, path: &Path) -> Result<Vec<CertificateDer<'static>>,
     let pem = read(what, path)?;
     let certs = CertificateDer::pem_slice_iter(&pem)
         .collect::<Result<Vec<_>, _>>()
-        .map_err(|e| format!("the {what} {} is not valid PEM: {e}", path.display()))?;
+        .map_err(|e| {
+            format!(
+                "the {what} {} is not valid PEM: {}",
+                path.display(),
+                pem_detail(&e)
+            )
+        })?;
     if certs.is_empty() {
         return Err(format!(
             "the {what} {} holds no certificate: a PEM file with `-----BEGIN CERTIFICATE-----` \
@@ -55,10 +72,11 @@ impl ClientTls {
             let key_pem = read("client key (--client-key)", key)?;
             let key_der = PrivateKeyDer::from_pem_slice(&key_pem).map_err(|e| {
                 format!(
-                    "the client key {} holds no usable private key ({e}): a PEM file with a \
+                    "the client key {} holds no usable private key ({}): a PEM file with a \
                      `-----BEGIN PRIVATE KEY-----`, `RSA PRIVATE KEY` or `EC PRIVATE KEY` section \
                      is expected",
-                    key.display()
+                    key.display(),
+                    pem_detail(&e)
                 )
             })?;
             let provider = rustls::crypto::aws_lc_rs::default_provider();
@@ -84,28 +102,31 @@ impl ClientTls {
     }
 }
 
+/// What to do when the coordinator's certificate is not accepted.
+const TRUST_HINT: &str = "pass --ca-cert FILE (or ARCHFARM_CA_CERT) with the CA that signed the \
+    coordinator's certificate";
+/// What to do when the coordinator refuses the agent's client certificate.
+const CLIENT_CERT_HINT: &str = "pass --client-cert FILE and --client-key FILE with a certificate \
+    signed by the coordinator's --client-ca";
+
 /// What is wrong when `err` failed on a TLS certificate (the coordinator's is not trusted, or the
-/// coordinator refused this agent's), worded for people; `None` for any other failure.
-pub fn certificate_problem(err: &(dyn std::error::Error + 'static)) -> Option<String> {
+/// coordinator refused this agent's), worded for people, and what to do about it; `None` for any
+/// other failure.
+pub fn certificate_problem(
+    err: &(dyn std::error::Error + 'static),
+) -> Option<(String, &'static str)> {
     use rustls::{AlertDescription as A, CertificateError, Error};
     let mut cur = Some(err);
     while let Some(e) = cur {
-        // io::Error's `source()` skips the error it wraps, which is where rustls puts its own.
-        let tls = e.downcast_ref::<Error>().or_else(|| {
-            e.downcast_ref::<std::io::Error>()
-                .and_then(|io| io.get_ref())
-                .and_then(|inner| inner.downcast_ref::<Error>())
-        });
-        match tls {
-            Some(Error::InvalidCertificate(CertificateError::UnknownIssuer)) => return Some(
-                "the coordinator's TLS certificate is not trusted (it is not signed by a known \
-                     CA)"
-                .into(),
-            ),
+        match e.downcast_ref::<Error>() {
+            Some(Error::InvalidCertificate(CertificateError::UnknownIssuer)) => {
+                let problem = "the coordinator's TLS certificate is not trusted (it is not signed \
+                               by a known CA)";
+                return Some((problem.into(), TRUST_HINT));
+            }
             Some(Error::InvalidCertificate(c)) => {
-                return Some(format!(
-                    "the coordinator's TLS certificate is not accepted ({c})"
-                ))
+                let problem = format!("the coordinator's TLS certificate is not accepted ({c})");
+                return Some((problem, TRUST_HINT));
             }
             Some(Error::AlertReceived(
                 alert @ (A::BadCertificate
@@ -116,13 +137,21 @@ pub fn certificate_problem(err: &(dyn std::error::Error + 'static)) -> Option<St
                 | A::CertificateRevoked
                 | A::UnsupportedCertificate),
             )) => {
-                return Some(format!(
-                    "the coordinator refused this agent's client certificate ({alert:?})"
-                ))
+                let problem =
+                    format!("the coordinator refused this agent's client certificate ({alert:?})");
+                return Some((problem, CLIENT_CERT_HINT));
             }
             _ => {}
         }
-        cur = e.source();
+        // io::Error's `source()` skips the error it wraps (rustls puts its own there, sometimes
+        // inside a second io::Error): step into it instead.
+        cur = match e
+            .downcast_ref::<std::io::Error>()
+            .and_then(|io| io.get_ref())
+        {
+            Some(inner) => Some(inner as &(dyn std::error::Error + 'static)),
+            None => e.source(),
+        };
     }
     None
 }
@@ -133,18 +162,55 @@ mod tests {
 
     #[test]
     fn rustls_certificate_errors_are_found_inside_io_errors() {
-        let io = std::io::Error::new(
+        // As reqwest hands it over: an io::Error inside an io::Error.
+        let io = std::io::Error::other(std::io::Error::new(
             std::io::ErrorKind::InvalidData,
             rustls::Error::InvalidCertificate(rustls::CertificateError::UnknownIssuer),
-        );
-        let msg = certificate_problem(&io).expect("found");
+        ));
+        let (msg, hint) = certificate_problem(&io).expect("found");
         assert!(msg.contains("not trusted"), "{msg}");
+        assert!(hint.contains("--ca-cert"), "{hint}");
         let alert = rustls::Error::AlertReceived(rustls::AlertDescription::UnknownCA);
-        assert!(certificate_problem(&alert)
-            .unwrap()
-            .contains("client certificate"));
+        let (msg, hint) = certificate_problem(&alert).unwrap();
+        assert!(msg.contains("client certificate"), "{msg}");
+        assert!(hint.contains("--client-cert"), "{hint}");
         let refused = std::io::Error::from(std::io::ErrorKind::ConnectionRefused);
         assert_eq!(certificate_problem(&refused), None);
+    }
+
+    #[test]
+    fn a_client_key_must_belong_to_its_certificate() {
+        let dir = tempfile::tempdir().unwrap();
+        let issue = |name: &str| {
+            let key = rcgen::KeyPair::generate().unwrap();
+            let cert = rcgen::CertificateParams::new(vec![name.to_string()])
+                .unwrap()
+                .self_signed(&key)
+                .unwrap();
+            let (c, k) = (
+                dir.path().join(format!("{name}.crt")),
+                dir.path().join(format!("{name}.key")),
+            );
+            std::fs::write(&c, cert.pem()).unwrap();
+            std::fs::write(&k, key.serialize_pem()).unwrap();
+            (c, k)
+        };
+        let (a_cert, a_key) = issue("a");
+        let (_, b_key) = issue("b");
+        let good = ClientTls {
+            ca_cert: None,
+            identity: Some((a_cert.clone(), a_key)),
+        };
+        assert!(good.apply(reqwest::Client::builder()).is_ok());
+        let mismatched = ClientTls {
+            ca_cert: Some(a_cert.clone()),
+            identity: Some((a_cert, b_key)),
+        };
+        let e = mismatched.apply(reqwest::Client::builder()).unwrap_err();
+        assert!(
+            e.contains("b.key cannot be used with the client certificate"),
+            "{e}"
+        );
     }
 
     #[test]

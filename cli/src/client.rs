@@ -135,8 +135,17 @@ fn ca_certificates(path: &Path) -> Result<Vec<reqwest::Certificate>, ClientError
     let ders = CertificateDer::pem_slice_iter(&pem)
         .collect::<Result<Vec<_>, _>>()
         .map_err(|e| {
+            use rustls::pki_types::pem::Error;
+            let detail = match e {
+                Error::MissingSectionEnd { .. } => "a section has no `-----END …-----` line".into(),
+                Error::IllegalSectionStart { .. } => {
+                    "a `-----BEGIN …-----` line is malformed".into()
+                }
+                Error::Base64Decode(_) => "a section's body is not valid base64".into(),
+                other => other.to_string(),
+            };
             ClientError::CaCert(format!(
-                "the CA certificate {} (--ca-cert) is not valid PEM: {e}",
+                "the CA certificate {} (--ca-cert) is not valid PEM: {detail}",
                 path.display()
             ))
         })?;
@@ -164,12 +173,7 @@ pub fn certificate_problem(err: &(dyn std::error::Error + 'static)) -> Option<St
     use rustls::{CertificateError, Error};
     let mut cur = Some(err);
     while let Some(e) = cur {
-        // io::Error's `source()` skips the error it wraps, which is where rustls puts its own.
-        let tls = e.downcast_ref::<Error>().or_else(|| {
-            e.downcast_ref::<std::io::Error>()
-                .and_then(|io| io.get_ref())
-                .and_then(|inner| inner.downcast_ref::<Error>())
-        });
+        let tls = e.downcast_ref::<Error>();
         match tls {
             Some(Error::InvalidCertificate(CertificateError::UnknownIssuer)) => {
                 return Some(
@@ -185,7 +189,15 @@ pub fn certificate_problem(err: &(dyn std::error::Error + 'static)) -> Option<St
             }
             _ => {}
         }
-        cur = e.source();
+        // io::Error's `source()` skips the error it wraps (rustls puts its own there, sometimes
+        // inside a second io::Error): step into it instead.
+        cur = match e
+            .downcast_ref::<std::io::Error>()
+            .and_then(|io| io.get_ref())
+        {
+            Some(inner) => Some(inner as &(dyn std::error::Error + 'static)),
+            None => e.source(),
+        };
     }
     None
 }
@@ -454,10 +466,11 @@ mod tests {
 
     #[test]
     fn certificate_problems_exit_2_and_say_what_to_do() {
-        let io = std::io::Error::new(
+        // As reqwest hands it over: an io::Error inside an io::Error.
+        let io = std::io::Error::other(std::io::Error::new(
             std::io::ErrorKind::InvalidData,
             rustls::Error::InvalidCertificate(rustls::CertificateError::UnknownIssuer),
-        );
+        ));
         let problem = certificate_problem(&io).expect("found inside the io::Error");
         let e = ClientError::Certificate {
             problem,

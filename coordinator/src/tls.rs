@@ -137,6 +137,16 @@ fn provider() -> Arc<CryptoProvider> {
     Arc::new(rustls::crypto::aws_lc_rs::default_provider())
 }
 
+/// A PEM parser's complaint in words (its own message shows bytes as numbers).
+fn pem_detail(e: &pem::Error) -> String {
+    match e {
+        pem::Error::MissingSectionEnd { .. } => "a section has no `-----END …-----` line".into(),
+        pem::Error::IllegalSectionStart { .. } => "a `-----BEGIN …-----` line is malformed".into(),
+        pem::Error::Base64Decode(_) => "a section's body is not valid base64".into(),
+        other => other.to_string(),
+    }
+}
+
 fn read(what: &'static str, path: &Path) -> Result<Vec<u8>, TlsError> {
     std::fs::read(path).map_err(|source| TlsError::Read {
         what,
@@ -156,7 +166,7 @@ fn certificates(what: &'static str, path: &Path) -> Result<Vec<CertificateDer<'s
     let pem = read(what, path)?;
     let certs = CertificateDer::pem_slice_iter(&pem)
         .collect::<Result<Vec<_>, _>>()
-        .map_err(|e| bad(e.to_string()))?;
+        .map_err(|e| bad(pem_detail(&e)))?;
     if certs.is_empty() {
         return Err(bad("no certificate found".into()));
     }
@@ -171,7 +181,7 @@ fn private_key(path: &Path) -> Result<PrivateKeyDer<'static>, TlsError> {
         path: path.to_path_buf(),
         detail: match e {
             pem::Error::NoItemsFound => "no private key found".into(),
-            other => other.to_string(),
+            other => pem_detail(&other),
         },
         expected: "a `-----BEGIN PRIVATE KEY-----`, `RSA PRIVATE KEY` or `EC PRIVATE KEY` section",
     })

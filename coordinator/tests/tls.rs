@@ -144,6 +144,11 @@ fn a_broken_replacement_keeps_the_certificate_in_use() {
     );
     assert_eq!(resolver.current().cert[0].as_ref(), b.as_slice());
 
+    // A section cut short (as when a file is read while it is being written).
+    std::fs::write(pki.path("cert.pem"), "-----BEGIN CERTIFICATE-----\nMIIB\n").unwrap();
+    let e = resolver.reload().unwrap_err().to_string();
+    assert!(e.contains("a section has no `-----END"), "{e}");
+
     // A certificate with another certificate's key.
     let (c_cert, _, _) = pki.server("c");
     let (_, d_key, _) = pki.server("d");
@@ -170,7 +175,7 @@ fn a_broken_replacement_keeps_the_certificate_in_use() {
     let e = resolver.reload().unwrap_err().to_string();
     assert!(e.contains("cannot read the private key"), "{e}");
     assert_eq!(resolver.current().cert[0].as_ref(), b.as_slice());
-    assert_eq!(resolver.failed_reloads(), 4);
+    assert_eq!(resolver.failed_reloads(), 5);
 
     // And loading at the start fails the same way.
     let e = CertResolver::load(&pki.path("cert.pem"), &pki.path("key.pem"))

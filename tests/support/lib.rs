@@ -19,6 +19,7 @@ pub mod oci;
 pub mod process;
 pub mod protocol_agent;
 pub mod registry;
+pub mod tls;
 
 use std::path::Path;
 use std::time::Duration;
@@ -36,6 +37,7 @@ pub use process::{
 pub use protocol_agent::{KeepAlive, ProtocolAgent, Refused};
 pub use registry::Registry;
 pub use rustix::process::Signal;
+pub use tls::{https_client, served_certificate, CertFiles, CoordinatorTls, TestCa};
 
 /// The four platforms of the example, with what `uname -m` says on each.
 pub const HELLO_PLATFORMS: &[(&str, &str)] = &[

@@ -25,6 +25,7 @@ use anyhow::Context as _;
 use archfarm_protocol::api::JobState;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
+use tracing::Instrument as _;
 
 use crate::blobs::BlobStore;
 use crate::changes::Changes;
@@ -151,11 +152,10 @@ pub async fn run(
                 .await?;
         }
         Some(tls) => {
-            reloader = Some(tokio::spawn(tls::watch(
-                tls.resolver.clone(),
-                tls::RELOAD_POLL,
-                token.clone(),
-            )));
+            reloader = Some(tokio::spawn(
+                tls::watch(tls.resolver.clone(), tls::RELOAD_POLL, token.clone())
+                    .instrument(tracing::info_span!("tls_reload")),
+            ));
             tracing::info!(
                 %addr,
                 fingerprint = %tls.resolver.current_fingerprint(),

@@ -1,23 +1,23 @@
 //! HTTPS for the coordinator (`--tls-cert`, `--tls-key`, `--client-ca`).
 //!
-//! * [`TlsListener`] is an [`axum::serve::Listener`] over the plain [`TcpListener`] that
-//!   [`crate::run`] is given: every TLS handshake runs in its own task, so a slow or silent client
-//!   never holds up the others, and finished streams reach `axum::serve` through a channel.
-//! * [`CertResolver`] holds the certificate rustls presents; [`watch`] replaces it on SIGHUP or when
-//!   the files change, without a restart. A replacement that cannot be used (bad PEM, a key that
-//!   does not fit) is logged and the certificate in use stays.
+//! * [`TlsListener`] (in `listener.rs`) is an [`axum::serve::Listener`] over the plain
+//!   [`tokio::net::TcpListener`] that [`crate::run`] is given: every TLS handshake runs in its own
+//!   task, so a slow or silent client never holds up the others, and finished streams reach
+//!   `axum::serve` through a channel.
+//! * [`CertResolver`] holds the certificate rustls presents; [`watch`] (in `reload.rs`) replaces it
+//!   on SIGHUP or when the files change, without a restart. A replacement that cannot be used (bad
+//!   PEM, a key that does not fit) is logged and the certificate in use stays.
 //! * [`Peer`] is the connection info handlers see: the client's address and whether it presented a
 //!   client certificate that the `--client-ca` verifier accepted.
 
+mod listener;
+mod reload;
+
 use std::io;
-use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, PoisonError, RwLock};
-use std::time::{Duration, SystemTime};
 
-use axum::extract::connect_info::Connected;
-use axum::serve::{IncomingStream, Listener};
 use rustls::crypto::CryptoProvider;
 use rustls::pki_types::pem::{self, PemObject};
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
@@ -25,21 +25,9 @@ use rustls::server::{ClientHello, ResolvesServerCert, WebPkiClientVerifier};
 use rustls::sign::CertifiedKey;
 use rustls::{RootCertStore, ServerConfig};
 use sha2::{Digest as _, Sha256};
-use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{mpsc, Semaphore};
-use tokio::task::JoinHandle;
-use tokio_rustls::server::TlsStream;
-use tokio_rustls::TlsAcceptor;
-use tokio_util::sync::CancellationToken;
 
-/// How long a client gets to complete its TLS handshake before the connection is dropped.
-const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
-/// Handshakes in progress at once; past this, accepting waits for one to finish.
-const MAX_HANDSHAKES: usize = 256;
-/// Finished handshakes waiting for `axum::serve` to take them.
-const READY_QUEUE: usize = 64;
-/// How often [`watch`] looks at the certificate files' modification times.
-pub const RELOAD_POLL: Duration = Duration::from_secs(5);
+pub use listener::{Peer, TlsListener};
+pub use reload::{watch, RELOAD_POLL};
 
 /// Why the TLS set-up or a certificate reload failed. Messages name the file and what was wrong
 /// with it, never its contents.
@@ -263,40 +251,11 @@ impl CertResolver {
             .map(fingerprint)
             .unwrap_or_default()
     }
-
-    /// What the certificate and key files look like on disk now, to notice a replacement.
-    fn stamps(&self) -> [Option<FileStamp>; 2] {
-        [
-            FileStamp::of(&self.cert_path),
-            FileStamp::of(&self.key_path),
-        ]
-    }
 }
 
 impl ResolvesServerCert for CertResolver {
     fn resolve(&self, _hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
         Some(self.current())
-    }
-}
-
-/// Modification time, size and inode of a file (following symlinks, so a Kubernetes-style swap of
-/// a `..data` link counts as a change too).
-#[derive(Debug, Clone, PartialEq, Eq)]
-struct FileStamp {
-    modified: Option<SystemTime>,
-    len: u64,
-    inode: u64,
-}
-
-impl FileStamp {
-    fn of(path: &Path) -> Option<FileStamp> {
-        use std::os::unix::fs::MetadataExt as _;
-        let meta = std::fs::metadata(path).ok()?;
-        Some(FileStamp {
-            modified: meta.modified().ok(),
-            len: meta.len(),
-            inode: meta.ino(),
-        })
     }
 }
 
@@ -345,196 +304,5 @@ impl Tls {
             config: Arc::new(config),
             resolver,
         })
-    }
-}
-
-/// Reloads the certificate on SIGHUP and when its files change (checked every `every`), until
-/// `stop` is cancelled. A reload that fails is logged as an error and the certificate in use stays;
-/// the next change of the files tries again.
-pub async fn watch(resolver: Arc<CertResolver>, every: Duration, stop: CancellationToken) {
-    let mut hangup = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) {
-        Ok(s) => Some(s),
-        Err(e) => {
-            tracing::warn!(error = %e, "cannot watch for SIGHUP; the TLS certificate is reloaded only when its files change");
-            None
-        }
-    };
-    let mut seen = resolver.stamps();
-    let mut tick = tokio::time::interval(every);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    tick.tick().await;
-    loop {
-        let reason = tokio::select! {
-            _ = stop.cancelled() => return,
-            Some(()) = next_hangup(&mut hangup) => "SIGHUP",
-            _ = tick.tick() => {
-                if resolver.stamps() == seen {
-                    continue;
-                }
-                "the certificate files changed"
-            }
-        };
-        // Taken before reading the files, so a change made while they are read shows at the next
-        // poll; a reload that failed is tried again only once the files change again.
-        seen = resolver.stamps();
-        let before = resolver.current_fingerprint();
-        match resolver.reload() {
-            Ok(()) => tracing::info!(
-                reason,
-                cert = %resolver.cert_path.display(),
-                fingerprint = %resolver.current_fingerprint(),
-                previous = %before,
-                "TLS certificate reloaded"
-            ),
-            Err(e) => tracing::error!(
-                reason,
-                error = %e,
-                fingerprint = %before,
-                "TLS certificate reload failed; still presenting the previous certificate"
-            ),
-        }
-    }
-}
-
-async fn next_hangup(signal: &mut Option<tokio::signal::unix::Signal>) -> Option<()> {
-    match signal {
-        Some(s) => s.recv().await,
-        None => std::future::pending().await,
-    }
-}
-
-/// A TCP listener whose connections are TLS streams, for `axum::serve`.
-///
-/// A background task accepts TCP connections and runs each handshake in a task of its own (at most
-/// [`MAX_HANDSHAKES`] at once, each for at most [`HANDSHAKE_TIMEOUT`]); failed handshakes are logged
-/// at debug level and dropped. Dropping the listener stops that task and closes the socket.
-#[derive(Debug)]
-pub struct TlsListener {
-    local: SocketAddr,
-    ready: mpsc::Receiver<(TlsStream<TcpStream>, SocketAddr)>,
-    acceptor: JoinHandle<()>,
-}
-
-impl TlsListener {
-    /// Serves TLS with `config` on `listener`'s connections.
-    pub fn new(listener: TcpListener, config: Arc<ServerConfig>) -> io::Result<TlsListener> {
-        let local = listener.local_addr()?;
-        let (tx, ready) = mpsc::channel(READY_QUEUE);
-        let acceptor = tokio::spawn(accept_loop(listener, TlsAcceptor::from(config), tx));
-        Ok(TlsListener {
-            local,
-            ready,
-            acceptor,
-        })
-    }
-}
-
-impl Drop for TlsListener {
-    fn drop(&mut self) {
-        // Closes the listening socket now, not at the next incoming connection.
-        self.acceptor.abort();
-    }
-}
-
-impl Listener for TlsListener {
-    type Io = TlsStream<TcpStream>;
-    type Addr = SocketAddr;
-
-    async fn accept(&mut self) -> (Self::Io, Self::Addr) {
-        match self.ready.recv().await {
-            Some(conn) => conn,
-            // The accepting task only ends when this listener is dropped.
-            None => std::future::pending().await,
-        }
-    }
-
-    fn local_addr(&self) -> io::Result<SocketAddr> {
-        Ok(self.local)
-    }
-}
-
-async fn accept_loop(
-    listener: TcpListener,
-    acceptor: TlsAcceptor,
-    ready: mpsc::Sender<(TlsStream<TcpStream>, SocketAddr)>,
-) {
-    let handshakes = Arc::new(Semaphore::new(MAX_HANDSHAKES));
-    loop {
-        let permit = tokio::select! {
-            _ = ready.closed() => return,
-            p = handshakes.clone().acquire_owned() => match p {
-                Ok(p) => p,
-                Err(_) => return,
-            },
-        };
-        let (tcp, peer) = tokio::select! {
-            _ = ready.closed() => return,
-            r = listener.accept() => match r {
-                Ok(conn) => conn,
-                Err(e) => {
-                    accept_error(e).await;
-                    continue;
-                }
-            },
-        };
-        let (acceptor, ready) = (acceptor.clone(), ready.clone());
-        tokio::spawn(async move {
-            let handshake = tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await;
-            drop(permit);
-            match handshake {
-                Ok(Ok(stream)) => {
-                    // Fails only when the server is shutting down: the connection is dropped.
-                    let _ = ready.send((stream, peer)).await;
-                }
-                Ok(Err(e)) => tracing::debug!(%peer, error = %e, "TLS handshake failed"),
-                Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),
-            }
-        });
-    }
-}
-
-/// As axum does for plain TCP: connection errors are the client's business; anything else (such as
-/// running out of file descriptors) is logged and accepting pauses a moment.
-async fn accept_error(e: io::Error) {
-    if matches!(
-        e.kind(),
-        io::ErrorKind::ConnectionRefused
-            | io::ErrorKind::ConnectionAborted
-            | io::ErrorKind::ConnectionReset
-    ) {
-        return;
-    }
-    tracing::error!(error = %e, "accept error");
-    tokio::time::sleep(Duration::from_secs(1)).await;
-}
-
-/// What a handler may know about the connection a request came on (as axum `ConnectInfo<Peer>`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Peer {
-    /// The client's address.
-    pub addr: SocketAddr,
-    /// Whether the client presented a certificate that the `--client-ca` verifier accepted (a
-    /// certificate that does not verify fails the handshake, so presented means verified).
-    pub client_cert: bool,
-}
-
-impl Connected<IncomingStream<'_, TcpListener>> for Peer {
-    fn connect_info(stream: IncomingStream<'_, TcpListener>) -> Self {
-        Peer {
-            addr: *stream.remote_addr(),
-            client_cert: false,
-        }
-    }
-}
-
-impl Connected<IncomingStream<'_, TlsListener>> for Peer {
-    fn connect_info(stream: IncomingStream<'_, TlsListener>) -> Self {
-        let (_, session) = stream.io().get_ref();
-        Peer {
-            addr: *stream.remote_addr(),
-            client_cert: session
-                .peer_certificates()
-                .is_some_and(|certs| !certs.is_empty()),
-        }
     }
 }

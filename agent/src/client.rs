@@ -18,6 +18,7 @@ use tokio::io::AsyncWriteExt;
 use uuid::Uuid;
 
 use crate::config::Secret;
+use crate::tls::{certificate_problem, ClientTls};
 
 /// Time allowed for an ordinary call (register, heartbeat, log, complete, fail).
 const CALL_TIMEOUT: Duration = Duration::from_secs(30);
@@ -38,6 +39,17 @@ pub enum ClientError {
         /// The transport error.
         #[source]
         source: reqwest::Error,
+    },
+    /// The TLS connection failed on a certificate: the coordinator's is not trusted, or it refused
+    /// the agent's. A configuration problem; retrying will not help.
+    #[error("{problem} ({url}): {hint}")]
+    Certificate {
+        /// The URL called.
+        url: String,
+        /// What is wrong, e.g. "the coordinator's TLS certificate is not trusted (...)".
+        problem: String,
+        /// What to change.
+        hint: &'static str,
     },
     /// The coordinator answered 5xx; worth retrying.
     #[error("coordinator error {status} ({url}): {message}")]
@@ -134,16 +146,25 @@ pub struct CoordinatorClient {
 impl CoordinatorClient {
     /// A client for the coordinator at `base` (a path prefix such as `/archfarm` is kept).
     pub fn new(base: Url) -> Self {
-        let http = reqwest::Client::builder()
+        Self::with_tls(base, &ClientTls::default())
+            .expect("a reqwest client with static settings builds")
+    }
+
+    /// A client that also trusts `tls.ca_cert` and presents `tls.identity`; an error names a TLS
+    /// file that cannot be used.
+    pub fn with_tls(base: Url, tls: &ClientTls) -> Result<Self, String> {
+        let builder = reqwest::Client::builder()
             .connect_timeout(Duration::from_secs(10))
             .read_timeout(READ_TIMEOUT)
-            .user_agent(concat!("archfarm-agent/", env!("CARGO_PKG_VERSION")))
+            .user_agent(concat!("archfarm-agent/", env!("CARGO_PKG_VERSION")));
+        let http = tls
+            .apply(builder)?
             .build()
-            .expect("a reqwest client with static settings builds");
-        CoordinatorClient {
+            .map_err(|e| format!("cannot set up the HTTP client: {}", crate::error_chain(&e)))?;
+        Ok(CoordinatorClient {
             http,
             base: base.as_str().trim_end_matches('/').to_string(),
-        }
+        })
     }
 
     fn url(&self, path: &str) -> String {
@@ -308,12 +329,27 @@ impl CoordinatorClient {
     }
 }
 
+/// A transport failure: a certificate problem, or the coordinator being out of reach.
+fn transport_error(url: &str, source: reqwest::Error) -> ClientError {
+    match certificate_problem(&source) {
+        Some((problem, hint)) => ClientError::Certificate {
+            url: url.to_string(),
+            problem,
+            hint,
+        },
+        None => ClientError::Unreachable {
+            url: url.to_string(),
+            source,
+        },
+    }
+}
+
 /// Sends a request and sorts non-2xx answers into [`ClientError`] kinds.
 async fn send(url: &str, rb: RequestBuilder) -> Result<Response, ClientError> {
-    let resp = rb.send().await.map_err(|source| ClientError::Unreachable {
-        url: url.to_string(),
-        source,
-    })?;
+    let resp = rb
+        .send()
+        .await
+        .map_err(|source| transport_error(url, source))?;
     let status = resp.status();
     if status.is_success() {
         return Ok(resp);

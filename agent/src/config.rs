@@ -62,6 +62,40 @@ pub struct Config {
     /// and buildah's base-image pulls), on top of the system's. Default: none.
     #[arg(long, env = "ARCHFARM_REGISTRY_CA_CERT")]
     pub registry_ca_cert: Option<PathBuf>,
+
+    /// PEM CA certificate(s) to trust for the coordinator's HTTPS certificate, on top of the
+    /// system's roots (e.g. a self-signed farm CA). Default: none (the system's roots only).
+    #[arg(long, env = "ARCHFARM_CA_CERT", value_name = "FILE")]
+    pub ca_cert: Option<PathBuf>,
+
+    /// PEM client certificate (chain) to present to a coordinator started with `--client-ca`;
+    /// needs `--client-key`. Default: none.
+    #[arg(
+        long,
+        env = "ARCHFARM_CLIENT_CERT",
+        value_name = "FILE",
+        requires = "client_key"
+    )]
+    pub client_cert: Option<PathBuf>,
+
+    /// PEM private key of `--client-cert`. Default: none.
+    #[arg(
+        long,
+        env = "ARCHFARM_CLIENT_KEY",
+        value_name = "FILE",
+        requires = "client_cert"
+    )]
+    pub client_key: Option<PathBuf>,
+}
+
+impl Config {
+    /// The TLS files to talk to the coordinator with.
+    pub fn client_tls(&self) -> crate::tls::ClientTls {
+        crate::tls::ClientTls {
+            ca_cert: self.ca_cert.clone(),
+            identity: self.client_cert.clone().zip(self.client_key.clone()),
+        }
+    }
 }
 
 /// Which platforms the agent offers under QEMU emulation.
@@ -183,6 +217,31 @@ mod tests {
         let e = Config::try_parse_from(["a", "--coordinator", "ftp://x", "--join-token", "t"])
             .unwrap_err();
         assert!(e.to_string().contains("http://"), "{e}");
+    }
+
+    #[test]
+    fn tls_files() {
+        let c = parse(&[]).unwrap();
+        assert_eq!(c.client_tls(), crate::tls::ClientTls::default());
+        let c = parse(&[
+            "--ca-cert",
+            "ca.pem",
+            "--client-cert",
+            "me.pem",
+            "--client-key",
+            "me.key",
+        ])
+        .unwrap();
+        let tls = c.client_tls();
+        assert_eq!(tls.ca_cert, Some(PathBuf::from("ca.pem")));
+        assert_eq!(
+            tls.identity,
+            Some((PathBuf::from("me.pem"), PathBuf::from("me.key")))
+        );
+        let e = parse(&["--client-cert", "me.pem"]).unwrap_err().to_string();
+        assert!(e.contains("--client-key"), "{e}");
+        let e = parse(&["--client-key", "me.key"]).unwrap_err().to_string();
+        assert!(e.contains("--client-cert"), "{e}");
     }
 
     #[test]

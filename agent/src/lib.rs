@@ -32,6 +32,7 @@ pub mod registry_error;
 pub mod runner;
 pub mod session;
 pub mod shutdown;
+pub mod tls;
 pub mod workdir;
 
 pub use config::{Config, Emulate, Secret};
@@ -81,6 +82,10 @@ pub enum AgentError {
         /// The cause.
         source: std::io::Error,
     },
+    /// The TLS connection to the coordinator failed on a certificate (not trusted, or this agent's
+    /// refused), or the coordinator requires a client certificate the agent did not present.
+    #[error("{0}")]
+    Certificate(String),
     /// The builder backend is unusable (e.g. buildah is not installed).
     #[error("the build backend is not usable: {0}")]
     Backend(#[from] BackendError),
@@ -88,13 +93,14 @@ pub enum AgentError {
 
 impl AgentError {
     /// The process exit code for this error: 2 for a rejected join token, a name another agent
-    /// holds, a revoked agent or bad configuration, else 1.
+    /// holds, a revoked agent, a certificate problem or bad configuration, else 1.
     pub fn exit_code(&self) -> u8 {
         match self {
             AgentError::JoinTokenRejected(_)
             | AgentError::NameTaken { .. }
             | AgentError::Revoked(_)
             | AgentError::Config(_)
+            | AgentError::Certificate(_)
             | AgentError::Detect(_) => 2,
             AgentError::RegisterRefused(_)
             | AgentError::WorkDir { .. }
@@ -172,7 +178,8 @@ pub async fn run(
     }
     let backend: Arc<dyn Backend> = Arc::new(buildah);
     backend.prepare().await?;
-    let client = CoordinatorClient::new(config.coordinator.clone());
+    let client = CoordinatorClient::with_tls(config.coordinator.clone(), &config.client_tls())
+        .map_err(AgentError::Config)?;
     let session = session::Session {
         client,
         join_token: config.join_token.clone(),

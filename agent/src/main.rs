@@ -2,7 +2,8 @@
 //!
 //! Exit codes: 0 after a drain (first SIGTERM/SIGINT, or `archfarm agents drain`), 1 when a second
 //! signal abandoned running builds or on an error, 2 for a rejected join token, a name taken by
-//! another online agent, or bad flags.
+//! another online agent, a TLS certificate problem (the coordinator's certificate not trusted, a
+//! client certificate missing or refused), or bad flags.
 
 use std::io::IsTerminal;
 use std::process::ExitCode;

@@ -148,7 +148,13 @@ impl Session {
                 }
                 Err(e) => {
                     let d = backoff.next_delay();
-                    warn!(error = %e, attempt = backoff.attempts(), retry_in_ms = d.as_millis() as u64, "lease failed; retrying");
+                    if matches!(e, ClientError::Certificate { .. }) {
+                        // Registered, so the certificate was fine until now: it was replaced
+                        // under the agent. Builds may still be running; keep trying, loudly.
+                        tracing::error!(error = %e, attempt = backoff.attempts(), retry_in_ms = d.as_millis() as u64, "lease failed on a certificate; retrying");
+                    } else {
+                        warn!(error = %e, attempt = backoff.attempts(), retry_in_ms = d.as_millis() as u64, "lease failed; retrying");
+                    }
                     tokio::select! {
                         _ = drain.cancelled() => break,
                         _ = tokio::time::sleep(d) => {}
@@ -298,6 +304,13 @@ impl Session {
                         token,
                     })));
                 }
+                Err(ClientError::Unauthorized { code, message })
+                    if code == "client_certificate_required" =>
+                {
+                    return Err(AgentError::Certificate(format!(
+                        "the coordinator requires a client certificate: {message}"
+                    )))
+                }
                 Err(ClientError::Unauthorized { .. }) if saved.is_some() => {
                     info!("the coordinator no longer accepts this agent's own token; registering with the join token");
                     self.work_dir.forget_token();
@@ -305,6 +318,10 @@ impl Session {
                 }
                 Err(ClientError::Unauthorized { message, .. }) => {
                     return Err(AgentError::JoinTokenRejected(message))
+                }
+                // Not an outage: retrying cannot fix a certificate, so say so and stop.
+                Err(e @ ClientError::Certificate { .. }) => {
+                    return Err(AgentError::Certificate(e.to_string()))
                 }
                 Err(ClientError::Refused { code, message, .. }) if code == "agent_revoked" => {
                     self.work_dir.forget_token();

@@ -22,7 +22,8 @@ Exit codes:
   2    bad usage or input, refused before anything was sent (unknown platform, malformed reference,
        missing context or Dockerfile, unknown agent name for `agents drain`, a platform the job
        does not build for `logs`) or refused by the coordinator (4xx: bad request, bad token,
-       unknown job, context too large)
+       unknown job, context too large), or a TLS certificate problem (the coordinator's certificate
+       is not trusted: pass --ca-cert FILE)
   130  interrupted (Ctrl-C) while following a job; the job keeps running on the coordinator";
 
 /// Default coordinator URL when neither `--coordinator` nor `ARCHFARM_COORDINATOR` is given.
@@ -71,6 +72,10 @@ pub struct Connection {
         value_name = "TOKEN"
     )]
     pub token: Option<Secret>,
+    /// PEM CA certificate(s) to trust for an HTTPS coordinator, on top of the system's roots
+    /// (e.g. a self-signed farm CA). Default: none (the system's roots only).
+    #[arg(long, global = true, env = "ARCHFARM_CA_CERT", value_name = "FILE")]
+    pub ca_cert: Option<PathBuf>,
 }
 
 /// The subcommands.

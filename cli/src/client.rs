@@ -3,6 +3,7 @@
 //! Errors carry the coordinator's own [`ErrorResponse`] message, and the causes of transport
 //! failures are flattened into the message: a CI log shows one line that says what happened.
 
+use std::path::Path;
 use std::time::Duration;
 
 use archfarm_protocol::api::{
@@ -48,6 +49,17 @@ pub enum ClientError {
         /// The innermost cause.
         cause: String,
     },
+    /// The TLS connection failed on the coordinator's certificate: a configuration problem.
+    #[error("{problem}: {hint}")]
+    Certificate {
+        /// What is wrong, e.g. "the coordinator's TLS certificate is not trusted (...)".
+        problem: String,
+        /// What to change.
+        hint: &'static str,
+    },
+    /// The `--ca-cert` file cannot be used.
+    #[error("{0}")]
+    CaCert(String),
     /// The answer was not what the contract says.
     #[error("the coordinator at {url} sent an answer archfarm cannot read ({route}): {cause}")]
     Decode {
@@ -73,13 +85,17 @@ impl ClientError {
         match self {
             ClientError::Unreachable { .. } | ClientError::Transport { .. } => true,
             ClientError::Api { status, .. } => *status >= 500 || matches!(status, 408 | 429),
-            ClientError::Decode { .. } => false,
+            ClientError::Decode { .. }
+            | ClientError::Certificate { .. }
+            | ClientError::CaCert(_) => false,
         }
     }
 
-    /// 2 when the coordinator refused the request as wrong (4xx), else 1.
+    /// 2 when the coordinator refused the request as wrong (4xx) or for a certificate problem (the
+    /// user must fix the configuration), else 1.
     pub fn exit_code(&self) -> u8 {
         match self {
+            ClientError::Certificate { .. } | ClientError::CaCert(_) => 2,
             ClientError::Api { status, .. }
                 if (400..500).contains(status) && !self.is_transient() =>
             {
@@ -107,6 +123,86 @@ fn root_cause(err: &(dyn std::error::Error + 'static)) -> String {
     last.to_string()
 }
 
+/// The CA certificates in a PEM file, for `--ca-cert`.
+fn ca_certificates(path: &Path) -> Result<Vec<reqwest::Certificate>, ClientError> {
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::CertificateDer;
+    let pem = std::fs::read(path).map_err(|e| {
+        ClientError::CaCert(format!(
+            "cannot read the CA certificate {} (--ca-cert): {e}",
+            path.display()
+        ))
+    })?;
+    let ders = CertificateDer::pem_slice_iter(&pem)
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| {
+            use rustls::pki_types::pem::Error;
+            let detail = match e {
+                Error::MissingSectionEnd { .. } => "a section has no `-----END …-----` line".into(),
+                Error::IllegalSectionStart { .. } => {
+                    "a `-----BEGIN …-----` line is malformed".into()
+                }
+                Error::Base64Decode(_) => "a section's body is not valid base64".into(),
+                other => other.to_string(),
+            };
+            ClientError::CaCert(format!(
+                "the CA certificate {} (--ca-cert) is not valid PEM: {detail}",
+                path.display()
+            ))
+        })?;
+    if ders.is_empty() {
+        return Err(ClientError::CaCert(format!(
+            "the CA certificate {} (--ca-cert) holds no certificate: a PEM file with \
+             `-----BEGIN CERTIFICATE-----` sections is expected",
+            path.display()
+        )));
+    }
+    ders.iter()
+        .map(|der| reqwest::Certificate::from_der(der))
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| {
+            ClientError::CaCert(format!(
+                "the CA certificate {} (--ca-cert) is not usable: {e}",
+                path.display()
+            ))
+        })
+}
+
+/// What is wrong when `err` failed on the coordinator's TLS certificate, worded for people;
+/// `None` for any other failure.
+pub fn certificate_problem(err: &(dyn std::error::Error + 'static)) -> Option<String> {
+    use rustls::{CertificateError, Error};
+    let mut cur = Some(err);
+    while let Some(e) = cur {
+        let tls = e.downcast_ref::<Error>();
+        match tls {
+            Some(Error::InvalidCertificate(CertificateError::UnknownIssuer)) => {
+                return Some(
+                    "the coordinator's TLS certificate is not trusted (it is not signed by a \
+                     known CA)"
+                        .into(),
+                )
+            }
+            Some(Error::InvalidCertificate(c)) => {
+                return Some(format!(
+                    "the coordinator's TLS certificate is not accepted ({c})"
+                ))
+            }
+            _ => {}
+        }
+        // io::Error's `source()` skips the error it wraps (rustls puts its own there, sometimes
+        // inside a second io::Error): step into it instead.
+        cur = match e
+            .downcast_ref::<std::io::Error>()
+            .and_then(|io| io.get_ref())
+        {
+            Some(inner) => Some(inner as &(dyn std::error::Error + 'static)),
+            None => e.source(),
+        };
+    }
+    None
+}
+
 /// A client for one coordinator.
 #[derive(Clone)]
 pub struct Client {
@@ -128,14 +224,25 @@ impl std::fmt::Debug for Client {
 impl Client {
     /// A client for the coordinator at `base` (already validated as an http(s) URL).
     pub fn new(base: &str, token: Option<Secret>) -> Result<Self, ClientError> {
-        let http = reqwest::Client::builder()
+        Self::with_ca_cert(base, token, None)
+    }
+
+    /// A client that also trusts the CA certificate(s) in the PEM file `ca_cert`.
+    pub fn with_ca_cert(
+        base: &str,
+        token: Option<Secret>,
+        ca_cert: Option<&Path>,
+    ) -> Result<Self, ClientError> {
+        let mut builder = reqwest::Client::builder()
             .user_agent(concat!("archfarm/", env!("CARGO_PKG_VERSION")))
-            .connect_timeout(Duration::from_secs(10))
-            .build()
-            .map_err(|e| ClientError::Transport {
-                url: base.to_string(),
-                cause: root_cause(&e),
-            })?;
+            .connect_timeout(Duration::from_secs(10));
+        if let Some(path) = ca_cert {
+            builder = builder.tls_certs_merge(ca_certificates(path)?);
+        }
+        let http = builder.build().map_err(|e| ClientError::Transport {
+            url: base.to_string(),
+            cause: root_cause(&e),
+        })?;
         Ok(Client {
             http,
             base: base.trim_end_matches('/').to_string(),
@@ -169,6 +276,12 @@ impl Client {
 
     fn transport(&self, e: &reqwest::Error) -> ClientError {
         let url = self.base.clone();
+        if let Some(problem) = certificate_problem(e) {
+            return ClientError::Certificate {
+                problem,
+                hint: "pass --ca-cert FILE (or ARCHFARM_CA_CERT) with the CA that signed it",
+            };
+        }
         let cause = root_cause(e);
         if e.is_connect() {
             ClientError::Unreachable { url, cause }
@@ -413,6 +526,46 @@ mod tests {
             "cannot reach the coordinator at http://127.0.0.1:1: Connection refused (os error 111)"
         );
         assert_eq!(e.exit_code(), 1);
+    }
+
+    #[test]
+    fn certificate_problems_exit_2_and_say_what_to_do() {
+        // As reqwest hands it over: an io::Error inside an io::Error.
+        let io = std::io::Error::other(std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            rustls::Error::InvalidCertificate(rustls::CertificateError::UnknownIssuer),
+        ));
+        let problem = certificate_problem(&io).expect("found inside the io::Error");
+        let e = ClientError::Certificate {
+            problem,
+            hint: "pass --ca-cert FILE",
+        };
+        assert!(
+            e.to_string()
+                .starts_with("the coordinator's TLS certificate is not trusted"),
+            "{e}"
+        );
+        assert_eq!(e.exit_code(), 2);
+        assert!(!e.is_transient());
+        let refused = std::io::Error::from(std::io::ErrorKind::ConnectionRefused);
+        assert_eq!(certificate_problem(&refused), None);
+
+        let dir = tempfile::tempdir().unwrap();
+        let junk = dir.path().join("junk.pem");
+        std::fs::write(&junk, "not a certificate\n").unwrap();
+        let e = Client::with_ca_cert("https://h:1", None, Some(&junk)).unwrap_err();
+        assert!(
+            e.to_string()
+                .contains("junk.pem (--ca-cert) holds no certificate"),
+            "{e}"
+        );
+        assert_eq!(e.exit_code(), 2);
+        let e = Client::with_ca_cert("https://h:1", None, Some(&dir.path().join("nope.pem")))
+            .unwrap_err();
+        assert!(
+            e.to_string().contains("cannot read the CA certificate"),
+            "{e}"
+        );
     }
 
     #[tokio::test]

@@ -60,7 +60,11 @@ pub fn stderr_can_redraw() -> bool {
 
 pub(crate) fn client(conn: &Connection) -> Result<Client, Error> {
     check_coordinator_url(&conn.coordinator)?;
-    Ok(Client::new(&conn.coordinator, conn.token.clone())?)
+    Ok(Client::with_ca_cert(
+        &conn.coordinator,
+        conn.token.clone(),
+        conn.ca_cert.as_deref(),
+    )?)
 }
 
 /// `archfarm build`: validate, pack, upload, submit, follow.

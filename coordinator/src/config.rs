@@ -111,6 +111,36 @@ pub struct Config {
         value_delimiter = ','
     )]
     pub secure_registries: Vec<String>,
+
+    /// PEM certificate chain (leaf first) to serve HTTPS with; needs `--tls-key`. Reloaded on SIGHUP
+    /// and when the file changes. Default: none (plain HTTP).
+    #[arg(
+        long,
+        env = "ARCHFARM_TLS_CERT",
+        value_name = "FILE",
+        requires = "tls_key"
+    )]
+    pub tls_cert: Option<PathBuf>,
+
+    /// PEM private key of `--tls-cert` (PKCS#8, PKCS#1 or SEC1). Default: none (plain HTTP).
+    #[arg(
+        long,
+        env = "ARCHFARM_TLS_KEY",
+        value_name = "FILE",
+        requires = "tls_cert"
+    )]
+    pub tls_key: Option<PathBuf>,
+
+    /// PEM CA certificate(s) agents' client certificates must chain to; with it, agent calls without
+    /// a verified client certificate are refused (401 `client_certificate_required`) while the CLI
+    /// and browsers connect without one. Needs `--tls-cert`. Default: none (no client certificates).
+    #[arg(
+        long,
+        env = "ARCHFARM_CLIENT_CA",
+        value_name = "FILE",
+        requires = "tls_cert"
+    )]
+    pub client_ca: Option<PathBuf>,
 }
 
 impl Config {
@@ -146,6 +176,20 @@ impl Config {
                 self.data_dir.join("archfarm.db").display()
             ),
         }
+    }
+
+    /// The TLS files, `None` for plain HTTP; an error when the TLS flags do not go together.
+    pub fn tls_files(&self) -> Result<Option<crate::tls::TlsFiles>, crate::tls::TlsError> {
+        crate::tls::TlsFiles::from_flags(
+            self.tls_cert.as_deref(),
+            self.tls_key.as_deref(),
+            self.client_ca.as_deref(),
+        )
+    }
+
+    /// Whether the coordinator serves HTTPS (so cookies get the `Secure` flag).
+    pub fn tls_enabled(&self) -> bool {
+        self.tls_cert.is_some()
     }
 
     /// How long a lease lives without a heartbeat.
@@ -229,6 +273,51 @@ mod tests {
         assert!(closed.auth_enabled() && closed.join_required());
         assert!(parse(&["--join-token", "j"]).join_required());
         assert!(!open.join_required() && !open.auth_enabled());
+    }
+
+    #[test]
+    fn tls_flags_go_together() {
+        let err = |args: &[&str]| {
+            Config::try_parse_from(
+                std::iter::once("archfarm-coordinator").chain(args.iter().copied()),
+            )
+            .unwrap_err()
+        };
+        // At parsing, as a usage error (exit 2) naming the missing flag.
+        let e = err(&["--tls-cert", "c.pem"]);
+        assert_eq!(e.kind(), clap::error::ErrorKind::MissingRequiredArgument);
+        assert!(e.to_string().contains("--tls-key"), "{e}");
+        let e = err(&["--tls-key", "k.pem"]);
+        assert!(e.to_string().contains("--tls-cert"), "{e}");
+        let e = err(&["--client-ca", "ca.pem"]);
+        assert!(e.to_string().contains("--tls-cert"), "{e}");
+
+        let plain = parse(&[]);
+        assert_eq!(plain.tls_files().unwrap(), None);
+        assert!(!plain.tls_enabled());
+        let tls = parse(&[
+            "--tls-cert",
+            "c.pem",
+            "--tls-key",
+            "k.pem",
+            "--client-ca",
+            "ca.pem",
+        ]);
+        let files = tls.tls_files().unwrap().unwrap();
+        assert_eq!(files.cert, PathBuf::from("c.pem"));
+        assert_eq!(files.key, PathBuf::from("k.pem"));
+        assert_eq!(files.client_ca, Some(PathBuf::from("ca.pem")));
+        assert!(tls.tls_enabled());
+
+        // And again for a Config built some other way than from flags (as run() checks it).
+        let mut c = parse(&[]);
+        c.tls_cert = Some("c.pem".into());
+        let e = c.tls_files().unwrap_err().to_string();
+        assert!(e.contains("--tls-cert needs --tls-key"), "{e}");
+        let mut c = parse(&[]);
+        c.client_ca = Some("ca.pem".into());
+        let e = c.tls_files().unwrap_err().to_string();
+        assert!(e.contains("--client-ca needs TLS"), "{e}");
     }
 
     #[test]

@@ -14,6 +14,7 @@ pub mod registry;
 pub mod scheduler;
 pub mod stitch;
 pub mod store;
+pub mod tls;
 pub mod web;
 
 use std::future::Future;
@@ -25,6 +26,7 @@ use anyhow::Context as _;
 use archfarm_protocol::api::JobState;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
+use tracing::Instrument as _;
 
 use crate::blobs::BlobStore;
 use crate::changes::Changes;
@@ -80,6 +82,11 @@ pub async fn run(
     // Before anything else: a broken credentials file must stop the start, not the first job.
     let registry = registry::RegistryAccess::load(&config)?;
     registry.log_summary(&config);
+    // Before anything else, so a bad certificate stops the start with a message naming the file.
+    let tls = match config.tls_files()? {
+        Some(files) => Some(tls::Tls::load(&files)?),
+        None => None,
+    };
     std::fs::create_dir_all(&config.data_dir).with_context(|| {
         format!(
             "cannot create the data directory {}",
@@ -142,19 +149,45 @@ pub async fn run(
     let reaper = tokio::spawn(reap_leases(state.clone()));
 
     let addr = listener.local_addr()?;
-    tracing::info!(%addr, "archfarm-coordinator listening on http://{addr}");
-    let app = api::router(state.clone());
+    // Every request sees its connection as `ConnectInfo<tls::Peer>` (client certificates).
+    let app = api::router(state.clone()).into_make_service_with_connect_info::<tls::Peer>();
     let stop = token.clone();
-    axum::serve(listener, app)
-        .with_graceful_shutdown(async move {
-            shutdown.await;
-            tracing::info!("shutting down");
-            // Wakes long-polling agents so the drain does not wait out their polls.
-            stop.cancel();
-        })
-        .await?;
+    let graceful = async move {
+        shutdown.await;
+        tracing::info!("shutting down");
+        // Wakes long-polling agents so the drain does not wait out their polls.
+        stop.cancel();
+    };
+    let mut reloader = None;
+    match tls {
+        None => {
+            tracing::info!(%addr, "archfarm-coordinator listening on http://{addr}");
+            axum::serve(listener, app)
+                .with_graceful_shutdown(graceful)
+                .await?;
+        }
+        Some(tls) => {
+            reloader = Some(tokio::spawn(
+                tls::watch(tls.resolver.clone(), tls::RELOAD_POLL, token.clone())
+                    .instrument(tracing::info_span!("tls_reload")),
+            ));
+            tracing::info!(
+                %addr,
+                fingerprint = %tls.resolver.current_fingerprint(),
+                client_certificates = state.config.client_ca.is_some(),
+                "archfarm-coordinator listening on https://{addr}"
+            );
+            let listener = tls::TlsListener::new(listener, tls.config)?;
+            axum::serve(listener, app)
+                .with_graceful_shutdown(graceful)
+                .await?;
+        }
+    }
     token.cancel();
     let _ = reaper.await;
+    if let Some(reloader) = reloader {
+        let _ = reloader.await;
+    }
     Ok(())
 }
 

@@ -61,6 +61,13 @@ impl AgentOptions {
         self
     }
 
+    /// Adds one more command-line argument (e.g. `--ca-cert`, then its file).
+    pub fn arg(mut self, arg: impl AsRef<std::ffi::OsStr>) -> Self {
+        self.extra_args
+            .push(arg.as_ref().to_string_lossy().into_owned());
+        self
+    }
+
     /// Presents `token` instead of the coordinator's join token.
     pub fn join_token(mut self, token: &str) -> Self {
         self.join_token = Some(token.to_string());

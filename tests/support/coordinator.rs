@@ -10,6 +10,7 @@ use reqwest::blocking::RequestBuilder;
 use serde::de::DeserializeOwned;
 
 use crate::process::{bin_path, clean_env, free_port, Daemon, Scratch};
+use crate::tls::CoordinatorTls;
 
 /// How long the coordinator may take to answer `/healthz` (it migrates its database first).
 const READY_TIMEOUT: Duration = Duration::from_secs(90);
@@ -26,6 +27,9 @@ pub struct CoordinatorOptions {
     pub api_token: Option<String>,
     /// Further flags.
     pub extra_args: Vec<String>,
+    /// Serve HTTPS: `url()` is `https://…`, and the harness's own client and the CLI it runs
+    /// trust the CA. None: plain HTTP.
+    pub tls: Option<CoordinatorTls>,
 }
 
 impl CoordinatorOptions {
@@ -44,6 +48,37 @@ impl CoordinatorOptions {
         self.extra_args.push(arg.to_string());
         self
     }
+
+    /// Serves HTTPS with `tls`.
+    pub fn tls(mut self, tls: CoordinatorTls) -> Self {
+        self.tls = Some(tls);
+        self
+    }
+
+    /// `https` or `http`.
+    fn scheme(&self) -> &'static str {
+        if self.tls.is_some() {
+            "https"
+        } else {
+            "http"
+        }
+    }
+
+    /// The harness's client for this coordinator: trusting its CA over HTTPS.
+    fn http_client(&self) -> reqwest::blocking::Client {
+        match &self.tls {
+            Some(tls) => crate::tls::https_client(&tls.ca),
+            None => crate::http_client(),
+        }
+    }
+
+    /// Environment for the CLI the harness runs against it: `ARCHFARM_CA_CERT` over HTTPS.
+    fn cli_env(&self) -> Vec<(String, String)> {
+        match &self.tls {
+            Some(tls) => vec![("ARCHFARM_CA_CERT".to_string(), tls.ca.display().to_string())],
+            None => Vec::new(),
+        }
+    }
 }
 
 impl Default for CoordinatorOptions {
@@ -52,6 +87,7 @@ impl Default for CoordinatorOptions {
             join_token: format!("join-{}", uuid::Uuid::new_v4().simple()),
             api_token: None,
             extra_args: Vec::new(),
+            tls: None,
         }
     }
 }
@@ -78,14 +114,14 @@ impl Coordinator {
     /// Starts a coordinator and waits until `GET /healthz` answers 200.
     pub fn start_with(opts: CoordinatorOptions) -> Coordinator {
         let dir = Scratch::new("coordinator");
-        let http = crate::http_client();
+        let http = opts.http_client();
         for attempt in 1..=3 {
             let listen = format!("127.0.0.1:{}", free_port());
             match spawn_ready(&listen, &opts, &dir, &http) {
                 Ok(daemon) => {
                     return Coordinator {
                         daemon,
-                        url: format!("http://{listen}"),
+                        url: format!("{}://{listen}", opts.scheme()),
                         listen,
                         opts,
                         http,
@@ -144,7 +180,7 @@ impl Coordinator {
         self.daemon.pid()
     }
 
-    /// `http://127.0.0.1:PORT`.
+    /// `http://127.0.0.1:PORT` (`https://` with [`CoordinatorOptions::tls`]).
     pub fn url(&self) -> &str {
         &self.url
     }
@@ -296,7 +332,12 @@ impl Coordinator {
 
     /// Starts `archfarm ARGS` against this coordinator in the background.
     pub fn cli_background(&self, args: &[&str]) -> BackgroundCli {
-        BackgroundCli::spawn(&self.url, self.opts.api_token.as_deref(), args)
+        BackgroundCli::spawn_with_env(
+            &self.url,
+            self.opts.api_token.as_deref(),
+            args,
+            &self.opts.cli_env(),
+        )
     }
 
     /// Runs `archfarm ARGS` against this coordinator with [`CLI_TIMEOUT`].
@@ -306,7 +347,17 @@ impl Coordinator {
 
     /// Runs `archfarm ARGS` against this coordinator; panics if it runs longer than `timeout`.
     pub fn cli_timeout(&self, args: &[&str], timeout: Duration) -> Output {
-        run_cli(&self.url, self.opts.api_token.as_deref(), args, timeout)
+        self.cli_background(args).wait(timeout)
+    }
+
+    /// The TLS files it serves with, if it serves HTTPS.
+    pub fn tls(&self) -> Option<&CoordinatorTls> {
+        self.opts.tls.as_ref()
+    }
+
+    /// Sends `signal` to the coordinator (e.g. SIGHUP to reload its certificate).
+    pub fn signal(&mut self, signal: rustix::process::Signal) {
+        self.daemon.signal(signal);
     }
 }
 
@@ -328,11 +379,18 @@ fn spawn_ready(
     if let Some(token) = &opts.api_token {
         cmd.arg("--api-token").arg(token);
     }
+    if let Some(tls) = &opts.tls {
+        cmd.arg("--tls-cert").arg(&tls.cert);
+        cmd.arg("--tls-key").arg(&tls.key);
+        if let Some(ca) = &tls.client_ca {
+            cmd.arg("--client-ca").arg(ca);
+        }
+    }
     cmd.args(&opts.extra_args);
     clean_env(&mut cmd);
     let daemon = Daemon::spawn("archfarm-coordinator", cmd, dir.join("coordinator.log"));
     daemon.ready_at(
-        &format!("http://{listen}/healthz"),
+        &format!("{}://{listen}/healthz", opts.scheme()),
         "the coordinator",
         READY_TIMEOUT,
         http,
@@ -359,6 +417,16 @@ pub struct BackgroundCli {
 impl BackgroundCli {
     /// Starts `archfarm ARGS` with `ARCHFARM_COORDINATOR=url` (and `ARCHFARM_TOKEN`), no stdin.
     pub fn spawn(url: &str, token: Option<&str>, args: &[&str]) -> BackgroundCli {
+        Self::spawn_with_env(url, token, args, &[])
+    }
+
+    /// [`BackgroundCli::spawn`] with further environment variables (e.g. `ARCHFARM_CA_CERT`).
+    pub fn spawn_with_env(
+        url: &str,
+        token: Option<&str>,
+        args: &[&str],
+        env: &[(String, String)],
+    ) -> BackgroundCli {
         let dir = Scratch::new("cli");
         let mut cmd = Command::new(bin_path("archfarm"));
         cmd.args(args);
@@ -370,6 +438,7 @@ impl BackgroundCli {
         if let Some(token) = token {
             cmd.env("ARCHFARM_TOKEN", token);
         }
+        cmd.envs(env.iter().map(|(k, v)| (k, v)));
         let child = cmd
             .spawn()
             .unwrap_or_else(|e| panic!("cannot start archfarm: {e}"));

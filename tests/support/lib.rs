@@ -20,6 +20,7 @@ pub mod process;
 pub mod protocol_agent;
 pub mod registry;
 pub mod secure_registry;
+pub mod tls;
 
 use std::path::Path;
 use std::time::Duration;
@@ -37,7 +38,8 @@ pub use process::{
 pub use protocol_agent::{KeepAlive, ProtocolAgent, Refused};
 pub use registry::Registry;
 pub use rustix::process::Signal;
-pub use secure_registry::{SecureRegistry, TestCa};
+pub use secure_registry::SecureRegistry;
+pub use tls::{https_client, served_certificate, CertFiles, CoordinatorTls, TestCa};
 
 /// The four platforms of the example, with what `uname -m` says on each.
 pub const HELLO_PLATFORMS: &[(&str, &str)] = &[

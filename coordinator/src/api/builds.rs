@@ -5,8 +5,8 @@ use archfarm_protocol::api::{
     MAX_LOG_BATCH_BYTES,
 };
 use archfarm_protocol::events::LogResponse;
-use archfarm_protocol::tokens::Scope;
 use archfarm_protocol::redact::Redactor;
+use archfarm_protocol::tokens::Scope;
 use axum::body::Body;
 use axum::extract::{DefaultBodyLimit, Path, State};
 use axum::http::{header, HeaderMap, StatusCode};

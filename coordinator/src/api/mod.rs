@@ -3,6 +3,7 @@
 pub mod agents;
 pub mod auth;
 pub mod builds;
+pub mod client_cert;
 pub mod contexts;
 pub mod error;
 pub mod events;
@@ -37,6 +38,11 @@ pub fn router(state: AppState) -> Router {
         .nest(archfarm_protocol::api::API_PREFIX, api)
         .merge(crate::web::router())
         .fallback(error::no_route)
+        // After routing (it needs the route), inside `observe` (so refusals are counted).
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            client_cert::require_for_agents,
+        ))
         // A router-wide layer runs after routing, so it sees the matched route template.
         .layer(axum::middleware::from_fn_with_state(
             state.clone(),

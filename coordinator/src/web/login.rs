@@ -85,7 +85,10 @@ pub(crate) async fn submit(
     }
     // Hex, so any token works; and a leaked cookie is not the token and grants reading only.
     let value = read_cookie_value(&Secret::new(token));
-    let cookie = format!("{TOKEN_COOKIE}={value}; HttpOnly; SameSite=Strict; Path=/");
+    let cookie = format!(
+        "{TOKEN_COOKIE}={value}; HttpOnly; SameSite=Strict; Path=/{}",
+        secure(&state)
+    );
     Ok((
         StatusCode::SEE_OTHER,
         [
@@ -96,9 +99,21 @@ pub(crate) async fn submit(
         .into_response())
 }
 
+/// `; Secure` when the coordinator serves HTTPS, so a browser never sends the cookie in clear.
+fn secure(state: &AppState) -> &'static str {
+    if state.config.tls_enabled() {
+        "; Secure"
+    } else {
+        ""
+    }
+}
+
 /// `POST /logout`: forgets the cookie.
-pub(crate) async fn logout() -> Response {
-    let cookie = format!("{TOKEN_COOKIE}=; HttpOnly; SameSite=Strict; Path=/; Max-Age=0");
+pub(crate) async fn logout(State(state): State<AppState>) -> Response {
+    let cookie = format!(
+        "{TOKEN_COOKIE}=; HttpOnly; SameSite=Strict; Path=/; Max-Age=0{}",
+        secure(&state)
+    );
     (
         StatusCode::SEE_OTHER,
         [

@@ -71,12 +71,9 @@ pub async fn run_build(
         .resolve(lease.registry_auth.as_ref(), &lease.registry);
     // Secret build arguments and the registry credential never leave the agent in a log line or
     // a failure message.
-    let redactor = Redactor::for_build_args(&lease.build_args, &lease.secret_build_args).with(
-        registry_auth
-            .iter()
-            .flat_map(|c| c.secrets())
-            .map(|s| s.expose()),
-    );
+    let secrets: Vec<_> = registry_auth.iter().flat_map(|c| c.secrets()).collect();
+    let redactor = Redactor::for_build_args(&lease.build_args, &lease.secret_build_args)
+        .with(secrets.iter().map(|s| s.expose()));
     let target = LogTarget {
         client: env.client.clone(),
         creds: creds.clone(),

@@ -109,9 +109,10 @@ pub fn tokens_table(tokens: &[TokenInfo], now: DateTime<Utc>) -> String {
                 t.name.clone(),
                 t.hint.clone(),
                 t.state.to_string(),
-                match t.max_uses {
-                    Some(m) => format!("{}/{m}", t.uses),
-                    None => t.uses.to_string(),
+                match (t.kind, t.max_uses) {
+                    (TokenKind::Api, _) => "-".into(),
+                    (TokenKind::Join, Some(m)) => format!("{}/{m}", t.uses),
+                    (TokenKind::Join, None) => t.uses.to_string(),
                 },
                 match t.expires_at {
                     Some(e) if e > now => format!(

@@ -316,7 +316,8 @@ pub struct BuildArgs {
     #[arg(long, env = "ARCHFARM_SUBMITTER", value_name = "NAME")]
     pub submitter: Option<String>,
     /// Treat the value of build argument NAME (given with --build-arg) as secret: the job shows it
-    /// as [redacted] and build logs have it replaced by [redacted]; repeatable.
+    /// as [redacted] and build logs have it replaced by [redacted]; repeatable. Like any build
+    /// argument it still reaches the image's history, so it is no way to keep a secret out of it.
     #[arg(long = "secret-build-arg", value_name = "NAME")]
     pub secret_build_args: Vec<String>,
     /// Context directory.

@@ -52,11 +52,17 @@ impl RegistryCredential {
         }
     }
 
-    /// Every secret string of the credential, so a log line that echoes one can be redacted.
-    pub fn secrets(&self) -> Vec<&Secret> {
+    /// Every secret string of the credential, so a log line that echoes one can be redacted:
+    /// for a password also the base64 `user:password` an `Authorization: Basic` header carries.
+    pub fn secrets(&self) -> Vec<Secret> {
         match self {
-            RegistryCredential::Basic { password, .. } => vec![password],
-            RegistryCredential::IdentityToken(t) | RegistryCredential::RegistryToken(t) => vec![t],
+            RegistryCredential::Basic { username, password } => vec![
+                password.clone(),
+                Secret::new(BASE64.encode(format!("{username}:{}", password.expose()))),
+            ],
+            RegistryCredential::IdentityToken(t) | RegistryCredential::RegistryToken(t) => {
+                vec![t.clone()]
+            }
         }
     }
 

@@ -160,9 +160,9 @@ pub struct TokenInfo {
     /// How many agents a join token may register.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_uses: Option<u64>,
-    /// Registrations (join) or authenticated requests (API) so far.
+    /// Registrations so far (join tokens; API tokens count none).
     pub uses: u64,
-    /// When it was last accepted.
+    /// When it was last accepted (for API tokens, to the minute).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_used_at: Option<DateTime<Utc>>,
     /// When it was revoked.

@@ -85,9 +85,19 @@ async fn register(
             "an agent must offer at least one platform",
         ));
     }
-    let joined = require_join(&state, &headers, &req.name).await.inspect_err(|_| {
-        tracing::warn!(agent = %req.name, "registration refused: wrong, spent or missing join token");
-    })?;
+    let joined = match require_join(&state, &headers, &req.name).await {
+        Ok(joined) => joined,
+        // A revoked agent falls back to its join token, often spent by then: say what really
+        // keeps it out, so its operator knows an admin must act.
+        Err(_) if state.store.agent_name_revoked(&req.name).await? => {
+            tracing::warn!(agent = %req.name, "registration refused: the agent was revoked");
+            return Err(revoked(&req.name));
+        }
+        Err(e) => {
+            tracing::warn!(agent = %req.name, "registration refused: wrong, spent or missing join token");
+            return Err(e);
+        }
+    };
     let token = format!("{AGENT_TOKEN_PREFIX}{}", uuid::Uuid::new_v4().simple());
     let registered = state
         .store
@@ -117,14 +127,7 @@ async fn register(
         }
         Ok(Registered::Revoked) => {
             tracing::warn!(agent = %req.name, "registration refused: the agent was revoked");
-            Err(ApiError::Forbidden {
-                code: "agent_revoked",
-                message: format!(
-                    "the agent named '{}' was revoked by an admin; it may register again only after \
-                     an admin runs `archfarm agents forget {}`",
-                    req.name, req.name
-                ),
-            })
+            Err(revoked(&req.name))
         }
         Err(e) => Err(e.into()),
     };
@@ -149,6 +152,17 @@ async fn register(
         token,
         heartbeat_interval_secs: state.config.heartbeat_secs,
     }))
+}
+
+/// The refusal of a registration under a revoked agent's name.
+fn revoked(name: &str) -> ApiError {
+    ApiError::Forbidden {
+        code: "agent_revoked",
+        message: format!(
+            "the agent named '{name}' was revoked by an admin; it may register again only after \
+             an admin runs `archfarm agents forget {name}`"
+        ),
+    }
 }
 
 async fn lease(
@@ -184,7 +198,16 @@ async fn lease(
     else {
         return Ok(StatusCode::NO_CONTENT.into_response());
     };
-    match lease_for(&state, &agent, &claimed).await {
+    // A revocation while this poll waited must not hand the agent a build and its credential.
+    let delivered = match state.store.agent_cut_off(agent.id).await {
+        Ok(false) => lease_for(&state, &agent, &claimed).await,
+        Ok(true) => Err(ApiError::Unauthorized {
+            code: "invalid_agent_token",
+            message: "this agent was revoked or removed: register again with a join token".into(),
+        }),
+        Err(e) => Err(e.into()),
+    };
+    match delivered {
         Ok(lease) => Ok(Json(lease).into_response()),
         Err(e) => {
             // The agent never learns of this lease: do not make it wait out a TTL and use an attempt.

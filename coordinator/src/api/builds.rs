@@ -195,15 +195,15 @@ async fn redactor_for(state: &AppState, job_id: Uuid) -> Result<Redactor, ApiErr
     let Some(job) = state.store.get_job(job_id).await? else {
         return Ok(Redactor::default());
     };
-    let credential = state.registry.auths.get(&job.registry);
+    let secrets = state
+        .registry
+        .auths
+        .get(&job.registry)
+        .map(|c| c.secrets())
+        .unwrap_or_default();
     Ok(
-        Redactor::for_build_args(&job.build_args, &job.secret_build_args).with(
-            credential
-                .map(|c| c.secrets())
-                .unwrap_or_default()
-                .into_iter()
-                .map(|s| s.expose()),
-        ),
+        Redactor::for_build_args(&job.build_args, &job.secret_build_args)
+            .with(secrets.iter().map(|s| s.expose())),
     )
 }
 

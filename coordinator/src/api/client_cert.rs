@@ -7,6 +7,7 @@
 //! agent token (an agent draining itself, downloading a context). `archfarm agents drain` with an
 //! API token still works without a certificate.
 
+use archfarm_protocol::tokens::AGENT_TOKEN_PREFIX;
 use axum::extract::{ConnectInfo, MatchedPath, Request, State};
 use axum::http::Method;
 use axum::middleware::Next;
@@ -16,9 +17,6 @@ use super::auth::bearer;
 use super::error::ApiError;
 use crate::tls::Peer;
 use crate::AppState;
-
-/// The prefix of the tokens registration hands to agents (see `agents::register`).
-const AGENT_TOKEN_PREFIX: &str = "afa_";
 
 /// Routes (under the API prefix) that only agents call, all `POST`.
 const AGENT_ROUTES: &[&str] = &[

@@ -83,7 +83,7 @@ async fn job_events(
         offsets,
         done: false,
     };
-    Ok(sse(feed))
+    Ok(sse(feed, Reader::new(headers)))
 }
 
 #[derive(Deserialize)]
@@ -109,7 +109,7 @@ async fn farm_events(
         offsets: HashMap::new(),
         started: false,
     };
-    Ok(sse(feed))
+    Ok(sse(feed, Reader::new(headers)))
 }
 
 /// Something that yields batches of events until it is done.
@@ -141,10 +141,50 @@ async fn next<F: Feed>(feed: &mut F) -> Option<Vec<Event>> {
     }
 }
 
-fn sse<F: Feed>(feed: F) -> Sse<impl Stream<Item = Result<Event, Infallible>>> {
-    let stream = futures::stream::unfold(feed, |mut feed| async move {
+/// How often a stream checks again that its reader may still read: a token revoked or expired
+/// while its stream is open ends the stream within this time.
+const RECHECK: std::time::Duration = std::time::Duration::from_secs(30);
+
+/// Who opened a stream, to be asked again every [`RECHECK`].
+struct Reader {
+    headers: HeaderMap,
+    checked: tokio::time::Instant,
+}
+
+impl Reader {
+    fn new(headers: HeaderMap) -> Self {
+        Reader {
+            headers,
+            checked: tokio::time::Instant::now(),
+        }
+    }
+
+    /// Whether the reader may still read; asks the store at most every [`RECHECK`].
+    async fn still_allowed(&mut self, state: &AppState) -> bool {
+        if self.checked.elapsed() < RECHECK {
+            return true;
+        }
+        self.checked = tokio::time::Instant::now();
+        match require(state, &self.headers, Scope::Read).await {
+            Ok(_) => true,
+            Err(e) => {
+                tracing::info!(reason = %e, "event stream ended: its reader may no longer read");
+                false
+            }
+        }
+    }
+}
+
+fn sse<F: Feed>(feed: F, reader: Reader) -> Sse<impl Stream<Item = Result<Event, Infallible>>> {
+    let stream = futures::stream::unfold((feed, reader), |(mut feed, mut reader)| async move {
         let events = next(&mut feed).await?;
-        Some((futures::stream::iter(events.into_iter().map(Ok)), feed))
+        if !reader.still_allowed(feed.waiter().0).await {
+            return None;
+        }
+        Some((
+            futures::stream::iter(events.into_iter().map(Ok)),
+            (feed, reader),
+        ))
     })
     .flatten();
     Sse::new(stream).keep_alive(KeepAlive::default())

@@ -165,6 +165,30 @@ impl Store {
         row.as_ref().map(AgentRow::from_row).transpose()
     }
 
+    /// Whether the agent with `id` was revoked (or no longer exists).
+    pub async fn agent_cut_off(&self, id: Uuid) -> StoreResult<bool> {
+        let row = sqlx::query("SELECT revoked_at FROM agents WHERE id = $1")
+            .bind(id.to_string())
+            .fetch_optional(&self.pool)
+            .await?;
+        Ok(match row {
+            Some(r) => r.try_get::<Option<i64>, _>("revoked_at")?.is_some(),
+            None => true,
+        })
+    }
+
+    /// Whether an admin revoked the agent named `name`.
+    pub async fn agent_name_revoked(&self, name: &str) -> StoreResult<bool> {
+        let row = sqlx::query("SELECT revoked_at FROM agents WHERE name = $1")
+            .bind(name)
+            .fetch_optional(&self.pool)
+            .await?;
+        Ok(match row {
+            Some(r) => r.try_get::<Option<i64>, _>("revoked_at")?.is_some(),
+            None => false,
+        })
+    }
+
     /// Every agent, by name.
     pub async fn list_agents(&self) -> StoreResult<Vec<AgentRow>> {
         let rows = sqlx::query(&format!("SELECT {COLUMNS} FROM agents ORDER BY name"))

@@ -169,7 +169,8 @@ impl Store {
             .collect()
     }
 
-    /// Leases a queued build to an agent, recording why; false when someone else took it first.
+    /// Leases a queued build to an agent, recording why; false when someone else took it first or
+    /// the agent was revoked meanwhile.
     #[allow(clippy::too_many_arguments)]
     pub async fn claim_build(
         &self,
@@ -184,7 +185,8 @@ impl Store {
         let res = sqlx::query(
             "UPDATE builds SET state = 'building', agent_id = $1, agent_name = $2, mode = $3, lease_token = $4, \
              lease_expires_at = $5, attempts = attempts + 1, started_at = $6, error = NULL, decision = $8 \
-             WHERE id = $7 AND state = 'queued'",
+             WHERE id = $7 AND state = 'queued' \
+             AND NOT EXISTS (SELECT 1 FROM agents WHERE id = $1 AND revoked_at IS NOT NULL)",
         )
         .bind(agent_id.to_string())
         .bind(agent_name)
@@ -349,6 +351,35 @@ mod tests {
     async fn one_job(store: &Store) -> (Uuid, Vec<BuildRow>) {
         let id = insert_test_job(store, "a", &["linux/amd64", "linux/s390x"]).await;
         (id, store.builds_of_job(id).await.unwrap())
+    }
+
+    #[tokio::test]
+    async fn a_revoked_agent_claims_nothing() {
+        let (store, _dir) = test_store().await;
+        let (_, builds) = one_job(&store).await;
+        let arm: Vec<archfarm_protocol::Platform> = vec!["linux/amd64".parse().unwrap()];
+        let crate::store::Registered::Ok { id: agent, .. } = store
+            .upsert_agent("pi", "h", &arm, &[], 1, None, None, 0)
+            .await
+            .unwrap()
+        else {
+            panic!("not registered")
+        };
+        assert_eq!(store.revoke_agent(agent).await.unwrap(), Some(0));
+        let claimed = store
+            .claim_build(
+                builds[0].id,
+                agent,
+                "pi",
+                BuildMode::Native,
+                Uuid::new_v4(),
+                1,
+                "test",
+            )
+            .await
+            .unwrap();
+        assert!(!claimed, "a revoked agent was handed a build");
+        assert!(store.agent_cut_off(agent).await.unwrap());
     }
 
     #[tokio::test]

@@ -1,8 +1,9 @@
 //! The TLS listener `axum::serve` takes, and the connection info it hands to handlers.
 
+use std::collections::HashMap;
 use std::io;
-use std::net::SocketAddr;
-use std::sync::Arc;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use axum::extract::connect_info::Connected;
@@ -17,15 +18,18 @@ use tokio_rustls::TlsAcceptor;
 /// How long a client gets to complete its TLS handshake before the connection is dropped.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// Handshakes in progress at once; past this, accepting waits for one to finish.
-const MAX_HANDSHAKES: usize = 256;
+const MAX_HANDSHAKES: usize = 1024;
+/// Handshakes in progress at once from one client address; a connection past this is dropped at
+/// once, so one host that opens connections and never speaks cannot hold every slot.
+const MAX_HANDSHAKES_PER_PEER: usize = 8;
 /// Finished handshakes waiting for `axum::serve` to take them.
 const READY_QUEUE: usize = 64;
 
 /// A TCP listener whose connections are TLS streams, for `axum::serve`.
 ///
 /// A background task accepts TCP connections and runs each handshake in a task of its own (at most
-/// [`MAX_HANDSHAKES`] at once, each for at most [`HANDSHAKE_TIMEOUT`]); failed handshakes are logged
-/// at debug level and dropped. Dropping the listener stops that task and closes the socket.
+/// [`MAX_HANDSHAKES`] at once and [`MAX_HANDSHAKES_PER_PEER`] from one address, each for at most
+/// [`HANDSHAKE_TIMEOUT`]); failed handshakes are logged at debug level and dropped. Dropping the listener stops that task and closes the socket.
 #[derive(Debug)]
 pub struct TlsListener {
     local: SocketAddr,
@@ -77,6 +81,7 @@ async fn accept_loop(
     ready: mpsc::Sender<(TlsStream<TcpStream>, SocketAddr)>,
 ) {
     let handshakes = Arc::new(Semaphore::new(MAX_HANDSHAKES));
+    let per_peer = PerPeer::default();
     loop {
         let permit = tokio::select! {
             _ = ready.closed() => return,
@@ -95,10 +100,14 @@ async fn accept_loop(
                 }
             },
         };
+        let Some(slot) = per_peer.take(peer.ip()) else {
+            tracing::debug!(%peer, "too many TLS handshakes in progress from this address; dropped");
+            continue;
+        };
         let (acceptor, ready) = (acceptor.clone(), ready.clone());
         tokio::spawn(async move {
             let handshake = tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await;
-            drop(permit);
+            drop((permit, slot));
             match handshake {
                 Ok(Ok(stream)) => {
                     // Fails only when the server is shutting down: the connection is dropped.
@@ -108,6 +117,44 @@ async fn accept_loop(
                 Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),
             }
         });
+    }
+}
+
+/// Handshakes in progress per client address.
+#[derive(Debug, Default, Clone)]
+struct PerPeer(Arc<Mutex<HashMap<IpAddr, usize>>>);
+
+/// One handshake's place in [`PerPeer`], given back on drop.
+struct PeerSlot {
+    counts: PerPeer,
+    ip: IpAddr,
+}
+
+impl PerPeer {
+    /// A slot for a handshake from `ip`, unless it has [`MAX_HANDSHAKES_PER_PEER`] already.
+    fn take(&self, ip: IpAddr) -> Option<PeerSlot> {
+        let mut counts = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        let n = counts.entry(ip).or_default();
+        if *n >= MAX_HANDSHAKES_PER_PEER {
+            return None;
+        }
+        *n += 1;
+        Some(PeerSlot {
+            counts: self.clone(),
+            ip,
+        })
+    }
+}
+
+impl Drop for PeerSlot {
+    fn drop(&mut self) {
+        let mut counts = self.counts.0.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(n) = counts.get_mut(&self.ip) {
+            *n -= 1;
+            if *n == 0 {
+                counts.remove(&self.ip);
+            }
+        }
     }
 }
 
@@ -154,5 +201,33 @@ impl Connected<IncomingStream<'_, TlsListener>> for Peer {
                 .peer_certificates()
                 .is_some_and(|certs| !certs.is_empty()),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn one_address_gets_a_bounded_share_of_handshakes() {
+        let peers = PerPeer::default();
+        let (a, b): (IpAddr, IpAddr) = ("10.0.0.1".parse().unwrap(), "10.0.0.2".parse().unwrap());
+        let held: Vec<PeerSlot> = (0..MAX_HANDSHAKES_PER_PEER)
+            .map(|_| peers.take(a).expect("a slot"))
+            .collect();
+        assert!(
+            peers.take(a).is_none(),
+            "a ninth handshake from one address"
+        );
+        assert!(peers.take(b).is_some(), "another address is not affected");
+        drop(held);
+        assert!(
+            peers.take(a).is_some(),
+            "slots come back when handshakes end"
+        );
+        assert!(
+            peers.0.lock().unwrap().get(&b).is_none(),
+            "finished addresses are forgotten"
+        );
     }
 }

@@ -55,8 +55,14 @@ async fn a_jobs_stream_carries_its_states_and_log_lines_then_ends() {
 
     let agent = c.register("z15", &["linux/s390x"], &[]).await;
     let lease = c.lease(&agent).await.expect("leased");
-    let building = until_event(&mut rx, "job", &mut seen).await;
-    let building: Job = serde_json::from_str(&building.data).unwrap();
+    // Registering the agent may change the queued job's waiting reason first (its own `job` event).
+    let building = loop {
+        let ev = until_event(&mut rx, "job", &mut seen).await;
+        let job: Job = serde_json::from_str(&ev.data).unwrap();
+        if job.state != JobState::Queued {
+            break job;
+        }
+    };
     assert_eq!(building.state, JobState::Building);
     assert_eq!(building.builds[0].agent.as_deref(), Some("z15"));
 

@@ -105,6 +105,9 @@ impl ClientTls {
 /// What to do when the coordinator's certificate is not accepted.
 const TRUST_HINT: &str = "pass --ca-cert FILE (or ARCHFARM_CA_CERT) with the CA that signed the \
     coordinator's certificate";
+/// What to do when the coordinator's certificate is from a known CA but wrong in itself.
+const CERT_HINT: &str = "check that --coordinator names a host the certificate is for, and that \
+    the certificate is current";
 /// What to do when the coordinator refuses the agent's client certificate.
 const CLIENT_CERT_HINT: &str = "pass --client-cert FILE and --client-key FILE with a certificate \
     signed by the coordinator's --client-ca";
@@ -126,7 +129,7 @@ pub fn certificate_problem(
             }
             Some(Error::InvalidCertificate(c)) => {
                 let problem = format!("the coordinator's TLS certificate is not accepted ({c})");
-                return Some((problem, TRUST_HINT));
+                return Some((problem, CERT_HINT));
             }
             Some(Error::AlertReceived(
                 alert @ (A::BadCertificate

@@ -168,24 +168,34 @@ fn ca_certificates(path: &Path) -> Result<Vec<reqwest::Certificate>, ClientError
         })
 }
 
-/// What is wrong when `err` failed on the coordinator's TLS certificate, worded for people;
-/// `None` for any other failure.
-pub fn certificate_problem(err: &(dyn std::error::Error + 'static)) -> Option<String> {
+/// What to do about a certificate signed by an unknown CA.
+const TRUST_HINT: &str = "pass --ca-cert FILE (or ARCHFARM_CA_CERT) with the CA that signed it";
+/// What to do about a certificate from a known CA that is wrong in itself (its names, its dates).
+const CERT_HINT: &str = "check that --coordinator names a host the certificate is for, and that \
+    the certificate is current";
+
+/// What is wrong when `err` failed on the coordinator's TLS certificate, worded for people, and
+/// what to do about it; `None` for any other failure.
+pub fn certificate_problem(
+    err: &(dyn std::error::Error + 'static),
+) -> Option<(String, &'static str)> {
     use rustls::{CertificateError, Error};
     let mut cur = Some(err);
     while let Some(e) = cur {
         let tls = e.downcast_ref::<Error>();
         match tls {
             Some(Error::InvalidCertificate(CertificateError::UnknownIssuer)) => {
-                return Some(
+                return Some((
                     "the coordinator's TLS certificate is not trusted (it is not signed by a \
                      known CA)"
                         .into(),
-                )
+                    TRUST_HINT,
+                ))
             }
             Some(Error::InvalidCertificate(c)) => {
-                return Some(format!(
-                    "the coordinator's TLS certificate is not accepted ({c})"
+                return Some((
+                    format!("the coordinator's TLS certificate is not accepted ({c})"),
+                    CERT_HINT,
                 ))
             }
             _ => {}
@@ -276,11 +286,8 @@ impl Client {
 
     fn transport(&self, e: &reqwest::Error) -> ClientError {
         let url = self.base.clone();
-        if let Some(problem) = certificate_problem(e) {
-            return ClientError::Certificate {
-                problem,
-                hint: "pass --ca-cert FILE (or ARCHFARM_CA_CERT) with the CA that signed it",
-            };
+        if let Some((problem, hint)) = certificate_problem(e) {
+            return ClientError::Certificate { problem, hint };
         }
         let cause = root_cause(e);
         if e.is_connect() {
@@ -535,11 +542,17 @@ mod tests {
             std::io::ErrorKind::InvalidData,
             rustls::Error::InvalidCertificate(rustls::CertificateError::UnknownIssuer),
         ));
-        let problem = certificate_problem(&io).expect("found inside the io::Error");
-        let e = ClientError::Certificate {
-            problem,
-            hint: "pass --ca-cert FILE",
-        };
+        let (problem, hint) = certificate_problem(&io).expect("found inside the io::Error");
+        assert!(hint.contains("--ca-cert"));
+        let e = ClientError::Certificate { problem, hint };
+        let wrong_name = std::io::Error::other(rustls::Error::InvalidCertificate(
+            rustls::CertificateError::NotValidForName,
+        ));
+        let (problem, hint) = certificate_problem(&wrong_name).unwrap();
+        assert!(
+            problem.contains("not accepted") && !hint.contains("--ca-cert"),
+            "{problem}; {hint}"
+        );
         assert!(
             e.to_string()
                 .starts_with("the coordinator's TLS certificate is not trusted"),

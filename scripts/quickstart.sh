@@ -41,7 +41,8 @@ STARTED=()
 # recycled pid never gets a signal from us.
 ours() {
     local pid="$1" name="$2"
-    [ -r "/proc/$pid/cmdline" ] && tr '\0' ' ' <"/proc/$pid/cmdline" | grep -q -- "$name"
+    # The process may exit between the test and the read: that is "not ours any more", silently.
+    [ -r "/proc/$pid/cmdline" ] && tr '\0' ' ' <"/proc/$pid/cmdline" 2>/dev/null | grep -q -- "$name"
 }
 
 # Stops "PID NAME" pairs: SIGTERM to all, up to 20 s to exit, then SIGKILL.

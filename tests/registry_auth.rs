@@ -5,44 +5,23 @@
 //! independent reader (skopeo) that checks what landed. Then the password and the secret build
 //! argument are looked for everywhere they must not be.
 
-use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
 
 use archfarm_e2e::coordinator::CoordinatorOptions;
 use archfarm_e2e::oci::{self, skopeo};
 use archfarm_e2e::process::{bin_path, clean_env, Scratch};
-use archfarm_e2e::secure_registry::{SecureRegistry, TestCa};
-use archfarm_e2e::{last_line, preflight, Agent, AgentOptions, BuildContext, Coordinator};
+use archfarm_e2e::secure_registry::SecureRegistry;
+use archfarm_e2e::TestCa;
+use archfarm_e2e::{
+    files_containing, last_line, preflight, Agent, AgentOptions, BuildContext, Coordinator,
+};
 use archfarm_protocol::api::{Job, JobState};
 use reqwest::Method;
 
 /// Command output as text.
 fn text(bytes: &[u8]) -> String {
     String::from_utf8_lossy(bytes).into_owned()
-}
-
-/// Every file under `dir` (not following links) whose bytes contain `needle`; large files skipped.
-fn files_containing(dir: &Path, needle: &str) -> Vec<String> {
-    let mut found = Vec::new();
-    let Ok(entries) = std::fs::read_dir(dir) else {
-        return found;
-    };
-    for entry in entries.flatten() {
-        let path = entry.path();
-        let Ok(kind) = entry.file_type() else {
-            continue;
-        };
-        if kind.is_dir() {
-            found.extend(files_containing(&path, needle));
-        } else if kind.is_file() && entry.metadata().is_ok_and(|m| m.len() < 16 << 20) {
-            let bytes = std::fs::read(&path).unwrap_or_default();
-            if bytes.windows(needle.len()).any(|w| w == needle.as_bytes()) {
-                found.push(path.display().to_string());
-            }
-        }
-    }
-    found
 }
 
 /// `GET PATH` from the coordinator as text, asserting 200.
@@ -71,7 +50,7 @@ fn token_context(base: &str, then: &str) -> BuildContext {
 #[test]
 fn authenticated_tls_registry_with_secret_build_args() {
     preflight();
-    let ca = TestCa::new();
+    let ca = TestCa::new("registry-ca");
     let registry = SecureRegistry::start(&ca, "archfarm");
     // Same CA, but the coordinator has no credential for it.
     let closed = SecureRegistry::start(&ca, "someone-else");
@@ -82,13 +61,16 @@ fn authenticated_tls_registry_with_secret_build_args() {
             .arg("--registry-auth")
             .arg(&docker_config.display().to_string())
             .arg("--registry-ca-cert")
-            .arg(&ca.cert().display().to_string())
+            .arg(&ca.ca_path().display().to_string())
             // Loopback registries are plain HTTP unless listed here.
             .arg("--secure-registry")
             .arg(&format!("{},{}", registry.host(), closed.host())),
     );
     let mut opts = AgentOptions::new("amd64").emulate("none");
-    opts.extra_args = vec!["--registry-ca-cert".into(), ca.cert().display().to_string()];
+    opts.extra_args = vec![
+        "--registry-ca-cert".into(),
+        ca.ca_path().display().to_string(),
+    ];
     let agent = Agent::start(&coordinator, opts);
     let password = registry.password().to_string();
     let cert_dir = ca.cert_dir().display().to_string();

@@ -104,3 +104,26 @@ pub fn last_line(bytes: &[u8]) -> String {
         .unwrap_or_default()
         .to_string()
 }
+
+/// Every file under `dir` (not following links) whose bytes contain `needle`; large files skipped.
+pub fn files_containing(dir: &Path, needle: &str) -> Vec<String> {
+    let mut found = Vec::new();
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return found;
+    };
+    for entry in entries.flatten() {
+        let path = entry.path();
+        let Ok(kind) = entry.file_type() else {
+            continue;
+        };
+        if kind.is_dir() {
+            found.extend(files_containing(&path, needle));
+        } else if kind.is_file() && entry.metadata().is_ok_and(|m| m.len() < 16 << 20) {
+            let bytes = std::fs::read(&path).unwrap_or_default();
+            if bytes.windows(needle.len()).any(|w| w == needle.as_bytes()) {
+                found.push(path.display().to_string());
+            }
+        }
+    }
+    found
+}

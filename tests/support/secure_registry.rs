@@ -1,4 +1,4 @@
-//! A real registry behind TLS (a certificate from a CA made for the test with the `openssl` CLI)
+//! A real registry behind TLS (a certificate from a [`TestCa`] made for the test)
 //! that demands a password (a bcrypt htpasswd file made with `htpasswd -B`, from apache2-utils).
 
 use std::fs;
@@ -7,6 +7,7 @@ use std::process::Command;
 use std::time::Duration;
 
 use crate::process::{clean_env, free_port, wait_until, Daemon, Scratch};
+use crate::tls::{https_client, CertFiles, TestCa};
 
 /// How long the registry may take to answer `GET /v2/`.
 const READY_TIMEOUT: Duration = Duration::from_secs(60);
@@ -28,133 +29,6 @@ fn run(program: &str, args: &[&str], cwd: &Path) -> Vec<u8> {
     out.stdout
 }
 
-/// A certificate authority made for one test: its certificate signs the registries' certificates.
-#[derive(Debug)]
-pub struct TestCa {
-    dir: Scratch,
-}
-
-impl TestCa {
-    /// A new CA (EC P-256, valid two days).
-    pub fn new() -> TestCa {
-        let dir = Scratch::new("ca");
-        run(
-            "openssl",
-            &[
-                "req",
-                "-x509",
-                "-newkey",
-                "ec",
-                "-pkeyopt",
-                "ec_paramgen_curve:prime256v1",
-                "-nodes",
-                "-keyout",
-                "ca.key",
-                "-out",
-                "ca.pem",
-                "-days",
-                "2",
-                "-subj",
-                "/CN=archfarm test CA",
-                "-addext",
-                "basicConstraints=critical,CA:TRUE",
-                "-addext",
-                "keyUsage=critical,keyCertSign,cRLSign",
-            ],
-            dir.path(),
-        );
-        // skopeo and buildah take a directory of *.crt files.
-        fs::create_dir(dir.join("certs.d")).expect("create certs.d");
-        fs::copy(dir.join("ca.pem"), dir.join("certs.d/ca.crt")).expect("copy ca.crt");
-        TestCa { dir }
-    }
-
-    /// The CA certificate (PEM), for `--registry-ca-cert`.
-    pub fn cert(&self) -> PathBuf {
-        self.dir.join("ca.pem")
-    }
-
-    /// A directory holding the CA as `ca.crt`, for `skopeo --cert-dir`.
-    pub fn cert_dir(&self) -> PathBuf {
-        self.dir.join("certs.d")
-    }
-
-    /// Issues a server certificate for 127.0.0.1 and localhost into `dir` (`NAME.pem`, `NAME.key`).
-    fn issue(&self, dir: &Path, name: &str) -> (PathBuf, PathBuf) {
-        let (key, csr, pem) = (
-            dir.join(format!("{name}.key")),
-            dir.join(format!("{name}.csr")),
-            dir.join(format!("{name}.pem")),
-        );
-        let ext = dir.join(format!("{name}.ext"));
-        fs::write(
-            &ext,
-            "subjectAltName=IP:127.0.0.1,DNS:localhost\nbasicConstraints=CA:FALSE\n\
-             keyUsage=critical,digitalSignature\nextendedKeyUsage=serverAuth\n",
-        )
-        .expect("write extensions");
-        let s = |p: &Path| p.display().to_string();
-        run(
-            "openssl",
-            &[
-                "req",
-                "-newkey",
-                "ec",
-                "-pkeyopt",
-                "ec_paramgen_curve:prime256v1",
-                "-nodes",
-                "-keyout",
-                &s(&key),
-                "-out",
-                &s(&csr),
-                "-subj",
-                "/CN=127.0.0.1",
-            ],
-            dir,
-        );
-        run(
-            "openssl",
-            &[
-                "x509",
-                "-req",
-                "-in",
-                &s(&csr),
-                "-CA",
-                &s(&self.cert()),
-                "-CAkey",
-                &s(&self.dir.join("ca.key")),
-                "-CAcreateserial",
-                "-out",
-                &s(&pem),
-                "-days",
-                "2",
-                "-extfile",
-                &s(&ext),
-            ],
-            self.dir.path(),
-        );
-        (pem, key)
-    }
-
-    /// A client for HTTPS services whose certificates this CA signed.
-    pub fn http_client(&self) -> reqwest::blocking::Client {
-        let pem = fs::read(self.cert()).expect("read CA");
-        reqwest::blocking::Client::builder()
-            .no_proxy()
-            .connect_timeout(Duration::from_secs(5))
-            .timeout(Duration::from_secs(60))
-            .add_root_certificate(reqwest::Certificate::from_pem(&pem).expect("CA PEM"))
-            .build()
-            .expect("build an HTTPS client")
-    }
-}
-
-impl Default for TestCa {
-    fn default() -> Self {
-        TestCa::new()
-    }
-}
-
 /// `docker-registry serve` over TLS with htpasswd authentication; stopped on drop.
 #[derive(Debug)]
 pub struct SecureRegistry {
@@ -174,8 +48,8 @@ impl SecureRegistry {
         let password = format!("pw-{}", uuid::Uuid::new_v4().simple());
         let htpasswd = run("htpasswd", &["-Bbn", user, &password], dir.path());
         fs::write(dir.join("htpasswd"), htpasswd).expect("write htpasswd");
-        let (cert, key) = ca.issue(dir.path(), "registry");
-        let http = ca.http_client();
+        let CertFiles { cert, key, .. } = ca.server("registry");
+        let http = https_client(&ca.ca_path());
         for attempt in 1..=3 {
             let host = format!("127.0.0.1:{}", free_port());
             let config = dir.join("config.yml");

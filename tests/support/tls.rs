@@ -56,9 +56,17 @@ impl TestCa {
         }
     }
 
-    /// The CA certificate (PEM), what `--ca-cert` and `--client-ca` take.
+    /// The CA certificate (PEM), what `--ca-cert`, `--client-ca` and `--registry-ca-cert` take.
     pub fn ca_path(&self) -> PathBuf {
         self.dir.join("ca.pem")
+    }
+
+    /// A directory holding the CA as `ca.crt`, for `skopeo --cert-dir` (and buildah's).
+    pub fn cert_dir(&self) -> PathBuf {
+        let dir = self.dir.join("certs.d");
+        std::fs::create_dir_all(&dir).expect("create certs.d");
+        std::fs::copy(self.ca_path(), dir.join("ca.crt")).expect("copy ca.crt");
+        dir
     }
 
     /// A server certificate for `127.0.0.1` and `localhost`, in `FILE.crt` / `FILE.key`.

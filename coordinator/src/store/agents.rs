@@ -167,26 +167,27 @@ impl Store {
 
     /// Whether the agent with `id` was revoked (or no longer exists).
     pub async fn agent_cut_off(&self, id: Uuid) -> StoreResult<bool> {
-        let row = sqlx::query("SELECT revoked_at FROM agents WHERE id = $1")
-            .bind(id.to_string())
-            .fetch_optional(&self.pool)
-            .await?;
-        Ok(match row {
-            Some(r) => r.try_get::<Option<i64>, _>("revoked_at")?.is_some(),
-            None => true,
-        })
+        Ok(self
+            .revoked_where("id", &id.to_string())
+            .await?
+            .unwrap_or(true))
     }
 
     /// Whether an admin revoked the agent named `name`.
     pub async fn agent_name_revoked(&self, name: &str) -> StoreResult<bool> {
-        let row = sqlx::query("SELECT revoked_at FROM agents WHERE name = $1")
-            .bind(name)
-            .fetch_optional(&self.pool)
-            .await?;
-        Ok(match row {
-            Some(r) => r.try_get::<Option<i64>, _>("revoked_at")?.is_some(),
-            None => false,
-        })
+        Ok(self.revoked_where("name", name).await?.unwrap_or(false))
+    }
+
+    /// Whether the agent whose `column` (`id` or `name`) is `value` is revoked; `None` if none is.
+    async fn revoked_where(&self, column: &str, value: &str) -> StoreResult<Option<bool>> {
+        let row = sqlx::query(&format!(
+            "SELECT revoked_at FROM agents WHERE {column} = $1"
+        ))
+        .bind(value)
+        .fetch_optional(&self.pool)
+        .await?;
+        row.map(|r| Ok(r.try_get::<Option<i64>, _>("revoked_at")?.is_some()))
+            .transpose()
     }
 
     /// Every agent, by name.

@@ -374,6 +374,17 @@ fn bad_input_is_refused_and_nothing_stored() {
     assert!(coordinator.agents().is_empty(), "agents were stored");
     let blobs = context_blobs(&coordinator.data_dir());
     assert!(blobs.is_empty(), "context blobs stored: {blobs:?}");
+    let db = coordinator.database();
+    assert_eq!(
+        db.count("SELECT COUNT(*) FROM contexts"),
+        0,
+        "contexts recorded"
+    );
+    assert_eq!(
+        db.count("SELECT COUNT(*) FROM context_chunks"),
+        0,
+        "context bytes stored"
+    );
 }
 
 /// `archfarm build` arguments.

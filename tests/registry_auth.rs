@@ -288,7 +288,7 @@ fn authenticated_tls_registry_with_secret_build_args() {
         );
     }
     // Credentials live in memory only: not in the database, and no auth file outlives its build.
-    let db = files_containing(&coordinator.data_dir(), &password);
+    let db = coordinator.stored_containing(&password);
     assert!(db.is_empty(), "the password is stored in {db:?}");
     let left = files_containing(&agent.work_dir(), &password);
     assert!(left.is_empty(), "the agent left the password in {left:?}");

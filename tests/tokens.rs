@@ -6,8 +6,8 @@
 use std::time::Duration;
 
 use archfarm_e2e::{
-    files_containing, last_line, preflight, run_cli, wait_until, Agent, AgentOptions, BuildContext,
-    Coordinator, CoordinatorOptions, Registry,
+    last_line, preflight, run_cli, wait_until, Agent, AgentOptions, BuildContext, Coordinator,
+    CoordinatorOptions, Registry,
 };
 use archfarm_protocol::api::AgentState;
 
@@ -164,7 +164,7 @@ fn tokens_decide_who_builds_registers_and_stays() {
     assert!(listing.contains(&read[..8]));
     // Nor does the coordinator keep one: its database and files, read byte by byte.
     for secret in [&join, &short, &read, &submit] {
-        let found = files_containing(&coordinator.data_dir(), secret);
+        let found = coordinator.stored_containing(secret);
         assert!(found.is_empty(), "a token is stored in {found:?}");
     }
 

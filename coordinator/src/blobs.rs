@@ -1,9 +1,11 @@
-//! Context archives on disk, content-addressed under `DATA_DIR/contexts/<hex>.tar.gz`.
+//! Context archives, content-addressed: kept in the database (so every coordinator sharing it can
+//! serve them) and cached on this replica's disk under `DATA_DIR/contexts/<hex>.tar.gz`.
 //!
-//! An upload is streamed to a temporary file while it is hashed and counted, checked, and only then
-//! renamed into place: a wrong digest, an oversized body or a broken archive leaves nothing behind.
-//! The check reads the archive within the caps agents unpack it with (see [`check`]), on a blocking
-//! thread.
+//! An upload is streamed to a temporary file while it is hashed and counted, checked, stored in the
+//! database and only then renamed into the cache: a wrong digest, an oversized body or a broken
+//! archive leaves nothing behind. The check reads the archive within the caps agents unpack it with
+//! (see [`check`]), on a blocking thread. A replica that lacks an archive in its cache copies it
+//! from the database and checks its digest before serving it.
 
 pub mod check;
 
@@ -15,6 +17,8 @@ use archfarm_protocol::Digest;
 use futures::{Stream, StreamExt};
 use sha2::{Digest as _, Sha256};
 use tokio::io::AsyncWriteExt;
+
+use crate::store::{Store, StoreError};
 
 /// Why an upload was refused.
 #[derive(Debug, thiserror::Error)]
@@ -42,30 +46,62 @@ pub enum BlobError {
     /// Local I/O failed.
     #[error(transparent)]
     Io(#[from] std::io::Error),
+    /// The database failed.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// The copy read back from the database does not hash to its digest.
+    #[error("the stored context {digest} is corrupt: it hashes to sha256:{actual}")]
+    Corrupt {
+        /// The context's digest.
+        digest: String,
+        /// What the stored bytes hash to.
+        actual: String,
+    },
 }
 
-/// The directory of context archives.
+/// Context archives: the database's copy and this replica's cache of it.
 #[derive(Debug, Clone)]
 pub struct BlobStore {
     dir: PathBuf,
+    store: Store,
     limits: Limits,
 }
 
 impl BlobStore {
-    /// Opens (and creates) the directory.
-    pub fn open(dir: PathBuf) -> std::io::Result<Self> {
+    /// Opens (and creates) the cache directory. Archives cached there by a coordinator from before
+    /// contexts were kept in the database are copied into it, so no stored context is lost.
+    pub async fn open(dir: PathBuf, store: Store) -> Result<Self, BlobError> {
         std::fs::create_dir_all(&dir)?;
-        // Uploads cut off by a disconnect or a crash leave their temporary files behind.
-        for entry in std::fs::read_dir(&dir)? {
+        let blobs = BlobStore {
+            dir,
+            store,
+            limits: Limits::default(),
+        };
+        for entry in std::fs::read_dir(&blobs.dir)? {
             let entry = entry?;
-            if entry.file_name().to_string_lossy().starts_with(".upload-") {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            // Uploads cut off by a disconnect or a crash leave their temporary files behind.
+            if name.starts_with(".upload-") || name.starts_with(".fetch-") {
                 let _ = std::fs::remove_file(entry.path());
+                continue;
+            }
+            let Some(hex) = name.strip_suffix(".tar.gz") else {
+                continue;
+            };
+            let Ok(digest) = Digest::parse(&format!("sha256:{hex}")) else {
+                continue;
+            };
+            if blobs.store.context_exists(digest.as_str()).await?
+                && !blobs.store.has_context_chunks(digest.as_str()).await?
+            {
+                let size = blobs
+                    .store
+                    .put_context_chunks(digest.as_str(), &entry.path())
+                    .await?;
+                tracing::info!(context = %digest, size, "cached context copied into the database");
             }
         }
-        Ok(BlobStore {
-            dir,
-            limits: Limits::default(),
-        })
+        Ok(blobs)
     }
 
     /// Checks archives against `limits` rather than the defaults agents use (for tests).
@@ -74,16 +110,44 @@ impl BlobStore {
         self
     }
 
-    /// Where an archive with this digest lives.
-    pub fn path(&self, digest: &Digest) -> PathBuf {
+    /// Where this replica caches an archive with this digest.
+    fn path(&self, digest: &Digest) -> PathBuf {
         self.dir.join(format!("{}.tar.gz", digest.hex()))
     }
 
-    /// Whether the archive is on disk.
-    pub async fn exists(&self, digest: &Digest) -> bool {
-        tokio::fs::try_exists(self.path(digest))
-            .await
-            .unwrap_or(false)
+    /// Whether the archive's bytes are stored (its `contexts` row says it is complete).
+    pub async fn exists(&self, digest: &Digest) -> Result<bool, BlobError> {
+        Ok(self.store.has_context_chunks(digest.as_str()).await?)
+    }
+
+    /// The archive in this replica's cache, copied there from the database first if need be;
+    /// None when the database has no such archive.
+    pub async fn local(&self, digest: &Digest) -> Result<Option<PathBuf>, BlobError> {
+        let path = self.path(digest);
+        if tokio::fs::try_exists(&path).await.unwrap_or(false) {
+            return Ok(Some(path));
+        }
+        let tmp = self.dir.join(format!(".fetch-{}", uuid::Uuid::new_v4()));
+        let result = async {
+            let Some(actual) = self.store.copy_context_to(digest.as_str(), &tmp).await? else {
+                return Ok(None);
+            };
+            if actual != digest.hex() {
+                return Err(BlobError::Corrupt {
+                    digest: digest.to_string(),
+                    actual,
+                });
+            }
+            // Two requests fetching at once each rename a whole copy: either wins.
+            tokio::fs::rename(&tmp, &path).await?;
+            tracing::debug!(context = %digest, "context copied from the database into the cache");
+            Ok(Some(path.clone()))
+        }
+        .await;
+        if !matches!(result, Ok(Some(_))) {
+            let _ = tokio::fs::remove_file(&tmp).await;
+        }
+        result
     }
 
     /// Streams a body to disk, checking size, digest and that it is a readable gzip'd tar.
@@ -128,6 +192,7 @@ impl BlobStore {
                     .map_err(|e| BlobError::Body(e.to_string()))??;
             tracing::debug!(context = %digest, entries = walked.entries, bytes = walked.bytes,
                 decompressed = walked.decompressed, "context archive checked");
+            self.store.put_context_chunks(digest.as_str(), &tmp).await?;
             tokio::fs::rename(&tmp, self.path(digest)).await?;
             Ok(size)
         }
@@ -140,7 +205,9 @@ impl BlobStore {
 
     /// Whether the archive holds a regular file (or a symlink) at `path`.
     pub async fn contains_file(&self, digest: &Digest, path: &str) -> Result<bool, BlobError> {
-        let archive = self.path(digest);
+        let Some(archive) = self.local(digest).await? else {
+            return Ok(false);
+        };
         let wanted = normalise(path);
         let limits = self.limits;
         // Archives stored before the caps existed are read within them too.
@@ -182,6 +249,7 @@ fn normalise(path: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::store::{test_store, CONTEXT_CHUNK_BYTES};
 
     fn archive(files: &[(&str, &[u8])]) -> Vec<u8> {
         let mut builder = tar::Builder::new(flate2::write::GzEncoder::new(
@@ -213,14 +281,17 @@ mod tests {
     #[tokio::test]
     async fn stores_checks_and_finds_files() {
         let dir = tempfile::tempdir().unwrap();
-        let store = BlobStore::open(dir.path().join("c")).unwrap();
+        let (db, _db) = test_store().await;
+        let store = BlobStore::open(dir.path().join("c"), db.clone())
+            .await
+            .unwrap();
         let bytes = archive(&[("./Dockerfile", b"FROM scratch\n"), ("sub/x", b"1")]);
         let d = digest_of(&bytes);
         assert_eq!(
             store.put(&d, stream(bytes.clone()), 1 << 20).await.unwrap(),
             bytes.len() as u64
         );
-        assert!(store.exists(&d).await);
+        assert!(store.exists(&d).await.unwrap());
         assert!(store.contains_file(&d, "Dockerfile").await.unwrap());
         assert!(store.contains_file(&d, "./sub/x").await.unwrap());
         assert!(!store.contains_file(&d, "Containerfile").await.unwrap());
@@ -229,7 +300,10 @@ mod tests {
     #[tokio::test]
     async fn refusals_leave_nothing_behind() {
         let dir = tempfile::tempdir().unwrap();
-        let store = BlobStore::open(dir.path().join("c")).unwrap();
+        let (db, _db) = test_store().await;
+        let store = BlobStore::open(dir.path().join("c"), db.clone())
+            .await
+            .unwrap();
         let bytes = archive(&[("Dockerfile", b"FROM scratch\n")]);
         let wrong = digest_of(b"other");
         assert!(matches!(
@@ -248,6 +322,9 @@ mod tests {
             Err(BlobError::Refused(check::CheckError::Corrupt(_)))
         ));
         assert_eq!(std::fs::read_dir(dir.path().join("c")).unwrap().count(), 0);
+        for refused in [&wrong, &d, &g] {
+            assert!(!db.has_context_chunks(refused.as_str()).await.unwrap());
+        }
     }
 
     /// A gzip'd tar of one GNU long name claiming `claimed` bytes, `present` of them there.
@@ -266,7 +343,10 @@ mod tests {
     #[tokio::test]
     async fn archives_over_the_caps_are_refused_and_not_kept() {
         let dir = tempfile::tempdir().unwrap();
-        let store = BlobStore::open(dir.path().join("c")).unwrap();
+        let (db, _db) = test_store().await;
+        let store = BlobStore::open(dir.path().join("c"), db.clone())
+            .await
+            .unwrap();
         let bomb = long_name_bomb(16 << 20, 1 << 20);
         let d = digest_of(&bomb);
         match store.put(&d, stream(bomb), 1 << 20).await {
@@ -275,7 +355,7 @@ mod tests {
             }
             other => panic!("{other:?}"),
         }
-        assert!(!store.exists(&d).await);
+        assert!(!store.exists(&d).await.unwrap());
 
         let store = store.with_limits(Limits {
             max_bytes: 10,
@@ -296,16 +376,90 @@ mod tests {
     #[tokio::test]
     async fn finding_a_file_reads_within_the_caps() {
         let dir = tempfile::tempdir().unwrap();
-        let store = BlobStore::open(dir.path().join("c")).unwrap();
+        let (db, _db) = test_store().await;
+        let store = BlobStore::open(dir.path().join("c"), db.clone())
+            .await
+            .unwrap();
         // As if stored before the caps existed: written straight into place.
         let bomb = long_name_bomb(16 << 20, 1 << 20);
         let d = digest_of(&bomb);
         std::fs::write(store.path(&d), bomb).unwrap();
+        db.insert_context(d.as_str(), 1).await.unwrap();
         assert!(matches!(
             store.contains_file(&d, "Dockerfile").await,
             Err(BlobError::Refused(
                 check::CheckError::HeadersTooLarge { .. }
             ))
         ));
+    }
+
+    #[tokio::test]
+    async fn another_replica_serves_the_archive_from_the_database() {
+        let (db, _db) = test_store().await;
+        let (a_dir, b_dir) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+        let a = BlobStore::open(a_dir.path().into(), db.clone())
+            .await
+            .unwrap();
+        let b = BlobStore::open(b_dir.path().into(), db.clone())
+            .await
+            .unwrap();
+        // More than one piece, so the copy joins them in order (hashes: gzip cannot shrink them).
+        let big: Vec<u8> = (0..(CONTEXT_CHUNK_BYTES * 2 / 32 + 1) as u64)
+            .flat_map(|i| Sha256::digest(i.to_le_bytes()))
+            .collect();
+        let bytes = archive(&[("Dockerfile", b"FROM scratch\n"), ("big", &big)]);
+        let d = digest_of(&bytes);
+        a.put(&d, stream(bytes.clone()), 1 << 30).await.unwrap();
+        assert!(b.exists(&d).await.unwrap());
+        let path = b
+            .local(&d)
+            .await
+            .unwrap()
+            .expect("copied from the database");
+        assert_eq!(std::fs::read(&path).unwrap(), bytes);
+        assert!(b.contains_file(&d, "big").await.unwrap());
+        assert!(b.local(&digest_of(b"none")).await.unwrap().is_none());
+
+        // A piece changed in the database is caught before anything is served.
+        let c_dir = tempfile::tempdir().unwrap();
+        let c = BlobStore::open(c_dir.path().into(), db.clone())
+            .await
+            .unwrap();
+        sqlx::query("UPDATE context_chunks SET data = $1 WHERE digest = $2 AND seq = 1")
+            .bind(vec![0u8; 10])
+            .bind(d.as_str())
+            .execute(db.pool())
+            .await
+            .unwrap();
+        assert!(matches!(c.local(&d).await, Err(BlobError::Corrupt { .. })));
+        assert_eq!(
+            std::fs::read_dir(c_dir.path()).unwrap().count(),
+            0,
+            "no partial copy kept"
+        );
+    }
+
+    #[tokio::test]
+    async fn archives_cached_before_the_database_kept_them_are_copied_in_at_open() {
+        let (db, _db) = test_store().await;
+        let dir = tempfile::tempdir().unwrap();
+        let bytes = archive(&[("Dockerfile", b"FROM scratch\n")]);
+        let d = digest_of(&bytes);
+        std::fs::write(dir.path().join(format!("{}.tar.gz", d.hex())), &bytes).unwrap();
+        db.insert_context(d.as_str(), bytes.len() as i64)
+            .await
+            .unwrap();
+        assert!(!db.has_context_chunks(d.as_str()).await.unwrap());
+        BlobStore::open(dir.path().into(), db.clone())
+            .await
+            .unwrap();
+        let other = tempfile::tempdir().unwrap();
+        let b = BlobStore::open(other.path().into(), db.clone())
+            .await
+            .unwrap();
+        assert_eq!(
+            std::fs::read(b.local(&d).await.unwrap().unwrap()).unwrap(),
+            bytes
+        );
     }
 }

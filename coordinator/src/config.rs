@@ -25,8 +25,16 @@ pub struct Config {
     pub data_dir: PathBuf,
 
     /// Database URL, `sqlite://PATH` or `postgres://...`. Default: SQLite file `archfarm.db` in the data dir.
+    /// Several coordinators may share one PostgreSQL database; an SQLite file serves one.
     #[arg(long, env = "ARCHFARM_DATABASE", hide_env_values = true)]
     pub database: Option<Secret>,
+
+    /// Name of this coordinator among those sharing the database, recorded with every lease it
+    /// grants and every stitch it does; unique per replica (a Kubernetes pod name). Default: the
+    /// host name.
+    #[arg(long, env = "ARCHFARM_REPLICA_NAME", default_value_t = default_replica_name(),
+          value_parser = parse_replica_name)]
+    pub replica_name: String,
 
     /// Token agents must present to register. Default: none, and then any agent that reaches the
     /// coordinator may register (a warning is logged).
@@ -141,6 +149,27 @@ pub struct Config {
         requires = "tls_cert"
     )]
     pub client_ca: Option<PathBuf>,
+}
+
+/// This machine's host name, or `coordinator` when it has none.
+pub fn default_replica_name() -> String {
+    ["/proc/sys/kernel/hostname", "/etc/hostname"]
+        .iter()
+        .filter_map(|p| std::fs::read_to_string(p).ok())
+        .map(|s| s.trim().to_string())
+        .find(|s| !s.is_empty())
+        .unwrap_or_else(|| "coordinator".to_string())
+}
+
+/// A replica name: 1 to 253 printable characters without spaces (a host or pod name fits).
+fn parse_replica_name(raw: &str) -> Result<String, String> {
+    if raw.is_empty() || raw.len() > 253 || raw.chars().any(|c| c.is_whitespace() || c.is_control())
+    {
+        return Err(format!(
+            "'{raw}' is not a replica name: use 1 to 253 characters without spaces, e.g. the pod or host name"
+        ));
+    }
+    Ok(raw.to_string())
 }
 
 impl Config {

@@ -11,6 +11,7 @@ pub mod logs;
 pub mod metrics;
 pub mod progress;
 pub mod registry;
+pub mod replicas;
 pub mod scheduler;
 pub mod stitch;
 pub mod store;
@@ -23,7 +24,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context as _;
-use archfarm_protocol::api::JobState;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument as _;
@@ -34,7 +34,7 @@ use crate::config::Config;
 use crate::logs::LogStore;
 use crate::metrics::Metrics;
 use crate::scheduler::Scheduler;
-use crate::store::Store;
+use crate::store::{Backend, Store};
 
 /// Everything a request handler may need.
 #[derive(Debug)]
@@ -45,9 +45,9 @@ pub struct App {
     pub store: Store,
     /// Matching of queued builds to agents.
     pub scheduler: Scheduler,
-    /// Context archives on disk.
+    /// Context archives: in the database, cached in the data directory.
     pub blobs: BlobStore,
-    /// Build logs on disk.
+    /// Build logs, in the database.
     pub logs: LogStore,
     /// Wakes live views (event streams, followed logs) after a change.
     pub changes: Changes,
@@ -96,10 +96,21 @@ pub async fn run(
     let store = Store::connect(&config.database_url())
         .await
         .context("cannot open the database")?;
-    let blobs = BlobStore::open(config.data_dir.join("contexts"))
+    let blobs = BlobStore::open(config.data_dir.join("contexts"), store.clone())
+        .await
         .context("cannot open the context store")?;
-    let logs = LogStore::open(config.data_dir.join("logs"), config.max_log_bytes)
-        .context("cannot open the log store")?;
+    let logs = LogStore::new(store.clone(), config.max_log_bytes);
+    // Coordinators from before logs were kept in the database wrote them here.
+    let imported = logs
+        .import_files(&config.data_dir.join("logs"))
+        .await
+        .context("cannot copy old build logs into the database")?;
+    if imported > 0 {
+        tracing::info!(
+            logs = imported,
+            "build logs copied from the data directory into the database"
+        );
+    }
     if !config.join_required() {
         tracing::warn!(
             "no --join-token or --api-token set: any agent that can reach this coordinator may register"
@@ -117,7 +128,9 @@ pub async fn run(
         config.lease_ttl(),
         Duration::from_secs(config.agent_offline_secs),
         config.max_attempts,
-    );
+    )
+    .with_replica(&config.replica_name);
+    tracing::info!(replica = %config.replica_name, backend = ?store.backend(), "coordinator starting");
     let token = CancellationToken::new();
     let state = AppState(Arc::new(App {
         config,
@@ -141,12 +154,16 @@ pub async fn run(
         tracing::info!(leases = extended, "running leases extended after restart");
     }
     progress::reconcile(&state).await?;
-    // A restart interrupted these; pushing the index again is idempotent.
-    for job in state.store.jobs_in_state(JobState::Stitching).await? {
-        tracing::info!(job.id = %job.id, "resuming stitching after restart");
-        progress::spawn_stitch(state.clone(), job.id);
-    }
-    let reaper = tokio::spawn(reap_leases(state.clone()));
+    // A restart interrupted these (and others whose replica died); pushing the index again is
+    // idempotent.
+    progress::take_over_stitches(&state, true).await?;
+    let reaper = tokio::spawn(reap_leases(state.clone()).instrument(tracing::info_span!("reaper")));
+    let listener_task = (state.store.backend() == Backend::Postgres).then(|| {
+        tokio::spawn(
+            replicas::listen(state.clone(), state.config.database_url())
+                .instrument(tracing::info_span!("replicas")),
+        )
+    });
 
     let addr = listener.local_addr()?;
     // Every request sees its connection as `ConnectInfo<tls::Peer>` (client certificates).
@@ -185,13 +202,17 @@ pub async fn run(
     }
     token.cancel();
     let _ = reaper.await;
+    if let Some(task) = listener_task {
+        let _ = task.await;
+    }
     if let Some(reloader) = reloader {
         let _ = reloader.await;
     }
     Ok(())
 }
 
-/// Background task: takes back leases whose agents stopped heartbeating.
+/// Background task: takes back leases whose agents stopped heartbeating, fails jobs past their
+/// time limit, and takes over stitching left by a replica that died.
 async fn reap_leases(state: AppState) {
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     let mut passes: u64 = 0;
@@ -207,6 +228,9 @@ async fn reap_leases(state: AppState) {
         }
         if let Err(e) = progress::expire_jobs(&state).await {
             tracing::error!(error = %e, "job time limit pass failed");
+        }
+        if let Err(e) = progress::take_over_stitches(&state, false).await {
+            tracing::error!(error = %e, "stitching takeover pass failed");
         }
         passes += 1;
         if passes.is_multiple_of(10) {

@@ -1,70 +1,104 @@
-//! Build logs, one append-only file per build under `DATA_DIR/logs/<build_id>.log`, capped in size.
+//! Build logs, kept in the database (so every coordinator sharing it can serve them) as the
+//! batches agents report, capped in size per build.
 
-use std::path::PathBuf;
+use std::path::Path;
 
-use tokio::io::{AsyncReadExt, AsyncSeekExt, AsyncWriteExt};
 use uuid::Uuid;
+
+use crate::store::{Store, StoreError};
 
 pub use archfarm_protocol::events::TRUNCATION_MARKER;
 
-/// The directory of build logs.
+/// Build logs: appends under a per-build compare-and-set on the log's length, reads by byte range.
 #[derive(Debug, Clone)]
 pub struct LogStore {
-    dir: PathBuf,
+    store: Store,
     max_bytes: u64,
 }
 
 impl LogStore {
-    /// Opens (and creates) the directory; logs are cut at `max_bytes`.
-    pub fn open(dir: PathBuf, max_bytes: u64) -> std::io::Result<Self> {
-        std::fs::create_dir_all(&dir)?;
-        Ok(LogStore { dir, max_bytes })
+    /// Logs in `store`, cut at `max_bytes`.
+    pub fn new(store: Store, max_bytes: u64) -> Self {
+        LogStore { store, max_bytes }
     }
 
-    fn path(&self, build: Uuid) -> PathBuf {
-        self.dir.join(format!("{build}.log"))
+    /// Copies log files that a coordinator from before logs were kept in the database left in
+    /// `dir` (`<build_id>.log`) into it, then removes them. Returns how many were copied.
+    pub async fn import_files(&self, dir: &Path) -> std::io::Result<usize> {
+        let Ok(entries) = std::fs::read_dir(dir) else {
+            return Ok(0);
+        };
+        let mut copied = 0;
+        for entry in entries {
+            let entry = entry?;
+            let name = entry.file_name().to_string_lossy().into_owned();
+            let Some(build) = name
+                .strip_suffix(".log")
+                .and_then(|b| b.parse::<Uuid>().ok())
+            else {
+                continue;
+            };
+            let bytes = tokio::fs::read(entry.path()).await?;
+            // Only into an empty log: a half-done earlier import is not doubled.
+            if self.store.log_size(build).await.map_err(io)? == Some(0) && !bytes.is_empty() {
+                self.store
+                    .append_log_at(build, 0, &bytes)
+                    .await
+                    .map_err(io)?;
+                copied += 1;
+            }
+            tokio::fs::remove_file(entry.path()).await?;
+        }
+        Ok(copied)
     }
 
     /// Appends lines, each ended by a newline. Past the cap the rest is dropped and the
     /// truncation marker written once, so a runaway build cannot fill the disk. Returns whether
     /// the log is now cut, i.e. whether later lines will be dropped too.
     pub async fn append(&self, build: Uuid, lines: &[String]) -> std::io::Result<bool> {
-        let mut file = tokio::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(self.path(build))
-            .await?;
-        let size = file.metadata().await?.len();
-        if size >= self.max_bytes {
-            return Ok(true);
-        }
-        let mut out = String::new();
+        let mut joined = String::new();
         for line in lines {
-            out.push_str(line.trim_end_matches(['\n', '\r']));
-            out.push('\n');
+            joined.push_str(line.trim_end_matches(['\n', '\r']));
+            joined.push('\n');
         }
-        // `>=`: a batch that lands exactly on the cap is cut too, so a full log always ends with
-        // the marker.
-        if size + out.len() as u64 >= self.max_bytes {
-            let keep = (self.max_bytes - size) as usize;
-            let mut cut = out.floor_char_boundary_compat(keep);
-            cut.push('\n');
-            cut.push_str(TRUNCATION_MARKER);
-            cut.push('\n');
-            // The marker takes the log past the cap, so every later append is dropped.
-            out = cut;
+        loop {
+            let Some(size) = self.store.log_size(build).await.map_err(io)? else {
+                return Err(std::io::Error::new(
+                    std::io::ErrorKind::NotFound,
+                    format!("no build {build} to log for"),
+                ));
+            };
+            if size >= self.max_bytes {
+                return Ok(true);
+            }
+            let mut out = joined.clone();
+            // `>=`: a batch that lands exactly on the cap is cut too, so a full log always ends
+            // with the marker.
+            if size + out.len() as u64 >= self.max_bytes {
+                let keep = (self.max_bytes - size) as usize;
+                let mut cut = out.floor_char_boundary_compat(keep);
+                cut.push('\n');
+                cut.push_str(TRUNCATION_MARKER);
+                cut.push('\n');
+                // The marker takes the log past the cap, so every later append is dropped.
+                out = cut;
+            }
+            // Lost the compare-and-set to a concurrent append (another report of the same build,
+            // perhaps on another replica): read the new length and place the lines after it.
+            if self
+                .store
+                .append_log_at(build, size, out.as_bytes())
+                .await
+                .map_err(io)?
+            {
+                return Ok(size + out.len() as u64 >= self.max_bytes);
+            }
         }
-        file.write_all(out.as_bytes()).await?;
-        Ok(size + out.len() as u64 >= self.max_bytes)
     }
 
     /// The log's current size in bytes (0 when there is none yet).
     pub async fn size(&self, build: Uuid) -> std::io::Result<u64> {
-        match tokio::fs::metadata(self.path(build)).await {
-            Ok(m) => Ok(m.len()),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(0),
-            Err(e) => Err(e),
-        }
+        Ok(self.store.log_size(build).await.map_err(io)?.unwrap_or(0))
     }
 
     /// At most `max` bytes of the log from byte `offset`; empty when there is nothing new or no
@@ -75,16 +109,10 @@ impl LogStore {
         offset: u64,
         max: usize,
     ) -> std::io::Result<Vec<u8>> {
-        let file = match tokio::fs::File::open(self.path(build)).await {
-            Ok(f) => f,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
-            Err(e) => return Err(e),
-        };
-        let mut file = file;
-        file.seek(std::io::SeekFrom::Start(offset)).await?;
-        let mut out = Vec::with_capacity(max.min(64 * 1024));
-        file.take(max as u64).read_to_end(&mut out).await?;
-        Ok(out)
+        self.store
+            .log_bytes_between(build, offset, offset.saturating_add(max as u64))
+            .await
+            .map_err(io)
     }
 
     /// The whole lines among at most `max` bytes from `offset`, the offset after the last of
@@ -116,6 +144,11 @@ impl LogStore {
     }
 }
 
+/// Log callers speak `std::io`; the database's failures travel inside it, with their message.
+fn io(e: StoreError) -> std::io::Error {
+    std::io::Error::other(e)
+}
+
 /// `str::floor_char_boundary` is not stable; this is the same for our use.
 trait FloorCharBoundary {
     fn floor_char_boundary_compat(&self, index: usize) -> String;
@@ -135,11 +168,19 @@ impl FloorCharBoundary for String {
 mod tests {
     use super::*;
 
+    use crate::store::{insert_test_job, test_store};
+
+    /// A log store capped at `max` bytes and a build to log for.
+    async fn setup(max: u64) -> (LogStore, Uuid, crate::store::scratch::ScratchDatabase) {
+        let (store, db) = test_store().await;
+        let job = insert_test_job(&store, "app", &["linux/amd64"]).await;
+        let build = store.builds_of_job(job).await.unwrap()[0].id;
+        (LogStore::new(store, max), build, db)
+    }
+
     #[tokio::test]
     async fn appends_reads_from_offsets_and_caps() {
-        let dir = tempfile::tempdir().unwrap();
-        let logs = LogStore::open(dir.path().to_path_buf(), 64).unwrap();
-        let b = Uuid::new_v4();
+        let (logs, b, _db) = setup(64).await;
         assert!(logs.read_chunk(b, 0, 1024).await.unwrap().is_empty());
         let cut = logs
             .append(b, &["one".into(), "two\n".into()])
@@ -159,9 +200,7 @@ mod tests {
 
     #[tokio::test]
     async fn reads_whole_lines_only() {
-        let dir = tempfile::tempdir().unwrap();
-        let logs = LogStore::open(dir.path().to_path_buf(), 1 << 20).unwrap();
-        let b = Uuid::new_v4();
+        let (logs, b, _db) = setup(1 << 20).await;
         logs.append(b, &["alpha".into(), "beta".into()])
             .await
             .unwrap();
@@ -182,5 +221,49 @@ mod tests {
         let at = start - 7; // "ééé\n" is 7 bytes
         let (lines, next, _) = logs.read_lines(b, at, 5).await.unwrap();
         assert_eq!((lines, next), (vec!["éé".to_string()], at + 4));
+    }
+
+    #[tokio::test]
+    async fn concurrent_appends_never_overlap_and_old_files_are_imported() {
+        let (logs, b, _db) = setup(1 << 20).await;
+        let writers: Vec<_> = (0..8)
+            .map(|w| {
+                let logs = logs.clone();
+                tokio::spawn(async move {
+                    for i in 0..20 {
+                        logs.append(b, &[format!("w{w} line {i}")]).await.unwrap();
+                    }
+                })
+            })
+            .collect();
+        for w in writers {
+            w.await.unwrap();
+        }
+        let all = String::from_utf8(logs.read_chunk(b, 0, 1 << 20).await.unwrap()).unwrap();
+        assert_eq!(all.lines().count(), 160, "{all}");
+        for w in 0..8 {
+            let mine: Vec<&str> = all
+                .lines()
+                .filter(|l| l.starts_with(&format!("w{w} ")))
+                .collect();
+            let want: Vec<String> = (0..20).map(|i| format!("w{w} line {i}")).collect();
+            assert_eq!(mine, want, "each writer's lines whole and in order");
+        }
+        assert_eq!(logs.size(b).await.unwrap(), all.len() as u64);
+
+        let dir = tempfile::tempdir().unwrap();
+        let (logs2, b2, _db2) = setup(1 << 20).await;
+        std::fs::write(dir.path().join(format!("{b2}.log")), "from a file\n").unwrap();
+        std::fs::write(dir.path().join("not-a-log.txt"), "x").unwrap();
+        assert_eq!(logs2.import_files(dir.path()).await.unwrap(), 1);
+        assert_eq!(
+            logs2.read_chunk(b2, 0, 100).await.unwrap(),
+            b"from a file\n"
+        );
+        assert!(!dir.path().join(format!("{b2}.log")).exists());
+        assert!(
+            logs.append(Uuid::new_v4(), &["x".into()]).await.is_err(),
+            "no such build"
+        );
     }
 }

@@ -72,10 +72,10 @@ pub async fn advance(state: &AppState, job_id: Uuid) -> StoreResult<()> {
     }
     if state
         .store
-        .transition_job(
+        .begin_stitching(
             job_id,
-            &[JobState::Queued, JobState::Building],
-            JobState::Stitching,
+            state.scheduler.replica(),
+            state.scheduler.lease_expiry(),
         )
         .await?
     {
@@ -150,13 +150,42 @@ pub async fn expire_jobs(state: &AppState) -> StoreResult<()> {
     Ok(())
 }
 
-/// Stitches a job in the background; also used at start to resume jobs a restart interrupted
-/// (pushing the same index again is harmless: the same bytes give the same digest).
+/// Takes over and resumes the stitching of jobs whose replica stopped renewing its lease (it died)
+/// and, with `own_too`, of jobs this replica held before it restarted. Pushing the same index
+/// again is harmless: the same bytes give the same digest.
+pub async fn take_over_stitches(state: &AppState, own_too: bool) -> StoreResult<()> {
+    let taken = state
+        .store
+        .take_over_stitches(
+            state.scheduler.replica(),
+            state.scheduler.now(),
+            state.scheduler.lease_expiry(),
+            own_too,
+        )
+        .await?;
+    for job_id in taken {
+        tracing::info!(job.id = %job_id, "resuming stitching left unfinished");
+        spawn_stitch(state.clone(), job_id);
+    }
+    Ok(())
+}
+
+/// Stitches a job in the background while holding its stitching lease; stops when the lease is
+/// lost to another replica or the coordinator shuts down (then the lease is let go, so another
+/// replica takes over at once).
 pub fn spawn_stitch(state: AppState, job_id: Uuid) {
     let shutdown = state.shutdown.clone();
     tokio::spawn(async move {
         tokio::select! {
-            _ = shutdown.cancelled() => tracing::info!(job.id = %job_id, "stitching interrupted by shutdown; resumes at next start"),
+            _ = shutdown.cancelled() => {
+                tracing::info!(job.id = %job_id, "stitching interrupted by shutdown; another replica or the next start resumes it");
+                if let Err(e) = state.store.release_stitch(job_id, state.scheduler.replica()).await {
+                    tracing::warn!(job.id = %job_id, error = %e, "could not let go of the stitching lease; it lapses on its own");
+                }
+            }
+            _ = hold_stitch(&state, job_id) => {
+                tracing::warn!(job.id = %job_id, "another replica took over stitching this job; stopping here");
+            }
             res = stitch_job(&state, job_id) => {
                 if let Err(e) = res {
                     tracing::error!(job.id = %job_id, error = %e, "stitching could not record its outcome");
@@ -165,6 +194,31 @@ pub fn spawn_stitch(state: AppState, job_id: Uuid) {
             }
         }
     });
+}
+
+/// Renews the job's stitching lease until it is lost; returns only then.
+async fn hold_stitch(state: &AppState, job_id: Uuid) {
+    let every = (state.config.lease_ttl() / 3).max(Duration::from_millis(200));
+    loop {
+        tokio::time::sleep(every).await;
+        match state
+            .store
+            .renew_stitch(
+                job_id,
+                state.scheduler.replica(),
+                state.scheduler.lease_expiry(),
+            )
+            .await
+        {
+            Ok(true) => {}
+            Ok(false) => return,
+            // Keep stitching: if the lease lapses meanwhile, a second push of the same index is
+            // harmless and only one replica records the outcome.
+            Err(e) => {
+                tracing::warn!(job.id = %job_id, error = %e, "could not renew the stitching lease")
+            }
+        }
+    }
 }
 
 async fn stitch_job(state: &AppState, job_id: Uuid) -> StoreResult<()> {

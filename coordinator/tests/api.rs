@@ -129,6 +129,11 @@ async fn bad_input_is_refused_with_a_reason_and_nothing_is_stored() {
         .unwrap()
         .count();
     assert_eq!(kept, 1, "only the one valid context is stored");
+    assert_eq!(
+        c.contexts_in_database().await,
+        1,
+        "and only it is in the database"
+    );
     c.stop().await;
 }
 
@@ -352,6 +357,7 @@ async fn limits_unknown_routes_and_bad_queries_answer_json() {
             .count(),
         0
     );
+    assert_eq!(c.contexts_in_database().await, 0);
 
     let (status, e) = error_of(c.http.get(c.url("/nothing/here")).send().await.unwrap()).await;
     assert_eq!(

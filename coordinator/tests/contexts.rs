@@ -55,6 +55,7 @@ async fn assert_not_stored(c: &Coordinator, digest: &str) {
         .map(|e| e.unwrap().file_name())
         .collect();
     assert!(left.is_empty(), "{left:?}");
+    assert_eq!(c.contexts_in_database().await, 0, "nor in the database");
 }
 
 #[tokio::test]

@@ -149,6 +149,12 @@ async fn leases_carry_their_registrys_credential_and_secrets_stay_hidden() {
             entry.display()
         );
     }
+    let db = c.database_dump();
+    assert!(!db.is_empty());
+    assert!(
+        !db.windows(PASSWORD.len()).any(|w| w == PASSWORD.as_bytes()),
+        "the password is in the database"
+    );
     c.stop().await;
 }
 

@@ -242,15 +242,21 @@ struct Running {
     stop: Option<tokio::sync::oneshot::Sender<()>>,
     task: tokio::task::JoinHandle<anyhow::Result<()>>,
     _data: tempfile::TempDir,
+    _database: archfarm_coordinator::store::scratch::ScratchDatabase,
 }
 
 impl Running {
     async fn start(flags: &[&str]) -> Result<Running, String> {
         let data = tempfile::tempdir().unwrap();
+        let database = archfarm_coordinator::store::scratch::ScratchDatabase::create()
+            .await
+            .unwrap();
         let mut args = vec![
             "archfarm-coordinator",
             "--data-dir",
             data.path().to_str().unwrap(),
+            "--database",
+            database.url(),
             "--join-token",
             "join-secret",
         ];
@@ -285,6 +291,7 @@ impl Running {
             stop: Some(tx),
             task,
             _data: data,
+            _database: database,
         })
     }
 

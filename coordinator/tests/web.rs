@@ -41,11 +41,7 @@ impl Pages {
 
 /// A second handle on the coordinator's database, for seeding history.
 async fn store_of(c: &Coordinator) -> Store {
-    let url = format!(
-        "sqlite://{}?mode=rwc",
-        c.data.path().join("archfarm.db").display()
-    );
-    Store::connect(&url).await.unwrap()
+    c.store().await
 }
 
 async fn submit(c: &Coordinator, body: serde_json::Value) -> Job {
@@ -534,6 +530,7 @@ async fn the_emulation_page_compares_medians_from_history() {
                 token,
                 i64::MAX,
                 "seeded",
+                "replica-a",
             )
             .await
             .unwrap();

@@ -3,12 +3,14 @@
 use std::fs::File;
 use std::path::PathBuf;
 use std::process::{Child, Command, Output, Stdio};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use archfarm_protocol::api::{Agent, AgentList, Job, JobList};
 use reqwest::blocking::RequestBuilder;
 use serde::de::DeserializeOwned;
 
+use crate::database::Database;
 use crate::process::{bin_path, clean_env, free_port, Daemon, Scratch};
 use crate::tls::CoordinatorTls;
 
@@ -30,6 +32,9 @@ pub struct CoordinatorOptions {
     /// Serve HTTPS: `url()` is `https://…`, and the harness's own client and the CLI it runs
     /// trust the CA. None: plain HTTP.
     pub tls: Option<CoordinatorTls>,
+    /// A database to share with other coordinators (replicas). None: a PostgreSQL database of its
+    /// own when `ARCHFARM_TEST_POSTGRES` is set, else SQLite in its data directory.
+    pub database: Option<Arc<Database>>,
 }
 
 impl CoordinatorOptions {
@@ -46,6 +51,12 @@ impl CoordinatorOptions {
     /// Adds one more command-line argument.
     pub fn arg(mut self, arg: &str) -> Self {
         self.extra_args.push(arg.to_string());
+        self
+    }
+
+    /// Uses `database` (shared with the other coordinators given it).
+    pub fn database(mut self, database: Arc<Database>) -> Self {
+        self.database = Some(database);
         self
     }
 
@@ -88,6 +99,7 @@ impl Default for CoordinatorOptions {
             api_token: None,
             extra_args: Vec::new(),
             tls: None,
+            database: None,
         }
     }
 }
@@ -97,6 +109,7 @@ impl Default for CoordinatorOptions {
 pub struct Coordinator {
     // Field order is drop order: stop the process before deleting its data.
     daemon: Daemon,
+    database: Arc<Database>,
     url: String,
     /// `127.0.0.1:PORT`, kept so a restart binds the same port.
     listen: String,
@@ -112,15 +125,23 @@ impl Coordinator {
     }
 
     /// Starts a coordinator and waits until `GET /healthz` answers 200.
-    pub fn start_with(opts: CoordinatorOptions) -> Coordinator {
+    pub fn start_with(mut opts: CoordinatorOptions) -> Coordinator {
         let dir = Scratch::new("coordinator");
         let http = opts.http_client();
+        let database = opts
+            .database
+            .clone()
+            .or_else(|| Database::from_env().map(Arc::new))
+            .unwrap_or_else(|| Arc::new(Database::Sqlite(dir.join("data").join("archfarm.db"))));
+        // Kept in the options so a restart uses the same database.
+        opts.database = Some(database.clone());
         for attempt in 1..=3 {
             let listen = format!("127.0.0.1:{}", free_port());
             match spawn_ready(&listen, &opts, &dir, &http) {
                 Ok(daemon) => {
                     return Coordinator {
                         daemon,
+                        database,
                         url: format!("{}://{listen}", opts.scheme()),
                         listen,
                         opts,
@@ -193,6 +214,23 @@ impl Coordinator {
     /// The `--data-dir` given to the coordinator.
     pub fn data_dir(&self) -> PathBuf {
         self.dir.join("data")
+    }
+
+    /// The coordinator's database, to read back with `psql` or `sqlite3`.
+    pub fn database(&self) -> &Database {
+        &self.database
+    }
+
+    /// The same database, for a second coordinator to share ([`CoordinatorOptions::database`]).
+    pub fn shared_database(&self) -> Arc<Database> {
+        self.database.clone()
+    }
+
+    /// The files of the data directory and the places in the database holding `needle`.
+    pub fn stored_containing(&self, needle: &str) -> Vec<String> {
+        let mut found = crate::files_containing(&self.data_dir(), needle);
+        found.extend(self.database.containing(needle));
+        found
     }
 
     /// The last lines of the coordinator's log.
@@ -376,6 +414,9 @@ fn spawn_ready(
         .arg(dir.join("data"))
         .arg("--join-token")
         .arg(&opts.join_token);
+    if let Some(db) = opts.database.as_ref().filter(|d| d.is_postgres()) {
+        cmd.arg("--database").arg(db.url());
+    }
     if let Some(token) = &opts.api_token {
         cmd.arg("--api-token").arg(token);
     }

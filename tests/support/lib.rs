@@ -14,6 +14,7 @@ pub mod buildah;
 pub mod checks;
 pub mod context;
 pub mod coordinator;
+pub mod database;
 pub mod metrics;
 pub mod oci;
 pub mod process;
@@ -30,6 +31,7 @@ pub use browser::{artifacts_dir, Browser};
 pub use buildah::Buildah;
 pub use context::{repo_root, BuildContext};
 pub use coordinator::{run_cli, BackgroundCli, Coordinator, CoordinatorOptions, CLI_TIMEOUT};
+pub use database::Database;
 pub use metrics::{scrape, Scrape};
 pub use oci::ImageFs;
 pub use process::{

@@ -146,7 +146,7 @@ async fn register(
     tracing::info!(agent.id = %id, agent = %req.name, native = ?native.iter().map(ToString::to_string).collect::<Vec<_>>(),
         emulated = ?emulated.iter().map(ToString::to_string).collect::<Vec<_>>(), capacity = req.capacity, requeued,
         joined = ?joined, "agent registered");
-    state.scheduler.wake();
+    state.scheduler.wake().await;
     Ok(Json(RegisterResponse {
         agent_id: id,
         token,
@@ -218,7 +218,7 @@ async fn lease(
             {
                 tracing::error!(build.id = %claimed.build_id, error = %undo, "could not requeue an undelivered lease");
             }
-            state.scheduler.wake();
+            state.scheduler.wake().await;
             Err(e)
         }
     }
@@ -304,7 +304,7 @@ async fn drain(
     }
     tracing::info!(agent.id = %id, "agent draining");
     // Builds it would have taken may now go to others (or to emulation).
-    state.scheduler.wake();
+    state.scheduler.wake().await;
     Ok(Json(agent_view(&state, id).await?))
 }
 
@@ -338,7 +338,7 @@ async fn revoke(
         .await?
         .ok_or_else(|| ApiError::NotFound(format!("no agent with id '{id}'")))?;
     tracing::warn!(agent.id = %id, requeued, by = ?caller.token, "agent revoked");
-    state.scheduler.wake();
+    state.scheduler.wake().await;
     Ok(Json(agent_view(&state, id).await?))
 }
 
@@ -365,7 +365,7 @@ async fn forget(
     }
     let requeued = state.store.deregister_agent(id).await?;
     tracing::info!(agent.id = %id, agent = %agent.name, requeued, by = ?caller.token, "agent forgotten");
-    state.scheduler.wake();
+    state.scheduler.wake().await;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -385,6 +385,6 @@ async fn deregister(
     }
     let requeued = state.store.deregister_agent(id).await?;
     tracing::info!(agent.id = %id, agent = %agent.name, requeued, "agent deregistered");
-    state.scheduler.wake();
+    state.scheduler.wake().await;
     Ok(StatusCode::NO_CONTENT)
 }

@@ -32,7 +32,7 @@ async fn exists(
     require(&state, &headers, Scope::Submit).await?;
     let digest = parse_digest(&raw)?;
     let known =
-        state.store.context_exists(digest.as_str()).await? && state.blobs.exists(&digest).await;
+        state.store.context_exists(digest.as_str()).await? && state.blobs.exists(&digest).await?;
     Ok(if known {
         StatusCode::OK
     } else {
@@ -86,7 +86,9 @@ async fn upload(
             });
         }
         Err(e @ BlobError::Body(_)) => return Err(ApiError::bad("upload_failed", e.to_string())),
-        Err(BlobError::Io(e)) => return Err(e.into()),
+        Err(e @ (BlobError::Io(_) | BlobError::Store(_) | BlobError::Corrupt { .. })) => {
+            return Err(e.into())
+        }
     };
     state
         .store
@@ -103,15 +105,14 @@ async fn download(
 ) -> Result<Response, ApiError> {
     require_submitter_or_agent(&state, &headers).await?;
     let digest = parse_digest(&raw)?;
-    let file = match tokio::fs::File::open(state.blobs.path(&digest)).await {
-        Ok(f) => f,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            return Err(ApiError::NotFound(format!(
-                "no context {digest} on this coordinator"
-            )))
-        }
-        Err(e) => return Err(e.into()),
+    // From this replica's cache, copied there from the database when another replica took the
+    // upload.
+    let Some(path) = state.blobs.local(&digest).await? else {
+        return Err(ApiError::NotFound(format!(
+            "no context {digest} on this coordinator"
+        )));
     };
+    let file = tokio::fs::File::open(path).await?;
     let len = file.metadata().await?.len();
     let body = Body::from_stream(tokio_util::io::ReaderStream::new(file));
     Ok((

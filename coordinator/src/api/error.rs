@@ -88,6 +88,12 @@ impl From<StoreError> for ApiError {
     }
 }
 
+impl From<crate::blobs::BlobError> for ApiError {
+    fn from(e: crate::blobs::BlobError) -> Self {
+        ApiError::Internal(e.into())
+    }
+}
+
 impl From<std::io::Error> for ApiError {
     fn from(e: std::io::Error) -> Self {
         ApiError::Internal(e.into())

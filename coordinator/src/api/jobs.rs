@@ -241,7 +241,7 @@ async fn create(
     require(&state, &headers, Scope::Submit).await?;
     let job = validate(req)?;
     if !state.store.context_exists(job.context.as_str()).await?
-        || !state.blobs.exists(&job.context).await
+        || !state.blobs.exists(&job.context).await?
     {
         return Err(ApiError::bad(
             "unknown_context",
@@ -276,7 +276,7 @@ async fn create(
     state.metrics.job_entered(JobState::Queued);
     tracing::info!(job.id = %id, platforms = ?job.platforms.iter().map(ToString::to_string).collect::<Vec<_>>(),
         tags = ?job.tags, "job submitted");
-    state.scheduler.wake();
+    state.scheduler.wake().await;
     let row = state
         .store
         .get_job(id)

@@ -85,6 +85,10 @@ pub struct Scheduler {
     max_attempts: i64,
     /// The time source for leases, waits and estimates.
     clock: Clock,
+    /// This replica's name, recorded with each lease it grants.
+    replica: String,
+    /// This process's run, so it can tell its own wake-up notices from other replicas'.
+    instance: Uuid,
 }
 
 impl Scheduler {
@@ -105,7 +109,25 @@ impl Scheduler {
             offline_after,
             max_attempts,
             clock: Clock::system(),
+            replica: "coordinator".to_string(),
+            instance: Uuid::new_v4(),
         }
+    }
+
+    /// The same scheduler granting leases as replica `name` (`--replica-name`).
+    pub fn with_replica(mut self, name: &str) -> Self {
+        self.replica = name.to_string();
+        self
+    }
+
+    /// This replica's name.
+    pub fn replica(&self) -> &str {
+        &self.replica
+    }
+
+    /// This process's run id, sent with its wake-up notices.
+    pub fn instance(&self) -> Uuid {
+        self.instance
     }
 
     /// The same scheduler reading time from `clock` (tests replay scenarios at fixed instants).
@@ -114,8 +136,18 @@ impl Scheduler {
         self
     }
 
-    /// Tells waiting agents to look again.
-    pub fn wake(&self) {
+    /// Tells waiting agents to look again: this replica's at once, and those long-polling other
+    /// replicas on the same PostgreSQL database through a notice (see [`crate::replicas`]).
+    pub async fn wake(&self) {
+        self.work.notify_waiters();
+        if let Err(e) = crate::replicas::announce_work(&self.store, self.instance).await {
+            // The others still look on their own every few seconds.
+            tracing::warn!(error = %e, "could not tell the other replicas about new work");
+        }
+    }
+
+    /// Tells this replica's waiting agents to look again (a notice from another replica).
+    pub fn wake_local(&self) {
         self.work.notify_waiters();
     }
 
@@ -269,6 +301,7 @@ impl Scheduler {
                     token,
                     expiry,
                     &decision,
+                    &self.replica,
                 )
                 .await?
             {
@@ -334,7 +367,7 @@ impl Scheduler {
             }
         }
         if reaped.requeued > 0 {
-            self.wake();
+            self.wake().await;
         }
         Ok(reaped)
     }

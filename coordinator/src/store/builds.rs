@@ -169,8 +169,9 @@ impl Store {
             .collect()
     }
 
-    /// Leases a queued build to an agent, recording why; false when someone else took it first or
-    /// the agent was revoked meanwhile.
+    /// Leases a queued build to an agent, recording why and which replica (`replica`) granted
+    /// it; false when someone else took it first or the agent was revoked meanwhile. The lease and
+    /// its record in `leases` are written in one transaction.
     #[allow(clippy::too_many_arguments)]
     pub async fn claim_build(
         &self,
@@ -181,7 +182,10 @@ impl Store {
         lease_token: Uuid,
         lease_expires_at: i64,
         decision: &str,
+        replica: &str,
     ) -> StoreResult<bool> {
+        let now = now_ms();
+        let mut tx = self.pool.begin().await?;
         let res = sqlx::query(
             "UPDATE builds SET state = 'building', agent_id = $1, agent_name = $2, mode = $3, lease_token = $4, \
              lease_expires_at = $5, attempts = attempts + 1, started_at = $6, error = NULL, decision = $8 \
@@ -192,13 +196,31 @@ impl Store {
         .bind(agent_name)
         .bind(mode.as_str())
         .bind(lease_token.to_string())
-                .bind(lease_expires_at)
-        .bind(now_ms())
+        .bind(lease_expires_at)
+        .bind(now)
         .bind(build_id.to_string())
         .bind(decision)
-        .execute(&self.pool)
+        .execute(&mut *tx)
         .await?;
-        Ok(res.rows_affected() == 1)
+        if res.rows_affected() != 1 {
+            tx.rollback().await?;
+            return Ok(false);
+        }
+        sqlx::query(
+            "INSERT INTO leases (token, build_id, agent_id, agent_name, mode, replica, granted_at) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7)",
+        )
+        .bind(lease_token.to_string())
+        .bind(build_id.to_string())
+        .bind(agent_id.to_string())
+        .bind(agent_name)
+        .bind(mode.as_str())
+        .bind(replica)
+        .bind(now)
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(true)
     }
 
     /// Checks a lease token and, when it is current and running, extends the lease.
@@ -375,6 +397,7 @@ mod tests {
                 Uuid::new_v4(),
                 1,
                 "test",
+                "replica-a",
             )
             .await
             .unwrap();
@@ -389,18 +412,45 @@ mod tests {
         let b = builds[0].id;
         let (agent, first, second) = (Uuid::new_v4(), Uuid::new_v4(), Uuid::new_v4());
         assert!(store
-            .claim_build(b, agent, "a", BuildMode::Native, first, 1, "test")
+            .claim_build(
+                b,
+                agent,
+                "a",
+                BuildMode::Native,
+                first,
+                1,
+                "test",
+                "replica-a"
+            )
             .await
             .unwrap());
         assert!(!store
-            .claim_build(b, agent, "a", BuildMode::Native, second, 1, "test")
+            .claim_build(
+                b,
+                agent,
+                "a",
+                BuildMode::Native,
+                second,
+                1,
+                "test",
+                "replica-a"
+            )
             .await
             .unwrap());
         // The lease lapses and the build goes to someone else: the first holder's report is refused.
         assert_eq!(store.expired_leases(now_ms()).await.unwrap().len(), 1);
         assert!(store.requeue_build(b, first).await.unwrap());
         assert!(store
-            .claim_build(b, agent, "b", BuildMode::Native, second, i64::MAX, "test")
+            .claim_build(
+                b,
+                agent,
+                "b",
+                BuildMode::Native,
+                second,
+                i64::MAX,
+                "test",
+                "replica-a"
+            )
             .await
             .unwrap());
         assert!(!store
@@ -437,6 +487,7 @@ mod tests {
                 token,
                 i64::MAX,
                 "test",
+                "replica-a",
             )
             .await
             .unwrap();
@@ -484,6 +535,7 @@ mod tests {
                 t0,
                 i64::MAX,
                 "test",
+                "replica-a",
             )
             .await
             .unwrap();
@@ -496,6 +548,7 @@ mod tests {
                 t1,
                 i64::MAX,
                 "test",
+                "replica-a",
             )
             .await
             .unwrap();
@@ -527,6 +580,7 @@ mod tests {
                 t2,
                 5,
                 "test",
+                "replica-a",
             )
             .await
             .unwrap();

@@ -64,7 +64,16 @@ mod tests {
         for (b, mode) in builds.iter().zip(modes) {
             let token = Uuid::new_v4();
             store
-                .claim_build(b.id, Uuid::new_v4(), "a", mode, token, i64::MAX, "test")
+                .claim_build(
+                    b.id,
+                    Uuid::new_v4(),
+                    "a",
+                    mode,
+                    token,
+                    i64::MAX,
+                    "test",
+                    "replica-a",
+                )
                 .await
                 .unwrap();
             // The amd64 build fails: failures are not history of how long a build takes.

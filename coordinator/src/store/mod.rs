@@ -4,9 +4,13 @@
 
 mod agents;
 mod builds;
+mod chunks;
 mod contexts;
 pub mod history;
 mod jobs;
+mod leases;
+pub mod scratch;
+mod stitching;
 mod tokens;
 
 use std::str::FromStr;
@@ -18,7 +22,9 @@ use sqlx::{AnyPool, Row};
 
 pub use agents::{AgentRow, Registered};
 pub use builds::{BuildRow, LeaseCheck, QueuedBuild};
+pub use chunks::CONTEXT_CHUNK_BYTES;
 pub use jobs::{JobRow, NewJob, Stopped};
+pub use leases::LeaseRecord;
 pub use tokens::{NewToken, Refusal};
 
 static SQLITE_MIGRATIONS: Migrator = sqlx::migrate!("../migrations/sqlite");
@@ -41,6 +47,9 @@ pub enum StoreError {
         /// The value.
         value: String,
     },
+    /// Reading or writing a local file on the way to or from the database failed.
+    #[error("local file error: {0}")]
+    Io(#[from] std::io::Error),
     /// The URL names a database archfarm does not support (only its scheme is kept: a URL can hold a password).
     #[error("unsupported database URL scheme '{0}': use sqlite://PATH or postgres://USER@HOST/DB")]
     UnsupportedUrl(String),
@@ -49,10 +58,20 @@ pub enum StoreError {
 /// Result alias for store calls.
 pub type StoreResult<T> = Result<T, StoreError>;
 
+/// Which database server a store speaks to.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Backend {
+    /// An SQLite file: one coordinator.
+    Sqlite,
+    /// A PostgreSQL server: one or several coordinators.
+    Postgres,
+}
+
 /// Handle to the database; cheap to clone.
 #[derive(Clone, Debug)]
 pub struct Store {
     pool: AnyPool,
+    backend: Backend,
 }
 
 impl Store {
@@ -83,7 +102,17 @@ impl Store {
         } else {
             POSTGRES_MIGRATIONS.run(&pool).await?;
         }
-        Ok(Store { pool })
+        let backend = if sqlite {
+            Backend::Sqlite
+        } else {
+            Backend::Postgres
+        };
+        Ok(Store { pool, backend })
+    }
+
+    /// The database server behind this store.
+    pub fn backend(&self) -> Backend {
+        self.backend
     }
 
     /// The pool, for callers that need a transaction.
@@ -127,11 +156,12 @@ fn json_col<T: serde::de::DeserializeOwned>(row: &AnyRow, column: &'static str) 
     serde_json::from_str(&value).map_err(|_| StoreError::Corrupt { column, value })
 }
 
+/// A store for a unit test: SQLite in a temporary directory, or a fresh PostgreSQL database when
+/// `ARCHFARM_TEST_POSTGRES` names a server (see [`scratch`]); dropped with the returned guard.
 #[cfg(test)]
-pub(crate) async fn test_store() -> (Store, tempfile::TempDir) {
-    let dir = tempfile::tempdir().unwrap();
-    let url = format!("sqlite://{}?mode=rwc", dir.path().join("t.db").display());
-    (Store::connect(&url).await.unwrap(), dir)
+pub(crate) async fn test_store() -> (Store, scratch::ScratchDatabase) {
+    let db = scratch::ScratchDatabase::create().await.unwrap();
+    (Store::connect(db.url()).await.unwrap(), db)
 }
 
 /// Stores a job for `platforms` tagged `localhost:5000/REPO:1`, with its context; returns its id.

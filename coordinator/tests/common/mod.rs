@@ -1,11 +1,13 @@
-//! What the coordinator's in-process tests share: a coordinator on port 0 with a real SQLite
-//! database in a temporary directory, and the calls a CI client or an agent would make.
+//! What the coordinator's in-process tests share: a coordinator on port 0 with a real database
+//! (SQLite in a temporary directory, or a fresh PostgreSQL database when `ARCHFARM_TEST_POSTGRES`
+//! names a server), and the calls a CI client or an agent would make.
 
 #![allow(dead_code)] // each test file uses its own part of the harness
 
 use std::io::Write;
 
 use archfarm_coordinator::config::Config;
+use archfarm_coordinator::store::scratch::ScratchDatabase;
 use archfarm_protocol::api::{ErrorResponse, Job, Lease, RegisterResponse};
 use clap::Parser;
 use futures::StreamExt;
@@ -21,6 +23,8 @@ pub struct Coordinator {
     pub http: reqwest::Client,
     /// Its data directory.
     pub data: tempfile::TempDir,
+    /// Its database, dropped after the coordinator stops.
+    pub database: ScratchDatabase,
     stop: Option<tokio::sync::oneshot::Sender<()>>,
     task: Option<tokio::task::JoinHandle<anyhow::Result<()>>>,
 }
@@ -38,10 +42,13 @@ impl Coordinator {
 
     async fn start_join(join: Option<&str>, extra: &[&str]) -> Self {
         let data = tempfile::tempdir().unwrap();
+        let database = ScratchDatabase::create().await.unwrap();
         let mut args = vec![
             "archfarm-coordinator",
             "--data-dir",
             data.path().to_str().unwrap(),
+            "--database",
+            database.url(),
         ];
         if let Some(j) = join {
             args.extend(["--join-token", j]);
@@ -71,8 +78,52 @@ impl Coordinator {
             base,
             http,
             data,
+            database,
             stop: Some(tx),
             task: Some(task),
+        }
+    }
+
+    /// A second handle on the coordinator's database (for seeding or reading it back).
+    pub async fn store(&self) -> archfarm_coordinator::store::Store {
+        archfarm_coordinator::store::Store::connect(self.database.url())
+            .await
+            .unwrap()
+    }
+
+    /// How many context archives have bytes in the database.
+    pub async fn contexts_in_database(&self) -> i64 {
+        use sqlx::Row as _;
+        let store = self.store().await;
+        sqlx::query("SELECT COUNT(DISTINCT digest) AS n FROM context_chunks")
+            .fetch_one(store.pool())
+            .await
+            .unwrap()
+            .get::<i64, _>("n")
+    }
+
+    /// Every byte the database holds: its SQLite files (the write-ahead log too), or `pg_dump`'s
+    /// output.
+    pub fn database_dump(&self) -> Vec<u8> {
+        if self.database.is_postgres() {
+            let out = std::process::Command::new("pg_dump")
+                .args(["--data-only", self.database.url()])
+                .output()
+                .expect("pg_dump runs");
+            assert!(
+                out.status.success(),
+                "pg_dump: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+            out.stdout
+        } else {
+            let file = self.database.url().trim_start_matches("sqlite://");
+            let file = std::path::Path::new(file.split('?').next().unwrap());
+            let mut all = Vec::new();
+            for entry in std::fs::read_dir(file.parent().unwrap()).unwrap().flatten() {
+                all.extend(std::fs::read(entry.path()).unwrap_or_default());
+            }
+            all
         }
     }
 

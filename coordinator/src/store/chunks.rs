@@ -1,0 +1,157 @@
+//! The bytes of context archives and build logs, kept in the database in pieces so that every
+//! coordinator sharing it can serve them (a replica's own disk is only a cache).
+
+use std::path::Path;
+
+use sha2::{Digest as _, Sha256};
+use sqlx::Row;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use uuid::Uuid;
+
+use super::{Store, StoreError, StoreResult};
+
+/// Largest piece of a context archive stored in one row: small enough that no single statement
+/// holds much memory, large enough that a 512 MiB context is 512 rows.
+pub const CONTEXT_CHUNK_BYTES: usize = 1 << 20;
+
+impl Store {
+    /// Stores the archive at `file` as the pieces of context `digest`. Each piece is its own short
+    /// statement, so a large upload never holds SQLite's one write lock for long; the `contexts`
+    /// row, written after this returns, is what makes the context count as stored. Pieces left by
+    /// an upload cut short are the same bytes a retry writes, so they are kept as they are.
+    pub async fn put_context_chunks(&self, digest: &str, file: &Path) -> StoreResult<u64> {
+        let mut file = tokio::fs::File::open(file).await.map_err(io_error)?;
+        let mut buf = vec![0u8; CONTEXT_CHUNK_BYTES];
+        let (mut seq, mut total) = (0i64, 0u64);
+        loop {
+            let n = read_full(&mut file, &mut buf).await.map_err(io_error)?;
+            if n == 0 {
+                break;
+            }
+            sqlx::query(
+                "INSERT INTO context_chunks (digest, seq, data) VALUES ($1, $2, $3) \
+                 ON CONFLICT (digest, seq) DO NOTHING",
+            )
+            .bind(digest)
+            .bind(seq)
+            .bind(buf[..n].to_vec())
+            .execute(&self.pool)
+            .await?;
+            seq += 1;
+            total += n as u64;
+        }
+        Ok(total)
+    }
+
+    /// Whether the pieces of context `digest` are stored (the first is written first).
+    pub async fn has_context_chunks(&self, digest: &str) -> StoreResult<bool> {
+        let row = sqlx::query("SELECT seq FROM context_chunks WHERE digest = $1 AND seq = 0")
+            .bind(digest)
+            .fetch_optional(&self.pool)
+            .await?;
+        Ok(row.is_some())
+    }
+
+    /// Writes the stored pieces of context `digest` to `dest` and returns the sha256 (hex) of what
+    /// was written, so the caller can check it before trusting the copy; None when none are stored.
+    pub async fn copy_context_to(&self, digest: &str, dest: &Path) -> StoreResult<Option<String>> {
+        let mut file = tokio::fs::File::create(dest).await.map_err(io_error)?;
+        let mut hasher = Sha256::new();
+        let mut seq = 0i64;
+        loop {
+            let row = sqlx::query("SELECT data FROM context_chunks WHERE digest = $1 AND seq = $2")
+                .bind(digest)
+                .bind(seq)
+                .fetch_optional(&self.pool)
+                .await?;
+            let Some(row) = row else { break };
+            let data: Vec<u8> = row.try_get("data")?;
+            hasher.update(&data);
+            file.write_all(&data).await.map_err(io_error)?;
+            seq += 1;
+        }
+        file.sync_all().await.map_err(io_error)?;
+        Ok((seq > 0).then(|| hex::encode(hasher.finalize())))
+    }
+
+    /// A build's log length in bytes; None when there is no such build.
+    pub async fn log_size(&self, build: Uuid) -> StoreResult<Option<u64>> {
+        let row = sqlx::query("SELECT log_bytes FROM builds WHERE id = $1")
+            .bind(build.to_string())
+            .fetch_optional(&self.pool)
+            .await?;
+        Ok(row
+            .map(|r| r.try_get::<i64, _>("log_bytes"))
+            .transpose()?
+            .map(|n| n.max(0) as u64))
+    }
+
+    /// Appends `data` to a build's log if its length is still `at`; false when another append got
+    /// there first (the caller reads the length again). The length and the piece change together.
+    pub async fn append_log_at(&self, build: Uuid, at: u64, data: &[u8]) -> StoreResult<bool> {
+        let end = at + data.len() as u64;
+        let mut tx = self.pool.begin().await?;
+        let res = sqlx::query("UPDATE builds SET log_bytes = $1 WHERE id = $2 AND log_bytes = $3")
+            .bind(end as i64)
+            .bind(build.to_string())
+            .bind(at as i64)
+            .execute(&mut *tx)
+            .await?;
+        if res.rows_affected() != 1 {
+            tx.rollback().await?;
+            return Ok(false);
+        }
+        sqlx::query(
+            "INSERT INTO log_chunks (build_id, start_offset, end_offset, data) VALUES ($1, $2, $3, $4)",
+        )
+        .bind(build.to_string())
+        .bind(at as i64)
+        .bind(end as i64)
+        .bind(data.to_vec())
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(true)
+    }
+
+    /// The log's bytes in `[from, to)`, joined from the pieces that overlap it.
+    pub async fn log_bytes_between(&self, build: Uuid, from: u64, to: u64) -> StoreResult<Vec<u8>> {
+        let rows = sqlx::query(
+            "SELECT start_offset, data FROM log_chunks \
+             WHERE build_id = $1 AND end_offset > $2 AND start_offset < $3 ORDER BY start_offset",
+        )
+        .bind(build.to_string())
+        .bind(from as i64)
+        .bind(to as i64)
+        .fetch_all(&self.pool)
+        .await?;
+        let mut out = Vec::with_capacity((to - from).min(1 << 20) as usize);
+        for row in rows {
+            let start = row.try_get::<i64, _>("start_offset")?.max(0) as u64;
+            let data: Vec<u8> = row.try_get("data")?;
+            let lo = from.saturating_sub(start) as usize;
+            let hi = ((to - start) as usize).min(data.len());
+            if lo < hi {
+                out.extend_from_slice(&data[lo..hi]);
+            }
+        }
+        Ok(out)
+    }
+}
+
+/// Fills `buf` as far as the file allows; fewer bytes only at its end.
+async fn read_full(file: &mut tokio::fs::File, buf: &mut [u8]) -> std::io::Result<usize> {
+    let mut n = 0;
+    while n < buf.len() {
+        let got = file.read(&mut buf[n..]).await?;
+        if got == 0 {
+            break;
+        }
+        n += got;
+    }
+    Ok(n)
+}
+
+fn io_error(e: std::io::Error) -> StoreError {
+    StoreError::Io(e)
+}

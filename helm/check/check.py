@@ -221,7 +221,7 @@ def expect_failure(name: str, action, must_mention: str) -> None:
             # jsonschema's message is the first line of its text; Helm's error is on the last.
             line = getattr(e, "message", None) or text.strip().splitlines()[-1]
             refused.append(name)
-            ok(f"refused as expected: {name}:\n         {line[:200]}")
+            ok(f"refused as expected: {name}:\n         {line[:300]}")
         else:
             fail(f"{name}: failed, but without mentioning {must_mention!r}: {text[:300]}")
         return

@@ -10,7 +10,9 @@ use std::process::Command;
 pub const POSTGRES_ENV: &str = "ARCHFARM_TEST_POSTGRES";
 
 /// The server the PostgreSQL-only tests use when the environment names none.
-pub const DEFAULT_POSTGRES: &str = "postgres://postgres@127.0.0.1:5432/test";
+/// `scripts/postgres.sh` sets this password on a server it installs; trust authentication (as on
+/// the development machines) ignores it.
+pub const DEFAULT_POSTGRES: &str = "postgres://postgres:archfarm@127.0.0.1:5432/test";
 
 /// A database made for one test (or shared by the coordinators of one test).
 #[derive(Debug)]

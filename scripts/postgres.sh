@@ -51,9 +51,10 @@ if ! psql "$URL" -qAtc 'SELECT 1' >/dev/null 2>&1; then
     psql "$maintenance" -qc "CREATE DATABASE \"$db\"" >&2 || die "cannot reach $maintenance to create $db"
 fi
 psql "$URL" -qAtc 'SELECT 1' >/dev/null || die "cannot connect to $URL"
-# Scratch databases of an earlier run that was killed before it could drop them.
-for stale in $(psql "$URL" -qAtc "SELECT datname FROM pg_database WHERE datname LIKE 'archfarm\_scratch\_%' OR datname LIKE 'archfarm\_e2e\_%'"); do
-    psql "$URL" -qc "DROP DATABASE IF EXISTS \"$stale\" WITH (FORCE)" >&2 || true
+# Scratch databases of an earlier run that was killed before it could drop them: those nobody is
+# connected to (a run in progress holds connections to its own).
+for stale in $(psql "$URL" -qAtc "SELECT d.datname FROM pg_database d WHERE (d.datname LIKE 'archfarm\_scratch\_%' OR d.datname LIKE 'archfarm\_e2e\_%') AND NOT EXISTS (SELECT 1 FROM pg_stat_activity a WHERE a.datname = d.datname)"); do
+    psql "$URL" -qc "DROP DATABASE IF EXISTS \"$stale\"" >&2 || true
 done
 say "PostgreSQL: $(psql "$URL" -qAtc 'SHOW server_version')"
 printf '%s\n' "$URL"

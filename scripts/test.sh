@@ -35,8 +35,9 @@ cargo build --workspace --bins
 
 step "cargo test --workspace"
 # Builds under QEMU are slow on small machines; a failing test prints its processes' log tails.
-# On SQLite, the default (tests/replicas.rs is PostgreSQL-only and runs here too).
-cargo test --workspace "$@"
+# On SQLite, the default (tests/replicas.rs is PostgreSQL-only and runs here too), whatever the
+# caller's environment says.
+env -u ARCHFARM_TEST_POSTGRES cargo test --workspace "$@"
 
 step "cargo test on PostgreSQL (ARCHFARM_TEST_POSTGRES)"
 # The same tests again, each coordinator on a fresh PostgreSQL database, for the crates whose

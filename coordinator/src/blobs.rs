@@ -91,8 +91,9 @@ impl BlobStore {
             let Ok(digest) = Digest::parse(&format!("sha256:{hex}")) else {
                 continue;
             };
+            // A copy cut short by a crash is finished: pieces already there are the same bytes.
             if blobs.store.context_exists(digest.as_str()).await?
-                && !blobs.store.has_context_chunks(digest.as_str()).await?
+                && !blobs.store.context_complete(digest.as_str()).await?
             {
                 let size = blobs
                     .store
@@ -115,9 +116,9 @@ impl BlobStore {
         self.dir.join(format!("{}.tar.gz", digest.hex()))
     }
 
-    /// Whether the archive's bytes are stored (its `contexts` row says it is complete).
+    /// Whether the archive is recorded and all its bytes are stored.
     pub async fn exists(&self, digest: &Digest) -> Result<bool, BlobError> {
-        Ok(self.store.has_context_chunks(digest.as_str()).await?)
+        Ok(self.store.context_complete(digest.as_str()).await?)
     }
 
     /// The archive in this replica's cache, copied there from the database first if need be;
@@ -291,6 +292,11 @@ mod tests {
             store.put(&d, stream(bytes.clone()), 1 << 20).await.unwrap(),
             bytes.len() as u64
         );
+        // The bytes are in, but the context counts as stored only once its row is written.
+        assert!(!store.exists(&d).await.unwrap());
+        db.insert_context(d.as_str(), bytes.len() as i64)
+            .await
+            .unwrap();
         assert!(store.exists(&d).await.unwrap());
         assert!(store.contains_file(&d, "Dockerfile").await.unwrap());
         assert!(store.contains_file(&d, "./sub/x").await.unwrap());
@@ -323,7 +329,7 @@ mod tests {
         ));
         assert_eq!(std::fs::read_dir(dir.path().join("c")).unwrap().count(), 0);
         for refused in [&wrong, &d, &g] {
-            assert!(!db.has_context_chunks(refused.as_str()).await.unwrap());
+            assert_eq!(db.context_pieces(refused.as_str()).await.unwrap(), 0);
         }
     }
 
@@ -410,6 +416,10 @@ mod tests {
         let bytes = archive(&[("Dockerfile", b"FROM scratch\n"), ("big", &big)]);
         let d = digest_of(&bytes);
         a.put(&d, stream(bytes.clone()), 1 << 30).await.unwrap();
+        db.insert_context(d.as_str(), bytes.len() as i64)
+            .await
+            .unwrap();
+        assert!(db.context_pieces(d.as_str()).await.unwrap() >= 3);
         assert!(b.exists(&d).await.unwrap());
         let path = b
             .local(&d)
@@ -443,16 +453,33 @@ mod tests {
     async fn archives_cached_before_the_database_kept_them_are_copied_in_at_open() {
         let (db, _db) = test_store().await;
         let dir = tempfile::tempdir().unwrap();
-        let bytes = archive(&[("Dockerfile", b"FROM scratch\n")]);
+        let big: Vec<u8> = (0..(CONTEXT_CHUNK_BYTES * 2 / 32 + 1) as u64)
+            .flat_map(|i| Sha256::digest(i.to_be_bytes()))
+            .collect();
+        let bytes = archive(&[("Dockerfile", b"FROM scratch\n"), ("big", &big)]);
         let d = digest_of(&bytes);
         std::fs::write(dir.path().join(format!("{}.tar.gz", d.hex())), &bytes).unwrap();
         db.insert_context(d.as_str(), bytes.len() as i64)
             .await
             .unwrap();
-        assert!(!db.has_context_chunks(d.as_str()).await.unwrap());
+        assert!(!db.context_complete(d.as_str()).await.unwrap());
         BlobStore::open(dir.path().into(), db.clone())
             .await
             .unwrap();
+        assert!(db.context_complete(d.as_str()).await.unwrap());
+
+        // A copy cut short (a crash during the start) is finished at the next start.
+        sqlx::query("DELETE FROM context_chunks WHERE digest = $1 AND seq > 0")
+            .bind(d.as_str())
+            .execute(db.pool())
+            .await
+            .unwrap();
+        assert!(!db.context_complete(d.as_str()).await.unwrap());
+        BlobStore::open(dir.path().into(), db.clone())
+            .await
+            .unwrap();
+        assert!(db.context_complete(d.as_str()).await.unwrap());
+
         let other = tempfile::tempdir().unwrap();
         let b = BlobStore::open(other.path().into(), db.clone())
             .await

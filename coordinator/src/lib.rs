@@ -26,6 +26,7 @@ use std::time::Duration;
 use anyhow::Context as _;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 use tracing::Instrument as _;
 
 use crate::blobs::BlobStore;
@@ -57,6 +58,8 @@ pub struct App {
     pub shutdown: CancellationToken,
     /// Registry credentials (`--registry-auth`) and extra CA (`--registry-ca-cert`); in memory only.
     pub registry: registry::RegistryAccess,
+    /// The stitching tasks running here, awaited at shutdown so each lets go of its lease.
+    pub stitches: TaskTracker,
 }
 
 /// Shared handle to the [`App`], cloned into every handler.
@@ -142,13 +145,17 @@ pub async fn run(
         metrics,
         shutdown: token.clone(),
         registry,
+        stitches: TaskTracker::new(),
     }));
 
     // Agents need a heartbeat interval to find a restarted coordinator; until then their leases
     // must not count as lapsed, or finished work would be thrown away.
     let extended = state
         .store
-        .extend_running_leases(state.scheduler.lease_expiry())
+        .extend_running_leases(
+            state.scheduler.lease_expiry(),
+            (state.store.backend() == Backend::Postgres).then_some(state.scheduler.replica()),
+        )
         .await?;
     if extended > 0 {
         tracing::info!(leases = extended, "running leases extended after restart");
@@ -202,6 +209,8 @@ pub async fn run(
     }
     token.cancel();
     let _ = reaper.await;
+    state.stitches.close();
+    state.stitches.wait().await;
     if let Some(task) = listener_task {
         let _ = task.await;
     }

@@ -9,6 +9,9 @@ use crate::store::{Store, StoreError};
 
 pub use archfarm_protocol::events::TRUNCATION_MARKER;
 
+/// Size of the pieces an old log file is copied into the database in.
+const IMPORT_PIECE_BYTES: usize = 64 * 1024;
+
 /// Build logs: appends under a per-build compare-and-set on the log's length, reads by byte range.
 #[derive(Debug, Clone)]
 pub struct LogStore {
@@ -39,12 +42,15 @@ impl LogStore {
                 continue;
             };
             let bytes = tokio::fs::read(entry.path()).await?;
-            // Only into an empty log: a half-done earlier import is not doubled.
-            if self.store.log_size(build).await.map_err(io)? == Some(0) && !bytes.is_empty() {
-                self.store
-                    .append_log_at(build, 0, &bytes)
+            // Only into an empty log, all in one transaction: an import cut short left nothing.
+            // Pieces the size agents report keep every read of the log small.
+            if !bytes.is_empty()
+                && self
+                    .store
+                    .import_log(build, &bytes, IMPORT_PIECE_BYTES)
                     .await
-                    .map_err(io)?;
+                    .map_err(io)?
+            {
                 copied += 1;
             }
             tokio::fs::remove_file(entry.path()).await?;

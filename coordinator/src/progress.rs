@@ -70,7 +70,7 @@ pub async fn advance(state: &AppState, job_id: Uuid) -> StoreResult<()> {
             }
         }
     }
-    if state
+    if let Some(token) = state
         .store
         .begin_stitching(
             job_id,
@@ -79,7 +79,7 @@ pub async fn advance(state: &AppState, job_id: Uuid) -> StoreResult<()> {
         )
         .await?
     {
-        spawn_stitch(state.clone(), job_id);
+        spawn_stitch(state.clone(), job_id, token);
     }
     Ok(())
 }
@@ -163,9 +163,9 @@ pub async fn take_over_stitches(state: &AppState, own_too: bool) -> StoreResult<
             own_too,
         )
         .await?;
-    for job_id in taken {
+    for (job_id, token) in taken {
         tracing::info!(job.id = %job_id, "resuming stitching left unfinished");
-        spawn_stitch(state.clone(), job_id);
+        spawn_stitch(state.clone(), job_id, token);
     }
     Ok(())
 }
@@ -173,20 +173,22 @@ pub async fn take_over_stitches(state: &AppState, own_too: bool) -> StoreResult<
 /// Stitches a job in the background while holding its stitching lease; stops when the lease is
 /// lost to another replica or the coordinator shuts down (then the lease is let go, so another
 /// replica takes over at once).
-pub fn spawn_stitch(state: AppState, job_id: Uuid) {
+pub fn spawn_stitch(state: AppState, job_id: Uuid, token: Uuid) {
     let shutdown = state.shutdown.clone();
-    tokio::spawn(async move {
+    // Tracked, so a shutdown waits for the lease to be let go before the process ends.
+    let tasks = state.stitches.clone();
+    tasks.spawn(async move {
         tokio::select! {
             _ = shutdown.cancelled() => {
                 tracing::info!(job.id = %job_id, "stitching interrupted by shutdown; another replica or the next start resumes it");
-                if let Err(e) = state.store.release_stitch(job_id, state.scheduler.replica()).await {
+                if let Err(e) = state.store.release_stitch(job_id, token).await {
                     tracing::warn!(job.id = %job_id, error = %e, "could not let go of the stitching lease; it lapses on its own");
                 }
             }
-            _ = hold_stitch(&state, job_id) => {
+            _ = hold_stitch(&state, job_id, token) => {
                 tracing::warn!(job.id = %job_id, "another replica took over stitching this job; stopping here");
             }
-            res = stitch_job(&state, job_id) => {
+            res = stitch_job(&state, job_id, token) => {
                 if let Err(e) = res {
                     tracing::error!(job.id = %job_id, error = %e, "stitching could not record its outcome");
                 }
@@ -197,17 +199,13 @@ pub fn spawn_stitch(state: AppState, job_id: Uuid) {
 }
 
 /// Renews the job's stitching lease until it is lost; returns only then.
-async fn hold_stitch(state: &AppState, job_id: Uuid) {
+async fn hold_stitch(state: &AppState, job_id: Uuid, token: Uuid) {
     let every = (state.config.lease_ttl() / 3).max(Duration::from_millis(200));
     loop {
         tokio::time::sleep(every).await;
         match state
             .store
-            .renew_stitch(
-                job_id,
-                state.scheduler.replica(),
-                state.scheduler.lease_expiry(),
-            )
+            .renew_stitch(job_id, token, state.scheduler.lease_expiry())
             .await
         {
             Ok(true) => {}
@@ -221,7 +219,7 @@ async fn hold_stitch(state: &AppState, job_id: Uuid) {
     }
 }
 
-async fn stitch_job(state: &AppState, job_id: Uuid) -> StoreResult<()> {
+async fn stitch_job(state: &AppState, job_id: Uuid, token: Uuid) -> StoreResult<()> {
     let Some(job) = state.store.get_job(job_id).await? else {
         return Ok(());
     };
@@ -274,7 +272,7 @@ async fn stitch_job(state: &AppState, job_id: Uuid) -> StoreResult<()> {
         Ok(index) => {
             if state
                 .store
-                .finish_job(job_id, &index.digest, &index.media_type)
+                .finish_job(job_id, token, &index.digest, &index.media_type)
                 .await?
             {
                 state.metrics.job_entered(JobState::Succeeded);
@@ -282,6 +280,15 @@ async fn stitch_job(state: &AppState, job_id: Uuid) -> StoreResult<()> {
             tracing::info!(job.id = %job_id, digest = %index.digest, elapsed_ms = started.elapsed().as_millis() as u64, "job succeeded");
         }
         Err(e) => {
+            // Only the current attempt may fail the job: one taken over meanwhile says nothing.
+            if !state
+                .store
+                .renew_stitch(job_id, token, state.scheduler.lease_expiry())
+                .await?
+            {
+                tracing::warn!(job.id = %job_id, error = %e, "stitching failed after another attempt took over; not recorded");
+                return Ok(());
+            }
             if let Some(stopped) = state
                 .store
                 .end_job(job_id, JobState::Failed, &format!("stitching failed: {e}"))

@@ -1,8 +1,9 @@
 -- archfarm schema, version 6: what several coordinators on one database must share. Identical in
 -- sqlite/ and postgres/ but for the byte column type (BLOB here, BYTEA in PostgreSQL).
 
--- Context archives in pieces of at most 1 MiB, written in the same transaction as their
--- `contexts` row: a recorded context is whole on every replica. The data directory is a cache.
+-- Context archives in pieces of 1 MiB (the last one shorter). A context is whole when its
+-- `contexts` row exists and all ceil(size / 1 MiB) pieces do; the row is written after the pieces.
+-- The data directory is a cache.
 CREATE TABLE context_chunks (
     digest  TEXT NOT NULL,
     seq     BIGINT NOT NULL,
@@ -19,6 +20,7 @@ CREATE TABLE log_chunks (
     data          BYTEA NOT NULL,
     PRIMARY KEY (build_id, start_offset)
 );
+CREATE INDEX log_chunks_by_end ON log_chunks (build_id, end_offset);
 ALTER TABLE builds ADD COLUMN log_bytes BIGINT NOT NULL DEFAULT 0;
 
 -- Every lease ever granted, with the replica that granted it: the record that shows a build was
@@ -37,5 +39,7 @@ CREATE INDEX leases_by_build ON leases (build_id, granted_at);
 -- Stitching is leased too: one replica stitches a job, and another takes over only when that
 -- lease lapses (its replica died).
 ALTER TABLE jobs ADD COLUMN stitch_owner TEXT;
+-- Fences one stitching attempt: renewing, letting go and recording the outcome need it.
+ALTER TABLE jobs ADD COLUMN stitch_token TEXT;
 ALTER TABLE jobs ADD COLUMN stitch_expires_at BIGINT;
 ALTER TABLE jobs ADD COLUMN stitch_attempts BIGINT NOT NULL DEFAULT 0;

@@ -49,9 +49,8 @@ impl Database {
     fn postgres_on(admin: &str) -> Database {
         let name = format!("archfarm_e2e_{}", uuid::Uuid::new_v4().simple());
         psql(admin, &format!("CREATE DATABASE \"{name}\""));
-        let (base, _) = admin.rsplit_once('/').expect("a URL with a database name");
         Database::Postgres {
-            url: format!("{base}/{name}"),
+            url: with_database(admin, &name),
             admin: admin.to_string(),
             name,
         }
@@ -103,10 +102,11 @@ impl Database {
                     String::from_utf8_lossy(&out.stderr)
                 );
                 assert!(!out.stdout.is_empty(), "pg_dump printed nothing");
-                let found = out
-                    .stdout
-                    .windows(needle.len())
-                    .any(|w| w == needle.as_bytes());
+                // Byte columns (log and context pieces) are dumped as hex.
+                let hex = hex::encode(needle);
+                let found = [needle, hex.as_str()]
+                    .iter()
+                    .any(|n| out.stdout.windows(n.len()).any(|w| w == n.as_bytes()));
                 if found {
                     vec![format!("PostgreSQL database {name}")]
                 } else {
@@ -131,6 +131,20 @@ impl Drop for Database {
             }
         }
     }
+}
+
+/// `url` with its database name replaced by `name`, keeping any query string (`?sslmode=…`).
+fn with_database(url: &str, name: &str) -> String {
+    let (base, query) = match url.split_once('?') {
+        Some((b, q)) => (b, format!("?{q}")),
+        None => (url, String::new()),
+    };
+    let host = base.find("://").map_or(0, |i| i + 3);
+    let base = match base[host..].find('/') {
+        Some(i) => &base[..host + i],
+        None => base,
+    };
+    format!("{base}/{name}{query}")
 }
 
 /// `psql URL -Atc SQL`, panicking with its error when it fails.

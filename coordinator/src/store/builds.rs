@@ -332,13 +332,31 @@ impl Store {
 }
 
 impl Store {
-    /// Gives every running lease until `expires_at`: after a coordinator restart, agents need a
-    /// heartbeat interval to find it again before their leases may be judged lapsed.
-    pub async fn extend_running_leases(&self, expires_at: i64) -> StoreResult<u64> {
-        let res = sqlx::query("UPDATE builds SET lease_expires_at = $1 WHERE state = 'building' AND lease_expires_at < $1")
+    /// Gives running leases until `expires_at`: after a coordinator restart, agents need a
+    /// heartbeat interval to find it again before their leases may be judged lapsed. With
+    /// `granted_by`, only the leases that replica granted: a replica restarting beside others must
+    /// not hold up the builds of agents that died elsewhere.
+    pub async fn extend_running_leases(
+        &self,
+        expires_at: i64,
+        granted_by: Option<&str>,
+    ) -> StoreResult<u64> {
+        let res = match granted_by {
+            None => sqlx::query(
+                "UPDATE builds SET lease_expires_at = $1 WHERE state = 'building' AND lease_expires_at < $1",
+            )
             .bind(expires_at)
             .execute(&self.pool)
-            .await?;
+            .await?,
+            Some(replica) => sqlx::query(
+                "UPDATE builds SET lease_expires_at = $1 WHERE state = 'building' AND lease_expires_at < $1 \
+                 AND lease_token IN (SELECT token FROM leases WHERE replica = $2)",
+            )
+            .bind(expires_at)
+            .bind(replica)
+            .execute(&self.pool)
+            .await?,
+        };
         Ok(res.rows_affected())
     }
 
@@ -584,8 +602,22 @@ mod tests {
             )
             .await
             .unwrap();
-        assert_eq!(store.extend_running_leases(1_000).await.unwrap(), 1);
-        assert_eq!(store.extend_running_leases(10).await.unwrap(), 0);
+        assert_eq!(
+            store
+                .extend_running_leases(500, Some("other"))
+                .await
+                .unwrap(),
+            0
+        );
+        assert_eq!(
+            store
+                .extend_running_leases(500, Some("replica-a"))
+                .await
+                .unwrap(),
+            1
+        );
+        assert_eq!(store.extend_running_leases(1_000, None).await.unwrap(), 1);
+        assert_eq!(store.extend_running_leases(10, None).await.unwrap(), 0);
         assert!(store.fail_build(other[0].id, t2, "boom").await.unwrap());
         let failed = store.jobs_with_failed_builds().await.unwrap();
         assert_eq!(failed.len(), 1);

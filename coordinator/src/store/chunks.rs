@@ -43,13 +43,30 @@ impl Store {
         Ok(total)
     }
 
-    /// Whether the pieces of context `digest` are stored (the first is written first).
-    pub async fn has_context_chunks(&self, digest: &str) -> StoreResult<bool> {
-        let row = sqlx::query("SELECT seq FROM context_chunks WHERE digest = $1 AND seq = 0")
+    /// Whether context `digest` is recorded and every one of its pieces is stored (a copy cut
+    /// short by a crash is not: it is written again).
+    pub async fn context_complete(&self, digest: &str) -> StoreResult<bool> {
+        let row = sqlx::query(
+            "SELECT c.size AS size, (SELECT COUNT(*) FROM context_chunks k WHERE k.digest = c.digest) AS pieces \
+             FROM contexts c WHERE c.digest = $1",
+        )
+        .bind(digest)
+        .fetch_optional(&self.pool)
+        .await?;
+        let Some(row) = row else { return Ok(false) };
+        let size: i64 = row.try_get("size")?;
+        let pieces: i64 = row.try_get("pieces")?;
+        let chunk = CONTEXT_CHUNK_BYTES as i64;
+        Ok(pieces == (size.max(0) + chunk - 1) / chunk)
+    }
+
+    /// How many pieces of context `digest` are stored (none for an unknown one).
+    pub async fn context_pieces(&self, digest: &str) -> StoreResult<i64> {
+        let row = sqlx::query("SELECT COUNT(*) AS n FROM context_chunks WHERE digest = $1")
             .bind(digest)
-            .fetch_optional(&self.pool)
+            .fetch_one(&self.pool)
             .await?;
-        Ok(row.is_some())
+        Ok(row.try_get("n")?)
     }
 
     /// Writes the stored pieces of context `digest` to `dest` and returns the sha256 (hex) of what
@@ -110,6 +127,36 @@ impl Store {
         .bind(data.to_vec())
         .execute(&mut *tx)
         .await?;
+        tx.commit().await?;
+        Ok(true)
+    }
+
+    /// Writes `data` as the whole log of a build whose log is still empty, in pieces of
+    /// `piece` bytes, in one transaction (a crash leaves all of it or none); false when the log
+    /// was not empty.
+    pub async fn import_log(&self, build: Uuid, data: &[u8], piece: usize) -> StoreResult<bool> {
+        let mut tx = self.pool.begin().await?;
+        let res = sqlx::query("UPDATE builds SET log_bytes = $1 WHERE id = $2 AND log_bytes = 0")
+            .bind(data.len() as i64)
+            .bind(build.to_string())
+            .execute(&mut *tx)
+            .await?;
+        if res.rows_affected() != 1 {
+            tx.rollback().await?;
+            return Ok(false);
+        }
+        for (i, part) in data.chunks(piece.max(1)).enumerate() {
+            let start = (i * piece.max(1)) as i64;
+            sqlx::query(
+                "INSERT INTO log_chunks (build_id, start_offset, end_offset, data) VALUES ($1, $2, $3, $4)",
+            )
+            .bind(build.to_string())
+            .bind(start)
+            .bind(start + part.len() as i64)
+            .bind(part.to_vec())
+            .execute(&mut *tx)
+            .await?;
+        }
         tx.commit().await?;
         Ok(true)
     }

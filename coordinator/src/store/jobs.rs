@@ -347,23 +347,26 @@ impl Store {
         Ok(Some(Stopped { running }))
     }
 
-    /// Marks a stitching job succeeded with its index.
+    /// Marks a stitching job succeeded with its index, if `stitch_token` is still the job's
+    /// stitching attempt (one that was taken over records nothing).
     pub async fn finish_job(
         &self,
         id: Uuid,
+        stitch_token: Uuid,
         index_digest: &str,
         media_type: &str,
     ) -> StoreResult<bool> {
         let now = now_ms();
         let res = sqlx::query(
             "UPDATE jobs SET state = 'succeeded', index_digest = $1, index_media_type = $2, updated_at = $3, \
-             finished_at = $4 WHERE id = $5 AND state = 'stitching'",
+             finished_at = $4 WHERE id = $5 AND state = 'stitching' AND stitch_token = $6",
         )
         .bind(index_digest)
         .bind(media_type)
         .bind(now)
         .bind(now)
         .bind(id.to_string())
+        .bind(stitch_token.to_string())
         .execute(&self.pool)
         .await?;
         Ok(res.rows_affected() == 1)

@@ -102,6 +102,16 @@ impl Coordinator {
             .get::<i64, _>("n")
     }
 
+    /// Whether `needle` is anywhere in the database, as text or (byte columns in `pg_dump`) hex.
+    pub fn database_contains(&self, needle: &str) -> bool {
+        let dump = self.database_dump();
+        assert!(!dump.is_empty(), "the database dump is empty");
+        let hex = hex::encode(needle);
+        [needle, hex.as_str()]
+            .iter()
+            .any(|n| dump.windows(n.len()).any(|w| w == n.as_bytes()))
+    }
+
     /// Every byte the database holds: its SQLite files (the write-ahead log too), or `pg_dump`'s
     /// output.
     pub fn database_dump(&self) -> Vec<u8> {

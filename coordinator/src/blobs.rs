@@ -267,6 +267,15 @@ mod tests {
         builder.into_inner().unwrap().finish().unwrap()
     }
 
+    /// An archive of three pieces in the database, so copies must join them in order: hashes,
+    /// which gzip cannot shrink, a little over 2 MiB of them.
+    fn three_piece_archive() -> Vec<u8> {
+        let big: Vec<u8> = (0..(CONTEXT_CHUNK_BYTES * 2 / 32 + 1) as u64)
+            .flat_map(|i| Sha256::digest(i.to_le_bytes()))
+            .collect();
+        archive(&[("Dockerfile", b"FROM scratch\n"), ("big", &big)])
+    }
+
     fn digest_of(b: &[u8]) -> Digest {
         Digest::from_sha256_bytes(&Sha256::digest(b))
     }
@@ -409,11 +418,7 @@ mod tests {
         let b = BlobStore::open(b_dir.path().into(), db.clone())
             .await
             .unwrap();
-        // More than one piece, so the copy joins them in order (hashes: gzip cannot shrink them).
-        let big: Vec<u8> = (0..(CONTEXT_CHUNK_BYTES * 2 / 32 + 1) as u64)
-            .flat_map(|i| Sha256::digest(i.to_le_bytes()))
-            .collect();
-        let bytes = archive(&[("Dockerfile", b"FROM scratch\n"), ("big", &big)]);
+        let bytes = three_piece_archive();
         let d = digest_of(&bytes);
         a.put(&d, stream(bytes.clone()), 1 << 30).await.unwrap();
         db.insert_context(d.as_str(), bytes.len() as i64)
@@ -453,10 +458,7 @@ mod tests {
     async fn archives_cached_before_the_database_kept_them_are_copied_in_at_open() {
         let (db, _db) = test_store().await;
         let dir = tempfile::tempdir().unwrap();
-        let big: Vec<u8> = (0..(CONTEXT_CHUNK_BYTES * 2 / 32 + 1) as u64)
-            .flat_map(|i| Sha256::digest(i.to_be_bytes()))
-            .collect();
-        let bytes = archive(&[("Dockerfile", b"FROM scratch\n"), ("big", &big)]);
+        let bytes = three_piece_archive();
         let d = digest_of(&bytes);
         std::fs::write(dir.path().join(format!("{}.tar.gz", d.hex())), &bytes).unwrap();
         db.insert_context(d.as_str(), bytes.len() as i64)

@@ -240,9 +240,7 @@ async fn create(
 ) -> Result<(StatusCode, Json<archfarm_protocol::api::Job>), ApiError> {
     require(&state, &headers, Scope::Submit).await?;
     let job = validate(req)?;
-    if !state.store.context_exists(job.context.as_str()).await?
-        || !state.blobs.exists(&job.context).await?
-    {
+    if !state.blobs.exists(&job.context).await? {
         return Err(ApiError::bad(
             "unknown_context",
             format!(

@@ -8,7 +8,7 @@ use sqlx::Row;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use uuid::Uuid;
 
-use super::{Store, StoreError, StoreResult};
+use super::{Store, StoreResult};
 
 /// Largest piece of a context archive stored in one row: small enough that no single statement
 /// holds much memory, large enough that a 512 MiB context is 512 rows.
@@ -20,11 +20,11 @@ impl Store {
     /// row, written after this returns, is what makes the context count as stored. Pieces left by
     /// an upload cut short are the same bytes a retry writes, so they are kept as they are.
     pub async fn put_context_chunks(&self, digest: &str, file: &Path) -> StoreResult<u64> {
-        let mut file = tokio::fs::File::open(file).await.map_err(io_error)?;
+        let mut file = tokio::fs::File::open(file).await?;
         let mut buf = vec![0u8; CONTEXT_CHUNK_BYTES];
         let (mut seq, mut total) = (0i64, 0u64);
         loop {
-            let n = read_full(&mut file, &mut buf).await.map_err(io_error)?;
+            let n = read_full(&mut file, &mut buf).await?;
             if n == 0 {
                 break;
             }
@@ -72,7 +72,7 @@ impl Store {
     /// Writes the stored pieces of context `digest` to `dest` and returns the sha256 (hex) of what
     /// was written, so the caller can check it before trusting the copy; None when none are stored.
     pub async fn copy_context_to(&self, digest: &str, dest: &Path) -> StoreResult<Option<String>> {
-        let mut file = tokio::fs::File::create(dest).await.map_err(io_error)?;
+        let mut file = tokio::fs::File::create(dest).await?;
         let mut hasher = Sha256::new();
         let mut seq = 0i64;
         loop {
@@ -84,10 +84,10 @@ impl Store {
             let Some(row) = row else { break };
             let data: Vec<u8> = row.try_get("data")?;
             hasher.update(&data);
-            file.write_all(&data).await.map_err(io_error)?;
+            file.write_all(&data).await?;
             seq += 1;
         }
-        file.sync_all().await.map_err(io_error)?;
+        file.sync_all().await?;
         Ok((seq > 0).then(|| hex::encode(hasher.finalize())))
     }
 
@@ -118,15 +118,7 @@ impl Store {
             tx.rollback().await?;
             return Ok(false);
         }
-        sqlx::query(
-            "INSERT INTO log_chunks (build_id, start_offset, end_offset, data) VALUES ($1, $2, $3, $4)",
-        )
-        .bind(build.to_string())
-        .bind(at as i64)
-        .bind(end as i64)
-        .bind(data.to_vec())
-        .execute(&mut *tx)
-        .await?;
+        insert_log_piece(&mut tx, build, at, data).await?;
         tx.commit().await?;
         Ok(true)
     }
@@ -146,16 +138,7 @@ impl Store {
             return Ok(false);
         }
         for (i, part) in data.chunks(piece.max(1)).enumerate() {
-            let start = (i * piece.max(1)) as i64;
-            sqlx::query(
-                "INSERT INTO log_chunks (build_id, start_offset, end_offset, data) VALUES ($1, $2, $3, $4)",
-            )
-            .bind(build.to_string())
-            .bind(start)
-            .bind(start + part.len() as i64)
-            .bind(part.to_vec())
-            .execute(&mut *tx)
-            .await?;
+            insert_log_piece(&mut tx, build, (i * piece.max(1)) as u64, part).await?;
         }
         tx.commit().await?;
         Ok(true)
@@ -186,6 +169,25 @@ impl Store {
     }
 }
 
+/// Stores one piece of a build's log, `data` from byte `start` on, inside `tx`.
+async fn insert_log_piece(
+    tx: &mut sqlx::Transaction<'_, sqlx::Any>,
+    build: Uuid,
+    start: u64,
+    data: &[u8],
+) -> StoreResult<()> {
+    sqlx::query(
+        "INSERT INTO log_chunks (build_id, start_offset, end_offset, data) VALUES ($1, $2, $3, $4)",
+    )
+    .bind(build.to_string())
+    .bind(start as i64)
+    .bind((start + data.len() as u64) as i64)
+    .bind(data.to_vec())
+    .execute(&mut **tx)
+    .await?;
+    Ok(())
+}
+
 /// Fills `buf` as far as the file allows; fewer bytes only at its end.
 async fn read_full(file: &mut tokio::fs::File, buf: &mut [u8]) -> std::io::Result<usize> {
     let mut n = 0;
@@ -197,8 +199,4 @@ async fn read_full(file: &mut tokio::fs::File, buf: &mut [u8]) -> std::io::Resul
         n += got;
     }
     Ok(n)
-}
-
-fn io_error(e: std::io::Error) -> StoreError {
-    StoreError::Io(e)
 }

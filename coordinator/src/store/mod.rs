@@ -8,7 +8,6 @@ mod chunks;
 mod contexts;
 pub mod history;
 mod jobs;
-mod leases;
 pub mod scratch;
 mod stitching;
 mod tokens;
@@ -24,7 +23,6 @@ pub use agents::{AgentRow, Registered};
 pub use builds::{BuildRow, LeaseCheck, QueuedBuild};
 pub use chunks::CONTEXT_CHUNK_BYTES;
 pub use jobs::{JobRow, NewJob, Stopped};
-pub use leases::LeaseRecord;
 pub use tokens::{NewToken, Refusal};
 
 static SQLITE_MIGRATIONS: Migrator = sqlx::migrate!("../migrations/sqlite");

@@ -104,7 +104,8 @@ impl Store {
     }
 
     /// How many times a job's stitching was begun or taken over (1 when one replica did it all).
-    pub async fn stitch_attempts(&self, id: Uuid) -> StoreResult<i64> {
+    #[cfg(test)]
+    pub(crate) async fn stitch_attempts(&self, id: Uuid) -> StoreResult<i64> {
         let row = sqlx::query("SELECT stitch_attempts FROM jobs WHERE id = $1")
             .bind(id.to_string())
             .fetch_optional(&self.pool)

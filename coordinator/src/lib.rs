@@ -60,6 +60,8 @@ pub struct App {
     pub registry: registry::RegistryAccess,
     /// The stitching tasks running here, awaited at shutdown so each lets go of its lease.
     pub stitches: TaskTracker,
+    /// The last read of who is online, shared by the job views of one second.
+    pub fleet: api::views::FleetCache,
 }
 
 /// Shared handle to the [`App`], cloned into every handler.
@@ -146,6 +148,7 @@ pub async fn run(
         shutdown: token.clone(),
         registry,
         stitches: TaskTracker::new(),
+        fleet: Default::default(),
     }));
 
     // Agents need a heartbeat interval to find a restarted coordinator; until then their leases

@@ -47,13 +47,18 @@ impl Database {
     }
 
     fn postgres_on(admin: &str) -> Database {
+        Database::postgres_at(admin).unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    /// A fresh PostgreSQL database on the server at `admin` (a URL naming any database on it).
+    pub fn postgres_at(admin: &str) -> Result<Database, String> {
         let name = format!("archfarm_e2e_{}", uuid::Uuid::new_v4().simple());
-        psql(admin, &format!("CREATE DATABASE \"{name}\""));
-        Database::Postgres {
+        try_psql(admin, &format!("CREATE DATABASE \"{name}\""))?;
+        Ok(Database::Postgres {
             url: with_database(admin, &name),
             admin: admin.to_string(),
             name,
-        }
+        })
     }
 
     /// The `--database` URL.
@@ -149,16 +154,22 @@ fn with_database(url: &str, name: &str) -> String {
 
 /// `psql URL -Atc SQL`, panicking with its error when it fails.
 fn psql(url: &str, sql: &str) -> String {
+    try_psql(url, sql).unwrap_or_else(|e| panic!("{e}"))
+}
+
+/// `psql URL -c SQL`: its output, or what it said on failure.
+fn try_psql(url: &str, sql: &str) -> Result<String, String> {
     let out = Command::new("psql")
         .args([url, "-v", "ON_ERROR_STOP=1", "-qAtc", sql])
         .output()
-        .expect("run psql");
-    assert!(
-        out.status.success(),
-        "psql {sql}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
+        .map_err(|e| format!("cannot run psql (Debian package postgresql-client): {e}"))?;
+    if !out.status.success() {
+        return Err(format!(
+            "psql {sql}: {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        ));
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
 /// The same through Python's `sqlite3` module (Debian's python3 has it; no sqlite3 CLI needed).

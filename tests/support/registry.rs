@@ -69,6 +69,11 @@ impl Registry {
         unreachable!("the registry either started or panicked")
     }
 
+    /// The registry's process id.
+    pub fn pid(&self) -> u32 {
+        self.daemon.pid()
+    }
+
     /// Stops the registry (SIGTERM, then SIGKILL after a grace period); its storage stays.
     pub fn stop(&mut self) {
         self.daemon.stop();

@@ -179,7 +179,7 @@ async fn lease(
             message: "this token belongs to another agent".into(),
         });
     }
-    state.store.touch_agent(agent.id).await?;
+    state.store.touch_agent_row(&agent).await?;
     if agent.draining {
         return Err(ApiError::Conflict {
             code: "draining",

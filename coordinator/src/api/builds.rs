@@ -62,7 +62,7 @@ async fn held_build(
         tracing::warn!(build.id = %id, agent = %agent.name, "report under a lease this agent does not hold refused");
         return Err(ApiError::lease_lost(id));
     }
-    state.store.touch_agent(agent.id).await?;
+    state.store.touch_agent_row(&agent).await?;
     Ok(build)
 }
 

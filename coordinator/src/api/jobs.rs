@@ -274,7 +274,7 @@ async fn create(
     state.metrics.job_entered(JobState::Queued);
     tracing::info!(job.id = %id, platforms = ?job.platforms.iter().map(ToString::to_string).collect::<Vec<_>>(),
         tags = ?job.tags, "job submitted");
-    state.scheduler.wake().await;
+    state.scheduler.wake_builds(&job.platforms).await;
     let row = state
         .store
         .get_job(id)

@@ -1,6 +1,7 @@
 //! Turning stored rows into the API's JSON shapes.
 
 use std::collections::HashMap;
+use std::sync::Arc;
 
 use archfarm_protocol::api::{self, BuildState};
 use archfarm_protocol::redact::REDACTED;
@@ -11,21 +12,39 @@ use crate::store::{to_time, AgentRow, BuildRow, JobRow, StoreResult};
 use crate::AppState;
 
 /// Who is online and how busy, read once per response.
+#[derive(Debug)]
 pub struct Fleet {
     online: Vec<AgentRow>,
     running: HashMap<Uuid, i64>,
 }
 
+/// How long a fleet read is reused. Every job view needs one (a submission's answer, job
+/// lists, live events); reading every agent each time was most of a submission's cost with a
+/// thousand agents (archfarm-bench), and a "waiting for…" hint a second old is still right.
+const FLEET_TTL: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// The latest fleet read and when it was made.
+#[derive(Debug, Default)]
+pub struct FleetCache(tokio::sync::Mutex<Option<(std::time::Instant, Arc<Fleet>)>>);
+
 impl Fleet {
-    /// Reads the fleet's current state.
-    pub async fn load(state: &AppState) -> StoreResult<Self> {
-        Ok(Fleet {
+    /// The fleet's current state (at most [`FLEET_TTL`] old).
+    pub async fn load(state: &AppState) -> StoreResult<Arc<Self>> {
+        let mut cached = state.fleet.0.lock().await;
+        if let Some((at, fleet)) = cached.as_ref() {
+            if at.elapsed() < FLEET_TTL {
+                return Ok(fleet.clone());
+            }
+        }
+        let fleet = Arc::new(Fleet {
             online: state
                 .store
                 .online_agents(state.scheduler.online_since())
                 .await?,
             running: state.store.running_counts().await?,
-        })
+        });
+        *cached = Some((std::time::Instant::now(), fleet.clone()));
+        Ok(fleet)
     }
 }
 

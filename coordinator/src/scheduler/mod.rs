@@ -16,10 +16,13 @@ use uuid::Uuid;
 
 use self::estimate::{NativeAgent, Verdict};
 use crate::metrics::{Metrics, Outcome};
-use crate::store::{now_ms, AgentRow, Store, StoreResult};
+use crate::store::{now_ms, AgentRow, QueuedBuild, Store, StoreResult};
 
 /// How many recent successful builds of a repository the estimates look at.
 const HISTORY_SAMPLES: i64 = 200;
+
+/// Queued builds read at a time while looking for one an agent may take.
+const QUEUE_PAGE: i64 = 64;
 
 /// The scheduler's source of the current time (Unix ms), replaceable in tests.
 #[derive(Clone)]
@@ -76,8 +79,14 @@ pub struct Scheduler {
     store: Store,
     /// Counts jobs failed and leases taken back here.
     metrics: Arc<Metrics>,
-    /// Woken whenever work may have appeared (a job, a requeue, an agent).
+    /// Woken whenever work may have appeared for anyone (a requeue, an agent, another replica).
     work: Notify,
+    /// Per platform, woken once per new build: one waiting native agent looks, not all of them
+    /// (a thousand agents woken per job made every submission cost a thousand queue reads).
+    native_work: std::sync::Mutex<HashMap<Platform, Arc<Notify>>>,
+    /// Per platform, woken for every new build: each agent that emulates it looks, since whether
+    /// to emulate depends on the whole fleet.
+    emulated_work: std::sync::Mutex<HashMap<Platform, Arc<Notify>>>,
     /// Serialises matching inside this process so two agents do not race for the same row.
     claim_lock: Mutex<()>,
     lease_ttl: Duration,
@@ -104,6 +113,8 @@ impl Scheduler {
             store,
             metrics,
             work: Notify::new(),
+            native_work: Default::default(),
+            emulated_work: Default::default(),
             claim_lock: Mutex::new(()),
             lease_ttl,
             offline_after,
@@ -146,6 +157,18 @@ impl Scheduler {
         }
     }
 
+    /// Tells waiting agents about new builds of these platforms (one per entry): one native
+    /// agent per build, every emulating one, and the other replicas.
+    pub async fn wake_builds(&self, platforms: &[Platform]) {
+        for p in platforms {
+            notify_for(&self.native_work, p).notify_one();
+            notify_for(&self.emulated_work, p).notify_waiters();
+        }
+        if let Err(e) = crate::replicas::announce_work(&self.store, self.instance).await {
+            tracing::warn!(error = %e, "could not tell the other replicas about new work");
+        }
+    }
+
     /// Tells this replica's waiting agents to look again (a notice from another replica).
     pub fn wake_local(&self) {
         self.work.notify_waiters();
@@ -174,19 +197,43 @@ impl Scheduler {
         shutdown: &CancellationToken,
     ) -> StoreResult<Option<Claimed>> {
         let deadline = tokio::time::Instant::now() + wait;
+        let notifies: Vec<Arc<Notify>> = agent
+            .native
+            .iter()
+            .map(|p| notify_for(&self.native_work, p))
+            .chain(
+                agent
+                    .emulated
+                    .iter()
+                    .map(|p| notify_for(&self.emulated_work, p)),
+            )
+            .collect();
         loop {
-            // Register interest before looking, so a wake between the look and the wait is not lost.
-            let notified = self.work.notified();
-            tokio::pin!(notified);
-            notified.as_mut().enable();
+            // Register interest before looking, so a wake between the look and the wait is not
+            // lost. A native wake that lands here while this agent claims something else is
+            // passed on to another waiter when its future is dropped (tokio's Notify does that).
+            let mut waits: Vec<_> = std::iter::once(&self.work)
+                .chain(notifies.iter().map(|n| &**n))
+                .map(|n| Box::pin(n.notified()))
+                .collect();
+            for w in &mut waits {
+                w.as_mut().enable();
+            }
             if let Some(claimed) = self.try_claim(agent).await? {
                 return Ok(Some(claimed));
             }
-            // Look again now and then even without a wake: an agent going offline can turn a
-            // native-only platform into one that may be emulated.
-            let recheck = (tokio::time::Instant::now() + Duration::from_secs(5)).min(deadline);
+            let notified = futures::future::select_all(waits);
+            // An emulating agent looks again now and then even without a wake: an agent going
+            // offline can turn a native-only platform into one that may be emulated. Native-only
+            // agents wait for a wake (or the end of their poll): a thousand of them re-reading
+            // the queue every 5 s was a steady 200 claims a second of nothing.
+            let recheck = if agent.emulated.is_empty() {
+                deadline
+            } else {
+                (tokio::time::Instant::now() + Duration::from_secs(5)).min(deadline)
+            };
             tokio::select! {
-                _ = &mut notified => {}
+                _ = notified => {}
                 _ = tokio::time::sleep_until(recheck) => {
                     if recheck >= deadline {
                         return Ok(None);
@@ -198,134 +245,170 @@ impl Scheduler {
     }
 
     /// Leases this agent the first queued build it may take now, if any.
+    ///
+    /// Reads the queue a page at a time, and only the agent's own platforms: a native match costs
+    /// one small read however long the queue is. The fleet (online agents, running builds) is
+    /// read only when an emulated build has to be weighed.
     pub async fn try_claim(&self, agent: &AgentRow) -> StoreResult<Option<Claimed>> {
         let _guard = self.claim_lock.lock().await;
         if agent.draining {
             return Ok(None);
         }
-        let running = self.store.running_builds().await?;
-        if running.iter().filter(|r| r.agent_id == agent.id).count() as i64 >= agent.capacity {
+        if self.store.running_count(agent.id).await? >= agent.capacity {
             return Ok(None);
         }
-        let queued = self.store.queued_builds().await?;
-        if queued.is_empty() {
-            return Ok(None);
-        }
-        let online: Vec<AgentRow> = self
-            .store
-            .online_agents(self.online_since())
-            .await?
-            .into_iter()
-            .filter(|a| !a.draining)
+        let platforms: Vec<Platform> = agent
+            .native
+            .iter()
+            .chain(agent.emulated.iter())
+            .cloned()
             .collect();
         let now = self.clock.now();
+        let mut fleet: Option<(Vec<AgentRow>, Vec<crate::store::RunningBuild>)> = None;
         let mut histories: HashMap<String, Vec<(Platform, BuildMode, i64)>> = HashMap::new();
         let mut ahead: HashMap<Platform, usize> = HashMap::new();
-        for build in &queued {
-            // However a build came back to the queue (a lapsed lease, its agent restarting), each
-            // lease was an attempt: a build that keeps killing agents must not go round forever.
-            if build.attempts >= self.max_attempts {
-                let error = format!(
-                    "{}: gave up after {} attempts (each agent that held it stopped or restarted)",
-                    build.platform, build.attempts
-                );
-                if self.store.fail_queued_build(build.id, &error).await? && !build.optional {
-                    if let Some(stopped) = self
-                        .store
-                        .end_job(build.job_id, JobState::Failed, &error)
-                        .await?
-                    {
-                        self.metrics.job_ended(JobState::Failed, &stopped);
-                    }
-                }
-                tracing::warn!(build.id = %build.id, platform = %build.platform, attempts = build.attempts, "attempts used up");
-                continue;
-            }
-            let n_ahead = ahead.entry(build.platform.clone()).or_insert(0);
-            let choice = if agent.native.contains(&build.platform) {
-                Some((
-                    BuildMode::Native,
-                    format!("native: {} builds {} natively", agent.name, build.platform),
-                ))
-            } else if agent.emulated.contains(&build.platform) {
-                let native_agents: Vec<NativeAgent> = online
-                    .iter()
-                    .filter(|a| a.native.contains(&build.platform))
-                    .map(|a| NativeAgent {
-                        capacity: a.capacity,
-                        running_since: running
-                            .iter()
-                            .filter(|r| r.agent_id == a.id)
-                            .map(|r| r.started_at)
-                            .collect(),
-                    })
-                    .collect();
-                if !histories.contains_key(&build.repository) {
-                    let h = self
-                        .store
-                        .recent_durations(&build.repository, HISTORY_SAMPLES)
-                        .await?;
-                    histories.insert(build.repository.clone(), h);
-                }
-                let est = estimate::estimates(&histories[&build.repository], &build.platform);
-                match estimate::decide(
-                    now,
-                    &build.platform,
-                    build.emulation,
-                    build.queued_at,
-                    &native_agents,
-                    *n_ahead,
-                    est,
-                ) {
-                    Verdict::Emulate(why) => {
-                        Some((BuildMode::Emulated, format!("emulated: {why}")))
-                    }
-                    Verdict::Wait(_) => None,
-                }
-            } else {
-                None
-            };
-            *n_ahead += 1;
-            let Some((mode, decision)) = choice else {
-                continue;
-            };
-            let token = Uuid::new_v4();
-            let expiry = self.lease_expiry();
-            if !self
+        let mut offset = 0;
+        loop {
+            let page = self
                 .store
-                .claim_build(
-                    build.id,
-                    agent.id,
-                    &agent.name,
-                    mode,
+                .queued_builds_of(&platforms, QUEUE_PAGE, offset)
+                .await?;
+            for build in &page {
+                if build.attempts >= self.max_attempts {
+                    self.give_up(build).await?;
+                    continue;
+                }
+                let n_ahead = ahead.entry(build.platform.clone()).or_insert(0);
+                let choice = if agent.native.contains(&build.platform) {
+                    Some((
+                        BuildMode::Native,
+                        format!("native: {} builds {} natively", agent.name, build.platform),
+                    ))
+                } else if agent.emulated.contains(&build.platform) {
+                    if fleet.is_none() {
+                        let online: Vec<AgentRow> = self
+                            .store
+                            .online_agents(self.online_since())
+                            .await?
+                            .into_iter()
+                            .filter(|a| !a.draining)
+                            .collect();
+                        fleet = Some((online, self.store.running_builds().await?));
+                    }
+                    let (online, running) = fleet.as_ref().expect("just loaded");
+                    let native_agents: Vec<NativeAgent> = online
+                        .iter()
+                        .filter(|a| a.native.contains(&build.platform))
+                        .map(|a| NativeAgent {
+                            capacity: a.capacity,
+                            running_since: running
+                                .iter()
+                                .filter(|r| r.agent_id == a.id)
+                                .map(|r| r.started_at)
+                                .collect(),
+                        })
+                        .collect();
+                    if !histories.contains_key(&build.repository) {
+                        let h = self
+                            .store
+                            .recent_durations(&build.repository, HISTORY_SAMPLES)
+                            .await?;
+                        histories.insert(build.repository.clone(), h);
+                    }
+                    let est = estimate::estimates(&histories[&build.repository], &build.platform);
+                    match estimate::decide(
+                        now,
+                        &build.platform,
+                        build.emulation,
+                        build.queued_at,
+                        &native_agents,
+                        *n_ahead,
+                        est,
+                    ) {
+                        Verdict::Emulate(why) => {
+                            Some((BuildMode::Emulated, format!("emulated: {why}")))
+                        }
+                        Verdict::Wait(_) => None,
+                    }
+                } else {
+                    None
+                };
+                *n_ahead += 1;
+                let Some((mode, decision)) = choice else {
+                    continue;
+                };
+                let token = Uuid::new_v4();
+                let expiry = self.lease_expiry();
+                if !self
+                    .store
+                    .claim_build(
+                        build.id,
+                        agent.id,
+                        &agent.name,
+                        mode,
+                        token,
+                        expiry,
+                        &decision,
+                        &self.replica,
+                    )
+                    .await?
+                {
+                    // Another coordinator sharing the database took it.
+                    continue;
+                }
+                self.store
+                    .transition_job(build.job_id, &[JobState::Queued], JobState::Building)
+                    .await?;
+                tracing::info!(build.id = %build.id, job.id = %build.job_id, platform = %build.platform,
+                    agent = %agent.name, mode = %mode, decision, "leased");
+                return Ok(Some(Claimed {
+                    build_id: build.id,
+                    job_id: build.job_id,
                     token,
-                    expiry,
-                    &decision,
-                    &self.replica,
-                )
+                    mode,
+                }));
+            }
+            if (page.len() as i64) < QUEUE_PAGE {
+                return Ok(None);
+            }
+            offset += QUEUE_PAGE;
+        }
+    }
+
+    /// Fails a queued build whose attempts are used up (and its job, unless it is optional).
+    async fn give_up(&self, build: &QueuedBuild) -> StoreResult<()> {
+        // However a build came back to the queue (a lapsed lease, its agent restarting), each
+        // lease was an attempt: a build that keeps killing agents must not go round forever.
+        let error = format!(
+            "{}: gave up after {} attempts (each agent that held it stopped or restarted)",
+            build.platform, build.attempts
+        );
+        if self.store.fail_queued_build(build.id, &error).await? && !build.optional {
+            if let Some(stopped) = self
+                .store
+                .end_job(build.job_id, JobState::Failed, &error)
                 .await?
             {
-                // Another coordinator sharing the database took it.
-                continue;
+                self.metrics.job_ended(JobState::Failed, &stopped);
             }
-            self.store
-                .transition_job(build.job_id, &[JobState::Queued], JobState::Building)
-                .await?;
-            tracing::info!(build.id = %build.id, job.id = %build.job_id, platform = %build.platform,
-                agent = %agent.name, mode = %mode, decision, "leased");
-            return Ok(Some(Claimed {
-                build_id: build.id,
-                job_id: build.job_id,
-                token,
-                mode,
-            }));
         }
-        Ok(None)
+        tracing::warn!(build.id = %build.id, platform = %build.platform, attempts = build.attempts, "attempts used up");
+        Ok(())
     }
 
     /// Takes back lapsed leases: requeues the build, or fails its job when attempts are used up.
     pub async fn reap_expired(&self) -> StoreResult<Reaped> {
         let mut reaped = Reaped::default();
+        // Claims only look at their agent's platforms; this catches a used-up build of a
+        // platform no agent asks for.
+        for build in self
+            .store
+            .exhausted_queued_builds(self.max_attempts)
+            .await?
+        {
+            self.give_up(&build).await?;
+            reaped.failed += 1;
+        }
         for build in self.store.expired_leases(self.clock.now()).await? {
             let Some(token) = build.lease_token else {
                 continue;
@@ -371,6 +454,18 @@ impl Scheduler {
         }
         Ok(reaped)
     }
+}
+
+/// The notify of `platform` in `map`, made on first use.
+fn notify_for(
+    map: &std::sync::Mutex<HashMap<Platform, Arc<Notify>>>,
+    platform: &Platform,
+) -> Arc<Notify> {
+    map.lock()
+        .expect("notify map lock")
+        .entry(platform.clone())
+        .or_default()
+        .clone()
 }
 
 #[cfg(test)]

@@ -104,6 +104,33 @@ pub struct QueuedBuild {
     pub optional: bool,
 }
 
+/// The columns of a [`QueuedBuild`]; builds share their job's `created_at`, so ordering by the
+/// build's own keeps queue order without a sort over the join.
+const QUEUED_SELECT: &str =
+    "SELECT b.id, b.job_id, b.platform, b.queued_at, b.attempts, b.optional, j.emulation, j.registry, j.repository \
+     FROM builds b JOIN jobs j ON j.id = b.job_id";
+
+fn queued_from_row(row: &AnyRow) -> StoreResult<QueuedBuild> {
+    let emulation: String = row.try_get("emulation")?;
+    Ok(QueuedBuild {
+        id: parse_col(row, "id")?,
+        job_id: parse_col(row, "job_id")?,
+        platform: parse_col(row, "platform")?,
+        emulation: emulation.parse().map_err(|_| StoreError::Corrupt {
+            column: "jobs.emulation",
+            value: emulation.clone(),
+        })?,
+        repository: format!(
+            "{}/{}",
+            row.try_get::<String, _>("registry")?,
+            row.try_get::<String, _>("repository")?
+        ),
+        queued_at: row.try_get("queued_at")?,
+        attempts: row.try_get("attempts")?,
+        optional: row.try_get::<i64, _>("optional")? != 0,
+    })
+}
+
 /// Outcome of a report made under a lease token.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum LeaseCheck {
@@ -138,35 +165,66 @@ impl Store {
 
     /// Queued builds, oldest job first.
     pub async fn queued_builds(&self) -> StoreResult<Vec<QueuedBuild>> {
-        let rows = sqlx::query(
-                                    "SELECT b.id, b.job_id, b.platform, b.queued_at, b.attempts, b.optional, j.emulation, j.registry, j.repository \
-             FROM builds b JOIN jobs j ON j.id = b.job_id \
-             WHERE b.state = 'queued' ORDER BY j.created_at, b.position",
-        )
+        let rows = sqlx::query(&format!(
+            "{QUEUED_SELECT} WHERE b.state = 'queued' ORDER BY b.created_at, b.position"
+        ))
         .fetch_all(&self.pool)
         .await?;
-        rows.iter()
-            .map(|row| {
-                let emulation: String = row.try_get("emulation")?;
-                Ok(QueuedBuild {
-                    id: parse_col(row, "id")?,
-                    job_id: parse_col(row, "job_id")?,
-                    platform: parse_col(row, "platform")?,
-                    emulation: emulation.parse().map_err(|_| StoreError::Corrupt {
-                        column: "jobs.emulation",
-                        value: emulation.clone(),
-                    })?,
-                    repository: format!(
-                        "{}/{}",
-                        row.try_get::<String, _>("registry")?,
-                        row.try_get::<String, _>("repository")?
-                    ),
-                    queued_at: row.try_get("queued_at")?,
-                    attempts: row.try_get("attempts")?,
-                    optional: row.try_get::<i64, _>("optional")? != 0,
-                })
-            })
-            .collect()
+        rows.iter().map(queued_from_row).collect()
+    }
+
+    /// Up to `limit` queued builds of these platforms, skipping the first `offset`, in queue
+    /// order: what the scheduler reads for one agent, a page at a time, instead of the whole
+    /// queue on every lease (the builds-by-state index gives the order, so a native match reads
+    /// one page).
+    pub async fn queued_builds_of(
+        &self,
+        platforms: &[Platform],
+        limit: i64,
+        offset: i64,
+    ) -> StoreResult<Vec<QueuedBuild>> {
+        if platforms.is_empty() {
+            return Ok(Vec::new());
+        }
+        let list = (0..platforms.len())
+            .map(|i| format!("${}", i + 3))
+            .collect::<Vec<_>>()
+            .join(", ");
+        let sql = format!(
+            "{QUEUED_SELECT} WHERE b.state = 'queued' AND b.platform IN ({list}) \
+             ORDER BY b.created_at, b.position LIMIT $1 OFFSET $2"
+        );
+        let mut query = sqlx::query(&sql).bind(limit).bind(offset);
+        for p in platforms {
+            query = query.bind(p.to_string());
+        }
+        let rows = query.fetch_all(&self.pool).await?;
+        rows.iter().map(queued_from_row).collect()
+    }
+
+    /// Queued builds that have used `max_attempts` leases already, whatever their platform.
+    pub async fn exhausted_queued_builds(
+        &self,
+        max_attempts: i64,
+    ) -> StoreResult<Vec<QueuedBuild>> {
+        let rows = sqlx::query(&format!(
+            "{QUEUED_SELECT} WHERE b.state = 'queued' AND b.attempts >= $1 ORDER BY b.created_at, b.position"
+        ))
+        .bind(max_attempts)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter().map(queued_from_row).collect()
+    }
+
+    /// How many builds `agent` is running.
+    pub async fn running_count(&self, agent: Uuid) -> StoreResult<i64> {
+        let row = sqlx::query(
+            "SELECT COUNT(*) AS n FROM builds WHERE agent_id = $1 AND state = 'building'",
+        )
+        .bind(agent.to_string())
+        .fetch_one(&self.pool)
+        .await?;
+        Ok(row.try_get("n")?)
     }
 
     /// Leases a queued build to an agent, recording why and which replica (`replica`) granted
@@ -185,7 +243,7 @@ impl Store {
         replica: &str,
     ) -> StoreResult<bool> {
         let now = now_ms();
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.begin().await?;
         let res = sqlx::query(
             "UPDATE builds SET state = 'building', agent_id = $1, agent_name = $2, mode = $3, lease_token = $4, \
              lease_expires_at = $5, attempts = attempts + 1, started_at = $6, error = NULL, decision = $8 \

@@ -107,7 +107,7 @@ impl Store {
     /// there first (the caller reads the length again). The length and the piece change together.
     pub async fn append_log_at(&self, build: Uuid, at: u64, data: &[u8]) -> StoreResult<bool> {
         let end = at + data.len() as u64;
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.begin().await?;
         let res = sqlx::query("UPDATE builds SET log_bytes = $1 WHERE id = $2 AND log_bytes = $3")
             .bind(end as i64)
             .bind(build.to_string())
@@ -127,7 +127,7 @@ impl Store {
     /// `piece` bytes, in one transaction (a crash leaves all of it or none); false when the log
     /// was not empty.
     pub async fn import_log(&self, build: Uuid, data: &[u8], piece: usize) -> StoreResult<bool> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.begin().await?;
         let res = sqlx::query("UPDATE builds SET log_bytes = $1 WHERE id = $2 AND log_bytes = 0")
             .bind(data.len() as i64)
             .bind(build.to_string())

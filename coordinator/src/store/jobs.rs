@@ -155,7 +155,7 @@ impl Store {
     pub async fn insert_job(&self, job: &NewJob) -> StoreResult<Uuid> {
         let id = Uuid::new_v4();
         let now = now_ms();
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.begin().await?;
         sqlx::query(&format!(
                         "INSERT INTO jobs ({COLUMNS}) VALUES ($1, 'queued', $2, $3, $4, $5, $6, $7, $8, $9, $10, NULL, NULL, NULL, \
              $11, $12, NULL, $13, $14, '[]', $15, $16)"
@@ -301,7 +301,7 @@ impl Store {
             .map(|s| format!("'{s}'"))
             .collect::<Vec<_>>()
             .join(", ");
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.begin().await?;
         let res = sqlx::query(&format!(
             "UPDATE jobs SET state = $1, error = $2, updated_at = $3, finished_at = $4 \
              WHERE id = $5 AND state IN ({from_list})"

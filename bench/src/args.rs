@@ -1,0 +1,95 @@
+//! Command-line flags.
+
+use std::path::PathBuf;
+
+use clap::Parser;
+
+use crate::farm::DbKind;
+
+/// The default PostgreSQL server (the development machines' and `scripts/postgres.sh`'s).
+pub const DEFAULT_POSTGRES: &str = archfarm_e2e::database::DEFAULT_POSTGRES;
+
+/// The benchmarks a run may include.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Part {
+    /// End-to-end overhead of a real 4-platform job (buildah, QEMU) against buildah alone.
+    Overhead,
+    /// Dispatch at scale: protocol-level agents and queued builds, on each `--databases`.
+    Dispatch,
+    /// Verifying and pushing a 4-platform index against the local registry.
+    Stitch,
+    /// A CPU-heavy build natively and under QEMU for arm64, ppc64le and s390x.
+    Emulation,
+    /// Dispatch latency and memory at several farm sizes (`--growth`), on SQLite.
+    Growth,
+}
+
+/// Measures archfarm's coordinator overhead against the physical limit; prints progress to
+/// stderr and a summary to stdout.
+#[derive(Debug, Parser)]
+#[command(name = "archfarm-bench", version)]
+pub struct Args {
+    /// A short run (under two minutes once built): dispatch on SQLite and stitching only, at a
+    /// smaller scale unless --agents/--builds say otherwise.
+    #[arg(long)]
+    pub quick: bool,
+
+    /// Write every figure as JSON to FILE.
+    #[arg(long, value_name = "FILE")]
+    pub json: Option<PathBuf>,
+
+    /// Write the report as Markdown to FILE (BENCHMARKS.md in the repository).
+    #[arg(long, value_name = "FILE")]
+    pub markdown: Option<PathBuf>,
+
+    /// Where the cost-growth plot (SVG) goes; default: beside --markdown as
+    /// docs/benchmarks/growth.svg.
+    #[arg(long, value_name = "FILE")]
+    pub plot: Option<PathBuf>,
+
+    /// Only these parts, comma-separated [default: all; with --quick: dispatch,stitch].
+    #[arg(long, value_enum, value_delimiter = ',', value_name = "PART")]
+    pub only: Vec<Part>,
+
+    /// Databases for the dispatch part, comma-separated [default: sqlite,postgres; with
+    /// --quick: sqlite].
+    #[arg(long, value_enum, value_delimiter = ',', value_name = "DB")]
+    pub databases: Vec<DbKind>,
+
+    /// PostgreSQL server for the postgres runs: a scratch database is created on it and dropped.
+    #[arg(long, env = "ARCHFARM_BENCH_POSTGRES", default_value = DEFAULT_POSTGRES, value_name = "URL")]
+    pub postgres: String,
+
+    /// Protocol-level agents in the dispatch part [default: 1000].
+    #[arg(long, value_name = "N")]
+    pub agents: Option<usize>,
+
+    /// Builds queued before the agents start, a multiple of 4 [default: 10000; with --quick: 4000].
+    #[arg(long, value_name = "N")]
+    pub builds: Option<usize>,
+
+    /// Builds per second arriving in the streaming phase, while the agents wait.
+    #[arg(long, default_value_t = 100.0, value_name = "RATE")]
+    pub arrival_rate: f64,
+
+    /// Builds submitted in the streaming phase, a multiple of 4 [default: 2000; with --quick: 800].
+    #[arg(long, value_name = "N")]
+    pub streaming_builds: Option<usize>,
+
+    /// Farm sizes for the growth part, comma-separated.
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_value = "10,100,1000,5000",
+        value_name = "N"
+    )]
+    pub growth: Vec<usize>,
+
+    /// Stitches measured each way [default: 50; with --quick: 20].
+    #[arg(long, value_name = "N")]
+    pub stitch_samples: Option<usize>,
+
+    /// Runs of each of the end-to-end overhead's two sides (archfarm, buildah alone).
+    #[arg(long, default_value_t = 3, value_name = "N")]
+    pub overhead_runs: usize,
+}

@@ -18,16 +18,9 @@ fn registry_and_readers_read_back_a_buildah_index() {
     buildah.run(&["manifest", "create", "localhost/selftest-list"]);
     for (platform, _) in wanted {
         let image = format!("localhost/selftest-{}", platform.replace('/', "-"));
-        buildah.run(&[
-            "build",
-            "--isolation",
-            "chroot",
-            "--platform",
-            platform,
-            "-t",
-            &image,
-            &context.arg(),
-        ]);
+        buildah
+            .build(platform, None, &image, context.path())
+            .unwrap_or_else(|e| panic!("{e}"));
         buildah.run(&[
             "manifest",
             "add",

@@ -172,7 +172,7 @@ pub fn run(
         submits_per_s: round(jobs as f64 / submit_secs, 1),
         drain_secs: round(drain_secs, 2),
         dispatches_per_s: round(samples.len() as f64 / drain_secs, 1),
-        latency: rounded(latency),
+        latency: latency.rounded(),
         coordinator_cpu_secs: round(cpu_secs, 2),
         coordinator_cpu_percent: round(cpu_percent, 1),
         agents_cpu_percent: round(agents_cpu_percent, 1),
@@ -214,7 +214,7 @@ pub fn run(
     let (latency, first, last) = latencies(&samples, &queued)?;
     let streaming = Streaming {
         dispatches_per_s: round(samples.len() as f64 / ((last - first) / 1000.0), 1),
-        latency: rounded(latency),
+        latency: latency.rounded(),
         coordinator_cpu_percent: round(cpu_percent, 1),
     };
     eprintln!(
@@ -254,15 +254,4 @@ fn latencies(
     }
     anyhow::ensure!(!samples.is_empty(), "no lease was handed out");
     Ok((summarize(&ms), first, last))
-}
-
-fn rounded(s: Summary) -> Summary {
-    Summary {
-        count: s.count,
-        p50_ms: round(s.p50_ms, 2),
-        p90_ms: round(s.p90_ms, 2),
-        p99_ms: round(s.p99_ms, 2),
-        max_ms: round(s.max_ms, 2),
-        mean_ms: round(s.mean_ms, 2),
-    }
 }

@@ -7,10 +7,9 @@
 
 use std::time::Instant;
 
-use archfarm_e2e::{BuildContext, Scratch};
+use archfarm_e2e::{BuildContext, Buildah};
 use serde::Serialize;
 
-use crate::overhead::buildah;
 use crate::stats::round;
 
 /// The platforms measured; the first is this machine's own.
@@ -92,23 +91,16 @@ pub fn run() -> anyhow::Result<EmulationRun> {
 
 /// One `buildah build` in fresh storage, seconds.
 fn timed_build(context: &BuildContext, platform: &str, dockerfile: &str) -> anyhow::Result<f64> {
-    let storage = Scratch::new("bench-emulation");
-    let file = context.path().join(dockerfile).display().to_string();
+    let buildah = Buildah::new();
+    let file = context.path().join(dockerfile);
     let t = Instant::now();
-    buildah(
-        &storage,
-        &[
-            "build",
-            "--isolation",
-            "chroot",
-            "--platform",
+    buildah
+        .build(
             platform,
-            "-f",
-            &file,
-            "-t",
+            Some(&file),
             "localhost/bench-emulation",
-            &context.arg(),
-        ],
-    )?;
+            context.path(),
+        )
+        .map_err(anyhow::Error::msg)?;
     Ok(t.elapsed().as_secs_f64())
 }

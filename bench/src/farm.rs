@@ -76,19 +76,10 @@ impl Farm {
             .into_tar_gz();
         let digest = format!("sha256:{}", hex::encode(Sha256::digest(&archive)));
         let url = format!("{}/api/v1/contexts/{digest}", self.base);
-        let resp = http
-            .put(&url)
-            .body(archive)
-            .send()
-            .await
-            .with_context(|| format!("PUT {url}"))?;
-        if !resp.status().is_success() {
-            bail!(
-                "PUT {url} answered {}: {}",
-                resp.status(),
-                resp.text().await.unwrap_or_default()
-            );
-        }
+        crate::swarm::send(http.put(&url).body(archive), &format!("PUT {url}"), |s| {
+            s.is_success()
+        })
+        .await?;
         self.context = digest;
         Ok(())
     }
@@ -161,21 +152,16 @@ pub async fn submit_to(
     tag: &str,
 ) -> anyhow::Result<Uuid> {
     let url = format!("{base}/api/v1/jobs");
-    let resp = http
-        .post(&url)
-        .json(&serde_json::json!({
-            "context": context,
-            "platforms": PLATFORMS,
-            "tags": [tag],
-        }))
-        .send()
+    let request = http.post(&url).json(&serde_json::json!({
+        "context": context,
+        "platforms": PLATFORMS,
+        "tags": [tag],
+    }));
+    let body = crate::swarm::send(request, &format!("POST {url}"), |s| s.is_success())
+        .await?
+        .text()
         .await
-        .with_context(|| format!("POST {url}"))?;
-    let status = resp.status();
-    let body = resp.text().await.unwrap_or_default();
-    if !status.is_success() {
-        bail!("POST {url} answered {status}: {body}");
-    }
+        .with_context(|| format!("POST {url}: reading the answer"))?;
     let job: archfarm_protocol::api::Job =
         serde_json::from_str(&body).with_context(|| format!("job answer: {body}"))?;
     Ok(job.id)

@@ -4,8 +4,11 @@
 
 use std::collections::BTreeMap;
 
-use anyhow::{bail, Context as _};
+use anyhow::Context as _;
+
 use sha2::{Digest as _, Sha256};
+
+use crate::swarm::send;
 
 /// OCI image manifest media type.
 pub const OCI_MANIFEST: &str = "application/vnd.oci.image.manifest.v1+json";
@@ -68,20 +71,11 @@ pub async fn push_platform_images(
             }],
         }))?;
         let url = format!("http://{registry}/v2/{repository}/manifests/{arch}");
-        let resp = http
+        let request = http
             .put(&url)
             .header(reqwest::header::CONTENT_TYPE, OCI_MANIFEST)
-            .body(manifest.clone())
-            .send()
-            .await
-            .with_context(|| format!("PUT {url}"))?;
-        if !resp.status().is_success() {
-            bail!(
-                "PUT {url} answered {}: {}",
-                resp.status(),
-                resp.text().await.unwrap_or_default()
-            );
-        }
+            .body(manifest.clone());
+        send(request, &format!("PUT {url}"), |s| s.is_success()).await?;
         images.insert(
             platform.to_string(),
             Pushed {
@@ -103,14 +97,10 @@ async fn upload_blob(
     digest: &str,
 ) -> anyhow::Result<()> {
     let start = format!("http://{registry}/v2/{repository}/blobs/uploads/");
-    let resp = http
-        .post(&start)
-        .send()
-        .await
-        .with_context(|| format!("POST {start}"))?;
-    if resp.status() != reqwest::StatusCode::ACCEPTED {
-        bail!("POST {start} answered {}", resp.status());
-    }
+    let resp = send(http.post(&start), &format!("POST {start}"), |s| {
+        s == reqwest::StatusCode::ACCEPTED
+    })
+    .await?;
     let location = resp
         .headers()
         .get(reqwest::header::LOCATION)
@@ -125,19 +115,13 @@ async fn upload_blob(
     url.push(if url.contains('?') { '&' } else { '?' });
     url.push_str("digest=");
     url.push_str(digest);
-    let resp = http
+    let request = http
         .put(&url)
         .header(reqwest::header::CONTENT_TYPE, "application/octet-stream")
-        .body(bytes.to_vec())
-        .send()
-        .await
-        .with_context(|| format!("PUT {url}"))?;
-    if resp.status() != reqwest::StatusCode::CREATED {
-        bail!(
-            "PUT {url} answered {}: {}",
-            resp.status(),
-            resp.text().await.unwrap_or_default()
-        );
-    }
+        .body(bytes.to_vec());
+    send(request, &format!("PUT {url}"), |s| {
+        s == reqwest::StatusCode::CREATED
+    })
+    .await?;
     Ok(())
 }

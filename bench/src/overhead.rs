@@ -7,12 +7,11 @@
 //! build alone (no neighbours) is reported too.
 
 use std::collections::BTreeMap;
-use std::process::Command;
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::{bail, Context as _};
 use archfarm_e2e::{
-    run_cli, Agent, AgentOptions, BuildContext, Coordinator, Registry, Scratch, CLI_TIMEOUT,
+    run_cli, Agent, AgentOptions, BuildContext, Buildah, Coordinator, Registry, CLI_TIMEOUT,
 };
 use serde::Serialize;
 
@@ -91,10 +90,9 @@ pub fn run(registry: &Registry, runs: usize) -> anyhow::Result<OverheadRun> {
         .max_by(|a, b| a.1.total_cmp(b.1))
         .map(|(p, _)| p.clone())
         .context("no direct build ran")?;
-    let storage = Scratch::new("bench-buildah-alone");
     let t = Instant::now();
     build_and_push(
-        &storage,
+        &Buildah::new(),
         &slowest_platform,
         &context,
         &format!("{}/bench/direct:alone", registry.host()),
@@ -134,9 +132,8 @@ fn direct(
                 let arch = platform.rsplit('/').next().unwrap_or(platform);
                 let target = format!("{}/bench/direct:{tag}-{arch}", registry.host());
                 scope.spawn(move || {
-                    let storage = Scratch::new("bench-buildah");
                     let t = Instant::now();
-                    build_and_push(&storage, platform, context, &target)?;
+                    build_and_push(&Buildah::new(), platform, context, &target)?;
                     Ok((platform.to_string(), t.elapsed().as_secs_f64()))
                 })
             })
@@ -160,58 +157,24 @@ fn direct(
 /// `buildah build` then `buildah push` to the registry, as an engineer would without archfarm
 /// (vfs storage and chroot isolation, as the agent uses).
 fn build_and_push(
-    storage: &Scratch,
+    buildah: &Buildah,
     platform: &str,
     context: &BuildContext,
     target: &str,
 ) -> anyhow::Result<()> {
     let image = format!("localhost/bench-{}", uuid::Uuid::new_v4().simple());
-    let context_dir = context.arg();
-    buildah(
-        storage,
-        &[
-            "build",
-            "--isolation",
-            "chroot",
-            "--platform",
-            platform,
-            "-t",
-            &image,
-            &context_dir,
-        ],
-    )?;
-    buildah(
-        storage,
-        &[
+    buildah
+        .build(platform, None, &image, context.path())
+        .map_err(anyhow::Error::msg)?;
+    buildah
+        .try_run(&[
             "push",
             "--tls-verify=false",
             &image,
             &format!("docker://{target}"),
-        ],
-    )
-}
-
-/// Runs buildah with its storage under `storage`; an error with its output when it fails.
-pub fn buildah(storage: &Scratch, args: &[&str]) -> anyhow::Result<()> {
-    let out = Command::new("buildah")
-        .arg("--root")
-        .arg(storage.join("root"))
-        .arg("--runroot")
-        .arg(storage.join("runroot"))
-        .args(["--storage-driver", "vfs"])
-        .args(args)
-        .env("TMPDIR", storage.path())
-        .output()
-        .context("cannot run buildah (Debian package buildah; scripts/setup.sh installs it)")?;
-    if !out.status.success() {
-        bail!(
-            "buildah {} failed ({}): {}",
-            args.join(" "),
-            out.status,
-            String::from_utf8_lossy(&out.stderr).trim()
-        );
-    }
-    Ok(())
+        ])
+        .map(drop)
+        .map_err(anyhow::Error::msg)
 }
 
 fn wall_secs() -> f64 {

@@ -19,6 +19,20 @@ pub struct Summary {
     pub mean_ms: f64,
 }
 
+impl Summary {
+    /// The same figures to two decimals, for reports.
+    pub fn rounded(self) -> Summary {
+        Summary {
+            count: self.count,
+            p50_ms: round(self.p50_ms, 2),
+            p90_ms: round(self.p90_ms, 2),
+            p99_ms: round(self.p99_ms, 2),
+            max_ms: round(self.max_ms, 2),
+            mean_ms: round(self.mean_ms, 2),
+        }
+    }
+}
+
 /// Summarises `samples` (milliseconds); all zero when there are none.
 pub fn summarize(samples: &[f64]) -> Summary {
     if samples.is_empty() {

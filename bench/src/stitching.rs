@@ -16,7 +16,7 @@ use uuid::Uuid;
 
 use crate::farm::{DbKind, Farm, PLATFORMS};
 use crate::images::Images;
-use crate::stats::{round, summarize, Summary};
+use crate::stats::{summarize, Summary};
 use crate::swarm::{self, Swarm};
 
 /// Stitching figures.
@@ -91,34 +91,15 @@ pub fn run(
         );
     }
     let run = StitchRun {
-        direct,
-        via_coordinator: summarize(&via),
-        job_round_trip: summarize(&round_trips),
+        direct: direct.rounded(),
+        via_coordinator: summarize(&via).rounded(),
+        job_round_trip: summarize(&round_trips).rounded(),
     };
     eprintln!(
         "    stitch, via the coordinator: p50 {:.0} ms; a 4-platform job of instant builds: p50 {:.1} ms",
         run.via_coordinator.p50_ms, run.job_round_trip.p50_ms
     );
-    Ok(round_summaries(run))
-}
-
-fn round_summaries(mut run: StitchRun) -> StitchRun {
-    for s in [
-        &mut run.direct,
-        &mut run.via_coordinator,
-        &mut run.job_round_trip,
-    ] {
-        for v in [
-            &mut s.p50_ms,
-            &mut s.p90_ms,
-            &mut s.p99_ms,
-            &mut s.max_ms,
-            &mut s.mean_ms,
-        ] {
-            *v = round(*v, 2);
-        }
-    }
-    run
+    Ok(run)
 }
 
 /// Polls the job every 2 ms until it succeeds; an error when it ends otherwise.

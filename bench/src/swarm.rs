@@ -40,6 +40,24 @@ pub fn client() -> anyhow::Result<reqwest::Client> {
         .context("cannot build the HTTP client")
 }
 
+/// Sends `request` (`what` names it, e.g. `PUT URL`): the answer when `ok` accepts its status,
+/// else an error with the status and the body.
+pub async fn send(
+    request: reqwest::RequestBuilder,
+    what: &str,
+    ok: impl Fn(reqwest::StatusCode) -> bool,
+) -> anyhow::Result<reqwest::Response> {
+    let resp = request.send().await.with_context(|| what.to_string())?;
+    let status = resp.status();
+    if !ok(status) {
+        bail!(
+            "{what} answered {status}: {}",
+            resp.text().await.unwrap_or_default()
+        );
+    }
+    Ok(resp)
+}
+
 /// One registered protocol-level agent.
 #[derive(Debug, Clone)]
 pub struct SwarmAgent {
@@ -245,7 +263,7 @@ async fn complete(
         .get(&platform)
         .with_context(|| format!("no image pushed for {platform}"))?;
     let url = format!("{base}/api/v1/builds/{}/complete", lease.build_id);
-    let resp = http
+    let request = http
         .post(&url)
         .bearer_auth(&agent.token)
         .json(&CompleteRequest {
@@ -253,16 +271,10 @@ async fn complete(
             digest: Digest::parse(&image.digest).context("image digest")?,
             media_type: image.media_type.clone(),
             size: image.size as i64,
-        })
-        .send()
-        .await
-        .with_context(|| format!("POST {url}"))?;
-    if resp.status() != reqwest::StatusCode::NO_CONTENT {
-        bail!(
-            "complete answered {}: {}",
-            resp.status(),
-            resp.text().await.unwrap_or_default()
-        );
-    }
+        });
+    send(request, &format!("POST {url}"), |s| {
+        s == reqwest::StatusCode::NO_CONTENT
+    })
+    .await?;
     Ok(())
 }

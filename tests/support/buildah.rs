@@ -29,40 +29,62 @@ impl Buildah {
     /// Runs `buildah --root .. --runroot .. --storage-driver vfs ARGS`; stdout, or a panic that shows
     /// both outputs.
     pub fn run(&self, args: &[&str]) -> String {
+        self.try_run(args).unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    /// [`Buildah::run`], with the failure (command, status, both outputs) as an error.
+    pub fn try_run(&self, args: &[&str]) -> Result<String, String> {
         let mut cmd = Command::new("buildah");
         cmd.arg("--root")
             .arg(self.storage.join("root"))
             .arg("--runroot")
             .arg(self.storage.join("runroot"))
             .args(["--storage-driver", "vfs"])
-            .args(args);
+            .args(args)
+            // Large temporary files stay in this storage's scratch directory, as the agent keeps
+            // them on its work disk.
+            .env("TMPDIR", self.storage.path());
         clean_env(&mut cmd);
-        let out = cmd.output().expect("run buildah");
+        let out = cmd
+            .output()
+            .map_err(|e| format!("cannot run buildah (scripts/setup.sh installs it): {e}"))?;
         let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
-        assert!(
-            out.status.success(),
-            "buildah {} failed ({}):\n{stdout}\n{}",
-            args.join(" "),
-            out.status,
-            String::from_utf8_lossy(&out.stderr)
-        );
-        stdout
+        if !out.status.success() {
+            return Err(format!(
+                "buildah {} failed ({}):\n{stdout}\n{}",
+                args.join(" "),
+                out.status,
+                String::from_utf8_lossy(&out.stderr)
+            ));
+        }
+        Ok(stdout)
+    }
+
+    /// `buildah build --isolation chroot --platform PLATFORM [-f DOCKERFILE] -t IMAGE CONTEXT`, as
+    /// the agent builds.
+    pub fn build(
+        &self,
+        platform: &str,
+        dockerfile: Option<&Path>,
+        image: &str,
+        context: &Path,
+    ) -> Result<(), String> {
+        let dockerfile = dockerfile.map(|f| f.display().to_string());
+        let context = context.display().to_string();
+        let mut args = vec!["build", "--isolation", "chroot", "--platform", platform];
+        if let Some(file) = &dockerfile {
+            args.extend(["-f", file]);
+        }
+        args.extend(["-t", image, &context]);
+        self.try_run(&args).map(drop)
     }
 
     /// Builds `context` for `platform` (chroot isolation) and writes the image to the OCI layout
     /// `layout` under the name `img`, as the agent does before pushing by digest.
     pub fn build_to_layout(&self, platform: &str, context: &Path, layout: &Path) {
         let image = format!("localhost/e2e-{}", uuid::Uuid::new_v4().simple());
-        self.run(&[
-            "build",
-            "--isolation",
-            "chroot",
-            "--platform",
-            platform,
-            "-t",
-            &image,
-            &context.display().to_string(),
-        ]);
+        self.build(platform, None, &image, context)
+            .unwrap_or_else(|e| panic!("{e}"));
         self.run(&["push", &image, &format!("oci:{}:img", layout.display())]);
     }
 }

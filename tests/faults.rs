@@ -87,7 +87,9 @@ fn agent_killed_mid_build_moves_to_another_agent() {
         Agent::start(&coordinator, arm64_agent("arm64-b")),
     ];
     let context = BuildContext::hello();
-    context.write("Dockerfile", &sleeping_dockerfile(20, None));
+    // The kill lands within a poll (200 ms) of the step's first line; 8 s leaves room for a busy
+    // machine, and the survivor sleeps through all of it again.
+    context.write("Dockerfile", &sleeping_dockerfile(8, None));
     let tag = format!("{}/moved:v1", registry.host());
     let id = coordinator.submit(&["--platform", "linux/arm64", "-t", &tag, &context.arg()]);
 

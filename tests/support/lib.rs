@@ -5,7 +5,8 @@
 //! stopped with their whole process group and scratch directories are removed. Set
 //! `ARCHFARM_E2E_KEEP=1` to keep the scratch directories (logs, buildah storage) for a post-mortem.
 //! The archfarm binaries are looked up next to the test executable (`target/debug`), so run
-//! `cargo build --workspace --bins` first; `scripts/test.sh` does.
+//! `cargo test --workspace --no-run` first (it builds them with the features the tests share);
+//! `scripts/test.sh` does.
 
 pub mod agent;
 pub mod archive;

@@ -65,7 +65,7 @@ pub fn bin_path(name: &str) -> PathBuf {
     let path = bin_dir().join(name);
     if !path.is_file() {
         panic!(
-            "{name} not found at {}: run `cargo build --workspace --bins` first (scripts/test.sh does)",
+            "{name} not found at {}: run `cargo test --workspace --no-run` first (scripts/test.sh does)",
             path.display()
         );
     }

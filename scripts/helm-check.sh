@@ -3,13 +3,16 @@
 # validate every manifest against the Kubernetes 1.30 schemas (strict) and the custom resources
 # against the small schemas in helm/check/schemas, compare the chart's ARCHFARM_* variables, probe
 # path and metric name with the code, and make sure bad values are refused. No cluster is needed.
-# Installs helm/check/requirements.txt into target/helm-venv (PyPI only; about 400 MB) on first run.
+# Installs helm/check/requirements.txt into $ARCHFARM_CACHE_DIR/helm-venv (PyPI only; about 400 MB)
+# on a machine's first run; later runs, from any clone, reuse it while the requirements are the same.
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$ROOT"
 
-VENV="$ROOT/target/helm-venv"
+# shellcheck source=lib/cache.sh
+. "$ROOT/scripts/lib/cache.sh"
+VENV="$ARCHFARM_CACHE_DIR/helm-venv"
 REQS="$ROOT/helm/check/requirements.txt"
 OUT="$ROOT/target/helm-check"
 
@@ -23,7 +26,7 @@ stamp="$VENV/.requirements.sha256"
 want="$(sha256sum "$REQS" | cut -d' ' -f1)"
 if [ ! -x "$VENV/bin/python" ] || [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
     step "python venv $VENV with helm/check/requirements.txt"
-    mkdir -p "$ROOT/target"
+    rm -rf "$VENV"
     python3 -m venv "$VENV" || die "cannot make a venv (on Debian: apt-get install python3-venv)"
     "$VENV/bin/pip" install --quiet --disable-pip-version-check --no-input -r "$REQS"
     echo "$want" >"$stamp"

@@ -15,6 +15,9 @@ set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$ROOT"
 QS="$ROOT/.quickstart"
+# Build outputs in the machine's cache (scripts/lib/cache.sh), shared with scripts/test.sh.
+# shellcheck source=lib/cache.sh
+. "$ROOT/scripts/lib/cache.sh"
 PIDFILE="$QS/pids"
 PLATFORMS="linux/amd64,linux/arm64,linux/ppc64le,linux/s390x"
 
@@ -165,7 +168,7 @@ scripts/setup.sh
 
 say "cargo build --workspace --bins (debug: a release build takes long on small machines)"
 cargo build --workspace --bins
-BIN="${CARGO_TARGET_DIR:-$ROOT/target}/debug"
+BIN="$CARGO_TARGET_DIR/debug"
 for b in archfarm archfarm-coordinator archfarm-agent; do
     [ -x "$BIN/$b" ] || die "$BIN/$b was not built"
 done

@@ -5,14 +5,17 @@
 #   * htpasswd (apache2-utils) and openssl for the authenticated TLS registry of tests/registry_auth.rs,
 #   * QEMU user-mode emulation registered with binfmt_misc (arm64, ppc64le, s390x, arm, riscv64),
 #   * the example's per-architecture base file systems (a static busybox from Debian for each),
-#   * cargo-fuzz and the nightly toolchain it needs, for the fuzz targets in fuzz/ (scripts/fuzz.sh).
+#   * cargo-fuzz and the nightly toolchain it needs, for the fuzz targets in fuzz/ (scripts/fuzz.sh),
+#   * cargo-nextest, which runs the tests (scripts/test.sh).
 # Idempotent and non-interactive: when everything is in place it only checks and returns quickly.
 # Needs root (or sudo) for apt-get, mount and binfmt_misc.
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 ROOTFS="$ROOT/examples/hello/rootfs"
-CACHE="${ARCHFARM_CACHE_DIR:-${XDG_CACHE_HOME:-$HOME/.cache}/archfarm}/debs"
+# shellcheck source=lib/cache.sh
+. "$ROOT/scripts/lib/cache.sh"
+CACHE="$ARCHFARM_CACHE_DIR/debs"
 BINFMT=/proc/sys/fs/binfmt_misc
 # qemu handler names (the suffix of /proc/sys/fs/binfmt_misc/qemu-NAME) to register.
 # x86_64 only matters on a non-x86 host (the example's amd64 base); it is skipped on x86_64 itself.
@@ -94,6 +97,15 @@ if cargo fuzz --version >/dev/null 2>&1; then
 else
     say "cargo install cargo-fuzz --locked"
     cargo install --quiet cargo-fuzz --locked
+fi
+
+# cargo-nextest runs the tests: each test in its own process, the slowest first, all test binaries
+# sharing the cores, with a per-test time limit and a count of what ran.
+if cargo nextest --version >/dev/null 2>&1; then
+    note "$(cargo nextest --version | head -n1)"
+else
+    say "cargo install cargo-nextest --locked"
+    cargo install --quiet cargo-nextest --locked
 fi
 
 # --- packages -----------------------------------------------------------------------------------------

@@ -392,6 +392,20 @@ async fn a_second_machine_cannot_take_an_online_agents_name() {
         (StatusCode::CONFLICT, "name_taken")
     );
     assert!(e.message.contains("--name"), "{}", e.message);
+    // Leaving the installation id out does not get round it.
+    let anonymous = c
+        .http
+        .post(c.url("/agents/register"))
+        .bearer_auth("join-secret")
+        .json(&json!({"name": "raspberrypi", "native_platforms": ["linux/arm64"], "capacity": 1}))
+        .send()
+        .await
+        .unwrap();
+    let (status, e) = error_of(anonymous).await;
+    assert_eq!(
+        (status, e.code.as_str()),
+        (StatusCode::CONFLICT, "name_taken")
+    );
     // The same installation restarting keeps its name.
     assert_eq!(register(first).await.unwrap().status(), StatusCode::OK);
     c.stop().await;

@@ -109,6 +109,7 @@ async fn register(
             req.capacity,
             req.version.as_deref(),
             req.instance_id,
+            joined == Joined::Itself,
             state.scheduler.online_since(),
         )
         .await;

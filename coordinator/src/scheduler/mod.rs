@@ -487,7 +487,7 @@ mod tests {
         let native: Vec<Platform> = native.iter().map(|s| p(s)).collect();
         let emulated: Vec<Platform> = emulated.iter().map(|s| p(s)).collect();
         let r = store
-            .upsert_agent(name, name, &native, &emulated, 1, None, None, 0)
+            .upsert_agent(name, name, &native, &emulated, 1, None, None, false, 0)
             .await
             .unwrap();
         assert!(matches!(r, Registered::Ok { .. }));

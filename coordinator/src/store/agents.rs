@@ -70,9 +70,12 @@ impl Store {
     /// Registers an agent, or re-registers one under the same name, keeping its id. A re-registering
     /// agent is a new process that holds none of its old builds, so those go back to the queue.
     ///
-    /// When another installation (a different `instance`) holds the name and was seen since
-    /// `online_since`, nothing changes and `NameTaken` comes back: two machines sharing a host name
-    /// would otherwise take each other's builds away on every poll.
+    /// While the name's holder was seen since `online_since`, only the same installation (the
+    /// same `instance`) or a caller that proved it is the holder (`proven`: it presented the
+    /// agent's own token) may take it over; anyone else gets `NameTaken` and nothing changes. A
+    /// registration that names no installation is someone else as far as anyone can tell: two
+    /// machines sharing a host name, or a client that leaves the id out, would otherwise take an
+    /// online agent's builds away.
     #[allow(clippy::too_many_arguments)]
     pub async fn upsert_agent(
         &self,
@@ -83,6 +86,7 @@ impl Store {
         capacity: i64,
         version: Option<&str>,
         instance: Option<Uuid>,
+        proven: bool,
         online_since: i64,
     ) -> StoreResult<Registered> {
         let now = now_ms();
@@ -104,13 +108,16 @@ impl Store {
                 let id: String = row.try_get("id")?;
                 let held_by: Option<String> = row.try_get("instance_id")?;
                 let last_seen: i64 = row.try_get("last_seen")?;
-                let other = matches!((&held_by, &instance_text), (Some(a), Some(b)) if a != b);
-                if other && last_seen >= online_since {
+                let same =
+                    proven || matches!((&held_by, &instance_text), (Some(a), Some(b)) if a == b);
+                if !same && last_seen >= online_since {
                     return Ok(Registered::NameTaken);
                 }
+                // A registration that names no installation keeps the one on record.
                 sqlx::query(
                     "UPDATE agents SET token_hash = $1, native_platforms = $2, emulated_platforms = $3, \
-                     capacity = $4, version = $5, last_seen = $6, instance_id = $7, draining = 0 WHERE id = $8",
+                     capacity = $4, version = $5, last_seen = $6, instance_id = COALESCE($7, instance_id), \
+                     draining = 0 WHERE id = $8",
                 )
                 .bind(token_hash)
                 .bind(&native)
@@ -327,7 +334,7 @@ mod tests {
         let arm: Vec<Platform> = vec!["linux/arm64".parse().unwrap()];
         let (one, two) = (Some(Uuid::new_v4()), Some(Uuid::new_v4()));
         let first = store
-            .upsert_agent("pi", "h1", &arm, &[], 1, None, one, 0)
+            .upsert_agent("pi", "h1", &arm, &[], 1, None, one, false, 0)
             .await
             .unwrap();
         let Registered::Ok { id: a, .. } = first else {
@@ -335,19 +342,32 @@ mod tests {
         };
         // Another installation may not take the name while the first is online...
         let taken = store
-            .upsert_agent("pi", "hx", &arm, &[], 1, None, two, 0)
+            .upsert_agent("pi", "hx", &arm, &[], 1, None, two, false, 0)
             .await
             .unwrap();
         assert_eq!(taken, Registered::NameTaken);
-        // ...but the same installation re-registers freely, and keeps its id.
+        // ...nor may a registration that names no installation...
+        let anonymous = store
+            .upsert_agent("pi", "hy", &arm, &[], 1, None, None, false, 0)
+            .await
+            .unwrap();
+        assert_eq!(anonymous, Registered::NameTaken);
+        assert!(store.agent_by_token_hash("hy").await.unwrap().is_none());
+        // ...unless it proved it is the holder (it presented the agent's own token).
+        let proven = store
+            .upsert_agent("pi", "hz", &arm, &[], 1, None, None, true, 0)
+            .await
+            .unwrap();
+        assert_eq!(proven, Registered::Ok { id: a, requeued: 0 });
+        // The same installation re-registers freely, and keeps its id.
         let again = store
-            .upsert_agent("pi", "h2", &arm, &[], 2, Some("0.1"), one, 0)
+            .upsert_agent("pi", "h2", &arm, &[], 2, Some("0.1"), one, false, 0)
             .await
             .unwrap();
         assert_eq!(again, Registered::Ok { id: a, requeued: 0 });
         // Once the first has gone offline, the name is free for another installation.
         let later = store
-            .upsert_agent("pi", "h3", &arm, &[], 2, Some("0.1"), two, i64::MAX)
+            .upsert_agent("pi", "h3", &arm, &[], 2, Some("0.1"), two, false, i64::MAX)
             .await
             .unwrap();
         assert_eq!(later, Registered::Ok { id: a, requeued: 0 });

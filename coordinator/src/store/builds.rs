@@ -457,7 +457,7 @@ mod tests {
         let (_, builds) = one_job(&store).await;
         let arm: Vec<archfarm_protocol::Platform> = vec!["linux/amd64".parse().unwrap()];
         let crate::store::Registered::Ok { id: agent, .. } = store
-            .upsert_agent("pi", "h", &arm, &[], 1, None, None, 0)
+            .upsert_agent("pi", "h", &arm, &[], 1, None, None, false, 0)
             .await
             .unwrap()
         else {

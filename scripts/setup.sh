@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Prepares a Debian/Ubuntu machine to build, test and demo archfarm:
-#   * the container tools the agents and the tests use (buildah, skopeo, umoci, docker-registry),
+#   * the container tools the agents and the tests use (buildah, runc, skopeo, umoci, docker-registry),
 #   * headless Chromium and its WebDriver (chromium, chromium-driver) for the dashboard's browser test,
 #   * htpasswd (apache2-utils) and openssl for the authenticated TLS registry of tests/registry_auth.rs,
 #   * QEMU user-mode emulation registered with binfmt_misc (arm64, ppc64le, s390x, arm, riscv64),
@@ -112,6 +112,8 @@ fi
 # command -> Debian package providing it
 declare -A NEED=(
     [buildah]=buildah
+    # The agents run each RUN step in a runc container (--isolation oci, their default).
+    [runc]=runc
     [skopeo]=skopeo
     [umoci]=umoci
     [docker-registry]=docker-registry
@@ -149,7 +151,7 @@ if [ "${#missing[@]}" -gt 0 ]; then
     apt_update
     as_root apt-get install -y -qq --no-install-recommends "${missing[@]}"
 else
-    say "packages present: buildah skopeo umoci docker-registry qemu-user-static binfmt-support curl chromium chromium-driver apache2-utils openssl"
+    say "packages present: buildah runc skopeo umoci docker-registry qemu-user-static binfmt-support curl chromium chromium-driver apache2-utils openssl"
 fi
 
 # --- binfmt_misc and QEMU handlers ------------------------------------------------------------------

@@ -10,6 +10,8 @@ use archfarm_protocol::{Platform, PlatformError};
 use clap::Parser;
 use reqwest::Url;
 
+use crate::backend::isolation::IsolationKind;
+
 /// Where the agent keeps its storage, context cache and build directories unless told otherwise.
 pub const DEFAULT_WORK_DIR: &str = "/var/lib/archfarm-agent";
 
@@ -52,6 +54,17 @@ pub struct Config {
     /// comma-separated list, each of which needs an enabled handler. Default: `auto`.
     #[arg(long, env = "ARCHFARM_EMULATE", default_value = "auto")]
     pub emulate: Emulate,
+
+    /// How `RUN` steps are kept apart from this machine: `oci`, each step in a runc container with
+    /// its own PID, IPC, UTS and mount namespaces (the default); or `chroot`, buildah's chroot
+    /// isolation, which shares the host's PID and network namespaces and which a root step can
+    /// leave: for trusted single-tenant use only, and logged as such at start.
+    #[arg(long, env = "ARCHFARM_ISOLATION", default_value = "oci")]
+    pub isolation: IsolationKind,
+
+    /// The OCI runtime that runs steps with `--isolation oci`. Default: `runc` from `PATH`.
+    #[arg(long, env = "ARCHFARM_OCI_RUNTIME", default_value = "runc")]
+    pub oci_runtime: PathBuf,
 
     /// Docker `config.json` with this agent's own registry credentials, used for a build's
     /// registry when its lease carries none from the coordinator. Default: none.
@@ -166,6 +179,8 @@ mod tests {
         assert_eq!(c.capacity, 1);
         assert_eq!(c.work_dir, PathBuf::from(DEFAULT_WORK_DIR));
         assert_eq!(c.emulate, Emulate::Auto);
+        assert_eq!(c.isolation, IsolationKind::Oci);
+        assert_eq!(c.oci_runtime, PathBuf::from("runc"));
         assert!(c.platforms.is_empty());
         assert!(!c.name.is_empty());
     }

@@ -39,6 +39,7 @@ pub use config::{Config, Emulate, Secret};
 pub use shutdown::Stopped;
 
 use backend::buildah::Buildah;
+use backend::isolation::{Isolation, IsolationKind};
 use backend::{Backend, BackendError};
 use client::{ClientError, CoordinatorClient};
 use detect::DetectError;
@@ -160,13 +161,21 @@ pub async fn run(
         native = %detect::join(&platforms.native),
         emulated = %detect::join(&platforms.emulated),
         capacity = config.capacity,
+        isolation = %config.isolation,
         coordinator = %config.coordinator,
         "starting"
     );
     for registry in registry.own.registries() {
         tracing::info!(registry, "own registry credential loaded");
     }
-    let mut buildah = Buildah::new(&work_dir.storage());
+    let isolation = match config.isolation {
+        IsolationKind::Oci => Isolation::Oci {
+            runtime: config.oci_runtime.clone(),
+            state_dir: work_dir.storage().join("runc"),
+        },
+        IsolationKind::Chroot => Isolation::Chroot,
+    };
+    let mut buildah = Buildah::new(&work_dir.storage()).with_isolation(isolation);
     let cert_dir = registry
         .write_cert_dir(&work_dir.root().join("registry-ca"))
         .map_err(|source| AgentError::WorkDir {

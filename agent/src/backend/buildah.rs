@@ -1,6 +1,6 @@
 //! The buildah backend, as the wire contract's "Build on the agent" section describes: vfs storage
-//! under the agent's work directory, chroot isolation, the image written to an OCI layout and from
-//! there uploaded by digest.
+//! under the agent's work directory, each `RUN` step in a runc container (see [`super::isolation`]),
+//! the image written to an OCI layout and from there uploaded by digest.
 
 use std::ffi::OsString;
 use std::path::{Component, Path, PathBuf};
@@ -8,17 +8,19 @@ use std::path::{Component, Path, PathBuf};
 use tokio::process::Command;
 use tokio_util::sync::CancellationToken;
 
+use super::isolation::Isolation;
 use super::process::{run_logged, run_quiet};
 use super::{Backend, BackendError, BoxFuture, BuildSpec, LogSink, PushedImage};
 use crate::push::{self, Retry, Target};
 use crate::registry_auth::PrivateAuthFile;
 
-/// Builds with `buildah build --isolation chroot`, which works rootless or as root with no daemon.
+/// Builds with `buildah build`, daemonless, each `RUN` step isolated as [`Isolation`] says.
 #[derive(Debug, Clone)]
 pub struct Buildah {
     program: PathBuf,
     root: PathBuf,
     runroot: PathBuf,
+    isolation: Isolation,
     push_retry: Retry,
     /// Extra root CA (PEM) for pushes, and the directory holding it as `ca.crt` for
     /// `buildah --cert-dir` (base-image pulls).
@@ -27,12 +29,17 @@ pub struct Buildah {
 
 impl Buildah {
     /// A backend keeping its image storage under `storage` (`root/` and `runroot/`), so several agents
-    /// on one host do not share, and lock, one store.
+    /// on one host do not share, and lock, one store. Steps run in runc containers whose state
+    /// lives in `storage/runc`.
     pub fn new(storage: &Path) -> Self {
         Buildah {
             program: PathBuf::from("buildah"),
             root: storage.join("root"),
             runroot: storage.join("runroot"),
+            isolation: Isolation::Oci {
+                runtime: PathBuf::from("runc"),
+                state_dir: storage.join("runc"),
+            },
             push_retry: Retry::default(),
             registry_ca: None,
         }
@@ -49,6 +56,17 @@ impl Buildah {
     pub fn with_push_retry(mut self, retry: Retry) -> Self {
         self.push_retry = retry;
         self
+    }
+
+    /// Isolates `RUN` steps as `isolation` says instead of in runc containers.
+    pub fn with_isolation(mut self, isolation: Isolation) -> Self {
+        self.isolation = isolation;
+        self
+    }
+
+    /// How this backend isolates `RUN` steps.
+    pub fn isolation(&self) -> &Isolation {
+        &self.isolation
     }
 
     /// Uses another buildah binary than the one on `PATH`.
@@ -73,8 +91,9 @@ impl Buildah {
     }
 
     /// The arguments after `buildah <storage options>` for the build step.
-    pub fn build_args(spec: &BuildSpec, dockerfile: &Path) -> Vec<OsString> {
-        let mut a: Vec<OsString> = vec!["build".into(), "--isolation".into(), "chroot".into()];
+    pub fn build_args(spec: &BuildSpec, dockerfile: &Path, isolation: &Isolation) -> Vec<OsString> {
+        let mut a: Vec<OsString> = vec!["build".into()];
+        a.extend(isolation.build_args());
         a.extend(["--platform".into(), spec.platform.to_string().into()]);
         a.extend(["-f".into(), dockerfile.as_os_str().to_owned()]);
         for (k, v) in &spec.build_args {
@@ -135,7 +154,11 @@ impl Buildah {
             build.arg("--cert-dir").arg(dir);
         }
         build
-            .args(Self::build_args(spec, &dockerfile).into_iter().skip(1))
+            .args(
+                Self::build_args(spec, &dockerfile, &self.isolation)
+                    .into_iter()
+                    .skip(1),
+            )
             .env("TMPDIR", &tmp);
         run_logged(build, "buildah build", log, cancel).await?;
         drop(auth_file);
@@ -195,6 +218,30 @@ impl Backend for Buildah {
                 }
             })?;
             tracing::info!(version = %v.trim(), "buildah found");
+            match self.isolation.kind() {
+                super::isolation::IsolationKind::Oci => {
+                    self.isolation.check(|| self.command()).await?;
+                    // Steps of builds whose agent was killed run on without it: nothing of this
+                    // process runs yet, so every container in its runc state is a leftover.
+                    let reaped = self.isolation.reap(None).await;
+                    if reaped > 0 {
+                        tracing::warn!(
+                            reaped,
+                            "killed build steps left running by an earlier agent"
+                        );
+                    }
+                    tracing::info!(
+                        isolation = "oci",
+                        "each RUN step runs in its own runc container"
+                    );
+                }
+                super::isolation::IsolationKind::Chroot => tracing::warn!(
+                    isolation = "chroot",
+                    "RUN steps share this host's PID, IPC and network namespaces and a root step \
+                     can leave its chroot: for trusted single-tenant use only; use --isolation oci \
+                     on any agent that builds other people's Dockerfiles"
+                ),
+            }
             // Working containers of builds killed with an earlier agent process; nothing runs yet, so
             // every container in this agent's own store is a leftover.
             let mut rm = self.command();
@@ -214,6 +261,12 @@ impl Backend for Buildah {
     ) -> BoxFuture<'a, Result<PushedImage, BackendError>> {
         Box::pin(async move {
             let result = self.build_and_push(spec, &log, &cancel).await;
+            // A step buildah did not get to stop (it was killed, or the build was cancelled mid-step)
+            // is still running in its container.
+            let reaped = self.isolation.reap(Some(&spec.build_dir)).await;
+            if reaped > 0 {
+                tracing::info!(build.id = %spec.build_id, reaped, "killed the build's leftover RUN steps");
+            }
             // The image lives on in the registry; locally it only takes space. Removed on failure
             // and cancellation too (it may not exist then, which is fine).
             let mut rmi = self.command();
@@ -280,7 +333,11 @@ mod tests {
     #[test]
     fn build_command_matches_the_contract() {
         let s = spec();
-        let args = Buildah::build_args(&s, Path::new("/w/builds/b/context/Dockerfile"));
+        let args = Buildah::build_args(
+            &s,
+            Path::new("/w/builds/b/context/Dockerfile"),
+            &Isolation::Chroot,
+        );
         let args: Vec<String> = args
             .iter()
             .map(|a| a.to_string_lossy().into_owned())

@@ -14,6 +14,7 @@ use uuid::Uuid;
 use crate::push::PushError;
 
 pub mod buildah;
+pub mod isolation;
 pub mod process;
 
 /// A boxed future, so [`Backend`] can be used as a trait object.
@@ -136,6 +137,9 @@ pub enum BackendError {
     /// Uploading the image to the registry failed.
     #[error(transparent)]
     Push(#[from] PushError),
+    /// Build steps cannot be isolated as configured on this machine.
+    #[error(transparent)]
+    Isolation(#[from] isolation::Unusable),
 }
 
 /// A way to build and push images.

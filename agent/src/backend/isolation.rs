@@ -1,0 +1,294 @@
+//! How a build's `RUN` steps are kept apart from the agent: each in an OCI runtime container (runc)
+//! with its own PID, IPC, UTS and mount namespaces, buildah's default capability set and its
+//! default seccomp profile (buildah 1.28's `build` does not apply `--security-opt
+//! no-new-privileges` to `RUN` steps: tests/sandbox.rs saw `NoNewPrivs: 0` with it); or, for trusted single-tenant use only,
+//! buildah's chroot isolation, which shares the host's PID, IPC and network namespaces and which a
+//! root process can leave.
+//!
+//! With OCI isolation the containers are runc's, not children in buildah's process group: a
+//! buildah killed with SIGKILL leaves its step running. Every container is therefore created under
+//! one runc state directory per agent, and what a finished, failed or cancelled build left there
+//! is killed and deleted by the agent itself ([`Isolation::reap`]).
+
+use std::ffi::OsString;
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+
+use tokio::process::Command;
+
+use super::process::run_quiet;
+
+/// What runs a build's `RUN` steps.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Isolation {
+    /// An OCI runtime container per step (`buildah build --isolation oci`); the default.
+    Oci {
+        /// The OCI runtime binary (`runc`).
+        runtime: PathBuf,
+        /// runc's state directory for this agent's containers (`--root`).
+        state_dir: PathBuf,
+    },
+    /// buildah's chroot isolation: trusted, single-tenant use only.
+    Chroot,
+}
+
+/// The isolation named on the command line, before the agent knows its work directory.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum IsolationKind {
+    /// See [`Isolation::Oci`].
+    Oci,
+    /// See [`Isolation::Chroot`].
+    Chroot,
+}
+
+impl FromStr for IsolationKind {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s.trim().to_ascii_lowercase().as_str() {
+            "oci" => Ok(IsolationKind::Oci),
+            "chroot" => Ok(IsolationKind::Chroot),
+            other => Err(format!(
+                "'{other}' is not an isolation: accepted are oci (each RUN step in a runc \
+                 container, the default) and chroot (trusted single-tenant use only)"
+            )),
+        }
+    }
+}
+
+impl fmt::Display for IsolationKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            IsolationKind::Oci => "oci",
+            IsolationKind::Chroot => "chroot",
+        })
+    }
+}
+
+/// Why the isolation cannot be used on this machine.
+#[derive(Debug, thiserror::Error)]
+#[error("OCI isolation does not work on this machine: {0}")]
+pub struct Unusable(pub String);
+
+impl Isolation {
+    /// The kind, for logs and the start-up line.
+    pub fn kind(&self) -> IsolationKind {
+        match self {
+            Isolation::Oci { .. } => IsolationKind::Oci,
+            Isolation::Chroot => IsolationKind::Chroot,
+        }
+    }
+
+    /// The `buildah build` options that select this isolation. Steps keep the host's network for
+    /// now (package installs need it on most hosts).
+    pub fn build_args(&self) -> Vec<OsString> {
+        let mut args = self.runtime_args();
+        if matches!(self, Isolation::Oci { .. }) {
+            args.extend(["--network".into(), "host".into()]);
+        }
+        args
+    }
+
+    /// The options that pick the isolation and runtime, shared by `buildah build` and `buildah run`.
+    fn runtime_args(&self) -> Vec<OsString> {
+        match self {
+            Isolation::Oci { runtime, state_dir } => {
+                let mut root = OsString::from("root=");
+                root.push(state_dir);
+                vec![
+                    "--isolation".into(),
+                    "oci".into(),
+                    "--runtime".into(),
+                    runtime.into(),
+                    "--runtime-flag".into(),
+                    root,
+                    // The systemd manager needs a running systemd; cgroupfs works everywhere.
+                    "--cgroup-manager".into(),
+                    "cgroupfs".into(),
+                ]
+            }
+            Isolation::Chroot => vec!["--isolation".into(), "chroot".into()],
+        }
+    }
+
+    /// Checks, once at start, that a step really runs in a container here: the runtime exists,
+    /// and a throwaway container (an empty root with the host's `/usr` mounted read-only) sees
+    /// itself as PID 1. `buildah` is the storage-option prefix of every buildah command.
+    pub async fn check(&self, buildah: impl Fn() -> Command) -> Result<(), Unusable> {
+        let Isolation::Oci { runtime, .. } = self else {
+            return Ok(());
+        };
+        let mut version = Command::new(runtime);
+        version.arg("--version");
+        let v = run_quiet(version, "runc --version").await.map_err(|e| {
+            Unusable(format!(
+                "{} does not run ({e}); install it (Debian: apt-get install runc), or start the \
+                 agent with --isolation chroot for trusted single-tenant use only",
+                runtime.display()
+            ))
+        })?;
+        tracing::info!(version = %v.lines().next().unwrap_or_default(), "OCI runtime found");
+
+        let mut from = buildah();
+        from.args(["from", "scratch"]);
+        let container = run_quiet(from, "buildah from scratch")
+            .await
+            .map_err(|e| Unusable(format!("cannot create a check container: {e}")))?;
+        let container = container.trim().to_string();
+        let mut probe = buildah();
+        probe.arg("run");
+        probe.args(self.runtime_args());
+        probe.args(["--network", "none"]);
+        for dir in ["/usr", "/bin", "/lib", "/lib64"] {
+            if Path::new(dir).exists() {
+                probe.arg("-v").arg(format!("{dir}:{dir}:ro"));
+            }
+        }
+        probe
+            .arg(&container)
+            .args(["--", "/bin/sh", "-c", "echo pid=$$"]);
+        let result = run_quiet(probe, "buildah run (isolation check)").await;
+        let mut rm = buildah();
+        rm.arg("rm").arg(&container);
+        if let Err(e) = run_quiet(rm, "buildah rm").await {
+            tracing::warn!(error = %e, "could not remove the isolation check container");
+        }
+        let out = result.map_err(|e| {
+            Unusable(format!(
+                "a test container did not start ({e}); runc needs cgroups mounted under \
+                 /sys/fs/cgroup and namespaces the kernel allows (in a container, run the agent \
+                 privileged)"
+            ))
+        })?;
+        if out.trim() != "pid=1" {
+            return Err(Unusable(format!(
+                "a test step saw itself as '{}', not as PID 1 of its own namespace",
+                out.trim()
+            )));
+        }
+        Ok(())
+    }
+
+    /// Kills and deletes the runtime's containers whose bundle lies under `under` (a build's
+    /// temporary directory), or all of this agent's when `under` is `None` (at start, when nothing
+    /// of this process runs yet). Returns how many it removed.
+    pub async fn reap(&self, under: Option<&Path>) -> usize {
+        let Isolation::Oci { runtime, state_dir } = self else {
+            return 0;
+        };
+        if !state_dir.exists() {
+            return 0;
+        }
+        let runc = || {
+            let mut c = Command::new(runtime);
+            c.arg("--root").arg(state_dir);
+            c
+        };
+        let mut list = runc();
+        list.args(["list", "--format", "json"]);
+        let listed = match run_quiet(list, "runc list").await {
+            Ok(out) => out,
+            Err(e) => {
+                tracing::warn!(error = %e, "could not list leftover build containers");
+                return 0;
+            }
+        };
+        let mut removed = 0;
+        for id in containers_under(&listed, under) {
+            let mut kill = runc();
+            kill.args(["kill", "--all", &id, "KILL"]);
+            // A container that already stopped refuses the kill; delete --force still removes it.
+            let _ = run_quiet(kill, "runc kill").await;
+            let mut delete = runc();
+            delete.args(["delete", "--force", &id]);
+            match run_quiet(delete, "runc delete").await {
+                Ok(_) => removed += 1,
+                Err(e) => {
+                    tracing::warn!(container = %id, error = %e, "could not delete a leftover build container")
+                }
+            }
+        }
+        removed
+    }
+}
+
+/// One container in `runc list --format json`.
+#[derive(Debug, serde::Deserialize)]
+struct Listed {
+    id: String,
+    bundle: PathBuf,
+}
+
+/// Ids of the listed containers whose bundle lies under `under` (all of them for `None`).
+fn containers_under(json: &str, under: Option<&Path>) -> Vec<String> {
+    // runc prints `null` when there are none.
+    let listed: Vec<Listed> = serde_json::from_str::<Option<Vec<Listed>>>(json.trim())
+        .ok()
+        .flatten()
+        .unwrap_or_default();
+    listed
+        .into_iter()
+        .filter(|c| match under {
+            Some(dir) => c.bundle.starts_with(dir),
+            None => true,
+        })
+        .map(|c| c.id)
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn kinds_parse_and_name_what_is_accepted() {
+        assert_eq!("oci".parse::<IsolationKind>(), Ok(IsolationKind::Oci));
+        assert_eq!(
+            " Chroot ".parse::<IsolationKind>(),
+            Ok(IsolationKind::Chroot)
+        );
+        let e = "rootless".parse::<IsolationKind>().unwrap_err();
+        assert!(
+            e.contains("'rootless'") && e.contains("oci") && e.contains("chroot"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn oci_steps_run_in_runc_under_the_agents_state_dir() {
+        let oci = Isolation::Oci {
+            runtime: "runc".into(),
+            state_dir: "/w/storage/runc".into(),
+        };
+        let args: Vec<String> = oci
+            .build_args()
+            .iter()
+            .map(|a| a.to_string_lossy().into_owned())
+            .collect();
+        assert_eq!(
+            args.join(" "),
+            "--isolation oci --runtime runc --runtime-flag root=/w/storage/runc \
+             --cgroup-manager cgroupfs --network host"
+        );
+        assert_eq!(
+            Isolation::Chroot.build_args(),
+            vec![OsString::from("--isolation"), OsString::from("chroot")]
+        );
+    }
+
+    #[test]
+    fn leftovers_are_found_by_their_bundle() {
+        let json = r#"[{"ociVersion":"1.0.2-dev","id":"buildah-buildah1","pid":7,"status":"running",
+            "bundle":"/w/builds/a/tmp/buildah1","rootfs":"/x","created":"2026-12-05T08:26:14Z","owner":"root"},
+            {"ociVersion":"1.0.2-dev","id":"buildah-buildah2","pid":8,"status":"stopped",
+            "bundle":"/w/builds/b/tmp/buildah2","rootfs":"/y","created":"2026-12-05T08:26:14Z","owner":"root"}]"#;
+        assert_eq!(
+            containers_under(json, Some(Path::new("/w/builds/a/tmp"))),
+            ["buildah-buildah1"]
+        );
+        assert_eq!(containers_under(json, None).len(), 2);
+        assert!(containers_under("null", None).is_empty());
+        assert!(containers_under("", None).is_empty());
+    }
+}

@@ -1,0 +1,208 @@
+//! A hostile `RUN` step against the agent's isolation, end to end (issue 15). A static C program,
+//! compiled here with gcc, does the classic chroot escape (`mkdir("/j")`, `chroot("/j")`, `chdir("..")`
+//! 64 times, `chroot(".")`), then tries to read the agent's own token file by its path on the host
+//! and counts the processes it can see in `/proc`, looking for the agent. It prints what it got;
+//! the assertions read the step's own output from the build log.
+//!
+//! With the agents' default `--isolation oci` (a runc container per step) the escape leads nowhere:
+//! the token cannot be opened and only the step's own few processes are visible; the step also
+//! shows it runs under a seccomp filter. The same step on
+//! an agent started with `--isolation chroot` reads the token and sees the agent: that is why
+//! chroot isolation is for trusted single-tenant use only, and it shows the probe would catch a
+//! sandbox that let the step out.
+
+use std::path::Path;
+use std::process::Command;
+use std::time::Duration;
+
+use archfarm_e2e::{preflight, Agent, AgentOptions, BuildContext, Coordinator, Registry};
+use archfarm_protocol::api::JobState;
+
+/// How long one single-platform job may take.
+const JOB_TIMEOUT: Duration = Duration::from_secs(300);
+
+/// The escape: every line it prints starts with `sandbox:`.
+const ESCAPE_C: &str = r#"
+#include <dirent.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <stdio.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+int main(int argc, char **argv) {
+    if (argc < 2) return 2;
+    mkdir("/j", 0700);
+    if (chroot("/j") != 0) printf("sandbox: chroot refused: %s\n", strerror(errno));
+    for (int i = 0; i < 64; i++) chdir("..");
+    chroot(".");
+    int fd = open(argv[1], O_RDONLY);
+    if (fd < 0) {
+        printf("sandbox: token blocked: %s\n", strerror(errno));
+    } else {
+        char buf[256] = {0};
+        ssize_t n = read(fd, buf, sizeof buf - 1);
+        printf("sandbox: token read: %.*s\n", n > 0 ? (int)n : 0, buf);
+    }
+    int procs = 0, agent = 0;
+    DIR *d = opendir("/proc");
+    struct dirent *e;
+    while (d && (e = readdir(d))) {
+        if (e->d_name[0] < '0' || e->d_name[0] > '9') continue;
+        procs++;
+        char path[300], comm[64] = {0};
+        snprintf(path, sizeof path, "/proc/%s/comm", e->d_name);
+        FILE *f = fopen(path, "r");
+        if (f) {
+            if (fgets(comm, sizeof comm, f) && strstr(comm, "archfarm-agent")) agent = 1;
+            fclose(f);
+        }
+    }
+    printf("sandbox: processes visible: %d, agent visible: %s\n", procs, agent ? "yes" : "no");
+    return 0;
+}
+"#;
+
+const DOCKERFILE: &str = "FROM scratch
+COPY rootfs/amd64/ /
+RUN [\"/bin/busybox\", \"--install\", \"-s\", \"/bin\"]
+ENV PATH=/bin
+COPY escape /escape
+ARG TOKEN_PATH
+RUN /escape \"$TOKEN_PATH\" && grep -E '^(NoNewPrivs|Seccomp):' /proc/self/status | sed 's/^/sandbox: /'
+";
+
+/// The context: the example's amd64 busybox, the escape compiled statically, the Dockerfile.
+fn hostile_context() -> BuildContext {
+    let context = BuildContext::hello();
+    context.write("escape.c", ESCAPE_C);
+    context.write("Dockerfile", DOCKERFILE);
+    let out = Command::new("gcc")
+        .args(["-static", "-O1", "-o"])
+        .arg(context.path().join("escape"))
+        .arg(context.path().join("escape.c"))
+        .output()
+        .expect(
+            "gcc is needed to build the escape program (Debian: apt-get install gcc libc6-dev)",
+        );
+    assert!(
+        out.status.success(),
+        "gcc -static failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    context
+}
+
+/// Runs the escape on `agent` (the only agent of `coordinator`) and returns its `sandbox:` lines and
+/// the agent's token.
+fn escape_on(
+    coordinator: &Coordinator,
+    registry: &Registry,
+    agent: &Agent,
+    tag: &str,
+) -> (Vec<String>, String) {
+    let token_path = agent.work_dir().join("agent-token");
+    let token = std::fs::read_to_string(&token_path)
+        .unwrap_or_else(|e| panic!("read {}: {e}", token_path.display()));
+    assert!(!token.trim().is_empty(), "the agent keeps its token");
+    let context = hostile_context();
+    let image = format!("{}/sandbox:{tag}", registry.host());
+    let build_arg = format!("TOKEN_PATH={}", token_path.display());
+    let id = coordinator.submit(&[
+        "--platform",
+        "linux/amd64",
+        "--build-arg",
+        &build_arg,
+        "-t",
+        &image,
+        &context.arg(),
+    ]);
+    let job = coordinator.wait_terminal(id, JOB_TIMEOUT);
+    let log = coordinator.build_log(job.builds[0].id);
+    assert_eq!(job.state, JobState::Succeeded, "{job:#?}\n{log}");
+    let said: Vec<String> = log
+        .lines()
+        .filter(|l| l.starts_with("sandbox:"))
+        .map(str::to_string)
+        .collect();
+    eprintln!("{tag} isolation, the step said:\n  {}", said.join("\n  "));
+    (said, token.trim().to_string())
+}
+
+/// The number in `sandbox: processes visible: N, …`.
+fn processes_seen(said: &[String]) -> usize {
+    said.iter()
+        .find_map(|l| l.strip_prefix("sandbox: processes visible: "))
+        .and_then(|rest| rest.split(',').next())
+        .and_then(|n| n.trim().parse().ok())
+        .unwrap_or_else(|| panic!("the step did not count processes: {said:?}"))
+}
+
+#[test]
+fn a_chroot_escape_reaches_nothing_of_the_agent() {
+    preflight();
+    assert!(
+        Path::new("/usr/sbin/runc").exists() || Path::new("/usr/bin/runc").exists(),
+        "runc is not installed: run scripts/setup.sh"
+    );
+    let registry = Registry::start();
+    let coordinator = Coordinator::start();
+
+    // The default: each step in its own runc container.
+    let mut boxed = Agent::start(&coordinator, AgentOptions::new("boxed").emulate("none"));
+    assert!(
+        boxed
+            .log()
+            .contains("each RUN step runs in its own runc container"),
+        "{}",
+        boxed.log_tail(20)
+    );
+    let (said, token) = escape_on(&coordinator, &registry, &boxed, "oci");
+    assert!(
+        said.iter()
+            .any(|l| l.starts_with("sandbox: token blocked:")),
+        "{said:?}"
+    );
+    assert!(
+        !said.iter().any(|l| l.contains(&token)),
+        "the step read the agent token"
+    );
+    assert!(
+        said.iter().any(|l| l.ends_with("agent visible: no")),
+        "{said:?}"
+    );
+    // The default seccomp filter. (`NoNewPrivs` is printed too: buildah 1.28 leaves it at 0.)
+    assert!(said.iter().any(|l| l == "sandbox: Seccomp:\t2"), "{said:?}");
+    let seen = processes_seen(&said);
+    assert!(
+        seen < 10,
+        "the step saw {seen} processes: not a PID namespace of its own"
+    );
+    boxed.stop();
+
+    // The same step with chroot isolation gets out: the probe does catch an open sandbox.
+    let open = Agent::start(
+        &coordinator,
+        AgentOptions::new("chrooted")
+            .emulate("none")
+            .arg("--isolation")
+            .arg("chroot"),
+    );
+    assert!(
+        open.log().contains("for trusted single-tenant use only"),
+        "{}",
+        open.log_tail(20)
+    );
+    let (said, token) = escape_on(&coordinator, &registry, &open, "chroot");
+    assert!(
+        said.iter()
+            .any(|l| l == &format!("sandbox: token read: {token}")),
+        "under chroot isolation the escape should reach the token: {said:?}"
+    );
+    assert!(
+        said.iter().any(|l| l.ends_with("agent visible: yes")),
+        "{said:?}"
+    );
+    assert!(processes_seen(&said) > seen, "{said:?}");
+}

@@ -4,6 +4,9 @@
 //! and counts the processes it can see in `/proc`, looking for the agent. It prints what it got;
 //! the assertions read the step's own output from the build log.
 //!
+//! The program also asks for the coordinator's health endpoint on the host's loopback: the agents'
+//! default network (the host's) reaches it, `--network none` does not.
+//!
 //! With the agents' default `--isolation oci` (a runc container per step) the escape leads nowhere:
 //! the token cannot be opened and only the step's own few processes are visible; the step also
 //! shows it runs under a seccomp filter. The same step on
@@ -27,12 +30,38 @@ const ESCAPE_C: &str = r#"
 #include <errno.h>
 #include <fcntl.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
 #include <unistd.h>
+#include <arpa/inet.h>
+#include <netinet/in.h>
+#include <sys/socket.h>
+
+/* GET /healthz from 127.0.0.1:port (no name lookup: a static binary has no NSS). */
+static void reach(const char *port) {
+    struct sockaddr_in a = {0};
+    a.sin_family = AF_INET;
+    a.sin_port = htons((unsigned short)atoi(port));
+    inet_pton(AF_INET, "127.0.0.1", &a.sin_addr);
+    int s = socket(AF_INET, SOCK_STREAM, 0);
+    if (s < 0 || connect(s, (struct sockaddr *)&a, sizeof a) != 0) {
+        printf("sandbox: coordinator unreachable: %s\n", strerror(errno));
+        return;
+    }
+    const char *req = "GET /healthz HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n";
+    write(s, req, strlen(req));
+    char buf[512] = {0};
+    ssize_t n = read(s, buf, sizeof buf - 1);
+    char *eol = strpbrk(buf, "\r\n");
+    if (eol) *eol = 0;
+    printf("sandbox: coordinator answered: %s\n", n > 0 ? buf : "(nothing)");
+    close(s);
+}
 
 int main(int argc, char **argv) {
-    if (argc < 2) return 2;
+    if (argc < 3) return 2;
+    reach(argv[2]);
     mkdir("/j", 0700);
     if (chroot("/j") != 0) printf("sandbox: chroot refused: %s\n", strerror(errno));
     for (int i = 0; i < 64; i++) chdir("..");
@@ -70,7 +99,9 @@ RUN [\"/bin/busybox\", \"--install\", \"-s\", \"/bin\"]
 ENV PATH=/bin
 COPY escape /escape
 ARG TOKEN_PATH
-RUN /escape \"$TOKEN_PATH\" && grep -E '^(NoNewPrivs|Seccomp):' /proc/self/status | sed 's/^/sandbox: /'
+ARG COORDINATOR_PORT
+RUN /escape \"$TOKEN_PATH\" \"$COORDINATOR_PORT\" \\
+ && grep -E '^(NoNewPrivs|Seccomp):' /proc/self/status | sed 's/^/sandbox: /'
 ";
 
 /// The context: the example's amd64 busybox, the escape compiled statically, the Dockerfile.
@@ -108,12 +139,22 @@ fn escape_on(
     assert!(!token.trim().is_empty(), "the agent keeps its token");
     let context = hostile_context();
     let image = format!("{}/sandbox:{tag}", registry.host());
-    let build_arg = format!("TOKEN_PATH={}", token_path.display());
+    let token_arg = format!("TOKEN_PATH={}", token_path.display());
+    let port = coordinator
+        .url()
+        .trim_end_matches('/')
+        .rsplit(':')
+        .next()
+        .expect("the coordinator URL has a port")
+        .to_string();
+    let coordinator_arg = format!("COORDINATOR_PORT={port}");
     let id = coordinator.submit(&[
         "--platform",
         "linux/amd64",
         "--build-arg",
-        &build_arg,
+        &token_arg,
+        "--build-arg",
+        &coordinator_arg,
         "-t",
         &image,
         &context.arg(),
@@ -179,7 +220,36 @@ fn a_chroot_escape_reaches_nothing_of_the_agent() {
         seen < 10,
         "the step saw {seen} processes: not a PID namespace of its own"
     );
+    // The default network is the host's: the step reaches the coordinator on the host's loopback.
+    assert!(
+        said.iter()
+            .any(|l| l.starts_with("sandbox: coordinator answered: HTTP/1.")
+                && l.ends_with(" 200 OK")),
+        "{said:?}"
+    );
     boxed.stop();
+
+    // `--network none`: the same container, and nothing to reach.
+    let mut cut_off = Agent::start(
+        &coordinator,
+        AgentOptions::new("cut-off")
+            .emulate("none")
+            .arg("--network")
+            .arg("none"),
+    );
+    let (said, token) = escape_on(&coordinator, &registry, &cut_off, "oci-network-none");
+    assert!(
+        said.iter()
+            .any(|l| l.starts_with("sandbox: coordinator unreachable")),
+        "{said:?}"
+    );
+    assert!(
+        said.iter()
+            .any(|l| l.starts_with("sandbox: token blocked:"))
+            && !said.iter().any(|l| l.contains(&token)),
+        "{said:?}"
+    );
+    cut_off.stop();
 
     // The same step with chroot isolation gets out: the probe does catch an open sandbox.
     let open = Agent::start(

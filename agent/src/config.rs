@@ -10,7 +10,7 @@ use archfarm_protocol::{Platform, PlatformError};
 use clap::Parser;
 use reqwest::Url;
 
-use crate::backend::isolation::IsolationKind;
+use crate::backend::isolation::{IsolationKind, Network};
 
 /// Where the agent keeps its storage, context cache and build directories unless told otherwise.
 pub const DEFAULT_WORK_DIR: &str = "/var/lib/archfarm-agent";
@@ -61,6 +61,13 @@ pub struct Config {
     /// leave: for trusted single-tenant use only, and logged as such at start.
     #[arg(long, env = "ARCHFARM_ISOLATION", default_value = "oci")]
     pub isolation: IsolationKind,
+
+    /// The network of `RUN` steps with `--isolation oci`: `host` (the agent host's network, as
+    /// package installs need on most hosts; steps reach the host's loopback services and a cloud's
+    /// metadata endpoint), `none` (loopback only) or `private` (a namespace behind NAT). Default:
+    /// `host`.
+    #[arg(long, env = "ARCHFARM_NETWORK", default_value = "host")]
+    pub network: Network,
 
     /// The OCI runtime that runs steps with `--isolation oci`. Default: `runc` from `PATH`.
     #[arg(long, env = "ARCHFARM_OCI_RUNTIME", default_value = "runc")]
@@ -181,6 +188,7 @@ mod tests {
         assert_eq!(c.emulate, Emulate::Auto);
         assert_eq!(c.isolation, IsolationKind::Oci);
         assert_eq!(c.oci_runtime, PathBuf::from("runc"));
+        assert_eq!(c.network, Network::Host);
         assert!(c.platforms.is_empty());
         assert!(!c.name.is_empty());
     }

@@ -39,7 +39,7 @@ pub use config::{Config, Emulate, Secret};
 pub use shutdown::Stopped;
 
 use backend::buildah::Buildah;
-use backend::isolation::{Isolation, IsolationKind};
+use backend::isolation::{Isolation, IsolationKind, Network};
 use backend::{Backend, BackendError};
 use client::{ClientError, CoordinatorClient};
 use detect::DetectError;
@@ -162,6 +162,7 @@ pub async fn run(
         emulated = %detect::join(&platforms.emulated),
         capacity = config.capacity,
         isolation = %config.isolation,
+        network = %config.network,
         coordinator = %config.coordinator,
         "starting"
     );
@@ -172,7 +173,15 @@ pub async fn run(
         IsolationKind::Oci => Isolation::Oci {
             runtime: config.oci_runtime.clone(),
             state_dir: work_dir.storage().join("runc"),
+            network: config.network,
         },
+        IsolationKind::Chroot if config.network != Network::Host => {
+            return Err(AgentError::Config(format!(
+                "--network {} needs --isolation oci: chroot isolation always shares the host's \
+                 network",
+                config.network
+            )))
+        }
         IsolationKind::Chroot => Isolation::Chroot,
     };
     let mut buildah = Buildah::new(&work_dir.storage()).with_isolation(isolation);

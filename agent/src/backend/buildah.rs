@@ -8,7 +8,7 @@ use std::path::{Component, Path, PathBuf};
 use tokio::process::Command;
 use tokio_util::sync::CancellationToken;
 
-use super::isolation::Isolation;
+use super::isolation::{Isolation, Network};
 use super::process::{run_logged, run_quiet};
 use super::{Backend, BackendError, BoxFuture, BuildSpec, LogSink, PushedImage};
 use crate::push::{self, Retry, Target};
@@ -39,6 +39,7 @@ impl Buildah {
             isolation: Isolation::Oci {
                 runtime: PathBuf::from("runc"),
                 state_dir: storage.join("runc"),
+                network: Network::Host,
             },
             push_retry: Retry::default(),
             registry_ca: None,
@@ -230,10 +231,13 @@ impl Backend for Buildah {
                             "killed build steps left running by an earlier agent"
                         );
                     }
-                    tracing::info!(
-                        isolation = "oci",
-                        "each RUN step runs in its own runc container"
-                    );
+                    if let Isolation::Oci { network, .. } = &self.isolation {
+                        tracing::info!(
+                            isolation = "oci",
+                            %network,
+                            "each RUN step runs in its own runc container"
+                        );
+                    }
                 }
                 super::isolation::IsolationKind::Chroot => tracing::warn!(
                     isolation = "chroot",

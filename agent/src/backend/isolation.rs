@@ -28,6 +28,8 @@ pub enum Isolation {
         runtime: PathBuf,
         /// runc's state directory for this agent's containers (`--root`).
         state_dir: PathBuf,
+        /// The steps' network.
+        network: Network,
     },
     /// buildah's chroot isolation: trusted, single-tenant use only.
     Chroot,
@@ -66,6 +68,46 @@ impl fmt::Display for IsolationKind {
     }
 }
 
+/// Which network a build's `RUN` steps get with OCI isolation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Network {
+    /// The agent host's own network namespace: what package installs need on most hosts, and
+    /// everything the host reaches (its loopback services, a cloud's metadata endpoint).
+    #[default]
+    Host,
+    /// A namespace with only a loopback interface: nothing outside the step is reachable.
+    None,
+    /// A namespace of its own behind a bridge with NAT (buildah's CNI default): the outside world,
+    /// but not the host's loopback services; the host's routes (a metadata endpoint) still apply.
+    Private,
+}
+
+impl FromStr for Network {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s.trim().to_ascii_lowercase().as_str() {
+            "host" => Ok(Network::Host),
+            "none" => Ok(Network::None),
+            "private" => Ok(Network::Private),
+            other => Err(format!(
+                "'{other}' is not a build network: accepted are host (the agent host's network, \
+                 the default), none (loopback only) and private (a namespace behind NAT)"
+            )),
+        }
+    }
+}
+
+impl fmt::Display for Network {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Network::Host => "host",
+            Network::None => "none",
+            Network::Private => "private",
+        })
+    }
+}
+
 /// Why the isolation cannot be used on this machine.
 #[derive(Debug, thiserror::Error)]
 #[error("OCI isolation does not work on this machine: {0}")]
@@ -80,12 +122,11 @@ impl Isolation {
         }
     }
 
-    /// The `buildah build` options that select this isolation. Steps keep the host's network for
-    /// now (package installs need it on most hosts).
+    /// The `buildah build` options that select this isolation and the steps' network.
     pub fn build_args(&self) -> Vec<OsString> {
         let mut args = self.runtime_args();
-        if matches!(self, Isolation::Oci { .. }) {
-            args.extend(["--network".into(), "host".into()]);
+        if let Isolation::Oci { network, .. } = self {
+            args.extend(["--network".into(), network.to_string().into()]);
         }
         args
     }
@@ -93,7 +134,9 @@ impl Isolation {
     /// The options that pick the isolation and runtime, shared by `buildah build` and `buildah run`.
     fn runtime_args(&self) -> Vec<OsString> {
         match self {
-            Isolation::Oci { runtime, state_dir } => {
+            Isolation::Oci {
+                runtime, state_dir, ..
+            } => {
                 let mut root = OsString::from("root=");
                 root.push(state_dir);
                 vec![
@@ -174,7 +217,10 @@ impl Isolation {
     /// temporary directory), or all of this agent's when `under` is `None` (at start, when nothing
     /// of this process runs yet). Returns how many it removed.
     pub async fn reap(&self, under: Option<&Path>) -> usize {
-        let Isolation::Oci { runtime, state_dir } = self else {
+        let Isolation::Oci {
+            runtime, state_dir, ..
+        } = self
+        else {
             return 0;
         };
         if !state_dir.exists() {
@@ -256,10 +302,21 @@ mod tests {
     }
 
     #[test]
+    fn networks_parse_and_name_what_is_accepted() {
+        assert_eq!("host".parse::<Network>(), Ok(Network::Host));
+        assert_eq!("None".parse::<Network>(), Ok(Network::None));
+        assert_eq!("private".parse::<Network>(), Ok(Network::Private));
+        assert_eq!(Network::default(), Network::Host);
+        let e = "bridge".parse::<Network>().unwrap_err();
+        assert!(e.contains("'bridge'") && e.contains("none"), "{e}");
+    }
+
+    #[test]
     fn oci_steps_run_in_runc_under_the_agents_state_dir() {
         let oci = Isolation::Oci {
             runtime: "runc".into(),
             state_dir: "/w/storage/runc".into(),
+            network: Network::None,
         };
         let args: Vec<String> = oci
             .build_args()
@@ -269,7 +326,7 @@ mod tests {
         assert_eq!(
             args.join(" "),
             "--isolation oci --runtime runc --runtime-flag root=/w/storage/runc \
-             --cgroup-manager cgroupfs --network host"
+             --cgroup-manager cgroupfs --network none"
         );
         assert_eq!(
             Isolation::Chroot.build_args(),

@@ -25,9 +25,12 @@ const PLATFORMS: &str = "linux/amd64,linux/arm64";
 const BATCH_TIMEOUT: Duration = Duration::from_secs(600);
 
 /// Two coordinators, `a` and `b`, on one fresh PostgreSQL database with the same join token.
-fn replicas() -> (Arc<Database>, Coordinator, Coordinator) {
+/// `opts` sets the lease lengths: a test that kills a replica wants them short so its work moves
+/// soon; one that kills nothing wants the defaults, so that a busy machine delaying a renewal by
+/// a few seconds does not hand a live stitch to the other replica.
+fn replicas(opts: CoordinatorOptions) -> (Arc<Database>, Coordinator, Coordinator) {
     let db = Arc::new(Database::postgres());
-    let opts = CoordinatorOptions::fast_leases().database(db.clone());
+    let opts = opts.database(db.clone());
     let a = Coordinator::start_with(opts.clone().arg("--replica-name").arg("a"));
     let b = Coordinator::start_with(opts.arg("--replica-name").arg("b"));
     (db, a, b)
@@ -101,7 +104,7 @@ fn submit_batch(
 fn two_replicas_share_one_database() {
     preflight();
     let registry = Registry::start();
-    let (db, a, b) = replicas();
+    let (db, a, b) = replicas(CoordinatorOptions::default());
     let context = BuildContext::hello();
 
     // Only b has agents: each job submitted to a is picked up by an agent long-polling b.
@@ -188,7 +191,7 @@ fn two_replicas_share_one_database() {
 fn a_replica_killed_mid_batch_leaves_the_batch_to_the_other() {
     preflight();
     let registry = Registry::start();
-    let (db, mut a, b) = replicas();
+    let (db, mut a, b) = replicas(CoordinatorOptions::fast_leases());
     let context = BuildContext::hello();
     // Long enough a RUN step that the kill lands while builds are running.
     context.write(

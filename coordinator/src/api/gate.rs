@@ -59,18 +59,11 @@ pub async fn check(State(gate): State<Gate>, mut req: Request, next: Next) -> Re
     if let Err(e) = client_cert::require_for_agents(&gate.state, &req, access) {
         return e.into_response();
     }
-    match lookup {
-        Lookup::Found(_) => {}
-        Lookup::OtherMethods(allowed) => return method_not_allowed(&allowed),
-        Lookup::Missing => {
-            // Only a route added to the router without `Routes` gets here: a bug, kept closed.
-            tracing::error!(method = %req.method(), route = ?route, "refused a route that has no access rule");
-            return ApiError::Forbidden {
-                code: "no_access_rule",
-                message: "this route has no access rule, so nobody may call it".into(),
-            }
-            .into_response();
-        }
+    if lookup == Lookup::Missing {
+        tracing::error!(method = %req.method(), route = ?route, "refused a route that has no access rule");
+    }
+    if let Some(answer) = unlisted(lookup) {
+        return answer;
     }
     match admit(&gate.state, &mut req, access).await {
         Ok(()) => next.run(req).await,
@@ -85,19 +78,33 @@ pub async fn check(State(gate): State<Gate>, mut req: Request, next: Next) -> Re
     }
 }
 
-/// What axum answers for a method a path has no handler for; answered here so that nothing
-/// outside the table can run.
-fn method_not_allowed(allowed: &[Method]) -> Response {
-    let allow = allowed
-        .iter()
-        .map(Method::as_str)
-        .collect::<Vec<_>>()
-        .join(",");
-    let mut res = StatusCode::METHOD_NOT_ALLOWED.into_response();
-    if let Ok(v) = HeaderValue::from_str(&allow) {
-        res.headers_mut().insert(header::ALLOW, v);
+/// The answer for a route the table does not list for this method, if it does not: 405 with
+/// the methods it does list (what axum would answer, answered here so that nothing outside the
+/// table runs), or 403 for a path it does not know at all.
+fn unlisted(lookup: Lookup) -> Option<Response> {
+    match lookup {
+        Lookup::Found(_) => None,
+        Lookup::OtherMethods(allowed) => {
+            let allow = allowed
+                .iter()
+                .map(Method::as_str)
+                .collect::<Vec<_>>()
+                .join(",");
+            let mut res = StatusCode::METHOD_NOT_ALLOWED.into_response();
+            if let Ok(v) = HeaderValue::from_str(&allow) {
+                res.headers_mut().insert(header::ALLOW, v);
+            }
+            Some(res)
+        }
+        // Only a route added to the router without `Routes` gets here: a bug, kept closed.
+        Lookup::Missing => Some(
+            ApiError::Forbidden {
+                code: "no_access_rule",
+                message: "this route has no access rule, so nobody may call it".into(),
+            }
+            .into_response(),
+        ),
     }
-    res
 }
 
 /// Checks the caller against `access` and records what was established in `req`'s extensions.
@@ -185,5 +192,20 @@ impl<S: Send + Sync, T: Clone + Send + Sync + 'static> FromRequestParts<S> for A
                     parts.uri.path()
                 ))
             })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_listed_routes_pass_and_unlisted_ones_are_refused() {
+        assert!(unlisted(Lookup::Found(Access::Public)).is_none());
+        let res = unlisted(Lookup::OtherMethods(vec![Method::GET, Method::HEAD])).unwrap();
+        assert_eq!(res.status(), StatusCode::METHOD_NOT_ALLOWED);
+        assert_eq!(res.headers()[header::ALLOW], "GET,HEAD");
+        let res = unlisted(Lookup::Missing).unwrap();
+        assert_eq!(res.status(), StatusCode::FORBIDDEN);
     }
 }

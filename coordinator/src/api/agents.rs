@@ -7,32 +7,35 @@ use archfarm_protocol::api::{
     AgentList, AgentState, Lease, LeaseRequest, RegisterRequest, RegisterResponse,
     MAX_AGENT_CAPACITY,
 };
-use archfarm_protocol::tokens::{Scope, AGENT_TOKEN_PREFIX};
+use archfarm_protocol::tokens::AGENT_TOKEN_PREFIX;
 use archfarm_protocol::Platform;
 use axum::extract::{Path, State};
-use axum::http::{HeaderMap, StatusCode};
+use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
-use axum::routing::{delete, get, post};
-use axum::{Json, Router};
+use axum::Json;
 use uuid::Uuid;
 
-use super::auth::{require, require_agent, require_join, token_hash, Joined};
+use super::access::Access;
+use super::auth::{token_hash, Caller};
 use super::error::{parse_id, ApiError, ApiJson};
+use super::gate::Authed;
+use super::join::{agent_revoked, require_join, JoinPass, Joined};
+use super::routes::Routes;
 use super::views;
 use crate::scheduler::Claimed;
 use crate::store::{AgentRow, Registered};
 use crate::AppState;
 
 /// Routes of this resource.
-pub fn router() -> Router<AppState> {
-    Router::new()
-        .route("/agents", get(list))
-        .route("/agents/register", post(register))
-        .route("/agents/{id}/lease", post(lease))
-        .route("/agents/{id}/drain", post(drain))
-        .route("/agents/{id}/deregister", post(deregister))
-        .route("/agents/{id}/revoke", post(revoke))
-        .route("/agents/{id}", delete(forget))
+pub fn routes() -> Routes {
+    Routes::new()
+        .get("/agents", Access::Read, list)
+        .post("/agents/register", Access::Join, register)
+        .post("/agents/{id}/lease", Access::AgentItself, lease)
+        .post("/agents/{id}/drain", Access::AgentItselfOrAdmin, drain)
+        .post("/agents/{id}/deregister", Access::AgentItself, deregister)
+        .post("/agents/{id}/revoke", Access::Admin, revoke)
+        .delete("/agents/{id}", Access::Admin, forget)
 }
 
 fn parse_platforms(list: &[String], what: &str) -> Result<Vec<Platform>, ApiError> {
@@ -49,7 +52,7 @@ fn parse_platforms(list: &[String], what: &str) -> Result<Vec<Platform>, ApiErro
 
 async fn register(
     State(state): State<AppState>,
-    headers: HeaderMap,
+    Authed(pass): Authed<JoinPass>,
     ApiJson(req): ApiJson<RegisterRequest>,
 ) -> Result<Json<RegisterResponse>, ApiError> {
     let name_ok = !req.name.is_empty()
@@ -85,13 +88,14 @@ async fn register(
             "an agent must offer at least one platform",
         ));
     }
-    let joined = match require_join(&state, &headers, &req.name).await {
+    let joined = match require_join(&state, &pass, &req.name).await {
         Ok(joined) => joined,
-        // A revoked agent falls back to its join token, often spent by then: say what really
-        // keeps it out, so its operator knows an admin must act.
+        // Refused under a revoked agent's name (another agent's token, a join token spent since
+        // the gate checked it): say what really keeps it out, so its operator knows an admin
+        // must act.
         Err(_) if state.store.agent_name_revoked(&req.name).await? => {
             tracing::warn!(agent = %req.name, "registration refused: the agent was revoked");
-            return Err(revoked(&req.name));
+            return Err(agent_revoked(&req.name));
         }
         Err(e) => {
             tracing::warn!(agent = %req.name, "registration refused: wrong, spent or missing join token");
@@ -128,7 +132,7 @@ async fn register(
         }
         Ok(Registered::Revoked) => {
             tracing::warn!(agent = %req.name, "registration refused: the agent was revoked");
-            Err(revoked(&req.name))
+            Err(agent_revoked(&req.name))
         }
         Err(e) => Err(e.into()),
     };
@@ -155,31 +159,14 @@ async fn register(
     }))
 }
 
-/// The refusal of a registration under a revoked agent's name.
-fn revoked(name: &str) -> ApiError {
-    ApiError::Forbidden {
-        code: "agent_revoked",
-        message: format!(
-            "the agent named '{name}' was revoked by an admin; it may register again only after \
-             an admin runs `archfarm agents forget {name}`"
-        ),
-    }
-}
-
 async fn lease(
     State(state): State<AppState>,
-    headers: HeaderMap,
+    Authed(agent): Authed<AgentRow>,
     Path(raw): Path<String>,
     ApiJson(req): ApiJson<LeaseRequest>,
 ) -> Result<Response, ApiError> {
-    let agent = require_agent(&state, &headers).await?;
-    let id = parse_id("agent", &raw)?;
-    if id != agent.id {
-        return Err(ApiError::Unauthorized {
-            code: "invalid_agent_token",
-            message: "this token belongs to another agent".into(),
-        });
-    }
+    // The gate checked an `{id}` that is an id names this agent.
+    parse_id("agent", &raw)?;
     state.store.touch_agent_row(&agent).await?;
     if agent.draining {
         return Err(ApiError::Conflict {
@@ -276,30 +263,19 @@ async fn lease_for(
     })
 }
 
-async fn list(
-    State(state): State<AppState>,
-    headers: HeaderMap,
-) -> Result<Json<AgentList>, ApiError> {
-    require(&state, &headers, Scope::Read).await?;
+async fn list(State(state): State<AppState>) -> Result<Json<AgentList>, ApiError> {
     Ok(Json(AgentList {
         agents: views::agents(&state).await?,
     }))
 }
 
 /// Marks an agent draining: its running builds finish, it takes no new ones. Allowed to the agent
-/// itself (on SIGTERM) and to admins (`archfarm agents drain NAME`).
+/// itself (on SIGTERM) and to admins (`archfarm agents drain NAME`): the gate checked which.
 async fn drain(
     State(state): State<AppState>,
-    headers: HeaderMap,
     Path(raw): Path<String>,
 ) -> Result<Json<archfarm_protocol::api::Agent>, ApiError> {
     let id = parse_id("agent", &raw)?;
-    let by_itself = require_agent(&state, &headers)
-        .await
-        .is_ok_and(|a| a.id == id);
-    if !by_itself {
-        require(&state, &headers, Scope::Admin).await?;
-    }
     if !state.store.set_draining(id).await? {
         return Err(ApiError::NotFound(format!("no agent with id '{id}'")));
     }
@@ -328,10 +304,9 @@ async fn agent_view(state: &AppState, id: Uuid) -> Result<archfarm_protocol::api
 /// agents; and it cannot register again under its name until an admin forgets it.
 async fn revoke(
     State(state): State<AppState>,
-    headers: HeaderMap,
+    Authed(caller): Authed<Caller>,
     Path(raw): Path<String>,
 ) -> Result<Json<archfarm_protocol::api::Agent>, ApiError> {
-    let caller = require(&state, &headers, Scope::Admin).await?;
     let id = parse_id("agent", &raw)?;
     let requeued = state
         .store
@@ -347,10 +322,9 @@ async fn revoke(
 /// its name; an online agent must be drained or revoked first.
 async fn forget(
     State(state): State<AppState>,
-    headers: HeaderMap,
+    Authed(caller): Authed<Caller>,
     Path(raw): Path<String>,
 ) -> Result<StatusCode, ApiError> {
-    let caller = require(&state, &headers, Scope::Admin).await?;
     let id = parse_id("agent", &raw)?;
     let agent = agent_view(&state, id).await?;
     if !matches!(agent.state, AgentState::Revoked | AgentState::Offline) {
@@ -373,17 +347,12 @@ async fn forget(
 /// Removes the calling agent (the end of a drain); anything it still held is requeued.
 async fn deregister(
     State(state): State<AppState>,
-    headers: HeaderMap,
+    Authed(agent): Authed<AgentRow>,
     Path(raw): Path<String>,
 ) -> Result<StatusCode, ApiError> {
-    let agent = require_agent(&state, &headers).await?;
-    let id = parse_id("agent", &raw)?;
-    if id != agent.id {
-        return Err(ApiError::Unauthorized {
-            code: "invalid_agent_token",
-            message: "this token belongs to another agent".into(),
-        });
-    }
+    // The gate checked an `{id}` that is an id names this agent.
+    parse_id("agent", &raw)?;
+    let id = agent.id;
     let requeued = state.store.deregister_agent(id).await?;
     tracing::info!(agent.id = %id, agent = %agent.name, requeued, "agent deregistered");
     state.scheduler.wake().await;

@@ -4,7 +4,7 @@
 use axum::http::HeaderMap;
 use sha2::{Digest as _, Sha256};
 
-use archfarm_protocol::tokens::{Scope, AGENT_TOKEN_PREFIX, API_TOKEN_PREFIX, JOIN_TOKEN_PREFIX};
+use archfarm_protocol::tokens::{Scope, AGENT_TOKEN_PREFIX, API_TOKEN_PREFIX};
 
 use super::error::ApiError;
 use crate::config::Secret;
@@ -175,62 +175,6 @@ pub async fn require_agent(state: &AppState, headers: &HeaderMap) -> Result<Agen
         .agent_by_token_hash(&token_hash(token))
         .await?
         .ok_or_else(unauthorized)
-}
-
-/// How a registration was let in.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Joined {
-    /// No join token is required (neither `--join-token` nor `--api-token` is set).
-    Open,
-    /// The static `--join-token`.
-    Static,
-    /// A created join token; one of its uses was taken (give it back if registering fails).
-    Created(uuid::Uuid),
-    /// The agent's own token from an earlier registration under the same name, so a restarted
-    /// agent needs no join token again (a `--uses 1` token is spent on the first registration).
-    Itself,
-}
-
-/// Checks a registration under `name` may proceed, taking a use of a created join token.
-pub async fn require_join(
-    state: &AppState,
-    headers: &HeaderMap,
-    name: &str,
-) -> Result<Joined, ApiError> {
-    let given = bearer(headers);
-    if let Some(t) = given.filter(|t| t.starts_with(AGENT_TOKEN_PREFIX)) {
-        if let Some(agent) = state.store.agent_by_token_hash(&token_hash(t)).await? {
-            if agent.name == name {
-                return Ok(Joined::Itself);
-            }
-        }
-    }
-    if !state.config.join_required() {
-        return Ok(Joined::Open);
-    }
-    let refused = |message: &str| {
-        ApiError::Unauthorized {
-        code: "invalid_join_token",
-        message: format!("{message}: start the agent with --join-token (the coordinator's, or one from `archfarm tokens create --join`)"),
-    }
-    };
-    match given {
-        Some(t) if state.config.join_token.as_ref().is_some_and(|j| same_secret(t, j)) => Ok(Joined::Static),
-        Some(t) if t.starts_with(JOIN_TOKEN_PREFIX) => {
-            match state.store.take_join_token(&token_hash(t)).await? {
-                Ok(info) => Ok(Joined::Created(info.id)),
-                Err(Refusal::Unknown) => Err(refused("the join token was rejected")),
-                Err(Refusal::Expired) => Err(refused("the join token has expired")),
-                Err(Refusal::UsedUp) => Err(refused("the join token has registered as many agents as it allows")),
-                Err(Refusal::Revoked) => Err(refused("the join token was revoked")),
-            }
-        }
-        Some(t) if t.starts_with(AGENT_TOKEN_PREFIX) => Err(refused(&format!(
-            "this agent token is not valid for an agent named '{name}' (revoked, or the coordinator forgot it)"
-        ))),
-        Some(_) => Err(refused("the join token was rejected")),
-        None => Err(refused("this coordinator needs a join token")),
-    }
 }
 
 /// Either a CI client that may submit or an agent (context downloads are needed by both).

@@ -6,22 +6,23 @@ use archfarm_protocol::api::{
 };
 use archfarm_protocol::events::LogResponse;
 use archfarm_protocol::redact::Redactor;
-use archfarm_protocol::tokens::Scope;
 use axum::body::Body;
 use axum::extract::{DefaultBodyLimit, Path, State};
-use axum::http::{header, HeaderMap, StatusCode};
+use axum::handler::Handler as _;
+use axum::http::{header, StatusCode};
 use axum::response::IntoResponse;
-use axum::routing::post;
-use axum::{Json, Router};
+use axum::Json;
 use bytes::Bytes;
 use serde::Deserialize;
 use uuid::Uuid;
 
-use super::auth::{require, require_agent};
+use super::access::Access;
 use super::error::{parse_id, ApiError, ApiJson, ApiQuery};
+use super::gate::Authed;
+use super::routes::Routes;
 use crate::changes::Watcher;
 use crate::metrics::Outcome;
-use crate::store::{BuildRow, LeaseCheck};
+use crate::store::{AgentRow, BuildRow, LeaseCheck};
 use crate::AppState;
 
 /// Most log lines one report may carry.
@@ -30,28 +31,27 @@ const MAX_LINES_PER_REPORT: usize = 10_000;
 const MAX_ERROR_CHARS: usize = 4096;
 
 /// Routes of this resource.
-pub fn router() -> Router<AppState> {
-    Router::new()
-        .route("/builds/{id}/heartbeat", post(heartbeat))
-        .route(
+pub fn routes() -> Routes {
+    Routes::new()
+        .post("/builds/{id}/heartbeat", Access::Agent, heartbeat)
+        .post(
             "/builds/{id}/log",
+            Access::Agent,
             // A log batch may be larger than other JSON bodies; agents keep theirs under this.
-            post(append_log)
-                .layer(DefaultBodyLimit::max(MAX_LOG_BATCH_BYTES))
-                .get(read_log),
+            append_log.layer(DefaultBodyLimit::max(MAX_LOG_BATCH_BYTES)),
         )
-        .route("/builds/{id}/complete", post(complete))
-        .route("/builds/{id}/fail", post(fail))
+        .get("/builds/{id}/log", Access::Read, read_log)
+        .post("/builds/{id}/complete", Access::Agent, complete)
+        .post("/builds/{id}/fail", Access::Agent, fail)
 }
 
 /// The build, if the calling agent holds it under `token`.
 async fn held_build(
     state: &AppState,
-    headers: &HeaderMap,
+    agent: &AgentRow,
     raw: &str,
     token: Uuid,
 ) -> Result<BuildRow, ApiError> {
-    let agent = require_agent(state, headers).await?;
     let id = parse_id("build", raw)?;
     let build = state
         .store
@@ -62,17 +62,17 @@ async fn held_build(
         tracing::warn!(build.id = %id, agent = %agent.name, "report under a lease this agent does not hold refused");
         return Err(ApiError::lease_lost(id));
     }
-    state.store.touch_agent_row(&agent).await?;
+    state.store.touch_agent_row(agent).await?;
     Ok(build)
 }
 
 async fn heartbeat(
     State(state): State<AppState>,
-    headers: HeaderMap,
+    Authed(agent): Authed<AgentRow>,
     Path(raw): Path<String>,
     ApiJson(req): ApiJson<HeartbeatRequest>,
 ) -> Result<Json<HeartbeatResponse>, ApiError> {
-    let build = held_build(&state, &headers, &raw, req.lease_token).await?;
+    let build = held_build(&state, &agent, &raw, req.lease_token).await?;
     match state
         .store
         .renew_lease(build.id, req.lease_token, state.scheduler.lease_expiry())
@@ -86,11 +86,11 @@ async fn heartbeat(
 
 async fn append_log(
     State(state): State<AppState>,
-    headers: HeaderMap,
+    Authed(agent): Authed<AgentRow>,
     Path(raw): Path<String>,
     ApiJson(req): ApiJson<LogRequest>,
 ) -> Result<Json<LogResponse>, ApiError> {
-    let build = held_build(&state, &headers, &raw, req.lease_token).await?;
+    let build = held_build(&state, &agent, &raw, req.lease_token).await?;
     if req.lines.len() > MAX_LINES_PER_REPORT {
         return Err(ApiError::bad(
             "too_many_lines",
@@ -110,11 +110,11 @@ async fn append_log(
 
 async fn complete(
     State(state): State<AppState>,
-    headers: HeaderMap,
+    Authed(agent): Authed<AgentRow>,
     Path(raw): Path<String>,
     ApiJson(req): ApiJson<CompleteRequest>,
 ) -> Result<StatusCode, ApiError> {
-    let build = held_build(&state, &headers, &raw, req.lease_token).await?;
+    let build = held_build(&state, &agent, &raw, req.lease_token).await?;
     if req.media_type.is_empty() || req.media_type.len() > 256 || req.size <= 0 {
         return Err(ApiError::bad(
             "invalid_report",
@@ -154,11 +154,11 @@ async fn complete(
 
 async fn fail(
     State(state): State<AppState>,
-    headers: HeaderMap,
+    Authed(agent): Authed<AgentRow>,
     Path(raw): Path<String>,
     ApiJson(req): ApiJson<FailRequest>,
 ) -> Result<StatusCode, ApiError> {
-    let build = held_build(&state, &headers, &raw, req.lease_token).await?;
+    let build = held_build(&state, &agent, &raw, req.lease_token).await?;
     let error = redactor_for(&state, build.job_id)
         .await?
         .redact(&req.error)
@@ -218,11 +218,9 @@ struct LogQuery {
 /// and new lines are sent as they arrive, until the build ends.
 async fn read_log(
     State(state): State<AppState>,
-    headers: HeaderMap,
     Path(raw): Path<String>,
     ApiQuery(q): ApiQuery<LogQuery>,
 ) -> Result<impl IntoResponse, ApiError> {
-    require(&state, &headers, Scope::Read).await?;
     let id = parse_id("build", &raw)?;
     if state.store.get_build(id).await?.is_none() {
         return Err(ApiError::NotFound(format!("no build with id '{id}'")));

@@ -3,31 +3,19 @@
 //! The TLS verifier accepts clients without a certificate (the CLI, browsers) and fails the
 //! handshake of one whose certificate does not chain to the CA, so here a connection either has a
 //! verified certificate or none. What counts as an agent call: the routes only agents use
-//! (registration, the lease poll, deregistering, build reports) and any request that carries an
-//! agent token (an agent draining itself, downloading a context). `archfarm agents drain` with an
-//! API token still works without a certificate.
+//! (registration, the lease poll, deregistering, build reports: [`Access::agents_only`] in the
+//! route table) and any request that carries an agent token (an agent draining itself,
+//! downloading a context). `archfarm agents drain` with an API token still works without a
+//! certificate.
 
 use archfarm_protocol::tokens::AGENT_TOKEN_PREFIX;
-use axum::extract::{ConnectInfo, MatchedPath, Request, State};
-use axum::http::Method;
-use axum::middleware::Next;
-use axum::response::{IntoResponse, Response};
+use axum::extract::{ConnectInfo, Request};
 
+use super::access::Access;
 use super::auth::bearer;
 use super::error::ApiError;
 use crate::tls::Peer;
 use crate::AppState;
-
-/// Routes (under the API prefix) that only agents call, all `POST`.
-const AGENT_ROUTES: &[&str] = &[
-    "/agents/register",
-    "/agents/{id}/lease",
-    "/agents/{id}/deregister",
-    "/builds/{id}/heartbeat",
-    "/builds/{id}/log",
-    "/builds/{id}/complete",
-    "/builds/{id}/fail",
-];
 
 /// Whether `req` came over a connection that presented a verified client certificate.
 pub fn has_client_cert(req: &Request) -> bool {
@@ -36,26 +24,17 @@ pub fn has_client_cert(req: &Request) -> bool {
         .is_some_and(|ConnectInfo(peer)| peer.client_cert)
 }
 
-/// Whether `req` is an agent's call (see the module documentation).
-pub fn is_agent_call(req: &Request) -> bool {
-    let route = req
-        .extensions()
-        .get::<MatchedPath>()
-        .map_or("", MatchedPath::as_str);
-    let agent_route =
-        req.method() == Method::POST && AGENT_ROUTES.iter().any(|r| route.ends_with(r));
-    agent_route || bearer(req.headers()).is_some_and(|t| t.starts_with(AGENT_TOKEN_PREFIX))
+/// Whether `req`, on a route needing `access`, is an agent's call (see the module documentation).
+pub fn is_agent_call(req: &Request, access: Access) -> bool {
+    access.agents_only() || bearer(req.headers()).is_some_and(|t| t.starts_with(AGENT_TOKEN_PREFIX))
 }
 
-/// Middleware: with `--client-ca`, refuses agent calls without a verified client certificate
-/// (401 `client_certificate_required`); everything else passes.
-pub async fn require_for_agents(
-    State(state): State<AppState>,
-    req: Request,
-    next: Next,
-) -> Response {
-    if state.config.client_ca.is_none() || has_client_cert(&req) || !is_agent_call(&req) {
-        return next.run(req).await;
+/// With `--client-ca`, refuses an agent call without a verified client certificate
+/// (401 `client_certificate_required`); everything else passes. The gate asks this first, so an
+/// agent without its certificate is told that rather than anything about its token.
+pub fn require_for_agents(state: &AppState, req: &Request, access: Access) -> Result<(), ApiError> {
+    if state.config.client_ca.is_none() || has_client_cert(req) || !is_agent_call(req, access) {
+        return Ok(());
     }
     let peer = req
         .extensions()
@@ -68,11 +47,10 @@ pub async fn require_for_agents(
         path = %req.uri().path(),
         "agent call without a verified client certificate refused"
     );
-    ApiError::Unauthorized {
+    Err(ApiError::Unauthorized {
         code: "client_certificate_required",
         message: "this coordinator accepts agents only with a client certificate signed by its \
                   --client-ca: start the agent with --client-cert FILE and --client-key FILE"
             .into(),
-    }
-    .into_response()
+    })
 }

@@ -1,23 +1,25 @@
 //! `/contexts/{digest}`: content-addressed build context archives.
 
 use archfarm_protocol::api::ContextInfo;
-use archfarm_protocol::tokens::Scope;
 use archfarm_protocol::Digest;
 use axum::body::Body;
 use axum::extract::{Path, State};
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
-use axum::{Json, Router};
+use axum::Json;
 
-use super::auth::{require, require_submitter_or_agent};
+use super::access::Access;
 use super::error::ApiError;
+use super::routes::Routes;
 use crate::blobs::BlobError;
 use crate::AppState;
 
 /// Routes of this resource.
-pub fn router() -> Router<AppState> {
-    Router::new().route("/contexts/{digest}", get(download).head(exists).put(upload))
+pub fn routes() -> Routes {
+    Routes::new()
+        .get("/contexts/{digest}", Access::SubmitterOrAgent, download)
+        .head("/contexts/{digest}", Access::Submit, exists)
+        .put("/contexts/{digest}", Access::Submit, upload)
 }
 
 fn parse_digest(raw: &str) -> Result<Digest, ApiError> {
@@ -26,10 +28,8 @@ fn parse_digest(raw: &str) -> Result<Digest, ApiError> {
 
 async fn exists(
     State(state): State<AppState>,
-    headers: HeaderMap,
     Path(raw): Path<String>,
 ) -> Result<StatusCode, ApiError> {
-    require(&state, &headers, Scope::Submit).await?;
     let digest = parse_digest(&raw)?;
     // Recorded and whole: `exists` checks the `contexts` row and every piece.
     let known = state.blobs.exists(&digest).await?;
@@ -46,7 +46,6 @@ async fn upload(
     Path(raw): Path<String>,
     body: Body,
 ) -> Result<(StatusCode, Json<ContextInfo>), ApiError> {
-    require(&state, &headers, Scope::Submit).await?;
     let digest = parse_digest(&raw)?;
     let limit = state.config.max_context_bytes;
     let too_large = || {
@@ -100,10 +99,8 @@ async fn upload(
 
 async fn download(
     State(state): State<AppState>,
-    headers: HeaderMap,
     Path(raw): Path<String>,
 ) -> Result<Response, ApiError> {
-    require_submitter_or_agent(&state, &headers).await?;
     let digest = parse_digest(&raw)?;
     // From this replica's cache, copied there from the database when another replica took the
     // upload.

@@ -17,14 +17,14 @@ use archfarm_protocol::events::{
 use axum::extract::{Path, State};
 use axum::http::HeaderMap;
 use axum::response::sse::{Event, KeepAlive, Sse};
-use axum::routing::get;
-use axum::Router;
 use futures::{Stream, StreamExt};
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
+use super::access::Access;
 use super::auth::require;
 use super::error::{parse_id, ApiError, ApiQuery};
+use super::routes::Routes;
 use super::views::{self, Fleet};
 use crate::changes::Watcher;
 use crate::AppState;
@@ -33,10 +33,10 @@ use crate::AppState;
 const LOG_CHUNK: usize = 256 * 1024;
 
 /// Routes of this resource.
-pub fn router() -> Router<AppState> {
-    Router::new()
-        .route("/jobs/{id}/events", get(job_events))
-        .route("/events", get(farm_events))
+pub fn routes() -> Routes {
+    Routes::new()
+        .get("/jobs/{id}/events", Access::Read, job_events)
+        .get("/events", Access::Read, farm_events)
 }
 
 #[derive(Deserialize)]
@@ -69,7 +69,6 @@ async fn job_events(
     Path(raw): Path<String>,
     ApiQuery(q): ApiQuery<JobQuery>,
 ) -> Result<Sse<impl Stream<Item = Result<Event, Infallible>>>, ApiError> {
-    require(&state, &headers, Scope::Read).await?;
     let id = parse_id("job", &raw)?;
     let offsets = parse_from(q.from.as_deref().unwrap_or(""))?;
     if state.store.get_job(id).await?.is_none() {
@@ -99,7 +98,6 @@ async fn farm_events(
     headers: HeaderMap,
     ApiQuery(q): ApiQuery<FarmQuery>,
 ) -> Result<Sse<impl Stream<Item = Result<Event, Infallible>>>, ApiError> {
-    require(&state, &headers, Scope::Read).await?;
     let feed = FarmFeed {
         watcher: state.changes.watch(),
         state,

@@ -1,6 +1,5 @@
 //! `/jobs`: submit, list, show and cancel multi-platform jobs.
 
-use archfarm_protocol::tokens::Scope;
 use std::path::{Component, Path as FsPath};
 
 use archfarm_protocol::api::{
@@ -8,13 +7,13 @@ use archfarm_protocol::api::{
 };
 use archfarm_protocol::{ImageRef, Platform};
 use axum::extract::{Path, State};
-use axum::http::{HeaderMap, StatusCode};
-use axum::routing::{get, post};
-use axum::{Json, Router};
+use axum::http::StatusCode;
+use axum::Json;
 use serde::Deserialize;
 
-use super::auth::require;
+use super::access::Access;
 use super::error::{parse_id, ApiError, ApiJson, ApiQuery};
+use super::routes::Routes;
 use super::views::{self, Fleet};
 use crate::store::NewJob;
 use crate::AppState;
@@ -29,11 +28,12 @@ const MAX_JOB_TIMEOUT_SECS: u64 = 7 * 24 * 3600;
 const MAX_BUILD_ARGS: usize = 128;
 
 /// Routes of this resource.
-pub fn router() -> Router<AppState> {
-    Router::new()
-        .route("/jobs", post(create).get(list))
-        .route("/jobs/{id}", get(show))
-        .route("/jobs/{id}/cancel", post(cancel))
+pub fn routes() -> Routes {
+    Routes::new()
+        .post("/jobs", Access::Submit, create)
+        .get("/jobs", Access::Read, list)
+        .get("/jobs/{id}", Access::Read, show)
+        .post("/jobs/{id}/cancel", Access::Submit, cancel)
 }
 
 /// Checks everything about a request that needs no I/O, and normalises it.
@@ -235,10 +235,8 @@ fn validate_dockerfile_path(path: &str) -> Result<(), ApiError> {
 
 async fn create(
     State(state): State<AppState>,
-    headers: HeaderMap,
     ApiJson(req): ApiJson<JobRequest>,
 ) -> Result<(StatusCode, Json<archfarm_protocol::api::Job>), ApiError> {
-    require(&state, &headers, Scope::Submit).await?;
     let job = validate(req)?;
     if !state.blobs.exists(&job.context).await? {
         return Err(ApiError::bad(
@@ -294,10 +292,8 @@ struct ListQuery {
 
 async fn list(
     State(state): State<AppState>,
-    headers: HeaderMap,
     ApiQuery(q): ApiQuery<ListQuery>,
 ) -> Result<Json<JobList>, ApiError> {
-    require(&state, &headers, Scope::Read).await?;
     let limit = q.limit.unwrap_or(50).clamp(1, 1000);
     let fleet = Fleet::load(&state).await?;
     let mut jobs = Vec::new();
@@ -309,10 +305,8 @@ async fn list(
 
 async fn show(
     State(state): State<AppState>,
-    headers: HeaderMap,
     Path(raw): Path<String>,
 ) -> Result<Json<archfarm_protocol::api::Job>, ApiError> {
-    require(&state, &headers, Scope::Read).await?;
     let id = parse_id("job", &raw)?;
     let row = state
         .store
@@ -325,10 +319,8 @@ async fn show(
 
 async fn cancel(
     State(state): State<AppState>,
-    headers: HeaderMap,
     Path(raw): Path<String>,
 ) -> Result<Json<archfarm_protocol::api::Job>, ApiError> {
-    require(&state, &headers, Scope::Submit).await?;
     let id = parse_id("job", &raw)?;
     let row = state
         .store

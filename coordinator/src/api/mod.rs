@@ -1,5 +1,6 @@
 //! The HTTP API under `/api/v1`, one module per resource.
 
+pub mod access;
 pub mod agents;
 pub mod auth;
 pub mod builds;
@@ -7,41 +8,58 @@ pub mod client_cert;
 pub mod contexts;
 pub mod error;
 pub mod events;
+pub mod gate;
 pub mod jobs;
+pub mod join;
 pub mod observe;
+pub mod routes;
 pub mod tokens;
 pub mod views;
 
-use axum::extract::{DefaultBodyLimit, MatchedPath, Request};
-use axum::routing::get;
+use axum::extract::{MatchedPath, Request};
 use axum::Router;
 use tower_http::trace::TraceLayer;
 
+use self::access::{Access, RouteTable};
+use self::routes::Routes;
 use crate::AppState;
 
 /// Largest JSON body any endpoint takes; context archives are streamed and have their own limit.
 const MAX_JSON_BODY: usize = 1024 * 1024;
 
-/// Every route of the coordinator.
-pub fn router(state: AppState) -> Router {
-    let api = Router::new()
-        .merge(contexts::router())
-        .merge(jobs::router())
-        .merge(agents::router())
-        .merge(builds::router())
-        .merge(events::router())
-        .merge(tokens::router())
-        .layer(DefaultBodyLimit::max(MAX_JSON_BODY));
-    Router::new()
-        .route("/healthz", get(|| async { "ok" }))
-        .route("/metrics", get(observe::metrics))
+/// Every route of the coordinator with what it needs: the one source of both the router and
+/// the gate's table.
+pub fn routes() -> Routes {
+    let api = Routes::new()
+        .merge(contexts::routes())
+        .merge(jobs::routes())
+        .merge(agents::routes())
+        .merge(builds::routes())
+        .merge(events::routes())
+        .merge(tokens::routes())
+        .body_limit(MAX_JSON_BODY);
+    Routes::new()
+        .get("/healthz", Access::Public, || async { "ok" })
+        .get("/metrics", Access::Read, observe::metrics)
         .nest(archfarm_protocol::api::API_PREFIX, api)
-        .merge(crate::web::router())
+        .merge(crate::web::routes())
+}
+
+/// The table of every route and what it needs, as the router is built with it.
+pub fn route_table() -> RouteTable {
+    routes().into_parts().1
+}
+
+/// Every route of the coordinator, behind the gate.
+pub fn router(state: AppState) -> Router {
+    let (routes, table) = routes().into_parts();
+    routes
         .fallback(error::no_route)
-        // After routing (it needs the route), inside `observe` (so refusals are counted).
+        // After routing (it needs the route), before every handler's extractors (so before any
+        // body is read), inside `observe` (so refusals are counted).
         .layer(axum::middleware::from_fn_with_state(
-            state.clone(),
-            client_cert::require_for_agents,
+            gate::Gate::new(state.clone(), table),
+            gate::check,
         ))
         // A router-wide layer runs after routing, so it sees the matched route template.
         .layer(axum::middleware::from_fn_with_state(

@@ -2,16 +2,18 @@
 //! A token is shown once, in the answer that creates it; only its hashes are kept.
 
 use archfarm_protocol::tokens::{
-    valid_token_name, CreateTokenRequest, CreatedToken, Scope, TokenInfo, TokenKind, TokenList,
+    valid_token_name, CreateTokenRequest, CreatedToken, TokenInfo, TokenKind, TokenList,
     MAX_TOKEN_NAME,
 };
 use axum::extract::{Path, State};
-use axum::http::{HeaderMap, StatusCode};
-use axum::routing::post;
-use axum::{Json, Router};
+use axum::http::StatusCode;
+use axum::Json;
 
-use super::auth::{read_cookie_value, require, token_hash};
+use super::access::Access;
+use super::auth::{read_cookie_value, token_hash, Caller};
 use super::error::{parse_id, ApiError, ApiJson};
+use super::gate::Authed;
+use super::routes::Routes;
 use crate::config::Secret;
 use crate::store::{now_ms, NewToken};
 use crate::AppState;
@@ -20,10 +22,11 @@ use crate::AppState;
 const MAX_EXPIRES_SECS: u64 = 10 * 365 * 24 * 3600;
 
 /// Routes of this resource.
-pub fn router() -> Router<AppState> {
-    Router::new()
-        .route("/tokens", post(create).get(list))
-        .route("/tokens/{id}/revoke", post(revoke))
+pub fn routes() -> Routes {
+    Routes::new()
+        .post("/tokens", Access::Admin, create)
+        .get("/tokens", Access::Admin, list)
+        .post("/tokens/{id}/revoke", Access::Admin, revoke)
 }
 
 /// A new random token of `kind`: its prefix and 128 bits of randomness as hex.
@@ -78,10 +81,9 @@ fn validate(req: &CreateTokenRequest) -> Result<(), ApiError> {
 
 async fn create(
     State(state): State<AppState>,
-    headers: HeaderMap,
+    Authed(caller): Authed<Caller>,
     ApiJson(req): ApiJson<CreateTokenRequest>,
 ) -> Result<(StatusCode, Json<CreatedToken>), ApiError> {
-    let caller = require(&state, &headers, Scope::Admin).await?;
     if !state.config.auth_enabled() {
         return Err(ApiError::Conflict {
             code: "auth_disabled",
@@ -114,11 +116,7 @@ async fn create(
     Ok((StatusCode::CREATED, Json(CreatedToken { token, info })))
 }
 
-async fn list(
-    State(state): State<AppState>,
-    headers: HeaderMap,
-) -> Result<Json<TokenList>, ApiError> {
-    require(&state, &headers, Scope::Admin).await?;
+async fn list(State(state): State<AppState>) -> Result<Json<TokenList>, ApiError> {
     Ok(Json(TokenList {
         tokens: state.store.list_tokens().await?,
     }))
@@ -126,10 +124,9 @@ async fn list(
 
 async fn revoke(
     State(state): State<AppState>,
-    headers: HeaderMap,
+    Authed(caller): Authed<Caller>,
     Path(raw): Path<String>,
 ) -> Result<Json<TokenInfo>, ApiError> {
-    let caller = require(&state, &headers, Scope::Admin).await?;
     let id = parse_id("token", &raw)?;
     let info = state
         .store
@@ -143,6 +140,7 @@ async fn revoke(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use archfarm_protocol::tokens::Scope;
 
     fn req(kind: TokenKind, scope: Option<Scope>) -> CreateTokenRequest {
         CreateTokenRequest {

@@ -62,6 +62,9 @@ pub enum Registered {
 const COLUMNS: &str =
     "id, name, native_platforms, emulated_platforms, capacity, last_seen, draining, revoked_at";
 
+/// What a revoked agent's token hash is kept behind; no sha256 in hex starts with it.
+const REVOKED_PREFIX: &str = "revoked:";
+
 /// How stale `agents.last_seen` may get before a call refreshes it, ms; far below any
 /// `--agent-offline-secs` worth setting.
 const TOUCH_EVERY_MS: i64 = 1000;
@@ -176,6 +179,21 @@ impl Store {
         row.as_ref().map(AgentRow::from_row).transpose()
     }
 
+    /// The name of the revoked agent whose token (before its revocation) had `token_hash`.
+    pub async fn revoked_agent_by_token_hash(
+        &self,
+        token_hash: &str,
+    ) -> StoreResult<Option<String>> {
+        let row =
+            sqlx::query("SELECT name FROM agents WHERE token_hash = $1 AND revoked_at IS NOT NULL")
+                .bind(format!("{REVOKED_PREFIX}{token_hash}"))
+                .fetch_optional(&self.pool)
+                .await?;
+        row.map(|r| r.try_get("name"))
+            .transpose()
+            .map_err(Into::into)
+    }
+
     /// Whether the agent with `id` was revoked (or no longer exists).
     pub async fn agent_cut_off(&self, id: Uuid) -> StoreResult<bool> {
         Ok(self
@@ -246,11 +264,16 @@ impl Store {
     /// such agent; otherwise the number of builds requeued.
     pub async fn revoke_agent(&self, id: Uuid) -> StoreResult<Option<u64>> {
         let mut tx = self.begin().await?;
-        // A token hash no sha256 can produce, so no token matches it any more; the column stays unique.
+        // A value no sha256 can produce, so no token matches it any more; the column stays unique.
+        // It keeps the hash behind a prefix so that the revoked agent, calling with its old token,
+        // is told it was revoked (see `revoked_agent_by_token_hash`) rather than that its token
+        // is unknown. Revoking again keeps that hash.
         let res = sqlx::query(
-            "UPDATE agents SET token_hash = $1, revoked_at = $2, last_seen = 0, draining = 0 WHERE id = $3",
+            "UPDATE agents SET token_hash = CASE WHEN revoked_at IS NULL THEN $1 || token_hash \
+             ELSE token_hash END, revoked_at = $2, last_seen = 0, draining = 0 \
+             WHERE id = $3",
         )
-        .bind(format!("revoked:{id}"))
+        .bind(REVOKED_PREFIX)
         .bind(now_ms())
         .bind(id.to_string())
         .execute(&mut *tx)

@@ -464,6 +464,22 @@ mod tests {
             panic!("not registered")
         };
         assert_eq!(store.revoke_agent(agent).await.unwrap(), Some(0));
+        // Its old token no longer finds it, but still says whose it was, after a second revocation too.
+        assert_eq!(store.revoke_agent(agent).await.unwrap(), Some(0));
+        assert!(store.agent_by_token_hash("h").await.unwrap().is_none());
+        assert_eq!(
+            store
+                .revoked_agent_by_token_hash("h")
+                .await
+                .unwrap()
+                .as_deref(),
+            Some("pi")
+        );
+        assert!(store
+            .revoked_agent_by_token_hash("x")
+            .await
+            .unwrap()
+            .is_none());
         let claimed = store
             .claim_build(
                 builds[0].id,

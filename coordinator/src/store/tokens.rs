@@ -244,6 +244,32 @@ impl Store {
         }
     }
 
+    /// Whether the join token with hash `token_hash` could register an agent now, without taking
+    /// a use: a registration is let in before its body is read, and the use is taken only once
+    /// the registration itself has been checked (see [`Store::take_join_token`]).
+    pub async fn check_join_token(
+        &self,
+        token_hash: &str,
+    ) -> StoreResult<Result<TokenInfo, Refusal>> {
+        let row = sqlx::query(&format!(
+            "SELECT {COLUMNS} FROM tokens WHERE token_hash = $1 AND kind = 'join'"
+        ))
+        .bind(token_hash)
+        .fetch_optional(&self.pool)
+        .await?;
+        let Some(info) = row
+            .as_ref()
+            .map(|r| info_from_row(r, now_ms()))
+            .transpose()?
+        else {
+            return Ok(Err(Refusal::Unknown));
+        };
+        Ok(match info.state {
+            TokenState::Active => Ok(info),
+            other => Err(refusal(other)),
+        })
+    }
+
     /// Gives back a use taken by [`Store::take_join_token`] when the registration then failed, so
     /// a refused attempt (a name clash, a bad platform) does not use up a one-use token.
     pub async fn return_join_token(&self, id: Uuid) -> StoreResult<()> {
@@ -281,9 +307,17 @@ mod tests {
             .await
             .unwrap();
         assert_eq!(once.state, TokenState::Active);
+        // Checking takes no use, however often.
+        for _ in 0..2 {
+            assert!(store.check_join_token("h1").await.unwrap().is_ok());
+        }
         assert!(store.take_join_token("h1").await.unwrap().is_ok());
         assert_eq!(
             store.take_join_token("h1").await.unwrap(),
+            Err(Refusal::UsedUp)
+        );
+        assert_eq!(
+            store.check_join_token("h1").await.unwrap(),
             Err(Refusal::UsedUp)
         );
         // A use given back (the registration failed) can be taken again, once.
@@ -303,6 +337,14 @@ mod tests {
             Err(Refusal::Expired)
         );
         assert_eq!(
+            store.check_join_token("h2").await.unwrap(),
+            Err(Refusal::Expired)
+        );
+        assert_eq!(
+            store.check_join_token("nope").await.unwrap(),
+            Err(Refusal::Unknown)
+        );
+        assert_eq!(
             store.take_join_token("nope").await.unwrap(),
             Err(Refusal::Unknown)
         );
@@ -314,6 +356,10 @@ mod tests {
         store.revoke_token(many.id).await.unwrap();
         assert_eq!(
             store.take_join_token("h3").await.unwrap(),
+            Err(Refusal::Revoked)
+        );
+        assert_eq!(
+            store.check_join_token("h3").await.unwrap(),
             Err(Refusal::Revoked)
         );
         let listed = store.list_tokens().await.unwrap();

@@ -2,8 +2,9 @@
 //! fine without JavaScript, kept live by `web/static/dashboard.js` over the API's SSE streams.
 //!
 //! Pages: `/` jobs, `/jobs/{id}` one job, `/agents`, `/emulation`; `/login` and `/logout`; static
-//! files under `/static/`. Pages need what a read-only API call needs (`auth::require` with the read
-//! scope): without it they redirect to the sign-in form, which keeps a digest of the token in a cookie.
+//! files under `/static/`. Pages need what a read-only API call needs ([`Access::Page`], checked by
+//! the API's gate): without it they redirect to the sign-in form, which keeps a digest of the token
+//! in a cookie.
 
 mod assets;
 mod format;
@@ -12,28 +13,30 @@ mod login;
 mod pages;
 mod stats;
 
-use archfarm_protocol::tokens::Scope;
 use askama::Template;
-use axum::http::{header, HeaderMap, HeaderName, StatusCode, Uri};
+use axum::http::{header, HeaderName, StatusCode, Uri};
 use axum::response::{Html, IntoResponse, Redirect, Response};
-use axum::routing::{get, post};
-use axum::Router;
 
-use crate::api::auth;
+use crate::api::access::Access;
+use crate::api::error::ApiError;
+use crate::api::routes::Routes;
 use crate::store::StoreError;
 use crate::AppState;
 
 /// Routes of the dashboard, merged at the root beside `/api/v1`.
-pub fn router() -> Router<AppState> {
-    Router::new()
-        .route("/", get(pages::jobs))
-        .route("/jobs", get(|| async { Redirect::permanent("/") }))
-        .route("/jobs/{id}", get(job::page))
-        .route("/agents", get(pages::agents))
-        .route("/emulation", get(pages::emulation))
-        .route("/login", get(login::form).post(login::submit))
-        .route("/logout", post(login::logout))
-        .route("/static/{file}", get(assets::serve))
+pub fn routes() -> Routes {
+    Routes::new()
+        .get("/", Access::Page, pages::jobs)
+        .get("/jobs", Access::Public, || async {
+            Redirect::permanent("/")
+        })
+        .get("/jobs/{id}", Access::Page, job::page)
+        .get("/agents", Access::Page, pages::agents)
+        .get("/emulation", Access::Page, pages::emulation)
+        .get("/login", Access::Public, login::form)
+        .post("/login", Access::Public, login::submit)
+        .post("/logout", Access::Public, login::logout)
+        .get("/static/{file}", Access::Public, assets::serve)
 }
 
 /// Headers of every HTML page. The policy allows only this site's own script and style sheet:
@@ -158,18 +161,12 @@ pub(crate) fn render(status: StatusCode, page: &impl Template) -> Result<Respons
     Ok((status, PAGE_HEADERS, Html(page.render()?)).into_response())
 }
 
-/// Passes when the request may read (a token of any scope as cookie or bearer, `--public-read`,
-/// or no `--api-token` at all); otherwise the page answers with a redirect to the sign-in form.
-pub(crate) async fn require_reader(
-    state: &AppState,
-    headers: &HeaderMap,
-    uri: &Uri,
-) -> Result<(), PageError> {
-    match auth::require(state, headers, Scope::Read).await {
-        Ok(_) => Ok(()),
-        Err(crate::api::error::ApiError::Internal(e)) => Err(PageError::Internal(e)),
-        Err(_) => Err(PageError::SignIn(
-            uri.path_and_query().map_or("/", |p| p.as_str()).to_string(),
-        )),
+/// The answer to a page request the gate refused: the sign-in form, returning to the page
+/// afterwards; or the error page when the check itself failed.
+pub(crate) fn refused_page(e: ApiError, uri: &Uri) -> Response {
+    match e {
+        ApiError::Internal(e) => PageError::Internal(e).into_response(),
+        _ => PageError::SignIn(uri.path_and_query().map_or("/", |p| p.as_str()).to_string())
+            .into_response(),
     }
 }

@@ -118,10 +118,25 @@ free_port_from() {
     echo "$port"
 }
 
+# Stops the agents first, while the coordinator is still there to take their deregistration (a
+# draining agent waits for it, so stopping everything at once ended in SIGKILLs), then the rest.
+stop_farm() {
+    local pairs=("$@") agents=() others=() i
+    for ((i = 0; i < ${#pairs[@]}; i += 2)); do
+        if [ "${pairs[i + 1]}" = archfarm-agent ]; then
+            agents+=("${pairs[i]}" "${pairs[i + 1]}")
+        else
+            others+=("${pairs[i]}" "${pairs[i + 1]}")
+        fi
+    done
+    stop_pairs "${agents[@]}"
+    stop_pairs "${others[@]}"
+}
+
 if [ "$STOP" -eq 1 ]; then
     say "stopping the quick-start farm"
     # shellcheck disable=SC2046 # word splitting of "PID NAME" pairs is intended
-    stop_pairs $(recorded_pairs)
+    stop_farm $(recorded_pairs)
     rm -f "$PIDFILE" "$QS/urls"
     echo "    stopped"
     exit 0
@@ -151,7 +166,7 @@ cleanup() {
         for ((i = ${#STARTED[@]} - 2; i >= 0; i -= 2)); do
             reversed+=("${STARTED[i]}" "${STARTED[i + 1]}")
         done
-        stop_pairs "${reversed[@]}"
+        stop_farm "${reversed[@]}"
         rm -f "$PIDFILE" "$QS/urls"
     fi
     exit "$rc"

@@ -52,10 +52,11 @@ nextest_pass() {
     local log rc=0 run passed
     log="$(mktemp)"
     cargo nextest run --workspace --locked "$@" 2>&1 | tee "$log" || rc=$?
-    run="$(sed -nE 's/.*Summary \[[^]]*\] +([0-9]+) tests? run: ([0-9]+) passed.*/\1/p' "$log" | tail -n1)"
-    passed="$(sed -nE 's/.*Summary \[[^]]*\] +([0-9]+) tests? run: ([0-9]+) passed.*/\2/p' "$log" | tail -n1)"
+    # nextest's closing line: "Summary [ 212.3s] 342 tests run: 340 passed, 2 failed, …".
+    read -r run passed < <(sed -nE \
+        's/.*Summary \[[^]]*\] +([0-9]+) tests? run: ([0-9]+) passed.*/\1 \2/p' "$log" | tail -n1) || true
     rm -f "$log"
-    if [ -n "$run" ]; then
+    if [ -n "${run:-}" ]; then
         echo "$run run: $passed passed, $((run - passed)) failed" >"$STEP_TESTS_FILE"
         echo "$passed $((run - passed))" >>"$TOTALS_FILE"
     fi

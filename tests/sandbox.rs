@@ -4,6 +4,8 @@
 //! and counts the processes it can see in `/proc`, looking for the agent. It prints what it got;
 //! the assertions read the step's own output from the build log.
 //!
+//! An agent whose OCI runtime does not run refuses to start, naming what to install.
+//!
 //! The program also asks for the coordinator's health endpoint on the host's loopback: the agents'
 //! default network (the host's) reaches it, `--network none` does not.
 //!
@@ -14,11 +16,12 @@
 //! chroot isolation is for trusted single-tenant use only, and it shows the probe would catch a
 //! sandbox that let the step out.
 
-use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
 
-use archfarm_e2e::{preflight, Agent, AgentOptions, BuildContext, Coordinator, Registry};
+use archfarm_e2e::{
+    preflight, wait_until, Agent, AgentOptions, BuildContext, Coordinator, Registry,
+};
 use archfarm_protocol::api::JobState;
 
 /// How long one single-platform job may take.
@@ -134,6 +137,13 @@ fn escape_on(
     tag: &str,
 ) -> (Vec<String>, String) {
     let token_path = agent.work_dir().join("agent-token");
+    // The coordinator lists an agent as soon as it registered; the agent keeps its token a moment
+    // later.
+    wait_until(
+        Duration::from_secs(30),
+        "the agent to keep its token",
+        || token_path.is_file(),
+    );
     let token = std::fs::read_to_string(&token_path)
         .unwrap_or_else(|e| panic!("read {}: {e}", token_path.display()));
     assert!(!token.trim().is_empty(), "the agent keeps its token");
@@ -183,12 +193,24 @@ fn processes_seen(said: &[String]) -> usize {
 #[test]
 fn a_chroot_escape_reaches_nothing_of_the_agent() {
     preflight();
-    assert!(
-        Path::new("/usr/sbin/runc").exists() || Path::new("/usr/bin/runc").exists(),
-        "runc is not installed: run scripts/setup.sh"
-    );
     let registry = Registry::start();
     let coordinator = Coordinator::start();
+
+    // An agent whose runtime does not run refuses to start, and says what to install.
+    let mut broken = Agent::spawn(
+        &coordinator,
+        AgentOptions::new("no-runtime")
+            .emulate("none")
+            .arg("--oci-runtime")
+            .arg("/nonexistent/runc"),
+    );
+    let status = broken.wait_exit(Duration::from_secs(60));
+    assert!(!status.success(), "{}", broken.log_tail(20));
+    assert!(
+        broken.log().contains("apt-get install runc"),
+        "{}",
+        broken.log_tail(20)
+    );
 
     // The default: each step in its own runc container.
     let mut boxed = Agent::start(&coordinator, AgentOptions::new("boxed").emulate("none"));

@@ -17,6 +17,19 @@ const ADMIN: &str = "admin-secret";
 /// Not JSON: a handler that parsed it would answer 400.
 const MALFORMED: &str = r#"{"name": "pi", "platforms": [oops"#;
 
+/// `POST path` with the malformed JSON body, as `token` (or anonymously).
+async fn post_malformed(c: &Coordinator, path: &str, token: Option<&str>) -> reqwest::Response {
+    let mut req = c
+        .http
+        .post(c.url(path))
+        .header(CONTENT_TYPE, "application/json")
+        .body(MALFORMED);
+    if let Some(token) = token {
+        req = req.bearer_auth(token);
+    }
+    req.send().await.unwrap()
+}
+
 /// What a caller is expected to get from a route.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Expect {
@@ -198,15 +211,12 @@ async fn every_route_refuses_strangers_and_narrow_tokens_before_reading_the_body
     }
 
     // The agent's own `{id}` is let through: the malformed lease request is then the handler's 400.
-    let res = c
-        .http
-        .post(c.url(&format!("/agents/{}/lease", agent.agent_id)))
-        .bearer_auth(&agent.token)
-        .header(CONTENT_TYPE, "application/json")
-        .body(MALFORMED)
-        .send()
-        .await
-        .unwrap();
+    let res = post_malformed(
+        &c,
+        &format!("/agents/{}/lease", agent.agent_id),
+        Some(&agent.token),
+    )
+    .await;
     assert_eq!(res.status(), StatusCode::BAD_REQUEST);
     // A method a path does not take is still 405.
     let res = c
@@ -223,14 +233,7 @@ async fn every_route_refuses_strangers_and_narrow_tokens_before_reading_the_body
 #[tokio::test]
 async fn an_anonymous_malformed_submission_gets_401_not_the_schema_error() {
     let c = Coordinator::start(&["--api-token", ADMIN]).await;
-    let res = c
-        .http
-        .post(c.url("/jobs"))
-        .header(CONTENT_TYPE, "application/json")
-        .body(MALFORMED)
-        .send()
-        .await
-        .unwrap();
+    let res = post_malformed(&c, "/jobs", None).await;
     let (status, e) = common::error_of(res).await;
     assert_eq!(
         (status, e.code.as_str()),
@@ -292,15 +295,7 @@ async fn a_revoked_agent_is_told_so_by_its_old_token_before_its_body_is_read() {
         .await
         .unwrap();
     assert_eq!(res.status(), StatusCode::OK);
-    let res = c
-        .http
-        .post(c.url("/agents/register"))
-        .bearer_auth(&pi.token)
-        .header(CONTENT_TYPE, "application/json")
-        .body(MALFORMED)
-        .send()
-        .await
-        .unwrap();
+    let res = post_malformed(&c, "/agents/register", Some(&pi.token)).await;
     let (status, e) = common::error_of(res).await;
     assert_eq!(
         (status, e.code.as_str()),

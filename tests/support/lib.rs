@@ -67,7 +67,7 @@ pub fn http_client() -> reqwest::blocking::Client {
 /// with a puzzling buildah or skopeo error.
 pub fn preflight() {
     let mut problems = Vec::new();
-    for tool in ["buildah", "skopeo", "umoci", "docker-registry"] {
+    for tool in ["buildah", "runc", "skopeo", "umoci", "docker-registry"] {
         let found = std::env::var_os("PATH")
             .map(|paths| std::env::split_paths(&paths).any(|d| d.join(tool).is_file()))
             .unwrap_or(false);

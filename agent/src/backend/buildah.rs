@@ -65,11 +65,6 @@ impl Buildah {
         self
     }
 
-    /// How this backend isolates `RUN` steps.
-    pub fn isolation(&self) -> &Isolation {
-        &self.isolation
-    }
-
     /// Uses another buildah binary than the one on `PATH`.
     pub fn with_program(mut self, program: impl Into<PathBuf>) -> Self {
         self.program = program.into();
@@ -219,33 +214,7 @@ impl Backend for Buildah {
                 }
             })?;
             tracing::info!(version = %v.trim(), "buildah found");
-            match self.isolation.kind() {
-                super::isolation::IsolationKind::Oci => {
-                    self.isolation.check(|| self.command()).await?;
-                    // Steps of builds whose agent was killed run on without it: nothing of this
-                    // process runs yet, so every container in its runc state is a leftover.
-                    let reaped = self.isolation.reap(None).await;
-                    if reaped > 0 {
-                        tracing::warn!(
-                            reaped,
-                            "killed build steps left running by an earlier agent"
-                        );
-                    }
-                    if let Isolation::Oci { network, .. } = &self.isolation {
-                        tracing::info!(
-                            isolation = "oci",
-                            %network,
-                            "each RUN step runs in its own runc container"
-                        );
-                    }
-                }
-                super::isolation::IsolationKind::Chroot => tracing::warn!(
-                    isolation = "chroot",
-                    "RUN steps share this host's PID, IPC and network namespaces and a root step \
-                     can leave its chroot: for trusted single-tenant use only; use --isolation oci \
-                     on any agent that builds other people's Dockerfiles"
-                ),
-            }
+            self.isolation.prepare(|| self.command()).await?;
             // Working containers of builds killed with an earlier agent process; nothing runs yet, so
             // every container in this agent's own store is a leftover.
             let mut rm = self.command();
@@ -265,11 +234,13 @@ impl Backend for Buildah {
     ) -> BoxFuture<'a, Result<PushedImage, BackendError>> {
         Box::pin(async move {
             let result = self.build_and_push(spec, &log, &cancel).await;
-            // A step buildah did not get to stop (it was killed, or the build was cancelled mid-step)
-            // is still running in its container.
-            let reaped = self.isolation.reap(Some(&spec.build_dir)).await;
-            if reaped > 0 {
-                tracing::info!(build.id = %spec.build_id, reaped, "killed the build's leftover RUN steps");
+            // A build that succeeded ran every step to its end; one that failed or was cancelled
+            // may have a step buildah did not get to stop, still running in its container.
+            if result.is_err() {
+                let reaped = self.isolation.reap(Some(&spec.build_dir)).await;
+                if reaped > 0 {
+                    tracing::info!(build.id = %spec.build_id, reaped, "killed the build's leftover RUN steps");
+                }
             }
             // The image lives on in the registry; locally it only takes space. Removed on failure
             // and cancellation too (it may not exist then, which is fine).

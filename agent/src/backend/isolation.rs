@@ -114,14 +114,6 @@ impl fmt::Display for Network {
 pub struct Unusable(pub String);
 
 impl Isolation {
-    /// The kind, for logs and the start-up line.
-    pub fn kind(&self) -> IsolationKind {
-        match self {
-            Isolation::Oci { .. } => IsolationKind::Oci,
-            Isolation::Chroot => IsolationKind::Chroot,
-        }
-    }
-
     /// The `buildah build` options that select this isolation and the steps' network.
     pub fn build_args(&self) -> Vec<OsString> {
         let mut args = self.runtime_args();
@@ -155,10 +147,35 @@ impl Isolation {
         }
     }
 
+    /// Readies the isolation at the agent's start: for OCI, [`check`](Self::check) that it works
+    /// and kill what an earlier agent's builds left running (nothing of this process runs yet, so
+    /// every container in its runc state is a leftover); for chroot, say loudly what it is.
+    pub async fn prepare(&self, buildah: impl Fn() -> Command) -> Result<(), Unusable> {
+        let Isolation::Oci { network, .. } = self else {
+            tracing::warn!(
+                isolation = "chroot",
+                "RUN steps share this host's PID, IPC and network namespaces and a root step \
+                 can leave its chroot: for trusted single-tenant use only; use --isolation oci \
+                 on any agent that builds other people's Dockerfiles"
+            );
+            return Ok(());
+        };
+        self.check(buildah).await?;
+        let reaped = self.reap(None).await;
+        if reaped > 0 {
+            tracing::warn!(
+                reaped,
+                "killed build steps left running by an earlier agent"
+            );
+        }
+        tracing::info!(isolation = "oci", %network, "each RUN step runs in its own runc container");
+        Ok(())
+    }
+
     /// Checks, once at start, that a step really runs in a container here: the runtime exists,
     /// and a throwaway container (an empty root with the host's `/usr` mounted read-only) sees
     /// itself as PID 1. `buildah` is the storage-option prefix of every buildah command.
-    pub async fn check(&self, buildah: impl Fn() -> Command) -> Result<(), Unusable> {
+    async fn check(&self, buildah: impl Fn() -> Command) -> Result<(), Unusable> {
         let Isolation::Oci { runtime, .. } = self else {
             return Ok(());
         };

@@ -336,7 +336,10 @@ fn a_chroot_escape_reaches_nothing_of_the_agent() {
     let sibling_job = coordinator.wait_terminal(honest_id, JOB_TIMEOUT);
     let sibling_log = coordinator.build_log(sibling_build);
     assert_eq!(sibling_job.state, JobState::Succeeded, "{sibling_log}");
-    assert!(sibling_log.contains("honest-done"), "{sibling_log}");
+    assert!(
+        sibling_log.lines().any(|l| l.trim() == "honest-done"),
+        "{sibling_log}"
+    );
     assert!(
         said.iter()
             .any(|l| l.starts_with("sandbox: token blocked:")),
@@ -453,4 +456,186 @@ fn a_chroot_escape_reaches_nothing_of_the_agent() {
             .any(|l| l.starts_with("sandbox: sibling build listed:")),
         "{said:?}"
     );
+}
+
+/// Allocates and touches up to 4 GiB in 64 MiB steps, saying how far it got.
+const HOG_C: &str = r#"
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+int main(void) {
+    const size_t step = 64u << 20;
+    for (size_t total = step; total <= (size_t)4 << 30; total += step) {
+        char *p = malloc(step);
+        if (!p) { printf("hog: malloc failed at %zu MiB\n", total >> 20); return 1; }
+        memset(p, 1, step);
+        printf("hog: %zu MiB\n", total >> 20);
+        fflush(stdout);
+    }
+    printf("hog: all 4 GiB\n");
+    return 0;
+}
+"#;
+
+/// A build context of the example's busybox with `dockerfile`, and `hog` compiled statically.
+fn limits_context(dockerfile: &str) -> BuildContext {
+    let context = BuildContext::hello();
+    context.write("hog.c", HOG_C);
+    context.write("Dockerfile", dockerfile);
+    let out = Command::new("gcc")
+        .args(["-static", "-O1", "-o"])
+        .arg(context.path().join("hog"))
+        .arg(context.path().join("hog.c"))
+        .output()
+        .expect("gcc is needed (Debian: apt-get install gcc libc6-dev)");
+    assert!(
+        out.status.success(),
+        "gcc -static failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    context
+}
+
+/// A fork bomb, a 4 GiB allocation and a disk filler each fail their own build, saying which
+/// limit stopped it, while an honest build on the same agent at the same time succeeds and the
+/// agent keeps serving. Each hostile step would otherwise run for minutes or hold the machine;
+/// what the step printed shows how far it got.
+#[test]
+fn limits_stop_only_the_build_that_passes_them() {
+    preflight();
+    let registry = Registry::start();
+    let coordinator = Coordinator::start();
+    let mut agent = Agent::start(
+        &coordinator,
+        AgentOptions::new("limited")
+            .emulate("none")
+            .capacity(4)
+            .arg("--memory-limit=512MiB")
+            .arg("--pids-limit=128")
+            .arg("--disk-limit=256MiB"),
+    );
+    assert!(
+        agent.log().contains(
+            "each build runs within these limits limits=memory 512.0 MiB, cpus 0.5, processes \
+             128, disk 256.0 MiB"
+        ),
+        "{}",
+        agent.log_tail(20)
+    );
+    let base = "FROM scratch\nCOPY rootfs/amd64/ /\nCOPY hog /hog\n";
+    let run = |cmd: &str| format!("{base}RUN [\"/bin/busybox\", \"sh\", \"-c\", \"{cmd}\"]\n");
+    let jobs = [
+        (
+            "bomb",
+            run("b() { b | b & }; b; /bin/busybox sleep 600; echo bomb-finished"),
+        ),
+        ("hog", run("/hog")),
+        (
+            "filler",
+            run(
+                "i=0; while [ $i -lt 64 ]; do /bin/busybox dd if=/dev/zero of=/fill.$i bs=1M \
+                 count=16 2>/dev/null; echo filled $i; /bin/busybox sleep 0.2; i=$((i+1)); \
+                 done; echo filler-finished",
+            ),
+        ),
+        (
+            "honest",
+            run(
+                "/bin/busybox dd if=/dev/zero bs=1M count=32 2>/dev/null | /bin/busybox \
+                 sha256sum; /bin/busybox sleep 15; echo honest-done",
+            ),
+        ),
+    ];
+    let submitted: Vec<(&str, uuid::Uuid)> = jobs
+        .iter()
+        .map(|(name, dockerfile)| {
+            let context = limits_context(dockerfile);
+            let image = format!("{}/limits:{name}", registry.host());
+            let id =
+                coordinator.submit(&["--platform", "linux/amd64", "-t", &image, &context.arg()]);
+            (*name, id)
+        })
+        .collect();
+    let mut outcome = std::collections::HashMap::new();
+    for (name, id) in &submitted {
+        let job = coordinator.wait_terminal(*id, JOB_TIMEOUT);
+        let build = &job.builds[0];
+        let log = coordinator.build_log(build.id);
+        eprintln!(
+            "{name}: {:?}, error: {:?}\n  {}",
+            job.state,
+            build.error,
+            log.lines()
+                .filter(|l| !l.trim().is_empty())
+                .rev()
+                .take(4)
+                .collect::<Vec<_>>()
+                .join("\n  ")
+        );
+        outcome.insert(
+            *name,
+            (
+                job.state,
+                build.error.clone().unwrap_or_default(),
+                log,
+                build.id,
+            ),
+        );
+    }
+
+    let (state, error, log, _) = &outcome["bomb"];
+    assert_eq!(*state, JobState::Failed, "{log}");
+    assert!(
+        error.contains("the build hit its limit of 128 processes")
+            && error.contains("--pids-limit")
+            && error.contains("the build was stopped"),
+        "{error}"
+    );
+    // Lines the steps print (buildah echoes each step's command, so whole lines are compared).
+    let printed = |log: &str, line: &str| log.lines().any(|l| l.trim() == line);
+    assert!(!printed(log, "bomb-finished"), "{log}");
+
+    let (state, error, log, _) = &outcome["hog"];
+    assert_eq!(*state, JobState::Failed, "{log}");
+    assert!(
+        error.contains("the build ran out of memory")
+            && error.contains("memory limit of 512.0 MiB (agent --memory-limit)"),
+        "{error}"
+    );
+    // The step itself got going, and stopped well short of its 4 GiB.
+    assert!(printed(log, "hog: 64 MiB"), "{log}");
+    assert!(
+        !printed(log, "hog: 1024 MiB") && !printed(log, "hog: all 4 GiB"),
+        "{log}"
+    );
+
+    let (state, error, log, _) = &outcome["filler"];
+    assert_eq!(*state, JobState::Failed, "{log}");
+    assert!(
+        error.contains("of disk, more than its limit of 256.0 MiB (agent --disk-limit)"),
+        "{error}"
+    );
+    assert!(printed(log, "filled 1"), "{log}");
+    assert!(!printed(log, "filler-finished"), "{log}");
+
+    let (state, error, log, _) = &outcome["honest"];
+    assert_eq!(*state, JobState::Succeeded, "{error}\n{log}");
+    assert!(printed(log, "honest-done"), "{log}");
+
+    // The agent kept serving, and every build's cgroup is gone again.
+    assert!(agent.is_running(), "{}", agent.log_tail(30));
+    let online = coordinator
+        .agents()
+        .into_iter()
+        .any(|a| a.name == "limited" && a.state == archfarm_protocol::api::AgentState::Online);
+    assert!(online, "{:?}", coordinator.agents());
+    for (_, _, _, build) in outcome.values() {
+        for ctrl in ["memory", "pids", "cpu"] {
+            let cg = std::path::Path::new("/sys/fs/cgroup")
+                .join(ctrl)
+                .join("archfarm")
+                .join(build.to_string());
+            assert!(!cg.exists(), "{} was left behind", cg.display());
+        }
+    }
 }

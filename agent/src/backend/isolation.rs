@@ -282,14 +282,17 @@ impl Isolation {
     }
 
     /// The root file systems of the steps running now whose bundle lies under `under` (a build's
-    /// temporary directory): where a step's writes land, for [`super::limits::LimitWatch`].
+    /// temporary directory): where a step's writes land, for [`super::limits::LimitWatch`]. Each
+    /// is `/proc/<pid>/root` of the step's first process: buildah mounts a step's root in a mount
+    /// namespace of its own, so the path runc lists is empty from the agent's view.
     pub async fn step_roots(&self, under: &Path) -> Vec<PathBuf> {
         let Some(listed) = self.list().await else {
             return Vec::new();
         };
         containers_under(&listed, Some(under))
             .into_iter()
-            .filter_map(|c| c.rootfs)
+            .filter(|c| c.pid > 0)
+            .map(|c| PathBuf::from(format!("/proc/{}/root", c.pid)))
             .collect()
     }
 
@@ -324,8 +327,9 @@ impl Isolation {
 struct Listed {
     id: String,
     bundle: PathBuf,
+    /// The first process; 0 once the container stopped.
     #[serde(default)]
-    rootfs: Option<PathBuf>,
+    pid: u32,
 }
 
 /// The listed containers whose bundle lies under `under` (all of them for `None`).
@@ -438,7 +442,7 @@ mod tests {
         let a = containers_under(json, Some(Path::new("/w/builds/a/tmp")));
         assert_eq!(a.len(), 1);
         assert_eq!(a[0].id, "buildah-buildah1");
-        assert_eq!(a[0].rootfs.as_deref(), Some(Path::new("/x")));
+        assert_eq!(a[0].pid, 7);
         assert_eq!(containers_under(json, None).len(), 2);
         assert!(containers_under("null", None).is_empty());
         assert!(containers_under("", None).is_empty());

@@ -3,7 +3,8 @@
 //!
 //! Memory, CPU and processes are a cgroup per build ([`BuildCgroup`]): the agent creates
 //! `archfarm/<build id>` with the limits set, and buildah is told to put every `RUN` step's
-//! container under it (`--cgroup-parent`), so the limits hold for the build as a whole, however
+//! container under it (`--cgroup-parent`; the runtime shim makes each step a child of it, see
+//! [`super::runtime_shim::nest_cgroup`]), so the limits hold for the build as a whole, however
 //! many steps or stages run at once. The kernel enforces them; after a failed build the agent reads
 //! the cgroup's own counters (OOM kills, refused forks) to say which limit the build hit. Both the
 //! cgroup v1 hierarchies (as on this project's CI machine) and the unified v2 hierarchy are handled.
@@ -27,6 +28,8 @@ use uuid::Uuid;
 pub const CGROUP_ROOT: &str = "/sys/fs/cgroup";
 /// The cgroup, under each hierarchy's root, that holds one child per build.
 const PARENT: &str = "archfarm";
+/// How a build's cgroup path starts, as buildah's `--cgroup-parent` and the runtime see it.
+pub const CGROUP_PARENT_PREFIX: &str = "/archfarm/";
 /// The CFS period the CPU limit is expressed in, in microseconds (the kernel's default).
 const CPU_PERIOD_US: u64 = 100_000;
 /// How often a running build's disk use and refused forks are looked at.
@@ -257,6 +260,11 @@ pub struct Hits {
     pub oom_kills: u64,
     /// Forks refused at the process limit.
     pub forks_refused: u64,
+    /// Whether the build's memory use reached its limit (v1: its peak, `max_usage_in_bytes`, of
+    /// memory or of memory and swap; v2: `max` events). v1 counts an OOM kill only in the killed
+    /// step's cgroup, which is gone once the step is, and this kernel's `failcnt` stayed 0 with the
+    /// memory-and-swap limit set; the peak stays with the build's cgroup.
+    pub memory_at_limit: bool,
 }
 
 impl BuildCgroup {
@@ -342,50 +350,78 @@ impl BuildCgroup {
         Ok(())
     }
 
-    /// What the limits stopped so far.
+    /// What the limits stopped so far. Each counter is the largest found in the build's cgroup
+    /// and the steps' cgroups below it: v2 counts an event in every ancestor, v1 (pids) only where
+    /// the refused process lived.
     pub fn hits(&self) -> Hits {
-        let read = |path: PathBuf, key: &str| -> u64 {
-            std::fs::read_to_string(path)
-                .ok()
-                .and_then(|s| counter(&s, key))
-                .unwrap_or(0)
-        };
-        match self.layout {
-            Layout::V1 => Hits {
-                oom_kills: read(
-                    self.root
-                        .join("memory")
-                        .join(&self.relative)
-                        .join("memory.oom_control"),
-                    "oom_kill",
-                ),
-                forks_refused: read(
-                    self.root
-                        .join("pids")
-                        .join(&self.relative)
-                        .join("pids.events"),
-                    "max",
-                ),
-            },
-            Layout::V2 => {
-                let d = self.root.join(&self.relative);
-                Hits {
-                    oom_kills: read(d.join("memory.events"), "oom_kill"),
-                    forks_refused: read(d.join("pids.events"), "max"),
+        let most = |dir: PathBuf, file: &str, key: &str| -> u64 {
+            let mut most = 0;
+            let mut stack = vec![dir];
+            while let Some(d) = stack.pop() {
+                if let Some(n) = std::fs::read_to_string(d.join(file))
+                    .ok()
+                    .and_then(|s| counter(&s, key))
+                {
+                    most = most.max(n);
+                }
+                if let Ok(entries) = std::fs::read_dir(&d) {
+                    stack.extend(
+                        entries
+                            .flatten()
+                            .filter(|e| e.file_type().is_ok_and(|t| t.is_dir()))
+                            .map(|e| e.path()),
+                    );
                 }
             }
+            most
+        };
+        let (memory, pids) = match self.layout {
+            Layout::V1 => (
+                self.root.join("memory").join(&self.relative),
+                self.root.join("pids").join(&self.relative),
+            ),
+            Layout::V2 => (
+                self.root.join(&self.relative),
+                self.root.join(&self.relative),
+            ),
+        };
+        let at_limit = match (self.layout, self.limits.memory) {
+            (_, None) => false,
+            (Layout::V1, Some(limit)) => {
+                let peak = [
+                    "memory.max_usage_in_bytes",
+                    "memory.memsw.max_usage_in_bytes",
+                ]
+                .iter()
+                .filter_map(|f| std::fs::read_to_string(memory.join(f)).ok())
+                .filter_map(|s| s.trim().parse::<u64>().ok())
+                .max()
+                .unwrap_or(0);
+                // The kernel charges in pages and batches; within 1 MiB is at the limit.
+                peak + (1 << 20) >= limit
+            }
+            (Layout::V2, Some(_)) => most(memory.clone(), "memory.events", "max") > 0,
+        };
+        let oom_file = match self.layout {
+            Layout::V1 => "memory.oom_control",
+            Layout::V2 => "memory.events",
+        };
+        Hits {
+            oom_kills: most(memory, oom_file, "oom_kill"),
+            forks_refused: most(pids, "pids.events", "max"),
+            memory_at_limit: at_limit,
         }
     }
 
     /// Why a failed build failed, when one of its limits stopped it.
     pub fn explain(&self) -> Option<String> {
         let hits = self.hits();
+        let memory = self.limits.memory.map(human).unwrap_or_default();
         if hits.oom_kills > 0 {
             return Some(format!(
-                "the build ran out of memory: the kernel killed {} process(es) at the build's limit \
-                 of {} (agent --memory-limit)",
+                "the build ran out of memory: the kernel killed {} process(es) at the build's \
+                 memory limit of {memory} (agent --memory-limit)",
                 hits.oom_kills,
-                self.limits.memory.map(human).unwrap_or_default()
             ));
         }
         if hits.forks_refused > 0 {
@@ -393,6 +429,12 @@ impl BuildCgroup {
                 "the build hit its limit of {} processes: {} fork(s) refused (agent --pids-limit)",
                 self.limits.pids.unwrap_or_default(),
                 hits.forks_refused
+            ));
+        }
+        if hits.memory_at_limit {
+            return Some(format!(
+                "the build ran out of memory: it reached its memory limit of {memory} (agent \
+                 --memory-limit) and a step failed, most likely killed by the kernel for memory"
             ));
         }
         None
@@ -531,10 +573,11 @@ impl LimitWatch {
 }
 
 /// Bytes of disk the files under `dir` occupy, not crossing into other file systems and not
-/// following symbolic links. Files that vanish while it walks are skipped.
+/// following symbolic links below `dir` itself. Files that vanish while it walks are skipped.
 pub fn disk_usage(dir: &Path) -> u64 {
     use std::os::unix::fs::MetadataExt;
-    let Ok(top) = std::fs::symlink_metadata(dir) else {
+    // `metadata`, not `symlink_metadata`: a running step's root is `/proc/<pid>/root`, a link.
+    let Ok(top) = std::fs::metadata(dir) else {
         return 0;
     };
     let dev = top.dev();
@@ -650,9 +693,22 @@ mod tests {
             read(v1p.join("cpu").join(&rel).join("cpu.cfs_quota_us")),
             "150000"
         );
-        std::fs::write(v1p.join("pids").join(&rel).join("pids.events"), "max 4\n").unwrap();
+        // v1 counts a refused fork in the step's own cgroup, below the build's.
+        let step = v1p.join("pids").join(&rel).join("buildah1");
+        std::fs::create_dir(&step).unwrap();
+        std::fs::write(step.join("pids.events"), "max 4\n").unwrap();
+        std::fs::write(v1p.join("pids").join(&rel).join("pids.events"), "max 0\n").unwrap();
         assert_eq!(cg.hits().forks_refused, 4);
         assert!(cg.explain().unwrap().contains("limit of 100 processes"));
+        std::fs::write(step.join("pids.events"), "max 0\n").unwrap();
+        assert_eq!(cg.explain(), None);
+        let memory = v1p.join("memory").join(&rel);
+        std::fs::write(memory.join("memory.max_usage_in_bytes"), "1073741824").unwrap();
+        let why = cg.explain().unwrap();
+        assert!(
+            why.contains("ran out of memory") && why.contains("memory limit of 1.0 GiB"),
+            "{why}"
+        );
 
         let v2 = tempfile::tempdir().unwrap();
         std::fs::write(v2.path().join("cgroup.controllers"), "cpu memory pids").unwrap();

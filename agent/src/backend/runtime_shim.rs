@@ -113,7 +113,30 @@ fn harden_bundle(bundle: &Path) -> io::Result<()> {
     let path = bundle.join("config.json");
     let mut spec: serde_json::Value = serde_json::from_slice(&std::fs::read(&path)?)?;
     harden(&mut spec).map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?;
+    // The bundle's directory name is unique per step (buildah's `buildahNNN`).
+    let leaf = std::fs::canonicalize(bundle)?
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "step".into());
+    nest_cgroup(&mut spec, &leaf);
     std::fs::write(&path, serde_json::to_vec(&spec)?)
+}
+
+/// Puts the step in a cgroup of its own below the build's: buildah makes `--cgroup-parent` the
+/// step's own cgroup path, and runc removes a container's cgroup when the step ends, which would
+/// take the build's cgroup, its limits and its counters with it after the first step. Only paths
+/// under the agent's [`super::limits`] parent are touched.
+pub fn nest_cgroup(spec: &mut serde_json::Value, leaf: &str) {
+    let Some(path) = spec.pointer_mut("/linux/cgroupsPath") else {
+        return;
+    };
+    let nested = path
+        .as_str()
+        .filter(|p| p.starts_with(super::limits::CGROUP_PARENT_PREFIX))
+        .map(|p| format!("{}/{leaf}", p.trim_end_matches('/')));
+    if let Some(nested) = nested {
+        *path = serde_json::Value::String(nested);
+    }
 }
 
 /// Namespace flags of `clone(2)`: `CLONE_NEWNS | CLONE_NEWCGROUP | CLONE_NEWUTS | CLONE_NEWIPC |
@@ -222,6 +245,19 @@ mod tests {
         assert_eq!(spec["root"]["path"], "/r");
         assert!(harden(&mut serde_json::json!({"root": {}})).is_err());
         assert!(spec.get("linux").is_none(), "no profile is made up");
+    }
+
+    #[test]
+    fn a_step_goes_below_the_builds_cgroup_and_no_other() {
+        let mut spec = serde_json::json!({"linux": {"cgroupsPath": "/archfarm/b1"}});
+        nest_cgroup(&mut spec, "buildah123");
+        assert_eq!(spec["linux"]["cgroupsPath"], "/archfarm/b1/buildah123");
+        let mut other = serde_json::json!({"linux": {"cgroupsPath": "/system.slice/x"}});
+        nest_cgroup(&mut other, "buildah123");
+        assert_eq!(other["linux"]["cgroupsPath"], "/system.slice/x");
+        let mut none = serde_json::json!({"linux": {}});
+        nest_cgroup(&mut none, "buildah123");
+        assert!(none["linux"].get("cgroupsPath").is_none());
     }
 
     #[test]

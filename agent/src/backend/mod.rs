@@ -16,6 +16,7 @@ use crate::push::PushError;
 pub mod buildah;
 pub mod isolation;
 pub mod process;
+pub mod secrets;
 
 /// A boxed future, so [`Backend`] can be used as a trait object.
 pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
@@ -46,6 +47,8 @@ pub struct BuildSpec {
     /// The credential for `registry` (from the lease, else the agent's own), for the push and
     /// for base images pulled from it; none means anonymous. Its `Debug` hides the secret.
     pub registry_auth: Option<archfarm_protocol::RegistryCredential>,
+    /// Build secrets for `RUN --mount=type=secret` steps. Their `Debug` hides the values.
+    pub secrets: Vec<archfarm_protocol::BuildSecret>,
 }
 
 /// The manifest a build pushed, as reported to the coordinator.

@@ -355,8 +355,11 @@ impl Store {
         .execute(&mut *tx)
         .await?;
         // No build of it will be leased again: its secrets have no more use.
-        secrets::delete(&mut tx, id).await?;
+        let deleted = secrets::delete(&mut tx, id).await?;
         tx.commit().await?;
+        if deleted > 0 {
+            self.scrub_deleted_secrets().await;
+        }
         Ok(Some(Stopped { running }))
     }
 
@@ -384,10 +387,15 @@ impl Store {
         .execute(&mut *tx)
         .await?;
         let finished = res.rows_affected() == 1;
-        if finished {
-            secrets::delete(&mut tx, id).await?;
-        }
+        let deleted = if finished {
+            secrets::delete(&mut tx, id).await?
+        } else {
+            0
+        };
         tx.commit().await?;
+        if deleted > 0 {
+            self.scrub_deleted_secrets().await;
+        }
         Ok(finished)
     }
 }

@@ -10,7 +10,7 @@ use archfarm_protocol::{BuildSecret, Secret};
 use sqlx::{AnyConnection, Row};
 use uuid::Uuid;
 
-use super::{Store, StoreResult};
+use super::{Backend, Store, StoreResult};
 
 /// Stores a new job's secrets, on the connection of the transaction that stores the job.
 pub(super) async fn insert(
@@ -29,13 +29,14 @@ pub(super) async fn insert(
     Ok(())
 }
 
-/// Deletes a job's secrets, on the connection of the transaction that ends the job.
-pub(super) async fn delete(conn: &mut AnyConnection, job_id: Uuid) -> StoreResult<()> {
-    sqlx::query("DELETE FROM job_secrets WHERE job_id = $1")
+/// Deletes a job's secrets, on the connection of the transaction that ends the job; returns how
+/// many there were (when some, call [`Store::scrub_deleted_secrets`] after the commit).
+pub(super) async fn delete(conn: &mut AnyConnection, job_id: Uuid) -> StoreResult<u64> {
+    let res = sqlx::query("DELETE FROM job_secrets WHERE job_id = $1")
         .bind(job_id.to_string())
         .execute(&mut *conn)
         .await?;
-    Ok(())
+    Ok(res.rows_affected())
 }
 
 impl Store {
@@ -66,7 +67,28 @@ impl Store {
         )
         .execute(&self.pool)
         .await?;
+        if res.rows_affected() > 0 {
+            self.scrub_deleted_secrets().await;
+        }
         Ok(res.rows_affected())
+    }
+
+    /// After secrets were deleted, on SQLite: moves the write-ahead log into the database file
+    /// and truncates it. `secure_delete` zeroes a deleted value in the file's pages, but the log
+    /// keeps the frames that wrote it until it wraps, which may be long after. Best effort (a
+    /// reader holding the log open makes SQLite skip the truncation): logged, never fatal, since
+    /// the rows themselves are gone either way. PostgreSQL keeps dead row versions until vacuum
+    /// reuses their space; see the README.
+    pub(super) async fn scrub_deleted_secrets(&self) {
+        if self.backend != Backend::Sqlite {
+            return;
+        }
+        if let Err(e) = sqlx::query("PRAGMA wal_checkpoint(TRUNCATE)")
+            .execute(&self.pool)
+            .await
+        {
+            tracing::warn!(error = %e, "could not checkpoint the database after deleting build secrets");
+        }
     }
 }
 

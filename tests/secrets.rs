@@ -145,13 +145,15 @@ fn build_secrets_reach_run_steps_and_nothing_else() {
     let values = [file_value.as_str(), env_value.as_str()];
     let sources = Scratch::new("secret-sources");
     let secret_file = sources.join("tok.txt");
-    std::fs::write(&secret_file, &file_value).unwrap();
+    // With a trailing newline, as `echo "$TOKEN" > file` leaves it: the lines are what is hidden.
+    let file_contents = format!("{file_value}\n");
+    std::fs::write(&secret_file, &file_contents).unwrap();
 
     // 1. Two platforms, both secrets, a step naming an id that was not given.
     let context = BuildContext::hello();
     context.write(
         "Dockerfile",
-        &dockerfile(&sha256_hex(&file_value), &sha256_hex(&env_value)),
+        &dockerfile(&sha256_hex(&file_contents), &sha256_hex(&env_value)),
     );
     let tag = format!("{}/secrets:1", registry.host());
     let out = build(
@@ -226,7 +228,7 @@ fn build_secrets_reach_run_steps_and_nothing_else() {
     for b in &job.builds {
         let digest = b.digest.as_deref().expect("pushed");
         let image = ImageFs::unpack(&format!("{}/secrets@{digest}", registry.host()));
-        assert_eq!(image.read("/tok.sha256"), sha256_hex(&file_value));
+        assert_eq!(image.read("/tok.sha256"), sha256_hex(&file_contents));
         let secrets_dir = image.root().join("run/secrets");
         let left: Vec<String> = std::fs::read_dir(&secrets_dir)
             .map(|d| {

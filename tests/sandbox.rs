@@ -29,6 +29,7 @@ const JOB_TIMEOUT: Duration = Duration::from_secs(300);
 
 /// The escape: every line it prints starts with `sandbox:`.
 const ESCAPE_C: &str = r#"
+#define _GNU_SOURCE
 #include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
@@ -40,6 +41,12 @@ const ESCAPE_C: &str = r#"
 #include <arpa/inet.h>
 #include <netinet/in.h>
 #include <sys/socket.h>
+#include <sys/mount.h>
+#include <sys/ptrace.h>
+#include <sched.h>
+#include <signal.h>
+#include <sys/syscall.h>
+#include <sys/wait.h>
 
 /* GET /healthz from 127.0.0.1:port (no name lookup: a static binary has no NSS). */
 static void reach(const char *port) {
@@ -62,9 +69,62 @@ static void reach(const char *port) {
     close(s);
 }
 
+/* Privileged operations a container must not be allowed. */
+static void privileged(const char *agent_pid) {
+    mkdir("/mnt-probe", 0700);
+    if (mount("none", "/mnt-probe", "tmpfs", 0, "") == 0) printf("sandbox: mount worked\n");
+    else printf("sandbox: mount refused: %s\n", strerror(errno));
+    if (unshare(CLONE_NEWNS) == 0) printf("sandbox: unshare mount namespace worked\n");
+    else printf("sandbox: unshare mount namespace refused: %s\n", strerror(errno));
+    /* In a child: a user namespace, if it were made, would change who this process is. */
+    fflush(stdout);
+    pid_t child = fork();
+    if (child == 0) {
+        if (unshare(CLONE_NEWUSER) == 0) printf("sandbox: unshare user namespace worked\n");
+        else printf("sandbox: unshare user namespace refused: %s\n", strerror(errno));
+        long r = syscall(SYS_clone, CLONE_NEWUSER | SIGCHLD, 0, 0, 0, 0);
+        if (r == 0) _exit(0);
+        if (r > 0) {
+            waitpid((pid_t)r, 0, 0);
+            printf("sandbox: clone of a user namespace worked\n");
+        } else {
+            printf("sandbox: clone of a user namespace refused: %s\n", strerror(errno));
+        }
+        fflush(stdout);
+        _exit(0);
+    }
+    waitpid(child, 0, 0);
+    /* PTRACE_SEIZE does not stop its target, and this process's exit detaches it again. */
+    if (strcmp(agent_pid, "-") != 0) {
+        if (ptrace(PTRACE_SEIZE, atoi(agent_pid), 0, 0) == 0) printf("sandbox: ptrace of the agent worked\n");
+        else printf("sandbox: ptrace of the agent refused: %s\n", strerror(errno));
+        int attached = 0;
+        for (int pid = 2; pid < 65536; pid++) {
+            if (pid == getpid() || pid == getppid()) continue;
+            if (ptrace(PTRACE_SEIZE, pid, 0, 0) == 0) attached++;
+        }
+        printf("sandbox: ptrace of other processes: %d attached\n", attached);
+    }
+}
+
+/* A concurrent build's directory, by its path on the host. */
+static void sibling(const char *dir) {
+    if (strcmp(dir, "-") == 0) return;
+    DIR *d = opendir(dir);
+    if (!d) {
+        printf("sandbox: sibling build blocked: %s\n", strerror(errno));
+        return;
+    }
+    int n = 0;
+    while (readdir(d)) n++;
+    printf("sandbox: sibling build listed: %d entries\n", n);
+    closedir(d);
+}
+
 int main(int argc, char **argv) {
-    if (argc < 3) return 2;
+    if (argc < 5) return 2;
     reach(argv[2]);
+    privileged(argv[4]);
     mkdir("/j", 0700);
     if (chroot("/j") != 0) printf("sandbox: chroot refused: %s\n", strerror(errno));
     for (int i = 0; i < 64; i++) chdir("..");
@@ -77,7 +137,8 @@ int main(int argc, char **argv) {
         ssize_t n = read(fd, buf, sizeof buf - 1);
         printf("sandbox: token read: %.*s\n", n > 0 ? (int)n : 0, buf);
     }
-    int procs = 0, agent = 0;
+    sibling(argv[3]);
+    int procs = 0, agent = 0, sleeper = 0;
     DIR *d = opendir("/proc");
     struct dirent *e;
     while (d && (e = readdir(d))) {
@@ -87,11 +148,15 @@ int main(int argc, char **argv) {
         snprintf(path, sizeof path, "/proc/%s/comm", e->d_name);
         FILE *f = fopen(path, "r");
         if (f) {
-            if (fgets(comm, sizeof comm, f) && strstr(comm, "archfarm-agent")) agent = 1;
+            if (fgets(comm, sizeof comm, f)) {
+                if (strstr(comm, "archfarm-agent")) agent = 1;
+                if (strncmp(comm, "sleep", 5) == 0) sleeper = 1;
+            }
             fclose(f);
         }
     }
     printf("sandbox: processes visible: %d, agent visible: %s\n", procs, agent ? "yes" : "no");
+    printf("sandbox: sibling step visible: %s\n", sleeper ? "yes" : "no");
     return 0;
 }
 "#;
@@ -103,7 +168,9 @@ ENV PATH=/bin
 COPY escape /escape
 ARG TOKEN_PATH
 ARG COORDINATOR_PORT
-RUN /escape \"$TOKEN_PATH\" \"$COORDINATOR_PORT\" \\
+ARG SIBLING_DIR=-
+ARG AGENT_PID=-
+RUN /escape \"$TOKEN_PATH\" \"$COORDINATOR_PORT\" \"$SIBLING_DIR\" \"$AGENT_PID\" \\
  && grep -E '^(NoNewPrivs|Seccomp):' /proc/self/status | sed 's/^/sandbox: /'
 ";
 
@@ -135,6 +202,7 @@ fn escape_on(
     registry: &Registry,
     agent: &Agent,
     tag: &str,
+    build_args: &[String],
 ) -> (Vec<String>, String) {
     let token_path = agent.work_dir().join("agent-token");
     // The coordinator lists an agent as soon as it registered; the agent keeps its token a moment
@@ -158,7 +226,8 @@ fn escape_on(
         .expect("the coordinator URL has a port")
         .to_string();
     let coordinator_arg = format!("COORDINATOR_PORT={port}");
-    let id = coordinator.submit(&[
+    let context_arg = context.arg();
+    let mut args = vec![
         "--platform",
         "linux/amd64",
         "--build-arg",
@@ -167,8 +236,12 @@ fn escape_on(
         &coordinator_arg,
         "-t",
         &image,
-        &context.arg(),
-    ]);
+    ];
+    for a in build_args {
+        args.extend(["--build-arg", a.as_str()]);
+    }
+    args.push(&context_arg);
+    let id = coordinator.submit(&args);
     let job = coordinator.wait_terminal(id, JOB_TIMEOUT);
     let log = coordinator.build_log(job.builds[0].id);
     assert_eq!(job.state, JobState::Succeeded, "{job:#?}\n{log}");
@@ -213,7 +286,10 @@ fn a_chroot_escape_reaches_nothing_of_the_agent() {
     );
 
     // The default: each step in its own runc container.
-    let mut boxed = Agent::start(&coordinator, AgentOptions::new("boxed").emulate("none"));
+    let mut boxed = Agent::start(
+        &coordinator,
+        AgentOptions::new("boxed").emulate("none").capacity(2),
+    );
     assert!(
         boxed
             .log()
@@ -221,7 +297,46 @@ fn a_chroot_escape_reaches_nothing_of_the_agent() {
         "{}",
         boxed.log_tail(20)
     );
-    let (said, token) = escape_on(&coordinator, &registry, &boxed, "oci");
+    // An honest build runs beside the hostile one: its directory and its step are what the
+    // hostile step looks for.
+    let honest = BuildContext::hello();
+    honest.write(
+        "Dockerfile",
+        "FROM scratch\nCOPY rootfs/amd64/ /\nRUN [\"/bin/busybox\", \"sh\", \"-c\", \
+         \"/bin/busybox sleep 20 && echo honest-done\"]\n",
+    );
+    let honest_image = format!("{}/honest:sibling", registry.host());
+    let honest_id = coordinator.submit(&[
+        "--platform",
+        "linux/amd64",
+        "-t",
+        &honest_image,
+        &honest.arg(),
+    ]);
+    let sibling_build = coordinator.job(honest_id).builds[0].id;
+    let sibling_dir = boxed
+        .work_dir()
+        .join("builds")
+        .join(sibling_build.to_string());
+    wait_until(
+        Duration::from_secs(120),
+        "the honest build to start on the agent",
+        || sibling_dir.join("context").is_dir(),
+    );
+    let (said, token) = escape_on(
+        &coordinator,
+        &registry,
+        &boxed,
+        "oci",
+        &[
+            format!("SIBLING_DIR={}", sibling_dir.display()),
+            format!("AGENT_PID={}", boxed.pid()),
+        ],
+    );
+    let sibling_job = coordinator.wait_terminal(honest_id, JOB_TIMEOUT);
+    let sibling_log = coordinator.build_log(sibling_build);
+    assert_eq!(sibling_job.state, JobState::Succeeded, "{sibling_log}");
+    assert!(sibling_log.contains("honest-done"), "{sibling_log}");
     assert!(
         said.iter()
             .any(|l| l.starts_with("sandbox: token blocked:")),
@@ -235,8 +350,37 @@ fn a_chroot_escape_reaches_nothing_of_the_agent() {
         said.iter().any(|l| l.ends_with("agent visible: no")),
         "{said:?}"
     );
-    // The default seccomp filter. (`NoNewPrivs` is printed too: buildah 1.28 leaves it at 0.)
+    // The default seccomp filter, and no-new-privileges (set by the agent's runtime shim).
     assert!(said.iter().any(|l| l == "sandbox: Seccomp:\t2"), "{said:?}");
+    assert!(
+        said.iter().any(|l| l == "sandbox: NoNewPrivs:\t1"),
+        "{said:?}"
+    );
+    // The concurrent build: neither its directory nor its step is in view.
+    for expected in [
+        "sandbox: sibling build blocked: No such file or directory",
+        "sandbox: sibling step visible: no",
+    ] {
+        assert!(said.iter().any(|l| l == expected), "{expected}: {said:?}");
+    }
+    // Privileged operations: no mounts, no new namespaces, no tracing of anything outside.
+    for refused in [
+        "sandbox: mount refused:",
+        "sandbox: unshare mount namespace refused:",
+        "sandbox: unshare user namespace refused:",
+        "sandbox: clone of a user namespace refused",
+        "sandbox: ptrace of the agent refused:",
+    ] {
+        assert!(
+            said.iter().any(|l| l.starts_with(refused)),
+            "{refused}: {said:?}"
+        );
+    }
+    assert!(
+        said.iter()
+            .any(|l| l == "sandbox: ptrace of other processes: 0 attached"),
+        "{said:?}"
+    );
     let seen = processes_seen(&said);
     assert!(
         seen < 10,
@@ -259,7 +403,7 @@ fn a_chroot_escape_reaches_nothing_of_the_agent() {
             .arg("--network")
             .arg("none"),
     );
-    let (said, token) = escape_on(&coordinator, &registry, &cut_off, "oci-network-none");
+    let (said, token) = escape_on(&coordinator, &registry, &cut_off, "oci-network-none", &[]);
     assert!(
         said.iter()
             .any(|l| l.starts_with("sandbox: coordinator unreachable")),
@@ -286,7 +430,14 @@ fn a_chroot_escape_reaches_nothing_of_the_agent() {
         "{}",
         open.log_tail(20)
     );
-    let (said, token) = escape_on(&coordinator, &registry, &open, "chroot");
+    // No ptrace probe here: under chroot it would reach real host processes.
+    let (said, token) = escape_on(
+        &coordinator,
+        &registry,
+        &open,
+        "chroot",
+        &[format!("SIBLING_DIR={}", open.work_dir().display())],
+    );
     assert!(
         said.iter()
             .any(|l| l == &format!("sandbox: token read: {token}")),
@@ -297,4 +448,9 @@ fn a_chroot_escape_reaches_nothing_of_the_agent() {
         "{said:?}"
     );
     assert!(processes_seen(&said) > seen, "{said:?}");
+    assert!(
+        said.iter()
+            .any(|l| l.starts_with("sandbox: sibling build listed:")),
+        "{said:?}"
+    );
 }

@@ -11,6 +11,7 @@ use clap::Parser;
 use reqwest::Url;
 
 use crate::backend::isolation::{IsolationKind, Network};
+use crate::backend::limits::{Count, Cpus, Limits, Size};
 
 /// Where the agent keeps its storage, context cache and build directories unless told otherwise.
 pub const DEFAULT_WORK_DIR: &str = "/var/lib/archfarm-agent";
@@ -73,6 +74,28 @@ pub struct Config {
     #[arg(long, env = "ARCHFARM_OCI_RUNTIME", default_value = "runc")]
     pub oci_runtime: PathBuf,
 
+    /// Memory for each build, all its `RUN` steps together (swap not extra), as `4GiB`, `512M`
+    /// or `none`; a build past it fails saying so. Needs `--isolation oci`. Default: three quarters
+    /// of the host's memory divided by `--capacity`.
+    #[arg(long, env = "ARCHFARM_MEMORY_LIMIT", value_name = "SIZE")]
+    pub memory_limit: Option<Size>,
+
+    /// CPUs for each build, as `2`, `0.5` or `none`. Needs `--isolation oci`. Default: the host's
+    /// CPUs divided by `--capacity`.
+    #[arg(long, env = "ARCHFARM_CPU_LIMIT", value_name = "CPUS")]
+    pub cpu_limit: Option<Cpus>,
+
+    /// Processes and threads for each build, all its steps together, or `none`; a fork bomb
+    /// fails its own build. Needs `--isolation oci`. Default: 4096.
+    #[arg(long, env = "ARCHFARM_PIDS_LIMIT", value_name = "N")]
+    pub pids_limit: Option<Count>,
+
+    /// Disk for each build (its work directory, exported image and its running steps' file
+    /// systems), measured every 2 s, as `20GiB` or `none`; a build past it is stopped and fails
+    /// saying so. Default: 20GiB.
+    #[arg(long, env = "ARCHFARM_DISK_LIMIT", value_name = "SIZE")]
+    pub disk_limit: Option<Size>,
+
     /// Docker `config.json` with this agent's own registry credentials, used for a build's
     /// registry when its lease carries none from the coordinator. Default: none.
     #[arg(long, env = "ARCHFARM_REGISTRY_AUTH")]
@@ -109,6 +132,17 @@ pub struct Config {
 }
 
 impl Config {
+    /// The limits each build runs within, from the limit flags and their defaults.
+    pub fn build_limits(&self) -> Limits {
+        Limits::from_flags(
+            self.memory_limit,
+            self.cpu_limit,
+            self.pids_limit,
+            self.disk_limit,
+            self.capacity,
+        )
+    }
+
     /// The TLS files to talk to the coordinator with.
     pub fn client_tls(&self) -> crate::tls::ClientTls {
         crate::tls::ClientTls {

@@ -170,11 +170,19 @@ pub async fn run(
         tracing::info!(registry, "own registry credential loaded");
     }
     let isolation = match config.isolation {
-        IsolationKind::Oci => Isolation::Oci {
-            runtime: config.oci_runtime.clone(),
-            state_dir: work_dir.storage().join("runc"),
-            network: config.network,
-        },
+        IsolationKind::Oci => {
+            // buildah runs this executable as its runtime shim, which hardens each step's spec.
+            let agent = std::env::current_exe().map_err(|e| {
+                AgentError::Config(format!("cannot find the agent's own executable: {e}"))
+            })?;
+            Isolation::oci(
+                &work_dir.storage(),
+                &config.oci_runtime,
+                config.network,
+                &agent,
+            )
+            .map_err(BackendError::Isolation)?
+        }
         IsolationKind::Chroot if config.network != Network::Host => {
             return Err(AgentError::Config(format!(
                 "--network {} needs --isolation oci: chroot isolation always shares the host's \
@@ -184,7 +192,8 @@ pub async fn run(
         }
         IsolationKind::Chroot => Isolation::Chroot,
     };
-    let mut buildah = Buildah::new(&work_dir.storage()).with_isolation(isolation);
+    let mut buildah =
+        Buildah::new(&work_dir.storage(), isolation).with_limits(config.build_limits());
     let cert_dir = registry
         .write_cert_dir(&work_dir.root().join("registry-ca"))
         .map_err(|source| AgentError::WorkDir {

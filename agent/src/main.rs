@@ -14,8 +14,24 @@ use clap::Parser;
 use tokio::signal::unix::{signal, SignalKind};
 use tracing_subscriber::EnvFilter;
 
-#[tokio::main]
-async fn main() -> ExitCode {
+fn main() -> ExitCode {
+    // Started by buildah as the OCI runtime of a RUN step, not as the agent.
+    if let Some(code) = archfarm_agent::backend::runtime_shim::run_if_invoked() {
+        return code;
+    }
+    match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime.block_on(agent()),
+        Err(e) => {
+            eprintln!("archfarm-agent: cannot start the async runtime: {e}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+async fn agent() -> ExitCode {
     // clap exits with code 2 itself on bad flags.
     let config = Config::parse();
     tracing_subscriber::fmt()

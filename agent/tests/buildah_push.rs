@@ -8,10 +8,12 @@
 
 use std::collections::BTreeMap;
 use std::net::TcpListener;
+use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use archfarm_agent::backend::buildah::Buildah;
+use archfarm_agent::backend::isolation::{Isolation, Network};
 use archfarm_agent::backend::{Backend, BackendError, BuildSpec, LogSink};
 use archfarm_agent::backoff::Backoff;
 use archfarm_agent::context::{self, Limits};
@@ -126,7 +128,15 @@ struct Fixture {
 impl Fixture {
     async fn new() -> Fixture {
         let work = tempfile::tempdir().unwrap();
-        let buildah = Buildah::new(&work.path().join("storage"));
+        let storage = work.path().join("storage");
+        let isolation = Isolation::oci(
+            &storage,
+            Path::new("runc"),
+            Network::Host,
+            Path::new(env!("CARGO_BIN_EXE_archfarm-agent")),
+        )
+        .expect("runc installed");
+        let buildah = Buildah::new(&storage, isolation);
         buildah.prepare().await.expect("buildah usable");
         Fixture { work, buildah }
     }

@@ -8,7 +8,8 @@ use std::path::{Component, Path, PathBuf};
 use tokio::process::Command;
 use tokio_util::sync::CancellationToken;
 
-use super::isolation::{Isolation, Network};
+use super::isolation::{Isolation, Unusable};
+use super::limits::{self, BuildCgroup, LimitWatch, Limits};
 use super::process::{run_logged, run_quiet};
 use super::secrets::SecretFiles;
 use super::{Backend, BackendError, BoxFuture, BuildSpec, LogSink, PushedImage};
@@ -22,6 +23,9 @@ pub struct Buildah {
     root: PathBuf,
     runroot: PathBuf,
     isolation: Isolation,
+    limits: Limits,
+    /// Where the cgroup hierarchies are mounted ([`limits::CGROUP_ROOT`]).
+    cgroup_root: PathBuf,
     push_retry: Retry,
     /// Extra root CA (PEM) for pushes, and the directory holding it as `ca.crt` for
     /// `buildah --cert-dir` (base-image pulls).
@@ -30,18 +34,16 @@ pub struct Buildah {
 
 impl Buildah {
     /// A backend keeping its image storage under `storage` (`root/` and `runroot/`), so several agents
-    /// on one host do not share, and lock, one store. Steps run in runc containers whose state
-    /// lives in `storage/runc`.
-    pub fn new(storage: &Path) -> Self {
+    /// on one host do not share, and lock, one store, with `RUN` steps isolated as `isolation` says
+    /// (normally [`Isolation::oci`] on the same `storage`).
+    pub fn new(storage: &Path, isolation: Isolation) -> Self {
         Buildah {
             program: PathBuf::from("buildah"),
             root: storage.join("root"),
             runroot: storage.join("runroot"),
-            isolation: Isolation::Oci {
-                runtime: PathBuf::from("runc"),
-                state_dir: storage.join("runc"),
-                network: Network::Host,
-            },
+            isolation,
+            limits: Limits::default(),
+            cgroup_root: PathBuf::from(limits::CGROUP_ROOT),
             push_retry: Retry::default(),
             registry_ca: None,
         }
@@ -60,9 +62,9 @@ impl Buildah {
         self
     }
 
-    /// Isolates `RUN` steps as `isolation` says instead of in runc containers.
-    pub fn with_isolation(mut self, isolation: Isolation) -> Self {
-        self.isolation = isolation;
+    /// Runs each build under `limits` (none by default; the agent sets them from its flags).
+    pub fn with_limits(mut self, limits: Limits) -> Self {
+        self.limits = limits;
         self
     }
 
@@ -114,6 +116,7 @@ impl Buildah {
         spec: &BuildSpec,
         log: &LogSink,
         cancel: &CancellationToken,
+        cgroup: Option<&BuildCgroup>,
     ) -> Result<PushedImage, BackendError> {
         let dockerfile = dockerfile_path(&spec.context_dir, &spec.dockerfile)?;
         // buildah stages large temporary files in TMPDIR; keep them on the work disk and per build.
@@ -159,6 +162,9 @@ impl Buildah {
         }
         if let Some((_, dir)) = &self.registry_ca {
             build.arg("--cert-dir").arg(dir);
+        }
+        if let Some(cg) = cgroup {
+            build.arg("--cgroup-parent").arg(cg.parent());
         }
         build
             .args(
@@ -227,6 +233,15 @@ impl Backend for Buildah {
             })?;
             tracing::info!(version = %v.trim(), "buildah found");
             self.isolation.prepare(|| self.command()).await?;
+            if matches!(self.isolation, Isolation::Oci { .. }) {
+                limits::check(&self.cgroup_root, &self.limits)
+                    .map_err(|e| BackendError::Isolation(Unusable(e)))?;
+                tracing::info!(limits = %self.limits, "each build runs within these limits");
+            } else {
+                tracing::warn!(
+                    "with --isolation chroot no memory, CPU or process limit applies to builds"
+                );
+            }
             // Working containers of builds killed with an earlier agent process; nothing runs yet, so
             // every container in this agent's own store is a leftover.
             let mut rm = self.command();
@@ -245,7 +260,44 @@ impl Backend for Buildah {
         cancel: CancellationToken,
     ) -> BoxFuture<'a, Result<PushedImage, BackendError>> {
         Box::pin(async move {
-            let result = self.build_and_push(spec, &log, &cancel).await;
+            let cgroup = match self.isolation {
+                Isolation::Oci { .. } => {
+                    BuildCgroup::create(&self.cgroup_root, spec.build_id, &self.limits).map_err(
+                        |source| BackendError::Io {
+                            action: "cannot create the build's cgroup under",
+                            path: self.cgroup_root.clone(),
+                            source,
+                        },
+                    )?
+                }
+                Isolation::Chroot => None,
+            };
+            // Cancelled by the caller, or by the disk watch when the build outgrows its limit.
+            let stop = cancel.child_token();
+            let isolation = self.isolation.clone();
+            let build_dir = spec.build_dir.clone();
+            let dirs = move || -> futures::future::BoxFuture<'static, Vec<PathBuf>> {
+                let isolation = isolation.clone();
+                let build_dir = build_dir.clone();
+                Box::pin(async move {
+                    let mut dirs = isolation.step_roots(&build_dir).await;
+                    dirs.push(build_dir);
+                    dirs
+                })
+            };
+            let watch = LimitWatch::start(self.limits.disk, dirs, cgroup.clone(), stop.clone());
+            let mut result = self
+                .build_and_push(spec, &log, &stop, cgroup.as_ref())
+                .await;
+            let stopped = watch.finish();
+            if result.is_err() && !cancel.is_cancelled() {
+                let why = stopped.or_else(|| cgroup.as_ref().and_then(BuildCgroup::explain));
+                if let Some(why) = why {
+                    tracing::warn!(build.id = %spec.build_id, reason = %why, "build stopped at a limit");
+                    log.note(&why).await;
+                    result = Err(BackendError::Limit(why));
+                }
+            }
             // A build that succeeded ran every step to its end; one that failed or was cancelled
             // may have a step buildah did not get to stop, still running in its container.
             if result.is_err() {
@@ -262,6 +314,9 @@ impl Backend for Buildah {
                 if result.is_ok() {
                     tracing::warn!(build.id = %spec.build_id, error = %e, "could not remove the local image");
                 }
+            }
+            if let Some(cg) = cgroup {
+                cg.remove();
             }
             result
         })
@@ -336,7 +391,7 @@ mod tests {
              --build-arg A=1 --build-arg B=x=y --target final \
              -t archfarm-00000000-0000-0000-0000-000000000000 /w/builds/b/context"
         );
-        let b = Buildah::new(Path::new("/w/storage"));
+        let b = Buildah::new(Path::new("/w/storage"), Isolation::Chroot);
         let std = b.command();
         let std = std.as_std();
         let global: Vec<String> = std

@@ -1,9 +1,9 @@
 //! How a build's `RUN` steps are kept apart from the agent: each in an OCI runtime container (runc)
-//! with its own PID, IPC, UTS and mount namespaces, buildah's default capability set and its
-//! default seccomp profile (buildah 1.28's `build` does not apply `--security-opt
-//! no-new-privileges` to `RUN` steps: tests/sandbox.rs saw `NoNewPrivs: 0` with it); or, for trusted single-tenant use only,
-//! buildah's chroot isolation, which shares the host's PID, IPC and network namespaces and which a
-//! root process can leave.
+//! with its own PID, IPC, UTS and mount namespaces, buildah's default capability set, its default
+//! seccomp profile and no-new-privileges (set by [`super::runtime_shim`], since buildah 1.28's
+//! `build` cannot), inside the build's own cgroup ([`super::limits`]); or, for trusted
+//! single-tenant use only, buildah's chroot isolation, which shares the host's PID, IPC and network
+//! namespaces and which a root process can leave.
 //!
 //! With OCI isolation the containers are runc's, not children in buildah's process group: a
 //! buildah killed with SIGKILL leaves its step running. Every container is therefore created under
@@ -114,6 +114,24 @@ impl fmt::Display for Network {
 pub struct Unusable(pub String);
 
 impl Isolation {
+    /// OCI isolation for an agent whose storage is `storage`: runc state in `storage/runc`, and
+    /// `runtime` run through the [`super::runtime_shim`] placed in `storage/runtime`, a link to
+    /// `agent` (the `archfarm-agent` executable).
+    pub fn oci(
+        storage: &Path,
+        runtime: &Path,
+        network: Network,
+        agent: &Path,
+    ) -> Result<Isolation, Unusable> {
+        let shim = super::runtime_shim::install(&storage.join("runtime"), runtime, agent)
+            .map_err(|e| Unusable(e.to_string()))?;
+        Ok(Isolation::Oci {
+            runtime: shim,
+            state_dir: storage.join("runc"),
+            network,
+        })
+    }
+
     /// The `buildah build` options that select this isolation and the steps' network.
     pub fn build_args(&self) -> Vec<OsString> {
         let mut args = self.runtime_args();
@@ -205,9 +223,12 @@ impl Isolation {
                 probe.arg("-v").arg(format!("{dir}:{dir}:ro"));
             }
         }
-        probe
-            .arg(&container)
-            .args(["--", "/bin/sh", "-c", "echo pid=$$"]);
+        probe.arg(&container).args([
+            "--",
+            "/bin/sh",
+            "-c",
+            "echo pid=$$; grep NoNewPrivs /proc/self/status",
+        ]);
         let result = run_quiet(probe, "buildah run (isolation check)").await;
         let mut rm = buildah();
         rm.arg("rm").arg(&container);
@@ -221,13 +242,7 @@ impl Isolation {
                  privileged)"
             ))
         })?;
-        if out.trim() != "pid=1" {
-            return Err(Unusable(format!(
-                "a test step saw itself as '{}', not as PID 1 of its own namespace",
-                out.trim()
-            )));
-        }
-        Ok(())
+        check_probe(&out)
     }
 
     /// Kills and deletes the runtime's containers whose bundle lies under `under` (a build's
@@ -240,25 +255,16 @@ impl Isolation {
         else {
             return 0;
         };
-        if !state_dir.exists() {
-            return 0;
-        }
         let runc = || {
             let mut c = Command::new(runtime);
             c.arg("--root").arg(state_dir);
             c
         };
-        let mut list = runc();
-        list.args(["list", "--format", "json"]);
-        let listed = match run_quiet(list, "runc list").await {
-            Ok(out) => out,
-            Err(e) => {
-                tracing::warn!(error = %e, "could not list leftover build containers");
-                return 0;
-            }
+        let Some(listed) = self.list().await else {
+            return 0;
         };
         let mut removed = 0;
-        for id in containers_under(&listed, under) {
+        for Listed { id, .. } in containers_under(&listed, under) {
             let mut kill = runc();
             kill.args(["kill", "--all", &id, "KILL"]);
             // A container that already stopped refuses the kill; delete --force still removes it.
@@ -274,6 +280,43 @@ impl Isolation {
         }
         removed
     }
+
+    /// The root file systems of the steps running now whose bundle lies under `under` (a build's
+    /// temporary directory): where a step's writes land, for [`super::limits::LimitWatch`].
+    pub async fn step_roots(&self, under: &Path) -> Vec<PathBuf> {
+        let Some(listed) = self.list().await else {
+            return Vec::new();
+        };
+        containers_under(&listed, Some(under))
+            .into_iter()
+            .filter_map(|c| c.rootfs)
+            .collect()
+    }
+
+    /// `runc list --format json` of this agent's state directory; `None` without OCI isolation, before
+    /// the first container, or when runc fails (logged).
+    async fn list(&self) -> Option<String> {
+        let Isolation::Oci {
+            runtime, state_dir, ..
+        } = self
+        else {
+            return None;
+        };
+        if !state_dir.exists() {
+            return None;
+        }
+        let mut list = Command::new(runtime);
+        list.arg("--root")
+            .arg(state_dir)
+            .args(["list", "--format", "json"]);
+        match run_quiet(list, "runc list").await {
+            Ok(out) => Some(out),
+            Err(e) => {
+                tracing::warn!(error = %e, "could not list the build containers");
+                None
+            }
+        }
+    }
 }
 
 /// One container in `runc list --format json`.
@@ -281,10 +324,12 @@ impl Isolation {
 struct Listed {
     id: String,
     bundle: PathBuf,
+    #[serde(default)]
+    rootfs: Option<PathBuf>,
 }
 
-/// Ids of the listed containers whose bundle lies under `under` (all of them for `None`).
-fn containers_under(json: &str, under: Option<&Path>) -> Vec<String> {
+/// The listed containers whose bundle lies under `under` (all of them for `None`).
+fn containers_under(json: &str, under: Option<&Path>) -> Vec<Listed> {
     // runc prints `null` when there are none.
     let listed: Vec<Listed> = serde_json::from_str::<Option<Vec<Listed>>>(json.trim())
         .ok()
@@ -296,8 +341,30 @@ fn containers_under(json: &str, under: Option<&Path>) -> Vec<String> {
             Some(dir) => c.bundle.starts_with(dir),
             None => true,
         })
-        .map(|c| c.id)
         .collect()
+}
+
+/// Judges what the check container printed: it must be PID 1 of its own namespace and unable to
+/// gain privileges (set by the runtime shim, [`super::runtime_shim`]).
+fn check_probe(out: &str) -> Result<(), Unusable> {
+    let mut lines = out.lines().map(str::trim);
+    let pid = lines.next().unwrap_or_default();
+    if pid != "pid=1" {
+        return Err(Unusable(format!(
+            "a test step saw itself as '{pid}', not as PID 1 of its own namespace"
+        )));
+    }
+    let nnp = lines
+        .find_map(|l| l.strip_prefix("NoNewPrivs:"))
+        .map(str::trim);
+    if nnp != Some("1") {
+        return Err(Unusable(format!(
+            "a test step could gain privileges (NoNewPrivs: {}): the runtime shim did not \
+             harden its spec",
+            nnp.unwrap_or("missing")
+        )));
+    }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -352,15 +419,26 @@ mod tests {
     }
 
     #[test]
+    fn the_check_wants_pid_1_and_no_new_privileges() {
+        assert!(check_probe("pid=1\nNoNewPrivs:\t1\n").is_ok());
+        let e = check_probe("pid=4711\nNoNewPrivs:\t1").unwrap_err().0;
+        assert!(e.contains("'pid=4711'"), "{e}");
+        let e = check_probe("pid=1\nNoNewPrivs:\t0").unwrap_err().0;
+        assert!(e.contains("NoNewPrivs: 0"), "{e}");
+        let e = check_probe("pid=1").unwrap_err().0;
+        assert!(e.contains("missing"), "{e}");
+    }
+
+    #[test]
     fn leftovers_are_found_by_their_bundle() {
         let json = r#"[{"ociVersion":"1.0.2-dev","id":"buildah-buildah1","pid":7,"status":"running",
             "bundle":"/w/builds/a/tmp/buildah1","rootfs":"/x","created":"2026-12-05T08:26:14Z","owner":"root"},
             {"ociVersion":"1.0.2-dev","id":"buildah-buildah2","pid":8,"status":"stopped",
             "bundle":"/w/builds/b/tmp/buildah2","rootfs":"/y","created":"2026-12-05T08:26:14Z","owner":"root"}]"#;
-        assert_eq!(
-            containers_under(json, Some(Path::new("/w/builds/a/tmp"))),
-            ["buildah-buildah1"]
-        );
+        let a = containers_under(json, Some(Path::new("/w/builds/a/tmp")));
+        assert_eq!(a.len(), 1);
+        assert_eq!(a[0].id, "buildah-buildah1");
+        assert_eq!(a[0].rootfs.as_deref(), Some(Path::new("/x")));
         assert_eq!(containers_under(json, None).len(), 2);
         assert!(containers_under("null", None).is_empty());
         assert!(containers_under("", None).is_empty());

@@ -15,7 +15,9 @@ use crate::push::PushError;
 
 pub mod buildah;
 pub mod isolation;
+pub mod limits;
 pub mod process;
+pub mod runtime_shim;
 pub mod secrets;
 
 /// A boxed future, so [`Backend`] can be used as a trait object.
@@ -140,6 +142,9 @@ pub enum BackendError {
     /// Uploading the image to the registry failed.
     #[error(transparent)]
     Push(#[from] PushError),
+    /// The build passed one of its limits (memory, processes, disk) and was stopped; says which.
+    #[error("{0}")]
+    Limit(String),
     /// Build steps cannot be isolated as configured on this machine.
     #[error(transparent)]
     Isolation(#[from] isolation::Unusable),

@@ -69,11 +69,12 @@ pub async fn run_build(
     let registry_auth = env
         .registry
         .resolve(lease.registry_auth.as_ref(), &lease.registry);
-    // Secret build arguments and the registry credential never leave the agent in a log line or
-    // a failure message.
+    // Build secrets, secret build arguments and the registry credential never leave the agent in
+    // a log line or a failure message (a step may well `cat /run/secrets/ID`).
     let secrets: Vec<_> = registry_auth.iter().flat_map(|c| c.secrets()).collect();
     let redactor = Redactor::for_build_args(&lease.build_args, &lease.secret_build_args)
-        .with(secrets.iter().map(|s| s.expose()));
+        .with(secrets.iter().map(|s| s.expose()))
+        .with(lease.secrets.iter().map(|s| s.value.expose()));
     let target = LogTarget {
         client: env.client.clone(),
         creds: creds.clone(),
@@ -185,6 +186,7 @@ async fn execute(
         repository: lease.repository.clone(),
         insecure_registry: lease.insecure_registry,
         registry_auth,
+        secrets: lease.secrets.clone(),
     };
     Ok(env
         .backend

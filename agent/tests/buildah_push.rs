@@ -164,6 +164,7 @@ impl Fixture {
             repository: "team/app".into(),
             insecure_registry: true,
             registry_auth: None,
+            secrets: vec![],
         }
     }
 

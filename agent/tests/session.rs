@@ -420,6 +420,7 @@ fn a_lease(context: &[u8]) -> Lease {
         heartbeat_interval_secs: 1,
         registry_auth: None,
         secret_build_args: Vec::new(),
+        secrets: Vec::new(),
     }
 }
 
@@ -661,6 +662,38 @@ async fn a_failed_build_reports_one_line() {
         "buildah build exited with status 1: Error: it broke"
     );
     assert!(s.lock().unwrap().completes.is_empty());
+    agent.shutdown().await.unwrap();
+}
+
+#[tokio::test]
+async fn build_secret_values_are_redacted_from_lines_and_the_failure() {
+    let ctx = context_archive();
+    let mut lease = a_lease(&ctx);
+    // The fake backend prints "Error: it broke" and fails with that as its last line.
+    lease.secrets = vec![archfarm_protocol::BuildSecret {
+        id: "tok".into(),
+        value: Secret::new("broke"),
+    }];
+    let (url, s) = start(Fake {
+        context: ctx,
+        leases: VecDeque::from([lease]),
+        ..Default::default()
+    })
+    .await;
+    let agent = spawn_agent(&url, JOIN, Behaviour::Fail);
+    until(&s, "fail", |f| !f.fails.is_empty()).await;
+    {
+        let f = s.lock().unwrap();
+        assert_eq!(
+            f.fails[0].error,
+            "buildah build exited with status 1: Error: it [redacted]"
+        );
+        assert!(
+            f.lines.iter().all(|l| !l.contains("broke")),
+            "{:?}",
+            f.lines
+        );
+    }
     agent.shutdown().await.unwrap();
 }
 

@@ -183,6 +183,7 @@ fn rows(
         updated_at: 0,
         finished_at: None,
         secret_build_args: Vec::new(),
+        secret_ids: Vec::new(),
     };
     let builds = platforms
         .into_iter()

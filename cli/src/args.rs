@@ -320,6 +320,12 @@ pub struct BuildArgs {
     /// argument it still reaches the image's history, so it is no way to keep a secret out of it.
     #[arg(long = "secret-build-arg", value_name = "NAME")]
     pub secret_build_args: Vec<String>,
+    /// A build secret for `RUN --mount=type=secret,id=ID` steps, as buildx takes it:
+    /// id=ID,src=FILE or id=ID,env=VAR (also type=file|env, env=VAR alone, id=ID alone); repeatable.
+    /// The value is read now, goes to the agents building this job only, and is never in the
+    /// image, a log, the job or the coordinator's database once the job has ended.
+    #[arg(long = "secret", value_name = "id=ID,src=FILE|env=VAR")]
+    pub secrets: Vec<String>,
     /// Context directory.
     #[arg(value_name = "CONTEXT")]
     pub context: PathBuf,

@@ -124,6 +124,7 @@ pub async fn build(conn: &Connection, args: &BuildArgs) -> Result<u8, Error> {
         timeout_secs: plan.timeout.map(|t| t.as_secs()),
         submitter: plan.submitter.clone(),
         secret_build_args: plan.secret_build_args.clone(),
+        secrets: plan.secrets.clone(),
     };
     let job = client.submit_job(&request).await?;
     let id = job.id;

@@ -1,7 +1,8 @@
 //! The `archfarm` command: what CI pipelines run to build multi-arch images on an archfarm farm.
 //!
 //! * [`args`]: the command line (clap).
-//! * [`validate`]: local checks of `build`'s inputs, before any network call.
+//! * [`validate`]: local checks of `build`'s inputs, before any network call; [`secrets`]:
+//!   `--secret` specs and their values.
 //! * [`dockerignore`] and [`context`]: packing the context deterministically.
 //! * [`client`]: the coordinator's CI routes, typed.
 //! * [`follow`]: following a job's builds and logs, shown through a view.
@@ -19,6 +20,7 @@ pub mod dockerignore;
 pub mod follow;
 pub mod logs;
 pub mod output;
+pub mod secrets;
 pub mod tty;
 pub mod validate;
 

@@ -46,6 +46,8 @@ pub struct BuildPlan {
     pub submitter: Option<String>,
     /// Names of build arguments whose values are secret; each is a key of `build_args`.
     pub secret_build_args: Vec<String>,
+    /// Build secrets with their values read (their `Debug` hides the values).
+    pub secrets: Vec<archfarm_protocol::BuildSecret>,
 }
 
 impl BuildPlan {
@@ -72,7 +74,9 @@ impl BuildPlan {
             Some(f) => dockerfile_in_context(&args.context, f, true)?,
             None => dockerfile_in_context(&args.context, Path::new("Dockerfile"), false)?,
         };
+        let secrets = crate::secrets::load(&args.secrets, &env)?;
         Ok(BuildPlan {
+            secrets,
             platforms,
             optional_platforms,
             tags,

@@ -306,3 +306,26 @@ fn token_is_not_echoed() {
     );
     assert!(!all.contains("s3cr3t-value"), "{all}");
 }
+
+#[test]
+fn bad_secrets_exit_2_before_any_upload() {
+    let ctx = good_context();
+    let with = |spec: &str| {
+        let mut args = OK.to_vec();
+        args.extend(["--secret", spec]);
+        build(ctx.path(), &args)
+    };
+    assert_usage(
+        with("id=tok,mode=0400"),
+        "invalid --secret 'id=tok,mode=0400': unknown key 'mode'; accepted: id=ID,src=FILE",
+    );
+    let missing = ctx.path().join("no-such-file");
+    assert_usage(
+        with(&format!("id=tok,src={}", missing.display())),
+        &format!("--secret id=tok: cannot use {}", missing.display()),
+    );
+    assert_usage(
+        with("id=tok,env=ARCHFARM_TEST_SURELY_UNSET"),
+        "the environment variable ARCHFARM_TEST_SURELY_UNSET is not set",
+    );
+}

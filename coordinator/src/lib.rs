@@ -224,7 +224,9 @@ pub async fn run(
 }
 
 /// Background task: takes back leases whose agents stopped heartbeating, fails jobs past their
-/// time limit, and takes over stitching left by a replica that died.
+/// time limit, takes over stitching left by a replica that died, and deletes build secrets of
+/// jobs that ended (the statements that end jobs delete them too; this catches any path that did
+/// not, within a second).
 async fn reap_leases(state: AppState) {
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     let mut passes: u64 = 0;
@@ -243,6 +245,11 @@ async fn reap_leases(state: AppState) {
         }
         if let Err(e) = progress::take_over_stitches(&state, false).await {
             tracing::error!(error = %e, "stitching takeover pass failed");
+        }
+        match state.store.sweep_secrets().await {
+            Ok(0) => {}
+            Ok(n) => tracing::info!(rows = n, "deleted build secrets of jobs that ended"),
+            Err(e) => tracing::error!(error = %e, "build secret sweep failed"),
         }
         passes += 1;
         if passes.is_multiple_of(10) {

@@ -136,6 +136,11 @@ pub struct JobRequest {
     /// replaced by `[redacted]` in build logs. Each must be a key of `build_args`.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub secret_build_args: Vec<String>,
+    /// Build secrets (`--secret`) for `RUN --mount=type=secret,id=ID` steps. Their values go to
+    /// the agents building this job and nowhere else: the job shows their ids only, and the
+    /// coordinator deletes them when the job ends.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub secrets: Vec<crate::BuildSecret>,
 }
 
 /// Longest `submitter` the coordinator keeps.
@@ -338,6 +343,9 @@ pub struct Job {
     /// `build_args`).
     #[serde(default)]
     pub secret_build_args: Vec<String>,
+    /// Ids of the job's build secrets (`--secret`); their values are never shown.
+    #[serde(default)]
+    pub secrets: Vec<String>,
 }
 
 /// One platform's build inside a job.
@@ -518,6 +526,11 @@ pub struct Lease {
     /// Names of `build_args` whose values the agent replaces with `[redacted]` in log lines.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub secret_build_args: Vec<String>,
+    /// The job's build secrets, for this build's `buildah build --secret` only: the agent
+    /// writes each to a private file for the length of the build, and redacts the values from
+    /// log lines. Its `Debug` hides the values.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub secrets: Vec<crate::BuildSecret>,
 }
 
 /// `POST /api/v1/builds/{id}/heartbeat`. A 409 answer means the lease is gone: stop the build.
@@ -613,12 +626,21 @@ mod tests {
             "insecure_registry": false, "heartbeat_interval_secs": 5
         });
         let mut l: Lease = serde_json::from_value(lease).unwrap();
-        assert!(l.registry_auth.is_none() && l.secret_build_args.is_empty());
+        assert!(
+            l.registry_auth.is_none() && l.secret_build_args.is_empty() && l.secrets.is_empty()
+        );
         let json = serde_json::to_string(&l).unwrap();
         assert!(
-            !json.contains("registry_auth") && !json.contains("secret_build_args"),
+            !json.contains("registry_auth")
+                && !json.contains("secret_build_args")
+                && !json.contains("\"secrets\""),
             "{json}"
         );
+        l.secrets = vec![crate::BuildSecret {
+            id: "tok".into(),
+            value: crate::Secret::new("s3cret-value"),
+        }];
+        assert!(!format!("{l:?}").contains("s3cret-value"));
         l.registry_auth = Some(crate::RegistryCredential::Basic {
             username: "u".into(),
             password: crate::Secret::new("hunter2"),

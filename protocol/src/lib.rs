@@ -2,7 +2,8 @@
 //!
 //! * [`platform`]: parsing and normalising `os/arch[/variant]`; the single home of those rules.
 //! * [`reference`]: image references (`REGISTRY/REPOSITORY[:TAG][@DIGEST]`) and content digests.
-//! * [`secret`]: tokens that never show in logs.
+//! * [`secret`]: tokens that never show in logs; [`build_secret`]: `--secret` values for `RUN
+//!   --mount=type=secret` steps.
 //! * [`api`]: the JSON bodies of the coordinator's HTTP API, for CI clients and agents alike.
 //! * [`events`]: the Server-Sent Events of job and farm streams.
 //! * [`tokens`]: join and API tokens, their scopes and prefixes.
@@ -11,6 +12,7 @@
 //!   values in log lines.
 
 pub mod api;
+pub mod build_secret;
 pub mod duration;
 pub mod events;
 pub mod limits;
@@ -21,6 +23,7 @@ pub mod registry_auth;
 pub mod secret;
 pub mod tokens;
 
+pub use build_secret::BuildSecret;
 pub use platform::{Platform, PlatformError};
 pub use reference::{Digest, ImageRef, ReferenceError};
 pub use registry_auth::{RegistryAuths, RegistryCredential};

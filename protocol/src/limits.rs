@@ -1,5 +1,7 @@
 //! Caps on a build context archive, shared by the coordinator (which checks an upload before it
-//! stores it) and agents (which check again as they unpack), so both refuse the same archives.
+//! stores it) and agents (which check again as they unpack), so both refuse the same archives;
+//! and on a job's build secrets, shared by the CLI (which checks before it uploads anything) and
+//! the coordinator.
 //!
 //! A context comes from whoever submitted the job, so every number here bounds what reading one
 //! costs: entry data, entry count, the headers before each entry (GNU long names and PAX records,
@@ -12,6 +14,16 @@ pub const MAX_COMPONENT_BYTES: usize = 255;
 /// Most bytes the headers of one entry may take: its own 512-byte header plus any GNU long name,
 /// GNU long link and PAX records before it. Two paths of [`MAX_PATH_BYTES`] fit with room to spare.
 pub const MAX_HEADER_BYTES: u64 = 64 << 10;
+
+/// Largest value of one build secret, in bytes: BuildKit's cap (500 KiB), so a secret that works
+/// with `docker buildx build --secret` works here. Secrets travel in the job's JSON and live in
+/// the database while the job runs; a larger file (a whole keystore) belongs in a registry or a
+/// private base image instead.
+pub const MAX_SECRET_BYTES: usize = 500 * 1024;
+/// Most build secrets one job may pass.
+pub const MAX_SECRETS: usize = 32;
+/// Longest build secret id, in bytes. It names a file under `/run/secrets/` in a `RUN` step.
+pub const MAX_SECRET_ID_BYTES: usize = 128;
 
 /// Caps on what one context may unpack to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -11,6 +11,7 @@ use tokio_util::sync::CancellationToken;
 use super::isolation::{Isolation, Unusable};
 use super::limits::{self, BuildCgroup, LimitWatch, Limits};
 use super::process::{run_logged, run_quiet};
+use super::secrets::SecretFiles;
 use super::{Backend, BackendError, BoxFuture, BuildSpec, LogSink, PushedImage};
 use crate::push::{self, Retry, Target};
 use crate::registry_auth::PrivateAuthFile;
@@ -143,9 +144,19 @@ impl Buildah {
                 )?,
             ),
         };
+        // Removed when this function returns, like the auth file.
+        let secret_files =
+            SecretFiles::create(&spec.build_dir, &spec.secrets).map_err(|source| {
+                BackendError::Io {
+                    action: "cannot write the build secrets in",
+                    path: spec.build_dir.clone(),
+                    source,
+                }
+            })?;
         // `build_args` starts with the subcommand; the registry options go right after it.
         let mut build = self.command();
         build.args(["build"]);
+        build.args(secret_files.buildah_args());
         if let Some(file) = &auth_file {
             build.arg("--authfile").arg(file.path());
         }
@@ -164,6 +175,7 @@ impl Buildah {
             .env("TMPDIR", &tmp);
         run_logged(build, "buildah build", log, cancel).await?;
         drop(auth_file);
+        drop(secret_files);
 
         let layout = Self::layout_dir(spec);
         let mut dest = OsString::from("oci:");
@@ -357,6 +369,7 @@ mod tests {
             repository: "team/app".into(),
             insecure_registry: true,
             registry_auth: None,
+            secrets: vec![],
         }
     }
 

@@ -18,6 +18,7 @@ pub mod isolation;
 pub mod limits;
 pub mod process;
 pub mod runtime_shim;
+pub mod secrets;
 
 /// A boxed future, so [`Backend`] can be used as a trait object.
 pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
@@ -48,6 +49,8 @@ pub struct BuildSpec {
     /// The credential for `registry` (from the lease, else the agent's own), for the push and
     /// for base images pulled from it; none means anonymous. Its `Debug` hides the secret.
     pub registry_auth: Option<archfarm_protocol::RegistryCredential>,
+    /// Build secrets for `RUN --mount=type=secret` steps. Their `Debug` hides the values.
+    pub secrets: Vec<archfarm_protocol::BuildSecret>,
 }
 
 /// The manifest a build pushed, as reported to the coordinator.

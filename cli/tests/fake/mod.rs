@@ -194,6 +194,7 @@ async fn submit(State(s): State<Shared>, Json(req): Json<JobRequest>) -> Respons
         finished_at: None,
         builds: all.iter().map(|(p, o)| new_build(p, *o)).collect(),
         secret_build_args: req.secret_build_args.clone(),
+        secrets: req.secrets.iter().map(|s| s.id.clone()).collect(),
     };
     f.request = Some(req);
     f.job = Some(job.clone());

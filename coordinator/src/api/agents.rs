@@ -244,7 +244,10 @@ async fn lease_for(
     // Only this job's registry's credential travels, and only in this answer: never stored, never
     // logged (its Debug hides the secret).
     let registry_auth = state.registry.auths.get(&job.registry).cloned();
+    // Likewise the job's build secrets: read for this lease, held in memory until it is sent.
+    let secrets = state.store.job_secrets(job.id).await?;
     Ok(Lease {
+        secrets,
         registry_auth,
         secret_build_args: job.secret_build_args,
         build_id: build.id,

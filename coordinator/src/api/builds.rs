@@ -189,8 +189,9 @@ async fn fail(
     Ok(StatusCode::NO_CONTENT)
 }
 
-/// What must never reach a job's logs or errors: its secret build arguments' values and its
-/// registry's credential. Agents redact these already; this is the second line of defence.
+/// What must never reach a job's logs or errors: its build secrets' and secret build arguments'
+/// values and its registry's credential. Agents redact these already; this is the second line of
+/// defence (for build secrets, while the job is live: their values are deleted when it ends).
 async fn redactor_for(state: &AppState, job_id: Uuid) -> Result<Redactor, ApiError> {
     let Some(job) = state.store.get_job(job_id).await? else {
         return Ok(Redactor::default());
@@ -201,9 +202,11 @@ async fn redactor_for(state: &AppState, job_id: Uuid) -> Result<Redactor, ApiErr
         .get(&job.registry)
         .map(|c| c.secrets())
         .unwrap_or_default();
+    let build_secrets = state.store.job_secrets(job_id).await?;
     Ok(
         Redactor::for_build_args(&job.build_args, &job.secret_build_args)
-            .with(secrets.iter().map(|s| s.expose())),
+            .with(secrets.iter().map(|s| s.expose()))
+            .with(build_secrets.iter().map(|s| s.value.expose())),
     )
 }
 

@@ -147,6 +147,8 @@ pub fn validate(req: JobRequest) -> Result<NewJob, ApiError> {
             secret_build_args.push(name.clone());
         }
     }
+    archfarm_protocol::build_secret::check_all(&req.secrets)
+        .map_err(|m| ApiError::bad("invalid_secret", m))?;
     if let Some(t) = &req.target {
         if t.is_empty()
             || t.len() > 128
@@ -187,6 +189,7 @@ pub fn validate(req: JobRequest) -> Result<NewJob, ApiError> {
         tags: refs.iter().map(ToString::to_string).collect(),
         platforms,
         secret_build_args,
+        secrets: req.secrets,
     })
 }
 
@@ -468,6 +471,30 @@ mod tests {
             m.contains("'OTHER' is not among the build arguments"),
             "{m}"
         );
+    }
+
+    #[test]
+    fn secrets_are_checked_without_quoting_their_values() {
+        let secret = |id: &str, value: &str| archfarm_protocol::BuildSecret {
+            id: id.into(),
+            value: archfarm_protocol::Secret::new(value),
+        };
+        let mut r = req(&["amd64"], &["localhost:5000/a:1"]);
+        r.secrets = vec![secret("tok", "v1"), secret("other", "")];
+        assert_eq!(validate(r.clone()).unwrap().secrets, r.secrets);
+        for (bad, needle) in [
+            (vec![secret("a/b", "v")], "A-Z a-z 0-9 _ - ."),
+            (vec![secret("t", "v"), secret("t", "w")], "given twice"),
+            (
+                vec![secret("big", &"s".repeat(500 * 1024 + 1))],
+                "at most 512000 (500 KiB)",
+            ),
+        ] {
+            r.secrets = bad;
+            let (code, m) = message(validate(r.clone()).unwrap_err());
+            assert_eq!(code, "invalid_secret");
+            assert!(m.contains(needle) && !m.contains("sss"), "{m}");
+        }
     }
 
     #[test]

@@ -80,6 +80,7 @@ pub async fn job(state: &AppState, job: JobRow, fleet: &Fleet) -> StoreResult<ap
         finished_at: job.finished_at.map(to_time),
         builds,
         secret_build_args: job.secret_build_args,
+        secrets: job.secret_ids,
     })
 }
 

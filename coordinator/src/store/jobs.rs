@@ -3,12 +3,12 @@
 use std::collections::BTreeMap;
 
 use archfarm_protocol::api::{BuildMode, EmulationPolicy, JobState};
-use archfarm_protocol::{Digest, Platform};
+use archfarm_protocol::{BuildSecret, Digest, Platform};
 use sqlx::any::AnyRow;
 use sqlx::Row;
 use uuid::Uuid;
 
-use super::{json_col, now_ms, parse_col, Store, StoreError, StoreResult};
+use super::{json_col, now_ms, parse_col, secrets, Store, StoreError, StoreResult};
 
 /// A validated job ready to be stored.
 #[derive(Debug, Clone)]
@@ -39,6 +39,8 @@ pub struct NewJob {
     pub submitter: Option<String>,
     /// Names of the build arguments whose values are secret.
     pub secret_build_args: Vec<String>,
+    /// Build secrets, stored until the job ends (see `secrets.rs`).
+    pub secrets: Vec<BuildSecret>,
 }
 
 /// What ending a job stopped.
@@ -95,12 +97,14 @@ pub struct JobRow {
     pub finished_at: Option<i64>,
     /// Names of the build arguments whose values are secret.
     pub secret_build_args: Vec<String>,
+    /// Ids of the job's build secrets (the values are in `job_secrets` while the job is live).
+    pub secret_ids: Vec<String>,
 }
 
 const COLUMNS: &str =
     "id, state, context, dockerfile, build_args, target, emulation, tags, platforms, registry, \
         repository, index_digest, index_media_type, error, created_at, updated_at, finished_at, \
-    optional_platforms, timeout_secs, warnings, submitter, secret_build_args";
+    optional_platforms, timeout_secs, warnings, submitter, secret_build_args, secret_ids";
 
 impl JobRow {
     fn from_row(row: &AnyRow) -> StoreResult<Self> {
@@ -134,31 +138,37 @@ impl JobRow {
             timeout_secs: row.try_get("timeout_secs")?,
             warnings: json_col(row, "warnings")?,
             submitter: row.try_get("submitter")?,
-            secret_build_args: {
-                let raw: Option<String> = row.try_get("secret_build_args")?;
-                match raw {
-                    None => Vec::new(),
-                    Some(value) => {
-                        serde_json::from_str(&value).map_err(|_| StoreError::Corrupt {
-                            column: "jobs.secret_build_args",
-                            value,
-                        })?
-                    }
-                }
-            },
+            secret_build_args: nullable_list(row, "secret_build_args")?,
+            secret_ids: nullable_list(row, "secret_ids")?,
         })
     }
 }
 
+/// A nullable JSON list of names (NULL when there are none).
+fn nullable_list(row: &AnyRow, column: &'static str) -> StoreResult<Vec<String>> {
+    let raw: Option<String> = row.try_get(column)?;
+    match raw {
+        None => Ok(Vec::new()),
+        Some(value) => {
+            serde_json::from_str(&value).map_err(|_| StoreError::Corrupt { column, value })
+        }
+    }
+}
+
+/// The nullable JSON form of a list of names.
+fn to_nullable_list(names: &[String]) -> Option<String> {
+    (!names.is_empty()).then(|| serde_json::to_string(names).expect("names serialise"))
+}
+
 impl Store {
-    /// Stores a job and its builds in one transaction; returns the job id.
+    /// Stores a job, its builds and its secrets in one transaction; returns the job id.
     pub async fn insert_job(&self, job: &NewJob) -> StoreResult<Uuid> {
         let id = Uuid::new_v4();
         let now = now_ms();
         let mut tx = self.begin().await?;
         sqlx::query(&format!(
                         "INSERT INTO jobs ({COLUMNS}) VALUES ($1, 'queued', $2, $3, $4, $5, $6, $7, $8, $9, $10, NULL, NULL, NULL, \
-             $11, $12, NULL, $13, $14, '[]', $15, $16)"
+             $11, $12, NULL, $13, $14, '[]', $15, $16, $17)"
         ))
         .bind(id.to_string())
         .bind(job.context.as_str())
@@ -175,12 +185,13 @@ impl Store {
         .bind(serde_json::to_string(&job.optional_platforms).expect("platforms serialise"))
         .bind(job.timeout_secs)
         .bind(job.submitter.as_deref())
-        .bind(
-            (!job.secret_build_args.is_empty())
-                .then(|| serde_json::to_string(&job.secret_build_args).expect("names serialise")),
-        )
+        .bind(to_nullable_list(&job.secret_build_args))
+        .bind(to_nullable_list(
+            &job.secrets.iter().map(|s| s.id.clone()).collect::<Vec<_>>(),
+        ))
         .execute(&mut *tx)
         .await?;
+        secrets::insert(&mut tx, id, &job.secrets).await?;
         for (position, platform) in job.platforms.iter().enumerate() {
             sqlx::query(
                 "INSERT INTO builds (id, job_id, position, platform, state, attempts, created_at, optional, queued_at) \
@@ -343,7 +354,12 @@ impl Store {
         .bind(id.to_string())
         .execute(&mut *tx)
         .await?;
+        // No build of it will be leased again: its secrets have no more use.
+        let deleted = secrets::delete(&mut tx, id).await?;
         tx.commit().await?;
+        if deleted > 0 {
+            self.scrub_deleted_secrets().await;
+        }
         Ok(Some(Stopped { running }))
     }
 
@@ -357,6 +373,7 @@ impl Store {
         media_type: &str,
     ) -> StoreResult<bool> {
         let now = now_ms();
+        let mut tx = self.begin().await?;
         let res = sqlx::query(
             "UPDATE jobs SET state = 'succeeded', index_digest = $1, index_media_type = $2, updated_at = $3, \
              finished_at = $4 WHERE id = $5 AND state = 'stitching' AND stitch_token = $6",
@@ -367,9 +384,19 @@ impl Store {
         .bind(now)
         .bind(id.to_string())
         .bind(stitch_token.to_string())
-        .execute(&self.pool)
+        .execute(&mut *tx)
         .await?;
-        Ok(res.rows_affected() == 1)
+        let finished = res.rows_affected() == 1;
+        let deleted = if finished {
+            secrets::delete(&mut tx, id).await?
+        } else {
+            0
+        };
+        tx.commit().await?;
+        if deleted > 0 {
+            self.scrub_deleted_secrets().await;
+        }
+        Ok(finished)
     }
 }
 

@@ -9,6 +9,7 @@ mod contexts;
 pub mod history;
 mod jobs;
 pub mod scratch;
+mod secrets;
 mod stitching;
 mod tokens;
 
@@ -92,6 +93,18 @@ impl Store {
         let max = if sqlite { 1 } else { 16 };
         let pool = AnyPoolOptions::new()
             .max_connections(max)
+            .after_connect(move |conn, _| {
+                Box::pin(async move {
+                    if sqlite {
+                        // Deleted rows (build secrets above all) are overwritten with zeros, not
+                        // left readable in free pages of the file. Per connection, hence here.
+                        sqlx::query("PRAGMA secure_delete = ON")
+                            .execute(conn)
+                            .await?;
+                    }
+                    Ok(())
+                })
+            })
             .connect(url)
             .await?;
         if sqlite {
@@ -201,6 +214,7 @@ pub(crate) async fn insert_test_job(
             timeout_secs: 7200,
             submitter: None,
             secret_build_args: vec![],
+            secrets: vec![],
         })
         .await
         .unwrap()

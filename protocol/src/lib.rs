@@ -9,6 +9,8 @@
 //! * [`limits`]: caps on a build context archive, the same on the coordinator and agents.
 //! * [`registry_auth`]: registry credentials from Docker's `config.json`; [`redact`]: hiding secret
 //!   values in log lines.
+//! * [`repository_pattern`]: where a job may push (token patterns, allowed registries);
+//!   [`registry_text`]: what of a registry's answer may be shown.
 
 pub mod api;
 pub mod duration;
@@ -18,6 +20,8 @@ pub mod platform;
 pub mod redact;
 pub mod reference;
 pub mod registry_auth;
+pub mod registry_text;
+pub mod repository_pattern;
 pub mod secret;
 pub mod tokens;
 

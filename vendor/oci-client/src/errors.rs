@@ -66,6 +66,10 @@ pub enum OciDistributionError {
     /// Registry didn't return a Location header
     #[error("Registry did not return a location header")]
     RegistryNoLocationError,
+    /// [`ClientConfig::host_check`](crate::client::ClientConfig::host_check) refused a host the
+    /// registry named (archfarm's patch).
+    #[error("{0}")]
+    HostNotAllowed(String),
     /// Registry token: JSON deserialization error
     #[error("Failed to decode registry token: {0}")]
     RegistryTokenDecodeError(String),

@@ -453,16 +453,23 @@ impl Client {
         &self,
         reference: &Reference,
         op: RegistryOperation,
-    ) -> Option<RegistryTokenType> {
+    ) -> Result<Option<RegistryTokenType>> {
         let registry = reference.resolve_registry();
-        let auth = self.auth_store.read().await.get(registry)?.clone();
+        let Some(auth) = self.auth_store.read().await.get(registry).cloned() else {
+            return Ok(None);
+        };
         match self.tokens.get(reference, op).await {
-            Some(token) => Some(token),
-            None => {
-                let token = self._auth(reference, &auth, op).await.ok()??;
-                self.tokens.insert(reference, op, token.clone()).await;
-                Some(token)
-            }
+            Some(token) => Ok(Some(token)),
+            None => match self._auth(reference, &auth, op).await {
+                Ok(Some(token)) => {
+                    self.tokens.insert(reference, op, token.clone()).await;
+                    Ok(Some(token))
+                }
+                // archfarm's patch: a refused host is reported, not turned into an
+                // unauthenticated request whose 401 would hide why.
+                Err(e @ OciDistributionError::HostNotAllowed(_)) => Err(e),
+                Ok(None) | Err(_) => Ok(None),
+            },
         }
     }
 
@@ -2456,7 +2463,7 @@ impl<'a> RequestBuilderWrapper<'a> {
         }
 
         let mut headers = HeaderMap::new();
-        if let Some(token) = self.client.get_auth_token(image, op).await {
+        if let Some(token) = self.client.get_auth_token(image, op).await? {
             match token {
                 RegistryTokenType::Bearer(token) => {
                     debug!("Using bearer token authentication.");

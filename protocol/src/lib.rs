@@ -10,7 +10,8 @@
 //! * [`registry_auth`]: registry credentials from Docker's `config.json`; [`redact`]: hiding secret
 //!   values in log lines.
 //! * [`repository_pattern`]: where a job may push (token patterns, allowed registries);
-//!   [`registry_text`]: what of a registry's answer may be shown.
+//!   [`registry_text`]: what of a registry's answer may be shown; [`registry_hosts`]: where a
+//!   registry may send requests on to.
 
 pub mod api;
 pub mod duration;
@@ -20,6 +21,7 @@ pub mod platform;
 pub mod redact;
 pub mod reference;
 pub mod registry_auth;
+pub mod registry_hosts;
 pub mod registry_text;
 pub mod repository_pattern;
 pub mod secret;

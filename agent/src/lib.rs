@@ -184,7 +184,9 @@ pub async fn run(
         }
         IsolationKind::Chroot => Isolation::Chroot,
     };
-    let mut buildah = Buildah::new(&work_dir.storage()).with_isolation(isolation);
+    let mut buildah = Buildah::new(&work_dir.storage())
+        .with_isolation(isolation)
+        .with_registry_redirect_hosts(config.registry_redirect_hosts.clone());
     let cert_dir = registry
         .write_cert_dir(&work_dir.root().join("registry-ca"))
         .map_err(|source| AgentError::WorkDir {

@@ -51,6 +51,8 @@ pub fn classify(e: &OciDistributionError) -> Failure {
         E::AuthenticationFailure(reason) => {
             Failure::Permanent(denied(&format!("token request failed: {}", short(reason))))
         }
+        // The registry named a host it may not send us to; asking again names it again.
+        E::HostNotAllowed(reason) => Failure::Permanent(short(reason)),
         E::IoError(io) if transient_io(io.kind()) => {
             Failure::Transient(format!("connection failed: {io}"))
         }
@@ -64,7 +66,10 @@ fn classify_request(e: &reqwest::Error) -> Failure {
         return classify_status(status, "");
     }
     let cause = root_cause(e);
-    if e.is_builder() || e.is_redirect() {
+    if e.is_redirect() {
+        return Failure::Permanent(format!("the registry's redirect: {}", short(&cause)));
+    }
+    if e.is_builder() {
         return Failure::Permanent(cause);
     }
     if tls_problem(e) {

@@ -211,6 +211,14 @@ fn detail(e: &OciDistributionError) -> String {
         OciDistributionError::AuthenticationFailure(reason) => {
             format!("the token request failed: {}", sanitise_message(reason))
         }
+        // reqwest's own words omit the cause, which is where the refused host is named.
+        OciDistributionError::RequestError(re) if re.is_redirect() => {
+            let mut cause: &dyn std::error::Error = re;
+            while let Some(next) = cause.source() {
+                cause = next;
+            }
+            format!("the registry's redirect: {cause}")
+        }
         _ => e.to_string(),
     }
 }

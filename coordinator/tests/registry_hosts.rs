@@ -8,7 +8,7 @@ use std::sync::Arc;
 
 use archfarm_coordinator::config::Config;
 use archfarm_coordinator::registry::RegistryAccess;
-use archfarm_coordinator::stitch::registry_message;
+use archfarm_coordinator::stitch::{is_transient, registry_message};
 use axum::extract::State;
 use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
@@ -90,7 +90,11 @@ async fn read_through(realm: bool, list_it: bool) -> (Option<String>, usize, Str
         .pull_manifest_raw(&reference, &auth, &[OCI_IMAGE_MEDIA_TYPE])
         .await
         .err()
-        .map(|e| registry_message(&e));
+        .map(|e| {
+            // Stitching retries transient failures for minutes; a refusal must not be one.
+            assert!(!is_transient(&e), "{e}");
+            registry_message(&e)
+        });
     (message, seen.load(Ordering::SeqCst), other)
 }
 

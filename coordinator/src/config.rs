@@ -311,6 +311,27 @@ mod tests {
     }
 
     #[test]
+    fn allowed_registries_are_compared_as_registries() {
+        let any = parse(&[]);
+        assert!(any.registry_allowed("anything.example.com"));
+        let c = parse(&[
+            "--allowed-registry",
+            "Reg.LAN:5000,index.docker.io",
+            "--allowed-registry",
+            "ghcr.io",
+        ]);
+        assert_eq!(
+            c.allowed_registries,
+            ["reg.lan:5000", "docker.io", "ghcr.io"]
+        );
+        assert!(c.registry_allowed("reg.lan:5000") && c.registry_allowed("REG.lan:5000"));
+        assert!(c.registry_allowed("docker.io") && c.registry_allowed("registry-1.docker.io"));
+        assert!(!c.registry_allowed("reg.lan:5001") && !c.registry_allowed("reg.lan"));
+        let e = Config::try_parse_from(["c", "--allowed-registry", "reg.lan/team"]).unwrap_err();
+        assert!(e.to_string().contains("give HOST[:PORT]"), "{e}");
+    }
+
+    #[test]
     fn an_open_api_is_refused_beyond_loopback() {
         let wide: std::net::SocketAddr = "0.0.0.0:8080".parse().unwrap();
         let local: std::net::SocketAddr = "127.0.0.1:8080".parse().unwrap();

@@ -184,9 +184,7 @@ pub async fn run(
         }
         IsolationKind::Chroot => Isolation::Chroot,
     };
-    let mut buildah = Buildah::new(&work_dir.storage())
-        .with_isolation(isolation)
-        .with_registry_redirect_hosts(config.registry_redirect_hosts.clone());
+    let mut buildah = Buildah::new(&work_dir.storage()).with_isolation(isolation);
     let cert_dir = registry
         .write_cert_dir(&work_dir.root().join("registry-ca"))
         .map_err(|source| AgentError::WorkDir {
@@ -196,6 +194,7 @@ pub async fn run(
     if let (Some(pem), Some(dir)) = (&registry.ca_cert, cert_dir) {
         buildah = buildah.with_registry_ca(pem.clone(), dir);
     }
+    let buildah = buildah.with_registry_redirect_hosts(config.registry_redirect_hosts.clone());
     let backend: Arc<dyn Backend> = Arc::new(buildah);
     backend.prepare().await?;
     let client = CoordinatorClient::with_tls(config.coordinator.clone(), &config.client_tls())

@@ -198,3 +198,91 @@ fn tokens_decide_who_builds_registers_and_stays() {
     let mut again = Agent::start(&coordinator, native("first"));
     again.stop();
 }
+
+/// A submit token limited with `--repository` and a coordinator with `--allowed-registry`, through
+/// the CLI: the refusal as a CI log shows it, and exit code 2.
+#[test]
+fn limited_tokens_and_allowed_registries_refuse_through_the_cli() {
+    let coordinator = Coordinator::start_with(
+        CoordinatorOptions {
+            api_token: Some(ADMIN.into()),
+            ..CoordinatorOptions::default()
+        }
+        .arg("--allowed-registry")
+        .arg("localhost:5000"),
+    );
+    let url = coordinator.url().to_string();
+    let quick = Duration::from_secs(60);
+    let limited = admin(
+        &coordinator,
+        &[
+            "tokens",
+            "create",
+            "--scope",
+            "submit",
+            "--repository",
+            "localhost:5000/team-a/*",
+            "--name",
+            "team-a",
+        ],
+    );
+    let listing = admin_stdout(&coordinator, &["tokens", "list"]);
+    let row = listing.lines().find(|l| l.contains("team-a")).unwrap();
+    assert!(row.ends_with("localhost:5000/team-a/*"), "{listing}");
+
+    // Refused at submission, so no build runs: any context with a Dockerfile will do.
+    let context = BuildContext::empty();
+    context.write("Dockerfile", "FROM scratch\n");
+    let build = |tag: &str| {
+        let args = [
+            "build",
+            "--progress",
+            "plain",
+            "--platform",
+            "linux/amd64",
+            "-t",
+            tag,
+            &context.arg(),
+        ];
+        run_cli(&url, Some(&limited), &args, quick)
+    };
+
+    let out = build("localhost:5000/team-b/app:1");
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stderr).contains(
+            "this job would push to localhost:5000/team-b/app, which is outside this token's \
+             repositories: localhost:5000/team-a/* (repository_not_allowed, HTTP 403)"
+        ),
+        "{}",
+        text(&out.stderr)
+    );
+    let out = build("registry.example.com/team-a/app:1");
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stderr).contains(
+            "this farm pushes only to localhost:5000; registry.example.com is not among them \
+             (registry_not_allowed, HTTP 400)"
+        ),
+        "{}",
+        text(&out.stderr)
+    );
+    // A pattern that cannot be one is refused before anything is sent.
+    let out = coordinator.cli_timeout(
+        &[
+            "tokens",
+            "create",
+            "--scope",
+            "submit",
+            "--repository",
+            "local*:5000/x",
+        ],
+        quick,
+    );
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stderr).contains("must be exact"),
+        "{}",
+        text(&out.stderr)
+    );
+}

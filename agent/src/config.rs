@@ -106,6 +106,17 @@ pub struct Config {
     #[arg(long, env = "ARCHFARM_REGISTRY_CA_CERT")]
     pub registry_ca_cert: Option<PathBuf>,
 
+    /// Hosts (HOST[:PORT]) other than a registry itself that the registry may redirect pushes
+    /// to or name as its token service (`realm`), e.g. a CDN serving blobs; repeatable. Anything
+    /// else is refused before a request goes there. Docker Hub's own hosts need no listing.
+    /// Default: none.
+    #[arg(
+        long = "registry-redirect-host",
+        env = "ARCHFARM_REGISTRY_REDIRECT_HOST",
+        value_delimiter = ','
+    )]
+    pub registry_redirect_hosts: Vec<String>,
+
     /// PEM CA certificate(s) to trust for the coordinator's HTTPS certificate, on top of the
     /// system's roots (e.g. a self-signed farm CA). Default: none (the system's roots only).
     #[arg(long, env = "ARCHFARM_CA_CERT", value_name = "FILE")]

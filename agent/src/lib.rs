@@ -203,6 +203,7 @@ pub async fn run(
     if let (Some(pem), Some(dir)) = (&registry.ca_cert, cert_dir) {
         buildah = buildah.with_registry_ca(pem.clone(), dir);
     }
+    let buildah = buildah.with_registry_redirect_hosts(config.registry_redirect_hosts.clone());
     let backend: Arc<dyn Backend> = Arc::new(buildah);
     backend.prepare().await?;
     let client = CoordinatorClient::with_tls(config.coordinator.clone(), &config.client_tls())

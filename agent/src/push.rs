@@ -10,8 +10,10 @@
 //! reason [`crate::registry_error`] gives it.
 
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
+use archfarm_protocol::registry_hosts::RegistryHosts;
 use archfarm_protocol::Digest;
 use futures::TryStreamExt;
 use oci_client::client::{Certificate, CertificateEncoding, ClientConfig, ClientProtocol};
@@ -88,6 +90,9 @@ pub struct Target {
     pub auth: Option<archfarm_protocol::RegistryCredential>,
     /// Extra root CA certificates (PEM) trusted on top of the system's.
     pub ca_cert: Option<Vec<u8>>,
+    /// Hosts besides the registry it may send the push on to (redirects, its token realm,
+    /// upload locations); see [`RegistryHosts`].
+    pub redirect_hosts: Vec<String>,
 }
 
 /// A blob of the image, as a file in the layout.
@@ -293,11 +298,14 @@ fn client_for(target: &Target) -> Client {
             data: pem.clone(),
         })
         .collect();
+    // The registry is the submitter's choice; the agent's network is not theirs to reach.
+    let hosts = RegistryHosts::new(&registry_host(target), &target.redirect_hosts);
     Client::new(ClientConfig {
         protocol,
         connect_timeout: Some(REGISTRY_CONNECT_TIMEOUT),
         read_timeout: Some(REGISTRY_READ_TIMEOUT),
         extra_root_certificates,
+        host_check: Some(Arc::new(move |url| hosts.check(url))),
         ..Default::default()
     })
 }

@@ -51,6 +51,8 @@ pub fn classify(e: &OciDistributionError) -> Failure {
         E::AuthenticationFailure(reason) => {
             Failure::Permanent(denied(&format!("token request failed: {}", short(reason))))
         }
+        // The registry named a host it may not send us to; asking again names it again.
+        E::HostNotAllowed(reason) => Failure::Permanent(short(reason)),
         E::IoError(io) if transient_io(io.kind()) => {
             Failure::Transient(format!("connection failed: {io}"))
         }
@@ -64,7 +66,10 @@ fn classify_request(e: &reqwest::Error) -> Failure {
         return classify_status(status, "");
     }
     let cause = root_cause(e);
-    if e.is_builder() || e.is_redirect() {
+    if e.is_redirect() {
+        return Failure::Permanent(format!("the registry's redirect: {}", short(&cause)));
+    }
+    if e.is_builder() {
         return Failure::Permanent(cause);
     }
     if tls_problem(e) {
@@ -219,20 +224,10 @@ fn root_cause(e: &reqwest::Error) -> String {
     last.to_string()
 }
 
-/// `text` on one line, capped.
+/// `text` as one bounded line without control characters, escape sequences or HTML markup: a
+/// registry's words reach the build log, the job's error and the submitter's terminal.
 fn short(text: &str) -> String {
-    let one: Vec<&str> = text
-        .lines()
-        .map(str::trim)
-        .filter(|l| !l.is_empty())
-        .collect();
-    let one = one.join(" ");
-    if one.chars().count() <= MAX_MESSAGE {
-        return one;
-    }
-    let mut s: String = one.chars().take(MAX_MESSAGE).collect();
-    s.push('…');
-    s
+    archfarm_protocol::registry_text::sanitise(text, MAX_MESSAGE)
 }
 
 #[cfg(test)]
@@ -355,6 +350,29 @@ mod tests {
             f.reason(),
             "the registry refused the request (400 Bad Request: ARTIFACT_LOCKED: locked)"
         );
+    }
+
+    #[test]
+    fn a_registry_body_is_shown_bounded_and_sanitised() {
+        let page = format!(
+            "<!DOCTYPE html><html><head><title>Access denied</title></head><body>{}</body></html>",
+            "<p>markup</p>".repeat(10_000)
+        );
+        let f = classify(&server(403, &page));
+        assert_eq!(
+            f.reason(),
+            format!(
+                "the registry refused the credentials (403 Forbidden: an HTML page titled 'Access \
+                 denied'); give the coordinator's --registry-auth (or the agent's own) a credential \
+                 for this registry that may push to it"
+            )
+        );
+        let hostile = format!("\u{1b}]0;owned\u{7}\u{1b}[2Jno\rway{}", "x".repeat(5000));
+        let body = serde_json::json!({"errors": [{"code": "DENIED", "message": hostile}]});
+        let f = classify(&server(400, &body.to_string()));
+        assert!(!f.reason().contains(|c: char| c.is_control()), "{f:?}");
+        assert!(f.reason().contains("DENIED: no way"), "{f:?}");
+        assert!(f.reason().chars().count() < 2 * MAX_MESSAGE, "{f:?}");
     }
 
     #[test]

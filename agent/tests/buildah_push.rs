@@ -289,6 +289,7 @@ async fn builds_and_pushes_by_digest_to_a_real_registry() {
             insecure: true,
             auth: None,
             ca_cert: None,
+            redirect_hosts: Vec::new(),
         };
         let again = push::push(&layout, &target, &log).await.unwrap();
         assert_eq!(again, img);

@@ -55,6 +55,7 @@ async fn create(client: &Client, args: &CreateTokenArgs) -> Result<u8, Error> {
         name: args.name.clone(),
         expires_in_secs: args.expires.map(|d| d.as_secs()),
         max_uses: args.uses,
+        repositories: args.repositories.clone(),
     };
     let created = client.create_token(&req).await?;
     if args.json {
@@ -87,8 +88,13 @@ pub fn describe(t: &TokenInfo) -> String {
         .expires_at
         .map(|e| format!(", expires {}", e.format("%Y-%m-%d %H:%M:%S UTC")))
         .unwrap_or_default();
+    let repositories = if t.repositories.is_empty() {
+        String::new()
+    } else {
+        format!(", pushes only to {}", t.repositories.join(" "))
+    };
     format!(
-        "created {what} '{}' (id {}{uses}{expires}); it is shown only now, keep it safe",
+        "created {what} '{}' (id {}{uses}{expires}{repositories}); it is shown only now, keep it safe",
         t.name, t.id
     )
 }
@@ -124,12 +130,24 @@ pub fn tokens_table(tokens: &[TokenInfo], now: DateTime<Utc>) -> String {
                     Some(_) => "past".into(),
                     None => "never".into(),
                 },
+                match t.repositories.as_slice() {
+                    [] => "-".into(),
+                    patterns => patterns.join(" "),
+                },
             ]
         })
         .collect();
     table(
         &[
-            "ID", "KIND", "SCOPE", "NAME", "TOKEN", "STATE", "USES", "EXPIRES",
+            "ID",
+            "KIND",
+            "SCOPE",
+            "NAME",
+            "TOKEN",
+            "STATE",
+            "USES",
+            "EXPIRES",
+            "REPOSITORIES",
         ],
         &rows,
     )
@@ -184,6 +202,7 @@ mod tests {
             uses: 4,
             last_used_at: None,
             revoked_at: None,
+            repositories: Vec::new(),
         }
     }
 
@@ -213,6 +232,12 @@ mod tests {
             "{t}"
         );
         assert!(lines[2].contains("join") && lines[2].contains("4/5"), "{t}");
+        let mut limited = info(TokenKind::Api, Some(Scope::Submit));
+        limited.repositories = vec!["r.io/team-a/*".into(), "r.io/b".into()];
+        let t = tokens_table(&[limited.clone()], now);
+        assert!(t.lines().next().unwrap().ends_with("REPOSITORIES"), "{t}");
+        assert!(t.contains("r.io/team-a/* r.io/b"), "{t}");
+        assert!(describe(&limited).contains("pushes only to r.io/team-a/* r.io/b"));
         assert!(tokens_table(&[], now).starts_with("no tokens"));
     }
 }

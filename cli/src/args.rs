@@ -158,9 +158,12 @@ agents, logs, the dashboard, /metrics), submit (read + upload contexts, submit a
 or admin (submit + tokens and agents). Join tokens start with afj_, API tokens with afu_, agent \
 tokens with afa_, so secret scanners can find leaked ones.
 
+A submit token may be limited to repositories with --repository REGISTRY/REPOSITORY (repeatable): its jobs may push only where a pattern matches, and it may cancel only such jobs. The registry is matched exactly (but for case); in the repository, * matches within one path component and ** across components.
+
 Examples:
   archfarm tokens create --join --uses 1 --expires 1h --name pi-4
   archfarm tokens create --scope submit --name gitlab-ci
+  archfarm tokens create --scope submit --repository 'registry.example.com/team-a/**' --name team-a
   TOKEN=$(archfarm tokens create --scope read --expires 30d)";
 
 /// `archfarm tokens create` options.
@@ -182,9 +185,18 @@ pub struct CreateTokenArgs {
     /// For join tokens: how many agents may register with it [default: any number].
     #[arg(long, value_name = "N", requires = "join", value_parser = clap::value_parser!(u64).range(1..))]
     pub uses: Option<u64>,
+    /// For submit tokens: a REGISTRY/REPOSITORY pattern its jobs may push to (repeatable; `*`
+    /// within one path component, `**` across) [default: anywhere].
+    #[arg(long = "repository", value_name = "PATTERN", requires = "scope", value_parser = parse_pattern)]
+    pub repositories: Vec<String>,
     /// Print the coordinator's JSON (with the token) instead of the token alone.
     #[arg(long)]
     pub json: bool,
+}
+
+/// `--repository`: checked here so a typo is refused before anything is sent.
+fn parse_pattern(value: &str) -> Result<String, String> {
+    archfarm_protocol::repository_pattern::RepositoryPattern::parse(value).map(|p| p.to_string())
 }
 
 /// `--expires`: a duration of at least one second.

@@ -54,6 +54,27 @@ pub struct Config {
     )]
     pub insecure_registries: Vec<String>,
 
+    /// Registries (HOST[:PORT]) jobs may push to; repeatable. A job tagged for another registry is
+    /// refused with 400 `registry_not_allowed`. Default: none, and then jobs may push anywhere.
+    #[arg(
+        long = "allowed-registry",
+        env = "ARCHFARM_ALLOWED_REGISTRY",
+        value_delimiter = ',',
+        value_parser = archfarm_protocol::repository_pattern::parse_registry
+    )]
+    pub allowed_registries: Vec<String>,
+
+    /// Hosts (HOST[:PORT]) other than a registry itself that the registry may redirect to or name
+    /// as its token service (the `realm` of its `WWW-Authenticate`), e.g. a CDN serving blobs;
+    /// repeatable. Anything else is refused before a request goes there. Default: none (only the
+    /// registry's own host).
+    #[arg(
+        long = "registry-redirect-host",
+        env = "ARCHFARM_REGISTRY_REDIRECT_HOST",
+        value_delimiter = ','
+    )]
+    pub registry_redirect_hosts: Vec<String>,
+
     /// Largest context archive accepted, in bytes. Default: 536870912 (512 MiB).
     #[arg(long, env = "ARCHFARM_MAX_CONTEXT_BYTES", default_value_t = 512 * 1024 * 1024)]
     pub max_context_bytes: u64,
@@ -178,6 +199,12 @@ impl Config {
         self.api_token.is_some()
     }
 
+    /// Whether jobs may push to `registry`: any may when `--allowed-registry` is not given.
+    pub fn registry_allowed(&self, registry: &str) -> bool {
+        let key = archfarm_protocol::repository_pattern::registry_key(registry);
+        self.allowed_registries.is_empty() || self.allowed_registries.contains(&key)
+    }
+
     /// Whether agents need a join token to register: the static `--join-token`, or one created
     /// with `archfarm tokens create --join`, which needs an admin, so `--api-token` too.
     pub fn join_required(&self) -> bool {
@@ -281,6 +308,27 @@ mod tests {
             "listed: TLS even on loopback"
         );
         assert!(c.is_insecure("127.0.0.1:5000"));
+    }
+
+    #[test]
+    fn allowed_registries_are_compared_as_registries() {
+        let any = parse(&[]);
+        assert!(any.registry_allowed("anything.example.com"));
+        let c = parse(&[
+            "--allowed-registry",
+            "Reg.LAN:5000,index.docker.io",
+            "--allowed-registry",
+            "ghcr.io",
+        ]);
+        assert_eq!(
+            c.allowed_registries,
+            ["reg.lan:5000", "docker.io", "ghcr.io"]
+        );
+        assert!(c.registry_allowed("reg.lan:5000") && c.registry_allowed("REG.lan:5000"));
+        assert!(c.registry_allowed("docker.io") && c.registry_allowed("registry-1.docker.io"));
+        assert!(!c.registry_allowed("reg.lan:5001") && !c.registry_allowed("reg.lan"));
+        let e = Config::try_parse_from(["c", "--allowed-registry", "reg.lan/team"]).unwrap_err();
+        assert!(e.to_string().contains("give HOST[:PORT]"), "{e}");
     }
 
     #[test]

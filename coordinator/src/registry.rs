@@ -5,10 +5,12 @@
 //! registry names are), and each lease carries only the one for its job's registry.
 
 use std::path::Path;
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context as _;
 use archfarm_protocol::registry_auth::count_pem_certificates;
+use archfarm_protocol::registry_hosts::RegistryHosts;
 use archfarm_protocol::{RegistryAuths, RegistryCredential};
 use oci_client::client::{Certificate, CertificateEncoding, ClientConfig, ClientProtocol};
 use oci_client::secrets::RegistryAuth;
@@ -23,6 +25,9 @@ pub struct RegistryAccess {
     pub auths: RegistryAuths,
     /// PEM bytes of `--registry-ca-cert`, trusted on top of the system's roots.
     pub ca_cert: Option<Vec<u8>>,
+    /// `--registry-redirect-host`: hosts besides a registry itself that it may send requests
+    /// on to (redirects, its token realm, upload locations).
+    pub redirect_hosts: Vec<String>,
     /// Clients made so far, by registry and protocol, shared by every stitch.
     clients: Clients,
 }
@@ -55,6 +60,7 @@ impl RegistryAccess {
         Ok(RegistryAccess {
             auths,
             ca_cert,
+            redirect_hosts: config.registry_redirect_hosts.clone(),
             clients: Clients::default(),
         })
     }
@@ -117,12 +123,16 @@ impl RegistryAccess {
                 data: pem.clone(),
             })
             .collect();
+        // Redirects, token realms and upload locations stay on the registry's own host (or a
+        // listed one): the registry is the submitter's choice, the coordinator's network is not.
+        let hosts = RegistryHosts::new(registry, &self.redirect_hosts);
         // A registry that stops answering must not hold a job in stitching forever.
         Client::new(ClientConfig {
             protocol,
             connect_timeout: Some(Duration::from_secs(10)),
             read_timeout: Some(Duration::from_secs(60)),
             extra_root_certificates,
+            host_check: Some(Arc::new(move |url| hosts.check(url))),
             ..Default::default()
         })
     }

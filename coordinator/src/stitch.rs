@@ -4,6 +4,7 @@
 //! reported digest, and its image config must name the platform the build was for, so a mislabelled
 //! agent cannot put an amd64 image into a release's arm64 slot.
 
+use archfarm_protocol::registry_text::{sanitise, sanitise_message};
 use archfarm_protocol::Platform;
 use oci_client::errors::OciDistributionError;
 use oci_client::manifest::{
@@ -144,7 +145,8 @@ pub async fn stitch(
         if Platform::parse(&spelled).ok().as_ref() != Some(&build.platform) {
             return Err(StitchError::PlatformMismatch {
                 platform: build.platform.clone(),
-                found: spelled,
+                // The config's strings are whatever was pushed.
+                found: sanitise(&spelled, 100),
             });
         }
         entries.push(ImageIndexEntry {
@@ -182,16 +184,41 @@ pub async fn stitch(
     })
 }
 
-/// A registry failure in one line; a refused credential says so plainly, since oci-client's own
-/// words for it vary with the registry's authentication scheme.
-fn registry_message(e: &OciDistributionError) -> String {
-    match e {
+/// A registry failure in one bounded line, sanitised (the registry's body is its own words, and
+/// they reach the job's error, the CLI and the dashboard); a refused credential says so plainly,
+/// since oci-client's own words for it vary with the registry's authentication scheme.
+pub fn registry_message(e: &OciDistributionError) -> String {
+    sanitise_message(&match e {
         OciDistributionError::AuthenticationFailure(_)
         | OciDistributionError::UnauthorizedError { .. }
         | OciDistributionError::ServerError { code: 401, .. } => format!(
             "401 unauthorized: the registry refused the coordinator's credentials (or their \
-             absence; see --registry-auth): {e}"
+             absence; see --registry-auth): {}",
+            detail(e)
         ),
+        _ => detail(e),
+    })
+}
+
+/// oci-client's words for `e`, with the registry's body sanitised on its own first, so an HTML
+/// page shows as its title rather than as markup inside the sentence.
+fn detail(e: &OciDistributionError) -> String {
+    match e {
+        OciDistributionError::ServerError { code, url, message } => format!(
+            "the registry answered {code} to {url}: {}",
+            sanitise_message(message)
+        ),
+        OciDistributionError::AuthenticationFailure(reason) => {
+            format!("the token request failed: {}", sanitise_message(reason))
+        }
+        // reqwest's own words omit the cause, which is where the refused host is named.
+        OciDistributionError::RequestError(re) if re.is_redirect() => {
+            let mut cause: &dyn std::error::Error = re;
+            while let Some(next) = cause.source() {
+                cause = next;
+            }
+            format!("the registry's redirect: {cause}")
+        }
         _ => e.to_string(),
     }
 }
@@ -283,6 +310,38 @@ mod tests {
         assert_eq!(
             m[1]["platform"],
             serde_json::json!({"architecture": "arm", "os": "linux", "variant": "v7"})
+        );
+    }
+
+    #[test]
+    fn registry_bodies_reach_the_job_bounded_and_sanitised() {
+        let e = OciDistributionError::ServerError {
+            code: 500,
+            url: "http://r/v2/a/manifests/x".into(),
+            message: format!("\u{1b}[31mboom\u{1b}[0m\n{}", "<p>".repeat(10_000)),
+        };
+        let m = registry_message(&e);
+        assert!(m.chars().count() <= 300, "{m}");
+        assert!(
+            m.contains("boom") && !m.contains(|c: char| c.is_control()),
+            "{m}"
+        );
+        let page = OciDistributionError::ServerError {
+            code: 502,
+            url: "http://r/v2/".into(),
+            message: "<html><head><title>Bad Gateway</title></head><body>nginx</body></html>"
+                .into(),
+        };
+        assert_eq!(
+            registry_message(&page),
+            "the registry answered 502 to http://r/v2/: an HTML page titled 'Bad Gateway'"
+        );
+        let auth =
+            OciDistributionError::AuthenticationFailure("\u{1b}]0;x\u{7}bad\npassword".into());
+        let m = registry_message(&auth);
+        assert!(
+            m.starts_with("401 unauthorized") && m.ends_with("bad password"),
+            "{m}"
         );
     }
 

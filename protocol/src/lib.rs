@@ -10,6 +10,9 @@
 //! * [`limits`]: caps on a build context archive, the same on the coordinator and agents.
 //! * [`registry_auth`]: registry credentials from Docker's `config.json`; [`redact`]: hiding secret
 //!   values in log lines.
+//! * [`repository_pattern`]: where a job may push (token patterns, allowed registries);
+//!   [`registry_text`]: what of a registry's answer may be shown; [`registry_hosts`]: where a
+//!   registry may send requests on to.
 
 pub mod api;
 pub mod build_secret;
@@ -20,6 +23,9 @@ pub mod platform;
 pub mod redact;
 pub mod reference;
 pub mod registry_auth;
+pub mod registry_hosts;
+pub mod registry_text;
+pub mod repository_pattern;
 pub mod secret;
 pub mod tokens;
 

@@ -104,7 +104,7 @@ pub fn host_of(registry: &str) -> &str {
     registry.split(':').next().unwrap_or(registry)
 }
 
-fn validate_host(host: &str) -> Result<(), String> {
+pub(crate) fn validate_host(host: &str) -> Result<(), String> {
     let (h, port) = if let Some(rest) = host.strip_prefix('[') {
         let (ip, after) = rest
             .split_once(']')

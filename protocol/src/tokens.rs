@@ -134,6 +134,10 @@ pub struct CreateTokenRequest {
     /// For join tokens: how many agents it may register; default: any number.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_uses: Option<u64>,
+    /// For `submit` tokens: the `REGISTRY/REPOSITORY` patterns its jobs may push to (see
+    /// [`crate::repository_pattern`]); default: none, and then it may push anywhere.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub repositories: Vec<String>,
 }
 
 /// A token as listings show it: never the token itself.
@@ -168,6 +172,9 @@ pub struct TokenInfo {
     /// When it was revoked.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub revoked_at: Option<DateTime<Utc>>,
+    /// The repository patterns a `submit` token's jobs are limited to; empty: not limited.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub repositories: Vec<String>,
 }
 
 /// The answer to `POST /api/v1/tokens`: the only time the token itself is shown.
@@ -235,6 +242,7 @@ mod tests {
                 uses: 0,
                 last_used_at: None,
                 revoked_at: None,
+                repositories: Vec::new(),
             },
         };
         assert!(!format!("{t:?}").contains("s3cret"));

@@ -30,6 +30,8 @@ pub struct Buildah {
     /// Extra root CA (PEM) for pushes, and the directory holding it as `ca.crt` for
     /// `buildah --cert-dir` (base-image pulls).
     registry_ca: Option<(Vec<u8>, PathBuf)>,
+    /// `--registry-redirect-host`: where registries may send pushes on to besides themselves.
+    registry_redirect_hosts: Vec<String>,
 }
 
 impl Buildah {
@@ -46,7 +48,14 @@ impl Buildah {
             cgroup_root: PathBuf::from(limits::CGROUP_ROOT),
             push_retry: Retry::default(),
             registry_ca: None,
+            registry_redirect_hosts: Vec::new(),
         }
+    }
+
+    /// Lets registries redirect pushes (and name token services) on `hosts` besides themselves.
+    pub fn with_registry_redirect_hosts(mut self, hosts: Vec<String>) -> Self {
+        self.registry_redirect_hosts = hosts;
+        self
     }
 
     /// Trusts the CA certificates in `pem` (also written to `cert_dir` as `ca.crt`) for registries
@@ -196,6 +205,7 @@ impl Buildah {
             insecure: spec.insecure_registry,
             auth: spec.registry_auth.clone(),
             ca_cert: self.registry_ca.as_ref().map(|(pem, _)| pem.clone()),
+            redirect_hosts: self.registry_redirect_hosts.clone(),
         };
         log.note(format!(
             "pushing {} to {}/{}",

@@ -4,6 +4,7 @@
 use axum::http::HeaderMap;
 use sha2::{Digest as _, Sha256};
 
+use archfarm_protocol::repository_pattern::{allowed_by, RepositoryPattern};
 use archfarm_protocol::tokens::{Scope, AGENT_TOKEN_PREFIX, API_TOKEN_PREFIX};
 
 use super::error::ApiError;
@@ -45,6 +46,27 @@ pub struct Caller {
     pub scope: Scope,
     /// The name of the created token it used; `None` for `--api-token`, the open API and public reads.
     pub token: Option<String>,
+    /// Where its jobs may push (a limited `submit` token's patterns); empty: anywhere.
+    pub repositories: Vec<RepositoryPattern>,
+}
+
+impl Caller {
+    /// Refuses, with 403 `repository_not_allowed` naming the patterns, a push to
+    /// `registry`/`repository` outside this caller's patterns (`what` begins the message, e.g.
+    /// "this job would push to").
+    pub fn may_push(&self, registry: &str, repository: &str, what: &str) -> Result<(), ApiError> {
+        if allowed_by(&self.repositories, registry, repository) {
+            return Ok(());
+        }
+        let patterns: Vec<String> = self.repositories.iter().map(ToString::to_string).collect();
+        Err(ApiError::Forbidden {
+            code: "repository_not_allowed",
+            message: format!(
+                "{what} {registry}/{repository}, which is outside this token's repositories: {}",
+                patterns.join(", ")
+            ),
+        })
+    }
 }
 
 fn unauthorized(message: impl Into<String>) -> ApiError {
@@ -75,6 +97,7 @@ pub async fn require(
     let open = Caller {
         scope: Scope::Admin,
         token: None,
+        repositories: Vec::new(),
     };
     let Some(admin) = &state.config.api_token else {
         return Ok(open);
@@ -83,6 +106,7 @@ pub async fn require(
         return Ok(Caller {
             scope: Scope::Read,
             token: None,
+            repositories: Vec::new(),
         });
     }
     let caller = match bearer(headers) {
@@ -93,9 +117,18 @@ pub async fn require(
                 .use_api_token(&token_hash(given), false)
                 .await?
                 .map_err(refused)?;
+            let repositories = info
+                .repositories
+                .iter()
+                .map(|p| RepositoryPattern::parse(p))
+                .collect::<Result<Vec<_>, _>>()
+                // Stored patterns were checked when made; one that no longer parses limits
+                // nothing known, so the token is refused rather than left unlimited.
+                .map_err(|e| ApiError::Internal(anyhow::anyhow!("token {}: {e}", info.name)))?;
             Caller {
                 scope: info.scope.unwrap_or(Scope::Read),
                 token: Some(info.name),
+                repositories,
             }
         }
         Some(_) => return Err(refused(Refusal::Unknown)),
@@ -104,6 +137,7 @@ pub async fn require(
             Some(given) if same_secret(given, &Secret::new(read_cookie_value(admin))) => Caller {
                 scope: Scope::Read,
                 token: None,
+                repositories: Vec::new(),
             },
             Some(given) => {
                 let info = state
@@ -118,6 +152,7 @@ pub async fn require(
                 Caller {
                     scope: Scope::Read,
                     token: Some(info.name),
+                    repositories: Vec::new(),
                 }
             }
             None => return Err(unauthorized(MISSING)),

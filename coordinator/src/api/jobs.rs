@@ -12,7 +12,9 @@ use axum::Json;
 use serde::Deserialize;
 
 use super::access::Access;
+use super::auth::Caller;
 use super::error::{parse_id, ApiError, ApiJson, ApiQuery};
+use super::gate::Authed;
 use super::routes::Routes;
 use super::views::{self, Fleet};
 use crate::store::NewJob;
@@ -238,9 +240,23 @@ fn validate_dockerfile_path(path: &str) -> Result<(), ApiError> {
 
 async fn create(
     State(state): State<AppState>,
+    Authed(caller): Authed<Caller>,
     ApiJson(req): ApiJson<JobRequest>,
 ) -> Result<(StatusCode, Json<archfarm_protocol::api::Job>), ApiError> {
     let job = validate(req)?;
+    // The farm's limit first: it holds for every caller, so it is a 400 (this request cannot be
+    // served here), where a token's own patterns are a 403 (this caller may not).
+    if !state.config.registry_allowed(&job.registry) {
+        return Err(ApiError::bad(
+            "registry_not_allowed",
+            format!(
+                "this farm pushes only to {}; {} is not among them",
+                state.config.allowed_registries.join(", "),
+                job.registry
+            ),
+        ));
+    }
+    caller.may_push(&job.registry, &job.repository, "this job would push to")?;
     if !state.blobs.exists(&job.context).await? {
         return Err(ApiError::bad(
             "unknown_context",
@@ -322,6 +338,7 @@ async fn show(
 
 async fn cancel(
     State(state): State<AppState>,
+    Authed(caller): Authed<Caller>,
     Path(raw): Path<String>,
 ) -> Result<Json<archfarm_protocol::api::Job>, ApiError> {
     let id = parse_id("job", &raw)?;
@@ -330,6 +347,12 @@ async fn cancel(
         .get_job(id)
         .await?
         .ok_or_else(|| ApiError::NotFound(format!("no job with id '{id}'")))?;
+    // A limited token stops only jobs it could have submitted.
+    caller.may_push(
+        &row.registry,
+        &row.repository,
+        &format!("job {id} pushes to"),
+    )?;
     match row.state {
         JobState::Stitching => {
             // Its index may be landing under the release tags right now; a "cancelled" job must

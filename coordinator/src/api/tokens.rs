@@ -1,8 +1,9 @@
 //! `/tokens`: join tokens for agents and scoped API tokens, created, listed and revoked by admins.
 //! A token is shown once, in the answer that creates it; only its hashes are kept.
 
+use archfarm_protocol::repository_pattern::{RepositoryPattern, MAX_PATTERNS};
 use archfarm_protocol::tokens::{
-    valid_token_name, CreateTokenRequest, CreatedToken, TokenInfo, TokenKind, TokenList,
+    valid_token_name, CreateTokenRequest, CreatedToken, Scope, TokenInfo, TokenKind, TokenList,
     MAX_TOKEN_NAME,
 };
 use axum::extract::{Path, State};
@@ -37,8 +38,9 @@ fn mint(kind: TokenKind) -> String {
     format!("{}{}", kind.prefix(), &hex[..32])
 }
 
-/// Checks a creation request; the error names the field and what is accepted.
-fn validate(req: &CreateTokenRequest) -> Result<(), ApiError> {
+/// Checks a creation request and returns its repository patterns normalised (lowercase
+/// registry, Docker Hub as `docker.io/library/…`); the error names the field and what is accepted.
+fn validate(req: &CreateTokenRequest) -> Result<Vec<String>, ApiError> {
     let bad = |m: String| ApiError::bad("invalid_token_request", m);
     match (req.kind, req.scope) {
         (TokenKind::Api, None) => {
@@ -76,7 +78,30 @@ fn validate(req: &CreateTokenRequest) -> Result<(), ApiError> {
             )));
         }
     }
-    Ok(())
+    if req.repositories.is_empty() {
+        return Ok(Vec::new());
+    }
+    // Reading is farm-wide and admins make tokens, so only a submit token is limited by patterns.
+    if req.scope != Some(Scope::Submit) {
+        return Err(bad(
+            "repository patterns limit only submit tokens (where their jobs may push); read tokens \
+             see the whole farm and admin tokens can make any token"
+                .into(),
+        ));
+    }
+    if req.repositories.len() > MAX_PATTERNS {
+        return Err(bad(format!(
+            "at most {MAX_PATTERNS} repository patterns per token"
+        )));
+    }
+    let mut patterns: Vec<String> = Vec::new();
+    for raw in &req.repositories {
+        let p = RepositoryPattern::parse(raw).map_err(bad)?.to_string();
+        if !patterns.contains(&p) {
+            patterns.push(p);
+        }
+    }
+    Ok(patterns)
 }
 
 async fn create(
@@ -92,7 +117,7 @@ async fn create(
                 .into(),
         });
     }
-    validate(&req)?;
+    let repositories = validate(&req)?;
     let token = mint(req.kind);
     let cookie_hash = (req.kind == TokenKind::Api)
         .then(|| token_hash(&read_cookie_value(&Secret::new(token.clone()))));
@@ -109,10 +134,11 @@ async fn create(
                 .expires_in_secs
                 .map(|s| now_ms().saturating_add((s as i64).saturating_mul(1000))),
             max_uses: req.max_uses,
+            repositories,
         })
         .await?;
     tracing::info!(token.id = %info.id, kind = %info.kind, scope = ?info.scope.map(|s| s.as_str()),
-        name = %info.name, by = ?caller.token, "token created");
+        name = %info.name, repositories = ?info.repositories, by = ?caller.token, "token created");
     Ok((StatusCode::CREATED, Json(CreatedToken { token, info })))
 }
 
@@ -140,7 +166,6 @@ async fn revoke(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use archfarm_protocol::tokens::Scope;
 
     fn req(kind: TokenKind, scope: Option<Scope>) -> CreateTokenRequest {
         CreateTokenRequest {
@@ -149,6 +174,7 @@ mod tests {
             name: None,
             expires_in_secs: None,
             max_uses: None,
+            repositories: Vec::new(),
         }
     }
 
@@ -179,5 +205,27 @@ mod tests {
         assert!(msg(&r).contains("bad name"));
         r.name = Some("rack-2".into());
         assert!(validate(&r).is_ok());
+    }
+
+    #[test]
+    fn repository_patterns_only_for_submit_tokens_and_normalised() {
+        let msg = |r: &CreateTokenRequest| validate(r).unwrap_err().to_string();
+        let mut r = req(TokenKind::Api, Some(Scope::Submit));
+        r.repositories = vec![
+            "Registry.Example.com/team-a/*".into(),
+            "alpine".into(),
+            "registry.example.com/team-a/*".into(),
+        ];
+        assert_eq!(
+            validate(&r).unwrap(),
+            ["registry.example.com/team-a/*", "docker.io/library/alpine"]
+        );
+        r.repositories = vec!["reg*.example.com/x".into()];
+        assert!(msg(&r).contains("must be exact"), "{}", msg(&r));
+        for scope in [Scope::Read, Scope::Admin] {
+            let mut r = req(TokenKind::Api, Some(scope));
+            r.repositories = vec!["localhost:5000/a".into()];
+            assert!(msg(&r).contains("only submit tokens"), "{}", msg(&r));
+        }
     }
 }

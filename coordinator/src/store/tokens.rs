@@ -27,6 +27,8 @@ pub struct NewToken {
     pub expires_at: Option<i64>,
     /// Join tokens: how many registrations it allows.
     pub max_uses: Option<u64>,
+    /// `submit` tokens: the repository patterns its jobs are limited to; empty: not limited.
+    pub repositories: Vec<String>,
 }
 
 /// Why a token was not accepted, so the error can say what to do.
@@ -45,8 +47,8 @@ pub enum Refusal {
 /// How stale an API token's `last_used_at` may get, in milliseconds.
 const LAST_USED_GRANULARITY_MS: i64 = 60_000;
 
-const COLUMNS: &str =
-    "id, kind, scope, name, hint, expires_at, max_uses, uses, revoked_at, created_at, last_used_at";
+const COLUMNS: &str = "id, kind, scope, name, hint, expires_at, max_uses, uses, revoked_at, \
+                       created_at, last_used_at, repositories";
 
 fn kind_text(kind: TokenKind) -> &'static str {
     match kind {
@@ -80,6 +82,14 @@ fn info_from_row(row: &AnyRow, now: i64) -> StoreResult<TokenInfo> {
     let uses: i64 = row.try_get("uses")?;
     let revoked_at: Option<i64> = row.try_get("revoked_at")?;
     let last_used_at: Option<i64> = row.try_get("last_used_at")?;
+    let repositories: Option<String> = row.try_get("repositories")?;
+    let repositories: Vec<String> = match repositories {
+        None => Vec::new(),
+        Some(json) => serde_json::from_str(&json).map_err(|_| StoreError::Corrupt {
+            column: "repositories",
+            value: json,
+        })?,
+    };
     let state = if revoked_at.is_some() {
         TokenState::Revoked
     } else if expires_at.is_some_and(|e| e <= now) {
@@ -102,6 +112,7 @@ fn info_from_row(row: &AnyRow, now: i64) -> StoreResult<TokenInfo> {
         uses: uses.max(0) as u64,
         last_used_at: last_used_at.map(to_time),
         revoked_at: revoked_at.map(to_time),
+        repositories,
     })
 }
 
@@ -120,8 +131,8 @@ impl Store {
         let id = Uuid::new_v4();
         let now = now_ms();
         sqlx::query(
-            "INSERT INTO tokens (id, kind, scope, name, token_hash, cookie_hash, hint, expires_at, max_uses, uses, created_at) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, 0, $10)",
+            "INSERT INTO tokens (id, kind, scope, name, token_hash, cookie_hash, hint, expires_at, max_uses, uses, created_at, repositories) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, 0, $10, $11)",
         )
         .bind(id.to_string())
         .bind(kind_text(t.kind))
@@ -133,6 +144,10 @@ impl Store {
         .bind(t.expires_at)
         .bind(t.max_uses.map(|m| m.min(i64::MAX as u64) as i64))
         .bind(now)
+        // NULL, not `[]`, for an unlimited token: the same as every token made before patterns.
+        .bind((!t.repositories.is_empty()).then(|| {
+            serde_json::to_string(&t.repositories).expect("strings serialise")
+        }))
         .execute(&self.pool)
         .await?;
         self.token(id)
@@ -296,6 +311,7 @@ mod tests {
             hint: "afj_ab…".into(),
             expires_at,
             max_uses,
+            repositories: Vec::new(),
         }
     }
 
@@ -380,6 +396,7 @@ mod tests {
                 hint: "afu_12…".into(),
                 expires_at: None,
                 max_uses: None,
+                repositories: Vec::new(),
             })
             .await
             .unwrap();
@@ -409,5 +426,37 @@ mod tests {
             store.use_api_token("th", false).await.unwrap(),
             Err(Refusal::Revoked)
         );
+    }
+
+    #[tokio::test]
+    async fn repository_patterns_are_kept_with_the_token() {
+        let (store, _dir) = test_store().await;
+        let patterns = vec![
+            "registry.example.com/team-a/*".to_string(),
+            "localhost:5000/x".into(),
+        ];
+        let t = store
+            .insert_token(&NewToken {
+                kind: TokenKind::Api,
+                scope: Some(Scope::Submit),
+                name: "team-a".into(),
+                token_hash: "limited".into(),
+                cookie_hash: None,
+                hint: "afu_34…".into(),
+                expires_at: None,
+                max_uses: None,
+                repositories: patterns.clone(),
+            })
+            .await
+            .unwrap();
+        assert_eq!(t.repositories, patterns);
+        let used = store
+            .use_api_token("limited", false)
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(used.repositories, patterns);
+        let unlimited = store.insert_token(&join("free", None, None)).await.unwrap();
+        assert!(unlimited.repositories.is_empty());
     }
 }

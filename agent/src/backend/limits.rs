@@ -327,10 +327,9 @@ impl BuildCgroup {
             Layout::V2 => {
                 // Controllers must be enabled in every ancestor's subtree_control to be usable below.
                 let parent = self.root.join(PARENT);
+                enable_controllers(&self.root)?;
                 std::fs::create_dir_all(&parent)?;
-                for dir in [self.root.as_path(), parent.as_path()] {
-                    std::fs::write(dir.join("cgroup.subtree_control"), "+memory +pids +cpu")?;
-                }
+                std::fs::write(parent.join("cgroup.subtree_control"), CONTROLLERS)?;
                 let d = self.root.join(&self.relative);
                 std::fs::create_dir_all(&d)?;
                 if let Some(bytes) = l.memory {
@@ -476,6 +475,32 @@ pub fn check(root: &Path, limits: &Limits) -> Result<(), String> {
              container), or start it with --memory-limit none --cpu-limit none --pids-limit none",
             root.display()
         )),
+    }
+}
+
+/// The v2 controllers the limits use.
+const CONTROLLERS: &str = "+memory +pids +cpu";
+
+/// Enables [`CONTROLLERS`] for the children of `root`. In a container the cgroup namespace's root
+/// is the container's own cgroup, which holds the agent's processes, and v2 lets no cgroup with
+/// processes (other than the real root) enable controllers for its children (EBUSY): the processes
+/// move into a leaf of their own first, as docker-in-docker's entrypoint does. (Written for
+/// Kubernetes nodes with cgroup v2; this project's machines have v1, so it is untried here.)
+fn enable_controllers(root: &Path) -> io::Result<()> {
+    let control = root.join("cgroup.subtree_control");
+    match std::fs::write(&control, CONTROLLERS) {
+        Err(e) if e.kind() == io::ErrorKind::ResourceBusy => {
+            let leaf = root.join("archfarm-agent");
+            std::fs::create_dir_all(&leaf)?;
+            let procs = std::fs::read_to_string(root.join("cgroup.procs"))?;
+            for pid in procs.split_whitespace() {
+                // A process that exited meanwhile cannot move; that is fine.
+                let _ = std::fs::write(leaf.join("cgroup.procs"), pid);
+            }
+            tracing::info!(cgroup = %leaf.display(), "moved the agent's processes to a leaf cgroup so build cgroups can have limits");
+            std::fs::write(&control, CONTROLLERS)
+        }
+        other => other,
     }
 }
 

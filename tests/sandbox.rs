@@ -107,8 +107,14 @@ static void privileged(const char *agent_pid) {
     }
 }
 
-/* A concurrent build's directory, by its path on the host. */
-static void sibling(const char *dir) {
+/* A concurrent build's directory, and its secret's file, by their paths on the host. */
+static void sibling(const char *dir, const char *secret) {
+    if (strcmp(secret, "-") != 0) {
+        char buf[128] = {0};
+        int fd = open(secret, O_RDONLY);
+        if (fd < 0) printf("sandbox: sibling secret blocked: %s\n", strerror(errno));
+        else printf("sandbox: sibling secret read: %.*s\n", (int)read(fd, buf, sizeof buf - 1), buf);
+    }
     if (strcmp(dir, "-") == 0) return;
     DIR *d = opendir(dir);
     if (!d) {
@@ -122,7 +128,7 @@ static void sibling(const char *dir) {
 }
 
 int main(int argc, char **argv) {
-    if (argc < 5) return 2;
+    if (argc < 6) return 2;
     reach(argv[2]);
     privileged(argv[4]);
     mkdir("/j", 0700);
@@ -137,7 +143,7 @@ int main(int argc, char **argv) {
         ssize_t n = read(fd, buf, sizeof buf - 1);
         printf("sandbox: token read: %.*s\n", n > 0 ? (int)n : 0, buf);
     }
-    sibling(argv[3]);
+    sibling(argv[3], argv[5]);
     int procs = 0, agent = 0, sleeper = 0;
     DIR *d = opendir("/proc");
     struct dirent *e;
@@ -170,7 +176,8 @@ ARG TOKEN_PATH
 ARG COORDINATOR_PORT
 ARG SIBLING_DIR=-
 ARG AGENT_PID=-
-RUN /escape \"$TOKEN_PATH\" \"$COORDINATOR_PORT\" \"$SIBLING_DIR\" \"$AGENT_PID\" \\
+ARG SIBLING_SECRET=-
+RUN /escape \"$TOKEN_PATH\" \"$COORDINATOR_PORT\" \"$SIBLING_DIR\" \"$AGENT_PID\" \"$SIBLING_SECRET\" \\
  && grep -E '^(NoNewPrivs|Seccomp):' /proc/self/status | sed 's/^/sandbox: /'
 ";
 
@@ -302,13 +309,19 @@ fn a_chroot_escape_reaches_nothing_of_the_agent() {
     let honest = BuildContext::hello();
     honest.write(
         "Dockerfile",
-        "FROM scratch\nCOPY rootfs/amd64/ /\nRUN [\"/bin/busybox\", \"sh\", \"-c\", \
-         \"/bin/busybox sleep 20 && echo honest-done\"]\n",
+        "FROM scratch\nCOPY rootfs/amd64/ /\nRUN --mount=type=secret,id=tok [\"/bin/busybox\", \
+         \"sh\", \"-c\", \"/bin/busybox sleep 30 && echo honest-done\"]\n",
     );
+    let secret_value = "sibling-secret-4f1c9e";
+    let secret_file = tempfile::NamedTempFile::new().expect("a temporary file");
+    std::fs::write(secret_file.path(), secret_value).expect("write the secret");
+    let secret_arg = format!("id=tok,src={}", secret_file.path().display());
     let honest_image = format!("{}/honest:sibling", registry.host());
     let honest_id = coordinator.submit(&[
         "--platform",
         "linux/amd64",
+        "--secret",
+        &secret_arg,
         "-t",
         &honest_image,
         &honest.arg(),
@@ -318,10 +331,29 @@ fn a_chroot_escape_reaches_nothing_of_the_agent() {
         .work_dir()
         .join("builds")
         .join(sibling_build.to_string());
+    // The honest build's secret, as the agent keeps it for buildah while the build runs.
+    let sibling_secret = || -> Option<std::path::PathBuf> {
+        std::fs::read_dir(&sibling_dir)
+            .ok()?
+            .flatten()
+            .map(|e| e.path().join("0"))
+            .find(|p| {
+                p.parent()
+                    .and_then(|d| d.file_name())
+                    .is_some_and(|n| n.to_string_lossy().starts_with("secrets-"))
+                    && p.is_file()
+            })
+    };
     wait_until(
         Duration::from_secs(120),
-        "the honest build to start on the agent",
-        || sibling_dir.join("context").is_dir(),
+        "the honest build to start on the agent with its secret",
+        || sibling_dir.join("context").is_dir() && sibling_secret().is_some(),
+    );
+    let secret_path = sibling_secret().expect("the secret file");
+    assert_eq!(
+        std::fs::read_to_string(&secret_path).unwrap(),
+        secret_value,
+        "the agent keeps the value there"
     );
     let (said, token) = escape_on(
         &coordinator,
@@ -331,7 +363,13 @@ fn a_chroot_escape_reaches_nothing_of_the_agent() {
         &[
             format!("SIBLING_DIR={}", sibling_dir.display()),
             format!("AGENT_PID={}", boxed.pid()),
+            format!("SIBLING_SECRET={}", secret_path.display()),
         ],
+    );
+    // The secret file still existed when the hostile step ran: the honest build was still going.
+    assert!(
+        coordinator.job(honest_id).state != JobState::Succeeded,
+        "the honest build ended before the hostile step ran"
     );
     let sibling_job = coordinator.wait_terminal(honest_id, JOB_TIMEOUT);
     let sibling_log = coordinator.build_log(sibling_build);
@@ -360,8 +398,13 @@ fn a_chroot_escape_reaches_nothing_of_the_agent() {
         "{said:?}"
     );
     // The concurrent build: neither its directory nor its step is in view.
+    assert!(
+        !said.iter().any(|l| l.contains(secret_value)),
+        "the step read the sibling's secret: {said:?}"
+    );
     for expected in [
         "sandbox: sibling build blocked: No such file or directory",
+        "sandbox: sibling secret blocked: No such file or directory",
         "sandbox: sibling step visible: no",
     ] {
         assert!(said.iter().any(|l| l == expected), "{expected}: {said:?}");
@@ -516,7 +559,7 @@ fn limits_stop_only_the_build_that_passes_them() {
     );
     assert!(
         agent.log().contains(
-            "each build runs within these limits limits=memory 512.0 MiB, cpus 0.5, processes \
+            "each build runs within these limits limits=memory 512.0 MiB, cpus none, processes \
              128, disk 256.0 MiB"
         ),
         "{}",

@@ -80,8 +80,8 @@ pub struct Config {
     #[arg(long, env = "ARCHFARM_MEMORY_LIMIT", value_name = "SIZE")]
     pub memory_limit: Option<Size>,
 
-    /// CPUs for each build, as `2`, `0.5` or `none`. Needs `--isolation oci`. Default: the host's
-    /// CPUs divided by `--capacity`.
+    /// CPUs for each build, as `2`, `0.5` or `none`. Needs `--isolation oci`. Default: none (builds
+    /// share the CPUs evenly by cgroup weight).
     #[arg(long, env = "ARCHFARM_CPU_LIMIT", value_name = "CPUS")]
     pub cpu_limit: Option<Cpus>,
 

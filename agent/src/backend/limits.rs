@@ -155,8 +155,9 @@ pub const DEFAULT_DISK: u64 = 20 << 30;
 
 impl Limits {
     /// The limits from the agent's flags; a flag not given takes its default: memory, three
-    /// quarters of the host's divided by the builds that run at once; CPUs, the host's divided the
-    /// same way; [`DEFAULT_PIDS`] processes; [`DEFAULT_DISK`] of disk.
+    /// quarters of the host's divided by the builds that run at once; CPUs, none (each build's
+    /// cgroup has the same CPU weight, so busy builds share the CPUs evenly and an agent running one
+    /// build gives it all of them); [`DEFAULT_PIDS`] processes; [`DEFAULT_DISK`] of disk.
     pub fn from_flags(
         memory: Option<Size>,
         cpus: Option<Cpus>,
@@ -169,12 +170,7 @@ impl Limits {
             Some(Size(a)) => a.get(),
             None => host_memory().map(|m| m / 4 * 3 / capacity),
         };
-        let millicpus = match cpus {
-            Some(Cpus(a)) => a.get(),
-            None => std::thread::available_parallelism()
-                .ok()
-                .map(|n| (n.get() as u64 * 1000 / capacity).max(10)),
-        };
+        let millicpus = cpus.and_then(|Cpus(a)| a.get());
         Limits {
             memory,
             millicpus,

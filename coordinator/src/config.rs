@@ -121,6 +121,13 @@ pub struct Config {
     #[arg(long, env = "ARCHFARM_INSECURE_OPEN")]
     pub insecure_open: bool,
 
+    /// Hand registry credentials, build secrets and secret build arguments to agents over plain
+    /// HTTP from other hosts: say so when a TLS-terminating proxy or a service mesh encrypts the
+    /// connection. Without it, and without `--tls-cert`, such a build fails on an agent whose
+    /// connection does not come from loopback, naming this flag. Default: off.
+    #[arg(long, env = "ARCHFARM_INSECURE_CREDENTIALS_OVER_HTTP")]
+    pub insecure_credentials_over_http: bool,
+
     /// Docker `config.json` with registry credentials (`{"auths": {"HOST[:PORT]": {"auth":
     /// "BASE64(user:password)"}}}`), read at start; used for stitching and handed to the agent of
     /// each build for that job's registry only. Default: none (registries are used anonymously).

@@ -176,6 +176,8 @@ pub async fn run(
     });
 
     let addr = listener.local_addr()?;
+    // Once, at start: on plain HTTP beyond loopback some builds will be refused their secrets.
+    api::plain_http::log_at_start(&state.config, addr);
     // Every request sees its connection as `ConnectInfo<tls::Peer>` (client certificates).
     let app = api::router(state.clone()).into_make_service_with_connect_info::<tls::Peer>();
     let stop = token.clone();

@@ -272,6 +272,9 @@ def main() -> int:
     with helm.Chart.load(chart) as c:
         expect_failure("a typo'd key (coordinator.replica)", lambda: c.render(typo, name=RELEASE, namespace=NAMESPACE), "replica")
         expect_failure("no database", lambda: c.render({}, name=RELEASE, namespace=NAMESPACE), "database.url")
+        expect_failure("registry credentials over plain HTTP",
+                       lambda: c.render(dict(MINIMAL, registryAuth={"existingSecret": "push"}), name=RELEASE,
+                                        namespace=NAMESPACE), "insecureCredentialsOverHttp")
         expect_failure("an SQLite URL", lambda: c.render({"database": {"url": "sqlite:///data/a.db"}}, name=RELEASE,
                                                        namespace=NAMESPACE), "postgres://")
     typo_lint = helm.lint(chart, typo, strict=True, kube_version=f"v{KUBE_VERSION}")

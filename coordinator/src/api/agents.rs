@@ -20,6 +20,7 @@ use super::auth::{token_hash, Caller};
 use super::error::{parse_id, ApiError, ApiJson};
 use super::gate::Authed;
 use super::join::{agent_revoked, require_join, JoinPass, Joined};
+use super::plain_http::{self, Carried, PeerAddr};
 use super::routes::Routes;
 use super::views;
 use crate::scheduler::Claimed;
@@ -162,6 +163,7 @@ async fn register(
 async fn lease(
     State(state): State<AppState>,
     Authed(agent): Authed<AgentRow>,
+    PeerAddr(peer): PeerAddr,
     Path(raw): Path<String>,
     ApiJson(req): ApiJson<LeaseRequest>,
 ) -> Result<Response, ApiError> {
@@ -196,7 +198,17 @@ async fn lease(
         Err(e) => Err(e.into()),
     };
     match delivered {
-        Ok(lease) => Ok(Json(lease).into_response()),
+        Ok(lease) => {
+            let carried = Carried::by(&lease);
+            let Some(reason) = plain_http::refusal(&state.config, &agent.name, peer, &carried)
+            else {
+                return Ok(Json(lease).into_response());
+            };
+            // Not requeued: this agent would claim it again. The agent hears of no lease and
+            // polls on; the job's error tells its submitter why and what to change.
+            plain_http::fail_refused(&state, &claimed, &lease, &agent.name, peer, &reason).await?;
+            Ok(StatusCode::NO_CONTENT.into_response())
+        }
         Err(e) => {
             // The agent never learns of this lease: do not make it wait out a TTL and use an attempt.
             if let Err(undo) = state

@@ -12,6 +12,7 @@ pub mod gate;
 pub mod jobs;
 pub mod join;
 pub mod observe;
+pub mod plain_http;
 pub mod routes;
 pub mod tokens;
 pub mod views;

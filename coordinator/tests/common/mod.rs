@@ -41,8 +41,21 @@ impl Coordinator {
     }
 
     async fn start_join(join: Option<&str>, extra: &[&str]) -> Self {
-        let data = tempfile::tempdir().unwrap();
         let database = ScratchDatabase::create().await.unwrap();
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        Self::start_on(listener, database, join, extra).await
+    }
+
+    /// Starts a coordinator serving on `listener` with `database`; with `--tls-cert` among
+    /// `extra`, `base` is `https://` and the client accepts any certificate. `base` names
+    /// 127.0.0.1 whatever address the listener is bound to.
+    pub async fn start_on(
+        listener: tokio::net::TcpListener,
+        database: ScratchDatabase,
+        join: Option<&str>,
+        extra: &[&str],
+    ) -> Self {
+        let data = tempfile::tempdir().unwrap();
         let mut args = vec![
             "archfarm-coordinator",
             "--data-dir",
@@ -55,13 +68,20 @@ impl Coordinator {
         }
         args.extend_from_slice(extra);
         let config = Config::try_parse_from(args).unwrap();
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let base = format!("http://{}", listener.local_addr().unwrap());
+        let tls = config.tls_enabled();
+        let base = format!(
+            "{}://127.0.0.1:{}",
+            if tls { "https" } else { "http" },
+            listener.local_addr().unwrap().port()
+        );
         let (tx, rx) = tokio::sync::oneshot::channel::<()>();
         let task = tokio::spawn(archfarm_coordinator::run(config, listener, async move {
             let _ = rx.await;
         }));
-        let http = reqwest::Client::new();
+        let http = reqwest::Client::builder()
+            .tls_danger_accept_invalid_certs(tls)
+            .build()
+            .unwrap();
         // Ready when /healthz answers; the listener is bound already, so this is quick.
         for _ in 0..100 {
             if http
@@ -203,9 +223,14 @@ impl Coordinator {
 
     /// One lease call held at most a second; None when there was no work.
     pub async fn lease(&self, agent: &RegisterResponse) -> Option<Lease> {
+        self.lease_via(&self.base, agent).await
+    }
+
+    /// [`Self::lease`] through `base` (another address of the same coordinator).
+    pub async fn lease_via(&self, base: &str, agent: &RegisterResponse) -> Option<Lease> {
         let res = self
             .http
-            .post(self.url(&format!("/agents/{}/lease", agent.agent_id)))
+            .post(format!("{base}/api/v1/agents/{}/lease", agent.agent_id))
             .bearer_auth(&agent.token)
             .json(&json!({"wait_secs": 1}))
             .send()

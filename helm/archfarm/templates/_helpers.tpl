@@ -107,6 +107,9 @@ Call with (list $ "api-token" .Values.auth.apiToken).
 {{- if and .Values.coordinator.tls.enabled (not .Values.coordinator.tls.existingSecret) }}
 {{- fail "archfarm: coordinator.tls.enabled needs coordinator.tls.existingSecret (a kubernetes.io/tls Secret)" }}
 {{- end }}
+{{- if and (include "archfarm.registryAuthEnabled" .) (not .Values.coordinator.tls.enabled) (not .Values.coordinator.config.insecureCredentialsOverHttp) }}
+{{- fail "archfarm: registryAuth is set but the coordinator serves plain HTTP, so it would refuse the credential to agents reaching it from pod IPs and every push would fail: enable coordinator.tls (a kubernetes.io/tls Secret), or set coordinator.config.insecureCredentialsOverHttp: true if a service mesh encrypts pod-to-pod traffic" }}
+{{- end }}
 {{- if and .Values.keda.enabled (not .Values.keda.prometheusServerAddress) }}
 {{- fail "archfarm: keda.enabled needs keda.prometheusServerAddress (the Prometheus that scrapes the coordinator)" }}
 {{- end }}

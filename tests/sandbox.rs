@@ -641,7 +641,7 @@ fn limits_stop_only_the_build_that_passes_them() {
     let (state, error, log, _) = &outcome["hog"];
     assert_eq!(*state, JobState::Failed, "{log}");
     assert!(
-        error.contains("the build ran out of memory")
+        error.contains("the build most likely ran out of memory")
             && error.contains("memory limit of 512.0 MiB (agent --memory-limit)"),
         "{error}"
     );

@@ -11,7 +11,7 @@ use clap::Parser;
 use reqwest::Url;
 
 use crate::backend::isolation::{IsolationKind, Network};
-use crate::backend::limits::{Count, Cpus, Limits, Size};
+use crate::backend::limits::{BuildLimits, Count, Cpus, Size};
 
 /// Where the agent keeps its storage, context cache and build directories unless told otherwise.
 pub const DEFAULT_WORK_DIR: &str = "/var/lib/archfarm-agent";
@@ -144,8 +144,8 @@ pub struct Config {
 
 impl Config {
     /// The limits each build runs within, from the limit flags and their defaults.
-    pub fn build_limits(&self) -> Limits {
-        Limits::from_flags(
+    pub fn build_limits(&self) -> BuildLimits {
+        BuildLimits::from_flags(
             self.memory_limit,
             self.cpu_limit,
             self.pids_limit,

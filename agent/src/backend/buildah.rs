@@ -9,7 +9,7 @@ use tokio::process::Command;
 use tokio_util::sync::CancellationToken;
 
 use super::isolation::{Isolation, Unusable};
-use super::limits::{self, BuildCgroup, LimitWatch, Limits};
+use super::limits::{self, BuildCgroup, BuildLimits, Explanation, LimitWatch, Watched};
 use super::process::{run_logged, run_quiet};
 use super::secrets::SecretFiles;
 use super::{Backend, BackendError, BoxFuture, BuildSpec, LogSink, PushedImage};
@@ -23,7 +23,7 @@ pub struct Buildah {
     root: PathBuf,
     runroot: PathBuf,
     isolation: Isolation,
-    limits: Limits,
+    limits: BuildLimits,
     /// Where the cgroup hierarchies are mounted ([`limits::CGROUP_ROOT`]).
     cgroup_root: PathBuf,
     push_retry: Retry,
@@ -44,7 +44,7 @@ impl Buildah {
             root: storage.join("root"),
             runroot: storage.join("runroot"),
             isolation,
-            limits: Limits::default(),
+            limits: BuildLimits::default(),
             cgroup_root: PathBuf::from(limits::CGROUP_ROOT),
             push_retry: Retry::default(),
             registry_ca: None,
@@ -72,7 +72,7 @@ impl Buildah {
     }
 
     /// Runs each build under `limits` (none by default; the agent sets them from its flags).
-    pub fn with_limits(mut self, limits: Limits) -> Self {
+    pub fn with_limits(mut self, limits: BuildLimits) -> Self {
         self.limits = limits;
         self
     }
@@ -284,24 +284,35 @@ impl Backend for Buildah {
             };
             // Cancelled by the caller, or by the disk watch when the build outgrows its limit.
             let stop = cancel.child_token();
-            let isolation = self.isolation.clone();
-            let build_dir = spec.build_dir.clone();
-            let dirs = move || -> futures::future::BoxFuture<'static, Vec<PathBuf>> {
-                let isolation = isolation.clone();
-                let build_dir = build_dir.clone();
-                Box::pin(async move {
-                    let mut dirs = isolation.step_roots(&build_dir).await;
-                    dirs.push(build_dir);
-                    dirs
-                })
-            };
-            let watch = LimitWatch::start(self.limits.disk, dirs, cgroup.clone(), stop.clone());
+            let watch = LimitWatch::start(
+                Watched {
+                    build: spec.build_id,
+                    build_dir: spec.build_dir.clone(),
+                    isolation: self.isolation.clone(),
+                    cgroup: cgroup.clone(),
+                    disk: self.limits.disk,
+                },
+                stop.clone(),
+            );
             let mut result = self
                 .build_and_push(spec, &log, &stop, cgroup.as_ref())
                 .await;
             let stopped = watch.finish();
-            if result.is_err() && !cancel.is_cancelled() {
-                let why = stopped.or_else(|| cgroup.as_ref().and_then(BuildCgroup::explain));
+            if let (Err(e), false) = (&result, cancel.is_cancelled()) {
+                // The watch's reason is certain; the cgroup's counters explain only a failure of
+                // the build itself (not of the push after it), and a likely cause goes after
+                // buildah's own message rather than replacing it.
+                let built =
+                    matches!(e, BackendError::Failed { command, .. } if command == "buildah build");
+                let why = match stopped {
+                    Some(why) => Some(why),
+                    None if built => match cgroup.as_ref().and_then(BuildCgroup::explain) {
+                        Some(Explanation::Certain(why)) => Some(why),
+                        Some(Explanation::Likely(why)) => Some(format!("{e}; {why}")),
+                        None => None,
+                    },
+                    None => None,
+                };
                 if let Some(why) = why {
                     tracing::warn!(build.id = %spec.build_id, reason = %why, "build stopped at a limit");
                     log.note(&why).await;

@@ -227,7 +227,7 @@ impl Isolation {
             "--",
             "/bin/sh",
             "-c",
-            "echo pid=$$; grep NoNewPrivs /proc/self/status",
+            "echo pid=$$; grep -E '^(NoNewPrivs|Seccomp):' /proc/self/status",
         ]);
         let result = run_quiet(probe, "buildah run (isolation check)").await;
         let mut rm = buildah();
@@ -281,18 +281,18 @@ impl Isolation {
         removed
     }
 
-    /// The root file systems of the steps running now whose bundle lies under `under` (a build's
-    /// temporary directory): where a step's writes land, for [`super::limits::LimitWatch`]. Each
-    /// is `/proc/<pid>/root` of the step's first process: buildah mounts a step's root in a mount
-    /// namespace of its own, so the path runc lists is empty from the agent's view.
-    pub async fn step_roots(&self, under: &Path) -> Vec<PathBuf> {
+    /// The first processes of the steps running now whose bundle lies under `under` (a build's
+    /// temporary directory), for [`super::limits::LimitWatch`], which measures each step's root
+    /// through `/proc/<pid>/root`: buildah mounts a step's root in a mount namespace of its own,
+    /// so the path runc lists is empty from the agent's view.
+    pub async fn step_pids(&self, under: &Path) -> Vec<u32> {
         let Some(listed) = self.list().await else {
             return Vec::new();
         };
         containers_under(&listed, Some(under))
             .into_iter()
             .filter(|c| c.pid > 0)
-            .map(|c| PathBuf::from(format!("/proc/{}/root", c.pid)))
+            .map(|c| c.pid)
             .collect()
     }
 
@@ -368,6 +368,17 @@ fn check_probe(out: &str) -> Result<(), Unusable> {
             nnp.unwrap_or("missing")
         )));
     }
+    // 2: a filter is in force (0 none, 1 strict mode).
+    let seccomp = out
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("Seccomp:"))
+        .map(str::trim);
+    if seccomp != Some("2") {
+        return Err(Unusable(format!(
+            "a test step ran without a seccomp filter (Seccomp: {})",
+            seccomp.unwrap_or("missing")
+        )));
+    }
     Ok(())
 }
 
@@ -424,7 +435,11 @@ mod tests {
 
     #[test]
     fn the_check_wants_pid_1_and_no_new_privileges() {
-        assert!(check_probe("pid=1\nNoNewPrivs:\t1\n").is_ok());
+        assert!(check_probe("pid=1\nNoNewPrivs:\t1\nSeccomp:\t2\n").is_ok());
+        let e = check_probe("pid=1\nNoNewPrivs:\t1\nSeccomp:\t0")
+            .unwrap_err()
+            .0;
+        assert!(e.contains("without a seccomp filter (Seccomp: 0)"), "{e}");
         let e = check_probe("pid=4711\nNoNewPrivs:\t1").unwrap_err().0;
         assert!(e.contains("'pid=4711'"), "{e}");
         let e = check_probe("pid=1\nNoNewPrivs:\t0").unwrap_err().0;

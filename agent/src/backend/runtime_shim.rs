@@ -155,19 +155,19 @@ const ENOSYS: u64 = 38;
 /// `unshare`, `clone` and `clone3` with any flags; a step could then create a user namespace and
 /// hold `CAP_SYS_ADMIN` inside it. As in Docker's profile: `clone` only without namespace flags,
 /// `clone3` answers ENOSYS (its flags sit behind a pointer seccomp cannot read; libc falls back
-/// to `clone`), and [`REFUSED`] answers EPERM. A spec without a seccomp profile gets none.
+/// to `clone`), and [`REFUSED`] answers EPERM. A spec without a seccomp profile is refused.
 pub fn harden(spec: &mut serde_json::Value) -> Result<(), &'static str> {
     let process = spec
         .get_mut("process")
         .and_then(|p| p.as_object_mut())
         .ok_or("the spec has no process")?;
     process.insert("noNewPrivileges".into(), serde_json::Value::Bool(true));
-    let Some(rules) = spec
+    // No profile (seccomp switched off in containers.conf, say): refuse rather than run a step
+    // with every system call open.
+    let rules = spec
         .pointer_mut("/linux/seccomp/syscalls")
         .and_then(|r| r.as_array_mut())
-    else {
-        return Ok(());
-    };
+        .ok_or("the spec has no seccomp profile, and steps run only under one")?;
     // The rules below replace whatever the profile said about these syscalls: libseccomp refuses
     // two rules for one syscall with different actions.
     let ours: Vec<&str> = REFUSED.iter().copied().chain(["clone", "clone3"]).collect();
@@ -237,14 +237,18 @@ mod tests {
         let mut spec = serde_json::json!({
             "ociVersion": "1.0.2",
             "process": {"args": ["/bin/sh"], "noNewPrivileges": false, "cwd": "/"},
-            "root": {"path": "/r"}
+            "root": {"path": "/r"},
+            "linux": {"seccomp": {"defaultAction": "SCMP_ACT_ERRNO", "syscalls": []}}
         });
         harden(&mut spec).unwrap();
         assert_eq!(spec["process"]["noNewPrivileges"], true);
         assert_eq!(spec["process"]["args"][0], "/bin/sh");
         assert_eq!(spec["root"]["path"], "/r");
         assert!(harden(&mut serde_json::json!({"root": {}})).is_err());
-        assert!(spec.get("linux").is_none(), "no profile is made up");
+        let mut open = serde_json::json!({"process": {"args": ["/bin/sh"]}, "linux": {}});
+        assert!(harden(&mut open)
+            .unwrap_err()
+            .contains("no seccomp profile"));
     }
 
     #[test]

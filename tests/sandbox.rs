@@ -673,12 +673,15 @@ fn limits_stop_only_the_build_that_passes_them() {
         .any(|a| a.name == "limited" && a.state == archfarm_protocol::api::AgentState::Online);
     assert!(online, "{:?}", coordinator.agents());
     for (_, _, _, build) in outcome.values() {
-        for ctrl in ["memory", "pids", "cpu"] {
-            let cg = std::path::Path::new("/sys/fs/cgroup")
-                .join(ctrl)
-                .join("archfarm")
-                .join(build.to_string());
-            assert!(!cg.exists(), "{} was left behind", cg.display());
+        // archfarm/<agent instance>/<build> in every hierarchy.
+        for ctrl in std::fs::read_dir("/sys/fs/cgroup").unwrap().flatten() {
+            let Ok(agents) = std::fs::read_dir(ctrl.path().join("archfarm")) else {
+                continue;
+            };
+            for agent in agents.flatten() {
+                let cg = agent.path().join(build.to_string());
+                assert!(!cg.exists(), "{} was left behind", cg.display());
+            }
         }
     }
 }

@@ -192,8 +192,8 @@ pub async fn run(
         }
         IsolationKind::Chroot => Isolation::Chroot,
     };
-    let mut buildah =
-        Buildah::new(&work_dir.storage(), isolation).with_limits(config.build_limits());
+    let mut buildah = Buildah::new(&work_dir.storage(), isolation)
+        .with_limits(config.build_limits(), work_dir.instance_id());
     let cert_dir = registry
         .write_cert_dir(&work_dir.root().join("registry-ca"))
         .map_err(|source| AgentError::WorkDir {

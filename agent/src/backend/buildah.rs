@@ -26,6 +26,9 @@ pub struct Buildah {
     limits: BuildLimits,
     /// Where the cgroup hierarchies are mounted ([`limits::CGROUP_ROOT`]).
     cgroup_root: PathBuf,
+    /// The agent whose build cgroups these are (its instance id), so agents sharing a host keep
+    /// apart and each clears only its own leftovers.
+    cgroup_scope: uuid::Uuid,
     push_retry: Retry,
     /// Extra root CA (PEM) for pushes, and the directory holding it as `ca.crt` for
     /// `buildah --cert-dir` (base-image pulls).
@@ -46,6 +49,7 @@ impl Buildah {
             isolation,
             limits: BuildLimits::default(),
             cgroup_root: PathBuf::from(limits::CGROUP_ROOT),
+            cgroup_scope: uuid::Uuid::nil(),
             push_retry: Retry::default(),
             registry_ca: None,
             registry_redirect_hosts: Vec::new(),
@@ -71,9 +75,11 @@ impl Buildah {
         self
     }
 
-    /// Runs each build under `limits` (none by default; the agent sets them from its flags).
-    pub fn with_limits(mut self, limits: BuildLimits) -> Self {
+    /// Runs each build under `limits` (none by default; the agent sets them from its flags), in
+    /// cgroups under `archfarm/<agent>` (the agent's instance id).
+    pub fn with_limits(mut self, limits: BuildLimits, agent: uuid::Uuid) -> Self {
         self.limits = limits;
+        self.cgroup_scope = agent;
         self
     }
 
@@ -244,7 +250,11 @@ impl Backend for Buildah {
             tracing::info!(version = %v.trim(), "buildah found");
             self.isolation.prepare(|| self.command()).await?;
             if matches!(self.isolation, Isolation::Oci { .. }) {
-                limits::check(&self.cgroup_root, &self.limits)
+                let cleared = limits::clear_leftovers(&self.cgroup_root, self.cgroup_scope);
+                if cleared > 0 {
+                    tracing::warn!(cleared, "removed build cgroups left by an earlier agent");
+                }
+                limits::check(&self.cgroup_root, self.cgroup_scope, &self.limits)
                     .map_err(|e| BackendError::Isolation(Unusable(e)))?;
                 tracing::info!(limits = %self.limits, "each build runs within these limits");
             } else {
@@ -271,15 +281,17 @@ impl Backend for Buildah {
     ) -> BoxFuture<'a, Result<PushedImage, BackendError>> {
         Box::pin(async move {
             let cgroup = match self.isolation {
-                Isolation::Oci { .. } => {
-                    BuildCgroup::create(&self.cgroup_root, spec.build_id, &self.limits).map_err(
-                        |source| BackendError::Io {
-                            action: "cannot create the build's cgroup under",
-                            path: self.cgroup_root.clone(),
-                            source,
-                        },
-                    )?
-                }
+                Isolation::Oci { .. } => BuildCgroup::create(
+                    &self.cgroup_root,
+                    self.cgroup_scope,
+                    spec.build_id,
+                    &self.limits,
+                )
+                .map_err(|source| BackendError::Io {
+                    action: "cannot create the build's cgroup under",
+                    path: self.cgroup_root.clone(),
+                    source,
+                })?,
                 Isolation::Chroot => None,
             };
             // Cancelled by the caller, or by the disk watch when the build outgrows its limit.

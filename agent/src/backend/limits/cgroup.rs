@@ -63,6 +63,7 @@ impl BuildCgroup {
     /// `None` when no memory, CPU or process limit is set.
     pub fn create(
         root: &Path,
+        agent: Uuid,
         build: Uuid,
         limits: &BuildLimits,
     ) -> io::Result<Option<BuildCgroup>> {
@@ -77,7 +78,7 @@ impl BuildCgroup {
         let cg = BuildCgroup {
             root: root.to_path_buf(),
             layout,
-            relative: Path::new(PARENT).join(build.to_string()),
+            relative: scope(agent).join(build.to_string()),
             limits: *limits,
         };
         let made = cg.set_limits();
@@ -132,10 +133,19 @@ impl BuildCgroup {
                 .map(|(_, c)| *c)
                 .collect::<Vec<_>>()
                 .join(" ");
-                let parent = self.root.join(PARENT);
                 enable_controllers(&self.root, &controllers)?;
-                std::fs::create_dir_all(&parent)?;
-                std::fs::write(parent.join("cgroup.subtree_control"), &controllers)?;
+                let mut parent = self.root.clone();
+                // Every ancestor of the build's cgroup passes the controllers down.
+                for level in self
+                    .relative
+                    .parent()
+                    .into_iter()
+                    .flat_map(Path::components)
+                {
+                    parent.push(level);
+                    std::fs::create_dir_all(&parent)?;
+                    std::fs::write(parent.join("cgroup.subtree_control"), &controllers)?;
+                }
                 let d = self.root.join(&self.relative);
                 std::fs::create_dir_all(&d)?;
                 if let Some(bytes) = l.memory {
@@ -277,10 +287,47 @@ impl BuildCgroup {
     }
 }
 
+/// The cgroup, relative to each hierarchy's root, holding the build cgroups of the agent whose
+/// instance id is `agent`: `archfarm/<agent>`. Several agents on one host each keep to their own.
+fn scope(agent: Uuid) -> PathBuf {
+    Path::new(PARENT).join(agent.to_string())
+}
+
+/// Removes what an earlier process of the agent `agent` left in its cgroup scope (after a crash
+/// or a kill). Called at start, once the leftover steps are killed: no build of this agent runs
+/// yet, so every build cgroup there is a leftover. Returns how many it removed.
+pub fn clear_leftovers(root: &Path, agent: Uuid) -> usize {
+    let hierarchies: Vec<PathBuf> = if root.join("cgroup.controllers").exists() {
+        vec![root.to_path_buf()]
+    } else {
+        std::fs::read_dir(root)
+            .map(|d| d.flatten().map(|e| e.path()).collect())
+            .unwrap_or_default()
+    };
+    let mut removed = 0;
+    for h in hierarchies {
+        let Ok(builds) = std::fs::read_dir(h.join(scope(agent))) else {
+            continue;
+        };
+        for build in builds
+            .flatten()
+            .filter(|e| e.file_type().is_ok_and(|t| t.is_dir()))
+        {
+            match remove_tree(&build.path()) {
+                Ok(()) => removed += 1,
+                Err(e) => {
+                    tracing::warn!(cgroup = %build.path().display(), error = %e, "could not remove a leftover build cgroup")
+                }
+            }
+        }
+    }
+    removed
+}
+
 /// Checks at the agent's start that build cgroups can be made here, by making and removing one.
-pub fn check(root: &Path, limits: &BuildLimits) -> Result<(), String> {
+pub fn check(root: &Path, agent: Uuid, limits: &BuildLimits) -> Result<(), String> {
     let probe = Uuid::new_v4();
-    match BuildCgroup::create(root, probe, limits) {
+    match BuildCgroup::create(root, agent, probe, limits) {
         Ok(Some(cg)) => {
             cg.remove();
             Ok(())
@@ -362,14 +409,15 @@ mod tests {
             disk: None,
         };
         let id = Uuid::nil();
+        let agent = Uuid::from_u128(7);
         let v1 = tempfile::tempdir().unwrap();
         for c in ["memory", "pids", "cpu", "blkio"] {
             std::fs::create_dir(v1.path().join(c)).unwrap();
         }
-        let cg = BuildCgroup::create(v1.path(), id, &limits)
+        let cg = BuildCgroup::create(v1.path(), agent, id, &limits)
             .unwrap()
             .unwrap();
-        let rel = format!("archfarm/{id}");
+        let rel = format!("archfarm/{agent}/{id}");
         assert_eq!(cg.parent(), format!("/{rel}"));
         let read = |p: PathBuf| std::fs::read_to_string(p).unwrap();
         let v1p = v1.path();
@@ -406,16 +454,18 @@ mod tests {
 
         let v2 = tempfile::tempdir().unwrap();
         std::fs::write(v2.path().join("cgroup.controllers"), "cpu memory pids").unwrap();
-        let cg2 = BuildCgroup::create(v2.path(), id, &limits)
+        let cg2 = BuildCgroup::create(v2.path(), agent, id, &limits)
             .unwrap()
             .unwrap();
         let d = v2.path().join(&rel);
         assert_eq!(read(d.join("memory.max")), "1073741824");
         assert_eq!(read(d.join("cpu.max")), "150000 100000");
-        assert_eq!(
-            read(v2.path().join("archfarm/cgroup.subtree_control")),
-            "+memory +pids +cpu"
-        );
+        for level in ["archfarm", &format!("archfarm/{agent}")] {
+            assert_eq!(
+                read(v2.path().join(level).join("cgroup.subtree_control")),
+                "+memory +pids +cpu"
+            );
+        }
         std::fs::write(d.join("memory.events"), "low 0\noom_kill 1\n").unwrap();
         assert!(
             matches!(cg2.explain(), Some(Explanation::Certain(m)) if m.contains("ran out of memory")),
@@ -434,5 +484,26 @@ mod tests {
         }
         cg2.remove();
         assert!(!d.exists());
+    }
+
+    #[test]
+    fn an_agent_clears_its_own_leftovers_and_no_one_elses() {
+        let v1 = tempfile::tempdir().unwrap();
+        let (me, other) = (Uuid::from_u128(1), Uuid::from_u128(2));
+        for (agent, build) in [(me, "b1"), (me, "b2"), (other, "b3")] {
+            for ctrl in ["memory", "pids"] {
+                let d = v1.path().join(ctrl).join(scope(agent)).join(build);
+                std::fs::create_dir_all(d.join("buildah1")).unwrap();
+            }
+        }
+        assert_eq!(clear_leftovers(v1.path(), me), 4);
+        assert!(!v1.path().join("memory").join(scope(me)).join("b1").exists());
+        assert!(v1
+            .path()
+            .join("pids")
+            .join(scope(other))
+            .join("b3")
+            .is_dir());
+        assert_eq!(clear_leftovers(v1.path(), me), 0);
     }
 }

@@ -21,7 +21,7 @@ mod watch;
 use std::fmt;
 
 pub use amount::{Amount, Count, Cpus, Size};
-pub use cgroup::{check, BuildCgroup, Explanation, Hits, CGROUP_ROOT};
+pub use cgroup::{check, clear_leftovers, BuildCgroup, Explanation, Hits, CGROUP_ROOT};
 pub use watch::{LimitWatch, Watched};
 
 /// How a build's cgroup path starts, as buildah's `--cgroup-parent` and the runtime see it.

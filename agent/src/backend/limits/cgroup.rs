@@ -29,7 +29,7 @@ enum Layout {
 pub struct BuildCgroup {
     root: PathBuf,
     layout: Layout,
-    /// `archfarm/<build id>`, relative to each hierarchy's root.
+    /// `archfarm/<agent>/<build id>`, relative to each hierarchy's root.
     relative: PathBuf,
     limits: BuildLimits,
 }

@@ -2,7 +2,7 @@
 //! filler fails its own build and nothing else.
 //!
 //! Memory, CPU and processes are a cgroup per build ([`BuildCgroup`]): the agent creates
-//! `archfarm/<build id>` with the limits set, and buildah is told to put every `RUN` step's
+//! `archfarm/<agent instance id>/<build id>` with the limits set, and buildah is told to put every `RUN` step's
 //! container under it (`--cgroup-parent`; the runtime shim makes each step a child of it, see
 //! [`super::runtime_shim::nest_cgroup`]), so the limits hold for the build as a whole, however
 //! many steps or stages run at once. The kernel enforces them; after a failed build the agent reads

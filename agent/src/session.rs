@@ -280,6 +280,8 @@ impl Session {
             capacity: i64::from(self.capacity),
             version: Some(env!("CARGO_PKG_VERSION").to_string()),
             instance_id: Some(self.work_dir.instance_id()),
+            default_network: None,
+            allowed_networks: Vec::new(),
         };
         let mut backoff = self.backoff.clone();
         backoff.reset();

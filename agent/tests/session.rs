@@ -421,6 +421,7 @@ fn a_lease(context: &[u8]) -> Lease {
         registry_auth: None,
         secret_build_args: Vec::new(),
         secrets: Vec::new(),
+        network: None,
     }
 }
 

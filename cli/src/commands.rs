@@ -125,6 +125,7 @@ pub async fn build(conn: &Connection, args: &BuildArgs) -> Result<u8, Error> {
         submitter: plan.submitter.clone(),
         secret_build_args: plan.secret_build_args.clone(),
         secrets: plan.secrets.clone(),
+        network: None,
     };
     let job = client.submit_job(&request).await?;
     let id = job.id;

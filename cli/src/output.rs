@@ -381,6 +381,11 @@ mod tests {
             running,
             state,
             last_seen: Utc::now(),
+            default_network: Some(archfarm_protocol::Network::Host),
+            allowed_networks: vec![
+                archfarm_protocol::Network::Host,
+                archfarm_protocol::Network::None,
+            ],
         }
     }
 

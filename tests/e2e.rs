@@ -339,6 +339,8 @@ fn bad_input_is_refused_and_nothing_stored() {
         capacity: 1,
         version: None,
         instance_id: None,
+        default_network: None,
+        allowed_networks: Vec::new(),
     };
     let resp = archfarm_e2e::http_client()
         .post(format!("{}/api/v1/agents/register", coordinator.url()))

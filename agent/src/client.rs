@@ -486,6 +486,8 @@ mod tests {
             capacity: 1,
             version: None,
             instance_id: None,
+            default_network: None,
+            allowed_networks: Vec::new(),
         };
         let e = c.register(&Secret::new("t"), &req).await.unwrap_err();
         assert!(e.is_transient(), "{e}");

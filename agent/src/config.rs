@@ -70,6 +70,17 @@ pub struct Config {
     #[arg(long, env = "ARCHFARM_NETWORK", default_value = "host")]
     pub network: Network,
 
+    /// The networks a job may ask for (`archfarm build --network`), comma separated; `--network`
+    /// is always among them. Default: `--network` and `none` (less network is always safe with
+    /// `--isolation oci`); with `--isolation chroot` only `host`.
+    #[arg(
+        long = "allow-network",
+        env = "ARCHFARM_ALLOW_NETWORK",
+        value_delimiter = ',',
+        value_name = "NETWORK[,NETWORK...]"
+    )]
+    pub allow_network: Vec<Network>,
+
     /// The OCI runtime that runs steps with `--isolation oci`. Default: `runc` from `PATH`.
     #[arg(long, env = "ARCHFARM_OCI_RUNTIME", default_value = "runc")]
     pub oci_runtime: PathBuf,
@@ -234,6 +245,7 @@ mod tests {
         assert_eq!(c.isolation, IsolationKind::Oci);
         assert_eq!(c.oci_runtime, PathBuf::from("runc"));
         assert_eq!(c.network, Network::Host);
+        assert!(c.allow_network.is_empty());
         assert!(c.platforms.is_empty());
         assert!(!c.name.is_empty());
     }
@@ -278,6 +290,19 @@ mod tests {
         let over = (MAX_AGENT_CAPACITY + 1).to_string();
         let e = parse(&["--capacity", &over]).unwrap_err().to_string();
         assert!(e.contains("1..=256"), "{e}");
+    }
+
+    #[test]
+    fn allowed_networks_split_and_name_what_is_accepted() {
+        let c = parse(&["--allow-network", "none,private", "--allow-network", "host"]).unwrap();
+        assert_eq!(
+            c.allow_network,
+            [Network::None, Network::Private, Network::Host]
+        );
+        let e = parse(&["--allow-network", "none,bridge"])
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("'bridge'") && e.contains("private"), "{e}");
     }
 
     #[test]

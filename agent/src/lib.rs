@@ -13,6 +13,7 @@
 //!   holds registry credentials and the private auth file buildah reads.
 //! * [`runner`]: one leased build from start to end; [`logs`]: its log lines, batched.
 //! * [`workdir`]: the layout of the agent's work directory.
+//! * [`network`]: the agent's default network and what jobs may ask it for.
 //!
 //! `main.rs` only parses flags, sets up logging and signals, and calls [`run`].
 
@@ -26,6 +27,7 @@ pub mod config;
 pub mod context;
 pub mod detect;
 pub mod logs;
+pub mod network;
 pub mod push;
 pub mod registry_auth;
 pub mod registry_error;
@@ -39,7 +41,7 @@ pub use config::{Config, Emulate, Secret};
 pub use shutdown::Stopped;
 
 use backend::buildah::Buildah;
-use backend::isolation::{Isolation, IsolationKind, Network};
+use backend::isolation::{Isolation, IsolationKind};
 use backend::{Backend, BackendError};
 use client::{ClientError, CoordinatorClient};
 use detect::DetectError;
@@ -155,6 +157,9 @@ pub async fn run(
             path: config.work_dir.clone(),
             source,
         })?;
+    let networks =
+        network::NetworkPolicy::from_flags(config.isolation, config.network, &config.allow_network)
+            .map_err(AgentError::Config)?;
     tracing::info!(
         name = %config.name,
         instance.id = %work_dir.instance_id(),
@@ -162,7 +167,8 @@ pub async fn run(
         emulated = %detect::join(&platforms.emulated),
         capacity = config.capacity,
         isolation = %config.isolation,
-        network = %config.network,
+        network = %networks.default,
+        allowed_networks = %archfarm_protocol::network::join(&networks.allowed),
         coordinator = %config.coordinator,
         "starting"
     );
@@ -175,20 +181,8 @@ pub async fn run(
             let agent = std::env::current_exe().map_err(|e| {
                 AgentError::Config(format!("cannot find the agent's own executable: {e}"))
             })?;
-            Isolation::oci(
-                &work_dir.storage(),
-                &config.oci_runtime,
-                config.network,
-                &agent,
-            )
-            .map_err(BackendError::Isolation)?
-        }
-        IsolationKind::Chroot if config.network != Network::Host => {
-            return Err(AgentError::Config(format!(
-                "--network {} needs --isolation oci: chroot isolation always shares the host's \
-                 network",
-                config.network
-            )))
+            Isolation::oci(&work_dir.storage(), &config.oci_runtime, &agent)
+                .map_err(BackendError::Isolation)?
         }
         IsolationKind::Chroot => Isolation::Chroot,
     };
@@ -219,6 +213,7 @@ pub async fn run(
         limits: context::Limits::default(),
         backoff: backoff::Backoff::default(),
         registry: Arc::new(registry),
+        networks,
     };
     session.run(signals).await
 }

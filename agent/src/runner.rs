@@ -21,6 +21,7 @@ use crate::backoff::Backoff;
 use crate::client::{ClientError, CoordinatorClient};
 use crate::context::{self, Limits};
 use crate::logs::{self, LogTarget};
+use crate::network::NetworkPolicy;
 use crate::registry_auth::RegistryAccess;
 use crate::session::Credentials;
 use crate::workdir::WorkDir;
@@ -54,6 +55,8 @@ pub struct BuildEnv {
     pub report_backoff: Backoff,
     /// The agent's own registry credentials, used when a lease carries none.
     pub registry: Arc<RegistryAccess>,
+    /// The networks this agent gives builds; a lease asking for another is refused.
+    pub networks: NetworkPolicy,
 }
 
 /// Runs one leased build to its end; never fails, only logs: errors go to the coordinator as `fail`.
@@ -150,11 +153,17 @@ async fn execute(
     log: &LogSink,
     cancel: &CancellationToken,
 ) -> Result<PushedImage, BuildError> {
+    // Before anything is fetched: a job must not run with more network than this agent allows,
+    // whatever the coordinator (an older one, a bug) leased it.
+    let network = env.networks.resolve(lease.network).map_err(|why| {
+        warn!(build.id = %lease.build_id, network = ?lease.network, "lease refused: network not allowed");
+        BuildError::Backend(BackendError::Invalid(why))
+    })?;
     let build_dir = env.work_dir.build_dir(lease.build_id);
     // A retry of this build on this agent may find its earlier attempt's directory.
     let _ = tokio::fs::remove_dir_all(&build_dir).await;
     log.note(format!(
-        "leased build {} of {} ({})",
+        "leased build {} of {} ({}, network {network})",
         lease.build_id, lease.platform, lease.mode
     ))
     .await;
@@ -187,6 +196,7 @@ async fn execute(
         insecure_registry: lease.insecure_registry,
         registry_auth,
         secrets: lease.secrets.clone(),
+        network,
     };
     Ok(env
         .backend

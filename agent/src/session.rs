@@ -6,6 +6,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use archfarm_protocol::api::RegisterRequest;
+
+use crate::network::NetworkPolicy;
 use futures::Stream;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
@@ -64,6 +66,8 @@ pub struct Session {
     pub backoff: Backoff,
     /// The agent's own registry credentials and CA.
     pub registry: Arc<crate::registry_auth::RegistryAccess>,
+    /// Its default network and what jobs may ask for, registered and enforced on each lease.
+    pub networks: NetworkPolicy,
 }
 
 impl Session {
@@ -97,6 +101,7 @@ impl Session {
             limits: self.limits,
             report_backoff: self.backoff.clone(),
             registry: self.registry.clone(),
+            networks: self.networks.clone(),
         });
         // Parent of every build's cancellation token; fires only when builds are abandoned.
         let kill = CancellationToken::new();
@@ -280,6 +285,8 @@ impl Session {
             capacity: i64::from(self.capacity),
             version: Some(env!("CARGO_PKG_VERSION").to_string()),
             instance_id: Some(self.work_dir.instance_id()),
+            default_network: Some(self.networks.default),
+            allowed_networks: self.networks.allowed.clone(),
         };
         let mut backoff = self.backoff.clone();
         backoff.reset();

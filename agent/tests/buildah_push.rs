@@ -132,7 +132,6 @@ impl Fixture {
         let isolation = Isolation::oci(
             &storage,
             Path::new("runc"),
-            Network::Host,
             Path::new(env!("CARGO_BIN_EXE_archfarm-agent")),
         )
         .expect("runc installed");
@@ -165,6 +164,7 @@ impl Fixture {
             insecure_registry: true,
             registry_auth: None,
             secrets: vec![],
+            network: Network::Host,
         }
     }
 

@@ -7,11 +7,13 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use archfarm_agent::backend::isolation::IsolationKind;
 use archfarm_agent::backend::{Backend, BackendError, BoxFuture, BuildSpec, LogSink, PushedImage};
 use archfarm_agent::backoff::Backoff;
 use archfarm_agent::client::CoordinatorClient;
 use archfarm_agent::context::Limits;
 use archfarm_agent::detect::Platforms;
+use archfarm_agent::network::NetworkPolicy;
 use archfarm_agent::session::Session;
 use archfarm_agent::workdir::WorkDir;
 use archfarm_agent::{AgentError, Secret, Stopped};
@@ -20,7 +22,7 @@ use archfarm_protocol::api::{
     Lease, LogRequest, RegisterRequest, RegisterResponse,
 };
 use archfarm_protocol::events::LogResponse;
-use archfarm_protocol::{Digest, Platform};
+use archfarm_protocol::{Digest, Network, Platform};
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
@@ -421,6 +423,7 @@ fn a_lease(context: &[u8]) -> Lease {
         registry_auth: None,
         secret_build_args: Vec::new(),
         secrets: Vec::new(),
+        network: None,
     }
 }
 
@@ -452,6 +455,7 @@ fn spawn_agent(url: &str, join: &str, behaviour: Behaviour) -> Agent {
         limits: Limits::default(),
         backoff: Backoff::new(Duration::from_millis(10), Duration::from_millis(50)),
         registry: Default::default(),
+        networks: NetworkPolicy::from_flags(IsolationKind::Oci, Network::Host, &[]).unwrap(),
     };
     let (tx, rx) = tokio::sync::mpsc::unbounded_channel::<()>();
     let signals =
@@ -735,6 +739,35 @@ async fn secret_values_are_redacted_from_lines_and_the_failure() {
             "{:?}",
             f.lines
         );
+    }
+    agent.shutdown().await.unwrap();
+}
+
+#[tokio::test]
+async fn a_lease_asking_for_a_network_the_agent_does_not_allow_fails_the_build() {
+    let ctx = context_archive();
+    let mut lease = a_lease(&ctx);
+    lease.network = Some(Network::Private);
+    let (url, s) = start(Fake {
+        context: ctx,
+        leases: VecDeque::from([lease]),
+        ..Default::default()
+    })
+    .await;
+    // The backend would succeed: only the agent's own check can fail this build.
+    let agent = spawn_agent(&url, JOIN, Behaviour::Succeed { lines: 1 });
+    until(&s, "fail", |f| !f.fails.is_empty()).await;
+    {
+        let f = s.lock().unwrap();
+        assert_eq!(
+            f.fails[0].error,
+            "this agent does not allow --network private (it allows host, none); refusing the build"
+        );
+        assert!(f.completes.is_empty());
+        // It told the coordinator what it allows when it registered.
+        let r = &f.registers[0];
+        assert_eq!(r.default_network, Some(Network::Host));
+        assert_eq!(r.allowed_networks, [Network::Host, Network::None]);
     }
     agent.shutdown().await.unwrap();
 }

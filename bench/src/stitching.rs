@@ -184,6 +184,7 @@ fn rows(
         finished_at: None,
         secret_build_args: Vec::new(),
         secret_ids: Vec::new(),
+        network: None,
     };
     let builds = platforms
         .into_iter()

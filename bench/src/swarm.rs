@@ -104,6 +104,8 @@ impl Swarm {
                     capacity: 1,
                     version: None,
                     instance_id: Some(Uuid::new_v4()),
+                    default_network: None,
+                    allowed_networks: Vec::new(),
                 };
                 let url = format!("{base}/api/v1/agents/register");
                 async move {

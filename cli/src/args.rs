@@ -9,6 +9,7 @@ use std::time::Duration;
 use archfarm_protocol::api::EmulationPolicy;
 use archfarm_protocol::duration::parse_duration;
 use archfarm_protocol::tokens::Scope;
+use archfarm_protocol::Network;
 pub use archfarm_protocol::Secret;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use uuid::Uuid;
@@ -313,6 +314,17 @@ pub struct BuildArgs {
         value_parser = parse_emulation
     )]
     pub emulation: EmulationPolicy,
+    /// The network of the `RUN` steps, as buildx's `--network`: `default` (the building agent's
+    /// own), `host` (the agent host's network), `none` (loopback only: nothing outside the step,
+    /// cloud metadata endpoints included) or `private` (a namespace behind NAT). Only agents that
+    /// allow it (`archfarm agents`, ALLOWS) take the job's builds.
+    #[arg(
+        long,
+        value_name = "MODE",
+        default_value = "default",
+        value_parser = parse_network
+    )]
+    pub network: NetworkChoice,
     /// Fail the job as timed out when it has not finished after DURATION (e.g. 90m, 1h30m, 3600)
     /// [default: the coordinator's, 2h].
     #[arg(long, value_name = "DURATION", value_parser = parse_timeout)]
@@ -346,6 +358,15 @@ pub struct BuildArgs {
 /// `--emulation`, with [`EmulationPolicy`]'s own message for a bad value.
 fn parse_emulation(value: &str) -> Result<EmulationPolicy, String> {
     value.parse()
+}
+
+/// What `--network` asks for: `None` is `default`, the building agent's own.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct NetworkChoice(pub Option<Network>);
+
+/// `--network`, with the protocol's message naming the accepted values.
+fn parse_network(value: &str) -> Result<NetworkChoice, String> {
+    archfarm_protocol::network::parse_job_network(value).map(NetworkChoice)
 }
 
 /// `--timeout`: a duration of at least one second.
@@ -423,6 +444,7 @@ mod tests {
         assert_eq!(b.tags.len(), 2);
         assert_eq!(b.build_args, ["A=1", "B"]);
         assert_eq!(b.emulation, EmulationPolicy::Never);
+        assert_eq!(b.network, NetworkChoice(None));
         assert!(b.optional_platforms.is_empty());
         assert_eq!(b.timeout, None);
         assert_eq!(b.progress, Progress::Plain);
@@ -485,6 +507,43 @@ mod tests {
         assert!(e.contains("prefer-native=DURATION"), "{e}");
         let e = with(&["--timeout", "0s"]).unwrap_err().to_string();
         assert!(e.contains("more than 0s"), "{e}");
+    }
+
+    #[test]
+    fn network_is_default_or_one_the_agents_know() {
+        let with = |extra: &[&str]| {
+            let mut a = vec!["build", "--platform", "amd64", "-t", "a:1"];
+            a.extend_from_slice(extra);
+            a.push(".");
+            parse(&a).map(|cli| match cli.command {
+                Command::Build(b) => b.network,
+                _ => panic!("not build"),
+            })
+        };
+        assert_eq!(with(&[]).unwrap(), NetworkChoice(None));
+        assert_eq!(
+            with(&["--network", "default"]).unwrap(),
+            NetworkChoice(None)
+        );
+        assert_eq!(
+            with(&["--network", "none"]).unwrap(),
+            NetworkChoice(Some(Network::None))
+        );
+        assert_eq!(
+            with(&["--network=host"]).unwrap(),
+            NetworkChoice(Some(Network::Host))
+        );
+        let e = with(&["--network", "bridge"]).unwrap_err();
+        assert_eq!(e.exit_code(), 2);
+        let e = e.to_string();
+        assert!(
+            e.contains("'bridge'")
+                && e.contains("default")
+                && e.contains("host")
+                && e.contains("none")
+                && e.contains("private"),
+            "{e}"
+        );
     }
 
     #[test]

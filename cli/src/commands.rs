@@ -125,6 +125,7 @@ pub async fn build(conn: &Connection, args: &BuildArgs) -> Result<u8, Error> {
         submitter: plan.submitter.clone(),
         secret_build_args: plan.secret_build_args.clone(),
         secrets: plan.secrets.clone(),
+        network: plan.network.map(|n| n.to_string()),
     };
     let job = client.submit_job(&request).await?;
     let id = job.id;
@@ -133,8 +134,12 @@ pub async fn build(conn: &Connection, args: &BuildArgs) -> Result<u8, Error> {
     } else {
         format!(" (optional: {})", request.optional_platforms.join(", "))
     };
+    let network = job
+        .network
+        .map(|n| format!(" (network {n})"))
+        .unwrap_or_default();
     say(format!(
-        "job {id} submitted: {}{optional} -> {}",
+        "job {id} submitted: {}{optional}{network} -> {}",
         request.platforms.join(", "),
         request.tags.join(", ")
     ));

@@ -4,7 +4,7 @@
 
 use archfarm_protocol::api::{Agent, AgentState, Build, BuildState, Job};
 use archfarm_protocol::duration::format_duration;
-use archfarm_protocol::Platform;
+use archfarm_protocol::{Network, Platform};
 use chrono::{DateTime, Utc};
 
 /// Writes a result to stdout. A reader that went away (`archfarm jobs | head -1`) is not an error
@@ -115,6 +115,9 @@ pub fn agents_table(agents: &[Agent], now: DateTime<Utc>) -> String {
                 platforms(&a.emulated_platforms),
                 format!("{}/{}", a.running, a.capacity),
                 format!("{} ago", age(a.last_seen, now)),
+                a.default_network
+                    .map_or_else(|| "-".to_string(), |n| n.to_string()),
+                allowed_networks(&a.allowed_networks),
             ]
         })
         .collect();
@@ -126,9 +129,23 @@ pub fn agents_table(agents: &[Agent], now: DateTime<Utc>) -> String {
             "EMULATED",
             "RUNNING",
             "LAST SEEN",
+            "NETWORK",
+            "ALLOWS",
         ],
         &rows,
     )
+}
+
+/// What an agent lets jobs ask for: `host,none`, or `default` for an agent too old to say (it
+/// takes only jobs that leave the network to it).
+fn allowed_networks(list: &[Network]) -> String {
+    if list.is_empty() {
+        return "default".into();
+    }
+    list.iter()
+        .map(|n| n.as_str())
+        .collect::<Vec<_>>()
+        .join(",")
 }
 
 /// The lowercase name of an agent state, as the API writes it.
@@ -206,6 +223,9 @@ pub fn job_summary(job: &Job, now: DateTime<Utc>) -> String {
         field("build args", names.join(", "));
     }
     field("emulation", job.emulation.to_string());
+    if let Some(n) = job.network {
+        field("network", n.to_string());
+    }
     if job.timeout_secs > 0 {
         field(
             "timeout",
@@ -381,6 +401,11 @@ mod tests {
             running,
             state,
             last_seen: Utc::now(),
+            default_network: Some(archfarm_protocol::Network::Host),
+            allowed_networks: vec![
+                archfarm_protocol::Network::Host,
+                archfarm_protocol::Network::None,
+            ],
         }
     }
 
@@ -399,6 +424,15 @@ mod tests {
             "{t}"
         );
         assert!(t.contains("pi-5  offline   linux/arm64"), "{t}");
+        assert!(
+            t.lines().next().unwrap().ends_with("NETWORK  ALLOWS"),
+            "{t}"
+        );
+        assert!(t.contains("  host     host,none\n"), "{t}");
+        let mut old = agent("old", AgentState::Online, 0);
+        (old.default_network, old.allowed_networks) = (None, vec![]);
+        let t = agents_table(&[old], now);
+        assert!(t.contains("  -        default\n"), "{t}");
         assert_eq!(
             draining(&agent("pi-4", AgentState::Draining, 3)),
             "agent pi-4 is draining: it finishes its 3 running builds and then leaves\n"

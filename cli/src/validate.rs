@@ -36,6 +36,8 @@ pub struct BuildPlan {
     pub target: Option<String>,
     /// Emulation policy.
     pub emulation: EmulationPolicy,
+    /// The network the steps ask for; `None` leaves it to the agent.
+    pub network: Option<archfarm_protocol::Network>,
     /// Time limit of the job; the coordinator's default when unset.
     pub timeout: Option<Duration>,
     /// Progress mode.
@@ -85,6 +87,7 @@ impl BuildPlan {
             build_args,
             target,
             emulation: args.emulation,
+            network: args.network.0,
             timeout: args.timeout,
             progress: args.progress,
             detach: args.detach,

@@ -328,6 +328,7 @@ mod tests {
             queued_at: at,
             attempts: 0,
             optional: false,
+            network: None,
         }
     }
 
@@ -384,6 +385,8 @@ mod tests {
             running: 0,
             state: archfarm_protocol::api::AgentState::Online,
             last_seen: chrono::Utc::now(),
+            default_network: None,
+            allowed_networks: vec![],
         };
         m.set_gauges(20_000, &[], &[z15]);
         let text = m.encode();

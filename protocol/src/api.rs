@@ -141,6 +141,11 @@ pub struct JobRequest {
     /// coordinator deletes them when the job ends.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub secrets: Vec<crate::BuildSecret>,
+    /// The network of the `RUN` steps: `default` (the building agent's own; also when absent),
+    /// `host`, `none` or `private`. Only agents that allow it take the job's builds. Kept as
+    /// text so a wrong value is refused with a message naming the accepted ones.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub network: Option<String>,
 }
 
 /// Longest `submitter` the coordinator keeps.
@@ -346,6 +351,9 @@ pub struct Job {
     /// Ids of the job's build secrets (`--secret`); their values are never shown.
     #[serde(default)]
     pub secrets: Vec<String>,
+    /// The network its `RUN` steps ask for; absent means the building agent's default.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub network: Option<crate::Network>,
 }
 
 /// One platform's build inside a job.
@@ -437,6 +445,13 @@ pub struct Agent {
     pub state: AgentState,
     /// When it last called in.
     pub last_seen: DateTime<Utc>,
+    /// The network its builds get when their job names none; absent for agents too old to say.
+    #[serde(default)]
+    pub default_network: Option<crate::Network>,
+    /// The networks a job may ask it for; empty for agents too old to say (they take only jobs
+    /// that leave the network to them).
+    #[serde(default)]
+    pub allowed_networks: Vec<crate::Network>,
 }
 
 /// `GET /api/v1/agents`.
@@ -467,6 +482,13 @@ pub struct RegisterRequest {
     /// silently taking over its builds.
     #[serde(default)]
     pub instance_id: Option<Uuid>,
+    /// The network the agent gives builds whose job names none (`--network`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub default_network: Option<crate::Network>,
+    /// The networks a job may ask this agent for (`--allow-network`). Absent or empty (agents
+    /// from before per-job networks): only jobs that leave the network to the agent.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub allowed_networks: Vec<crate::Network>,
 }
 
 /// Answer to a registration.
@@ -531,6 +553,10 @@ pub struct Lease {
     /// log lines. Its `Debug` hides the values.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub secrets: Vec<crate::BuildSecret>,
+    /// The network the job asks for; absent means the agent's own default. An agent refuses a
+    /// network it does not allow (the coordinator should never send one).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub network: Option<crate::Network>,
 }
 
 /// `POST /api/v1/builds/{id}/heartbeat`. A 409 answer means the lease is gone: stop the build.
@@ -627,15 +653,22 @@ mod tests {
         });
         let mut l: Lease = serde_json::from_value(lease).unwrap();
         assert!(
-            l.registry_auth.is_none() && l.secret_build_args.is_empty() && l.secrets.is_empty()
+            l.registry_auth.is_none()
+                && l.secret_build_args.is_empty()
+                && l.secrets.is_empty()
+                && l.network.is_none()
         );
         let json = serde_json::to_string(&l).unwrap();
         assert!(
             !json.contains("registry_auth")
                 && !json.contains("secret_build_args")
-                && !json.contains("\"secrets\""),
+                && !json.contains("\"secrets\"")
+                && !json.contains("network"),
             "{json}"
         );
+        l.network = Some(crate::Network::None);
+        let json = serde_json::to_string(&l).unwrap();
+        assert!(json.contains(r#""network":"none""#), "{json}");
         l.secrets = vec![crate::BuildSecret {
             id: "tok".into(),
             value: crate::Secret::new("s3cret-value"),

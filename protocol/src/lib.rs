@@ -8,6 +8,7 @@
 //! * [`events`]: the Server-Sent Events of job and farm streams.
 //! * [`tokens`]: join and API tokens, their scopes and prefixes.
 //! * [`limits`]: caps on a build context archive, the same on the coordinator and agents.
+//! * [`network`]: the network of a build's `RUN` steps, as agents allow it and jobs ask for it.
 //! * [`registry_auth`]: registry credentials from Docker's `config.json`; [`redact`]: hiding secret
 //!   values in log lines.
 //! * [`repository_pattern`]: where a job may push (token patterns, allowed registries);
@@ -19,6 +20,7 @@ pub mod build_secret;
 pub mod duration;
 pub mod events;
 pub mod limits;
+pub mod network;
 pub mod platform;
 pub mod redact;
 pub mod reference;
@@ -30,6 +32,7 @@ pub mod secret;
 pub mod tokens;
 
 pub use build_secret::BuildSecret;
+pub use network::Network;
 pub use platform::{Platform, PlatformError};
 pub use reference::{Digest, ImageRef, ReferenceError};
 pub use registry_auth::{RegistryAuths, RegistryCredential};

@@ -52,6 +52,8 @@ impl ProtocolAgent {
             capacity: 1,
             version: None,
             instance_id: Some(Uuid::new_v4()),
+            default_network: None,
+            allowed_networks: Vec::new(),
         };
         let resp = http
             .post(format!("{}/api/v1/agents/register", coordinator.url()))

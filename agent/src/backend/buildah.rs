@@ -107,7 +107,7 @@ impl Buildah {
     /// The arguments after `buildah <storage options>` for the build step.
     pub fn build_args(spec: &BuildSpec, dockerfile: &Path, isolation: &Isolation) -> Vec<OsString> {
         let mut a: Vec<OsString> = vec!["build".into()];
-        a.extend(isolation.build_args());
+        a.extend(isolation.build_args(spec.network));
         a.extend(["--platform".into(), spec.platform.to_string().into()]);
         a.extend(["-f".into(), dockerfile.as_os_str().to_owned()]);
         for (k, v) in &spec.build_args {
@@ -403,6 +403,7 @@ mod tests {
             insecure_registry: true,
             registry_auth: None,
             secrets: vec![],
+            network: archfarm_protocol::Network::Host,
         }
     }
 

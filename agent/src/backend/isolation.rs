@@ -18,6 +18,7 @@ use std::str::FromStr;
 use tokio::process::Command;
 
 use super::process::run_quiet;
+pub use archfarm_protocol::Network;
 
 /// What runs a build's `RUN` steps.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -28,8 +29,6 @@ pub enum Isolation {
         runtime: PathBuf,
         /// runc's state directory for this agent's containers (`--root`).
         state_dir: PathBuf,
-        /// The steps' network.
-        network: Network,
     },
     /// buildah's chroot isolation: trusted, single-tenant use only.
     Chroot,
@@ -68,46 +67,6 @@ impl fmt::Display for IsolationKind {
     }
 }
 
-/// Which network a build's `RUN` steps get with OCI isolation.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub enum Network {
-    /// The agent host's own network namespace: what package installs need on most hosts, and
-    /// everything the host reaches (its loopback services, a cloud's metadata endpoint).
-    #[default]
-    Host,
-    /// A namespace with only a loopback interface: nothing outside the step is reachable.
-    None,
-    /// A namespace of its own behind a bridge with NAT (buildah's CNI default): the outside world,
-    /// but not the host's loopback services; the host's routes (a metadata endpoint) still apply.
-    Private,
-}
-
-impl FromStr for Network {
-    type Err = String;
-
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        match s.trim().to_ascii_lowercase().as_str() {
-            "host" => Ok(Network::Host),
-            "none" => Ok(Network::None),
-            "private" => Ok(Network::Private),
-            other => Err(format!(
-                "'{other}' is not a build network: accepted are host (the agent host's network, \
-                 the default), none (loopback only) and private (a namespace behind NAT)"
-            )),
-        }
-    }
-}
-
-impl fmt::Display for Network {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(match self {
-            Network::Host => "host",
-            Network::None => "none",
-            Network::Private => "private",
-        })
-    }
-}
-
 /// Why the isolation cannot be used on this machine.
 #[derive(Debug, thiserror::Error)]
 #[error("OCI isolation does not work on this machine: {0}")]
@@ -117,25 +76,20 @@ impl Isolation {
     /// OCI isolation for an agent whose storage is `storage`: runc state in `storage/runc`, and
     /// `runtime` run through the [`super::runtime_shim`] placed in `storage/runtime`, a link to
     /// `agent` (the `archfarm-agent` executable).
-    pub fn oci(
-        storage: &Path,
-        runtime: &Path,
-        network: Network,
-        agent: &Path,
-    ) -> Result<Isolation, Unusable> {
+    pub fn oci(storage: &Path, runtime: &Path, agent: &Path) -> Result<Isolation, Unusable> {
         let shim = super::runtime_shim::install(&storage.join("runtime"), runtime, agent)
             .map_err(|e| Unusable(e.to_string()))?;
         Ok(Isolation::Oci {
             runtime: shim,
             state_dir: storage.join("runc"),
-            network,
         })
     }
 
-    /// The `buildah build` options that select this isolation and the steps' network.
-    pub fn build_args(&self) -> Vec<OsString> {
+    /// The `buildah build` options that select this isolation and the steps' network (one the
+    /// agent allows; chroot isolation always shares the host's, so it takes no option).
+    pub fn build_args(&self, network: Network) -> Vec<OsString> {
         let mut args = self.runtime_args();
-        if let Isolation::Oci { network, .. } = self {
+        if let Isolation::Oci { .. } = self {
             args.extend(["--network".into(), network.to_string().into()]);
         }
         args
@@ -169,7 +123,7 @@ impl Isolation {
     /// and kill what an earlier agent's builds left running (nothing of this process runs yet, so
     /// every container in its runc state is a leftover); for chroot, say loudly what it is.
     pub async fn prepare(&self, buildah: impl Fn() -> Command) -> Result<(), Unusable> {
-        let Isolation::Oci { network, .. } = self else {
+        let Isolation::Oci { .. } = self else {
             tracing::warn!(
                 isolation = "chroot",
                 "RUN steps share this host's PID, IPC and network namespaces and a root step \
@@ -186,7 +140,10 @@ impl Isolation {
                 "killed build steps left running by an earlier agent"
             );
         }
-        tracing::info!(isolation = "oci", %network, "each RUN step runs in its own runc container");
+        tracing::info!(
+            isolation = "oci",
+            "each RUN step runs in its own runc container"
+        );
         Ok(())
     }
 
@@ -401,24 +358,13 @@ mod tests {
     }
 
     #[test]
-    fn networks_parse_and_name_what_is_accepted() {
-        assert_eq!("host".parse::<Network>(), Ok(Network::Host));
-        assert_eq!("None".parse::<Network>(), Ok(Network::None));
-        assert_eq!("private".parse::<Network>(), Ok(Network::Private));
-        assert_eq!(Network::default(), Network::Host);
-        let e = "bridge".parse::<Network>().unwrap_err();
-        assert!(e.contains("'bridge'") && e.contains("none"), "{e}");
-    }
-
-    #[test]
     fn oci_steps_run_in_runc_under_the_agents_state_dir() {
         let oci = Isolation::Oci {
             runtime: "runc".into(),
             state_dir: "/w/storage/runc".into(),
-            network: Network::None,
         };
         let args: Vec<String> = oci
-            .build_args()
+            .build_args(Network::None)
             .iter()
             .map(|a| a.to_string_lossy().into_owned())
             .collect();
@@ -428,7 +374,7 @@ mod tests {
              --cgroup-manager cgroupfs --network none"
         );
         assert_eq!(
-            Isolation::Chroot.build_args(),
+            Isolation::Chroot.build_args(Network::Host),
             vec![OsString::from("--isolation"), OsString::from("chroot")]
         );
     }

@@ -51,6 +51,8 @@ pub struct BuildSpec {
     pub registry_auth: Option<archfarm_protocol::RegistryCredential>,
     /// Build secrets for `RUN --mount=type=secret` steps. Their `Debug` hides the values.
     pub secrets: Vec<archfarm_protocol::BuildSecret>,
+    /// The network of the `RUN` steps, one the agent allows (see [`crate::network`]).
+    pub network: archfarm_protocol::Network,
 }
 
 /// The manifest a build pushed, as reported to the coordinator.

@@ -195,6 +195,11 @@ async fn submit(State(s): State<Shared>, Json(req): Json<JobRequest>) -> Respons
         builds: all.iter().map(|(p, o)| new_build(p, *o)).collect(),
         secret_build_args: req.secret_build_args.clone(),
         secrets: req.secrets.iter().map(|s| s.id.clone()).collect(),
+        network: req.network.as_deref().and_then(|n| {
+            archfarm_protocol::network::parse_job_network(n)
+                .ok()
+                .flatten()
+        }),
     };
     f.request = Some(req);
     f.job = Some(job.clone());
@@ -358,6 +363,11 @@ fn sample_agents() -> Vec<Agent> {
         running,
         state: AgentState::Online,
         last_seen: chrono::Utc::now(),
+        default_network: Some(archfarm_protocol::Network::Host),
+        allowed_networks: vec![
+            archfarm_protocol::Network::Host,
+            archfarm_protocol::Network::None,
+        ],
     };
     vec![
         agent("pi-4", "arm64", vec![Platform::parse("s390x").unwrap()], 1),

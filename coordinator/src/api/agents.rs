@@ -8,7 +8,7 @@ use archfarm_protocol::api::{
     MAX_AGENT_CAPACITY,
 };
 use archfarm_protocol::tokens::AGENT_TOKEN_PREFIX;
-use archfarm_protocol::Platform;
+use archfarm_protocol::{Network, Platform};
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
@@ -24,7 +24,7 @@ use super::plain_http::{self, Carried, PeerAddr};
 use super::routes::Routes;
 use super::views;
 use crate::scheduler::Claimed;
-use crate::store::{AgentRow, Registered};
+use crate::store::{AgentNetworks, AgentRow, Registered};
 use crate::AppState;
 
 /// Routes of this resource.
@@ -49,6 +49,22 @@ fn parse_platforms(list: &[String], what: &str) -> Result<Vec<Platform>, ApiErro
         }
     }
     Ok(out)
+}
+
+/// The networks a registering agent declares (each name was checked when the body was read).
+/// Its default is always among those it allows: a job naming the network it would get anyway
+/// must not wait for another agent.
+fn agent_networks(req: &RegisterRequest) -> AgentNetworks {
+    let mut allowed: Vec<Network> = Vec::new();
+    for n in req.default_network.iter().chain(&req.allowed_networks) {
+        if !allowed.contains(n) {
+            allowed.push(*n);
+        }
+    }
+    AgentNetworks {
+        default: req.default_network,
+        allowed,
+    }
 }
 
 async fn register(
@@ -89,6 +105,7 @@ async fn register(
             "an agent must offer at least one platform",
         ));
     }
+    let networks = agent_networks(&req);
     let joined = match require_join(&state, &pass, &req.name).await {
         Ok(joined) => joined,
         // Refused under a revoked agent's name (another agent's token, a join token spent since
@@ -116,6 +133,7 @@ async fn register(
             req.instance_id,
             joined == Joined::Itself,
             state.scheduler.online_since(),
+            &networks,
         )
         .await;
     let refusal = match registered {
@@ -151,6 +169,8 @@ async fn register(
     };
     tracing::info!(agent.id = %id, agent = %req.name, native = ?native.iter().map(ToString::to_string).collect::<Vec<_>>(),
         emulated = ?emulated.iter().map(ToString::to_string).collect::<Vec<_>>(), capacity = req.capacity, requeued,
+        default_network = ?networks.default.map(|n| n.as_str()),
+        allowed_networks = %archfarm_protocol::network::join(&networks.allowed),
         joined = ?joined, "agent registered");
     state.scheduler.wake().await;
     Ok(Json(RegisterResponse {
@@ -275,6 +295,7 @@ async fn lease_for(
         registry: job.registry,
         repository: job.repository,
         heartbeat_interval_secs: state.config.heartbeat_secs,
+        network: job.network,
     })
 }
 

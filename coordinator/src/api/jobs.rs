@@ -176,8 +176,14 @@ pub fn validate(req: JobRequest) -> Result<NewJob, ApiError> {
         }
         Some(s) => Some(s.to_string()),
     };
+    let network = match req.network.as_deref() {
+        None => None,
+        Some(raw) => archfarm_protocol::network::parse_job_network(raw)
+            .map_err(|m| ApiError::bad("invalid_network", m))?,
+    };
     let first = &refs[0];
     Ok(NewJob {
+        network,
         submitter,
         optional_platforms,
         timeout_secs: timeout_secs as i64,
@@ -531,5 +537,32 @@ mod tests {
         let mut r = req(&["amd64"], &["localhost:5000/a:1"]);
         r.submitter = Some(" ".into());
         assert_eq!(validate(r).unwrap().submitter, None);
+    }
+
+    #[test]
+    fn the_network_is_default_or_one_the_agents_know() {
+        let r = req(&["amd64"], &["localhost:5000/a:1"]);
+        assert_eq!(validate(r).unwrap().network, None);
+        for (raw, want) in [
+            ("default", None),
+            ("host", Some(archfarm_protocol::Network::Host)),
+            ("none", Some(archfarm_protocol::Network::None)),
+            ("private", Some(archfarm_protocol::Network::Private)),
+        ] {
+            let mut r = req(&["amd64"], &["localhost:5000/a:1"]);
+            r.network = Some(raw.into());
+            assert_eq!(validate(r).unwrap().network, want, "{raw}");
+        }
+        let mut r = req(&["amd64"], &["localhost:5000/a:1"]);
+        r.network = Some("bridge".into());
+        let (code, m) = message(validate(r).unwrap_err());
+        assert_eq!(code, "invalid_network");
+        assert!(
+            m.contains("'bridge'")
+                && m.contains("default")
+                && m.contains("none")
+                && m.contains("private"),
+            "{m}"
+        );
     }
 }

@@ -81,12 +81,20 @@ pub async fn job(state: &AppState, job: JobRow, fleet: &Fleet) -> StoreResult<ap
         builds,
         secret_build_args: job.secret_build_args,
         secrets: job.secret_ids,
+        network: job.network,
     })
 }
 
 fn build(b: BuildRow, job: &JobRow, fleet: &Fleet) -> api::Build {
-    let waiting = (b.state == BuildState::Queued && !job.state.is_terminal())
-        .then(|| waiting_reason(&b.platform, job.emulation, &fleet.online, &fleet.running));
+    let waiting = (b.state == BuildState::Queued && !job.state.is_terminal()).then(|| {
+        waiting_reason(
+            &b.platform,
+            job.emulation,
+            job.network,
+            &fleet.online,
+            &fleet.running,
+        )
+    });
     api::Build {
         id: b.id,
         platform: b.platform,
@@ -139,5 +147,7 @@ pub fn agent(a: AgentRow, online_since: i64, running: &HashMap<Uuid, i64>) -> ap
         emulated_platforms: a.emulated,
         capacity: a.capacity,
         last_seen: to_time(a.last_seen),
+        default_network: a.networks.default,
+        allowed_networks: a.networks.allowed,
     }
 }

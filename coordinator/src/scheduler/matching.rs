@@ -3,18 +3,45 @@
 use std::collections::HashMap;
 
 use archfarm_protocol::api::EmulationPolicy;
-use archfarm_protocol::Platform;
+use archfarm_protocol::{network, Network, Platform};
 use uuid::Uuid;
 
 use crate::store::AgentRow;
 
-/// A sentence saying why a queued build has not been taken yet.
+/// A sentence saying why a queued build has not been taken yet. `network` is what its job asks
+/// for (`None`: the agent's default, which every agent allows).
 pub fn waiting_reason(
     platform: &Platform,
     emulation: EmulationPolicy,
+    network: Option<Network>,
     online: &[AgentRow],
     running: &HashMap<Uuid, i64>,
 ) -> String {
+    let capable = online
+        .iter()
+        .filter(|a| a.native.contains(platform) || a.emulated.contains(platform));
+    let (allowing, refusing): (Vec<&AgentRow>, Vec<&AgentRow>) =
+        capable.partition(|a| a.networks.allows(network));
+    if let (Some(n), true, false) = (network, allowing.is_empty(), refusing.is_empty()) {
+        let what: Vec<String> = refusing
+            .iter()
+            .map(|a| match a.networks.allowed.as_slice() {
+                [] => format!("{} allows only its default", a.name),
+                list => format!("{} allows {}", a.name, network::join(list)),
+            })
+            .collect();
+        return format!(
+            "no agent for {platform} allows --network {n} ({}); start one with \
+             --allow-network {n}, or build with another --network",
+            what.join("; ")
+        );
+    }
+    // Agents that may not give the job its network will never take it: leave them out.
+    let online: Vec<AgentRow> = online
+        .iter()
+        .filter(|a| a.networks.allows(network))
+        .cloned()
+        .collect();
     let native: Vec<&AgentRow> = online
         .iter()
         .filter(|a| a.native.contains(platform))
@@ -86,6 +113,7 @@ mod tests {
             last_seen: 0,
             draining: false,
             revoked: false,
+            networks: Default::default(),
         }
     }
 
@@ -95,6 +123,7 @@ mod tests {
         let why = waiting_reason(
             &p("linux/s390x"),
             EmulationPolicy::Never,
+            None,
             &[emu],
             &HashMap::new(),
         );
@@ -109,6 +138,7 @@ mod tests {
         let why = waiting_reason(
             &p("linux/arm64"),
             EmulationPolicy::Fallback,
+            None,
             std::slice::from_ref(&arm),
             &running,
         );
@@ -116,11 +146,57 @@ mod tests {
         let why = waiting_reason(
             &p("linux/riscv64"),
             EmulationPolicy::Fallback,
+            None,
             &[arm],
             &running,
         );
         assert!(
             why.contains("no online agent can build linux/riscv64"),
+            "{why}"
+        );
+    }
+
+    #[test]
+    fn a_network_no_agent_allows_is_named() {
+        let old = agent("old", &["linux/amd64"], &[]);
+        let mut sealed = agent("sealed", &["linux/amd64"], &[]);
+        sealed.networks.allowed = vec![Network::Host, Network::None];
+        let fleet = [old, sealed];
+        let why = waiting_reason(
+            &p("linux/amd64"),
+            EmulationPolicy::Fallback,
+            Some(Network::Private),
+            &fleet,
+            &HashMap::new(),
+        );
+        assert!(
+            why.starts_with("no agent for linux/amd64 allows --network private (")
+                && why.contains("old allows only its default")
+                && why.contains("sealed allows host, none"),
+            "{why}"
+        );
+        // One that allows it is the one the build waits for; the others are left out.
+        let why = waiting_reason(
+            &p("linux/amd64"),
+            EmulationPolicy::Fallback,
+            Some(Network::None),
+            &fleet,
+            &HashMap::new(),
+        );
+        assert_eq!(
+            why,
+            "about to be taken by a native linux/amd64 agent (sealed)"
+        );
+        // No agent for the platform at all says that, whatever the network.
+        let why = waiting_reason(
+            &p("linux/s390x"),
+            EmulationPolicy::Fallback,
+            Some(Network::None),
+            &fleet,
+            &HashMap::new(),
+        );
+        assert!(
+            why.starts_with("no online agent can build linux/s390x"),
             "{why}"
         );
     }

@@ -271,7 +271,7 @@ impl Scheduler {
         loop {
             let page = self
                 .store
-                .queued_builds_of(&platforms, QUEUE_PAGE, offset)
+                .queued_builds_of(&platforms, &agent.networks.allowed, QUEUE_PAGE, offset)
                 .await?;
             for build in &page {
                 if build.attempts >= self.max_attempts {
@@ -296,9 +296,11 @@ impl Scheduler {
                         fleet = Some((online, self.store.running_builds().await?));
                     }
                     let (online, running) = fleet.as_ref().expect("just loaded");
+                    // A native agent that may not give the job its network will never take it.
                     let native_agents: Vec<NativeAgent> = online
                         .iter()
                         .filter(|a| a.native.contains(&build.platform))
+                        .filter(|a| a.networks.allows(build.network))
                         .map(|a| NativeAgent {
                             capacity: a.capacity,
                             running_since: running
@@ -487,7 +489,18 @@ mod tests {
         let native: Vec<Platform> = native.iter().map(|s| p(s)).collect();
         let emulated: Vec<Platform> = emulated.iter().map(|s| p(s)).collect();
         let r = store
-            .upsert_agent(name, name, &native, &emulated, 1, None, None, false, 0)
+            .upsert_agent(
+                name,
+                name,
+                &native,
+                &emulated,
+                1,
+                None,
+                None,
+                false,
+                0,
+                &Default::default(),
+            )
             .await
             .unwrap();
         assert!(matches!(r, Registered::Ok { .. }));

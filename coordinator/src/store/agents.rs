@@ -1,11 +1,11 @@
 //! Registered agents.
 
-use archfarm_protocol::Platform;
+use archfarm_protocol::{Network, Platform};
 use sqlx::any::AnyRow;
 use sqlx::Row;
 use uuid::Uuid;
 
-use super::{json_col, now_ms, parse_col, Store, StoreResult};
+use super::{json_col, now_ms, parse_col, parse_opt_col, Store, StoreError, StoreResult};
 
 /// An agent as stored.
 #[derive(Debug, Clone)]
@@ -26,6 +26,25 @@ pub struct AgentRow {
     pub draining: bool,
     /// Cut off by an admin; it may not register again under its name.
     pub revoked: bool,
+    /// The networks it gives builds, as it declared them.
+    pub networks: AgentNetworks,
+}
+
+/// The networks an agent declared at registration: its default and what jobs may ask it for.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct AgentNetworks {
+    /// What a build gets when its job names no network; `None` for agents that did not say.
+    pub default: Option<Network>,
+    /// What a job may ask for; empty for agents from before per-job networks, which take only
+    /// jobs that leave the network to them.
+    pub allowed: Vec<Network>,
+}
+
+impl AgentNetworks {
+    /// Whether a job asking for `wanted` (`None`: the agent's default) may be built here.
+    pub fn allows(&self, wanted: Option<Network>) -> bool {
+        archfarm_protocol::network::allows(&self.allowed, wanted)
+    }
 }
 
 impl AgentRow {
@@ -39,6 +58,19 @@ impl AgentRow {
             last_seen: row.try_get("last_seen")?,
             draining: row.try_get::<i64, _>("draining")? != 0,
             revoked: row.try_get::<Option<i64>, _>("revoked_at")?.is_some(),
+            networks: AgentNetworks {
+                default: parse_opt_col(row, "default_network")?,
+                allowed: row
+                    .try_get::<Option<String>, _>("allowed_networks")?
+                    .map(|value| {
+                        serde_json::from_str(&value).map_err(|_| StoreError::Corrupt {
+                            column: "agents.allowed_networks",
+                            value,
+                        })
+                    })
+                    .transpose()?
+                    .unwrap_or_default(),
+            },
         })
     }
 }
@@ -59,8 +91,8 @@ pub enum Registered {
     Revoked,
 }
 
-const COLUMNS: &str =
-    "id, name, native_platforms, emulated_platforms, capacity, last_seen, draining, revoked_at";
+const COLUMNS: &str = "id, name, native_platforms, emulated_platforms, capacity, last_seen, \
+    draining, revoked_at, default_network, allowed_networks";
 
 /// What a revoked agent's token hash is kept behind; no sha256 in hex starts with it.
 const REVOKED_PREFIX: &str = "revoked:";
@@ -91,8 +123,12 @@ impl Store {
         instance: Option<Uuid>,
         proven: bool,
         online_since: i64,
+        networks: &AgentNetworks,
     ) -> StoreResult<Registered> {
         let now = now_ms();
+        let default_network = networks.default.map(Network::as_str);
+        let allowed_networks =
+            serde_json::to_string(&networks.allowed).expect("networks serialise");
         let native = serde_json::to_string(native).expect("platforms serialise");
         let emulated = serde_json::to_string(emulated).expect("platforms serialise");
         let mut tx = self.begin().await?;
@@ -120,7 +156,7 @@ impl Store {
                 sqlx::query(
                     "UPDATE agents SET token_hash = $1, native_platforms = $2, emulated_platforms = $3, \
                      capacity = $4, version = $5, last_seen = $6, instance_id = COALESCE($7, instance_id), \
-                     draining = 0 WHERE id = $8",
+                     draining = 0, default_network = $9, allowed_networks = $10 WHERE id = $8",
                 )
                 .bind(token_hash)
                 .bind(&native)
@@ -130,6 +166,8 @@ impl Store {
                 .bind(now)
                 .bind(&instance_text)
                 .bind(&id)
+                .bind(default_network)
+                .bind(&allowed_networks)
                 .execute(&mut *tx)
                 .await?;
                 let requeued = sqlx::query(
@@ -147,7 +185,8 @@ impl Store {
                 let id = Uuid::new_v4();
                 sqlx::query(
                     "INSERT INTO agents (id, name, token_hash, native_platforms, emulated_platforms, capacity, \
-                     version, registered_at, last_seen, instance_id) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
+                     version, registered_at, last_seen, instance_id, default_network, allowed_networks) \
+                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)",
                 )
                 .bind(id.to_string())
                 .bind(name)
@@ -159,6 +198,8 @@ impl Store {
                 .bind(now)
                 .bind(now)
                 .bind(&instance_text)
+                .bind(default_network)
+                .bind(&allowed_networks)
                 .execute(&mut *tx)
                 .await?;
                 (id, 0)
@@ -357,7 +398,18 @@ mod tests {
         let arm: Vec<Platform> = vec!["linux/arm64".parse().unwrap()];
         let (one, two) = (Some(Uuid::new_v4()), Some(Uuid::new_v4()));
         let first = store
-            .upsert_agent("pi", "h1", &arm, &[], 1, None, one, false, 0)
+            .upsert_agent(
+                "pi",
+                "h1",
+                &arm,
+                &[],
+                1,
+                None,
+                one,
+                false,
+                0,
+                &AgentNetworks::default(),
+            )
             .await
             .unwrap();
         let Registered::Ok { id: a, .. } = first else {
@@ -365,32 +417,90 @@ mod tests {
         };
         // Another installation may not take the name while the first is online...
         let taken = store
-            .upsert_agent("pi", "hx", &arm, &[], 1, None, two, false, 0)
+            .upsert_agent(
+                "pi",
+                "hx",
+                &arm,
+                &[],
+                1,
+                None,
+                two,
+                false,
+                0,
+                &AgentNetworks::default(),
+            )
             .await
             .unwrap();
         assert_eq!(taken, Registered::NameTaken);
         // ...nor may a registration that names no installation...
         let anonymous = store
-            .upsert_agent("pi", "hy", &arm, &[], 1, None, None, false, 0)
+            .upsert_agent(
+                "pi",
+                "hy",
+                &arm,
+                &[],
+                1,
+                None,
+                None,
+                false,
+                0,
+                &AgentNetworks::default(),
+            )
             .await
             .unwrap();
         assert_eq!(anonymous, Registered::NameTaken);
         assert!(store.agent_by_token_hash("hy").await.unwrap().is_none());
         // ...unless it proved it is the holder (it presented the agent's own token).
         let proven = store
-            .upsert_agent("pi", "hz", &arm, &[], 1, None, None, true, 0)
+            .upsert_agent(
+                "pi",
+                "hz",
+                &arm,
+                &[],
+                1,
+                None,
+                None,
+                true,
+                0,
+                &AgentNetworks::default(),
+            )
             .await
             .unwrap();
         assert_eq!(proven, Registered::Ok { id: a, requeued: 0 });
-        // The same installation re-registers freely, and keeps its id.
+        // The same installation re-registers freely, and keeps its id; what it says of its
+        // networks replaces what an older version said (nothing: the default only).
+        assert_eq!(
+            store
+                .agent_by_token_hash("hz")
+                .await
+                .unwrap()
+                .unwrap()
+                .networks,
+            AgentNetworks::default()
+        );
+        let nets = AgentNetworks {
+            default: Some(Network::Host),
+            allowed: vec![Network::Host, Network::None],
+        };
         let again = store
-            .upsert_agent("pi", "h2", &arm, &[], 2, Some("0.1"), one, false, 0)
+            .upsert_agent("pi", "h2", &arm, &[], 2, Some("0.1"), one, false, 0, &nets)
             .await
             .unwrap();
         assert_eq!(again, Registered::Ok { id: a, requeued: 0 });
         // Once the first has gone offline, the name is free for another installation.
         let later = store
-            .upsert_agent("pi", "h3", &arm, &[], 2, Some("0.1"), two, false, i64::MAX)
+            .upsert_agent(
+                "pi",
+                "h3",
+                &arm,
+                &[],
+                2,
+                Some("0.1"),
+                two,
+                false,
+                i64::MAX,
+                &nets,
+            )
             .await
             .unwrap();
         assert_eq!(later, Registered::Ok { id: a, requeued: 0 });
@@ -398,6 +508,11 @@ mod tests {
         let row = store.agent_by_token_hash("h3").await.unwrap().unwrap();
         assert_eq!((row.name.as_str(), row.capacity), ("pi", 2));
         assert_eq!(row.native, arm);
+        assert_eq!(row.networks, nets);
+        assert!(
+            row.networks.allows(Some(Network::None))
+                && !row.networks.allows(Some(Network::Private))
+        );
         assert_eq!(store.list_agents().await.unwrap().len(), 1);
     }
 }

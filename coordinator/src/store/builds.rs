@@ -1,7 +1,7 @@
 //! Builds: one platform of one job, leased to one agent at a time under a fencing token.
 
 use archfarm_protocol::api::{BuildMode, BuildState, EmulationPolicy};
-use archfarm_protocol::Platform;
+use archfarm_protocol::{Network, Platform};
 use sqlx::any::AnyRow;
 use sqlx::Row;
 use uuid::Uuid;
@@ -102,12 +102,15 @@ pub struct QueuedBuild {
     pub attempts: i64,
     /// Whether the platform is optional for its job.
     pub optional: bool,
+    /// The network the job asks for; `None` leaves it to the agent.
+    pub network: Option<Network>,
 }
 
 /// The columns of a [`QueuedBuild`]; builds share their job's `created_at`, so ordering by the
 /// build's own keeps queue order without a sort over the join.
 const QUEUED_SELECT: &str =
-    "SELECT b.id, b.job_id, b.platform, b.queued_at, b.attempts, b.optional, j.emulation, j.registry, j.repository \
+    "SELECT b.id, b.job_id, b.platform, b.queued_at, b.attempts, b.optional, j.emulation, j.registry, j.repository, \
+     j.network \
      FROM builds b JOIN jobs j ON j.id = b.job_id";
 
 fn queued_from_row(row: &AnyRow) -> StoreResult<QueuedBuild> {
@@ -128,6 +131,7 @@ fn queued_from_row(row: &AnyRow) -> StoreResult<QueuedBuild> {
         queued_at: row.try_get("queued_at")?,
         attempts: row.try_get("attempts")?,
         optional: row.try_get::<i64, _>("optional")? != 0,
+        network: parse_opt_col(row, "network")?,
     })
 }
 
@@ -173,30 +177,45 @@ impl Store {
         rows.iter().map(queued_from_row).collect()
     }
 
-    /// Up to `limit` queued builds of these platforms, skipping the first `offset`, in queue
-    /// order: what the scheduler reads for one agent, a page at a time, instead of the whole
-    /// queue on every lease (the builds-by-state index gives the order, so a native match reads
-    /// one page).
+    /// Up to `limit` queued builds of these platforms whose job leaves the network to the agent
+    /// or asks for one of `networks`, skipping the first `offset`, in queue order: what the
+    /// scheduler reads for one agent, a page at a time, instead of the whole queue on every lease
+    /// (the builds-by-state index gives the order, so a native match reads one page).
     pub async fn queued_builds_of(
         &self,
         platforms: &[Platform],
+        networks: &[Network],
         limit: i64,
         offset: i64,
     ) -> StoreResult<Vec<QueuedBuild>> {
         if platforms.is_empty() {
             return Ok(Vec::new());
         }
-        let list = (0..platforms.len())
-            .map(|i| format!("${}", i + 3))
-            .collect::<Vec<_>>()
-            .join(", ");
+        let params = |from: usize, n: usize| {
+            (from..from + n)
+                .map(|i| format!("${i}"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
+        let list = params(3, platforms.len());
+        let network = if networks.is_empty() {
+            "j.network IS NULL".to_string()
+        } else {
+            format!(
+                "(j.network IS NULL OR j.network IN ({}))",
+                params(3 + platforms.len(), networks.len())
+            )
+        };
         let sql = format!(
-            "{QUEUED_SELECT} WHERE b.state = 'queued' AND b.platform IN ({list}) \
+            "{QUEUED_SELECT} WHERE b.state = 'queued' AND b.platform IN ({list}) AND {network} \
              ORDER BY b.created_at, b.position LIMIT $1 OFFSET $2"
         );
         let mut query = sqlx::query(&sql).bind(limit).bind(offset);
         for p in platforms {
             query = query.bind(p.to_string());
+        }
+        for n in networks {
+            query = query.bind(n.as_str());
         }
         let rows = query.fetch_all(&self.pool).await?;
         rows.iter().map(queued_from_row).collect()
@@ -228,8 +247,9 @@ impl Store {
     }
 
     /// Leases a queued build to an agent, recording why and which replica (`replica`) granted
-    /// it; false when someone else took it first or the agent was revoked meanwhile. The lease and
-    /// its record in `leases` are written in one transaction.
+    /// it; false when someone else took it first, the agent was revoked meanwhile, or the job
+    /// asks for a network the agent does not allow (as it last registered). The lease and its
+    /// record in `leases` are written in one transaction.
     #[allow(clippy::too_many_arguments)]
     pub async fn claim_build(
         &self,
@@ -244,11 +264,16 @@ impl Store {
     ) -> StoreResult<bool> {
         let now = now_ms();
         let mut tx = self.begin().await?;
+        // The network is checked again here, in the same statement as the state: the scheduler
+        // matched against the agent row it read, which a re-registration may have narrowed since.
         let res = sqlx::query(
             "UPDATE builds SET state = 'building', agent_id = $1, agent_name = $2, mode = $3, lease_token = $4, \
              lease_expires_at = $5, attempts = attempts + 1, started_at = $6, error = NULL, decision = $8 \
              WHERE id = $7 AND state = 'queued' \
-             AND NOT EXISTS (SELECT 1 FROM agents WHERE id = $1 AND revoked_at IS NOT NULL)",
+             AND NOT EXISTS (SELECT 1 FROM agents WHERE id = $1 AND revoked_at IS NOT NULL) \
+             AND NOT EXISTS (SELECT 1 FROM jobs j WHERE j.id = builds.job_id AND j.network IS NOT NULL \
+               AND NOT EXISTS (SELECT 1 FROM agents a WHERE a.id = $1 \
+                 AND a.allowed_networks LIKE '%\"' || j.network || '\"%'))",
         )
         .bind(agent_id.to_string())
         .bind(agent_name)
@@ -457,7 +482,18 @@ mod tests {
         let (_, builds) = one_job(&store).await;
         let arm: Vec<archfarm_protocol::Platform> = vec!["linux/amd64".parse().unwrap()];
         let crate::store::Registered::Ok { id: agent, .. } = store
-            .upsert_agent("pi", "h", &arm, &[], 1, None, None, false, 0)
+            .upsert_agent(
+                "pi",
+                "h",
+                &arm,
+                &[],
+                1,
+                None,
+                None,
+                false,
+                0,
+                &Default::default(),
+            )
             .await
             .unwrap()
         else {
@@ -495,6 +531,76 @@ mod tests {
             .unwrap();
         assert!(!claimed, "a revoked agent was handed a build");
         assert!(store.agent_cut_off(agent).await.unwrap());
+    }
+
+    #[tokio::test]
+    async fn a_job_asking_for_a_network_goes_only_to_an_agent_that_allows_it() {
+        let (store, _dir) = test_store().await;
+        let (job, builds) = one_job(&store).await;
+        sqlx::query("UPDATE jobs SET network = 'none' WHERE id = $1")
+            .bind(job.to_string())
+            .execute(store.pool())
+            .await
+            .unwrap();
+        let amd: Vec<Platform> = vec!["linux/amd64".parse().unwrap()];
+        let register = |name: &'static str, allowed: Vec<Network>| {
+            let store = store.clone();
+            let amd = amd.clone();
+            async move {
+                let networks = crate::store::AgentNetworks {
+                    default: Some(Network::Host),
+                    allowed,
+                };
+                let crate::store::Registered::Ok { id, .. } = store
+                    .upsert_agent(name, name, &amd, &[], 1, None, None, false, 0, &networks)
+                    .await
+                    .unwrap()
+                else {
+                    panic!("not registered")
+                };
+                id
+            }
+        };
+        let old = register("old", vec![]).await;
+        let host = register("host-only", vec![Network::Host]).await;
+        let none = register("sealed", vec![Network::Host, Network::None]).await;
+        assert!(store
+            .queued_builds_of(&amd, &[Network::Host], 10, 0)
+            .await
+            .unwrap()
+            .is_empty());
+        assert!(store
+            .queued_builds_of(&amd, &[], 10, 0)
+            .await
+            .unwrap()
+            .is_empty());
+        let seen = store
+            .queued_builds_of(&amd, &[Network::None], 10, 0)
+            .await
+            .unwrap();
+        assert_eq!(seen.len(), 1);
+        assert_eq!(seen[0].network, Some(Network::None));
+        let claim = |agent: Uuid, name: &'static str| {
+            store.claim_build(
+                builds[0].id,
+                agent,
+                name,
+                BuildMode::Native,
+                Uuid::new_v4(),
+                i64::MAX,
+                "test",
+                "replica-a",
+            )
+        };
+        assert!(
+            !claim(old, "old").await.unwrap(),
+            "an agent from before networks took it"
+        );
+        assert!(
+            !claim(host, "host-only").await.unwrap(),
+            "a host-only agent took it"
+        );
+        assert!(claim(none, "sealed").await.unwrap());
     }
 
     #[tokio::test]

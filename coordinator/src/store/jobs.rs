@@ -3,12 +3,12 @@
 use std::collections::BTreeMap;
 
 use archfarm_protocol::api::{BuildMode, EmulationPolicy, JobState};
-use archfarm_protocol::{BuildSecret, Digest, Platform};
+use archfarm_protocol::{BuildSecret, Digest, Network, Platform};
 use sqlx::any::AnyRow;
 use sqlx::Row;
 use uuid::Uuid;
 
-use super::{json_col, now_ms, parse_col, secrets, Store, StoreError, StoreResult};
+use super::{json_col, now_ms, parse_col, parse_opt_col, secrets, Store, StoreError, StoreResult};
 
 /// A validated job ready to be stored.
 #[derive(Debug, Clone)]
@@ -41,6 +41,8 @@ pub struct NewJob {
     pub secret_build_args: Vec<String>,
     /// Build secrets, stored until the job ends (see `secrets.rs`).
     pub secrets: Vec<BuildSecret>,
+    /// The network its steps ask for; `None` leaves it to the agent.
+    pub network: Option<Network>,
 }
 
 /// What ending a job stopped.
@@ -99,12 +101,14 @@ pub struct JobRow {
     pub secret_build_args: Vec<String>,
     /// Ids of the job's build secrets (the values are in `job_secrets` while the job is live).
     pub secret_ids: Vec<String>,
+    /// The network its steps ask for; `None` leaves it to the agent.
+    pub network: Option<Network>,
 }
 
 const COLUMNS: &str =
     "id, state, context, dockerfile, build_args, target, emulation, tags, platforms, registry, \
         repository, index_digest, index_media_type, error, created_at, updated_at, finished_at, \
-    optional_platforms, timeout_secs, warnings, submitter, secret_build_args, secret_ids";
+    optional_platforms, timeout_secs, warnings, submitter, secret_build_args, secret_ids, network";
 
 impl JobRow {
     fn from_row(row: &AnyRow) -> StoreResult<Self> {
@@ -140,6 +144,7 @@ impl JobRow {
             submitter: row.try_get("submitter")?,
             secret_build_args: nullable_list(row, "secret_build_args")?,
             secret_ids: nullable_list(row, "secret_ids")?,
+            network: parse_opt_col(row, "network")?,
         })
     }
 }
@@ -168,7 +173,7 @@ impl Store {
         let mut tx = self.begin().await?;
         sqlx::query(&format!(
                         "INSERT INTO jobs ({COLUMNS}) VALUES ($1, 'queued', $2, $3, $4, $5, $6, $7, $8, $9, $10, NULL, NULL, NULL, \
-             $11, $12, NULL, $13, $14, '[]', $15, $16, $17)"
+             $11, $12, NULL, $13, $14, '[]', $15, $16, $17, $18)"
         ))
         .bind(id.to_string())
         .bind(job.context.as_str())
@@ -189,6 +194,7 @@ impl Store {
         .bind(to_nullable_list(
             &job.secrets.iter().map(|s| s.id.clone()).collect::<Vec<_>>(),
         ))
+        .bind(job.network.map(Network::as_str))
         .execute(&mut *tx)
         .await?;
         secrets::insert(&mut tx, id, &job.secrets).await?;

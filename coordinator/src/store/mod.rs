@@ -20,7 +20,7 @@ use sqlx::any::{AnyPoolOptions, AnyRow};
 use sqlx::migrate::Migrator;
 use sqlx::{AnyPool, Row};
 
-pub use agents::{AgentRow, Registered};
+pub use agents::{AgentNetworks, AgentRow, Registered};
 pub use builds::{BuildRow, LeaseCheck, QueuedBuild, RunningBuild};
 pub use chunks::CONTEXT_CHUNK_BYTES;
 pub use jobs::{JobRow, NewJob, Stopped};
@@ -215,6 +215,7 @@ pub(crate) async fn insert_test_job(
             submitter: None,
             secret_build_args: vec![],
             secrets: vec![],
+            network: None,
         })
         .await
         .unwrap()

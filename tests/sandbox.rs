@@ -685,3 +685,146 @@ fn limits_stop_only_the_build_that_passes_them() {
         }
     }
 }
+
+/// A context of the example's amd64 busybox as `busybox` at its top, and `dockerfile`.
+fn guard_context(dockerfile: &str) -> BuildContext {
+    let context = BuildContext::empty();
+    let busybox = archfarm_e2e::repo_root().join("examples/hello/rootfs/amd64/bin/busybox");
+    std::fs::copy(&busybox, context.path().join("busybox"))
+        .unwrap_or_else(|e| panic!("copy {}: {e}", busybox.display()));
+    context.write("Dockerfile", dockerfile);
+    context
+}
+
+/// The `RUN --mount` forms through which buildah 1.28 (Debian 12's) lets a step reach the host
+/// are refused by the agent before buildah runs, naming the line, the option and the advisory;
+/// a context whose symlink leads out of it is refused at unpacking; and a Dockerfile with cache
+/// and secret mounts still builds.
+#[test]
+fn mounts_that_reach_the_host_are_refused_before_buildah_runs() {
+    preflight();
+    let registry = Registry::start();
+    let coordinator = Coordinator::start();
+    let _agent = Agent::start(
+        &coordinator,
+        AgentOptions::new("guarded").emulate("none").capacity(4),
+    );
+    // The advisory's reproduction: a stage's symlink to / as a bind mount's source (on buildah
+    // 1.28 without the guard, the step listed the host's /).
+    let cve_2024_1753 = r#"FROM scratch AS base
+COPY busybox /bin/busybox
+RUN ["/bin/busybox","ln","-s","/","/rootlink"]
+FROM scratch
+COPY busybox /bin/busybox
+RUN --mount=type=bind,from=base,source=/rootlink,target=/mnt ["/bin/busybox","ls","/mnt"]
+"#;
+    // A writable bind mount of the context writes the symlink into the agent's copy of it, and the
+    // next step's bind mount follows it to the host's / (it did on buildah 1.28 here).
+    let context_rw = r#"FROM scratch
+COPY busybox /bin/busybox
+RUN --mount=type=bind,rw,target=/ctx ["/bin/busybox","ln","-s","/","/ctx/rootlink"]
+RUN --mount=type=bind,source=rootlink,target=/mnt ["/bin/busybox","ls","/mnt"]
+"#;
+    // A cache inside another cache: the outer one's symlink leads the inner mount to the host.
+    let nested_cache = r#"FROM scratch
+COPY busybox /bin/busybox
+RUN --mount=type=cache,target=/c ["/bin/busybox","ln","-s","/","/c/x"]
+RUN --mount=type=cache,target=/c/x/etc ["/bin/busybox","ls","/c/x/etc"]
+"#;
+    // The context itself holding `rootlink -> /`, bind-mounted without `from`.
+    let context_link = r#"FROM scratch
+COPY busybox /bin/busybox
+RUN --mount=type=bind,source=rootlink,target=/mnt ["/bin/busybox","ls","/mnt"]
+"#;
+    let honest = r#"FROM scratch
+COPY busybox /bin/busybox
+RUN --mount=type=cache,target=/root/.cache ["/bin/busybox","sh","-c","echo cached > /root/.cache/x"]
+RUN --mount=type=cache,target=/root/.cache --mount=type=secret,id=tok,required=true ["/bin/busybox","sh","-c","/bin/busybox cat /root/.cache/x /run/secrets/tok; echo; echo guard-honest-done"]
+"#;
+    let secret_file = tempfile::NamedTempFile::new().expect("a temporary file");
+    std::fs::write(secret_file.path(), "guard-secret-value").expect("write the secret");
+    let secret_arg = format!("id=tok,src={}", secret_file.path().display());
+    let cases = [
+        ("cve-2024-1753", cve_2024_1753),
+        ("context-rw", context_rw),
+        ("nested-cache", nested_cache),
+        ("context-link", context_link),
+        ("honest", honest),
+    ];
+    let submitted: Vec<(&str, uuid::Uuid)> = cases
+        .iter()
+        .map(|(name, dockerfile)| {
+            let context = guard_context(dockerfile);
+            if *name == "context-link" {
+                std::os::unix::fs::symlink("/", context.path().join("rootlink"))
+                    .expect("make the symlink");
+            }
+            let image = format!("{}/guard:{name}", registry.host());
+            let context_arg = context.arg();
+            let mut args = vec!["--platform", "linux/amd64", "-t", &image];
+            if *name == "honest" {
+                args.extend(["--secret", &secret_arg]);
+            }
+            args.push(&context_arg);
+            (*name, coordinator.submit(&args))
+        })
+        .collect();
+    let mut outcome = std::collections::HashMap::new();
+    for (name, id) in &submitted {
+        let job = coordinator.wait_terminal(*id, JOB_TIMEOUT);
+        let build = &job.builds[0];
+        let log = coordinator.build_log(build.id);
+        let error = build.error.clone().unwrap_or_default();
+        eprintln!("{name}: {:?}, error: {error}", job.state);
+        outcome.insert(*name, (job.state, error, log));
+    }
+    // No step of a refused build ran: buildah never started, so it never printed a step.
+    let refused = |name: &str, wanted: &[&str]| {
+        let (state, error, log) = &outcome[name];
+        assert_eq!(*state, JobState::Failed, "{name}: {log}");
+        for w in wanted {
+            assert!(error.contains(w), "{name}: {error:?} lacks {w:?}");
+        }
+        assert!(!log.contains("STEP "), "{name}: a step ran:\n{log}");
+        assert!(
+            !log.contains("etc\n") && !log.contains("passwd"),
+            "{name}:\n{log}"
+        );
+    };
+    refused(
+        "cve-2024-1753",
+        &[
+            "Dockerfile line 6: RUN --mount=type=bind,from=base is refused: buildah 1.28 follows \
+             symbolic links of a mount source outside the build (CVE-2024-1753); copy the files \
+             with COPY --from=base instead",
+        ],
+    );
+    refused(
+        "context-rw",
+        &[
+            "Dockerfile line 3: RUN --mount=type=bind,rw is refused",
+            "CVE-2024-11218",
+        ],
+    );
+    refused(
+        "nested-cache",
+        &[
+            "Dockerfile line 4: RUN --mount=type=cache,target=/c/x/etc is refused",
+            "CVE-2024-9675",
+        ],
+    );
+    refused(
+        "context-link",
+        &[
+            "context entry 'rootlink' refused: symlink target '/",
+            "is absolute",
+        ],
+    );
+    let (state, error, log) = &outcome["honest"];
+    assert_eq!(*state, JobState::Succeeded, "{error}\n{log}");
+    assert!(
+        log.lines().any(|l| l.trim() == "guard-honest-done"),
+        "{log}"
+    );
+    assert!(log.lines().any(|l| l.trim() == "cached"), "{log}");
+}

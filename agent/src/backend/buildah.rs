@@ -134,6 +134,18 @@ impl Buildah {
         cgroup: Option<&BuildCgroup>,
     ) -> Result<PushedImage, BackendError> {
         let dockerfile = dockerfile_path(&spec.context_dir, &spec.dockerfile)?;
+        // buildah 1.28 lets some `RUN --mount` forms reach the host; refuse them before it runs.
+        let text = std::fs::read(&dockerfile).map_err(|source| BackendError::Io {
+            action: "cannot read",
+            path: dockerfile.clone(),
+            source,
+        })?;
+        if let Err(refusal) =
+            super::dockerfile_guard::check(&String::from_utf8_lossy(&text), &spec.context_dir)
+        {
+            log.note(refusal.to_string()).await;
+            return Err(BackendError::Invalid(refusal.to_string()));
+        }
         // buildah stages large temporary files in TMPDIR; keep them on the work disk and per build.
         let tmp = spec.build_dir.join("tmp");
         tokio::fs::create_dir_all(&tmp)

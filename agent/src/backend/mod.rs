@@ -14,6 +14,7 @@ use uuid::Uuid;
 use crate::push::PushError;
 
 pub mod buildah;
+pub mod dockerfile_guard;
 pub mod isolation;
 pub mod limits;
 pub mod process;

@@ -23,6 +23,8 @@ pub mod protocol_agent;
 pub mod registry;
 pub mod secure_registry;
 pub mod tls;
+pub mod token_registry;
+pub mod token_server;
 
 use std::path::Path;
 use std::time::Duration;
@@ -43,6 +45,7 @@ pub use registry::Registry;
 pub use rustix::process::Signal;
 pub use secure_registry::SecureRegistry;
 pub use tls::{https_client, served_certificate, CertFiles, CoordinatorTls, TestCa};
+pub use token_registry::TokenRegistry;
 
 /// The four platforms of the example, with what `uname -m` says on each.
 pub const HELLO_PLATFORMS: &[(&str, &str)] = &[

@@ -1,0 +1,138 @@
+//! A real registry that wants bearer tokens: Debian's `docker-registry` with `auth: token`,
+//! trusting the [`TokenServer`] beside it, as Docker Hub, Harbor or GitLab's registry do. Plain
+//! HTTP on loopback, so the realm (another port) is another host to archfarm's host check and
+//! must be listed with `--registry-redirect-host`.
+
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+
+use crate::process::{clean_env, free_port, wait_until, Daemon, Scratch};
+use crate::token_server::{Issued, TokenServer, ISSUER, SERVICE};
+
+/// How long the registry may take to answer `GET /v2/`.
+const READY_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// `docker-registry serve` in token mode with its token service; both stopped on drop.
+#[derive(Debug)]
+pub struct TokenRegistry {
+    // Field order is drop order: stop the process before deleting its storage.
+    daemon: Daemon,
+    tokens: TokenServer,
+    host: String,
+    user: String,
+    password: String,
+    dir: Scratch,
+}
+
+impl TokenRegistry {
+    /// Starts the token service for `user` with a new random password and a registry trusting
+    /// it, and waits until the registry answers `GET /v2/` with its Bearer challenge (401).
+    pub fn start(user: &str) -> TokenRegistry {
+        let dir = Scratch::new("token-registry");
+        let password = format!("pw-{}", uuid::Uuid::new_v4().simple());
+        let tokens = TokenServer::start(user, &password);
+        let bundle = dir.join("token-cert.pem");
+        fs::write(&bundle, tokens.cert_pem()).expect("write the token certificate");
+        let http = crate::http_client();
+        for attempt in 1..=3 {
+            let host = format!("127.0.0.1:{}", free_port());
+            let config = dir.join("config.yml");
+            let yaml = format!(
+                "version: 0.1\n\
+                 log:\n  level: info\n\
+                 storage:\n  filesystem:\n    rootdirectory: {}\n  delete:\n    enabled: true\n\
+                 auth:\n  token:\n    realm: {}\n    service: {SERVICE}\n    issuer: {ISSUER}\n    rootcertbundle: {}\n\
+                 http:\n  addr: {host}\n",
+                dir.join("data").display(),
+                tokens.realm(),
+                bundle.display(),
+            );
+            fs::write(&config, yaml).expect("write registry config");
+            let mut cmd = Command::new("docker-registry");
+            cmd.arg("serve").arg(&config);
+            clean_env(&mut cmd);
+            let mut daemon = Daemon::spawn("docker-registry", cmd, dir.join("registry.log"));
+            let url = format!("http://{host}/v2/");
+            let mut exited = false;
+            wait_until(
+                READY_TIMEOUT,
+                &format!("the token registry at {url}"),
+                || {
+                    if daemon.exited().is_some() {
+                        exited = true;
+                        return true;
+                    }
+                    http.get(&url).send().is_ok_and(|r| r.status() == 401)
+                },
+            );
+            if !exited {
+                return TokenRegistry {
+                    daemon,
+                    tokens,
+                    host,
+                    user: user.to_string(),
+                    password,
+                    dir,
+                };
+            }
+            if attempt < 3 && daemon.log().contains("address already in use") {
+                continue;
+            }
+            daemon.assert_running();
+        }
+        unreachable!("the registry either started or panicked")
+    }
+
+    /// `127.0.0.1:PORT`.
+    pub fn host(&self) -> &str {
+        &self.host
+    }
+
+    /// The token service's `127.0.0.1:PORT`, for `--registry-redirect-host`.
+    pub fn token_host(&self) -> String {
+        self.tokens.host()
+    }
+
+    /// The realm URL the registry's challenge names.
+    pub fn realm(&self) -> String {
+        self.tokens.realm()
+    }
+
+    /// The password it accepts.
+    pub fn password(&self) -> &str {
+        &self.password
+    }
+
+    /// `USER:PASSWORD`, for `skopeo --creds`.
+    pub fn creds(&self) -> String {
+        format!("{}:{}", self.user, self.password)
+    }
+
+    /// Every token the service issued so far, oldest first.
+    pub fn issued(&self) -> Vec<Issued> {
+        self.tokens.issued()
+    }
+
+    /// Writes a Docker `config.json` with this registry's user name and password and returns
+    /// its path.
+    pub fn write_docker_config(&self, dir: &Path) -> PathBuf {
+        use base64::Engine as _;
+        let auth = base64::engine::general_purpose::STANDARD.encode(self.creds());
+        let path = dir.join("config.json");
+        let json = serde_json::json!({ "auths": { self.host.clone(): { "auth": auth } } });
+        fs::write(&path, json.to_string()).expect("write config.json");
+        path
+    }
+
+    /// Everything the registry logged.
+    pub fn log(&self) -> String {
+        self.daemon.log()
+    }
+
+    /// Its scratch directory.
+    pub fn dir(&self) -> &Path {
+        self.dir.path()
+    }
+}

@@ -7,6 +7,7 @@ pub mod api;
 pub mod blobs;
 pub mod changes;
 pub mod config;
+pub mod lease_credential;
 pub mod logs;
 pub mod metrics;
 pub mod progress;

@@ -274,8 +274,10 @@ async fn lease_for(
         tracing::warn!(build.id = %build.id, error = %e, "could not write the attempt header to the build log");
     }
     // Only this job's registry's credential travels, and only in this answer: never stored, never
-    // logged (its Debug hides the secret).
-    let registry_auth = state.registry.auths.get(&job.registry).cloned();
+    // logged (its Debug hides the secret); a token for the job's repository where the registry
+    // can scope one.
+    let registry_auth =
+        crate::lease_credential::for_lease(state, build.id, &job.registry, &job.repository).await;
     // Likewise the job's build secrets: read for this lease, held in memory until it is sent.
     let secrets = state.store.job_secrets(job.id).await?;
     Ok(Lease {

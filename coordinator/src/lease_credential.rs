@@ -1,0 +1,123 @@
+//! The registry credential a lease carries: scoped to the job's repository where the registry
+//! can scope one.
+//!
+//! The coordinator's credential (`--registry-auth`) is an account's user name and password. Handed
+//! to an agent as is, a build that read it could push wherever that account may. A registry with
+//! a token service (its `/v2/` answers with a `Bearer` challenge: Docker Hub, Harbor, GitLab,
+//! distribution in token mode) can be asked for a token for one repository, so the coordinator
+//! asks it for `repository:REPO:pull,push` with its own credential and hands the agent that
+//! token instead. A registry that answers `Basic` (htpasswd) cannot scope a password: the lease
+//! carries the password, as before. Stitching keeps using the coordinator's own credential.
+
+use std::time::Duration;
+
+use archfarm_protocol::RegistryCredential;
+use oci_client::secrets::RegistryAuth;
+use oci_client::{Reference, RegistryOperation};
+use uuid::Uuid;
+
+use crate::registry::RegistryAccess;
+use crate::AppState;
+
+/// How long the lease answer may wait for the registry and its token service: the agent's long
+/// poll is held open meanwhile.
+const TOKEN_TIMEOUT: Duration = Duration::from_secs(15);
+
+/// Why no scoped token could be had. The message is sanitised: it reaches the build's log.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error(
+    "could not get a token for repository {repository} from {registry}'s token service: {message}"
+)]
+pub struct ScopedTokenError {
+    /// The job's registry.
+    pub registry: String,
+    /// The job's repository.
+    pub repository: String,
+    /// What went wrong, one bounded line.
+    pub message: String,
+}
+
+/// The scope asked for: what an agent needs to push the build's image and read it back.
+pub fn push_scope(repository: &str) -> String {
+    format!("repository:{repository}:pull,push")
+}
+
+/// The credential for a lease of a build that pushes to `registry`/`repository`: a bearer token
+/// for that repository when the registry hands out tokens and the coordinator's credential is a
+/// user name and password; otherwise the coordinator's credential as configured (none, a
+/// password a `Basic` registry cannot scope, or a token it was given to send as is).
+pub async fn scoped(
+    access: &RegistryAccess,
+    registry: &str,
+    repository: &str,
+    insecure: bool,
+) -> Result<Option<RegistryCredential>, ScopedTokenError> {
+    let Some(credential) = access.auths.get(registry) else {
+        return Ok(None);
+    };
+    let RegistryCredential::Basic { username, password } = credential else {
+        return Ok(Some(credential.clone()));
+    };
+    let err = |message: String| ScopedTokenError {
+        registry: registry.to_string(),
+        repository: repository.to_string(),
+        message,
+    };
+    let client = access.client_for(registry, insecure);
+    // The tag is never sent: oci-client scopes the token by the reference's repository.
+    let reference = Reference::with_tag(registry.into(), repository.into(), "latest".into());
+    let basic = RegistryAuth::Basic(username.clone(), password.expose().to_string());
+    // oci-client asks `/v2/` for the challenge, checks the realm's host (the registry's own or
+    // `--registry-redirect-host`), and requests `repository:REPO:pull,push` with the password.
+    let asked = client.auth(&reference, &basic, RegistryOperation::Push);
+    match tokio::time::timeout(TOKEN_TIMEOUT, asked).await {
+        Ok(Ok(Some(token))) => Ok(Some(RegistryCredential::RegistryToken(
+            archfarm_protocol::Secret::new(token),
+        ))),
+        // No Bearer challenge: a Basic registry (or an open one) takes the password itself.
+        Ok(Ok(None)) => Ok(Some(credential.clone())),
+        Ok(Err(e)) => Err(err(crate::stitch::registry_message(&e))),
+        Err(_) => Err(err(format!(
+            "no answer within {}s",
+            TOKEN_TIMEOUT.as_secs()
+        ))),
+    }
+}
+
+/// [`scoped`] for a lease being handed out. Without a token the lease carries no credential at
+/// all, never the password: the build's log says why, and its push fails with the registry's
+/// refusal unless the agent has a credential of its own.
+pub async fn for_lease(
+    state: &AppState,
+    build_id: Uuid,
+    registry: &str,
+    repository: &str,
+) -> Option<RegistryCredential> {
+    let insecure = state.config.is_insecure(registry);
+    match scoped(&state.registry, registry, repository, insecure).await {
+        Ok(credential) => {
+            if let Some(c) = &credential {
+                tracing::info!(
+                    build.id = %build_id,
+                    registry,
+                    repository,
+                    kind = c.kind(),
+                    "registry credential for the lease"
+                );
+            }
+            credential
+        }
+        Err(e) => {
+            tracing::warn!(build.id = %build_id, error = %e, "lease goes without a registry credential");
+            let line = format!("[archfarm] {e}; the build's lease carries no registry credential");
+            if let Err(log_err) = state.logs.append(build_id, &[line]).await {
+                tracing::warn!(build.id = %build_id, error = %log_err, "could not append to the build log");
+            }
+            None
+        }
+    }
+}
+
+#[cfg(test)]
+#[path = "lease_credential_tests.rs"]
+mod tests;

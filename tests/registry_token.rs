@@ -4,8 +4,20 @@
 //! it a bearer token scoped to `repository:REPO:pull,push` and nothing else. The token service's
 //! record says what was asked for; the real registry says what such a token may do.
 
+use std::time::Duration;
+
+use archfarm_e2e::coordinator::CoordinatorOptions;
+use archfarm_e2e::oci::{self, skopeo};
+use archfarm_e2e::process::Scratch;
 use archfarm_e2e::token_server::{access_of, Access};
-use archfarm_e2e::TokenRegistry;
+use archfarm_e2e::{last_line, preflight, Agent, AgentOptions, BuildContext, Coordinator};
+use archfarm_e2e::{ProtocolAgent, TokenRegistry};
+use archfarm_protocol::RegistryCredential;
+
+/// Command output as text.
+fn text(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).into_owned()
+}
 
 /// `repository:NAME:pull,push` as the token's `access` claim holds it.
 fn pull_push(name: &str) -> Vec<Access> {
@@ -69,4 +81,144 @@ fn token_registry_honours_scopes() {
         .send()
         .expect("GET realm");
     assert_eq!(wrong.status(), 401);
+}
+
+/// The coordinator with the registry's password, allowed to reach its token service. Agents are
+/// not: with a token in their lease they never need to.
+fn coordinator_for(registry: &TokenRegistry, secrets: &Scratch) -> Coordinator {
+    let docker_config = registry.write_docker_config(secrets.path());
+    Coordinator::start_with(
+        CoordinatorOptions::default()
+            .arg("--registry-auth")
+            .arg(&docker_config.display().to_string())
+            .arg("--registry-redirect-host")
+            .arg(&registry.token_host()),
+    )
+}
+
+/// A job through the farm to team/app: every token issued on the farm's behalf is for team/app
+/// alone, and the image is there for an independent reader.
+#[test]
+fn a_build_pushes_with_a_token_for_its_repository_only() {
+    preflight();
+    let registry = TokenRegistry::start("archfarm");
+    let secrets = Scratch::new("secrets");
+    let coordinator = coordinator_for(&registry, &secrets);
+    let _agent = Agent::start(&coordinator, AgentOptions::new("amd64").emulate("none"));
+
+    let hello = BuildContext::hello();
+    let tag = format!("{}/team/app:v1", registry.host());
+    let out = coordinator.cli(&[
+        "build",
+        "--progress",
+        "plain",
+        "--platform",
+        "linux/amd64",
+        "-t",
+        &tag,
+        &hello.arg(),
+    ]);
+    assert!(
+        out.status.success(),
+        "archfarm build failed: {}\n{}",
+        text(&out.stderr),
+        coordinator.log_tail(40)
+    );
+    let printed = last_line(&out.stdout);
+
+    // Before any reader of our own asks for tokens: what the farm asked for.
+    let issued = registry.issued();
+    assert!(!issued.is_empty(), "the farm asked for no token");
+    // The lease's tokens (pull,push) and stitching's own reads (pull): team/app and nothing else.
+    for token in &issued {
+        assert_eq!(token.access.len(), 1, "{:?}", token.scopes);
+        assert_eq!(token.access[0].name, "team/app", "{:?}", token.scopes);
+        assert_eq!(access_of(&token.token), token.access);
+    }
+    assert!(
+        issued
+            .iter()
+            .any(|t| t.scopes == ["repository:team/app:pull,push"]),
+        "no token for the lease: {:?}",
+        issued.iter().map(|t| &t.scopes).collect::<Vec<_>>()
+    );
+    let log = coordinator.log();
+    assert!(
+        log.contains("registry credential for the lease") && log.contains("registry token"),
+        "the lease's credential was not a token: {}",
+        coordinator.log_tail(40)
+    );
+    assert!(
+        !log.contains(registry.password()),
+        "the password is in the coordinator's log"
+    );
+    eprintln!(
+        "tokens issued for the farm: {:?}",
+        issued.iter().map(|t| &t.scopes).collect::<Vec<_>>()
+    );
+
+    let raw = skopeo(&[
+        "inspect",
+        "--raw",
+        "--tls-verify=false",
+        "--creds",
+        &registry.creds(),
+        &format!("docker://{tag}"),
+    ])
+    .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(
+        oci::sha256_digest(&raw),
+        printed,
+        "the index skopeo reads back"
+    );
+    let index: serde_json::Value = serde_json::from_slice(&raw).expect("index JSON");
+    assert_eq!(index["manifests"][0]["platform"]["architecture"], "amd64");
+}
+
+/// The lease itself, read by a protocol-level agent: a bearer token, not the password, for the
+/// job's repository only; the real registry lets it push there and nowhere else.
+#[test]
+fn the_lease_token_cannot_push_elsewhere() {
+    let registry = TokenRegistry::start("archfarm");
+    let secrets = Scratch::new("secrets");
+    let coordinator = coordinator_for(&registry, &secrets);
+    let agent = ProtocolAgent::register(&coordinator, "fake", &["linux/amd64"]);
+    let hello = BuildContext::hello();
+    coordinator.submit(&[
+        "--platform",
+        "linux/amd64",
+        "-t",
+        &format!("{}/team/app:v1", registry.host()),
+        &hello.arg(),
+    ]);
+    let lease = agent.lease_within(Duration::from_secs(60));
+    let wire = serde_json::to_string(&lease).expect("lease JSON");
+    assert!(
+        !wire.contains(registry.password()),
+        "the lease carries the password"
+    );
+    let Some(RegistryCredential::RegistryToken(token)) = &lease.registry_auth else {
+        panic!(
+            "the lease carries no bearer token: {:?}",
+            lease.registry_auth
+        );
+    };
+    let token = token.expose();
+    assert_eq!(access_of(token), pull_push("team/app"));
+    let issued = registry.issued();
+    assert!(
+        issued.iter().any(|t| t.token == token),
+        "the token service did not issue the lease's token"
+    );
+    assert_eq!(start_upload(&registry, "team/app", token), 202);
+    for elsewhere in ["team/other", "other/app", "team/app/sub"] {
+        assert_eq!(
+            start_upload(&registry, elsewhere, token),
+            401,
+            "the lease's token may push to {elsewhere}"
+        );
+    }
+    agent
+        .fail(lease.build_id, lease.lease_token, "the test is done")
+        .expect("fail the build");
 }

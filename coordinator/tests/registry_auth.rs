@@ -4,7 +4,6 @@
 mod common;
 
 use archfarm_protocol::api::JobState;
-use archfarm_protocol::{RegistryCredential, Secret};
 use common::{error_of, Coordinator};
 use reqwest::StatusCode;
 use serde_json::json;
@@ -54,13 +53,10 @@ async fn leases_carry_their_registrys_credential_and_secrets_stay_hidden() {
 
     let agent = c.register("amd", &["linux/amd64"], &[]).await;
     let lease = c.lease(&agent).await.expect("a lease");
-    assert_eq!(
-        lease.registry_auth,
-        Some(RegistryCredential::Basic {
-            username: "ci".into(),
-            password: Secret::new(PASSWORD),
-        })
-    );
+    // reg.example does not resolve, so whether it could scope a token is unknown: the lease
+    // carries no credential rather than the password (tests/registry_token.rs has the real
+    // registries, Bearer and Basic).
+    assert_eq!(lease.registry_auth, None);
     assert_eq!(
         lease.build_args["TOKEN"], TOKEN,
         "the agent needs the value"

@@ -12,6 +12,7 @@ use archfarm_e2e::process::Scratch;
 use archfarm_e2e::token_server::{access_of, Access};
 use archfarm_e2e::{last_line, preflight, Agent, AgentOptions, BuildContext, Coordinator};
 use archfarm_e2e::{ProtocolAgent, TokenRegistry};
+use archfarm_protocol::api::{RegistryCredentialRequest, RegistryCredentialResponse};
 use archfarm_protocol::RegistryCredential;
 
 /// Command output as text.
@@ -73,6 +74,13 @@ fn token_registry_honours_scopes() {
     assert_eq!(access_of(&app), pull_push("team/app"));
     assert_eq!(start_upload(&registry, "team/app", &app), 202);
     assert_eq!(start_upload(&registry, "team/other", &app), 401);
+    registry.issue_expired(1);
+    let expired = token_for(&registry, "repository:team/app:pull,push");
+    assert_eq!(
+        start_upload(&registry, "team/app", &expired),
+        401,
+        "an expired token"
+    );
     let pull_only = token_for(&registry, "repository:team/app:pull");
     assert_eq!(start_upload(&registry, "team/app", &pull_only), 401);
     let wrong = archfarm_e2e::http_client()
@@ -105,6 +113,9 @@ fn a_build_pushes_with_a_token_for_its_repository_only() {
     let secrets = Scratch::new("secrets");
     let coordinator = coordinator_for(&registry, &secrets);
     let _agent = Agent::start(&coordinator, AgentOptions::new("amd64").emulate("none"));
+    // The lease's token is expired by the time the agent pushes, as a five-minute token is after
+    // a longer build: the push must go with one the agent asks the coordinator for again.
+    registry.issue_expired(1);
 
     let hello = BuildContext::hello();
     let tag = format!("{}/team/app:v1", registry.host());
@@ -135,12 +146,17 @@ fn a_build_pushes_with_a_token_for_its_repository_only() {
         assert_eq!(token.access[0].name, "team/app", "{:?}", token.scopes);
         assert_eq!(access_of(&token.token), token.access);
     }
+    let push_tokens: Vec<_> = issued
+        .iter()
+        .filter(|t| t.scopes == ["repository:team/app:pull,push"])
+        .collect();
     assert!(
+        push_tokens.len() >= 2 && push_tokens[0].expired && !push_tokens[1].expired,
+        "the lease's (expired) token and the push's fresh one: {:?}",
         issued
             .iter()
-            .any(|t| t.scopes == ["repository:team/app:pull,push"]),
-        "no token for the lease: {:?}",
-        issued.iter().map(|t| &t.scopes).collect::<Vec<_>>()
+            .map(|t| (&t.scopes, t.expired))
+            .collect::<Vec<_>>()
     );
     let log = coordinator.log();
     assert!(
@@ -153,8 +169,11 @@ fn a_build_pushes_with_a_token_for_its_repository_only() {
         "the password is in the coordinator's log"
     );
     eprintln!(
-        "tokens issued for the farm: {:?}",
-        issued.iter().map(|t| &t.scopes).collect::<Vec<_>>()
+        "tokens issued for the farm (scopes, issued expired): {:?}",
+        issued
+            .iter()
+            .map(|t| (&t.scopes, t.expired))
+            .collect::<Vec<_>>()
     );
 
     let raw = skopeo(&[
@@ -218,6 +237,31 @@ fn the_lease_token_cannot_push_elsewhere() {
             "the lease's token may push to {elsewhere}"
         );
     }
+
+    // Asked again (as the agent does before pushing): a new token, for team/app alone.
+    let (status, body) = agent.post(
+        &format!("/api/v1/builds/{}/registry-credential", lease.build_id),
+        &RegistryCredentialRequest {
+            lease_token: lease.lease_token,
+        },
+    );
+    assert_eq!(status, 200, "{body}");
+    let answer: RegistryCredentialResponse = serde_json::from_str(&body).expect("answer JSON");
+    let Some(RegistryCredential::RegistryToken(fresh)) = &answer.registry_auth else {
+        panic!("no fresh bearer token: {body}");
+    };
+    assert_ne!(fresh.expose(), token, "the same token again");
+    assert_eq!(access_of(fresh.expose()), pull_push("team/app"));
+    assert!(!body.contains(registry.password()));
+    // Not for a lease the caller does not hold.
+    let (status, _) = agent.post(
+        &format!("/api/v1/builds/{}/registry-credential", lease.build_id),
+        &RegistryCredentialRequest {
+            lease_token: uuid::Uuid::new_v4(),
+        },
+    );
+    assert_eq!(status, 409, "a lease not held");
+
     agent
         .fail(lease.build_id, lease.lease_token, "the test is done")
         .expect("fail the build");

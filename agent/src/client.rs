@@ -5,7 +5,8 @@ use std::time::Duration;
 
 use archfarm_protocol::api::{
     CompleteRequest, ErrorResponse, FailRequest, HeartbeatRequest, HeartbeatResponse, Lease,
-    LeaseRequest, LogRequest, RegisterRequest, RegisterResponse, API_PREFIX,
+    LeaseRequest, LogRequest, RegisterRequest, RegisterResponse, RegistryCredentialRequest,
+    RegistryCredentialResponse, API_PREFIX,
 };
 use archfarm_protocol::events::LogResponse;
 use archfarm_protocol::Digest;
@@ -238,6 +239,20 @@ impl CoordinatorClient {
         let url = self.url(&format!("/builds/{build}/heartbeat"));
         let resp = self
             .post(&url, token, &HeartbeatRequest { lease_token })
+            .await?;
+        json(&url, resp).await
+    }
+
+    /// `POST /builds/{id}/registry-credential`: the credential for the push, fetched anew.
+    pub async fn registry_credential(
+        &self,
+        token: &Secret,
+        build: Uuid,
+        lease_token: Uuid,
+    ) -> Result<RegistryCredentialResponse, ClientError> {
+        let url = self.url(&format!("/builds/{build}/registry-credential"));
+        let resp = self
+            .post(&url, token, &RegistryCredentialRequest { lease_token })
             .await?;
         json(&url, resp).await
     }

@@ -150,6 +150,42 @@ impl Drop for PrivateAuthFile {
     }
 }
 
+/// Fetches the build's registry credential again right before its push. A token the coordinator
+/// scoped to the build's repository lives as long as its registry says (Docker Hub's five
+/// minutes), so the one in the lease may have expired by the time a long build pushes.
+#[derive(Clone)]
+pub struct CredentialRefresh(
+    std::sync::Arc<
+        dyn Fn() -> crate::backend::BoxFuture<'static, Option<RegistryCredential>> + Send + Sync,
+    >,
+);
+
+impl CredentialRefresh {
+    /// Wraps `fetch`, which answers None when no fresh credential could be had.
+    pub fn new(
+        fetch: impl Fn() -> crate::backend::BoxFuture<'static, Option<RegistryCredential>>
+            + Send
+            + Sync
+            + 'static,
+    ) -> Self {
+        CredentialRefresh(std::sync::Arc::new(fetch))
+    }
+
+    /// The fresh credential, or `fallback` (the lease's) when there is none.
+    pub async fn or(&self, fallback: Option<&RegistryCredential>) -> Option<RegistryCredential> {
+        match (self.0)().await {
+            Some(fresh) => Some(fresh),
+            None => fallback.cloned(),
+        }
+    }
+}
+
+impl std::fmt::Debug for CredentialRefresh {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("CredentialRefresh")
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use std::os::unix::fs::PermissionsExt;

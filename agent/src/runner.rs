@@ -22,7 +22,7 @@ use crate::client::{ClientError, CoordinatorClient};
 use crate::context::{self, Limits};
 use crate::logs::{self, LogTarget};
 use crate::network::NetworkPolicy;
-use crate::registry_auth::RegistryAccess;
+use crate::registry_auth::{CredentialRefresh, RegistryAccess};
 use crate::session::Credentials;
 use crate::workdir::WorkDir;
 
@@ -195,6 +195,10 @@ async fn execute(
         repository: lease.repository.clone(),
         insecure_registry: lease.insecure_registry,
         registry_auth,
+        refresh_auth: lease
+            .registry_auth
+            .is_some()
+            .then(|| refresh_from_coordinator(env, creds, lease)),
         secrets: lease.secrets.clone(),
         network,
     };
@@ -202,6 +206,29 @@ async fn execute(
         .backend
         .build(&spec, log.clone(), cancel.clone())
         .await?)
+}
+
+/// Asks the coordinator for the lease's credential again; on failure the push goes with the
+/// lease's own (logged: a refused push then says why).
+fn refresh_from_coordinator(
+    env: &BuildEnv,
+    creds: &Credentials,
+    lease: &Lease,
+) -> CredentialRefresh {
+    let (client, token) = (env.client.clone(), creds.token.clone());
+    let (build, lease_token) = (lease.build_id, lease.lease_token);
+    CredentialRefresh::new(move || {
+        let (client, token) = (client.clone(), token.clone());
+        Box::pin(async move {
+            match client.registry_credential(&token, build, lease_token).await {
+                Ok(answer) => answer.registry_auth,
+                Err(e) => {
+                    warn!(build.id = %build, error = %e, "could not refresh the registry credential; pushing with the lease's");
+                    None
+                }
+            }
+        })
+    })
 }
 
 async fn fetch(

@@ -163,6 +163,7 @@ impl Fixture {
             repository: "team/app".into(),
             insecure_registry: true,
             registry_auth: None,
+            refresh_auth: None,
             secrets: vec![],
             network: Network::Host,
         }

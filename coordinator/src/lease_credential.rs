@@ -84,14 +84,15 @@ pub async fn scoped(
     }
 }
 
-/// [`scoped`] for a lease being handed out. Without a token the lease carries no credential at
-/// all, never the password: the build's log says why, and its push fails with the registry's
-/// refusal unless the agent has a credential of its own.
+/// [`scoped`] for a build's lease, or for its push when the agent asks again. Without a token
+/// the answer carries no credential at all, never the password; the build's log says why,
+/// followed by `then` (what happens instead).
 pub async fn for_lease(
     state: &AppState,
     build_id: Uuid,
     registry: &str,
     repository: &str,
+    then: &str,
 ) -> Option<RegistryCredential> {
     let insecure = state.config.is_insecure(registry);
     match scoped(&state.registry, registry, repository, insecure).await {
@@ -108,8 +109,8 @@ pub async fn for_lease(
             credential
         }
         Err(e) => {
-            tracing::warn!(build.id = %build_id, error = %e, "lease goes without a registry credential");
-            let line = format!("[archfarm] {e}; the build's lease carries no registry credential");
+            tracing::warn!(build.id = %build_id, error = %e, "no scoped registry token");
+            let line = format!("[archfarm] {e}; {then}");
             if let Err(log_err) = state.logs.append(build_id, &[line]).await {
                 tracing::warn!(build.id = %build_id, error = %log_err, "could not append to the build log");
             }

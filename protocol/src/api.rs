@@ -574,6 +574,24 @@ pub struct HeartbeatResponse {
     pub cancel: bool,
 }
 
+/// `POST /api/v1/builds/{id}/registry-credential`: a fresh registry credential for the push.
+/// A token scoped to the build's repository lives as long as its registry says (Docker Hub's
+/// five minutes), so the agent asks again right before it pushes.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RegistryCredentialRequest {
+    /// The lease's token.
+    pub lease_token: Uuid,
+}
+
+/// Answer to [`RegistryCredentialRequest`]: what a lease handed out now would carry.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct RegistryCredentialResponse {
+    /// The credential for the build's registry, as in [`Lease::registry_auth`].
+    #[serde(default)]
+    pub registry_auth: Option<crate::RegistryCredential>,
+}
+
 /// `POST /api/v1/builds/{id}/log`: lines of build output, in order.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]

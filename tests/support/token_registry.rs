@@ -115,6 +115,11 @@ impl TokenRegistry {
         self.tokens.issued()
     }
 
+    /// Makes the token service's next `n` tokens expired when issued.
+    pub fn issue_expired(&self, n: usize) {
+        self.tokens.issue_expired(n);
+    }
+
     /// Writes a Docker `config.json` with this registry's user name and password and returns
     /// its path.
     pub fn write_docker_config(&self, dir: &Path) -> PathBuf {

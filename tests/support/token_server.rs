@@ -10,6 +10,7 @@
 //! was asked for on whose behalf.
 
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -60,6 +61,8 @@ pub struct Issued {
     pub access: Vec<Access>,
     /// The JWT itself, so a test can match it with one it saw elsewhere.
     pub token: String,
+    /// Whether it was issued already expired ([`TokenServer::issue_expired`]).
+    pub expired: bool,
 }
 
 /// The service's state: its signing key and certificate, the account, the record.
@@ -70,6 +73,8 @@ struct Inner {
     user: String,
     password: String,
     issued: Mutex<Vec<Issued>>,
+    /// How many of the next tokens to issue already expired.
+    expired_next: AtomicUsize,
 }
 
 /// A running token service on 127.0.0.1; stopped on drop.
@@ -107,6 +112,7 @@ impl TokenServer {
             user: user.to_string(),
             password: password.to_string(),
             issued: Mutex::new(Vec::new()),
+            expired_next: AtomicUsize::new(0),
         });
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(1)
@@ -149,6 +155,12 @@ impl TokenServer {
     pub fn issued(&self) -> Vec<Issued> {
         self.inner.issued.lock().expect("issued lock").clone()
     }
+
+    /// Makes the next `n` tokens expired when issued (as a token of Docker Hub's five minutes
+    /// is by the end of a longer build), without the test waiting for a clock.
+    pub fn issue_expired(&self, n: usize) {
+        self.inner.expired_next.store(n, Ordering::SeqCst);
+    }
 }
 
 /// `GET /token`: Basic credentials of the one user, or 401.
@@ -178,11 +190,16 @@ async fn token(
         return (StatusCode::BAD_REQUEST, "unknown service").into_response();
     }
     let access: Vec<Access> = scopes.iter().filter_map(|s| parse_scope(s)).collect();
-    let token = sign(&inner, &access);
+    let expired = inner
+        .expired_next
+        .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
+        .is_ok();
+    let token = sign(&inner, &access, expired);
     inner.issued.lock().expect("issued lock").push(Issued {
         scopes,
         access,
         token: token.clone(),
+        expired,
     });
     Json(serde_json::json!({
         "token": token,
@@ -227,11 +244,15 @@ pub fn parse_scope(scope: &str) -> Option<Access> {
 
 /// An ES256 JWT granting `access`, with the claims distribution 2.8 checks (`iss`, `aud`, `exp`,
 /// `nbf`) and the certificate chain (`x5c`) it verifies the signature with.
-fn sign(inner: &Inner, access: &[Access]) -> String {
-    let now = SystemTime::now()
+fn sign(inner: &Inner, access: &[Access], expired: bool) -> String {
+    let mut now = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .expect("clock after 1970")
         .as_secs();
+    if expired {
+        // Past distribution's leeway for clock skew (60 s) as well as the token's own life.
+        now -= EXPIRES_IN + 120;
+    }
     let header = serde_json::json!({
         "typ": "JWT",
         "alg": "ES256",

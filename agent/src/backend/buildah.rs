@@ -217,11 +217,15 @@ impl Buildah {
         run_logged(export, "buildah push", log, cancel).await?;
 
         let image = push::read_layout(&layout)?;
+        let auth = match &spec.refresh_auth {
+            Some(refresh) => refresh.or(spec.registry_auth.as_ref()).await,
+            None => spec.registry_auth.clone(),
+        };
         let target = Target {
             registry: spec.registry.clone(),
             repository: spec.repository.clone(),
             insecure: spec.insecure_registry,
-            auth: spec.registry_auth.clone(),
+            auth,
             ca_cert: self.registry_ca.as_ref().map(|(pem, _)| pem.clone()),
             redirect_hosts: self.registry_redirect_hosts.clone(),
         };
@@ -414,6 +418,7 @@ mod tests {
             repository: "team/app".into(),
             insecure_registry: true,
             registry_auth: None,
+            refresh_auth: None,
             secrets: vec![],
             network: archfarm_protocol::Network::Host,
         }

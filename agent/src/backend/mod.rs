@@ -50,6 +50,9 @@ pub struct BuildSpec {
     /// The credential for `registry` (from the lease, else the agent's own), for the push and
     /// for base images pulled from it; none means anonymous. Its `Debug` hides the secret.
     pub registry_auth: Option<archfarm_protocol::RegistryCredential>,
+    /// Asks for `registry_auth` anew right before the push, when it came from the coordinator
+    /// (a scoped token may have expired during the build).
+    pub refresh_auth: Option<crate::registry_auth::CredentialRefresh>,
     /// Build secrets for `RUN --mount=type=secret` steps. Their `Debug` hides the values.
     pub secrets: Vec<archfarm_protocol::BuildSecret>,
     /// The network of the `RUN` steps, one the agent allows (see [`crate::network`]).

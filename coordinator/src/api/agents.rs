@@ -276,8 +276,14 @@ async fn lease_for(
     // Only this job's registry's credential travels, and only in this answer: never stored, never
     // logged (its Debug hides the secret); a token for the job's repository where the registry
     // can scope one.
-    let registry_auth =
-        crate::lease_credential::for_lease(state, build.id, &job.registry, &job.repository).await;
+    let registry_auth = crate::lease_credential::for_lease(
+        state,
+        build.id,
+        &job.registry,
+        &job.repository,
+        "the lease carries no registry credential (the agent's own is used, if it has one)",
+    )
+    .await;
     // Likewise the job's build secrets: read for this lease, held in memory until it is sent.
     let secrets = state.store.job_secrets(job.id).await?;
     Ok(Lease {

@@ -2,7 +2,7 @@
 
 use archfarm_protocol::api::{
     CompleteRequest, FailRequest, HeartbeatRequest, HeartbeatResponse, LogRequest,
-    MAX_LOG_BATCH_BYTES,
+    RegistryCredentialRequest, RegistryCredentialResponse, MAX_LOG_BATCH_BYTES,
 };
 use archfarm_protocol::events::LogResponse;
 use archfarm_protocol::redact::Redactor;
@@ -43,6 +43,11 @@ pub fn routes() -> Routes {
         .get("/builds/{id}/log", Access::Read, read_log)
         .post("/builds/{id}/complete", Access::Agent, complete)
         .post("/builds/{id}/fail", Access::Agent, fail)
+        .post(
+            "/builds/{id}/registry-credential",
+            Access::Agent,
+            registry_credential,
+        )
 }
 
 /// The build, if the calling agent holds it under `token`.
@@ -187,6 +192,31 @@ async fn fail(
     // A required platform's failure fails the job; an optional one's becomes a warning.
     crate::progress::advance(&state, build.job_id).await?;
     Ok(StatusCode::NO_CONTENT)
+}
+
+/// A fresh credential for the push of a build the agent holds: a scoped token fetched at lease
+/// time may have expired by the end of a long build.
+async fn registry_credential(
+    State(state): State<AppState>,
+    Authed(agent): Authed<AgentRow>,
+    Path(raw): Path<String>,
+    ApiJson(req): ApiJson<RegistryCredentialRequest>,
+) -> Result<Json<RegistryCredentialResponse>, ApiError> {
+    let build = held_build(&state, &agent, &raw, req.lease_token).await?;
+    let job = state
+        .store
+        .get_job(build.job_id)
+        .await?
+        .ok_or_else(|| ApiError::Internal(anyhow::anyhow!("build {} has no job", build.id)))?;
+    let registry_auth = crate::lease_credential::for_lease(
+        &state,
+        build.id,
+        &job.registry,
+        &job.repository,
+        "the push goes with the credential the lease carried",
+    )
+    .await;
+    Ok(Json(RegistryCredentialResponse { registry_auth }))
 }
 
 /// What must never reach a job's logs or errors: its build secrets' and secret build arguments'

@@ -19,6 +19,7 @@ use uuid::Uuid;
 use super::access::Access;
 use super::error::{parse_id, ApiError, ApiJson, ApiQuery};
 use super::gate::Authed;
+use super::plain_http::{self, Carried, PeerAddr};
 use super::routes::Routes;
 use crate::changes::Watcher;
 use crate::metrics::Outcome;
@@ -199,6 +200,7 @@ async fn fail(
 async fn registry_credential(
     State(state): State<AppState>,
     Authed(agent): Authed<AgentRow>,
+    PeerAddr(peer): PeerAddr,
     Path(raw): Path<String>,
     ApiJson(req): ApiJson<RegistryCredentialRequest>,
 ) -> Result<Json<RegistryCredentialResponse>, ApiError> {
@@ -208,6 +210,21 @@ async fn registry_credential(
         .get_job(build.job_id)
         .await?
         .ok_or_else(|| ApiError::Internal(anyhow::anyhow!("build {} has no job", build.id)))?;
+    // The lease's rule holds here too: no credential over plain HTTP to another host.
+    let carried = Carried {
+        credential_for: state
+            .registry
+            .auths
+            .get(&job.registry)
+            .map(|_| job.registry.clone()),
+        ..Carried::default()
+    };
+    if let Some(message) = plain_http::refusal(&state.config, &agent.name, peer, &carried) {
+        return Err(ApiError::Forbidden {
+            code: "credentials_over_plain_http",
+            message,
+        });
+    }
     let registry_auth = crate::lease_credential::for_lease(
         &state,
         build.id,

@@ -86,15 +86,17 @@ fn in_netns<F: Future<Output = ()> + Send + 'static>(test: impl FnOnce() -> F + 
     drop(ns);
 }
 
-/// A coordinator on `0.0.0.0` in the namespace, with a credential for `reg.example:5000`;
-/// SQLite whatever the environment asks for, as a PostgreSQL server is outside the namespace.
-async fn start(extra: &[&str]) -> (Coordinator, tempfile::TempDir) {
+/// A coordinator on `0.0.0.0` in the namespace, with a credential for a Basic registry (whose
+/// password a lease carries as is; the registry is in the namespace too, on loopback) and the
+/// registry's `HOST:PORT`; SQLite whatever the environment asks for, as a PostgreSQL server is
+/// outside the namespace.
+async fn start(extra: &[&str]) -> (Coordinator, tempfile::TempDir, String) {
+    let registry = common::basic_registry().await;
     let dir = tempfile::tempdir().unwrap();
     let auth = dir.path().join("config.json");
     std::fs::write(
         &auth,
-        json!({"auths": {"reg.example:5000": {"username": "ci", "password": PASSWORD}}})
-            .to_string(),
+        json!({"auths": {&registry: {"username": "ci", "password": PASSWORD}}}).to_string(),
     )
     .unwrap();
     let listener = tokio::net::TcpListener::bind("0.0.0.0:0").await.unwrap();
@@ -107,7 +109,7 @@ async fn start(extra: &[&str]) -> (Coordinator, tempfile::TempDir) {
         &args,
     )
     .await;
-    (c, dir)
+    (c, dir, registry)
 }
 
 /// The same coordinator through its non-loopback address.
@@ -127,12 +129,12 @@ async fn agent(c: &Coordinator, name: &str) -> RegisterResponse {
 #[test]
 fn plain_http_refuses_credentials_and_secrets_to_remote_agents() {
     in_netns(|| async {
-        let (c, _auth) = start(&[]).await;
+        let (c, _auth, reg) = start(&[]).await;
         let ctx = c.upload(&[("Dockerfile", "FROM scratch\n")]).await;
         let remote = remote_base(&c);
 
         // On loopback nothing leaves the machine: the credential travels.
-        c.submit(job(&ctx, "reg.example:5000/app:1", json!([])))
+        c.submit(job(&ctx, &format!("{reg}/app:1"), json!([])))
             .await;
         let lease = c.lease(&agent(&c, "local").await).await.expect("a lease");
         assert_eq!(
@@ -145,7 +147,7 @@ fn plain_http_refuses_credentials_and_secrets_to_remote_agents() {
 
         // From another address over plain HTTP: no lease, and the job fails saying why.
         let job_id = c
-            .submit(job(&ctx, "reg.example:5000/app:2", json!([])))
+            .submit(job(&ctx, &format!("{reg}/app:2"), json!([])))
             .await
             .id;
         assert!(c
@@ -158,7 +160,7 @@ fn plain_http_refuses_credentials_and_secrets_to_remote_agents() {
         assert!(
             error.starts_with(&format!(
                 "linux/amd64: the coordinator serves plain HTTP and agent far connects from {REMOTE_IP}: \
-                 refused to send the registry credential for reg.example:5000 over that connection"
+                 refused to send the registry credential for {reg} over that connection"
             )) && error.contains("--tls-cert")
                 && error.contains("--insecure-credentials-over-http"),
             "{error}"
@@ -198,11 +200,11 @@ fn plain_http_refuses_credentials_and_secrets_to_remote_agents() {
 #[test]
 fn the_flag_says_a_proxy_encrypts_and_credentials_travel() {
     in_netns(|| async {
-        let (c, _auth) = start(&["--insecure-credentials-over-http"]).await;
+        let (c, _auth, reg) = start(&["--insecure-credentials-over-http"]).await;
         let ctx = c.upload(&[("Dockerfile", "FROM scratch\n")]).await;
         c.submit(job(
             &ctx,
-            "reg.example:5000/app:1",
+            &format!("{reg}/app:1"),
             json!([{"id": "npmrc", "value": SECRET_VALUE}]),
         ))
         .await;
@@ -229,7 +231,7 @@ fn over_tls_credentials_travel_to_remote_agents() {
         let (cert_file, key_file) = (dir.path().join("c.pem"), dir.path().join("k.pem"));
         std::fs::write(&cert_file, cert.cert.pem()).unwrap();
         std::fs::write(&key_file, cert.signing_key.serialize_pem()).unwrap();
-        let (c, _auth) = start(&[
+        let (c, _auth, reg) = start(&[
             "--tls-cert",
             cert_file.to_str().unwrap(),
             "--tls-key",
@@ -240,7 +242,7 @@ fn over_tls_credentials_travel_to_remote_agents() {
         let ctx = c.upload(&[("Dockerfile", "FROM scratch\n")]).await;
         c.submit(job(
             &ctx,
-            "reg.example:5000/app:1",
+            &format!("{reg}/app:1"),
             json!([{"id": "npmrc", "value": SECRET_VALUE}]),
         ))
         .await;

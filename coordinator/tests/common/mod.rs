@@ -344,3 +344,20 @@ pub async fn next_event(rx: &mut tokio::sync::mpsc::UnboundedReceiver<Sse>) -> O
         .await
         .expect("an event within 20 s")
 }
+
+/// A registry that answers every request 401 with a `Basic` challenge, as an htpasswd registry
+/// does, on loopback: its `HOST:PORT`. Enough for the coordinator to learn that the registry
+/// cannot scope a token, so a lease for it carries the configured password.
+pub async fn basic_registry() -> String {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let host = listener.local_addr().unwrap().to_string();
+    let app = axum::Router::new().fallback(|| async {
+        (
+            axum::http::StatusCode::UNAUTHORIZED,
+            [("www-authenticate", "Basic realm=\"archfarm-test\"")],
+            "",
+        )
+    });
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    host
+}

@@ -118,7 +118,26 @@ fn check_instruction(
     if !word.eq_ignore_ascii_case("run") {
         return Ok(());
     }
-    for flag in flags(rest) {
+    let refuse = |reason: String| Refusal { line, reason };
+    for (raw, flag) in flags(rest) {
+        // buildah expands build arguments in a flag word and takes quotes and backslashes out
+        // of it (again) before it looks at the name, so `--${M}=…` or `--mo\unt=…` become
+        // --mount there: nothing of that kind is let through, whatever the name looks like here.
+        if raw.contains(['$', '"', '\'', '\\']) {
+            return Err(refuse(format!(
+                "RUN flag {raw} is refused: buildah 1.28 expands build arguments and removes \
+                 quotes and backslashes in a RUN flag before it reads it, so variables, quotes and \
+                 backslashes are not allowed in RUN flags; write the flag out"
+            )));
+        }
+        // Only space and tab separate words for buildah; any other blank inside a flag would
+        // end a word here and not there.
+        if raw.chars().any(char::is_whitespace) {
+            return Err(refuse(format!(
+                "RUN flag {} is refused: it holds a blank other than a space or a tab",
+                raw.escape_default()
+            )));
+        }
         let Some(name) = flag.strip_prefix("--") else {
             continue;
         };
@@ -127,9 +146,10 @@ fn check_instruction(
             None => (name, None),
         };
         if !name.eq_ignore_ascii_case("mount") {
-            continue; // buildah 1.28 refuses every other RUN flag itself
+            return Err(refuse(format!(
+                "RUN --{name} is refused: buildah 1.28 takes only --mount on RUN"
+            )));
         }
-        let refuse = |reason: String| Refusal { line, reason };
         let Some(value) = value else {
             return Err(refuse(format!("RUN --{name} without a value is refused")));
         };
@@ -138,26 +158,27 @@ fn check_instruction(
     Ok(())
 }
 
-/// The flag words (`--name=value`, quotes removed) before a `RUN` command, as buildkit's
-/// `extractBuilderFlags` reads them.
-fn flags(line: &str) -> Vec<String> {
+/// The flag words before a `RUN` command, each as written and with quotes removed, as buildkit's
+/// `extractBuilderFlags` reads them: words are separated by spaces and tabs only.
+fn flags(line: &str) -> Vec<(String, String)> {
     let chars: Vec<char> = line.chars().collect();
     let mut words = Vec::new();
     let mut pos = 0;
     loop {
-        while pos < chars.len() && chars[pos].is_whitespace() {
+        while pos < chars.len() && is_blank(chars[pos]) {
             pos += 1;
         }
         if pos + 1 >= chars.len() || chars[pos] != '-' || chars[pos + 1] != '-' {
             return words;
         }
+        let begin = pos;
         let mut word = String::new();
         let mut quote: Option<char> = None;
         while pos < chars.len() {
             let ch = chars[pos];
             pos += 1;
             match quote {
-                None if ch.is_whitespace() => break,
+                None if is_blank(ch) => break,
                 None if ch == '"' || ch == '\'' => quote = Some(ch),
                 None if ch == '\\' => {
                     if pos < chars.len() {
@@ -179,8 +200,14 @@ fn flags(line: &str) -> Vec<String> {
         if word == "--" {
             return words;
         }
-        words.push(word);
+        let raw: String = chars[begin..pos].iter().collect();
+        words.push((raw.trim_end_matches(is_blank).to_string(), word));
     }
+}
+
+/// What separates words in a RUN line for buildah.
+fn is_blank(c: char) -> bool {
+    c == ' ' || c == '\t'
 }
 
 const TARGET: &[&str] = &["target", "dst", "destination"];

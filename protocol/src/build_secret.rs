@@ -8,7 +8,7 @@
 
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
-use crate::limits::{MAX_SECRETS, MAX_SECRET_BYTES, MAX_SECRET_ID_BYTES};
+use crate::limits::{MAX_SECRETS, MAX_SECRETS_TOTAL_BYTES, MAX_SECRET_BYTES, MAX_SECRET_ID_BYTES};
 use crate::Secret;
 
 /// One build secret: its id, as `RUN --mount=type=secret,id=ID` names it, and its value.
@@ -51,14 +51,23 @@ pub fn check_id(id: &str) -> Result<(), String> {
     }
 }
 
-/// Checks a job's secrets: each id, no id twice, each value within [`MAX_SECRET_BYTES`], at most
-/// [`MAX_SECRETS`]. Messages name the id, never the value.
+/// Checks a job's secrets: each id, no id twice, each value within [`MAX_SECRET_BYTES`], all
+/// within [`MAX_SECRETS_TOTAL_BYTES`] as JSON, at most [`MAX_SECRETS`]. Messages name the id, never the value.
 pub fn check_all(secrets: &[BuildSecret]) -> Result<(), String> {
     if secrets.len() > MAX_SECRETS {
         return Err(format!("at most {MAX_SECRETS} secrets per job"));
     }
+    let mut total = 0;
     for (i, s) in secrets.iter().enumerate() {
         check_id(&s.id)?;
+        // As the value travels: JSON escaping can make a control character six bytes.
+        total += serde_json::to_string(s.value.expose()).map_or(0, |j| j.len());
+        if total > MAX_SECRETS_TOTAL_BYTES {
+            return Err(format!(
+                "the secrets take more than {MAX_SECRETS_TOTAL_BYTES} bytes (768 KiB) together in \
+                 the job's submission, which is at most 1 MiB; pass fewer or smaller secrets"
+            ));
+        }
         if secrets[..i].iter().any(|o| o.id == s.id) {
             return Err(format!("secret id '{}' is given twice", s.id));
         }
@@ -129,5 +138,16 @@ mod tests {
             .map(|i| secret(&format!("s{i}"), "v"))
             .collect();
         assert!(check_all(&many).unwrap_err().contains("at most 32"));
+    }
+
+    #[test]
+    fn secrets_together_fit_in_a_submission() {
+        let big = "x".repeat(400 * 1024);
+        let two = [secret("a", &big), secret("b", &big)];
+        assert!(check_all(&two).is_err_and(|e| e.contains("768 KiB") && !e.contains("xxx")));
+        assert!(check_all(&two[..1]).is_ok());
+        // Escaped as it travels: 200 Ki control characters are 1.2 MiB of JSON.
+        let controls = "\u{1}".repeat(200 * 1024);
+        assert!(check_all(&[secret("c", &controls)]).is_err());
     }
 }

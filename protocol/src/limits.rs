@@ -22,6 +22,9 @@ pub const MAX_HEADER_BYTES: u64 = 64 << 10;
 pub const MAX_SECRET_BYTES: usize = 500 * 1024;
 /// Most build secrets one job may pass.
 pub const MAX_SECRETS: usize = 32;
+/// Most bytes all of a job's secret values may take in its submission, JSON-escaped: the
+/// coordinator reads at most 1 MiB of JSON per request, and the rest of the job needs room too.
+pub const MAX_SECRETS_TOTAL_BYTES: usize = 768 * 1024;
 /// Longest build secret id, in bytes. It names a file under `/run/secrets/` in a `RUN` step.
 pub const MAX_SECRET_ID_BYTES: usize = 128;
 

@@ -131,6 +131,35 @@ async fn a_limited_token_pushes_and_cancels_only_within_its_patterns() {
         .await
         .unwrap();
 
+    // Contexts hold any team's sources: a limited token may upload one, not download it.
+    let (status, e) = error_of(
+        call(
+            &c,
+            Method::GET,
+            &format!("/contexts/{}", other.context),
+            &limited.token,
+            None,
+        )
+        .await,
+    )
+    .await;
+    assert_eq!(status, StatusCode::FORBIDDEN);
+    assert_eq!(e.code, "repository_not_allowed");
+    assert!(
+        e.message.contains("cannot download build contexts"),
+        "{}",
+        e.message
+    );
+    let res = call(
+        &c,
+        Method::GET,
+        &format!("/contexts/{}", other.context),
+        &free.token,
+        None,
+    )
+    .await;
+    assert_eq!(res.status(), StatusCode::OK);
+
     // Cancelling: only jobs the limited token could have submitted.
     let cancel = |id: uuid::Uuid, token: String| {
         let c = &c;

@@ -220,7 +220,17 @@ pub async fn require_submitter_or_agent(
     if bearer(headers).is_some_and(|t| t.starts_with(AGENT_TOKEN_PREFIX)) {
         return require_agent(state, headers).await.map(|_| ());
     }
-    require(state, headers, Scope::Submit).await.map(|_| ())
+    let caller = require(state, headers, Scope::Submit).await?;
+    // A context is any team's sources; a token limited to some repositories is not given them.
+    if !caller.repositories.is_empty() {
+        return Err(ApiError::Forbidden {
+            code: "repository_not_allowed",
+            message: "a token limited to repositories cannot download build contexts, which may \
+                      hold other teams' sources"
+                .into(),
+        });
+    }
+    Ok(())
 }
 
 #[cfg(test)]

@@ -5,7 +5,7 @@ use sqlx::any::AnyRow;
 use sqlx::Row;
 use uuid::Uuid;
 
-use super::{json_col, now_ms, parse_col, parse_opt_col, Store, StoreError, StoreResult};
+use super::{json_col, json_list, now_ms, parse_col, parse_opt_col, Store, StoreResult};
 
 /// An agent as stored.
 #[derive(Debug, Clone)]
@@ -60,16 +60,7 @@ impl AgentRow {
             revoked: row.try_get::<Option<i64>, _>("revoked_at")?.is_some(),
             networks: AgentNetworks {
                 default: parse_opt_col(row, "default_network")?,
-                allowed: row
-                    .try_get::<Option<String>, _>("allowed_networks")?
-                    .map(|value| {
-                        serde_json::from_str(&value).map_err(|_| StoreError::Corrupt {
-                            column: "agents.allowed_networks",
-                            value,
-                        })
-                    })
-                    .transpose()?
-                    .unwrap_or_default(),
+                allowed: json_list(row, "allowed_networks")?,
             },
         })
     }

@@ -8,7 +8,10 @@ use sqlx::any::AnyRow;
 use sqlx::Row;
 use uuid::Uuid;
 
-use super::{json_col, now_ms, parse_col, parse_opt_col, secrets, Store, StoreError, StoreResult};
+use super::{
+    json_col, json_list, now_ms, parse_col, parse_opt_col, secrets, to_json_list, Store,
+    StoreError, StoreResult,
+};
 
 /// A validated job ready to be stored.
 #[derive(Debug, Clone)]
@@ -142,27 +145,11 @@ impl JobRow {
             timeout_secs: row.try_get("timeout_secs")?,
             warnings: json_col(row, "warnings")?,
             submitter: row.try_get("submitter")?,
-            secret_build_args: nullable_list(row, "secret_build_args")?,
-            secret_ids: nullable_list(row, "secret_ids")?,
+            secret_build_args: json_list(row, "secret_build_args")?,
+            secret_ids: json_list(row, "secret_ids")?,
             network: parse_opt_col(row, "network")?,
         })
     }
-}
-
-/// A nullable JSON list of names (NULL when there are none).
-fn nullable_list(row: &AnyRow, column: &'static str) -> StoreResult<Vec<String>> {
-    let raw: Option<String> = row.try_get(column)?;
-    match raw {
-        None => Ok(Vec::new()),
-        Some(value) => {
-            serde_json::from_str(&value).map_err(|_| StoreError::Corrupt { column, value })
-        }
-    }
-}
-
-/// The nullable JSON form of a list of names.
-fn to_nullable_list(names: &[String]) -> Option<String> {
-    (!names.is_empty()).then(|| serde_json::to_string(names).expect("names serialise"))
 }
 
 impl Store {
@@ -190,8 +177,8 @@ impl Store {
         .bind(serde_json::to_string(&job.optional_platforms).expect("platforms serialise"))
         .bind(job.timeout_secs)
         .bind(job.submitter.as_deref())
-        .bind(to_nullable_list(&job.secret_build_args))
-        .bind(to_nullable_list(
+        .bind(to_json_list(&job.secret_build_args))
+        .bind(to_json_list(
             &job.secrets.iter().map(|s| s.id.clone()).collect::<Vec<_>>(),
         ))
         .bind(job.network.map(Network::as_str))

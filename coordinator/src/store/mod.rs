@@ -220,3 +220,21 @@ pub(crate) async fn insert_test_job(
         .await
         .unwrap()
 }
+
+/// A nullable JSON list column: NULL (or a row from before the column) reads as empty.
+fn json_list<T: serde::de::DeserializeOwned>(
+    row: &AnyRow,
+    column: &'static str,
+) -> StoreResult<Vec<T>> {
+    match row.try_get::<Option<String>, _>(column)? {
+        None => Ok(Vec::new()),
+        Some(value) => {
+            serde_json::from_str(&value).map_err(|_| StoreError::Corrupt { column, value })
+        }
+    }
+}
+
+/// The nullable JSON form of a list: NULL when it is empty.
+fn to_json_list<T: serde::Serialize>(items: &[T]) -> Option<String> {
+    (!items.is_empty()).then(|| serde_json::to_string(items).expect("a list of names serialises"))
+}

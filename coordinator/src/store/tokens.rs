@@ -6,7 +6,7 @@ use sqlx::any::AnyRow;
 use sqlx::Row;
 use uuid::Uuid;
 
-use super::{now_ms, parse_col, to_time, Store, StoreError, StoreResult};
+use super::{json_list, now_ms, parse_col, to_json_list, to_time, Store, StoreError, StoreResult};
 
 /// A token about to be stored.
 #[derive(Debug, Clone)]
@@ -82,14 +82,7 @@ fn info_from_row(row: &AnyRow, now: i64) -> StoreResult<TokenInfo> {
     let uses: i64 = row.try_get("uses")?;
     let revoked_at: Option<i64> = row.try_get("revoked_at")?;
     let last_used_at: Option<i64> = row.try_get("last_used_at")?;
-    let repositories: Option<String> = row.try_get("repositories")?;
-    let repositories: Vec<String> = match repositories {
-        None => Vec::new(),
-        Some(json) => serde_json::from_str(&json).map_err(|_| StoreError::Corrupt {
-            column: "repositories",
-            value: json,
-        })?,
-    };
+    let repositories: Vec<String> = json_list(row, "repositories")?;
     let state = if revoked_at.is_some() {
         TokenState::Revoked
     } else if expires_at.is_some_and(|e| e <= now) {
@@ -145,9 +138,7 @@ impl Store {
         .bind(t.max_uses.map(|m| m.min(i64::MAX as u64) as i64))
         .bind(now)
         // NULL, not `[]`, for an unlimited token: the same as every token made before patterns.
-        .bind((!t.repositories.is_empty()).then(|| {
-            serde_json::to_string(&t.repositories).expect("strings serialise")
-        }))
+        .bind(to_json_list(&t.repositories))
         .execute(&self.pool)
         .await?;
         self.token(id)

@@ -4,7 +4,6 @@
 //! cannot reach it; the same job without `--network` (the agent's default, host) does. A job
 //! asking for `private`, which that agent does not allow, waits saying so until it is cancelled.
 
-use std::process::Command;
 use std::time::Duration;
 
 use archfarm_e2e::{preflight, Agent, AgentOptions, BuildContext, Coordinator, Registry};
@@ -61,31 +60,9 @@ RUN /probe \"$COORDINATOR_PORT\"
 /// The context: the example's amd64 busybox, the probe compiled statically, the Dockerfile.
 fn probe_context() -> BuildContext {
     let context = BuildContext::hello();
-    context.write("probe.c", PROBE_C);
+    context.compile_static("probe", PROBE_C);
     context.write("Dockerfile", DOCKERFILE);
-    let out = Command::new("gcc")
-        .args(["-static", "-O1", "-o"])
-        .arg(context.path().join("probe"))
-        .arg(context.path().join("probe.c"))
-        .output()
-        .expect("gcc is needed to build the probe (Debian: apt-get install gcc libc6-dev)");
-    assert!(
-        out.status.success(),
-        "gcc -static failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
     context
-}
-
-/// The coordinator's port, for the probe.
-fn port_of(coordinator: &Coordinator) -> String {
-    coordinator
-        .url()
-        .trim_end_matches('/')
-        .rsplit(':')
-        .next()
-        .expect("the coordinator URL has a port")
-        .to_string()
 }
 
 /// Builds the probe with `extra` flags (e.g. `--network none`) and returns its `probe:` lines
@@ -98,7 +75,7 @@ fn probe(
 ) -> (Vec<String>, String) {
     let context = probe_context();
     let image = format!("{}/network:{tag}", registry.host());
-    let port = format!("COORDINATOR_PORT={}", port_of(coordinator));
+    let port = format!("COORDINATOR_PORT={}", coordinator.port());
     let context_arg = context.arg();
     let mut args = vec![
         "--platform",

@@ -16,7 +16,6 @@
 //! chroot isolation is for trusted single-tenant use only, and it shows the probe would catch a
 //! sandbox that let the step out.
 
-use std::process::Command;
 use std::time::Duration;
 
 use archfarm_e2e::{
@@ -184,21 +183,8 @@ RUN /escape \"$TOKEN_PATH\" \"$COORDINATOR_PORT\" \"$SIBLING_DIR\" \"$AGENT_PID\
 /// The context: the example's amd64 busybox, the escape compiled statically, the Dockerfile.
 fn hostile_context() -> BuildContext {
     let context = BuildContext::hello();
-    context.write("escape.c", ESCAPE_C);
+    context.compile_static("escape", ESCAPE_C);
     context.write("Dockerfile", DOCKERFILE);
-    let out = Command::new("gcc")
-        .args(["-static", "-O1", "-o"])
-        .arg(context.path().join("escape"))
-        .arg(context.path().join("escape.c"))
-        .output()
-        .expect(
-            "gcc is needed to build the escape program (Debian: apt-get install gcc libc6-dev)",
-        );
-    assert!(
-        out.status.success(),
-        "gcc -static failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
     context
 }
 
@@ -225,14 +211,7 @@ fn escape_on(
     let context = hostile_context();
     let image = format!("{}/sandbox:{tag}", registry.host());
     let token_arg = format!("TOKEN_PATH={}", token_path.display());
-    let port = coordinator
-        .url()
-        .trim_end_matches('/')
-        .rsplit(':')
-        .next()
-        .expect("the coordinator URL has a port")
-        .to_string();
-    let coordinator_arg = format!("COORDINATOR_PORT={port}");
+    let coordinator_arg = format!("COORDINATOR_PORT={}", coordinator.port());
     let context_arg = context.arg();
     let mut args = vec![
         "--platform",
@@ -523,19 +502,8 @@ int main(void) {
 /// A build context of the example's busybox with `dockerfile`, and `hog` compiled statically.
 fn limits_context(dockerfile: &str) -> BuildContext {
     let context = BuildContext::hello();
-    context.write("hog.c", HOG_C);
+    context.compile_static("hog", HOG_C);
     context.write("Dockerfile", dockerfile);
-    let out = Command::new("gcc")
-        .args(["-static", "-O1", "-o"])
-        .arg(context.path().join("hog"))
-        .arg(context.path().join("hog.c"))
-        .output()
-        .expect("gcc is needed (Debian: apt-get install gcc libc6-dev)");
-    assert!(
-        out.status.success(),
-        "gcc -static failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
     context
 }
 

@@ -51,6 +51,23 @@ impl BuildContext {
         self.dir.path().display().to_string()
     }
 
+    /// Writes `source` as `NAME.c` and compiles it with `gcc -static` into `NAME` in the context: a
+    /// program a `FROM scratch` step can run (static, so no libc or name service in the image).
+    pub fn compile_static(&self, name: &str, source: &str) {
+        self.write(&format!("{name}.c"), source);
+        let out = std::process::Command::new("gcc")
+            .args(["-static", "-O1", "-o"])
+            .arg(self.dir.join(name))
+            .arg(self.dir.join(format!("{name}.c")))
+            .output()
+            .expect("gcc is needed to build test programs (Debian: apt-get install gcc libc6-dev)");
+        assert!(
+            out.status.success(),
+            "gcc -static {name}.c failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
     /// Writes (or replaces) a file in the context.
     pub fn write(&self, rel: &str, contents: &str) {
         let path = self.dir.join(rel);

@@ -206,6 +206,16 @@ impl Coordinator {
         &self.url
     }
 
+    /// The port it listens on (a build step reaching it on the host's loopback needs it).
+    pub fn port(&self) -> u16 {
+        self.url
+            .trim_end_matches('/')
+            .rsplit(':')
+            .next()
+            .and_then(|p| p.parse().ok())
+            .expect("the coordinator URL has a port")
+    }
+
     /// The join token agents must present.
     pub fn join_token(&self) -> &str {
         &self.opts.join_token

@@ -176,3 +176,43 @@ fn spawn_ready(
         http,
     )
 }
+
+/// Starts `docker-registry` for a test registry of another kind (TLS, token auth) in `dir`, on a
+/// free loopback port, with the configuration `config(host)` writes for that address, and waits
+/// until `GET {scheme}://host/v2/` answers 401 (it wants credentials). A port taken meanwhile by
+/// another process is tried again with another. `what` names it in a timeout.
+pub(crate) fn serve_locked_registry(
+    dir: &crate::process::Scratch,
+    scheme: &str,
+    http: &reqwest::blocking::Client,
+    what: &str,
+    config: impl Fn(&str) -> String,
+) -> (crate::process::Daemon, String) {
+    use crate::process::{clean_env, free_port, wait_until, Daemon};
+    for attempt in 1..=3 {
+        let host = format!("127.0.0.1:{}", free_port());
+        let file = dir.join("config.yml");
+        std::fs::write(&file, config(&host)).expect("write registry config");
+        let mut cmd = std::process::Command::new("docker-registry");
+        cmd.arg("serve").arg(&file);
+        clean_env(&mut cmd);
+        let mut daemon = Daemon::spawn("docker-registry", cmd, dir.join("registry.log"));
+        let url = format!("{scheme}://{host}/v2/");
+        let mut exited = false;
+        wait_until(READY_TIMEOUT, &format!("{what} at {url}"), || {
+            if daemon.exited().is_some() {
+                exited = true;
+                return true;
+            }
+            http.get(&url).send().is_ok_and(|r| r.status() == 401)
+        });
+        if !exited {
+            return (daemon, host);
+        }
+        if attempt < 3 && daemon.log().contains("address already in use") {
+            continue;
+        }
+        daemon.assert_running();
+    }
+    unreachable!("the registry either started or panicked")
+}

@@ -4,13 +4,10 @@
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::time::Duration;
 
-use crate::process::{clean_env, free_port, wait_until, Daemon, Scratch};
+use crate::process::{clean_env, Daemon, Scratch};
+use crate::registry::serve_locked_registry;
 use crate::tls::{https_client, CertFiles, TestCa};
-
-/// How long the registry may take to answer `GET /v2/`.
-const READY_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// Runs a command, panicking with its stderr when it fails.
 fn run(program: &str, args: &[&str], cwd: &Path) -> Vec<u8> {
@@ -50,49 +47,27 @@ impl SecureRegistry {
         fs::write(dir.join("htpasswd"), htpasswd).expect("write htpasswd");
         let CertFiles { cert, key, .. } = ca.server("registry");
         let http = https_client(&ca.ca_path());
-        for attempt in 1..=3 {
-            let host = format!("127.0.0.1:{}", free_port());
-            let config = dir.join("config.yml");
-            let yaml = format!(
-                "version: 0.1\n\
-                 log:\n  level: info\n\
-                 storage:\n  filesystem:\n    rootdirectory: {}\n  delete:\n    enabled: true\n\
-                 auth:\n  htpasswd:\n    realm: archfarm-test\n    path: {}\n\
-                 http:\n  addr: {host}\n  tls:\n    certificate: {}\n    key: {}\n",
-                dir.join("data").display(),
-                dir.join("htpasswd").display(),
-                cert.display(),
-                key.display(),
-            );
-            fs::write(&config, yaml).expect("write registry config");
-            let mut cmd = Command::new("docker-registry");
-            cmd.arg("serve").arg(&config);
-            clean_env(&mut cmd);
-            let mut daemon = Daemon::spawn("docker-registry", cmd, dir.join("registry.log"));
-            let url = format!("https://{host}/v2/");
-            let mut exited = false;
-            wait_until(READY_TIMEOUT, &format!("the TLS registry at {url}"), || {
-                if daemon.exited().is_some() {
-                    exited = true;
-                    return true;
-                }
-                http.get(&url).send().is_ok_and(|r| r.status() == 401)
+        let (daemon, host) =
+            serve_locked_registry(&dir, "https", &http, "the TLS registry", |host| {
+                format!(
+                    "version: 0.1\n\
+                     log:\n  level: info\n\
+                     storage:\n  filesystem:\n    rootdirectory: {}\n  delete:\n    enabled: true\n\
+                     auth:\n  htpasswd:\n    realm: archfarm-test\n    path: {}\n\
+                     http:\n  addr: {host}\n  tls:\n    certificate: {}\n    key: {}\n",
+                    dir.join("data").display(),
+                    dir.join("htpasswd").display(),
+                    cert.display(),
+                    key.display(),
+                )
             });
-            if !exited {
-                return SecureRegistry {
-                    daemon,
-                    host,
-                    user: user.to_string(),
-                    password,
-                    dir,
-                };
-            }
-            if attempt < 3 && daemon.log().contains("address already in use") {
-                continue;
-            }
-            daemon.assert_running();
+        SecureRegistry {
+            daemon,
+            host,
+            user: user.to_string(),
+            password,
+            dir,
         }
-        unreachable!("the registry either started or panicked")
     }
 
     /// `127.0.0.1:PORT`.

@@ -5,14 +5,10 @@
 
 use std::fs;
 use std::path::{Path, PathBuf};
-use std::process::Command;
-use std::time::Duration;
 
-use crate::process::{clean_env, free_port, wait_until, Daemon, Scratch};
+use crate::process::{Daemon, Scratch};
+use crate::registry::serve_locked_registry;
 use crate::token_server::{Issued, TokenServer, ISSUER, SERVICE};
-
-/// How long the registry may take to answer `GET /v2/`.
-const READY_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// `docker-registry serve` in token mode with its token service; both stopped on drop.
 #[derive(Debug)]
@@ -36,53 +32,32 @@ impl TokenRegistry {
         let bundle = dir.join("token-cert.pem");
         fs::write(&bundle, tokens.cert_pem()).expect("write the token certificate");
         let http = crate::http_client();
-        for attempt in 1..=3 {
-            let host = format!("127.0.0.1:{}", free_port());
-            let config = dir.join("config.yml");
-            let yaml = format!(
-                "version: 0.1\n\
-                 log:\n  level: info\n\
-                 storage:\n  filesystem:\n    rootdirectory: {}\n  delete:\n    enabled: true\n\
-                 auth:\n  token:\n    realm: {}\n    service: {SERVICE}\n    issuer: {ISSUER}\n    rootcertbundle: {}\n\
-                 http:\n  addr: {host}\n",
-                dir.join("data").display(),
-                tokens.realm(),
-                bundle.display(),
-            );
-            fs::write(&config, yaml).expect("write registry config");
-            let mut cmd = Command::new("docker-registry");
-            cmd.arg("serve").arg(&config);
-            clean_env(&mut cmd);
-            let mut daemon = Daemon::spawn("docker-registry", cmd, dir.join("registry.log"));
-            let url = format!("http://{host}/v2/");
-            let mut exited = false;
-            wait_until(
-                READY_TIMEOUT,
-                &format!("the token registry at {url}"),
-                || {
-                    if daemon.exited().is_some() {
-                        exited = true;
-                        return true;
-                    }
-                    http.get(&url).send().is_ok_and(|r| r.status() == 401)
-                },
-            );
-            if !exited {
-                return TokenRegistry {
-                    daemon,
-                    tokens,
-                    host,
-                    user: user.to_string(),
-                    password,
-                    dir,
-                };
-            }
-            if attempt < 3 && daemon.log().contains("address already in use") {
-                continue;
-            }
-            daemon.assert_running();
+        let (daemon, host) = serve_locked_registry(
+            &dir,
+            "http",
+            &http,
+            "the token registry",
+            |host| {
+                format!(
+                    "version: 0.1\n\
+                     log:\n  level: info\n\
+                     storage:\n  filesystem:\n    rootdirectory: {}\n  delete:\n    enabled: true\n\
+                     auth:\n  token:\n    realm: {}\n    service: {SERVICE}\n    issuer: {ISSUER}\n    rootcertbundle: {}\n\
+                     http:\n  addr: {host}\n",
+                    dir.join("data").display(),
+                    tokens.realm(),
+                    bundle.display(),
+                )
+            },
+        );
+        TokenRegistry {
+            daemon,
+            tokens,
+            host,
+            user: user.to_string(),
+            password,
+            dir,
         }
-        unreachable!("the registry either started or panicked")
     }
 
     /// `127.0.0.1:PORT`.

@@ -204,6 +204,24 @@ impl BlobStore {
         result
     }
 
+    /// The file at `path` in the archive, read when it is a regular file of at most `max` bytes.
+    /// Only that entry's data is decompressed beyond the headers before it.
+    pub async fn read_file(
+        &self,
+        digest: &Digest,
+        path: &str,
+        max: u64,
+    ) -> Result<FileRead, BlobError> {
+        let Some(archive) = self.local(digest).await? else {
+            return Ok(FileRead::Missing);
+        };
+        let wanted = normalise(path);
+        let limits = self.limits;
+        tokio::task::spawn_blocking(move || read_entry(&archive, &limits, &wanted, max))
+            .await
+            .map_err(|e| BlobError::Body(e.to_string()))?
+    }
+
     /// Whether the archive holds a regular file (or a symlink) at `path`.
     pub async fn contains_file(&self, digest: &Digest, path: &str) -> Result<bool, BlobError> {
         let Some(archive) = self.local(digest).await? else {
@@ -221,6 +239,53 @@ impl BlobStore {
         .await
         .map_err(|e| BlobError::Body(e.to_string()))??;
         Ok(walked.stopped)
+    }
+}
+
+/// What [`BlobStore::read_file`] found at a path.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum FileRead {
+    /// No regular file or symlink there.
+    Missing,
+    /// A regular file, whole.
+    Read(Vec<u8>),
+    /// A symlink, or a regular file larger than asked for: there, but not read.
+    Unread,
+}
+
+/// Reads the gzip'd tar `archive` within `limits` up to the entry at `wanted`, whose data it
+/// reads when it is a regular file of at most `max` bytes.
+fn read_entry(
+    archive: &Path,
+    limits: &Limits,
+    wanted: &str,
+    max: u64,
+) -> Result<FileRead, BlobError> {
+    let file = std::fs::File::open(archive)?;
+    let tar = flate2::read::GzDecoder::new(BufReader::new(file));
+    use std::io::Read as _;
+    let mut found = FileRead::Missing;
+    let mut failed = None;
+    check::walk_reading(tar, limits, |p, kind, data| {
+        if !((kind.is_file() || kind.is_symlink())
+            && normalise(&String::from_utf8_lossy(p)) == wanted)
+        {
+            return false;
+        }
+        found = FileRead::Unread;
+        if kind.is_file() {
+            let mut bytes = Vec::new();
+            match data.take(max + 1).read_to_end(&mut bytes) {
+                Ok(_) if bytes.len() as u64 <= max => found = FileRead::Read(bytes),
+                Ok(_) => {}
+                Err(e) => failed = Some(e),
+            }
+        }
+        true
+    })?;
+    match failed {
+        Some(e) => Err(BlobError::Body(e.to_string())),
+        None => Ok(found),
     }
 }
 
@@ -309,6 +374,19 @@ mod tests {
         assert!(store.exists(&d).await.unwrap());
         assert!(store.contains_file(&d, "Dockerfile").await.unwrap());
         assert!(store.contains_file(&d, "./sub/x").await.unwrap());
+        assert_eq!(
+            store.read_file(&d, "./Dockerfile", 64).await.unwrap(),
+            FileRead::Read(b"FROM scratch\n".to_vec())
+        );
+        assert_eq!(
+            store.read_file(&d, "Dockerfile", 12).await.unwrap(),
+            FileRead::Unread,
+            "larger than asked for"
+        );
+        assert_eq!(
+            store.read_file(&d, "Containerfile", 64).await.unwrap(),
+            FileRead::Missing
+        );
         assert!(!store.contains_file(&d, "Containerfile").await.unwrap());
     }
 

@@ -4,6 +4,7 @@
 //! `main.rs` only parses flags; [`run`] is what tests call with a listener on port 0.
 
 pub mod api;
+pub mod base_images;
 pub mod blobs;
 pub mod changes;
 pub mod config;

@@ -119,6 +119,15 @@ pub fn walk<R: Read>(
     limits: &Limits,
     mut visit: impl FnMut(&[u8], EntryType) -> bool,
 ) -> Result<Walked, CheckError> {
+    walk_reading(tar, limits, |path, kind, _| visit(path, kind))
+}
+
+/// [`walk`], with `visit` also given the entry's data to read (at most its header's size).
+pub fn walk_reading<R: Read>(
+    tar: R,
+    limits: &Limits,
+    mut visit: impl FnMut(&[u8], EntryType, &mut dyn Read) -> bool,
+) -> Result<Walked, CheckError> {
     let meter = Rc::new(Meter::default());
     meter.grant(MAX_HEADER_BYTES);
     let mut archive = tar::Archive::new(Metered {
@@ -250,16 +259,17 @@ pub fn walk<R: Read>(
                 reason: "GNU sparse files are not supported in a context".into(),
             });
         }
-        if visit(&path, kind) {
-            walked.stopped = true;
-            break;
-        }
-        last = name;
-        // This entry's data (padded to whole blocks), then the next entry's headers.
+        // This entry's data (padded to whole blocks), then the next entry's headers; granted
+        // before the visit, which may read the data (the entry reader stops at its size).
         meter.grant(
             size.saturating_add(BLOCK - 1)
                 .saturating_add(MAX_HEADER_BYTES),
         );
+        if visit(&path, kind, &mut entry) {
+            walked.stopped = true;
+            break;
+        }
+        last = name;
     }
     if !pending.is_empty() {
         return Err(CheckError::Corrupt(format!(

@@ -117,6 +117,12 @@ impl PrivateAuthFile {
         registry: &str,
         credential: &RegistryCredential,
     ) -> io::Result<Self> {
+        Self::create_all(parent, &[(registry, credential)])
+    }
+
+    /// Writes each credential under its key (a registry, or a registry and repository; the
+    /// first for a key wins) to a new file under `parent`.
+    pub fn create_all(parent: &Path, entries: &[(&str, &RegistryCredential)]) -> io::Result<Self> {
         let dir = parent.join(format!("auth-{}", uuid::Uuid::new_v4().simple()));
         // Not recursive: the directory must be new, so no one else can have opened it.
         DirBuilder::new().mode(0o700).create(&dir)?;
@@ -129,7 +135,11 @@ impl PrivateAuthFile {
             .create_new(true)
             .mode(0o600)
             .open(&guard.file)?;
-        f.write_all(credential.auth_file_json(registry).expose().as_bytes())?;
+        f.write_all(
+            archfarm_protocol::registry_auth::auth_file_json(entries)
+                .expose()
+                .as_bytes(),
+        )?;
         f.sync_all()?;
         Ok(guard)
     }

@@ -74,7 +74,11 @@ pub async fn run_build(
         .resolve(lease.registry_auth.as_ref(), &lease.registry);
     // Build secrets, secret build arguments and the registry credential never leave the agent in
     // a log line or a failure message (a step may well `cat /run/secrets/ID`).
-    let secrets: Vec<_> = registry_auth.iter().flat_map(|c| c.secrets()).collect();
+    let secrets: Vec<_> = registry_auth
+        .iter()
+        .chain(lease.pull.credentials.iter().map(|c| &c.credential))
+        .flat_map(|c| c.secrets())
+        .collect();
     let redactor = Redactor::for_build_args(&lease.build_args, &lease.secret_build_args)
         .with(secrets.iter().map(|s| s.expose()))
         .with(lease.secrets.iter().map(|s| s.value.expose()));
@@ -201,6 +205,7 @@ async fn execute(
             .then(|| refresh_from_coordinator(env, creds, lease)),
         secrets: lease.secrets.clone(),
         network,
+        pull: lease.pull.clone(),
     };
     Ok(env
         .backend

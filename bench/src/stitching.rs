@@ -185,6 +185,7 @@ fn rows(
         secret_build_args: Vec::new(),
         secret_ids: Vec::new(),
         network: None,
+        base_images: vec![],
     };
     let builds = platforms
         .into_iter()

@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use clap::Parser;
 
+pub use archfarm_protocol::pull::RegistryMirror;
 pub use archfarm_protocol::Secret;
 
 /// Everything the coordinator can be told at start.
@@ -139,6 +140,17 @@ pub struct Config {
     #[arg(long, env = "ARCHFARM_REGISTRY_CA_CERT")]
     pub registry_ca_cert: Option<PathBuf>,
 
+    /// Registry mirror for base images, `PREFIX=LOCATION` (e.g. `docker.io=mirror.local:5000` or
+    /// `docker.io=harbor.local/dockerhub-proxy`); repeatable. Every agent pulls images under
+    /// PREFIX from LOCATION first and from the origin when the mirror fails; a mirror whose host
+    /// is insecure (`--insecure-registry`, loopback) is spoken to over plain HTTP. Default: none.
+    #[arg(
+        long = "registry-mirror",
+        env = "ARCHFARM_REGISTRY_MIRRORS",
+        value_delimiter = ','
+    )]
+    pub registry_mirrors: Vec<RegistryMirror>,
+
     /// Registry (HOST[:PORT]) always spoken to over HTTPS, even on loopback (which is otherwise
     /// plain HTTP); repeatable. Agents follow the coordinator's choice. Default: none.
     #[arg(
@@ -260,6 +272,17 @@ impl Config {
         Duration::from_secs(self.heartbeat_secs.max(1) * self.missed_heartbeats.max(1))
     }
 
+    /// The farm's registry mirrors, each marked insecure as its host is.
+    pub fn mirrors(&self) -> Vec<RegistryMirror> {
+        self.registry_mirrors
+            .iter()
+            .map(|m| RegistryMirror {
+                insecure: self.is_insecure(m.host()),
+                ..m.clone()
+            })
+            .collect()
+    }
+
     /// Whether pushes to and pulls from `registry` use plain HTTP.
     pub fn is_insecure(&self, registry: &str) -> bool {
         let host = archfarm_protocol::reference::host_of(registry);
@@ -315,6 +338,33 @@ mod tests {
             "listed: TLS even on loopback"
         );
         assert!(c.is_insecure("127.0.0.1:5000"));
+    }
+
+    #[test]
+    fn mirrors_are_insecure_as_their_hosts_are() {
+        let c = parse(&[
+            "--registry-mirror",
+            "docker.io=127.0.0.1:5000,ghcr.io=harbor.lan/ghcr",
+            "--registry-mirror",
+            "quay.io=mirror.lan:5000",
+            "--insecure-registry",
+            "mirror.lan:5000",
+        ]);
+        let shown: Vec<(String, bool)> = c
+            .mirrors()
+            .iter()
+            .map(|m| (m.to_string(), m.insecure))
+            .collect();
+        assert_eq!(
+            shown,
+            [
+                ("docker.io=127.0.0.1:5000".to_string(), true),
+                ("ghcr.io=harbor.lan/ghcr".to_string(), false),
+                ("quay.io=mirror.lan:5000".to_string(), true),
+            ]
+        );
+        let e = Config::try_parse_from(["c", "--registry-mirror", "docker.io"]).unwrap_err();
+        assert!(e.to_string().contains("PREFIX=LOCATION"), "{e}");
     }
 
     #[test]

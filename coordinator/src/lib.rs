@@ -12,6 +12,7 @@ pub mod lease_credential;
 pub mod logs;
 pub mod metrics;
 pub mod progress;
+pub mod pulls;
 pub mod registry;
 pub mod replicas;
 pub mod scheduler;

@@ -354,6 +354,15 @@ pub struct Job {
     /// The network its `RUN` steps ask for; absent means the building agent's default.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub network: Option<crate::Network>,
+    /// The base images its Dockerfile names (`FROM`, `COPY --from`, `RUN --mount=from=`), read
+    /// at submission with build arguments expanded and short names resolved as Docker does
+    /// (`golang:1.22` is `docker.io/library/golang:1.22`); stage names and `scratch` left out.
+    #[serde(default)]
+    pub base_images: Vec<String>,
+    /// The registries its builds may get pull credentials for: those of `base_images` and the
+    /// farm's mirrors they resolve through.
+    #[serde(default)]
+    pub pull_registries: Vec<String>,
 }
 
 /// One platform's build inside a job.
@@ -557,6 +566,11 @@ pub struct Lease {
     /// network it does not allow (the coordinator should never send one).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub network: Option<crate::Network>,
+    /// How to pull the Dockerfile's base images: the farm's mirrors, the plain-HTTP registries
+    /// among those the build may reach, and pull credentials for the registries its `FROM`
+    /// lines name. Absent when there is nothing to say (and from coordinators before it).
+    #[serde(default, skip_serializing_if = "crate::pull::PullSettings::is_empty")]
+    pub pull: crate::pull::PullSettings,
 }
 
 /// `POST /api/v1/builds/{id}/heartbeat`. A 409 answer means the lease is gone: stop the build.

@@ -13,7 +13,8 @@
 //!   values in log lines.
 //! * [`repository_pattern`]: where a job may push (token patterns, allowed registries);
 //!   [`registry_text`]: what of a registry's answer may be shown; [`registry_hosts`]: where a
-//!   registry may send requests on to.
+//!   registry may send requests on to; [`pull`]: how agents pull base images (mirrors, plain-HTTP
+//!   registries, pull credentials).
 
 pub mod api;
 pub mod build_secret;
@@ -22,6 +23,7 @@ pub mod events;
 pub mod limits;
 pub mod network;
 pub mod platform;
+pub mod pull;
 pub mod redact;
 pub mod reference;
 pub mod registry_auth;

@@ -69,7 +69,12 @@ impl RegistryCredential {
     /// A Docker/containers `auth.json` holding this credential for `registry` only (for
     /// `buildah --authfile`). Returned as a [`Secret`] because it holds the credential.
     pub fn auth_file_json(&self, registry: &str) -> Secret {
-        let entry = match self {
+        auth_file_json(&[(registry, self)])
+    }
+
+    /// This credential as one `auths` entry.
+    fn auth_entry(&self) -> serde_json::Value {
+        match self {
             RegistryCredential::Basic { username, password } => serde_json::json!({
                 "auth": BASE64.encode(format!("{username}:{}", password.expose())),
             }),
@@ -79,13 +84,23 @@ impl RegistryCredential {
             RegistryCredential::RegistryToken(t) => {
                 serde_json::json!({ "registrytoken": t.expose() })
             }
-        };
-        let mut auths = serde_json::Map::new();
-        for key in registry_aliases(registry) {
-            auths.insert(key, entry.clone());
         }
-        Secret::new(serde_json::json!({ "auths": auths }).to_string())
     }
+}
+
+/// A containers `auth.json` holding each credential under its key: a registry (`reg.io:5000`,
+/// Docker Hub under each of its names) or a registry and repository (`reg.io/team/base`, which
+/// buildah prefers over the registry's entry for that repository). The first entry for a key
+/// wins. Returned as a [`Secret`] because it holds the credentials.
+pub fn auth_file_json(entries: &[(&str, &RegistryCredential)]) -> Secret {
+    let mut auths = serde_json::Map::new();
+    for (scope, credential) in entries {
+        let entry = credential.auth_entry();
+        for key in registry_aliases(scope) {
+            auths.entry(key).or_insert_with(|| entry.clone());
+        }
+    }
+    Secret::new(serde_json::json!({ "auths": auths }).to_string())
 }
 
 /// Docker Hub answers to several names; the others are themselves only.
@@ -591,6 +606,23 @@ mod tests {
         // The result must round-trip through our own parser.
         let back = RegistryAuths::parse("f", c.auth_file_json("reg.io:5000").expose()).unwrap();
         assert_eq!(back.get("reg.io:5000"), Some(&c));
+        // Several entries: the first for a key wins, repositories keep their own entries.
+        let token = RegistryCredential::RegistryToken(Secret::new("tok"));
+        let json: serde_json::Value = serde_json::from_str(
+            auth_file_json(&[
+                ("reg.io:5000", &c),
+                ("reg.io:5000", &token),
+                ("reg.io:5000/team/base", &token),
+                ("docker.io/library/golang", &token),
+            ])
+            .expose(),
+        )
+        .unwrap();
+        let auths = json["auths"].as_object().unwrap();
+        assert_eq!(auths.len(), 3, "{auths:?}");
+        assert_eq!(auths["reg.io:5000"]["auth"], b64("ci:p:w"));
+        assert_eq!(auths["reg.io:5000/team/base"]["registrytoken"], "tok");
+        assert_eq!(auths["docker.io/library/golang"]["registrytoken"], "tok");
     }
 
     #[test]

@@ -159,18 +159,30 @@ impl Buildah {
         log.note(format!("building {} with buildah", spec.platform))
             .await;
         // Removed when this function returns, however it returns (or when its future is dropped).
-        let auth_file = match &spec.registry_auth {
-            None => None,
-            Some(credential) => Some(
-                PrivateAuthFile::create(&spec.build_dir, &spec.registry, credential).map_err(
-                    |source| BackendError::Io {
+        let credentials = super::pulls::auth_entries(spec);
+        let auth_file = if credentials.is_empty() {
+            None
+        } else {
+            Some(
+                PrivateAuthFile::create_all(&spec.build_dir, &credentials).map_err(|source| {
+                    BackendError::Io {
                         action: "cannot write the registry auth file in",
                         path: spec.build_dir.clone(),
                         source,
-                    },
-                )?,
-            ),
+                    }
+                })?,
+            )
         };
+        let registries = super::pulls::write(&spec.build_dir, &spec.pull).map_err(|source| {
+            BackendError::Io {
+                action: "cannot write the registries configuration in",
+                path: spec.build_dir.clone(),
+                source,
+            }
+        })?;
+        if let Some(line) = super::pulls::summary(&spec.pull) {
+            log.note(line).await;
+        }
         // Removed when this function returns, like the auth file.
         let secret_files =
             SecretFiles::create(&spec.build_dir, &spec.secrets).map_err(|source| {
@@ -182,6 +194,7 @@ impl Buildah {
             })?;
         // `build_args` starts with the subcommand; the registry options go right after it.
         let mut build = self.command();
+        build.args(registries);
         build.args(["build"]);
         build.args(secret_files.buildah_args());
         if let Some(file) = &auth_file {
@@ -421,6 +434,7 @@ mod tests {
             refresh_auth: None,
             secrets: vec![],
             network: archfarm_protocol::Network::Host,
+            pull: Default::default(),
         }
     }
 

@@ -18,6 +18,7 @@ pub mod dockerfile_guard;
 pub mod isolation;
 pub mod limits;
 pub mod process;
+pub mod pulls;
 pub mod runtime_shim;
 pub mod secrets;
 
@@ -57,6 +58,9 @@ pub struct BuildSpec {
     pub secrets: Vec<archfarm_protocol::BuildSecret>,
     /// The network of the `RUN` steps, one the agent allows (see [`crate::network`]).
     pub network: archfarm_protocol::Network,
+    /// How base images are pulled: the lease's mirrors, plain-HTTP registries and pull
+    /// credentials (see [`pulls`]). Its `Debug` hides the secrets.
+    pub pull: archfarm_protocol::pull::PullSettings,
 }
 
 /// The manifest a build pushed, as reported to the coordinator.

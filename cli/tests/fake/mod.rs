@@ -200,6 +200,8 @@ async fn submit(State(s): State<Shared>, Json(req): Json<JobRequest>) -> Respons
                 .ok()
                 .flatten()
         }),
+        base_images: Vec::new(),
+        pull_registries: Vec::new(),
     };
     f.request = Some(req);
     f.job = Some(job.clone());

@@ -286,7 +286,10 @@ async fn lease_for(
     .await;
     // Likewise the job's build secrets: read for this lease, held in memory until it is sent.
     let secrets = state.store.job_secrets(job.id).await?;
+    // And pull credentials for the registries the Dockerfile's base images come from, only.
+    let pull = crate::pulls::for_lease(state, build.id, &job).await;
     Ok(Lease {
+        pull,
         secrets,
         registry_auth,
         secret_build_args: job.secret_build_args,

@@ -17,6 +17,7 @@ use super::error::{parse_id, ApiError, ApiJson, ApiQuery};
 use super::gate::Authed;
 use super::routes::Routes;
 use super::views::{self, Fleet};
+use crate::blobs::FileRead;
 use crate::store::NewJob;
 use crate::AppState;
 
@@ -198,6 +199,8 @@ pub fn validate(req: JobRequest) -> Result<NewJob, ApiError> {
         platforms,
         secret_build_args,
         secrets: req.secrets,
+        // Read from the context by the caller, which has it.
+        base_images: Vec::new(),
     })
 }
 
@@ -272,9 +275,14 @@ async fn create(
             ),
         ));
     }
-    let has_dockerfile = state
+    let mut job = job;
+    let dockerfile = state
         .blobs
-        .contains_file(&job.context, &job.dockerfile)
+        .read_file(
+            &job.context,
+            &job.dockerfile,
+            crate::base_images::MAX_DOCKERFILE_BYTES,
+        )
         .await
         .map_err(|e| match e {
             // An archive stored before the caps existed may break them: the job cannot use it.
@@ -284,16 +292,45 @@ async fn create(
             ),
             e => ApiError::Internal(e.into()),
         })?;
-    if !has_dockerfile {
-        return Err(ApiError::bad(
-            "missing_dockerfile",
-            format!(
-                "the context has no file '{}'; add one or name another with -f/--file",
-                job.dockerfile
-            ),
-        ));
-    }
+    let base_images = match dockerfile {
+        FileRead::Missing => {
+            return Err(ApiError::bad(
+                "missing_dockerfile",
+                format!(
+                    "the context has no file '{}'; add one or name another with -f/--file",
+                    job.dockerfile
+                ),
+            ))
+        }
+        FileRead::Unread => Err(format!(
+            "it is a symlink or larger than {} bytes",
+            crate::base_images::MAX_DOCKERFILE_BYTES
+        )),
+        FileRead::Read(bytes) => crate::base_images::base_images(
+            &String::from_utf8_lossy(&bytes),
+            &job.build_args,
+            &job.platforms,
+        )
+        .map_err(|e| e.to_string()),
+    };
+    // A Dockerfile this reader cannot follow still builds; its base images are pulled without
+    // the coordinator's credentials.
+    let unread = match base_images {
+        Ok(images) => {
+            job.base_images = images.iter().map(ToString::to_string).collect();
+            None
+        }
+        Err(why) => Some(format!(
+            "could not read the base images of {}: {why}; its builds pull them without the \
+             coordinator's registry credentials",
+            job.dockerfile
+        )),
+    };
     let id = state.store.insert_job(&job).await?;
+    if let Some(warning) = unread {
+        tracing::info!(job.id = %id, %warning, "base images unknown");
+        state.store.add_job_warning(id, &warning).await?;
+    }
     state.metrics.job_entered(JobState::Queued);
     tracing::info!(job.id = %id, platforms = ?job.platforms.iter().map(ToString::to_string).collect::<Vec<_>>(),
         tags = ?job.tags, "job submitted");

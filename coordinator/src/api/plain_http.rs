@@ -51,6 +51,8 @@ pub struct Carried {
     pub secret_ids: Vec<String>,
     /// The names of the job's secret build arguments.
     pub secret_build_args: Vec<String>,
+    /// What the lease's pull credentials are for (`registry` or `registry/repository`).
+    pub pull_credentials_for: Vec<String>,
 }
 
 impl Carried {
@@ -63,6 +65,12 @@ impl Carried {
                 .then(|| lease.registry.clone()),
             secret_ids: lease.secrets.iter().map(|s| s.id.clone()).collect(),
             secret_build_args: lease.secret_build_args.clone(),
+            pull_credentials_for: lease
+                .pull
+                .credentials
+                .iter()
+                .map(|c| c.scope.clone())
+                .collect(),
         }
     }
 
@@ -71,6 +79,7 @@ impl Carried {
         self.credential_for.is_none()
             && self.secret_ids.is_empty()
             && self.secret_build_args.is_empty()
+            && self.pull_credentials_for.is_empty()
     }
 
     /// What is carried, in words: `the registry credential for R, the build secrets a, b`.
@@ -78,6 +87,12 @@ impl Carried {
         let mut parts = Vec::new();
         if let Some(registry) = &self.credential_for {
             parts.push(format!("the registry credential for {registry}"));
+        }
+        if !self.pull_credentials_for.is_empty() {
+            parts.push(format!(
+                "the pull credentials for {}",
+                self.pull_credentials_for.join(", ")
+            ));
         }
         if !self.secret_ids.is_empty() {
             parts.push(format!("the build secrets {}", self.secret_ids.join(", ")));
@@ -204,6 +219,7 @@ mod tests {
             credential_for: Some("reg.example:5000".into()),
             secret_ids: vec!["npmrc".into(), "token".into()],
             secret_build_args: vec!["PASS".into()],
+            pull_credentials_for: vec![],
         }
     }
 
@@ -243,5 +259,14 @@ mod tests {
         assert_eq!(refusal(&allowed, "pi4", Some(remote), &carried()), None);
         let tls = config(&["--tls-cert", "c.pem", "--tls-key", "k.pem"]);
         assert_eq!(refusal(&tls, "pi4", Some(remote), &carried()), None);
+        let pulls_only = Carried {
+            pull_credentials_for: vec!["base.example/team/base".into()],
+            ..Carried::default()
+        };
+        let e = refusal(&plain, "pi4", Some(remote), &pulls_only).unwrap();
+        assert!(
+            e.contains("refused to send the pull credentials for base.example/team/base over"),
+            "{e}"
+        );
     }
 }

@@ -82,6 +82,8 @@ pub async fn job(state: &AppState, job: JobRow, fleet: &Fleet) -> StoreResult<ap
         secret_build_args: job.secret_build_args,
         secrets: job.secret_ids,
         network: job.network,
+        pull_registries: crate::pulls::pull_registries(&state.config, &job.base_images),
+        base_images: job.base_images,
     })
 }
 

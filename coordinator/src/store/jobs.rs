@@ -46,6 +46,8 @@ pub struct NewJob {
     pub secrets: Vec<BuildSecret>,
     /// The network its steps ask for; `None` leaves it to the agent.
     pub network: Option<Network>,
+    /// The base images its Dockerfile names, resolved (see `base_images.rs`).
+    pub base_images: Vec<String>,
 }
 
 /// What ending a job stopped.
@@ -106,12 +108,15 @@ pub struct JobRow {
     pub secret_ids: Vec<String>,
     /// The network its steps ask for; `None` leaves it to the agent.
     pub network: Option<Network>,
+    /// The base images its Dockerfile names, resolved; empty when none or unreadable.
+    pub base_images: Vec<String>,
 }
 
 const COLUMNS: &str =
     "id, state, context, dockerfile, build_args, target, emulation, tags, platforms, registry, \
         repository, index_digest, index_media_type, error, created_at, updated_at, finished_at, \
-    optional_platforms, timeout_secs, warnings, submitter, secret_build_args, secret_ids, network";
+    optional_platforms, timeout_secs, warnings, submitter, secret_build_args, secret_ids, network, \
+    base_images";
 
 impl JobRow {
     fn from_row(row: &AnyRow) -> StoreResult<Self> {
@@ -148,6 +153,7 @@ impl JobRow {
             secret_build_args: json_list(row, "secret_build_args")?,
             secret_ids: json_list(row, "secret_ids")?,
             network: parse_opt_col(row, "network")?,
+            base_images: json_list(row, "base_images")?,
         })
     }
 }
@@ -160,7 +166,7 @@ impl Store {
         let mut tx = self.begin().await?;
         sqlx::query(&format!(
                         "INSERT INTO jobs ({COLUMNS}) VALUES ($1, 'queued', $2, $3, $4, $5, $6, $7, $8, $9, $10, NULL, NULL, NULL, \
-             $11, $12, NULL, $13, $14, '[]', $15, $16, $17, $18)"
+             $11, $12, NULL, $13, $14, '[]', $15, $16, $17, $18, $19)"
         ))
         .bind(id.to_string())
         .bind(job.context.as_str())
@@ -182,6 +188,7 @@ impl Store {
             &job.secrets.iter().map(|s| s.id.clone()).collect::<Vec<_>>(),
         ))
         .bind(job.network.map(Network::as_str))
+        .bind(to_json_list(&job.base_images))
         .execute(&mut *tx)
         .await?;
         secrets::insert(&mut tx, id, &job.secrets).await?;

@@ -216,6 +216,7 @@ pub(crate) async fn insert_test_job(
             secret_build_args: vec![],
             secrets: vec![],
             network: None,
+            base_images: vec![],
         })
         .await
         .unwrap()

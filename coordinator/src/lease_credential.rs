@@ -52,40 +52,6 @@ pub async fn scoped(
     repository: &str,
     insecure: bool,
 ) -> Result<Option<RegistryCredential>, ScopedTokenError> {
-    scoped_for(
-        access,
-        registry,
-        repository,
-        insecure,
-        RegistryOperation::Push,
-    )
-    .await
-}
-
-/// [`scoped`] for pulling a base image: a token for `repository:REPO:pull` only.
-pub async fn scoped_pull(
-    access: &RegistryAccess,
-    registry: &str,
-    repository: &str,
-    insecure: bool,
-) -> Result<Option<RegistryCredential>, ScopedTokenError> {
-    scoped_for(
-        access,
-        registry,
-        repository,
-        insecure,
-        RegistryOperation::Pull,
-    )
-    .await
-}
-
-async fn scoped_for(
-    access: &RegistryAccess,
-    registry: &str,
-    repository: &str,
-    insecure: bool,
-    operation: RegistryOperation,
-) -> Result<Option<RegistryCredential>, ScopedTokenError> {
     let Some(credential) = access.auths.get(registry) else {
         return Ok(None);
     };
@@ -102,9 +68,8 @@ async fn scoped_for(
     let reference = Reference::with_tag(registry.into(), repository.into(), "latest".into());
     let basic = RegistryAuth::Basic(username.clone(), password.expose().to_string());
     // oci-client asks `/v2/` for the challenge, checks the realm's host (the registry's own or
-    // `--registry-redirect-host`), and requests `repository:REPO:pull,push` (or `:pull`) with
-    // the password.
-    let asked = client.auth(&reference, &basic, operation);
+    // `--registry-redirect-host`), and requests `repository:REPO:pull,push` with the password.
+    let asked = client.auth(&reference, &basic, RegistryOperation::Push);
     match tokio::time::timeout(TOKEN_TIMEOUT, asked).await {
         Ok(Ok(Some(token))) => Ok(Some(RegistryCredential::RegistryToken(
             archfarm_protocol::Secret::new(token),

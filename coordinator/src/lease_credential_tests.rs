@@ -107,25 +107,6 @@ async fn a_bearer_registry_gets_a_token_for_the_repository_only() {
 }
 
 #[tokio::test]
-async fn a_base_image_gets_a_pull_only_token_for_its_repository() {
-    let (host, seen) = serve(|h| format!(r#"Bearer realm="http://{h}/token",service="svc""#)).await;
-    let got = scoped_pull(&access_with(&host, PASSWORD), &host, "team/base", true)
-        .await
-        .unwrap();
-    assert!(
-        matches!(got, Some(RegistryCredential::RegistryToken(_))),
-        "{got:?}"
-    );
-    let seen = seen.lock().unwrap().clone();
-    let scopes: Vec<String> = url_pairs(&seen[0].0)
-        .into_iter()
-        .filter(|(k, _)| k == "scope")
-        .map(|(_, v)| v)
-        .collect();
-    assert_eq!(scopes, ["repository:team/base:pull"]);
-}
-
-#[tokio::test]
 async fn a_basic_registry_keeps_the_password() {
     let (host, seen) = serve(|_| r#"Basic realm="htpasswd""#.to_string()).await;
     let access = access_with(&host, PASSWORD);

@@ -2,18 +2,15 @@
 //! registries speak plain HTTP, and pull credentials for the registries (and mirrors) the job's
 //! Dockerfile names, and no others.
 //!
-//! Where a registry has a token service, the credential is a token for `repository:REPO:pull`
-//! of each base image's repository (see [`crate::lease_credential`]), keyed in the agent's auth
-//! file by `registry/repository`; a `Basic` registry gets the password, keyed by the registry,
-//! as pushes do.
+//! The credential is the coordinator's own for that registry, as configured (see
+//! [`credentials`] for why not a scoped token).
 
 use archfarm_protocol::pull::{pull_sources, PullCredential, PullSettings};
-use archfarm_protocol::{ImageRef, RegistryCredential};
+use archfarm_protocol::{ImageRef, RegistryAuths};
 use uuid::Uuid;
 
 use crate::config::Config;
 use crate::store::JobRow;
-use crate::AppState;
 
 /// The `(registry, repository)` pairs pulling `base_images` may reach: each image's own and the
 /// mirrors covering it; distinct, in order. References that no longer parse are skipped.
@@ -68,62 +65,40 @@ pub fn insecure_registries(
     out
 }
 
-/// How the auth file keys a pull credential: by repository for a token the coordinator scoped
-/// to it, by registry otherwise (the configured credential as is).
-fn scope_of(
-    configured: &RegistryCredential,
-    handed: &RegistryCredential,
-    registry: &str,
-    repository: &str,
-) -> String {
-    if handed != configured {
-        format!("{registry}/{repository}")
-    } else {
-        registry.to_string()
+/// The pull credentials for `sources`: the coordinator's credential, as configured, for each
+/// registry among them that it has one for, and for no other.
+///
+/// Not a token scoped to the base image's repository, as pushes get where the registry has a
+/// token service: buildah 1.28 (containers/image) ignores `registrytoken` entries in an auth
+/// file, so only the user name and password pull. The password goes to the agent (never into
+/// the build's containers), as it does for pushes to a `Basic` registry.
+pub fn credentials(auths: &RegistryAuths, sources: &[(String, String)]) -> Vec<PullCredential> {
+    let mut out: Vec<PullCredential> = Vec::new();
+    for (registry, _) in sources {
+        if out.iter().any(|c| &c.scope == registry) {
+            continue;
+        }
+        if let Some(credential) = auths.get(registry) {
+            out.push(PullCredential {
+                scope: registry.clone(),
+                credential: credential.clone(),
+            });
+        }
     }
+    out
 }
 
-/// The pull settings of a lease for a build of `job`. A registry whose token service fails is
-/// pulled from without a credential; the build's log says why.
-pub async fn for_lease(state: &AppState, build_id: Uuid, job: &JobRow) -> PullSettings {
-    let config = &state.config;
+/// The pull settings of a lease for a build of `job`.
+pub fn for_lease(
+    config: &Config,
+    auths: &RegistryAuths,
+    build_id: Uuid,
+    job: &JobRow,
+) -> PullSettings {
     let sources = sources(config, &job.base_images);
-    let asked = sources.iter().filter_map(|(registry, repository)| {
-        let configured = state.registry.auths.get(registry)?;
-        Some(async move {
-            let insecure = config.is_insecure(registry);
-            let got = crate::lease_credential::scoped_pull(
-                &state.registry,
-                registry,
-                repository,
-                insecure,
-            )
-            .await;
-            (registry, repository, configured, got)
-        })
-    });
-    let mut credentials: Vec<PullCredential> = Vec::new();
-    for (registry, repository, configured, got) in futures::future::join_all(asked).await {
-        match got {
-            Ok(Some(credential)) => {
-                let scope = scope_of(configured, &credential, registry, repository);
-                if credentials.iter().any(|c| c.scope == scope) {
-                    continue;
-                }
-                tracing::info!(build.id = %build_id, %scope, kind = credential.kind(), "pull credential for the lease");
-                credentials.push(PullCredential { scope, credential });
-            }
-            Ok(None) => {}
-            Err(e) => {
-                tracing::warn!(build.id = %build_id, error = %e, "no scoped pull token");
-                let line = format!(
-                    "[archfarm] {e}; base images are pulled from {registry} without a credential"
-                );
-                if let Err(log_err) = state.logs.append(build_id, &[line]).await {
-                    tracing::warn!(build.id = %build_id, error = %log_err, "could not append to the build log");
-                }
-            }
-        }
+    let credentials = credentials(auths, &sources);
+    for c in &credentials {
+        tracing::info!(build.id = %build_id, registry = %c.scope, kind = c.credential.kind(), "pull credential for the lease");
     }
     PullSettings {
         insecure_registries: insecure_registries(config, &job.registry, &sources),
@@ -137,7 +112,6 @@ mod tests {
     use clap::Parser;
 
     use super::*;
-    use archfarm_protocol::Secret;
 
     fn config(args: &[&str]) -> Config {
         Config::try_parse_from(std::iter::once("c").chain(args.iter().copied())).unwrap()
@@ -202,14 +176,37 @@ mod tests {
     }
 
     #[test]
-    fn a_token_is_keyed_by_repository_a_password_by_registry() {
-        let basic = RegistryCredential::Basic {
-            username: "u".into(),
-            password: Secret::new("p"),
+    fn a_lease_gets_credentials_for_its_base_images_registries_and_mirrors_only() {
+        let auths = RegistryAuths::parse(
+            "config.json",
+            r#"{"auths": {
+                "reg.lan:5000": {"auth": "dTpw"},
+                "127.0.0.1:5000": {"username": "m", "password": "mp"},
+                "https://index.docker.io/v1/": {"username": "hub", "password": "hp"},
+                "push.lan": {"username": "ci", "password": "cp"}
+            }}"#,
+        )
+        .unwrap();
+        let c = config(&["--registry-mirror", "docker.io=127.0.0.1:5000"]);
+        let got = |images: &[&str]| -> Vec<String> {
+            credentials(&auths, &sources(&c, &self::images(images)))
+                .into_iter()
+                .map(|p| p.scope)
+                .collect()
         };
-        let token = RegistryCredential::RegistryToken(Secret::new("t"));
-        assert_eq!(scope_of(&basic, &token, "r.io", "a/b"), "r.io/a/b");
-        assert_eq!(scope_of(&basic, &basic, "r.io", "a/b"), "r.io");
-        assert_eq!(scope_of(&token, &token, "r.io", "a/b"), "r.io");
+        assert_eq!(
+            got(&[
+                "golang:1.22",
+                "docker.io/team/x",
+                "reg.lan:5000/a:1",
+                "ghcr.io/b/c"
+            ]),
+            ["docker.io", "127.0.0.1:5000", "reg.lan:5000"],
+            "Docker Hub, its mirror and reg.lan; never push.lan, nothing for ghcr.io"
+        );
+        assert_eq!(got(&["reg.lan:5000/a:1"]), ["reg.lan:5000"]);
+        assert!(got(&[]).is_empty());
+        let hub = credentials(&auths, &sources(&c, &images(&["golang"])));
+        assert_eq!(hub[0].credential, auths.get("docker.io").unwrap().clone());
     }
 }

@@ -287,7 +287,7 @@ async fn lease_for(
     // Likewise the job's build secrets: read for this lease, held in memory until it is sent.
     let secrets = state.store.job_secrets(job.id).await?;
     // And pull credentials for the registries the Dockerfile's base images come from, only.
-    let pull = crate::pulls::for_lease(state, build.id, &job).await;
+    let pull = crate::pulls::for_lease(&state.config, &state.registry.auths, build.id, &job);
     Ok(Lease {
         pull,
         secrets,

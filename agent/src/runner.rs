@@ -201,6 +201,7 @@ async fn execute(
             .then(|| refresh_from_coordinator(env, creds, lease)),
         secrets: lease.secrets.clone(),
         network,
+        cache: lease.cache.clone(),
     };
     Ok(env
         .backend

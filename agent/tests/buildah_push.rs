@@ -166,6 +166,7 @@ impl Fixture {
             refresh_auth: None,
             secrets: vec![],
             network: Network::Host,
+            cache: Default::default(),
         }
     }
 

@@ -424,6 +424,7 @@ fn a_lease(context: &[u8]) -> Lease {
         secret_build_args: Vec::new(),
         secrets: Vec::new(),
         network: None,
+        cache: Default::default(),
     }
 }
 

@@ -185,6 +185,7 @@ fn rows(
         secret_build_args: Vec::new(),
         secret_ids: Vec::new(),
         network: None,
+        cache: Default::default(),
     };
     let builds = platforms
         .into_iter()

@@ -519,6 +519,7 @@ async fn the_emulation_page_compares_medians_from_history() {
             secret_build_args: vec![],
             secrets: vec![],
             network: None,
+            cache: Default::default(),
         };
         let id = store.insert_job(&job).await.unwrap();
         let build = store.builds_of_job(id).await.unwrap().remove(0);

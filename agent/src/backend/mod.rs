@@ -14,6 +14,7 @@ use uuid::Uuid;
 use crate::push::PushError;
 
 pub mod buildah;
+pub mod cache;
 pub mod dockerfile_guard;
 pub mod isolation;
 pub mod limits;
@@ -57,6 +58,8 @@ pub struct BuildSpec {
     pub secrets: Vec<archfarm_protocol::BuildSecret>,
     /// The network of the `RUN` steps, one the agent allows (see [`crate::network`]).
     pub network: archfarm_protocol::Network,
+    /// This platform's registry caches and the job's `--no-cache`/`--pull` (see [`cache`]).
+    pub cache: archfarm_protocol::cache::LeaseCache,
 }
 
 /// The manifest a build pushed, as reported to the coordinator.

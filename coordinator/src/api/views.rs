@@ -82,6 +82,10 @@ pub async fn job(state: &AppState, job: JobRow, fleet: &Fleet) -> StoreResult<ap
         secret_build_args: job.secret_build_args,
         secrets: job.secret_ids,
         network: job.network,
+        cache_to: job.cache.to,
+        cache_from: job.cache.from,
+        no_cache: job.cache.no_cache,
+        pull: job.cache.pull,
     })
 }
 

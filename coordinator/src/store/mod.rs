@@ -23,7 +23,7 @@ use sqlx::{AnyPool, Row};
 pub use agents::{AgentNetworks, AgentRow, Registered};
 pub use builds::{BuildRow, LeaseCheck, QueuedBuild, RunningBuild};
 pub use chunks::CONTEXT_CHUNK_BYTES;
-pub use jobs::{JobRow, NewJob, Stopped};
+pub use jobs::{JobCache, JobRow, NewJob, Stopped};
 pub use tokens::{NewToken, Refusal};
 
 static SQLITE_MIGRATIONS: Migrator = sqlx::migrate!("../migrations/sqlite");
@@ -216,6 +216,7 @@ pub(crate) async fn insert_test_job(
             secret_build_args: vec![],
             secrets: vec![],
             network: None,
+            cache: Default::default(),
         })
         .await
         .unwrap()

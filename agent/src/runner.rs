@@ -206,6 +206,7 @@ async fn execute(
         secrets: lease.secrets.clone(),
         network,
         pull: lease.pull.clone(),
+        cache: lease.cache.clone(),
     };
     Ok(env
         .backend

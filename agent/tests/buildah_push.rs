@@ -167,6 +167,7 @@ impl Fixture {
             secrets: vec![],
             network: Network::Host,
             pull: Default::default(),
+            cache: Default::default(),
         }
     }
 

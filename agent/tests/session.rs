@@ -425,6 +425,7 @@ fn a_lease(context: &[u8]) -> Lease {
         secrets: Vec::new(),
         network: None,
         pull: Default::default(),
+        cache: Default::default(),
     }
 }
 

@@ -186,6 +186,7 @@ fn rows(
         secret_ids: Vec::new(),
         network: None,
         base_images: vec![],
+        cache: Default::default(),
     };
     let builds = platforms
         .into_iter()

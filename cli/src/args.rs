@@ -9,8 +9,8 @@ use std::time::Duration;
 use archfarm_protocol::api::EmulationPolicy;
 use archfarm_protocol::duration::parse_duration;
 use archfarm_protocol::tokens::Scope;
-use archfarm_protocol::Network;
 pub use archfarm_protocol::Secret;
+use archfarm_protocol::{CacheRef, Network};
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use uuid::Uuid;
 
@@ -350,9 +350,33 @@ pub struct BuildArgs {
     /// image, a log, the job or the coordinator's database once the job has ended.
     #[arg(long = "secret", value_name = "id=ID,src=FILE|env=VAR")]
     pub secrets: Vec<String>,
+    /// Export each platform's build cache to a registry, as buildx takes it:
+    /// type=registry,ref=REGISTRY/REPO[:TAG][,mode=max] (or REGISTRY/REPO[:TAG] alone);
+    /// repeatable. Each platform's cache goes to a repository of its own below REPO
+    /// (REPO/TAG-linux-arm64), so none overwrites another. A cache that cannot be written slows
+    /// the build, never fails it [default: the coordinator's --default-cache, when neither
+    /// --cache-to nor --cache-from is given].
+    #[arg(long = "cache-to", value_name = "type=registry,ref=REF", value_parser = parse_cache)]
+    pub cache_to: Vec<CacheRef>,
+    /// Reuse build steps from a registry cache written by --cache-to (same syntax; repeatable,
+    /// the first that answers is used).
+    #[arg(long = "cache-from", value_name = "type=registry,ref=REF", value_parser = parse_cache)]
+    pub cache_from: Vec<CacheRef>,
+    /// Run every step again: reuse nothing from the agents' layers or --cache-from
+    /// (--cache-to is still written).
+    #[arg(long = "no-cache")]
+    pub no_cache: bool,
+    /// Pull every base image again, even when the agent already has it.
+    #[arg(long)]
+    pub pull: bool,
     /// Context directory.
     #[arg(value_name = "CONTEXT")]
     pub context: PathBuf,
+}
+
+/// `--cache-to`/`--cache-from`, with the protocol's message naming the accepted forms.
+fn parse_cache(value: &str) -> Result<CacheRef, String> {
+    CacheRef::parse(value).map_err(|e| e.to_string())
 }
 
 /// `--emulation`, with [`EmulationPolicy`]'s own message for a bad value.

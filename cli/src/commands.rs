@@ -126,6 +126,10 @@ pub async fn build(conn: &Connection, args: &BuildArgs) -> Result<u8, Error> {
         secret_build_args: plan.secret_build_args.clone(),
         secrets: plan.secrets.clone(),
         network: plan.network.map(|n| n.to_string()),
+        cache_to: plan.cache_to.iter().map(ToString::to_string).collect(),
+        cache_from: plan.cache_from.iter().map(ToString::to_string).collect(),
+        no_cache: plan.no_cache,
+        pull: plan.pull,
     };
     let job = client.submit_job(&request).await?;
     let id = job.id;

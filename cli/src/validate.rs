@@ -50,6 +50,14 @@ pub struct BuildPlan {
     pub secret_build_args: Vec<String>,
     /// Build secrets with their values read (their `Debug` hides the values).
     pub secrets: Vec<archfarm_protocol::BuildSecret>,
+    /// `--cache-to` registry caches.
+    pub cache_to: Vec<archfarm_protocol::CacheRef>,
+    /// `--cache-from` registry caches.
+    pub cache_from: Vec<archfarm_protocol::CacheRef>,
+    /// `--no-cache`.
+    pub no_cache: bool,
+    /// `--pull`.
+    pub pull: bool,
 }
 
 impl BuildPlan {
@@ -78,6 +86,10 @@ impl BuildPlan {
         };
         let secrets = crate::secrets::load(&args.secrets, &env)?;
         Ok(BuildPlan {
+            cache_to: args.cache_to.clone(),
+            cache_from: args.cache_from.clone(),
+            no_cache: args.no_cache,
+            pull: args.pull,
             secrets,
             platforms,
             optional_platforms,

@@ -76,6 +76,13 @@ pub struct Config {
     )]
     pub registry_redirect_hosts: Vec<String>,
 
+    /// Registry cache location (`REGISTRY/PATH`, buildx's `type=registry,ref=` form also
+    /// accepted) for jobs that name no `--cache-to`/`--cache-from`: each such job writes and reads
+    /// `REGISTRY/PATH/<its repository>/<os>-<arch>`, so fresh agents start from what any agent
+    /// built before. Default: none (such jobs use only the building agent's own layers).
+    #[arg(long, env = "ARCHFARM_DEFAULT_CACHE", value_parser = archfarm_protocol::CacheRef::parse)]
+    pub default_cache: Option<archfarm_protocol::CacheRef>,
+
     /// Largest context archive accepted, in bytes. Default: 536870912 (512 MiB).
     #[arg(long, env = "ARCHFARM_MAX_CONTEXT_BYTES", default_value_t = 512 * 1024 * 1024)]
     pub max_context_bytes: u64,

@@ -520,6 +520,7 @@ async fn the_emulation_page_compares_medians_from_history() {
             secrets: vec![],
             network: None,
             base_images: vec![],
+            cache: Default::default(),
         };
         let id = store.insert_job(&job).await.unwrap();
         let build = store.builds_of_job(id).await.unwrap().remove(0);

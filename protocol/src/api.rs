@@ -146,6 +146,21 @@ pub struct JobRequest {
     /// text so a wrong value is refused with a message naming the accepted ones.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub network: Option<String>,
+    /// `--cache-to` values in buildx syntax (`type=registry,ref=R[,mode=max]`): registry caches
+    /// each platform's build writes to, each platform in its own repository below `R` (see
+    /// [`crate::cache`]). When the job names no cache at all, the coordinator's default applies.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub cache_to: Vec<String>,
+    /// `--cache-from` values in buildx syntax: registry caches a build may reuse steps from.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub cache_from: Vec<String>,
+    /// `--no-cache`: run every step; reuse nothing from the agent's layers or `cache_from`
+    /// (`cache_to` is still written).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub no_cache: bool,
+    /// `--pull`: pull every base image again even when the agent has it.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub pull: bool,
 }
 
 /// Longest `submitter` the coordinator keeps.
@@ -363,6 +378,19 @@ pub struct Job {
     /// farm's mirrors they resolve through.
     #[serde(default)]
     pub pull_registries: Vec<String>,
+    /// Registry caches the builds write to (the job's `--cache-to`, or the coordinator's
+    /// default when the job named no cache).
+    #[serde(default)]
+    pub cache_to: Vec<crate::CacheRef>,
+    /// Registry caches the builds may reuse steps from.
+    #[serde(default)]
+    pub cache_from: Vec<crate::CacheRef>,
+    /// Whether every step runs again (`--no-cache`).
+    #[serde(default)]
+    pub no_cache: bool,
+    /// Whether base images are pulled again (`--pull`).
+    #[serde(default)]
+    pub pull: bool,
 }
 
 /// One platform's build inside a job.
@@ -571,6 +599,9 @@ pub struct Lease {
     /// lines name. Absent when there is nothing to say (and from coordinators before it).
     #[serde(default, skip_serializing_if = "crate::pull::PullSettings::is_empty")]
     pub pull: crate::pull::PullSettings,
+    /// This platform's registry caches and the job's cache switches; default: none.
+    #[serde(default, skip_serializing_if = "crate::cache::LeaseCache::is_empty")]
+    pub cache: crate::cache::LeaseCache,
 }
 
 /// `POST /api/v1/builds/{id}/heartbeat`. A 409 answer means the lease is gone: stop the build.

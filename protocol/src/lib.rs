@@ -8,6 +8,7 @@
 //! * [`events`]: the Server-Sent Events of job and farm streams.
 //! * [`tokens`]: join and API tokens, their scopes and prefixes.
 //! * [`limits`]: caps on a build context archive, the same on the coordinator and agents.
+//! * [`cache`]: registry build caches (`--cache-to/--cache-from`), kept apart per platform.
 //! * [`network`]: the network of a build's `RUN` steps, as agents allow it and jobs ask for it.
 //! * [`registry_auth`]: registry credentials from Docker's `config.json`; [`redact`]: hiding secret
 //!   values in log lines.
@@ -18,6 +19,7 @@
 
 pub mod api;
 pub mod build_secret;
+pub mod cache;
 pub mod duration;
 pub mod events;
 pub mod limits;
@@ -34,6 +36,7 @@ pub mod secret;
 pub mod tokens;
 
 pub use build_secret::BuildSecret;
+pub use cache::{CacheMode, CacheRef};
 pub use network::Network;
 pub use platform::{Platform, PlatformError};
 pub use reference::{Digest, ImageRef, ReferenceError};

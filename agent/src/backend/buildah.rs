@@ -8,6 +8,7 @@ use std::path::{Component, Path, PathBuf};
 use tokio::process::Command;
 use tokio_util::sync::CancellationToken;
 
+use super::cache::{self, CachePlan};
 use super::isolation::{Isolation, Unusable};
 use super::limits::{self, BuildCgroup, BuildLimits, Explanation, LimitWatch, Watched};
 use super::process::{run_logged, run_quiet};
@@ -192,28 +193,55 @@ impl Buildah {
                     source,
                 }
             })?;
+        let plan = CachePlan::choose(&spec.cache, cache::tcp_reachable).await;
+        for note in &plan.notes {
+            log.note(note).await;
+        }
         // `build_args` starts with the subcommand; the registry options go right after it.
-        let mut build = self.command();
-        build.args(registries);
-        build.args(["build"]);
-        build.args(secret_files.buildah_args());
-        if let Some(file) = &auth_file {
-            build.arg("--authfile").arg(file.path());
+        let build_command = |plan: &CachePlan| {
+            let mut build = self.command();
+            build.args(&registries);
+            build.args(["build"]);
+            build.args(secret_files.buildah_args());
+            if let Some(file) = &auth_file {
+                build.arg("--authfile").arg(file.path());
+            }
+            if let Some((_, dir)) = &self.registry_ca {
+                build.arg("--cert-dir").arg(dir);
+            }
+            if let Some(cg) = cgroup {
+                build.arg("--cgroup-parent").arg(cg.parent());
+            }
+            build.args(plan.build_args());
+            build
+                .args(
+                    Self::build_args(spec, &dockerfile, &self.isolation)
+                        .into_iter()
+                        .skip(1),
+                )
+                .env("TMPDIR", &tmp);
+            build
+        };
+        match run_logged(build_command(&plan), "buildah build", log, cancel).await {
+            Ok(()) => {}
+            // A cache only ever speeds a build up: build again without writing it, reusing
+            // from this store's layers every step the first run finished.
+            Err(e) if cache::is_cache_write_failure(&e) => {
+                log.note(format!(
+                    "the cache {} could not be written ({e}); building again without --cache-to",
+                    plan.to.as_deref().unwrap_or_default()
+                ))
+                .await;
+                run_logged(
+                    build_command(&plan.without_cache_to()),
+                    "buildah build",
+                    log,
+                    cancel,
+                )
+                .await?;
+            }
+            Err(e) => return Err(e),
         }
-        if let Some((_, dir)) = &self.registry_ca {
-            build.arg("--cert-dir").arg(dir);
-        }
-        if let Some(cg) = cgroup {
-            build.arg("--cgroup-parent").arg(cg.parent());
-        }
-        build
-            .args(
-                Self::build_args(spec, &dockerfile, &self.isolation)
-                    .into_iter()
-                    .skip(1),
-            )
-            .env("TMPDIR", &tmp);
-        run_logged(build, "buildah build", log, cancel).await?;
         drop(auth_file);
         drop(secret_files);
 
@@ -435,6 +463,7 @@ mod tests {
             secrets: vec![],
             network: archfarm_protocol::Network::Host,
             pull: Default::default(),
+            cache: Default::default(),
         }
     }
 

@@ -14,6 +14,7 @@ use uuid::Uuid;
 use crate::push::PushError;
 
 pub mod buildah;
+pub mod cache;
 pub mod dockerfile_guard;
 pub mod isolation;
 pub mod limits;
@@ -61,6 +62,8 @@ pub struct BuildSpec {
     /// How base images are pulled: the lease's mirrors, plain-HTTP registries and pull
     /// credentials (see [`pulls`]). Its `Debug` hides the secrets.
     pub pull: archfarm_protocol::pull::PullSettings,
+    /// This platform's registry caches and the job's `--no-cache`/`--pull` (see [`cache`]).
+    pub cache: archfarm_protocol::cache::LeaseCache,
 }
 
 /// The manifest a build pushed, as reported to the coordinator.

@@ -202,6 +202,18 @@ async fn submit(State(s): State<Shared>, Json(req): Json<JobRequest>) -> Respons
         }),
         base_images: Vec::new(),
         pull_registries: Vec::new(),
+        cache_to: req
+            .cache_to
+            .iter()
+            .filter_map(|c| archfarm_protocol::CacheRef::parse(c).ok())
+            .collect(),
+        cache_from: req
+            .cache_from
+            .iter()
+            .filter_map(|c| archfarm_protocol::CacheRef::parse(c).ok())
+            .collect(),
+        no_cache: req.no_cache,
+        pull: req.pull,
     };
     f.request = Some(req);
     f.job = Some(job.clone());

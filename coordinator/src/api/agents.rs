@@ -7,8 +7,9 @@ use archfarm_protocol::api::{
     AgentList, AgentState, Lease, LeaseRequest, RegisterRequest, RegisterResponse,
     MAX_AGENT_CAPACITY,
 };
+use archfarm_protocol::cache::LeaseCache;
 use archfarm_protocol::tokens::AGENT_TOKEN_PREFIX;
-use archfarm_protocol::{Network, Platform};
+use archfarm_protocol::{CacheRef, Network, Platform};
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
@@ -288,6 +289,20 @@ async fn lease_for(
     let secrets = state.store.job_secrets(job.id).await?;
     // And pull credentials for the registries the Dockerfile's base images come from, only.
     let pull = crate::pulls::for_lease(&state.config, &state.registry.auths, build.id, &job);
+    // Each platform's cache in a repository of its own, so none overwrites another's.
+    let per_platform = |caches: &[CacheRef]| -> Vec<String> {
+        caches
+            .iter()
+            .map(|c| c.for_platform(&build.platform))
+            .collect()
+    };
+    let cache_to = per_platform(&job.cache.to);
+    // `--no-cache` reuses nothing, so there is nothing to read.
+    let cache_from = if job.cache.no_cache {
+        Vec::new()
+    } else {
+        per_platform(&job.cache.from)
+    };
     Ok(Lease {
         pull,
         secrets,
@@ -307,6 +322,12 @@ async fn lease_for(
         repository: job.repository,
         heartbeat_interval_secs: state.config.heartbeat_secs,
         network: job.network,
+        cache: LeaseCache {
+            to: cache_to,
+            from: cache_from,
+            no_cache: job.cache.no_cache,
+            pull: job.cache.pull,
+        },
     })
 }
 

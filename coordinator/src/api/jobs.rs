@@ -5,7 +5,7 @@ use std::path::{Component, Path as FsPath};
 use archfarm_protocol::api::{
     JobList, JobRequest, JobState, DEFAULT_JOB_TIMEOUT_SECS, MAX_SUBMITTER_CHARS,
 };
-use archfarm_protocol::{ImageRef, Platform};
+use archfarm_protocol::{CacheRef, ImageRef, Platform};
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::Json;
@@ -18,7 +18,8 @@ use super::gate::Authed;
 use super::routes::Routes;
 use super::views::{self, Fleet};
 use crate::blobs::FileRead;
-use crate::store::NewJob;
+
+use crate::store::{JobCache, NewJob};
 use crate::AppState;
 
 /// Most platforms one job may ask for.
@@ -183,7 +184,14 @@ pub fn validate(req: JobRequest) -> Result<NewJob, ApiError> {
             .map_err(|m| ApiError::bad("invalid_network", m))?,
     };
     let first = &refs[0];
+    let cache = JobCache {
+        to: parse_caches(&req.cache_to, "--cache-to")?,
+        from: parse_caches(&req.cache_from, "--cache-from")?,
+        no_cache: req.no_cache,
+        pull: req.pull,
+    };
     Ok(NewJob {
+        cache,
         network,
         submitter,
         optional_platforms,
@@ -202,6 +210,65 @@ pub fn validate(req: JobRequest) -> Result<NewJob, ApiError> {
         // Read from the context by the caller, which has it.
         base_images: Vec::new(),
     })
+}
+
+/// Most registry caches a job may name in each direction.
+const MAX_CACHES: usize = 8;
+
+/// Parses a job's `--cache-to` or `--cache-from` values (`flag` names them in errors).
+fn parse_caches(raw: &[String], flag: &str) -> Result<Vec<CacheRef>, ApiError> {
+    if raw.len() > MAX_CACHES {
+        return Err(ApiError::bad(
+            "invalid_cache",
+            format!("at most {MAX_CACHES} {flag} values"),
+        ));
+    }
+    let mut out: Vec<CacheRef> = Vec::new();
+    for item in raw {
+        let c = CacheRef::parse(item)
+            .map_err(|e| ApiError::bad("invalid_cache", format!("{flag}: {e}")))?;
+        if !out.contains(&c) {
+            out.push(c);
+        }
+    }
+    Ok(out)
+}
+
+/// Gives a job that names no cache the coordinator's default (`--default-cache`), and checks that
+/// every cache is in a registry the farm allows and in repositories the caller may push to: a
+/// cache holds a build's layers, so reading another team's is as bad as writing it.
+fn settle_caches(
+    job: &mut NewJob,
+    config: &crate::config::Config,
+    caller: &Caller,
+) -> Result<(), ApiError> {
+    if job.cache.to.is_empty() && job.cache.from.is_empty() {
+        if let Some(base) = &config.default_cache {
+            let c = CacheRef::default_for(base, &job.repository);
+            job.cache.to = vec![c.clone()];
+            job.cache.from = vec![c];
+        }
+    }
+    for c in job.cache.to.iter().chain(&job.cache.from) {
+        if !config.registry_allowed(&c.registry) {
+            return Err(ApiError::bad(
+                "registry_not_allowed",
+                format!(
+                    "this farm uses only {}; the cache {c} is in {}",
+                    config.allowed_registries.join(", "),
+                    c.registry
+                ),
+            ));
+        }
+        for p in &job.platforms {
+            caller.may_push(
+                &c.registry,
+                &c.platform_repository(p),
+                "the cache of this job would use",
+            )?;
+        }
+    }
+    Ok(())
 }
 
 /// Parses `raw` onto `platforms`, refusing any that normalises to one already there.
@@ -252,7 +319,7 @@ async fn create(
     Authed(caller): Authed<Caller>,
     ApiJson(req): ApiJson<JobRequest>,
 ) -> Result<(StatusCode, Json<archfarm_protocol::api::Job>), ApiError> {
-    let job = validate(req)?;
+    let mut job = validate(req)?;
     // The farm's limit first: it holds for every caller, so it is a 400 (this request cannot be
     // served here), where a token's own patterns are a 403 (this caller may not).
     if !state.config.registry_allowed(&job.registry) {
@@ -266,6 +333,7 @@ async fn create(
         ));
     }
     caller.may_push(&job.registry, &job.repository, "this job would push to")?;
+    settle_caches(&mut job, &state.config, &caller)?;
     if !state.blobs.exists(&job.context).await? {
         return Err(ApiError::bad(
             "unknown_context",
@@ -601,5 +669,69 @@ mod tests {
                 && m.contains("private"),
             "{m}"
         );
+    }
+
+    #[test]
+    fn caches_parse_dedupe_and_take_the_farm_default() {
+        use clap::Parser;
+        let mut r = req(&["linux/amd64", "linux/arm64"], &["r.lan/team/app:1"]);
+        r.cache_to = vec![
+            "type=registry,ref=r.lan/team/cache,mode=max".into(),
+            "type=registry,ref=r.lan/team/cache,mode=max".into(),
+        ];
+        r.cache_from = vec!["r.lan/team/cache".into()];
+        let job = validate(r).unwrap();
+        assert_eq!(job.cache.to.len(), 1, "duplicates are dropped");
+        assert_eq!(job.cache.from[0].repository, "team/cache");
+
+        let mut bad = req(&["linux/amd64"], &["r.lan/team/app:1"]);
+        bad.cache_to = vec!["type=gha".into()];
+        let ApiError::BadRequest { code, message } = validate(bad).unwrap_err() else {
+            panic!("not a 400")
+        };
+        assert_eq!(code, "invalid_cache");
+        assert!(
+            message.starts_with("--cache-to: invalid cache 'type=gha'"),
+            "{message}"
+        );
+
+        // A job naming no cache gets the farm's default, below its own repository.
+        let config =
+            crate::config::Config::try_parse_from(["c", "--default-cache", "r.lan/archfarm-cache"])
+                .unwrap();
+        let anyone = Caller {
+            scope: archfarm_protocol::tokens::Scope::Admin,
+            token: None,
+            repositories: vec![],
+        };
+        let mut job = validate(req(&["linux/arm64"], &["r.lan/team/app:1"])).unwrap();
+        settle_caches(&mut job, &config, &anyone).unwrap();
+        assert_eq!(
+            job.cache.to[0].for_platform(&"linux/arm64".parse().unwrap()),
+            "r.lan/archfarm-cache/team/app/linux-arm64"
+        );
+        assert_eq!(job.cache.from, job.cache.to);
+
+        // A limited token may use caches only where it may push.
+        let limited = Caller {
+            scope: archfarm_protocol::tokens::Scope::Submit,
+            token: Some("ci".into()),
+            repositories: vec![
+                archfarm_protocol::repository_pattern::RepositoryPattern::parse("r.lan/team/**")
+                    .unwrap(),
+            ],
+        };
+        let mut other = req(&["linux/arm64"], &["r.lan/team/app:1"]);
+        other.cache_from = vec!["r.lan/other-team/cache".into()];
+        let mut other = validate(other).unwrap();
+        let e = settle_caches(&mut other, &config, &limited).unwrap_err();
+        assert!(
+            matches!(&e, ApiError::Forbidden { code: "repository_not_allowed", message }
+                if message.contains("r.lan/other-team/cache/linux-arm64")),
+            "{e:?}"
+        );
+        let mut own = validate(req(&["linux/arm64"], &["r.lan/team/app:1"])).unwrap();
+        own.cache.to = vec![CacheRef::parse("r.lan/team/cache").unwrap()];
+        settle_caches(&mut own, &config, &limited).unwrap();
     }
 }

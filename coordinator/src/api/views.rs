@@ -84,6 +84,10 @@ pub async fn job(state: &AppState, job: JobRow, fleet: &Fleet) -> StoreResult<ap
         network: job.network,
         pull_registries: crate::pulls::pull_registries(&state.config, &job.base_images),
         base_images: job.base_images,
+        cache_to: job.cache.to,
+        cache_from: job.cache.from,
+        no_cache: job.cache.no_cache,
+        pull: job.cache.pull,
     })
 }
 

@@ -3,7 +3,8 @@
 use std::collections::BTreeMap;
 
 use archfarm_protocol::api::{BuildMode, EmulationPolicy, JobState};
-use archfarm_protocol::{BuildSecret, Digest, Network, Platform};
+use archfarm_protocol::{BuildSecret, CacheRef, Digest, Network, Platform};
+use serde::{Deserialize, Serialize};
 use sqlx::any::AnyRow;
 use sqlx::Row;
 use uuid::Uuid;
@@ -48,6 +49,26 @@ pub struct NewJob {
     pub network: Option<Network>,
     /// The base images its Dockerfile names, resolved (see `base_images.rs`).
     pub base_images: Vec<String>,
+    /// Its registry caches and cache switches.
+    pub cache: JobCache,
+}
+
+/// A job's registry caches (`--cache-to`/`--cache-from`, or the coordinator's default) and
+/// cache switches, stored as one JSON column.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct JobCache {
+    /// Caches each build writes to.
+    #[serde(default)]
+    pub to: Vec<CacheRef>,
+    /// Caches each build may reuse steps from.
+    #[serde(default)]
+    pub from: Vec<CacheRef>,
+    /// `--no-cache`: run every step again.
+    #[serde(default)]
+    pub no_cache: bool,
+    /// `--pull`: pull base images again.
+    #[serde(default)]
+    pub pull: bool,
 }
 
 /// What ending a job stopped.
@@ -110,13 +131,15 @@ pub struct JobRow {
     pub network: Option<Network>,
     /// The base images its Dockerfile names, resolved; empty when none or unreadable.
     pub base_images: Vec<String>,
+    /// Its registry caches and cache switches.
+    pub cache: JobCache,
 }
 
 const COLUMNS: &str =
     "id, state, context, dockerfile, build_args, target, emulation, tags, platforms, registry, \
         repository, index_digest, index_media_type, error, created_at, updated_at, finished_at, \
     optional_platforms, timeout_secs, warnings, submitter, secret_build_args, secret_ids, network, \
-    base_images";
+    base_images, cache";
 
 impl JobRow {
     fn from_row(row: &AnyRow) -> StoreResult<Self> {
@@ -154,6 +177,13 @@ impl JobRow {
             secret_ids: json_list(row, "secret_ids")?,
             network: parse_opt_col(row, "network")?,
             base_images: json_list(row, "base_images")?,
+            cache: match row.try_get::<Option<String>, _>("cache")? {
+                None => JobCache::default(),
+                Some(text) => serde_json::from_str(&text).map_err(|_| StoreError::Corrupt {
+                    column: "jobs.cache",
+                    value: text,
+                })?,
+            },
         })
     }
 }
@@ -166,7 +196,7 @@ impl Store {
         let mut tx = self.begin().await?;
         sqlx::query(&format!(
                         "INSERT INTO jobs ({COLUMNS}) VALUES ($1, 'queued', $2, $3, $4, $5, $6, $7, $8, $9, $10, NULL, NULL, NULL, \
-             $11, $12, NULL, $13, $14, '[]', $15, $16, $17, $18, $19)"
+             $11, $12, NULL, $13, $14, '[]', $15, $16, $17, $18, $19, $20)"
         ))
         .bind(id.to_string())
         .bind(job.context.as_str())
@@ -189,6 +219,8 @@ impl Store {
         ))
         .bind(job.network.map(Network::as_str))
         .bind(to_json_list(&job.base_images))
+        .bind((job.cache != JobCache::default())
+            .then(|| serde_json::to_string(&job.cache).expect("cache serialises")))
         .execute(&mut *tx)
         .await?;
         secrets::insert(&mut tx, id, &job.secrets).await?;

@@ -23,7 +23,7 @@ use sqlx::{AnyPool, Row};
 pub use agents::{AgentNetworks, AgentRow, Registered};
 pub use builds::{BuildRow, LeaseCheck, QueuedBuild, RunningBuild};
 pub use chunks::CONTEXT_CHUNK_BYTES;
-pub use jobs::{JobRow, NewJob, Stopped};
+pub use jobs::{JobCache, JobRow, NewJob, Stopped};
 pub use tokens::{NewToken, Refusal};
 
 static SQLITE_MIGRATIONS: Migrator = sqlx::migrate!("../migrations/sqlite");
@@ -217,6 +217,7 @@ pub(crate) async fn insert_test_job(
             secrets: vec![],
             network: None,
             base_images: vec![],
+            cache: Default::default(),
         })
         .await
         .unwrap()

@@ -20,6 +20,7 @@ pub mod limits;
 pub mod process;
 pub mod runtime_shim;
 pub mod secrets;
+pub mod storage;
 
 /// A boxed future, so [`Backend`] can be used as a trait object.
 pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;

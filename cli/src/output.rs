@@ -453,7 +453,7 @@ mod tests {
             t.lines()
                 .next()
                 .unwrap()
-                .ends_with("NETWORK  ALLOWS      STORAGE  DISK"),
+                .ends_with("NETWORK  ALLOWS     STORAGE  DISK"),
             "{t}"
         );
         assert!(

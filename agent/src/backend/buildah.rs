@@ -398,9 +398,9 @@ impl Backend for Buildah {
             if let Some(cg) = cgroup {
                 cg.remove();
             }
-            drop(scope);
-            if let Some(freed) = self.storage.tidy().await {
+            if let Some(freed) = self.storage.release(scope).await {
                 tracing::info!(build.id = %spec.build_id, "{freed}");
+                log.note(&freed).await;
             }
             result
         })

@@ -279,6 +279,13 @@ impl Storage {
     pub async fn acquire(&self, name: &str) -> Result<ScopeLease, StorageError> {
         let _one = self.0.housekeeping.lock().await;
         let id = scope::dir_name(name);
+        let sd = self.scope_dir(&id);
+        sd.create(name, self.0.driver)
+            .and_then(|()| sd.touch())
+            .map_err(io("cannot create the storage scope", &sd.0))?;
+        // Before the scope counts as held, so that it may be pruned when no other build holds it;
+        // no other acquire runs meanwhile (the housekeeping lock), so nothing else takes it.
+        let freed = self.make_room(Some(&id), self.0.max_bytes).await;
         *self
             .0
             .in_use
@@ -286,28 +293,26 @@ impl Storage {
             .expect("in-use map")
             .entry(id.clone())
             .or_default() += 1;
-        let sd = self.scope_dir(&id);
-        let mut lease = ScopeLease {
+        Ok(ScopeLease {
             root: sd.root(),
             runroot: sd.runroot(),
             cache_mounts_dir: sd.cache(),
             driver: self.0.driver,
-            freed: None,
-            dir: sd.clone(),
-            id: id.clone(),
+            freed,
+            dir: sd,
+            id,
             storage: self.0.clone(),
-        };
-        sd.create(name, self.0.driver)
-            .and_then(|()| sd.touch())
-            .map_err(io("cannot create the storage scope", &sd.0))?;
-        lease.freed = self.make_room(Some(&id), self.0.max_bytes).await;
-        Ok(lease)
+        })
     }
 
-    /// After a build: gets back under the limit if the build took the storage over it.
-    pub async fn tidy(&self) -> Option<String> {
+    /// After a build: lets go of its scope and gets back under the limit if the build took the
+    /// storage over it. The scope just used is the one most likely used next: pruned if need be,
+    /// never dropped.
+    pub async fn release(&self, lease: ScopeLease) -> Option<String> {
+        let id = lease.id.clone();
+        drop(lease);
         let _one = self.0.housekeeping.lock().await;
-        self.make_room(None, self.0.max_bytes).await
+        self.make_room(Some(&id), self.0.max_bytes).await
     }
 
     /// Why the disk is too full for a build, after freeing what can be freed (scopes no build
@@ -362,11 +367,9 @@ impl Storage {
                             .unwrap_or_default()
                             .to_string_lossy()
                             .into_owned();
-                    let holders = in_use.get(&id).copied().unwrap_or(0);
-                    let mine = keep == Some(id.as_str());
                     lru::ScopeStat {
-                        in_use: holders > usize::from(mine),
-                        keep: mine || id == PROBE_SCOPE,
+                        in_use: in_use.get(&id).is_some_and(|n| *n > 0),
+                        keep: keep == Some(id.as_str()) || id == PROBE_SCOPE,
                         last_used: sd.last_used(),
                         bytes: *bytes,
                         id,

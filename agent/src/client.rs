@@ -189,15 +189,18 @@ impl CoordinatorClient {
     }
 
     /// `POST /agents/{id}/lease`: waits up to `wait` for a build; `None` means no work yet (204).
+    /// `status` carries the agent's storage and, when it takes no build now, why.
     pub async fn lease(
         &self,
         agent: Uuid,
         token: &Secret,
         wait: Duration,
+        status: LeaseRequest,
     ) -> Result<Option<Lease>, ClientError> {
         let url = self.url(&format!("/agents/{agent}/lease"));
         let body = LeaseRequest {
             wait_secs: Some(wait.as_secs()),
+            ..status
         };
         let rb = self
             .http
@@ -503,6 +506,7 @@ mod tests {
             instance_id: None,
             default_network: None,
             allowed_networks: Vec::new(),
+            storage_driver: None,
         };
         let e = c.register(&Secret::new("t"), &req).await.unwrap_err();
         assert!(e.is_transient(), "{e}");

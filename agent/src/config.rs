@@ -12,6 +12,7 @@ use reqwest::Url;
 
 use crate::backend::isolation::{IsolationKind, Network};
 use crate::backend::limits::{BuildLimits, Count, Cpus, Size};
+use crate::backend::storage::DriverChoice;
 
 /// Where the agent keeps its storage, context cache and build directories unless told otherwise.
 pub const DEFAULT_WORK_DIR: &str = "/var/lib/archfarm-agent";
@@ -106,6 +107,25 @@ pub struct Config {
     /// saying so. Default: 20GiB.
     #[arg(long, env = "ARCHFARM_DISK_LIMIT", value_name = "SIZE")]
     pub disk_limit: Option<Size>,
+
+    /// The storage driver of the image stores: `overlay` (layers share their files; needs a kernel
+    /// and file system that allow overlay mounts, as root on ext4 or xfs), `vfs` (a full copy per
+    /// layer: slow and large, works everywhere) or `auto` (overlay when a probe at start shows it
+    /// works, else vfs with a warning). Default: `auto`.
+    #[arg(long, env = "ARCHFARM_STORAGE_DRIVER", default_value = "auto")]
+    pub storage_driver: DriverChoice,
+
+    /// Disk the image stores and cache mounts of all builds may take together, as `50GiB`; past
+    /// it, the least recently used push targets' stores are dropped (never one a build uses).
+    /// Default: half the size of the file system holding `--work-dir`.
+    #[arg(long, env = "ARCHFARM_MAX_STORAGE", value_name = "SIZE")]
+    pub max_storage: Option<Size>,
+
+    /// Free space on the file system of `--work-dir` below which the agent, after dropping what
+    /// it can, takes no builds (it shows as full, with the reason, until space is freed).
+    /// Default: 1GiB, or 5% of the file system where that is less.
+    #[arg(long, env = "ARCHFARM_MIN_FREE_DISK", value_name = "SIZE")]
+    pub min_free_disk: Option<Size>,
 
     /// Docker `config.json` with this agent's own registry credentials, used for a build's
     /// registry when its lease carries none from the coordinator. Default: none.
@@ -245,6 +265,8 @@ mod tests {
         assert_eq!(c.isolation, IsolationKind::Oci);
         assert_eq!(c.oci_runtime, PathBuf::from("runc"));
         assert_eq!(c.network, Network::Host);
+        assert_eq!(c.storage_driver, DriverChoice::Auto);
+        assert_eq!(c.max_storage, None);
         assert!(c.allow_network.is_empty());
         assert!(c.platforms.is_empty());
         assert!(!c.name.is_empty());
@@ -303,6 +325,29 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("'bridge'") && e.contains("private"), "{e}");
+    }
+
+    #[test]
+    fn storage_flags_take_sizes_and_drivers() {
+        let c = parse(&[
+            "--storage-driver",
+            "vfs",
+            "--max-storage",
+            "1.5G",
+            "--min-free-disk",
+            "512M",
+        ])
+        .unwrap();
+        assert_eq!(
+            c.storage_driver,
+            DriverChoice::Only(crate::backend::storage::Driver::Vfs)
+        );
+        assert_eq!(c.max_storage.and_then(|s| s.0.get()), Some(3 << 29));
+        assert_eq!(c.min_free_disk.and_then(|s| s.0.get()), Some(512 << 20));
+        let e = parse(&["--max-storage", "lots"]).unwrap_err().to_string();
+        assert!(e.contains("not a size"), "{e}");
+        let e = parse(&["--storage-driver", "zfs"]).unwrap_err().to_string();
+        assert!(e.contains("'zfs'"), "{e}");
     }
 
     #[test]

@@ -89,6 +89,9 @@ pub enum AgentError {
     /// refused), or the coordinator requires a client certificate the agent did not present.
     #[error("{0}")]
     Certificate(String),
+    /// The build storage cannot be set up (the driver asked for does not work, the disk refuses).
+    #[error("the build storage is not usable: {0}")]
+    Storage(#[from] backend::storage::StorageError),
     /// The builder backend is unusable (e.g. buildah is not installed).
     #[error("the build backend is not usable: {0}")]
     Backend(#[from] BackendError),
@@ -104,9 +107,11 @@ impl AgentError {
             | AgentError::Revoked(_)
             | AgentError::Config(_)
             | AgentError::Certificate(_)
-            | AgentError::Detect(_) => 2,
+            | AgentError::Detect(_)
+            | AgentError::Storage(backend::storage::StorageError::OverlayUnusable(_)) => 2,
             AgentError::RegisterRefused(_)
             | AgentError::WorkDir { .. }
+            | AgentError::Storage(_)
             | AgentError::Backend(_) => 1,
         }
     }
@@ -186,7 +191,17 @@ pub async fn run(
         }
         IsolationKind::Chroot => Isolation::Chroot,
     };
-    let mut buildah = Buildah::new(&work_dir.storage(), isolation)
+    // `none` lifts the limit; no flag takes the default share of the disk.
+    let size = |s: Option<backend::limits::Size>| s.map(|s| s.0.get().unwrap_or(u64::MAX));
+    let storage = backend::storage::Storage::open(
+        std::path::Path::new("buildah"),
+        &work_dir.storage(),
+        config.storage_driver,
+        size(config.max_storage),
+        size(config.min_free_disk),
+    )
+    .await?;
+    let mut buildah = Buildah::new(storage.clone(), isolation)
         .with_limits(config.build_limits(), work_dir.instance_id());
     let cert_dir = registry
         .write_cert_dir(&work_dir.root().join("registry-ca"))
@@ -214,6 +229,7 @@ pub async fn run(
         backoff: backoff::Backoff::default(),
         registry: Arc::new(registry),
         networks,
+        storage: Some(storage),
     };
     session.run(signals).await
 }

@@ -5,7 +5,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use archfarm_protocol::api::RegisterRequest;
+use archfarm_protocol::api::{LeaseRequest, RegisterRequest, StorageUse};
 
 use crate::network::NetworkPolicy;
 use futures::Stream;
@@ -14,6 +14,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{info, warn, Instrument};
 use uuid::Uuid;
 
+use crate::backend::storage::Storage;
 use crate::backend::Backend;
 use crate::backoff::Backoff;
 use crate::client::{ClientError, CoordinatorClient};
@@ -27,6 +28,8 @@ use crate::AgentError;
 
 /// How long one lease call asks the coordinator to hold the request open.
 pub const LEASE_WAIT: Duration = Duration::from_secs(25);
+/// How often an agent whose disk is full looks again whether space was freed.
+const FULL_RECHECK: Duration = Duration::from_secs(10);
 /// How long abandoned builds get to kill their builders and clean up before their tasks are dropped
 /// (killing a builder takes at most `backend::process`'s grace period).
 const ABANDON_WAIT: Duration = Duration::from_secs(10);
@@ -68,6 +71,9 @@ pub struct Session {
     pub registry: Arc<crate::registry_auth::RegistryAccess>,
     /// Its default network and what jobs may ask for, registered and enforced on each lease.
     pub networks: NetworkPolicy,
+    /// The builds' storage, whose driver is registered and whose use each lease call reports;
+    /// none in tests with a stand-in backend.
+    pub storage: Option<Storage>,
 }
 
 impl Session {
@@ -110,6 +116,8 @@ impl Session {
         let drain = &requests.drain;
         // Whether the coordinator itself put the agent into draining (then there is nothing to tell it).
         let mut told_to_drain = false;
+        // Why the disk was last found too full for a build, to log only the changes.
+        let mut full: Option<String> = None;
         loop {
             reap_finished(&mut builds);
             if builds.len() >= self.capacity as usize {
@@ -119,11 +127,27 @@ impl Session {
                 }
                 continue;
             }
+            let status = self.lease_status(&mut full).await;
+            // A full disk takes no build: the coordinator hears why at once, and the agent looks
+            // again in a while.
+            let wait = if status.unavailable.is_some() {
+                Duration::ZERO
+            } else {
+                LEASE_WAIT
+            };
+            let unavailable = status.unavailable.is_some();
             // Dropping the call on a drain request aborts the long poll at once.
             let leased = tokio::select! {
                 _ = drain.cancelled() => break,
-                r = self.client.lease(creds.agent_id, &creds.token, LEASE_WAIT) => r,
+                r = self.client.lease(creds.agent_id, &creds.token, wait, status) => r,
             };
+            if unavailable && matches!(leased, Ok(None)) {
+                tokio::select! {
+                    _ = drain.cancelled() => break,
+                    _ = tokio::time::sleep(FULL_RECHECK) => {}
+                }
+                continue;
+            }
             match leased {
                 Ok(Some(lease)) => {
                     backoff.reset();
@@ -201,6 +225,32 @@ impl Session {
         self.deregister(&creds, &requests.abandon).await;
         info!("stopped");
         Ok(Stopped::Drained)
+    }
+
+    /// The storage report of the next lease call, and whether the disk has room for a build
+    /// (after freeing what can be freed); logs when that changes.
+    async fn lease_status(&self, full: &mut Option<String>) -> LeaseRequest {
+        let Some(storage) = &self.storage else {
+            return LeaseRequest::default();
+        };
+        let now_full = storage.disk_full().await;
+        match (&*full, &now_full) {
+            (None, Some(why)) => {
+                warn!(reason = %why, "taking no builds until space is freed");
+            }
+            (Some(_), None) => info!("disk space freed; taking builds again"),
+            _ => {}
+        }
+        *full = now_full.clone();
+        let usage = storage.usage();
+        LeaseRequest {
+            wait_secs: None,
+            storage: Some(StorageUse {
+                used_bytes: usage.used_bytes,
+                limit_bytes: usage.limit_bytes,
+            }),
+            unavailable: now_full,
+        }
     }
 
     /// Tells the coordinator the agent is draining, so it shows so and leases nothing more to it.
@@ -287,6 +337,10 @@ impl Session {
             instance_id: Some(self.work_dir.instance_id()),
             default_network: Some(self.networks.default),
             allowed_networks: self.networks.allowed.clone(),
+            storage_driver: self
+                .storage
+                .as_ref()
+                .map(|s| s.driver().as_str().to_string()),
         };
         let mut backoff = self.backoff.clone();
         backoff.reset();

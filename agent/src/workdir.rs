@@ -4,7 +4,8 @@
 //! WORK_DIR/agent.lock        held (flock) while the agent runs: one agent per work directory
 //! WORK_DIR/instance-id       this installation's id (a UUID), sent with every registration
 //! WORK_DIR/agent-token       (0600) the agent's own token, so a restart re-registers without a join token
-//! WORK_DIR/storage/          buildah --root/--runroot
+//! WORK_DIR/storage/scopes/<hex>/   an image store and cache mounts per push target
+//!                                  (see `backend::storage`), runc state and the runtime shim
 //! WORK_DIR/contexts/<hex>.tar.gz   verified context archives, by digest
 //! WORK_DIR/builds/<build id>/      context/, oci/, tmp/ of one build; removed afterwards
 //!                                  (auth-<random>/auth.json, 0700/0600: the registry credential

@@ -14,6 +14,7 @@ use std::time::{Duration, Instant};
 
 use archfarm_agent::backend::buildah::Buildah;
 use archfarm_agent::backend::isolation::{Isolation, Network};
+use archfarm_agent::backend::storage::{scope, DriverChoice, Storage};
 use archfarm_agent::backend::{Backend, BackendError, BuildSpec, LogSink};
 use archfarm_agent::backoff::Backoff;
 use archfarm_agent::context::{self, Limits};
@@ -123,6 +124,7 @@ fn pack(files: &[(&str, &str)]) -> Vec<u8> {
 struct Fixture {
     work: tempfile::TempDir,
     buildah: Buildah,
+    storage: Storage,
 }
 
 impl Fixture {
@@ -135,9 +137,22 @@ impl Fixture {
             Path::new(env!("CARGO_BIN_EXE_archfarm-agent")),
         )
         .expect("runc installed");
-        let buildah = Buildah::new(&storage, isolation);
+        let store = Storage::open(
+            Path::new("buildah"),
+            &storage,
+            DriverChoice::Auto,
+            None,
+            None,
+        )
+        .await
+        .expect("storage usable");
+        let buildah = Buildah::new(store.clone(), isolation);
         buildah.prepare().await.expect("buildah usable");
-        Fixture { work, buildah }
+        Fixture {
+            work,
+            buildah,
+            storage: store,
+        }
     }
 
     /// Unpacks `files` as the agent does and returns the spec of a build of them.
@@ -171,14 +186,20 @@ impl Fixture {
         }
     }
 
-    fn local_images(&self) -> String {
-        let storage = self.work.path().join("storage");
+    /// The names of the images in the store of `spec`'s push target.
+    fn local_images(&self, spec: &BuildSpec) -> String {
+        let scope = self
+            .work
+            .path()
+            .join("storage/scopes")
+            .join(scope::dir_name(&Buildah::scope_name(spec)));
         let out = Command::new("buildah")
             .arg("--root")
-            .arg(storage.join("root"))
+            .arg(scope.join("root"))
             .arg("--runroot")
-            .arg(storage.join("runroot"))
-            .args(["--storage-driver", "vfs", "images", "--format", "{{.Name}}"])
+            .arg(scope.join("runroot"))
+            .args(["--storage-driver", self.storage.driver().as_str()])
+            .args(["images", "--format", "{{.Name}}"])
             .output()
             .unwrap();
         String::from_utf8_lossy(&out.stdout).into_owned()
@@ -279,7 +300,7 @@ async fn builds_and_pushes_by_digest_to_a_real_registry() {
             assert_eq!(resp.status(), reqwest::StatusCode::NOT_FOUND);
         }
         assert!(
-            !fx.local_images().contains(&spec.build_id.to_string()),
+            !fx.local_images(&spec).contains(&spec.build_id.to_string()),
             "local image removed"
         );
 
@@ -337,7 +358,7 @@ async fn a_failing_build_reports_buildahs_last_error_line() {
         "the last stderr line names the problem: {msg}"
     );
     assert!(lines.iter().any(|l| l.contains("missing.txt")), "{lines:?}");
-    assert!(!fx.local_images().contains(&spec.build_id.to_string()));
+    assert!(!fx.local_images(&spec).contains(&spec.build_id.to_string()));
 }
 
 #[tokio::test]
@@ -369,7 +390,7 @@ async fn an_unreachable_registry_fails_the_push_clearly_after_retrying() {
         retries.len() >= 2,
         "each retry is in the build log: {lines:?}"
     );
-    assert!(!fx.local_images().contains(&spec.build_id.to_string()));
+    assert!(!fx.local_images(&spec).contains(&spec.build_id.to_string()));
 }
 
 /// The registry is down when the push begins and comes up about three seconds later: the push

@@ -458,6 +458,7 @@ fn spawn_agent(url: &str, join: &str, behaviour: Behaviour) -> Agent {
         backoff: Backoff::new(Duration::from_millis(10), Duration::from_millis(50)),
         registry: Default::default(),
         networks: NetworkPolicy::from_flags(IsolationKind::Oci, Network::Host, &[]).unwrap(),
+        storage: None,
     };
     let (tx, rx) = tokio::sync::mpsc::unbounded_channel::<()>();
     let signals =

@@ -106,6 +106,7 @@ impl Swarm {
                     instance_id: Some(Uuid::new_v4()),
                     default_network: None,
                     allowed_networks: Vec::new(),
+                    storage_driver: None,
                 };
                 let url = format!("{base}/api/v1/agents/register");
                 async move {
@@ -188,6 +189,7 @@ impl Swarm {
                         .bearer_auth(&agent.token)
                         .json(&LeaseRequest {
                             wait_secs: Some(LEASE_WAIT_SECS),
+                            ..Default::default()
                         });
                     let sent_ms = wall_ms();
                     if first {

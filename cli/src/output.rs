@@ -118,6 +118,11 @@ pub fn agents_table(agents: &[Agent], now: DateTime<Utc>) -> String {
                 a.default_network
                     .map_or_else(|| "-".to_string(), |n| n.to_string()),
                 allowed_networks(&a.allowed_networks),
+                a.storage_driver.clone().unwrap_or_else(|| "-".into()),
+                a.storage.map_or_else(
+                    || "-".into(),
+                    |s| format!("{}/{}", human_size(s.used_bytes), human_size(s.limit_bytes)),
+                ),
             ]
         })
         .collect();
@@ -131,9 +136,23 @@ pub fn agents_table(agents: &[Agent], now: DateTime<Utc>) -> String {
             "LAST SEEN",
             "NETWORK",
             "ALLOWS",
+            "STORAGE",
+            "DISK",
         ],
         &rows,
-    )
+    ) + &agents_reasons(agents)
+}
+
+/// Why agents take no builds on their own account (a full disk), one line each after the table.
+fn agents_reasons(agents: &[Agent]) -> String {
+    agents
+        .iter()
+        .filter_map(|a| {
+            a.drain_reason
+                .as_ref()
+                .map(|why| format!("{}: {why}\n", a.name))
+        })
+        .collect()
 }
 
 /// What an agent lets jobs ask for: `host,none`, or `default` for an agent too old to say (it
@@ -406,6 +425,12 @@ mod tests {
                 archfarm_protocol::Network::Host,
                 archfarm_protocol::Network::None,
             ],
+            storage_driver: Some("overlay".into()),
+            storage: Some(archfarm_protocol::api::StorageUse {
+                used_bytes: 3 << 29,
+                limit_bytes: 50 << 30,
+            }),
+            drain_reason: None,
         }
     }
 
@@ -425,14 +450,25 @@ mod tests {
         );
         assert!(t.contains("pi-5  offline   linux/arm64"), "{t}");
         assert!(
-            t.lines().next().unwrap().ends_with("NETWORK  ALLOWS"),
+            t.lines()
+                .next()
+                .unwrap()
+                .ends_with("NETWORK  ALLOWS     STORAGE  DISK"),
             "{t}"
         );
-        assert!(t.contains("  host     host,none\n"), "{t}");
+        assert!(
+            t.contains("  host     host,none  overlay  1.5 GiB/50.0 GiB\n"),
+            "{t}"
+        );
         let mut old = agent("old", AgentState::Online, 0);
         (old.default_network, old.allowed_networks) = (None, vec![]);
+        (old.storage_driver, old.storage) = (None, None);
         let t = agents_table(&[old], now);
-        assert!(t.contains("  -        default\n"), "{t}");
+        assert!(t.contains("  -        default  -        -\n"), "{t}");
+        let mut full = agent("pi-6", AgentState::Draining, 0);
+        full.drain_reason = Some("disk full: 100 MiB free".into());
+        let t = agents_table(&[full], now);
+        assert!(t.ends_with("\npi-6: disk full: 100 MiB free\n"), "{t}");
         assert_eq!(
             draining(&agent("pi-4", AgentState::Draining, 3)),
             "agent pi-4 is draining: it finishes its 3 running builds and then leaves\n"

@@ -387,6 +387,9 @@ mod tests {
             last_seen: chrono::Utc::now(),
             default_network: None,
             allowed_networks: vec![],
+            storage_driver: None,
+            storage: None,
+            drain_reason: None,
         };
         m.set_gauges(20_000, &[], &[z15]);
         let text = m.encode();

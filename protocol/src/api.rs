@@ -489,6 +489,26 @@ pub struct Agent {
     /// that leave the network to them).
     #[serde(default)]
     pub allowed_networks: Vec<crate::Network>,
+    /// Its image stores' driver (`overlay` or `vfs`); absent for agents too old to say.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub storage_driver: Option<String>,
+    /// What its image stores and caches hold and may hold, as it last reported.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub storage: Option<StorageUse>,
+    /// Why it takes no builds on its own account (e.g. `disk full: ...`); it shows as draining
+    /// and comes back by itself when the reason goes away.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub drain_reason: Option<String>,
+}
+
+/// An agent's build storage: bytes used and its `--max-storage`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StorageUse {
+    /// Bytes its image stores and cache mounts occupy.
+    pub used_bytes: u64,
+    /// The most they may occupy before least recently used ones are dropped.
+    pub limit_bytes: u64,
 }
 
 /// `GET /api/v1/agents`.
@@ -526,6 +546,9 @@ pub struct RegisterRequest {
     /// from before per-job networks): only jobs that leave the network to the agent.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub allowed_networks: Vec<crate::Network>,
+    /// The storage driver of the agent's image stores (`overlay` or `vfs`), for `archfarm agents`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub storage_driver: Option<String>,
 }
 
 /// Answer to a registration.
@@ -546,6 +569,14 @@ pub struct LeaseRequest {
     /// Longest time to hold the request open waiting for work, in seconds (capped by the coordinator).
     #[serde(default)]
     pub wait_secs: Option<u64>,
+    /// The agent's build storage now, for `archfarm agents` (absent: unchanged).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub storage: Option<StorageUse>,
+    /// Set when the agent takes no build now and why (its disk is full): the coordinator answers
+    /// at once with no build, shows the agent draining with this reason, and gives it work again
+    /// on a lease call without it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub unavailable: Option<String>,
 }
 
 /// A build handed to an agent (200 answer to a lease call; 204 means no work yet).

@@ -54,6 +54,7 @@ impl ProtocolAgent {
             instance_id: Some(Uuid::new_v4()),
             default_network: None,
             allowed_networks: Vec::new(),
+            storage_driver: None,
         };
         let resp = http
             .post(format!("{}/api/v1/agents/register", coordinator.url()))
@@ -95,6 +96,7 @@ impl ProtocolAgent {
             &format!("/api/v1/agents/{}/lease", self.id),
             &LeaseRequest {
                 wait_secs: Some(wait_secs),
+                ..Default::default()
             },
         );
         match status {

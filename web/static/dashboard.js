@@ -355,13 +355,31 @@
   function agentRow(name) {
     return el("tr", { "data-agent": name },
       el("td", { "data-label": "Agent" }, el("b", { "data-field": "name" }, name)),
-      el("td", { "data-label": "State" }, el("span", { class: "state", "data-field": "state", "data-state": "" })),
+      el("td", { "data-label": "State" }, el("span", { class: "state", "data-field": "state", "data-state": "" }),
+        " ", el("small", { "data-field": "reason" })),
       el("td", { "data-label": "Native" }, el("span", { "data-field": "native" })),
       el("td", { "data-label": "Emulated" }, el("span", { "data-field": "emulated" })),
       el("td", { "data-label": "Running" },
         el("span", { "data-field": "running" }), " of ", el("span", { "data-field": "capacity" })),
       el("td", { "data-label": "Building now" }, el("ul", { class: "current", "data-field": "current" })),
+      el("td", { "data-label": "Storage" }, el("span", { "data-field": "storage" })),
       el("td", { "data-label": "Last seen" }, el("time", { "data-field": "last-seen", "data-age": "" })));
+  }
+
+  // Same text as the server renders (web::format::storage).
+  function storageText(a) {
+    const parts = [];
+    if (a.storage_driver) parts.push(a.storage_driver);
+    if (a.storage) parts.push(bytes(a.storage.used_bytes) + " of " + bytes(a.storage.limit_bytes));
+    return parts.join(", ");
+  }
+
+  function bytes(n) {
+    const units = ["KiB", "MiB", "GiB", "TiB"];
+    if (n < 1024) return n + " B";
+    let v = n / 1024, u = 0;
+    while (v >= 1024 && u < units.length - 1) { v /= 1024; u++; }
+    return v.toFixed(1) + " " + units[u];
   }
 
   function agentsPage() {
@@ -381,6 +399,8 @@
           setField(tr, "emulated", a.emulated_platforms.join(", "));
           setField(tr, "running", String(a.running));
           setField(tr, "capacity", String(a.capacity));
+          setField(tr, "reason", a.drain_reason || "");
+          setField(tr, "storage", storageText(a));
           const seen = field(tr, "last-seen");
           const t = time(a.last_seen);
           seen.setAttribute("datetime", a.last_seen);

@@ -1,6 +1,7 @@
-//! The buildah backend, as the wire contract's "Build on the agent" section describes: vfs storage
-//! under the agent's work directory, each `RUN` step in a runc container (see [`super::isolation`]),
-//! the image written to an OCI layout and from there uploaded by digest.
+//! The buildah backend, as the wire contract's "Build on the agent" section describes: a store per
+//! push target under the agent's work directory (see [`super::storage`]), each `RUN` step in a runc
+//! container (see [`super::isolation`]), the image written to an OCI layout and from there
+//! uploaded by digest.
 
 use std::ffi::OsString;
 use std::path::{Component, Path, PathBuf};
@@ -13,6 +14,7 @@ use super::isolation::{Isolation, Unusable};
 use super::limits::{self, BuildCgroup, BuildLimits, Explanation, LimitWatch, Watched};
 use super::process::{run_logged, run_quiet};
 use super::secrets::SecretFiles;
+use super::storage::{ScopeLease, Storage};
 use super::{Backend, BackendError, BoxFuture, BuildSpec, LogSink, PushedImage};
 use crate::push::{self, Retry, Target};
 use crate::registry_auth::PrivateAuthFile;
@@ -21,8 +23,8 @@ use crate::registry_auth::PrivateAuthFile;
 #[derive(Debug, Clone)]
 pub struct Buildah {
     program: PathBuf,
-    root: PathBuf,
-    runroot: PathBuf,
+    /// The stores, one per push target.
+    storage: Storage,
     isolation: Isolation,
     limits: BuildLimits,
     /// Where the cgroup hierarchies are mounted ([`limits::CGROUP_ROOT`]).
@@ -39,14 +41,13 @@ pub struct Buildah {
 }
 
 impl Buildah {
-    /// A backend keeping its image storage under `storage` (`root/` and `runroot/`), so several agents
-    /// on one host do not share, and lock, one store, with `RUN` steps isolated as `isolation` says
-    /// (normally [`Isolation::oci`] on the same `storage`).
-    pub fn new(storage: &Path, isolation: Isolation) -> Self {
+    /// A backend keeping its images in `storage` (a store per push target, under the agent's own
+    /// work directory, so several agents on one host do not share, and lock, one store), with
+    /// `RUN` steps isolated as `isolation` says (normally [`Isolation::oci`]).
+    pub fn new(storage: Storage, isolation: Isolation) -> Self {
         Buildah {
             program: PathBuf::from("buildah"),
-            root: storage.join("root"),
-            runroot: storage.join("runroot"),
+            storage,
             isolation,
             limits: BuildLimits::default(),
             cgroup_root: PathBuf::from(limits::CGROUP_ROOT),
@@ -95,14 +96,18 @@ impl Buildah {
         format!("archfarm-{}", spec.build_id)
     }
 
-    fn command(&self) -> Command {
-        let mut c = Command::new(&self.program);
-        c.arg("--root")
-            .arg(&self.root)
-            .arg("--runroot")
-            .arg(&self.runroot);
-        c.args(["--storage-driver", "vfs"]);
-        c
+    /// The local name that keeps a scope's newest image, and with it the layers a next build of
+    /// the scope reuses: removing a build's own name would remove its untagged parent layers too.
+    pub const KEEP_NAME: &'static str = "archfarm-newest";
+
+    /// `buildah` with the storage options of the build's scope.
+    fn command(&self, scope: &ScopeLease) -> Command {
+        scope.command(&self.program)
+    }
+
+    /// The scope of a build: its push target, whose builds alone share layers and caches.
+    pub fn scope_name(spec: &BuildSpec) -> String {
+        format!("{}/{}", spec.registry, spec.repository)
     }
 
     /// The arguments after `buildah <storage options>` for the build step.
@@ -133,6 +138,7 @@ impl Buildah {
         log: &LogSink,
         cancel: &CancellationToken,
         cgroup: Option<&BuildCgroup>,
+        scope: &ScopeLease,
     ) -> Result<PushedImage, BackendError> {
         let dockerfile = dockerfile_path(&spec.context_dir, &spec.dockerfile)?;
         // buildah 1.28 lets some `RUN --mount` forms reach the host; refuse them before it runs.
@@ -141,19 +147,27 @@ impl Buildah {
             path: dockerfile.clone(),
             source,
         })?;
-        if let Err(refusal) =
-            super::dockerfile_guard::check(&String::from_utf8_lossy(&text), &spec.context_dir)
-        {
-            log.note(refusal.to_string()).await;
-            return Err(BackendError::Invalid(refusal.to_string()));
+        let cache_keys =
+            super::dockerfile_guard::cache_keys(&String::from_utf8_lossy(&text), &spec.context_dir);
+        // Cache directories persist, so the guard's no-nesting rule holds across the scope's builds.
+        let claimed = cache_keys
+            .map_err(|refusal| refusal.to_string())
+            .and_then(|keys| scope.claim_cache_ids(&keys).map_err(|e| e.to_string()));
+        if let Err(refusal) = claimed {
+            log.note(&refusal).await;
+            return Err(BackendError::Invalid(refusal));
         }
         // buildah stages large temporary files in TMPDIR; keep them on the work disk and per build.
+        // Its cache mounts live in `$TMPDIR/buildah-cache` (buildah 1.28): a link to the scope's
+        // cache directory makes them persist between the scope's builds.
         let tmp = spec.build_dir.join("tmp");
+        let cache_link = tmp.join("buildah-cache");
         tokio::fs::create_dir_all(&tmp)
             .await
+            .and(tokio::fs::symlink(&scope.cache_mounts_dir, &cache_link).await)
             .map_err(|source| BackendError::Io {
                 action: "cannot create",
-                path: tmp.clone(),
+                path: cache_link.clone(),
                 source,
             })?;
 
@@ -199,7 +213,7 @@ impl Buildah {
         }
         // `build_args` starts with the subcommand; the registry options go right after it.
         let build_command = |plan: &CachePlan| {
-            let mut build = self.command();
+            let mut build = self.command(scope);
             build.args(&registries);
             build.args(["build"]);
             build.args(secret_files.buildah_args());
@@ -249,7 +263,7 @@ impl Buildah {
         let mut dest = OsString::from("oci:");
         dest.push(&layout);
         dest.push(":img");
-        let mut export = self.command();
+        let mut export = self.command(scope);
         export
             .arg("push")
             .arg(Self::image_name(spec))
@@ -305,7 +319,9 @@ impl Backend for Buildah {
                 }
             })?;
             tracing::info!(version = %v.trim(), "buildah found");
-            self.isolation.prepare(|| self.command()).await?;
+            self.isolation
+                .prepare(|| self.storage.probe_command())
+                .await?;
             if matches!(self.isolation, Isolation::Oci { .. }) {
                 let cleared = limits::clear_leftovers(&self.cgroup_root, self.cgroup_scope);
                 if cleared > 0 {
@@ -320,11 +336,12 @@ impl Backend for Buildah {
                 );
             }
             // Working containers of builds killed with an earlier agent process; nothing runs yet, so
-            // every container in this agent's own store is a leftover.
-            let mut rm = self.command();
-            rm.args(["rm", "--all"]);
-            if let Err(e) = run_quiet(rm, "buildah rm --all").await {
-                tracing::warn!(error = %e, "could not remove leftover build containers");
+            // every container in this agent's own stores is a leftover.
+            for (scope, mut rm) in self.storage.every_scope() {
+                rm.args(["rm", "--all"]);
+                if let Err(e) = run_quiet(rm, "buildah rm --all").await {
+                    tracing::warn!(scope, error = %e, "could not remove leftover build containers");
+                }
             }
             Ok(())
         })
@@ -337,6 +354,14 @@ impl Backend for Buildah {
         cancel: CancellationToken,
     ) -> BoxFuture<'a, Result<PushedImage, BackendError>> {
         Box::pin(async move {
+            let scope = self
+                .storage
+                .acquire(&Self::scope_name(spec))
+                .await
+                .map_err(|e| BackendError::Invalid(format!("build storage: {e}")))?;
+            if let Some(freed) = &scope.freed {
+                log.note(freed).await;
+            }
             let cgroup = match self.isolation {
                 Isolation::Oci { .. } => BuildCgroup::create(
                     &self.cgroup_root,
@@ -364,7 +389,7 @@ impl Backend for Buildah {
                 stop.clone(),
             );
             let mut result = self
-                .build_and_push(spec, &log, &stop, cgroup.as_ref())
+                .build_and_push(spec, &log, &stop, cgroup.as_ref(), &scope)
                 .await;
             let stopped = watch.finish();
             if let (Err(e), false) = (&result, cancel.is_cancelled()) {
@@ -396,17 +421,27 @@ impl Backend for Buildah {
                     tracing::info!(build.id = %spec.build_id, reaped, "killed the build's leftover RUN steps");
                 }
             }
-            // The image lives on in the registry; locally it only takes space. Removed on failure
-            // and cancellation too (it may not exist then, which is fine).
-            let mut rmi = self.command();
-            rmi.args(["rmi", "--force"]).arg(Self::image_name(spec));
-            if let Err(e) = run_quiet(rmi, "buildah rmi").await {
-                if result.is_ok() {
-                    tracing::warn!(build.id = %spec.build_id, error = %e, "could not remove the local image");
+            // The image lives on in the registry; locally its build's name goes, while the
+            // scope's newest image keeps its layers for the next build (the storage limit prunes
+            // the older ones). A failed build may have no image, which is fine.
+            let mut keep = self.command(&scope);
+            keep.arg("tag")
+                .arg(Self::image_name(spec))
+                .arg(Self::KEEP_NAME);
+            if run_quiet(keep, "buildah tag").await.is_ok() {
+                // With two names, `rmi` only takes this one away.
+                let mut untag = self.command(&scope);
+                untag.arg("rmi").arg(Self::image_name(spec));
+                if let Err(e) = run_quiet(untag, "buildah rmi").await {
+                    tracing::warn!(build.id = %spec.build_id, error = %e, "could not remove the build's local image name");
                 }
             }
             if let Some(cg) = cgroup {
                 cg.remove();
+            }
+            if let Some(freed) = self.storage.release(scope).await {
+                tracing::info!(build.id = %spec.build_id, "{freed}");
+                log.note(&freed).await;
             }
             result
         })
@@ -485,17 +520,7 @@ mod tests {
              --build-arg A=1 --build-arg B=x=y --target final \
              -t archfarm-00000000-0000-0000-0000-000000000000 /w/builds/b/context"
         );
-        let b = Buildah::new(Path::new("/w/storage"), Isolation::Chroot);
-        let std = b.command();
-        let std = std.as_std();
-        let global: Vec<String> = std
-            .get_args()
-            .map(|a| a.to_string_lossy().into_owned())
-            .collect();
-        assert_eq!(
-            global.join(" "),
-            "--root /w/storage/root --runroot /w/storage/runroot --storage-driver vfs"
-        );
+        assert_eq!(Buildah::scope_name(&s), "127.0.0.1:5000/team/app");
     }
 
     #[test]

@@ -38,19 +38,30 @@ impl fmt::Display for Refusal {
 /// Checks every `RUN --mount` of `dockerfile`; `context` is the unpacked build context, where bind
 /// mount sources are resolved.
 pub fn check(dockerfile: &str, context: &Path) -> Result<(), Refusal> {
+    cache_keys(dockerfile, context).map(drop)
+}
+
+/// Checks `dockerfile` as [`check`] does and returns the keys of its `RUN --mount=type=cache`
+/// mounts (id, or else target), cleaned as buildah 1.28 names their directories: the agent keeps
+/// those directories between builds, and refuses keys that nest with an earlier build's.
+pub fn cache_keys(dockerfile: &str, context: &Path) -> Result<Vec<String>, Refusal> {
     let text = dockerfile.strip_prefix('\u{feff}').unwrap_or(dockerfile);
     let escape = escape_directive(text);
     let other = if escape == '\\' { '`' } else { '\\' };
-    check_with(text, escape, context)?;
-    check_with(text, other, context)
+    let keys = check_with(text, escape, context)?;
+    check_with(text, other, context)?;
+    Ok(keys)
 }
 
-fn check_with(text: &str, escape: char, context: &Path) -> Result<(), Refusal> {
+fn check_with(text: &str, escape: char, context: &Path) -> Result<Vec<String>, Refusal> {
     let mut caches: Vec<(usize, String)> = Vec::new();
     for (line, instruction) in instructions(text, escape) {
         check_instruction(&instruction, line, context, &mut caches)?;
     }
-    Ok(())
+    let mut keys: Vec<String> = caches.into_iter().map(|(_, key)| key).collect();
+    keys.sort();
+    keys.dedup();
+    Ok(keys)
 }
 
 /// The escape character the parser directives at the top of the file set (`\` by default).
@@ -394,7 +405,8 @@ fn check_mount(
 /// target, cleaned. A step can leave symlinks in its cache, and buildah 1.28 follows them to the
 /// host when another cache's key goes through that directory; so no cache may lie inside another,
 /// or where buildah keeps its lock files, or be the whole cache directory, or leave it with `..`.
-/// (The agent gives each build its own TMPDIR, so only one Dockerfile's caches share it.)
+/// Across builds the cache directories persist per scope; the agent's storage checks the keys
+/// [`cache_keys`] returns against earlier builds' (see `super::storage`).
 fn check_cache_key(
     key: &str,
     line: usize,

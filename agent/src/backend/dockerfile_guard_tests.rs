@@ -301,3 +301,17 @@ fn bind_sources_may_not_leave_the_context_through_a_symlink() {
     }
     assert!(check("FROM x\nRUN --mount=type=bind,target=/mnt ls", ctx).is_ok());
 }
+
+#[test]
+fn cache_keys_are_the_cleaned_ids_or_targets_once_each() {
+    let keys = cache_keys(
+        "FROM scratch\n\
+         RUN --mount=type=cache,id=./go//mod/,target=/x true\n\
+         RUN --mount=type=cache,target=/var/cache/apt --mount=type=cache,id=go/mod,target=/y true\n\
+         RUN --mount=type=tmpfs,target=/t true\n",
+        nowhere(),
+    )
+    .unwrap();
+    assert_eq!(keys, ["go/mod", "var/cache/apt"]);
+    assert!(cache_keys("FROM scratch\nRUN --mount=type=cache,id=a,target=/a --mount=type=cache,id=a/b,target=/b true\n", nowhere()).is_err());
+}

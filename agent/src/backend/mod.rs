@@ -22,6 +22,7 @@ pub mod process;
 pub mod pulls;
 pub mod runtime_shim;
 pub mod secrets;
+pub mod storage;
 
 /// A boxed future, so [`Backend`] can be used as a trait object.
 pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;

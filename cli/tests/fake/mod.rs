@@ -382,6 +382,9 @@ fn sample_agents() -> Vec<Agent> {
             archfarm_protocol::Network::Host,
             archfarm_protocol::Network::None,
         ],
+        storage_driver: None,
+        storage: None,
+        drain_reason: None,
     };
     vec![
         agent("pi-4", "arm64", vec![Platform::parse("s390x").unwrap()], 1),

@@ -28,6 +28,15 @@ use crate::scheduler::Claimed;
 use crate::store::{AgentNetworks, AgentRow, Registered};
 use crate::AppState;
 
+/// `text` on one line of at most `max` characters: an agent's word shown to everyone.
+fn one_line(text: &str, max: usize) -> String {
+    let flat: String = text
+        .chars()
+        .map(|c| if c.is_control() { ' ' } else { c })
+        .collect();
+    flat.chars().take(max).collect()
+}
+
 /// Routes of this resource.
 pub fn routes() -> Routes {
     Routes::new()
@@ -157,7 +166,13 @@ async fn register(
         Err(e) => Err(e.into()),
     };
     let (id, requeued) = match refusal {
-        Ok(ok) => ok,
+        Ok(ok) => {
+            state
+                .store
+                .set_agent_storage_driver(ok.0, req.storage_driver.as_deref())
+                .await?;
+            ok
+        }
         Err(e) => {
             // The registration did not happen: a one-use join token must still be usable.
             if let Joined::Created(token_id) = joined {
@@ -172,7 +187,7 @@ async fn register(
         emulated = ?emulated.iter().map(ToString::to_string).collect::<Vec<_>>(), capacity = req.capacity, requeued,
         default_network = ?networks.default.map(|n| n.as_str()),
         allowed_networks = %archfarm_protocol::network::join(&networks.allowed),
-        joined = ?joined, "agent registered");
+        storage_driver = ?req.storage_driver, joined = ?joined, "agent registered");
     state.scheduler.wake().await;
     Ok(Json(RegisterResponse {
         agent_id: id,
@@ -191,7 +206,12 @@ async fn lease(
     // The gate checked an `{id}` that is an id names this agent.
     parse_id("agent", &raw)?;
     state.store.touch_agent_row(&agent).await?;
-    if agent.draining {
+    let unavailable = req.unavailable.as_deref().map(|why| one_line(why, 500));
+    state
+        .store
+        .report_agent_status(&agent, req.storage, unavailable.as_deref())
+        .await?;
+    if agent.drain_requested {
         return Err(ApiError::Conflict {
             code: "draining",
             message: format!(
@@ -200,6 +220,23 @@ async fn lease(
             ),
         });
     }
+    if let Some(why) = unavailable {
+        if agent.unavailable.as_deref() != Some(why.as_str()) {
+            tracing::warn!(agent.id = %agent.id, agent = %agent.name, reason = %why, "agent takes no builds");
+            // Builds it would have taken may now go to others (or to emulation).
+            state.scheduler.wake().await;
+        }
+        return Ok(StatusCode::NO_CONTENT.into_response());
+    }
+    if agent.unavailable.is_some() {
+        tracing::info!(agent.id = %agent.id, agent = %agent.name, "agent takes builds again");
+    }
+    // It said it takes builds: the row read before that still shows the old reason.
+    let agent = AgentRow {
+        draining: false,
+        unavailable: None,
+        ..agent
+    };
     let max = state.config.lease_wait_secs;
     let wait = Duration::from_secs(req.wait_secs.unwrap_or(max).min(max));
     let Some(claimed) = state

@@ -155,5 +155,8 @@ pub fn agent(a: AgentRow, online_since: i64, running: &HashMap<Uuid, i64>) -> ap
         last_seen: to_time(a.last_seen),
         default_network: a.networks.default,
         allowed_networks: a.networks.allowed,
+        storage_driver: a.storage_driver,
+        storage: a.storage,
+        drain_reason: a.unavailable,
     }
 }

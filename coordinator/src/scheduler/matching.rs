@@ -112,6 +112,10 @@ mod tests {
             capacity: 1,
             last_seen: 0,
             draining: false,
+            drain_requested: false,
+            unavailable: None,
+            storage_driver: None,
+            storage: None,
             revoked: false,
             networks: Default::default(),
         }

@@ -1,5 +1,6 @@
 //! Registered agents.
 
+use archfarm_protocol::api::StorageUse;
 use archfarm_protocol::{Network, Platform};
 use sqlx::any::AnyRow;
 use sqlx::Row;
@@ -22,8 +23,18 @@ pub struct AgentRow {
     pub capacity: i64,
     /// Last call, Unix ms.
     pub last_seen: i64,
-    /// Finishing its builds, taking no new ones.
+    /// Taking no new builds: drained (by itself on SIGTERM, or by an admin), or unavailable.
     pub draining: bool,
+    /// Drained by itself or an admin: it finishes its builds and deregisters (a lease call is
+    /// answered 409 `draining`).
+    pub drain_requested: bool,
+    /// Why it takes no builds on its own account now (its disk is full), as its last lease call
+    /// said; it comes back by itself.
+    pub unavailable: Option<String>,
+    /// Its image stores' driver, as it registered it.
+    pub storage_driver: Option<String>,
+    /// Its build storage, as its last lease call reported it.
+    pub storage: Option<StorageUse>,
     /// Cut off by an admin; it may not register again under its name.
     pub revoked: bool,
     /// The networks it gives builds, as it declared them.
@@ -49,6 +60,7 @@ impl AgentNetworks {
 
 impl AgentRow {
     fn from_row(row: &AnyRow) -> StoreResult<Self> {
+        let unavailable: Option<String> = row.try_get("unavailable")?;
         Ok(AgentRow {
             id: parse_col(row, "id")?,
             name: row.try_get("name")?,
@@ -56,7 +68,20 @@ impl AgentRow {
             emulated: json_col(row, "emulated_platforms")?,
             capacity: row.try_get("capacity")?,
             last_seen: row.try_get("last_seen")?,
-            draining: row.try_get::<i64, _>("draining")? != 0,
+            draining: row.try_get::<i64, _>("draining")? != 0 || unavailable.is_some(),
+            drain_requested: row.try_get::<i64, _>("draining")? != 0,
+            storage_driver: row.try_get("storage_driver")?,
+            storage: match (
+                row.try_get::<Option<i64>, _>("storage_used_bytes")?,
+                row.try_get::<Option<i64>, _>("storage_limit_bytes")?,
+            ) {
+                (Some(used), Some(limit)) => Some(StorageUse {
+                    used_bytes: used.max(0) as u64,
+                    limit_bytes: limit.max(0) as u64,
+                }),
+                _ => None,
+            },
+            unavailable,
             revoked: row.try_get::<Option<i64>, _>("revoked_at")?.is_some(),
             networks: AgentNetworks {
                 default: parse_opt_col(row, "default_network")?,
@@ -83,7 +108,8 @@ pub enum Registered {
 }
 
 const COLUMNS: &str = "id, name, native_platforms, emulated_platforms, capacity, last_seen, \
-    draining, revoked_at, default_network, allowed_networks";
+    draining, revoked_at, default_network, allowed_networks, storage_driver, storage_used_bytes, \
+    storage_limit_bytes, unavailable";
 
 /// What a revoked agent's token hash is kept behind; no sha256 in hex starts with it.
 const REVOKED_PREFIX: &str = "revoked:";
@@ -277,6 +303,47 @@ impl Store {
             .execute(&self.pool)
             .await?;
         Ok(res.rows_affected() == 1)
+    }
+
+    /// Records the storage driver a just-registered agent uses; a new process of it starts out
+    /// available (its lease calls say otherwise).
+    pub async fn set_agent_storage_driver(
+        &self,
+        id: Uuid,
+        driver: Option<&str>,
+    ) -> StoreResult<()> {
+        sqlx::query("UPDATE agents SET storage_driver = $1, unavailable = NULL WHERE id = $2")
+            .bind(driver)
+            .bind(id.to_string())
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    /// Records what an agent's lease call reported: its storage (kept when `None`) and why it
+    /// takes no builds now (`None`: it takes them). Writes only what changed since `agent` was read.
+    pub async fn report_agent_status(
+        &self,
+        agent: &AgentRow,
+        storage: Option<StorageUse>,
+        unavailable: Option<&str>,
+    ) -> StoreResult<()> {
+        let storage = storage.or(agent.storage);
+        if storage == agent.storage && unavailable == agent.unavailable.as_deref() {
+            return Ok(());
+        }
+        let bytes = |b: u64| i64::try_from(b).unwrap_or(i64::MAX);
+        sqlx::query(
+            "UPDATE agents SET storage_used_bytes = $1, storage_limit_bytes = $2, unavailable = $3 \
+             WHERE id = $4",
+        )
+        .bind(storage.map(|s| bytes(s.used_bytes)))
+        .bind(storage.map(|s| bytes(s.limit_bytes)))
+        .bind(unavailable)
+        .bind(agent.id.to_string())
+        .execute(&self.pool)
+        .await?;
+        Ok(())
     }
 
     /// Removes an agent; any build it still held goes back to the queue.

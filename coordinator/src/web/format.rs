@@ -161,9 +161,51 @@ pub fn url_encode(s: &str) -> String {
     out
 }
 
+/// An agent's storage as the agents page shows it: `overlay, 1.2 GiB of 50.0 GiB` (the
+/// dashboard's script writes the same).
+pub fn storage(driver: Option<&str>, usage: Option<archfarm_protocol::api::StorageUse>) -> String {
+    let mut parts: Vec<String> = driver.map(str::to_string).into_iter().collect();
+    if let Some(u) = usage {
+        parts.push(format!(
+            "{} of {}",
+            bytes(u.used_bytes),
+            bytes(u.limit_bytes)
+        ));
+    }
+    parts.join(", ")
+}
+
+/// `12.3 MiB`-style sizes in binary units.
+fn bytes(n: u64) -> String {
+    const UNITS: [&str; 4] = ["KiB", "MiB", "GiB", "TiB"];
+    if n < 1024 {
+        return format!("{n} B");
+    }
+    let (mut v, mut u) = (n as f64 / 1024.0, 0);
+    while v >= 1024.0 && u < UNITS.len() - 1 {
+        v /= 1024.0;
+        u += 1;
+    }
+    format!("{v:.1} {}", UNITS[u])
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn storage_reads_driver_and_use() {
+        let u = archfarm_protocol::api::StorageUse {
+            used_bytes: 1536 << 20,
+            limit_bytes: 50 << 30,
+        };
+        assert_eq!(
+            storage(Some("overlay"), Some(u)),
+            "overlay, 1.5 GiB of 50.0 GiB"
+        );
+        assert_eq!(storage(None, None), "");
+        assert_eq!(storage(Some("vfs"), None), "vfs");
+    }
 
     #[test]
     fn durations_read_naturally() {

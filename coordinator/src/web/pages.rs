@@ -108,6 +108,10 @@ struct AgentItem {
     last_seen_utc: String,
     last_seen_age: String,
     current: Vec<Current>,
+    /// Its storage driver and disk use, e.g. `overlay, 1.2 GiB of 50.0 GiB`.
+    storage: String,
+    /// Why it takes no builds on its own account (a full disk); empty when it takes them.
+    reason: String,
 }
 
 /// A build an agent is running now.
@@ -161,6 +165,8 @@ pub(crate) async fn agents(State(state): State<AppState>) -> Result<Response, Pa
                 last_seen_iso: format::iso(seen),
                 last_seen_utc: format::utc(seen),
                 last_seen_age: format::age(now, seen),
+                storage: format::storage(a.storage_driver.as_deref(), a.storage),
+                reason: a.drain_reason.unwrap_or_default(),
                 name: a.name,
             }
         })

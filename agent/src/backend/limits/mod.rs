@@ -22,7 +22,7 @@ use std::fmt;
 
 pub use amount::{Amount, Count, Cpus, Size};
 pub use cgroup::{check, clear_leftovers, BuildCgroup, Explanation, Hits, CGROUP_ROOT};
-pub use watch::{LimitWatch, Watched};
+pub use watch::{disk_usage, LimitWatch, Watched};
 
 /// How a build's cgroup path starts, as buildah's `--cgroup-parent` and the runtime see it.
 pub const CGROUP_PARENT_PREFIX: &str = "/archfarm/";

@@ -48,7 +48,7 @@ impl AgentNetworks {
 }
 
 impl AgentRow {
-    fn from_row(row: &AnyRow) -> StoreResult<Self> {
+    pub(super) fn from_row(row: &AnyRow) -> StoreResult<Self> {
         Ok(AgentRow {
             id: parse_col(row, "id")?,
             name: row.try_get("name")?,
@@ -82,7 +82,8 @@ pub enum Registered {
     Revoked,
 }
 
-const COLUMNS: &str = "id, name, native_platforms, emulated_platforms, capacity, last_seen, \
+pub(super) const COLUMNS: &str =
+    "id, name, native_platforms, emulated_platforms, capacity, last_seen, \
     draining, revoked_at, default_network, allowed_networks";
 
 /// What a revoked agent's token hash is kept behind; no sha256 in hex starts with it.

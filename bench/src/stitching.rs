@@ -211,6 +211,7 @@ fn rows(
                 optional: false,
                 decision: None,
                 created_at: 0,
+                queued_at: 0,
                 started_at: None,
                 finished_at: None,
             })

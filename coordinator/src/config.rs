@@ -112,6 +112,14 @@ pub struct Config {
     #[arg(long, env = "ARCHFARM_AGENT_OFFLINE_SECS", default_value_t = 60)]
     pub agent_offline_secs: u64,
 
+    /// How long a queued build is held for the agent that last built its repository and platform
+    /// within a day (its layer cache is warm), when that agent is online and could take it,
+    /// before other agents may take it, in seconds; 0 turns the preference off. A warm emulating
+    /// agent never holds a build back from a native one. Default: 30.
+    #[arg(long, env = "ARCHFARM_WARM_AGENT_WAIT_SECS",
+          default_value_t = crate::scheduler::DEFAULT_WARM_AGENT_WAIT_SECS)]
+    pub warm_agent_wait_secs: u64,
+
     /// Largest build log kept per build, in bytes; past it the log ends with a truncation marker.
     /// Default: 67108864 (64 MiB).
     #[arg(long, env = "ARCHFARM_MAX_LOG_BYTES", default_value_t = 64 * 1024 * 1024)]
@@ -339,6 +347,7 @@ mod tests {
         assert!(c.is_insecure("other:443"));
         assert!(!c.is_insecure("registry.example.com"));
         assert_eq!(c.lease_ttl(), Duration::from_secs(15));
+        assert_eq!(c.warm_agent_wait_secs, 30);
         let c = parse(&["--secure-registry", "127.0.0.1:5443"]);
         assert!(
             !c.is_insecure("127.0.0.1:5443"),

@@ -137,7 +137,8 @@ pub async fn run(
         Duration::from_secs(config.agent_offline_secs),
         config.max_attempts,
     )
-    .with_replica(&config.replica_name);
+    .with_replica(&config.replica_name)
+    .with_warm_agent_wait(Duration::from_secs(config.warm_agent_wait_secs));
     tracing::info!(replica = %config.replica_name, backend = ?store.backend(), "coordinator starting");
     let token = CancellationToken::new();
     let state = AppState(Arc::new(App {

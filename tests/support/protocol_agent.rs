@@ -44,11 +44,22 @@ pub struct Refused {
 impl ProtocolAgent {
     /// Registers `name` with these native platforms, capacity 1 and a fresh installation id.
     pub fn register(coordinator: &Coordinator, name: &str, native: &[&str]) -> ProtocolAgent {
+        Self::register_emulating(coordinator, name, native, &[])
+    }
+
+    /// Registers `name` with these native and emulated platforms, capacity 1 and a fresh
+    /// installation id.
+    pub fn register_emulating(
+        coordinator: &Coordinator,
+        name: &str,
+        native: &[&str],
+        emulated: &[&str],
+    ) -> ProtocolAgent {
         let http = crate::http_client();
         let request = RegisterRequest {
             name: name.to_string(),
             native_platforms: native.iter().map(|p| p.to_string()).collect(),
-            emulated_platforms: Vec::new(),
+            emulated_platforms: emulated.iter().map(|p| p.to_string()).collect(),
             capacity: 1,
             version: None,
             instance_id: Some(Uuid::new_v4()),

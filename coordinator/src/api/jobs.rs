@@ -403,6 +403,10 @@ async fn create(
     tracing::info!(job.id = %id, platforms = ?job.platforms.iter().map(ToString::to_string).collect::<Vec<_>>(),
         tags = ?job.tags, "job submitted");
     state.scheduler.wake_builds(&job.platforms).await;
+    state
+        .scheduler
+        .wake_warm_agents(&job.registry, &job.repository, &job.platforms)
+        .await;
     let row = state
         .store
         .get_job(id)

@@ -7,7 +7,8 @@ use archfarm_protocol::api::{self, BuildState};
 use archfarm_protocol::redact::REDACTED;
 use uuid::Uuid;
 
-use crate::scheduler::matching::waiting_reason;
+use crate::scheduler::choice::{warm_map, WarmMap, WARM_WINDOW};
+use crate::scheduler::matching::{held_for_warm_agent, waiting_reason};
 use crate::store::{to_time, AgentRow, BuildRow, JobRow, StoreResult};
 use crate::AppState;
 
@@ -51,7 +52,11 @@ impl Fleet {
 /// A job with its builds, as the API shows it.
 pub async fn job(state: &AppState, job: JobRow, fleet: &Fleet) -> StoreResult<api::Job> {
     let builds = state.store.builds_of_job(job.id).await?;
-    let builds = builds.into_iter().map(|b| build(b, &job, fleet)).collect();
+    let waits = Waits::load(state, &job, &builds).await?;
+    let builds = builds
+        .into_iter()
+        .map(|b| build(b, &job, fleet, &waits))
+        .collect();
     let mut build_args = job.build_args;
     for name in &job.secret_build_args {
         if let Some(value) = build_args.get_mut(name) {
@@ -91,15 +96,67 @@ pub async fn job(state: &AppState, job: JobRow, fleet: &Fleet) -> StoreResult<ap
     })
 }
 
-fn build(b: BuildRow, job: &JobRow, fleet: &Fleet) -> api::Build {
+/// What saying why a job's queued builds wait needs besides the fleet: their warm agents.
+struct Waits {
+    warm: WarmMap,
+    now: i64,
+    wait: std::time::Duration,
+}
+
+impl Waits {
+    /// Reads the warm agents of the job's queued builds (nothing when none is queued).
+    async fn load(state: &AppState, job: &JobRow, builds: &[BuildRow]) -> StoreResult<Self> {
+        let now = state.scheduler.now();
+        let wait = state.scheduler.warm_agent_wait();
+        let repository = format!("{}/{}", job.registry, job.repository);
+        let pairs: Vec<(String, archfarm_protocol::Platform)> = builds
+            .iter()
+            .filter(|b| b.state == BuildState::Queued && !job.state.is_terminal())
+            .map(|b| (repository.clone(), b.platform.clone()))
+            .collect();
+        let warm = if pairs.is_empty() || wait.is_zero() {
+            WarmMap::new()
+        } else {
+            warm_map(
+                state
+                    .store
+                    .warm_agents(
+                        &pairs,
+                        now - WARM_WINDOW.as_millis() as i64,
+                        state.scheduler.online_since(),
+                    )
+                    .await?,
+            )
+        };
+        Ok(Waits { warm, now, wait })
+    }
+}
+
+fn build(b: BuildRow, job: &JobRow, fleet: &Fleet, waits: &Waits) -> api::Build {
     let waiting = (b.state == BuildState::Queued && !job.state.is_terminal()).then(|| {
-        waiting_reason(
+        let key = (
+            format!("{}/{}", job.registry, job.repository),
+            b.platform.clone(),
+        );
+        held_for_warm_agent(
             &b.platform,
             job.emulation,
             job.network,
+            b.queued_at,
+            waits.warm.get(&key),
             &fleet.online,
-            &fleet.running,
+            waits.now,
+            waits.wait,
         )
+        .unwrap_or_else(|| {
+            waiting_reason(
+                &b.platform,
+                job.emulation,
+                job.network,
+                &fleet.online,
+                &fleet.running,
+            )
+        })
     });
     api::Build {
         id: b.id,

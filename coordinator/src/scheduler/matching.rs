@@ -1,12 +1,15 @@
 //! Why a queued build is still waiting, in words for the job JSON. Pure logic.
 
 use std::collections::HashMap;
+use std::time::Duration;
 
-use archfarm_protocol::api::EmulationPolicy;
+use archfarm_protocol::api::{BuildMode, EmulationPolicy};
+use archfarm_protocol::duration::format_duration;
 use archfarm_protocol::{network, Network, Platform};
 use uuid::Uuid;
 
-use crate::store::AgentRow;
+use super::choice::warm_counts;
+use crate::store::{AgentRow, WarmAgent};
 
 /// A sentence saying why a queued build has not been taken yet. `network` is what its job asks
 /// for (`None`: the agent's default, which every agent allows).
@@ -95,6 +98,50 @@ pub fn waiting_reason(
     }
 }
 
+/// Why a queued build is held for its warm agent `warm` (see [`super::choice`]), or `None` when
+/// it is not held: no warm agent, the bound passed, or a native agent would take it anyway
+/// because the warm agent only emulates the platform.
+#[allow(clippy::too_many_arguments)]
+pub fn held_for_warm_agent(
+    platform: &Platform,
+    emulation: EmulationPolicy,
+    network: Option<Network>,
+    queued_at: i64,
+    warm: Option<&WarmAgent>,
+    online: &[AgentRow],
+    now: i64,
+    wait: Duration,
+) -> Option<String> {
+    let w = warm.filter(|_| !wait.is_zero())?;
+    let until = queued_at + wait.as_millis() as i64;
+    if now >= until {
+        return None;
+    }
+    let held_from_native = warm_counts(&w.agent, BuildMode::Native, platform, emulation, network);
+    if !held_from_native {
+        if !warm_counts(&w.agent, BuildMode::Emulated, platform, emulation, network) {
+            return None;
+        }
+        // Native agents do not wait for a warm emulating one.
+        let native = online.iter().any(|a| {
+            a.id != w.agent.id
+                && !a.draining
+                && a.native.contains(platform)
+                && a.networks.allows(network)
+        });
+        if native {
+            return None;
+        }
+    }
+    let ms = |d: i64| Duration::from_millis(d.max(0) as u64);
+    Some(format!(
+        "held for {}, which built it {} ago (warm cache), for up to {} more; then any agent may take it",
+        w.agent.name,
+        format_duration(ms(now - w.built_at)),
+        format_duration(ms(until - now))
+    ))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -119,6 +166,62 @@ mod tests {
             revoked: false,
             networks: Default::default(),
         }
+    }
+
+    #[test]
+    fn a_build_held_for_its_warm_agent_says_so_until_the_bound() {
+        let warm_a = agent("amd64-a", &["linux/amd64"], &[]);
+        let cold_b = agent("amd64-b", &["linux/amd64"], &[]);
+        let w = WarmAgent {
+            repository: "127.0.0.1:5000/team/app".into(),
+            platform: p("linux/amd64"),
+            agent: warm_a.clone(),
+            built_at: 0,
+        };
+        let online = [warm_a, cold_b];
+        let wait = Duration::from_secs(30);
+        let held = |now| {
+            held_for_warm_agent(
+                &p("linux/amd64"),
+                EmulationPolicy::Fallback,
+                None,
+                60_000,
+                Some(&w),
+                &online,
+                now,
+                wait,
+            )
+        };
+        assert_eq!(
+            held(70_000).as_deref(),
+            Some(
+                "held for amd64-a, which built it 1m10s ago (warm cache), for up to 20s more; \
+                 then any agent may take it"
+            )
+        );
+        assert_eq!(held(90_000), None, "the bound passed");
+        // A warm agent that only emulates the platform holds nothing back from a native one.
+        let emu = agent("emu", &["linux/amd64"], &["linux/arm64"]);
+        let pi = agent("pi", &["linux/arm64"], &[]);
+        let w = WarmAgent {
+            platform: p("linux/arm64"),
+            agent: emu.clone(),
+            ..w.clone()
+        };
+        let why = |online: &[AgentRow]| {
+            held_for_warm_agent(
+                &p("linux/arm64"),
+                EmulationPolicy::Fallback,
+                None,
+                0,
+                Some(&w),
+                online,
+                1,
+                wait,
+            )
+        };
+        assert_eq!(why(&[emu.clone(), pi]), None);
+        assert!(why(&[emu]).is_some_and(|w| w.starts_with("held for emu,")));
     }
 
     #[test]

@@ -59,7 +59,7 @@ impl AgentNetworks {
 }
 
 impl AgentRow {
-    fn from_row(row: &AnyRow) -> StoreResult<Self> {
+    pub(super) fn from_row(row: &AnyRow) -> StoreResult<Self> {
         let unavailable: Option<String> = row.try_get("unavailable")?;
         Ok(AgentRow {
             id: parse_col(row, "id")?,
@@ -107,9 +107,9 @@ pub enum Registered {
     Revoked,
 }
 
-const COLUMNS: &str = "id, name, native_platforms, emulated_platforms, capacity, last_seen, \
-    draining, revoked_at, default_network, allowed_networks, storage_driver, storage_used_bytes, \
-    storage_limit_bytes, unavailable";
+pub(super) const COLUMNS: &str = "id, name, native_platforms, emulated_platforms, capacity, \
+    last_seen, draining, revoked_at, default_network, allowed_networks, storage_driver, \
+    storage_used_bytes, storage_limit_bytes, unavailable";
 
 /// What a revoked agent's token hash is kept behind; no sha256 in hex starts with it.
 const REVOKED_PREFIX: &str = "revoked:";

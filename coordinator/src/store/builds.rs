@@ -43,6 +43,8 @@ pub struct BuildRow {
     pub decision: Option<String>,
     /// Unix ms.
     pub created_at: i64,
+    /// When it last entered the queue (a requeue resets it), Unix ms.
+    pub queued_at: i64,
     /// Unix ms.
     pub started_at: Option<i64>,
     /// Unix ms.
@@ -51,7 +53,7 @@ pub struct BuildRow {
 
 const COLUMNS: &str =
     "id, job_id, platform, state, agent_id, agent_name, mode, lease_token, digest, media_type, \
-        size, attempts, error, created_at, started_at, finished_at, optional, decision";
+        size, attempts, error, created_at, queued_at, started_at, finished_at, optional, decision";
 
 impl BuildRow {
     fn from_row(row: &AnyRow) -> StoreResult<Self> {
@@ -77,6 +79,7 @@ impl BuildRow {
             optional: row.try_get::<i64, _>("optional")? != 0,
             decision: row.try_get("decision")?,
             created_at: row.try_get("created_at")?,
+            queued_at: row.try_get("queued_at")?,
             started_at: row.try_get("started_at")?,
             finished_at: row.try_get("finished_at")?,
         })
@@ -356,6 +359,7 @@ impl Store {
         media_type: &str,
         size: i64,
     ) -> StoreResult<bool> {
+        let mut tx = self.begin().await?;
         let res = sqlx::query(
             "UPDATE builds SET state = 'succeeded', digest = $1, media_type = $2, size = $3, finished_at = $4, \
              lease_expires_at = NULL WHERE id = $5 AND lease_token = $6 AND state = 'building'",
@@ -366,9 +370,16 @@ impl Store {
         .bind(now_ms())
         .bind(build_id.to_string())
         .bind(token.to_string())
-        .execute(&self.pool)
+        .execute(&mut *tx)
         .await?;
-        Ok(res.rows_affected() == 1)
+        if res.rows_affected() != 1 {
+            tx.rollback().await?;
+            return Ok(false);
+        }
+        // Its agent's cache now holds this build's layers: the scheduler prefers it next time.
+        super::warm::record(&mut tx, build_id).await?;
+        tx.commit().await?;
+        Ok(true)
     }
 
     /// Records a failed build; false when the lease is not current.

@@ -12,6 +12,7 @@ pub mod scratch;
 mod secrets;
 mod stitching;
 mod tokens;
+mod warm;
 
 use std::str::FromStr;
 
@@ -25,6 +26,7 @@ pub use builds::{BuildRow, LeaseCheck, QueuedBuild, RunningBuild};
 pub use chunks::CONTEXT_CHUNK_BYTES;
 pub use jobs::{JobCache, JobRow, NewJob, Stopped};
 pub use tokens::{NewToken, Refusal};
+pub use warm::WarmAgent;
 
 static SQLITE_MIGRATIONS: Migrator = sqlx::migrate!("../migrations/sqlite");
 static POSTGRES_MIGRATIONS: Migrator = sqlx::migrate!("../migrations/postgres");

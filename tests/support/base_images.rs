@@ -74,7 +74,12 @@ pub fn push_bookworm_gcc_index(buildah: &Buildah, platforms: &[&str], target: &s
         ]);
         let image = format!("{list}-{arch}");
         buildah.run(&["commit", "--rm", "--quiet", container, &image]);
-        buildah.run(&["manifest", "add", &list, &format!("containers-storage:{image}")]);
+        buildah.run(&[
+            "manifest",
+            "add",
+            &list,
+            &format!("containers-storage:{image}"),
+        ]);
     }
     buildah.run(&[
         "manifest",

@@ -35,7 +35,9 @@ pub fn set_app_version(context: &BuildContext, version: &str) -> String {
 /// Whether buildah took the step whose `STEP n/m: …` line contains `step` from its cache, as its
 /// log says (`--> Using cache ID` before the next step); None when the log has no such step.
 pub fn step_cached(log: &str, step: &str) -> Option<bool> {
-    let mut lines = log.lines().skip_while(|l| !(l.contains("STEP ") && l.contains(step)));
+    let mut lines = log
+        .lines()
+        .skip_while(|l| !(l.contains("STEP ") && l.contains(step)));
     lines.next()?;
     Some(
         lines
@@ -59,7 +61,10 @@ pub fn check_program(image: &str, platform: &str, version: &str) -> Result<(), S
             ))
         }
     }
-    if !bytes.windows(version.len()).any(|w| w == version.as_bytes()) {
+    if !bytes
+        .windows(version.len())
+        .any(|w| w == version.as_bytes())
+    {
         return Err(format!(
             "{PROGRAM} in {image} ({platform}) does not carry {version:?}"
         ));

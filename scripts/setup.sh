@@ -5,6 +5,9 @@
 #   * htpasswd (apache2-utils) and openssl for the authenticated TLS registry of tests/registry_auth.rs,
 #   * QEMU user-mode emulation registered with binfmt_misc (arm64, ppc64le, s390x, arm, riscv64),
 #   * the example's per-architecture base file systems (a static busybox from Debian for each),
+#   * examples/realworld's Debian bookworm + gcc base file systems for amd64 and arm64 (mmdebstrap,
+#     minutes the first time, then cached in $ARCHFARM_CACHE_DIR/rootfs/; the benchmark makes the
+#     ppc64el and s390x ones when it first needs them),
 #   * cargo-fuzz and the nightly toolchain it needs, for the fuzz targets in fuzz/ (scripts/fuzz.sh),
 #   * cargo-nextest, which runs the tests (scripts/test.sh).
 # Idempotent and non-interactive: when everything is in place it only checks and returns quickly.
@@ -128,6 +131,8 @@ declare -A NEED=(
     # its self-signed CA and certificate.
     [htpasswd]=apache2-utils
     [openssl]=openssl
+    # The Debian + gcc base file systems of examples/realworld (scripts/realworld-rootfs.sh).
+    [mmdebstrap]=mmdebstrap
 )
 missing=()
 for cmd in "${!NEED[@]}"; do
@@ -151,7 +156,7 @@ if [ "${#missing[@]}" -gt 0 ]; then
     apt_update
     as_root apt-get install -y -qq --no-install-recommends "${missing[@]}"
 else
-    say "packages present: buildah runc skopeo umoci docker-registry qemu-user-static binfmt-support curl chromium chromium-driver apache2-utils openssl"
+    say "packages present: buildah runc skopeo umoci docker-registry qemu-user-static binfmt-support curl chromium chromium-driver apache2-utils openssl mmdebstrap"
 fi
 
 # --- binfmt_misc and QEMU handlers ------------------------------------------------------------------
@@ -248,4 +253,7 @@ for deb_arch in "${DEB_ARCHES[@]}"; do
         die "linux/$oci_arch: the $oci_arch busybox does not run as ${MACHINE[$deb_arch]} here (got: '$machine'); is its qemu handler registered?"
     fi
 done
+# --- examples/realworld's base file systems (tests/realworld.rs) -------------------------------------
+say "realworld base file systems (scripts/realworld-rootfs.sh; minutes each the first time)"
+"$ROOT/scripts/realworld-rootfs.sh" amd64 arm64 | while read -r tar; do note "$tar"; done
 say "setup complete"

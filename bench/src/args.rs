@@ -22,6 +22,10 @@ pub enum Part {
     Emulation,
     /// Dispatch latency and memory at several farm sizes (`--growth`), on SQLite.
     Growth,
+    /// A team-like multi-stage build (examples/realworld) on four platforms: cold, rebuilt, and
+    /// rebuilt on fresh agents from the registry cache, against plain buildah (issue 16). Slow
+    /// (the emulated cold builds take minutes), so only when named in --only.
+    Realworld,
 }
 
 /// Measures archfarm's coordinator overhead against the physical limit; prints progress to
@@ -47,7 +51,8 @@ pub struct Args {
     #[arg(long, value_name = "FILE")]
     pub plot: Option<PathBuf>,
 
-    /// Only these parts, comma-separated [default: all; with --quick: dispatch,stitch].
+    /// Only these parts, comma-separated [default: all but realworld; with --quick:
+    /// dispatch,stitch].
     #[arg(long, value_enum, value_delimiter = ',', value_name = "PART")]
     pub only: Vec<Part>,
 
@@ -88,6 +93,11 @@ pub struct Args {
     /// Stitches measured each way [default: 50; with --quick: 20].
     #[arg(long, value_name = "N")]
     pub stitch_samples: Option<usize>,
+
+    /// The realworld part's plain buildah half only, without archfarm's side (to measure the
+    /// floor on a machine or branch where archfarm's side cannot run).
+    #[arg(long)]
+    pub realworld_plain_only: bool,
 
     /// Runs of each of the end-to-end overhead's two sides (archfarm, buildah alone).
     #[arg(long, default_value_t = 3, value_name = "N")]

@@ -13,6 +13,7 @@ pub mod machine;
 pub mod overhead;
 pub mod plot;
 pub mod procstat;
+pub mod realworld;
 pub mod report;
 pub mod stats;
 pub mod stitching;
@@ -88,6 +89,10 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     if plan.parts.contains(&Part::Emulation) {
         eprintln!("==> the price of emulation");
         report.emulation = Some(emulation::run()?);
+    }
+    if plan.parts.contains(&Part::Realworld) {
+        eprintln!("==> real teams' builds: archfarm with a registry cache against plain buildah");
+        report.realworld = Some(realworld::run(&registry, args.realworld_plain_only)?);
     }
     report.wall_secs = started.elapsed().as_secs_f64();
     report.write(

@@ -13,6 +13,7 @@ use crate::farm::DbKind;
 use crate::machine::Machine;
 use crate::overhead::OverheadRun;
 use crate::plot::{self, Panel, Series};
+use crate::realworld::RealworldRun;
 use crate::stats::round;
 use crate::stitching::StitchRun;
 
@@ -56,6 +57,8 @@ pub struct Report {
     pub overhead: Option<OverheadRun>,
     /// The price of emulation.
     pub emulation: Option<EmulationRun>,
+    /// Real teams' builds: archfarm's caches against plain buildah.
+    pub realworld: Option<RealworldRun>,
 }
 
 /// The headline figures, flat, for scripts and dashboards.
@@ -103,6 +106,7 @@ impl Report {
             growth: Vec::new(),
             overhead: None,
             emulation: None,
+            realworld: None,
         }
     }
 
@@ -198,6 +202,9 @@ impl Report {
                 .collect();
             let _ = writeln!(out, "  emulation: {}", ratios.join(", "));
         }
+        if let Some(r) = &self.realworld {
+            let _ = writeln!(out, "  realworld: {}", r.summary());
+        }
         let _ = write!(out, "  ({:.0} s in all)", self.wall_secs);
         out
     }
@@ -278,6 +285,9 @@ impl Report {
         self.stitch_section(&mut s);
         self.emulation_section(&mut s);
         self.growth_section(&mut s, plot);
+        if let Some(r) = &self.realworld {
+            s.push_str(&r.markdown());
+        }
         if let Some(a) = analysis {
             let _ = writeln!(s, "{}", a.trim_end());
         }
@@ -376,6 +386,9 @@ impl Report {
                 &|v| v <= goals::STITCH_P50_MS,
                 &times(goals::STITCH_P50_MS),
             );
+        }
+        if let Some(r) = &self.realworld {
+            s.push_str(&r.goal_lines());
         }
         s.push('\n');
     }

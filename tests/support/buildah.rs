@@ -6,10 +6,12 @@ use std::process::Command;
 
 use crate::process::{clean_env, Scratch};
 
-/// buildah with vfs storage in a scratch directory; removed on drop.
+/// buildah with its storage (vfs unless asked otherwise) in a scratch directory; removed on drop.
 #[derive(Debug)]
 pub struct Buildah {
     storage: Scratch,
+    /// `--storage-driver`.
+    driver: &'static str,
 }
 
 impl Default for Buildah {
@@ -19,15 +21,21 @@ impl Default for Buildah {
 }
 
 impl Buildah {
-    /// buildah with fresh storage.
+    /// buildah with fresh vfs storage.
     pub fn new() -> Buildah {
+        Self::with_driver("vfs")
+    }
+
+    /// buildah with fresh storage on `driver` (`overlay`, as a team's own machine has it as root).
+    pub fn with_driver(driver: &'static str) -> Buildah {
         Buildah {
             storage: Scratch::new("buildah"),
+            driver,
         }
     }
 
-    /// Runs `buildah --root .. --runroot .. --storage-driver vfs ARGS`; stdout, or a panic that shows
-    /// both outputs.
+    /// Runs `buildah --root .. --runroot .. --storage-driver DRIVER ARGS`; stdout, or a panic that
+    /// shows both outputs.
     pub fn run(&self, args: &[&str]) -> String {
         self.try_run(args).unwrap_or_else(|e| panic!("{e}"))
     }
@@ -39,7 +47,7 @@ impl Buildah {
             .arg(self.storage.join("root"))
             .arg("--runroot")
             .arg(self.storage.join("runroot"))
-            .args(["--storage-driver", "vfs"])
+            .args(["--storage-driver", self.driver])
             .args(args)
             // Large temporary files stay in this storage's scratch directory, as the agent keeps
             // them on its work disk.

@@ -1,4 +1,5 @@
-//! Build contexts: copies of `examples/hello` (with its per-architecture base file systems).
+//! Build contexts: copies of `examples/hello` (with its per-architecture base file systems) and
+//! `examples/realworld`.
 
 use std::fs;
 use std::path::{Path, PathBuf};
@@ -31,6 +32,14 @@ impl BuildContext {
         );
         let dir = Scratch::new("context");
         copy_tree(&src, dir.path());
+        BuildContext { dir }
+    }
+
+    /// A copy of `examples/realworld` (the team-like multi-stage build), so a test may edit its
+    /// `main.c`.
+    pub fn realworld() -> BuildContext {
+        let dir = Scratch::new("context");
+        copy_tree(&repo_root().join("examples/realworld"), dir.path());
         BuildContext { dir }
     }
 

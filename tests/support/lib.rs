@@ -10,16 +10,19 @@
 
 pub mod agent;
 pub mod archive;
+pub mod base_images;
 pub mod browser;
 pub mod buildah;
 pub mod checks;
 pub mod context;
 pub mod coordinator;
 pub mod database;
+pub mod elf;
 pub mod metrics;
 pub mod oci;
 pub mod process;
 pub mod protocol_agent;
+pub mod realworld;
 pub mod registry;
 pub mod secure_registry;
 pub mod tls;

@@ -214,4 +214,12 @@ fn registry_cache_per_platform_serves_rebuilds_and_fresh_agents() {
         setup.registry.tags("realworld"),
         ["cold", "fresh", "rebuild"]
     );
+    // Each platform's steps in a repository of its own, so neither overwrote the other's.
+    for platform in ["linux-amd64", "linux-arm64"] {
+        let cached = setup.registry.tags(&format!("cache/realworld/{platform}"));
+        assert!(
+            !cached.is_empty(),
+            "no cache images in cache/realworld/{platform}"
+        );
+    }
 }

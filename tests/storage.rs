@@ -30,9 +30,9 @@ fn build(
     (job, log)
 }
 
-/// The directory of a push target's store in an agent's work directory.
+/// The directory of a push target's linux/amd64 store in an agent's work directory.
 fn scope_dir(agent: &Agent, registry: &Registry, repo: &str) -> std::path::PathBuf {
-    let digest = Sha256::digest(format!("{}/{repo}", registry.host()).as_bytes());
+    let digest = Sha256::digest(format!("{}/{repo} for linux/amd64", registry.host()).as_bytes());
     let name: String = digest[..8].iter().map(|b| format!("{b:02x}")).collect();
     agent.work_dir().join("storage/scopes").join(name)
 }
@@ -63,7 +63,7 @@ fn an_agent_over_its_storage_limit_drops_the_least_recently_used_store_and_build
         std::fs::read_to_string(small_scope.join("scope"))
             .unwrap()
             .trim(),
-        format!("{}/storage/small", registry.host())
+        format!("{}/storage/small for linux/amd64", registry.host())
     );
 
     let big = "FROM scratch\nCOPY rootfs/amd64/ /\n\

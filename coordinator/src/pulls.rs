@@ -1,6 +1,6 @@
 //! What a lease tells its agent about pulling the build's base images: the farm's mirrors, which
 //! registries speak plain HTTP, and pull credentials for the registries (and mirrors) the job's
-//! Dockerfile names, and no others.
+//! Dockerfile names and its registry caches are in, and no others.
 //!
 //! The credential is the coordinator's own for that registry, as configured (see
 //! [`credentials`] for why not a scoped token).
@@ -95,7 +95,15 @@ pub fn for_lease(
     build_id: Uuid,
     job: &JobRow,
 ) -> PullSettings {
-    let sources = sources(config, &job.base_images);
+    let mut sources = sources(config, &job.base_images);
+    // buildah reads and writes the registry caches itself, with the same configuration and
+    // auth file as its pulls: a cache registry is spoken to like a base image's.
+    for c in job.cache.to.iter().chain(&job.cache.from) {
+        let pair = (c.registry.clone(), c.repository.clone());
+        if !sources.contains(&pair) {
+            sources.push(pair);
+        }
+    }
     let credentials = credentials(auths, &sources);
     for c in &credentials {
         tracing::info!(build.id = %build_id, registry = %c.scope, kind = c.credential.kind(), "pull credential for the lease");

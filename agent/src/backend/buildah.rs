@@ -105,9 +105,15 @@ impl Buildah {
         scope.command(&self.program)
     }
 
-    /// The scope of a build: its push target, whose builds alone share layers and caches.
+    /// The scope of a build: its push target and platform, whose builds alone share layers and
+    /// caches. Per push target, so no team's build reuses a layer another team's left; per
+    /// platform, because buildah 1.28's layer cache does not tell platforms apart where no base
+    /// image does (`FROM scratch`): an arm64 build's layers would be reused for s390x.
     pub fn scope_name(spec: &BuildSpec) -> String {
-        format!("{}/{}", spec.registry, spec.repository)
+        format!(
+            "{}/{} for {}",
+            spec.registry, spec.repository, spec.platform
+        )
     }
 
     /// The arguments after `buildah <storage options>` for the build step.
@@ -520,7 +526,10 @@ mod tests {
              --build-arg A=1 --build-arg B=x=y --target final \
              -t archfarm-00000000-0000-0000-0000-000000000000 /w/builds/b/context"
         );
-        assert_eq!(Buildah::scope_name(&s), "127.0.0.1:5000/team/app");
+        assert_eq!(
+            Buildah::scope_name(&s),
+            "127.0.0.1:5000/team/app for linux/arm64"
+        );
     }
 
     #[test]

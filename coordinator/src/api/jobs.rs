@@ -343,7 +343,6 @@ async fn create(
             ),
         ));
     }
-    let mut job = job;
     let dockerfile = state
         .blobs
         .read_file(

@@ -7,7 +7,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use archfarm_e2e::{preflight, Agent, AgentOptions, BuildContext, Coordinator, Registry};
-use archfarm_protocol::api::{Job, JobState};
+use archfarm_protocol::api::{AgentState, BuildState, Job, JobState};
 use sha2::{Digest, Sha256};
 
 /// How long one single-platform job may take.
@@ -30,9 +30,11 @@ fn build(
     (job, log)
 }
 
-/// The directory of a push target's linux/amd64 store in an agent's work directory.
+/// The directory of a push target's linux/amd64 store (host network) in an agent's work directory.
 fn scope_dir(agent: &Agent, registry: &Registry, repo: &str) -> std::path::PathBuf {
-    let digest = Sha256::digest(format!("{}/{repo} for linux/amd64", registry.host()).as_bytes());
+    let digest = Sha256::digest(
+        format!("{}/{repo} for linux/amd64, network host", registry.host()).as_bytes(),
+    );
     let name: String = digest[..8].iter().map(|b| format!("{b:02x}")).collect();
     agent.work_dir().join("storage/scopes").join(name)
 }
@@ -63,7 +65,10 @@ fn an_agent_over_its_storage_limit_drops_the_least_recently_used_store_and_build
         std::fs::read_to_string(small_scope.join("scope"))
             .unwrap()
             .trim(),
-        format!("{}/storage/small for linux/amd64", registry.host())
+        format!(
+            "{}/storage/small for linux/amd64, network host",
+            registry.host()
+        )
     );
 
     let big = "FROM scratch\nCOPY rootfs/amd64/ /\n\
@@ -193,5 +198,56 @@ fn cache_mounts_persist_per_push_target_and_may_not_nest_with_an_earlier_builds(
     );
     assert!(
         Path::new(&scope_dir(&agent, &registry, "storage/cache").join("cache/c/mark")).is_file()
+    );
+}
+
+#[test]
+fn an_agent_whose_disk_is_full_drains_itself_with_the_reason() {
+    preflight();
+    let registry = Registry::start();
+    let coordinator = Coordinator::start();
+    // No disk has this much free, so the agent counts its disk as full from the start.
+    let _agent = Agent::spawn(
+        &coordinator,
+        AgentOptions::new("full-disk")
+            .emulate("none")
+            .arg("--min-free-disk")
+            .arg("1000TiB"),
+    );
+    archfarm_e2e::wait_until(
+        Duration::from_secs(60),
+        "the full agent to drain itself",
+        || {
+            coordinator.agents().iter().any(|a| {
+                a.name == "full-disk"
+                    && a.state == AgentState::Draining
+                    && a.drain_reason
+                        .as_deref()
+                        .is_some_and(|r| r.contains("disk full"))
+            })
+        },
+    );
+    let table = coordinator.cli(&["agents"]);
+    let table = String::from_utf8_lossy(&table.stdout).to_string();
+    eprintln!("archfarm agents:\n{table}");
+    assert!(
+        table
+            .lines()
+            .any(|l| l.starts_with("full-disk") && l.contains("draining")),
+        "{table}"
+    );
+    assert!(
+        table.lines().any(|l| l.starts_with("full-disk: disk full")),
+        "the reason under the table:\n{table}"
+    );
+    // A job it could build waits, saying why, instead of failing on the full disk.
+    let context = BuildContext::hello();
+    let image = format!("{}/storage/full:latest", registry.host());
+    let id = coordinator.submit(&["--platform", "linux/amd64", "-t", &image, &context.arg()]);
+    let job = coordinator.job(id);
+    assert_eq!(job.builds[0].state, BuildState::Queued, "{job:#?}");
+    assert!(
+        job.builds[0].waiting.is_some(),
+        "the queued build says why it waits: {job:#?}"
     );
 }

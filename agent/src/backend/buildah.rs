@@ -105,14 +105,16 @@ impl Buildah {
         scope.command(&self.program)
     }
 
-    /// The scope of a build: its push target and platform, whose builds alone share layers and
-    /// caches. Per push target, so no team's build reuses a layer another team's left; per
-    /// platform, because buildah 1.28's layer cache does not tell platforms apart where no base
-    /// image does (`FROM scratch`): an arm64 build's layers would be reused for s390x.
+    /// The scope of a build: its push target, platform and network, whose builds alone share
+    /// layers and caches. Per push target, so no team's build reuses a layer another team's left;
+    /// per platform and network, because buildah 1.28's layer cache keys a step by its text and
+    /// parent only: without a base image to tell them apart (`FROM scratch`) an arm64 build's
+    /// layers were reused for s390x, and a step run with `--network none` was reused for the same
+    /// step with the host's network (BuildKit keys both).
     pub fn scope_name(spec: &BuildSpec) -> String {
         format!(
-            "{}/{} for {}",
-            spec.registry, spec.repository, spec.platform
+            "{}/{} for {}, network {}",
+            spec.registry, spec.repository, spec.platform, spec.network
         )
     }
 
@@ -528,7 +530,7 @@ mod tests {
         );
         assert_eq!(
             Buildah::scope_name(&s),
-            "127.0.0.1:5000/team/app for linux/arm64"
+            "127.0.0.1:5000/team/app for linux/arm64, network host"
         );
     }
 

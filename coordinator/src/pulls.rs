@@ -88,6 +88,19 @@ pub fn credentials(auths: &RegistryAuths, sources: &[(String, String)]) -> Vec<P
     out
 }
 
+/// What buildah may reach for a build of `job`: its base images' sources and its registry
+/// caches, which buildah reads and writes with the same configuration and auth file as its pulls.
+pub fn lease_sources(config: &Config, job: &JobRow) -> Vec<(String, String)> {
+    let mut sources = sources(config, &job.base_images);
+    for c in job.cache.to.iter().chain(&job.cache.from) {
+        let pair = (c.registry.clone(), c.repository.clone());
+        if !sources.contains(&pair) {
+            sources.push(pair);
+        }
+    }
+    sources
+}
+
 /// The pull settings of a lease for a build of `job`.
 pub fn for_lease(
     config: &Config,
@@ -95,15 +108,7 @@ pub fn for_lease(
     build_id: Uuid,
     job: &JobRow,
 ) -> PullSettings {
-    let mut sources = sources(config, &job.base_images);
-    // buildah reads and writes the registry caches itself, with the same configuration and
-    // auth file as its pulls: a cache registry is spoken to like a base image's.
-    for c in job.cache.to.iter().chain(&job.cache.from) {
-        let pair = (c.registry.clone(), c.repository.clone());
-        if !sources.contains(&pair) {
-            sources.push(pair);
-        }
-    }
+    let sources = lease_sources(config, job);
     let credentials = credentials(auths, &sources);
     for c in &credentials {
         tracing::info!(build.id = %build_id, registry = %c.scope, kind = c.credential.kind(), "pull credential for the lease");

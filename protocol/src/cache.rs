@@ -133,12 +133,18 @@ impl CacheRef {
         })
     }
 
-    /// The default cache of a job pushing to `repository` when the coordinator has a default
-    /// cache location `base` (`REGISTRY/PATH`): `REGISTRY/PATH/REPOSITORY`.
-    pub fn default_for(base: &CacheRef, repository: &str) -> CacheRef {
+    /// The default cache of a job pushing to `registry`/`repository` when the coordinator has
+    /// a default cache location `base` (`REGISTRY/PATH`): `REGISTRY/PATH/HOST[-PORT]/REPOSITORY`,
+    /// the push registry included so that `a.lan/team/app` and `b.lan/team/app` never share one.
+    pub fn default_for(base: &CacheRef, registry: &str, repository: &str) -> CacheRef {
+        let host: String = registry
+            .to_ascii_lowercase()
+            .chars()
+            .map(|c| if c == ':' { '-' } else { c })
+            .collect();
         CacheRef {
             registry: base.registry.clone(),
-            repository: format!("{}/{repository}", base.repository),
+            repository: format!("{}/{host}/{repository}", base.repository),
             tag: base.tag.clone(),
             mode: CacheMode::Max,
         }
@@ -331,10 +337,15 @@ mod tests {
     #[test]
     fn the_default_cache_is_below_the_default_location() {
         let base = CacheRef::parse("127.0.0.1:5000/archfarm-cache").unwrap();
-        let c = CacheRef::default_for(&base, "team/app");
+        let c = CacheRef::default_for(&base, "reg.lan:5000", "team/app");
         assert_eq!(
             c.for_platform(&p("linux/arm64")),
-            "127.0.0.1:5000/archfarm-cache/team/app/linux-arm64"
+            "127.0.0.1:5000/archfarm-cache/reg.lan-5000/team/app/linux-arm64"
+        );
+        ImageRef::parse(&c.for_platform(&p("linux/arm64"))).unwrap();
+        assert_ne!(
+            CacheRef::default_for(&base, "other.lan", "team/app").for_platform(&p("linux/arm64")),
+            c.for_platform(&p("linux/arm64"))
         );
         assert_eq!(c.mode, CacheMode::Max);
     }

@@ -215,7 +215,12 @@ impl Buildah {
                     source,
                 }
             })?;
-        let plan = CachePlan::choose(&spec.cache, cache::tcp_reachable).await;
+        let plain_http = &spec.pull.insecure_registries;
+        let plan = CachePlan::choose(&spec.cache, |registry| {
+            let plain = plain_http.contains(&registry);
+            cache::tcp_reachable(registry, plain)
+        })
+        .await;
         for note in &plan.notes {
             log.note(note).await;
         }

@@ -124,18 +124,18 @@ fn registry_of(repo: &str) -> &str {
 }
 
 /// Whether `registry` (`host[:port]`) accepts a TCP connection within [`REACH_TIMEOUT`]; the
-/// port defaults to 443. Cheap, and enough to spare a build buildah's retries against a registry
-/// that is down; one that answers but refuses is handled by buildah (reads) and by the second
-/// run (writes).
-pub async fn tcp_reachable(registry: String) -> Result<(), String> {
-    let addr = if registry
+/// port defaults to 80 for a registry spoken to over plain HTTP, else 443. Cheap, and enough to
+/// spare a build buildah's retries against a registry that is down; one that answers but refuses
+/// is handled by buildah (reads) and by the second run (writes).
+pub async fn tcp_reachable(registry: String, plain_http: bool) -> Result<(), String> {
+    let has_port = registry
         .rsplit_once(':')
         .is_some_and(|(_, p)| p.parse::<u16>().is_ok())
-        && !registry.ends_with(']')
-    {
-        registry.clone()
-    } else {
-        format!("{registry}:443")
+        && !registry.ends_with(']');
+    let addr = match (has_port, plain_http) {
+        (true, _) => registry.clone(),
+        (false, true) => format!("{registry}:80"),
+        (false, false) => format!("{registry}:443"),
     };
     match tokio::time::timeout(REACH_TIMEOUT, TcpStream::connect(&addr)).await {
         Ok(Ok(_)) => Ok(()),
@@ -243,9 +243,11 @@ mod tests {
     async fn reachability_is_checked_with_a_connection() {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let port = listener.local_addr().unwrap().port();
-        assert!(tcp_reachable(format!("127.0.0.1:{port}")).await.is_ok());
+        assert!(tcp_reachable(format!("127.0.0.1:{port}"), false)
+            .await
+            .is_ok());
         drop(listener);
-        let e = tcp_reachable(format!("127.0.0.1:{port}"))
+        let e = tcp_reachable(format!("127.0.0.1:{port}"), false)
             .await
             .unwrap_err();
         assert!(e.contains("cannot be reached"), "{e}");

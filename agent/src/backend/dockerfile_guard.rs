@@ -48,8 +48,12 @@ pub fn cache_keys(dockerfile: &str, context: &Path) -> Result<Vec<String>, Refus
     let text = dockerfile.strip_prefix('\u{feff}').unwrap_or(dockerfile);
     let escape = escape_directive(text);
     let other = if escape == '\\' { '`' } else { '\\' };
-    let keys = check_with(text, escape, context)?;
-    check_with(text, other, context)?;
+    // Both readings' keys: a key only the other reading sees must be recorded and checked
+    // against earlier builds' too, or a misread escape directive would hide a nesting.
+    let mut keys = check_with(text, escape, context)?;
+    keys.extend(check_with(text, other, context)?);
+    keys.sort();
+    keys.dedup();
     Ok(keys)
 }
 

@@ -100,19 +100,34 @@ pub fn write(build_dir: &Path, settings: &PullSettings) -> io::Result<Vec<OsStri
     ])
 }
 
-/// The credentials for the build's auth file, keyed as it keys them: the push registry's
-/// first, so it wins over a pull credential for the same key.
+/// The credentials for the build's auth file (read by buildah only: archfarm pushes with the
+/// lease's credential itself), keyed as it keys them; the first entry for a key wins. The push
+/// registry's comes first, except that a bearer token (a scoped push token, which buildah 1.28
+/// ignores in an auth file) yields to a password the lease carries for the same registry, so that
+/// base images and caches there are still read and written.
 pub fn auth_entries(spec: &BuildSpec) -> Vec<(&str, &RegistryCredential)> {
-    spec.registry_auth
+    let pulls = spec
+        .pull
+        .credentials
         .iter()
-        .map(|c| (spec.registry.as_str(), c))
-        .chain(
-            spec.pull
-                .credentials
-                .iter()
-                .map(|c| (c.scope.as_str(), &c.credential)),
-        )
-        .collect()
+        .map(|c| (c.scope.as_str(), &c.credential));
+    let push = spec
+        .registry_auth
+        .iter()
+        .map(|c| (spec.registry.as_str(), c));
+    let token_yields = matches!(
+        spec.registry_auth,
+        Some(RegistryCredential::RegistryToken(_))
+    ) && spec
+        .pull
+        .credentials
+        .iter()
+        .any(|c| c.scope == spec.registry);
+    if token_yields {
+        pulls.chain(push).collect()
+    } else {
+        push.chain(pulls).collect()
+    }
 }
 
 /// One line for the build's log on what applies to its pulls, or None when nothing does
@@ -218,5 +233,45 @@ mod tests {
             "{line}"
         );
         assert_eq!(summary(&PullSettings::default()), None);
+    }
+
+    #[test]
+    fn a_password_for_the_push_registry_wins_over_a_scoped_token_in_the_auth_file() {
+        let password = RegistryCredential::Basic {
+            username: "farm".into(),
+            password: Secret::new("pw"),
+        };
+        let mut spec = BuildSpec {
+            build_id: uuid::Uuid::nil(),
+            platform: "linux/amd64".parse().unwrap(),
+            build_dir: "/w/b".into(),
+            context_dir: "/w/b/context".into(),
+            dockerfile: "Dockerfile".into(),
+            build_args: Default::default(),
+            target: None,
+            registry: "reg.lan".into(),
+            repository: "team/app".into(),
+            insecure_registry: false,
+            registry_auth: Some(RegistryCredential::RegistryToken(Secret::new("tok"))),
+            refresh_auth: None,
+            secrets: vec![],
+            network: archfarm_protocol::Network::Host,
+            pull: PullSettings {
+                credentials: vec![PullCredential {
+                    scope: "reg.lan".into(),
+                    credential: password.clone(),
+                }],
+                ..Default::default()
+            },
+            cache: Default::default(),
+        };
+        // buildah ignores the token: the password for the same registry comes first.
+        let entries = auth_entries(&spec);
+        assert_eq!(entries[0], ("reg.lan", &password));
+        // A password for the push registry stays first, as before.
+        spec.registry_auth = Some(password.clone());
+        spec.pull.credentials[0].credential =
+            RegistryCredential::RegistryToken(Secret::new("other"));
+        assert_eq!(auth_entries(&spec)[0], ("reg.lan", &password));
     }
 }

@@ -51,6 +51,11 @@ pub struct Caller {
 }
 
 impl Caller {
+    /// Whether this caller's patterns cover `registry`/`repository` (always, for a caller without).
+    pub fn covers(&self, registry: &str, repository: &str) -> bool {
+        allowed_by(&self.repositories, registry, repository)
+    }
+
     /// Refuses, with 403 `repository_not_allowed` naming the patterns, a push to
     /// `registry`/`repository` outside this caller's patterns (`what` begins the message, e.g.
     /// "this job would push to").

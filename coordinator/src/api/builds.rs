@@ -237,18 +237,19 @@ async fn registry_credential(
 }
 
 /// What must never reach a job's logs or errors: its build secrets' and secret build arguments'
-/// values and its registry's credential. Agents redact these already; this is the second line of
+/// values and the registry credentials its leases carry. Agents redact these already; this is the second line of
 /// defence (for build secrets, while the job is live: their values are deleted when it ends).
 async fn redactor_for(state: &AppState, job_id: Uuid) -> Result<Redactor, ApiError> {
     let Some(job) = state.store.get_job(job_id).await? else {
         return Ok(Redactor::default());
     };
-    let secrets = state
-        .registry
-        .auths
-        .get(&job.registry)
-        .map(|c| c.secrets())
-        .unwrap_or_default();
+    // The push registry's credential, and those its leases carry for pulls and caches.
+    let pulls = crate::pulls::lease_sources(&state.config, &job);
+    let secrets: Vec<_> = std::iter::once(job.registry.as_str())
+        .chain(pulls.iter().map(|(registry, _)| registry.as_str()))
+        .filter_map(|registry| state.registry.auths.get(registry))
+        .flat_map(|c| c.secrets())
+        .collect();
     let build_secrets = state.store.job_secrets(job_id).await?;
     Ok(
         Redactor::for_build_args(&job.build_args, &job.secret_build_args)

@@ -244,9 +244,12 @@ fn settle_caches(
 ) -> Result<(), ApiError> {
     if job.cache.to.is_empty() && job.cache.from.is_empty() {
         if let Some(base) = &config.default_cache {
-            let c = CacheRef::default_for(base, &job.repository);
+            // The farm's own location, below the job's already authorised push target: no
+            // pattern of a limited token has to cover it, and no other target shares it.
+            let c = CacheRef::default_for(base, &job.registry, &job.repository);
             job.cache.to = vec![c.clone()];
             job.cache.from = vec![c];
+            return Ok(());
         }
     }
     for c in job.cache.to.iter().chain(&job.cache.from) {
@@ -382,9 +385,18 @@ async fn create(
     };
     // A Dockerfile this reader cannot follow still builds; its base images are pulled without
     // the coordinator's credentials.
+    let mut outside = Vec::new();
     let unread = match base_images {
         Ok(images) => {
-            job.base_images = images.iter().map(ToString::to_string).collect();
+            // A limited token gets the farm's pull credentials only for base images in its own
+            // repositories: with them, any other team's private image would be readable.
+            for image in images {
+                if caller.covers(&image.registry, &image.repository) {
+                    job.base_images.push(image.to_string());
+                } else {
+                    outside.push(image.to_string());
+                }
+            }
             None
         }
         Err(why) => Some(format!(
@@ -396,6 +408,14 @@ async fn create(
     let id = state.store.insert_job(&job).await?;
     if let Some(warning) = unread {
         tracing::info!(job.id = %id, %warning, "base images unknown");
+        state.store.add_job_warning(id, &warning).await?;
+    }
+    if !outside.is_empty() {
+        let warning = format!(
+            "base images outside this token's repositories are pulled without the farm's registry \
+             credentials: {}",
+            outside.join(", ")
+        );
         state.store.add_job_warning(id, &warning).await?;
     }
     state.metrics.job_entered(JobState::Queued);
@@ -711,7 +731,7 @@ mod tests {
         settle_caches(&mut job, &config, &anyone).unwrap();
         assert_eq!(
             job.cache.to[0].for_platform(&"linux/arm64".parse().unwrap()),
-            "r.lan/archfarm-cache/team/app/linux-arm64"
+            "r.lan/archfarm-cache/r.lan/team/app/linux-arm64"
         );
         assert_eq!(job.cache.from, job.cache.to);
 
@@ -736,5 +756,12 @@ mod tests {
         let mut own = validate(req(&["linux/arm64"], &["r.lan/team/app:1"])).unwrap();
         own.cache.to = vec![CacheRef::parse("r.lan/team/cache").unwrap()];
         settle_caches(&mut own, &config, &limited).unwrap();
+        // The farm's default needs no pattern of the token: it is below the job's own target.
+        let mut defaulted = validate(req(&["linux/arm64"], &["r.lan/team/app:1"])).unwrap();
+        settle_caches(&mut defaulted, &config, &limited).unwrap();
+        assert_eq!(
+            defaulted.cache.from[0].for_platform(&"linux/arm64".parse().unwrap()),
+            "r.lan/archfarm-cache/r.lan/team/app/linux-arm64"
+        );
     }
 }

@@ -310,8 +310,10 @@ impl Storage {
     /// never dropped.
     pub async fn release(&self, lease: ScopeLease) -> Option<String> {
         let id = lease.id.clone();
-        drop(lease);
+        // The lock first, then the lease: in between, housekeeping elsewhere (another build's
+        // acquire, the disk-full check) could otherwise drop the scope just used whole.
         let _one = self.0.housekeeping.lock().await;
+        drop(lease);
         self.make_room(Some(&id), self.0.max_bytes).await
     }
 
@@ -334,8 +336,16 @@ impl Storage {
         let sized = tokio::task::spawn_blocking(move || {
             dirs.into_iter()
                 .map(|sd| {
-                    // A tree too large to measure counts as what was measured of it: it is large.
-                    let bytes = crate::backend::limits::disk_usage(&sd.0).unwrap_or(1 << 50);
+                    // A tree this walk cannot measure (deeper or larger than its bounds) is
+                    // not counted: counted as huge, one build's cache could evict every other
+                    // store. Such a scope is logged, and the disk-full check still sees the disk.
+                    let bytes = match crate::backend::limits::disk_usage(&sd.0) {
+                        Ok(b) => b,
+                        Err(e) => {
+                            tracing::warn!(scope = %sd.name(), error = %e, "could not measure a storage scope");
+                            0
+                        }
+                    };
                     (sd, bytes)
                 })
                 .collect::<Vec<_>>()
@@ -405,6 +415,12 @@ impl Storage {
                 .find(|(sd, _)| sd.0.ends_with(id))
                 .expect("planned scope");
             let name = sd.name();
+            // What the other scopes take: the pruned one must fit in what they leave.
+            let others: u64 = sized
+                .iter()
+                .filter(|(o, _)| o.0 != sd.0)
+                .map(|(_, b)| *b)
+                .sum();
             // Dangling images first (the builds before the newest); everything when that is not
             // enough: the scope's cache mounts stay, its layers are built again.
             for args in [&["rmi", "--prune"][..], &["rmi", "--all", "--force"]] {
@@ -419,7 +435,7 @@ impl Storage {
                 })
                 .await
                 .unwrap_or(0);
-                if now <= limit {
+                if others.saturating_add(now) <= limit {
                     break;
                 }
             }

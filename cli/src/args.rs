@@ -369,6 +369,29 @@ pub struct BuildArgs {
     /// Pull every base image again, even when the agent already has it.
     #[arg(long)]
     pub pull: bool,
+    /// Push the image (as buildx's `--push`): accepted for compatibility; the farm's agents
+    /// always push, by digest, and the index goes under every `-t`.
+    #[arg(long)]
+    pub push: bool,
+    /// Refused: the image is built on the farm's agents, not on this machine, so there is no
+    /// local image store to load it into (pull it after the build instead).
+    #[arg(long, hide = true)]
+    pub load: bool,
+    /// Refused: the farm pushes to a registry; `type=registry` is `--push`, and local outputs
+    /// (`type=docker`, `type=local`, `type=tar`, `type=oci`) cannot reach this machine.
+    #[arg(long, short = 'o', value_name = "SPEC", hide = true)]
+    pub output: Option<String>,
+    /// Write the pushed index's digest to FILE (as buildx's `--iidfile`), once it is pushed.
+    #[arg(long, value_name = "FILE")]
+    pub iidfile: Option<PathBuf>,
+    /// Write the build's metadata as JSON to FILE (as buildx's `--metadata-file`):
+    /// `containerimage.digest`, `containerimage.descriptor`, `image.name`, plus `archfarm.job`
+    /// and `archfarm.platforms` (each platform's manifest digest, agent and mode).
+    #[arg(long = "metadata-file", value_name = "FILE")]
+    pub metadata_file: Option<PathBuf>,
+    /// Print only the result and errors (as `--progress quiet`).
+    #[arg(long, short = 'q')]
+    pub quiet: bool,
     /// Context directory.
     #[arg(value_name = "CONTEXT")]
     pub context: PathBuf,

@@ -172,7 +172,32 @@ pub async fn build(conn: &Connection, args: &BuildArgs) -> Result<u8, Error> {
             return Ok(EXIT_INTERRUPTED);
         }
     };
-    outcome(&client, &finished).await
+    let code = outcome(&client, &finished).await?;
+    if code == 0 {
+        write_result_files(&plan, &finished)?;
+    }
+    Ok(code)
+}
+
+/// `--iidfile` and `--metadata-file`, once the index is pushed. A file that cannot be written
+/// fails the command (the image is pushed; a pipeline step would read nothing), naming it.
+fn write_result_files(plan: &BuildPlan, job: &Job) -> Result<(), Error> {
+    let fail = |path: &std::path::Path, e: std::io::Error| {
+        Error::Other(format!(
+            "the index was pushed, but {} could not be written: {e}",
+            path.display()
+        ))
+    };
+    if let (Some(path), Some(digest)) = (&plan.iidfile, &job.index_digest) {
+        crate::metadata::write(path, digest).map_err(|e| fail(path, e))?;
+    }
+    if let Some(path) = &plan.metadata_file {
+        let text = serde_json::to_string_pretty(&crate::metadata::of(job))
+            .expect("metadata serialises")
+            + "\n";
+        crate::metadata::write(path, &text).map_err(|e| fail(path, e))?;
+    }
+    Ok(())
 }
 
 /// The job's warnings (e.g. an optional platform left out), on stderr whatever `--progress` says.

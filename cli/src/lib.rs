@@ -19,6 +19,7 @@ pub mod context;
 pub mod dockerignore;
 pub mod follow;
 pub mod logs;
+pub mod metadata;
 pub mod output;
 pub mod secrets;
 pub mod tty;

@@ -58,6 +58,10 @@ pub struct BuildPlan {
     pub no_cache: bool,
     /// `--pull`.
     pub pull: bool,
+    /// `--iidfile`: where to write the index digest.
+    pub iidfile: Option<PathBuf>,
+    /// `--metadata-file`: where to write the build's metadata.
+    pub metadata_file: Option<PathBuf>,
 }
 
 impl BuildPlan {
@@ -66,6 +70,20 @@ impl BuildPlan {
         args: &BuildArgs,
         env: impl Fn(&str) -> Option<String>,
     ) -> Result<Self, UsageError> {
+        if args.load {
+            return Err(UsageError(
+                "--load is not supported: the image is built on the farm's agents, not on this \
+                 machine; it is pushed to the registry (as with --push), so pull it from there"
+                    .into(),
+            ));
+        }
+        if let Some(spec) = &args.output {
+            return Err(UsageError(format!(
+                "--output {spec} is not supported: the farm's agents always push the image to \
+                 the registry of its -t tags (buildx's --push, or --output type=registry) and never \
+                 send an image back to this machine"
+            )));
+        }
         let platforms = parse_platforms(&args.platforms)?;
         let optional_platforms = parse_optional_platforms(&args.optional_platforms, &platforms)?;
         let tags = parse_tags(&args.tags)?;
@@ -86,6 +104,8 @@ impl BuildPlan {
         };
         let secrets = crate::secrets::load(&args.secrets, &env)?;
         Ok(BuildPlan {
+            iidfile: args.iidfile.clone(),
+            metadata_file: args.metadata_file.clone(),
             cache_to: args.cache_to.clone(),
             cache_from: args.cache_from.clone(),
             no_cache: args.no_cache,
@@ -101,7 +121,11 @@ impl BuildPlan {
             emulation: args.emulation,
             network: args.network.0,
             timeout: args.timeout,
-            progress: args.progress,
+            progress: if args.quiet {
+                Progress::Quiet
+            } else {
+                args.progress
+            },
             detach: args.detach,
             submitter: match args.submitter.as_deref().map(str::trim) {
                 Some(s) if !s.is_empty() => Some(check_submitter(s)?),

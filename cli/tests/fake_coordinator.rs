@@ -786,3 +786,43 @@ async fn logs_follow_until_the_job_ends() {
         JobState::Failed
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn push_iidfile_and_metadata_file_as_buildx_writes_them() {
+    let (url, _state) = start(Scenario::Succeed, Some("tok")).await;
+    let ctx = sample_context();
+    let out_dir = tempfile::tempdir().unwrap();
+    let iid = out_dir.path().join("iid");
+    let meta = out_dir.path().join("metadata.json");
+    let out = run(
+        &url,
+        &[
+            "--token",
+            "tok",
+            "--push",
+            "-q",
+            "--iidfile",
+            iid.to_str().unwrap(),
+            "--metadata-file",
+            meta.to_str().unwrap(),
+        ],
+        ctx.path(),
+    )
+    .await;
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    assert_eq!(text(&out.stdout), format!("{INDEX}\n"));
+    assert_eq!(std::fs::read_to_string(&iid).unwrap(), INDEX);
+    let m: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&meta).unwrap()).unwrap();
+    assert_eq!(m["containerimage.digest"], INDEX);
+    assert_eq!(m["containerimage.descriptor"]["digest"], INDEX);
+    assert_eq!(
+        m["image.name"],
+        "localhost:5000/team/app:1,localhost:5000/team/app:latest"
+    );
+    assert!(m["archfarm.job"].is_string(), "{m}");
+    assert!(
+        m["archfarm.platforms"]["linux/amd64"]["digest"].is_string(),
+        "{m}"
+    );
+}

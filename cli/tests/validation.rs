@@ -329,3 +329,17 @@ fn bad_secrets_exit_2_before_any_upload() {
         "the environment variable ARCHFARM_TEST_SURELY_UNSET is not set",
     );
 }
+
+#[test]
+fn local_outputs_are_refused_with_what_the_farm_does_instead() {
+    let ctx = good_context();
+    let mut args = OK.to_vec();
+    args.push("--load");
+    assert_usage(build(ctx.path(), &args), "--load is not supported");
+    let mut args = OK.to_vec();
+    args.extend(["-o", "type=docker"]);
+    assert_usage(
+        build(ctx.path(), &args),
+        "--output type=docker is not supported: the farm's agents always push",
+    );
+}

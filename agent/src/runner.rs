@@ -207,6 +207,7 @@ async fn execute(
         network,
         pull: lease.pull.clone(),
         cache: lease.cache.clone(),
+        image_meta: lease.image_meta.clone(),
     };
     Ok(env
         .backend

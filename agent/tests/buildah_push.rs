@@ -183,6 +183,7 @@ impl Fixture {
             network: Network::Host,
             pull: Default::default(),
             cache: Default::default(),
+            image_meta: Default::default(),
         }
     }
 

@@ -426,6 +426,7 @@ fn a_lease(context: &[u8]) -> Lease {
         network: None,
         pull: Default::default(),
         cache: Default::default(),
+        image_meta: Default::default(),
     }
 }
 

@@ -187,6 +187,7 @@ fn rows(
         network: None,
         base_images: vec![],
         cache: Default::default(),
+        image_meta: Default::default(),
     };
     let builds = platforms
         .into_iter()

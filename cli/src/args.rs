@@ -389,6 +389,15 @@ pub struct BuildArgs {
     /// and `archfarm.platforms` (each platform's manifest digest, agent and mode).
     #[arg(long = "metadata-file", value_name = "FILE")]
     pub metadata_file: Option<PathBuf>,
+    /// A label for each platform's image config, KEY=VALUE (repeatable; a later one for the same
+    /// key wins).
+    #[arg(long = "label", value_name = "KEY=VALUE")]
+    pub labels: Vec<String>,
+    /// An annotation, as buildx takes it: `index:KEY=VALUE` for the image index (where GHCR reads
+    /// a multi-arch image's description), `manifest:KEY=VALUE` or `KEY=VALUE` for each
+    /// platform's manifest (repeatable).
+    #[arg(long = "annotation", value_name = "[index:|manifest:]KEY=VALUE")]
+    pub annotations: Vec<String>,
     /// Print only the result and errors (as `--progress quiet`).
     #[arg(long, short = 'q')]
     pub quiet: bool,

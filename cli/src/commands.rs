@@ -126,6 +126,8 @@ pub async fn build(conn: &Connection, args: &BuildArgs) -> Result<u8, Error> {
         secret_build_args: plan.secret_build_args.clone(),
         secrets: plan.secrets.clone(),
         network: plan.network.map(|n| n.to_string()),
+        labels: plan.labels.clone(),
+        annotations: plan.annotations.clone(),
         cache_to: plan.cache_to.iter().map(ToString::to_string).collect(),
         cache_from: plan.cache_from.iter().map(ToString::to_string).collect(),
         no_cache: plan.no_cache,

@@ -62,6 +62,10 @@ pub struct BuildPlan {
     pub iidfile: Option<PathBuf>,
     /// `--metadata-file`: where to write the build's metadata.
     pub metadata_file: Option<PathBuf>,
+    /// `--label` values, as given (checked).
+    pub labels: Vec<String>,
+    /// `--annotation` values, as given (checked).
+    pub annotations: Vec<String>,
 }
 
 impl BuildPlan {
@@ -84,6 +88,8 @@ impl BuildPlan {
                  send an image back to this machine"
             )));
         }
+        archfarm_protocol::image_meta::ImageMeta::parse(&args.labels, &args.annotations)
+            .map_err(UsageError)?;
         let platforms = parse_platforms(&args.platforms)?;
         let optional_platforms = parse_optional_platforms(&args.optional_platforms, &platforms)?;
         let tags = parse_tags(&args.tags)?;
@@ -105,6 +111,8 @@ impl BuildPlan {
         let secrets = crate::secrets::load(&args.secrets, &env)?;
         Ok(BuildPlan {
             iidfile: args.iidfile.clone(),
+            labels: args.labels.clone(),
+            annotations: args.annotations.clone(),
             metadata_file: args.metadata_file.clone(),
             cache_to: args.cache_to.clone(),
             cache_from: args.cache_from.clone(),

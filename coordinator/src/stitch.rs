@@ -158,7 +158,7 @@ pub async fn stitch(
             artifact_type: None,
         });
     }
-    let (bytes, media_type) = index_bytes(entries);
+    let (bytes, media_type) = index_bytes(entries, &job.image_meta.index_annotations);
     let digest = format!("sha256:{}", hex::encode(Sha256::digest(&bytes)));
     for tag in &job.tags {
         let reference: Reference = tag.parse().map_err(|e| StitchError::Registry {
@@ -240,7 +240,10 @@ pub fn is_transient(e: &OciDistributionError) -> bool {
 
 /// The index document: a Docker manifest list when every child is a Docker v2 manifest (older
 /// clients expect that pairing), an OCI image index otherwise.
-pub fn index_bytes(entries: Vec<ImageIndexEntry>) -> (Vec<u8>, &'static str) {
+pub fn index_bytes(
+    entries: Vec<ImageIndexEntry>,
+    annotations: &std::collections::BTreeMap<String, String>,
+) -> (Vec<u8>, &'static str) {
     let docker = !entries.is_empty()
         && entries
             .iter()
@@ -255,7 +258,15 @@ pub fn index_bytes(entries: Vec<ImageIndexEntry>) -> (Vec<u8>, &'static str) {
         media_type: Some(media_type.to_string()),
         manifests: entries,
         artifact_type: None,
-        annotations: None,
+        // `--annotation index:KEY=VALUE` (GHCR shows a multi-arch image's description from here).
+        // A Docker manifest list has no annotations field; agents push OCI manifests, so the
+        // index they get is an OCI one.
+        annotations: (!docker && !annotations.is_empty()).then(|| {
+            annotations
+                .iter()
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .collect()
+        }),
     };
     (
         serde_json::to_vec(&index).expect("an index serialises"),
@@ -291,10 +302,13 @@ mod tests {
 
     #[test]
     fn oci_children_make_an_oci_index_with_exact_descriptors() {
-        let (bytes, mt) = index_bytes(vec![
-            entry(OCI_IMAGE_MEDIA_TYPE, "sha256:aa", "linux/amd64"),
-            entry(OCI_IMAGE_MEDIA_TYPE, "sha256:bb", "linux/arm/v7"),
-        ]);
+        let (bytes, mt) = index_bytes(
+            vec![
+                entry(OCI_IMAGE_MEDIA_TYPE, "sha256:aa", "linux/amd64"),
+                entry(OCI_IMAGE_MEDIA_TYPE, "sha256:bb", "linux/arm/v7"),
+            ],
+            &Default::default(),
+        );
         assert_eq!(mt, OCI_IMAGE_INDEX_MEDIA_TYPE);
         let v: serde_json::Value = serde_json::from_slice(&bytes).unwrap();
         assert_eq!(v["schemaVersion"], 2);
@@ -347,11 +361,10 @@ mod tests {
 
     #[test]
     fn docker_children_make_a_manifest_list() {
-        let (bytes, mt) = index_bytes(vec![entry(
-            IMAGE_MANIFEST_MEDIA_TYPE,
-            "sha256:aa",
-            "linux/s390x",
-        )]);
+        let (bytes, mt) = index_bytes(
+            vec![entry(IMAGE_MANIFEST_MEDIA_TYPE, "sha256:aa", "linux/s390x")],
+            &Default::default(),
+        );
         assert_eq!(mt, IMAGE_MANIFEST_LIST_MEDIA_TYPE);
         let v: serde_json::Value = serde_json::from_slice(&bytes).unwrap();
         assert_eq!(v["mediaType"], IMAGE_MANIFEST_LIST_MEDIA_TYPE);

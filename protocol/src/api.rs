@@ -161,6 +161,12 @@ pub struct JobRequest {
     /// `--pull`: pull every base image again even when the agent has it.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub pull: bool,
+    /// `--label KEY=VALUE` values, for each platform's image config.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub labels: Vec<String>,
+    /// `--annotation [index:|manifest:]KEY=VALUE` values (see [`crate::image_meta`]).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub annotations: Vec<String>,
 }
 
 /// Longest `submitter` the coordinator keeps.
@@ -391,6 +397,12 @@ pub struct Job {
     /// Whether base images are pulled again (`--pull`).
     #[serde(default)]
     pub pull: bool,
+    /// Its labels and annotations.
+    #[serde(
+        default,
+        skip_serializing_if = "crate::image_meta::ImageMeta::is_empty"
+    )]
+    pub image_meta: crate::image_meta::ImageMeta,
 }
 
 /// One platform's build inside a job.
@@ -633,6 +645,12 @@ pub struct Lease {
     /// This platform's registry caches and the job's cache switches; default: none.
     #[serde(default, skip_serializing_if = "crate::cache::LeaseCache::is_empty")]
     pub cache: crate::cache::LeaseCache,
+    /// The job's labels and manifest annotations, for `buildah build --label/--annotation`.
+    #[serde(
+        default,
+        skip_serializing_if = "crate::image_meta::ImageMeta::is_empty"
+    )]
+    pub image_meta: crate::image_meta::ImageMeta,
 }
 
 /// `POST /api/v1/builds/{id}/heartbeat`. A 409 answer means the lease is gone: stop the build.

@@ -9,6 +9,7 @@
 //! * [`tokens`]: join and API tokens, their scopes and prefixes.
 //! * [`limits`]: caps on a build context archive, the same on the coordinator and agents.
 //! * [`cache`]: registry build caches (`--cache-to/--cache-from`), kept apart per platform.
+//! * [`image_meta`]: labels and annotations on a job's images (`--label`, `--annotation`).
 //! * [`network`]: the network of a build's `RUN` steps, as agents allow it and jobs ask for it.
 //! * [`registry_auth`]: registry credentials from Docker's `config.json`; [`redact`]: hiding secret
 //!   values in log lines.
@@ -22,6 +23,7 @@ pub mod build_secret;
 pub mod cache;
 pub mod duration;
 pub mod events;
+pub mod image_meta;
 pub mod limits;
 pub mod network;
 pub mod platform;

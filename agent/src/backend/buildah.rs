@@ -130,6 +130,12 @@ impl Buildah {
         if let Some(t) = &spec.target {
             a.extend(["--target".into(), t.into()]);
         }
+        for (k, v) in &spec.image_meta.labels {
+            a.extend(["--label".into(), format!("{k}={v}").into()]);
+        }
+        for (k, v) in &spec.image_meta.manifest_annotations {
+            a.extend(["--annotation".into(), format!("{k}={v}").into()]);
+        }
         a.extend(["-t".into(), Self::image_name(spec).into()]);
         a.push(spec.context_dir.as_os_str().to_owned());
         a
@@ -512,6 +518,7 @@ mod tests {
             network: archfarm_protocol::Network::Host,
             pull: Default::default(),
             cache: Default::default(),
+            image_meta: Default::default(),
         }
     }
 

@@ -65,6 +65,8 @@ pub struct BuildSpec {
     pub pull: archfarm_protocol::pull::PullSettings,
     /// This platform's registry caches and the job's `--no-cache`/`--pull` (see [`cache`]).
     pub cache: archfarm_protocol::cache::LeaseCache,
+    /// The job's labels and manifest annotations (`buildah build --label/--annotation`).
+    pub image_meta: archfarm_protocol::image_meta::ImageMeta,
 }
 
 /// The manifest a build pushed, as reported to the coordinator.

@@ -264,6 +264,7 @@ mod tests {
                 ..Default::default()
             },
             cache: Default::default(),
+            image_meta: Default::default(),
         };
         // buildah ignores the token: the password for the same registry comes first.
         let entries = auth_entries(&spec);

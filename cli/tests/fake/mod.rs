@@ -214,6 +214,8 @@ async fn submit(State(s): State<Shared>, Json(req): Json<JobRequest>) -> Respons
             .collect(),
         no_cache: req.no_cache,
         pull: req.pull,
+        image_meta: archfarm_protocol::image_meta::ImageMeta::parse(&req.labels, &req.annotations)
+            .unwrap_or_default(),
     };
     f.request = Some(req);
     f.job = Some(job.clone());

@@ -8,6 +8,7 @@ use archfarm_protocol::api::{
     MAX_AGENT_CAPACITY,
 };
 use archfarm_protocol::cache::LeaseCache;
+use archfarm_protocol::image_meta::ImageMeta;
 use archfarm_protocol::tokens::AGENT_TOKEN_PREFIX;
 use archfarm_protocol::{CacheRef, Network, Platform};
 use axum::extract::{Path, State};
@@ -364,6 +365,11 @@ async fn lease_for(
             from: cache_from,
             no_cache: job.cache.no_cache,
             pull: job.cache.pull,
+        },
+        // The index's annotations are the coordinator's to write, not the agent's.
+        image_meta: ImageMeta {
+            index_annotations: Default::default(),
+            ..job.image_meta
         },
     })
 }

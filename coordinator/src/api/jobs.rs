@@ -5,6 +5,7 @@ use std::path::{Component, Path as FsPath};
 use archfarm_protocol::api::{
     JobList, JobRequest, JobState, DEFAULT_JOB_TIMEOUT_SECS, MAX_SUBMITTER_CHARS,
 };
+use archfarm_protocol::image_meta::ImageMeta;
 use archfarm_protocol::{CacheRef, ImageRef, Platform};
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
@@ -190,7 +191,10 @@ pub fn validate(req: JobRequest) -> Result<NewJob, ApiError> {
         no_cache: req.no_cache,
         pull: req.pull,
     };
+    let image_meta = ImageMeta::parse(&req.labels, &req.annotations)
+        .map_err(|m| ApiError::bad("invalid_label", m))?;
     Ok(NewJob {
+        image_meta,
         cache,
         network,
         submitter,

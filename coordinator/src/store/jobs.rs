@@ -3,6 +3,7 @@
 use std::collections::BTreeMap;
 
 use archfarm_protocol::api::{BuildMode, EmulationPolicy, JobState};
+use archfarm_protocol::image_meta::ImageMeta;
 use archfarm_protocol::{BuildSecret, CacheRef, Digest, Network, Platform};
 use serde::{Deserialize, Serialize};
 use sqlx::any::AnyRow;
@@ -51,6 +52,8 @@ pub struct NewJob {
     pub base_images: Vec<String>,
     /// Its registry caches and cache switches.
     pub cache: JobCache,
+    /// Its labels and annotations.
+    pub image_meta: ImageMeta,
 }
 
 /// A job's registry caches (`--cache-to`/`--cache-from`, or the coordinator's default) and
@@ -133,13 +136,15 @@ pub struct JobRow {
     pub base_images: Vec<String>,
     /// Its registry caches and cache switches.
     pub cache: JobCache,
+    /// Its labels and annotations.
+    pub image_meta: ImageMeta,
 }
 
 const COLUMNS: &str =
     "id, state, context, dockerfile, build_args, target, emulation, tags, platforms, registry, \
         repository, index_digest, index_media_type, error, created_at, updated_at, finished_at, \
     optional_platforms, timeout_secs, warnings, submitter, secret_build_args, secret_ids, network, \
-    base_images, cache";
+    base_images, cache, image_meta";
 
 impl JobRow {
     fn from_row(row: &AnyRow) -> StoreResult<Self> {
@@ -184,6 +189,13 @@ impl JobRow {
                     value: text,
                 })?,
             },
+            image_meta: match row.try_get::<Option<String>, _>("image_meta")? {
+                None => ImageMeta::default(),
+                Some(text) => serde_json::from_str(&text).map_err(|_| StoreError::Corrupt {
+                    column: "jobs.image_meta",
+                    value: text,
+                })?,
+            },
         })
     }
 }
@@ -196,7 +208,7 @@ impl Store {
         let mut tx = self.begin().await?;
         sqlx::query(&format!(
                         "INSERT INTO jobs ({COLUMNS}) VALUES ($1, 'queued', $2, $3, $4, $5, $6, $7, $8, $9, $10, NULL, NULL, NULL, \
-             $11, $12, NULL, $13, $14, '[]', $15, $16, $17, $18, $19, $20)"
+             $11, $12, NULL, $13, $14, '[]', $15, $16, $17, $18, $19, $20, $21)"
         ))
         .bind(id.to_string())
         .bind(job.context.as_str())
@@ -221,6 +233,8 @@ impl Store {
         .bind(to_json_list(&job.base_images))
         .bind((job.cache != JobCache::default())
             .then(|| serde_json::to_string(&job.cache).expect("cache serialises")))
+        .bind((!job.image_meta.is_empty())
+            .then(|| serde_json::to_string(&job.image_meta).expect("image meta serialises")))
         .execute(&mut *tx)
         .await?;
         secrets::insert(&mut tx, id, &job.secrets).await?;

@@ -220,6 +220,7 @@ pub(crate) async fn insert_test_job(
             network: None,
             base_images: vec![],
             cache: Default::default(),
+            image_meta: Default::default(),
         })
         .await
         .unwrap()

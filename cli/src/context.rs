@@ -90,8 +90,8 @@ pub fn pack_into<W: Write>(
     dockerfile: &str,
     out: W,
 ) -> Result<(W, PackSummary), PackError> {
-    let rules = read_rules(context)?;
-    let forced: BTreeSet<String> = [dockerfile.to_string(), DOCKERIGNORE.to_string()].into();
+    let (ignore_file, rules) = read_rules(context, dockerfile)?;
+    let forced: BTreeSet<String> = [dockerfile.to_string(), ignore_file].into();
     let mut walk = Walk {
         root: context,
         rules: &rules,
@@ -126,13 +126,23 @@ pub fn pack_into<W: Write>(
     Ok((hashing.inner, summary))
 }
 
-fn read_rules(context: &Path) -> Result<IgnoreRules, PackError> {
-    let path = context.join(DOCKERIGNORE);
-    match std::fs::read(&path) {
-        Ok(bytes) => Ok(IgnoreRules::parse(&String::from_utf8_lossy(&bytes))?),
-        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(IgnoreRules::default()),
-        Err(error) => Err(PackError::Read { path, error }),
+/// The ignore file that applies and its rules. BuildKit's rule: `<Dockerfile>.dockerignore`
+/// beside the Dockerfile (`build/Dockerfile.prod.dockerignore`) wins over the context's
+/// `.dockerignore`, so one context can serve Dockerfiles that ignore different files.
+fn read_rules(context: &Path, dockerfile: &str) -> Result<(String, IgnoreRules), PackError> {
+    let own = format!("{dockerfile}.dockerignore");
+    for name in [own, DOCKERIGNORE.to_string()] {
+        let path = context.join(&name);
+        match std::fs::read(&path) {
+            Ok(bytes) => {
+                let rules = IgnoreRules::parse(&String::from_utf8_lossy(&bytes))?;
+                return Ok((name, rules));
+            }
+            Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
+            Err(error) => return Err(PackError::Read { path, error }),
+        }
     }
+    Ok((DOCKERIGNORE.to_string(), IgnoreRules::default()))
 }
 
 /// One entry to write: its path inside the archive and its metadata (not following symlinks).

@@ -230,3 +230,24 @@ fn bad_dockerignore_is_reported() {
     let e = pack_into(dir.path(), "Dockerfile", Vec::new()).unwrap_err();
     assert!(e.to_string().contains(".dockerignore line 2"), "{e}");
 }
+
+#[test]
+fn a_dockerfiles_own_dockerignore_wins_over_the_contexts() {
+    let dir = tempfile::tempdir().unwrap();
+    let r = dir.path();
+    write(r, "build/Dockerfile.prod", "FROM scratch\n");
+    write(r, "build/Dockerfile.prod.dockerignore", "docs\n");
+    write(r, ".dockerignore", "src\n");
+    write(r, "src/main.c", "int main(void) { return 0; }\n");
+    write(r, "docs/guide.md", "guide\n");
+    let (bytes, _) = pack_bytes(r, "build/Dockerfile.prod");
+    let sent = paths(&bytes);
+    assert!(sent.iter().any(|p| p == "src/main.c"), "{sent:?}");
+    assert!(!sent.iter().any(|p| p.starts_with("docs")), "{sent:?}");
+    // Another Dockerfile of the same context keeps the context's .dockerignore.
+    write(r, "Dockerfile", "FROM scratch\n");
+    let (bytes, _) = pack_bytes(r, "Dockerfile");
+    let sent = paths(&bytes);
+    assert!(!sent.iter().any(|p| p.starts_with("src")), "{sent:?}");
+    assert!(sent.iter().any(|p| p == "docs/guide.md"), "{sent:?}");
+}

@@ -13,6 +13,7 @@
 
 pub mod admin;
 pub mod args;
+pub mod buildx;
 pub mod client;
 pub mod commands;
 pub mod context;

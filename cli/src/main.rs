@@ -3,11 +3,14 @@
 use std::process::ExitCode;
 
 use anyhow::Context as _;
+use clap::error::{ContextKind, ContextValue, ErrorKind};
 use clap::Parser as _;
 
 fn main() -> ExitCode {
-    // clap exits by itself on usage errors, with code 2.
-    let cli = archfarm_cli::args::Cli::parse();
+    let cli = match archfarm_cli::args::Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => usage_error(e),
+    };
     match run(cli) {
         Ok(code) => ExitCode::from(code),
         Err(err) => {
@@ -27,4 +30,19 @@ fn run(cli: archfarm_cli::args::Cli) -> anyhow::Result<u8> {
         .build()
         .context("cannot start the async runtime")?;
     Ok(runtime.block_on(archfarm_cli::run(cli))?)
+}
+
+/// clap's own message and exit code (2 for usage errors, 0 for --help), plus, for a flag of
+/// `docker buildx build` that archfarm does not take, what to do instead.
+fn usage_error(e: clap::Error) -> ! {
+    if e.kind() == ErrorKind::UnknownArgument {
+        if let Some(ContextValue::String(arg)) = e.get(ContextKind::InvalidArg) {
+            if let Some(advice) = archfarm_cli::buildx::advice(arg) {
+                let _ = e.print();
+                eprintln!("note: {arg} is a docker buildx flag archfarm does not take: {advice}");
+                std::process::exit(2);
+            }
+        }
+    }
+    e.exit()
 }

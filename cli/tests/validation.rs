@@ -343,3 +343,21 @@ fn local_outputs_are_refused_with_what_the_farm_does_instead() {
         "--output type=docker is not supported: the farm's agents always push",
     );
 }
+
+#[test]
+fn a_buildx_flag_archfarm_lacks_says_what_to_do_instead() {
+    let ctx = good_context();
+    let mut args = OK.to_vec();
+    args.extend(["--builder", "mybuilder"]);
+    let (code, stdout, stderr) = build(ctx.path(), &args);
+    assert_eq!(code, 2, "{stderr}");
+    assert!(stdout.is_empty(), "{stdout}");
+    assert!(
+        stderr.contains("unexpected argument '--builder'"),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains("note: --builder is a docker buildx flag archfarm does not take: the farm is the builder"),
+        "{stderr}"
+    );
+}

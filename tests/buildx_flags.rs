@@ -55,6 +55,11 @@ fn buildx_flags_reach_the_pushed_images_and_the_files_a_pipeline_reads() {
     let m: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(&meta).unwrap()).unwrap();
     assert_eq!(m["containerimage.digest"], digest);
+    assert_eq!(
+        m["containerimage.descriptor"]["size"],
+        raw.len() as u64,
+        "the descriptor's size is the index's"
+    );
     assert_eq!(m["image.name"], image);
     let child = &index.manifests[0];
     assert_eq!(

@@ -178,6 +178,7 @@ fn rows(
         submitter: None,
         index_digest: None,
         index_media_type: None,
+        index_size: None,
         error: None,
         created_at: 0,
         updated_at: 0,

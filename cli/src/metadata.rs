@@ -14,13 +14,15 @@ pub fn of(job: &Job) -> Value {
     let mut out = Map::new();
     if let Some(digest) = &job.index_digest {
         out.insert("containerimage.digest".into(), json!(digest));
-        // The index's size is not in the job record: buildx's descriptor has it, this one
-        // names media type and digest only.
         let mut descriptor = Map::new();
         if let Some(media_type) = &job.index_media_type {
             descriptor.insert("mediaType".into(), json!(media_type));
         }
         descriptor.insert("digest".into(), json!(digest));
+        // Absent only for a job finished by a coordinator from before it kept the size.
+        if let Some(size) = job.index_size {
+            descriptor.insert("size".into(), json!(size));
+        }
         out.insert(
             "containerimage.descriptor".into(),
             Value::Object(descriptor),
@@ -73,6 +75,7 @@ mod tests {
             "platforms": ["linux/amd64", "linux/arm64"],
             "index_digest": format!("sha256:{}", "a".repeat(64)),
             "index_media_type": "application/vnd.oci.image.index.v1+json",
+            "index_size": 512,
             "error": null,
             "context": format!("sha256:{}", "b".repeat(64)),
             "dockerfile": "Dockerfile",

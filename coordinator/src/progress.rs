@@ -272,7 +272,7 @@ async fn stitch_job(state: &AppState, job_id: Uuid, token: Uuid) -> StoreResult<
         Ok(index) => {
             if state
                 .store
-                .finish_job(job_id, token, &index.digest, &index.media_type)
+                .finish_job(job_id, token, &index.digest, &index.media_type, index.size)
                 .await?
             {
                 state.metrics.job_entered(JobState::Succeeded);

@@ -62,6 +62,8 @@ pub struct Stitched {
     pub digest: String,
     /// OCI index or Docker manifest list.
     pub media_type: String,
+    /// Size of the index bytes.
+    pub size: i64,
 }
 
 #[derive(Deserialize)]
@@ -181,6 +183,7 @@ pub async fn stitch(
     Ok(Stitched {
         digest,
         media_type: media_type.to_string(),
+        size: bytes.len() as i64,
     })
 }
 

@@ -336,6 +336,9 @@ pub struct Job {
     pub index_digest: Option<String>,
     /// Media type of the pushed index, once succeeded.
     pub index_media_type: Option<String>,
+    /// Size in bytes of the pushed index, once succeeded (absent for jobs from before it was kept).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub index_size: Option<i64>,
     /// Why the job failed or was cancelled.
     pub error: Option<String>,
     /// Context archive digest.

@@ -175,6 +175,7 @@ async fn submit(State(s): State<Shared>, Json(req): Json<JobRequest>) -> Respons
             .collect(),
         index_digest: None,
         index_media_type: None,
+        index_size: None,
         error: None,
         context: req.context.clone(),
         dockerfile: req.dockerfile.clone(),

@@ -70,6 +70,7 @@ pub async fn job(state: &AppState, job: JobRow, fleet: &Fleet) -> StoreResult<ap
         platforms: job.platforms,
         index_digest: job.index_digest,
         index_media_type: job.index_media_type,
+        index_size: job.index_size,
         error: job.error,
         context: job.context,
         dockerfile: job.dockerfile,

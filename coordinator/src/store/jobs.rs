@@ -118,6 +118,8 @@ pub struct JobRow {
     pub index_digest: Option<String>,
     /// Pushed index media type.
     pub index_media_type: Option<String>,
+    /// Pushed index size in bytes.
+    pub index_size: Option<i64>,
     /// Failure reason.
     pub error: Option<String>,
     /// Unix ms.
@@ -144,7 +146,7 @@ const COLUMNS: &str =
     "id, state, context, dockerfile, build_args, target, emulation, tags, platforms, registry, \
         repository, index_digest, index_media_type, error, created_at, updated_at, finished_at, \
     optional_platforms, timeout_secs, warnings, submitter, secret_build_args, secret_ids, network, \
-    base_images, cache, image_meta";
+    base_images, cache, image_meta, index_size";
 
 impl JobRow {
     fn from_row(row: &AnyRow) -> StoreResult<Self> {
@@ -170,6 +172,7 @@ impl JobRow {
             repository: row.try_get("repository")?,
             index_digest: row.try_get("index_digest")?,
             index_media_type: row.try_get("index_media_type")?,
+            index_size: row.try_get("index_size")?,
             error: row.try_get("error")?,
             created_at: row.try_get("created_at")?,
             updated_at: row.try_get("updated_at")?,
@@ -208,7 +211,7 @@ impl Store {
         let mut tx = self.begin().await?;
         sqlx::query(&format!(
                         "INSERT INTO jobs ({COLUMNS}) VALUES ($1, 'queued', $2, $3, $4, $5, $6, $7, $8, $9, $10, NULL, NULL, NULL, \
-             $11, $12, NULL, $13, $14, '[]', $15, $16, $17, $18, $19, $20, $21)"
+             $11, $12, NULL, $13, $14, '[]', $15, $16, $17, $18, $19, $20, $21, NULL)"
         ))
         .bind(id.to_string())
         .bind(job.context.as_str())
@@ -417,12 +420,13 @@ impl Store {
         stitch_token: Uuid,
         index_digest: &str,
         media_type: &str,
+        index_size: i64,
     ) -> StoreResult<bool> {
         let now = now_ms();
         let mut tx = self.begin().await?;
         let res = sqlx::query(
             "UPDATE jobs SET state = 'succeeded', index_digest = $1, index_media_type = $2, updated_at = $3, \
-             finished_at = $4 WHERE id = $5 AND state = 'stitching' AND stitch_token = $6",
+             finished_at = $4, index_size = $7 WHERE id = $5 AND state = 'stitching' AND stitch_token = $6",
         )
         .bind(index_digest)
         .bind(media_type)
@@ -430,6 +434,7 @@ impl Store {
         .bind(now)
         .bind(id.to_string())
         .bind(stitch_token.to_string())
+        .bind(index_size)
         .execute(&mut *tx)
         .await?;
         let finished = res.rows_affected() == 1;

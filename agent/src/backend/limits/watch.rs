@@ -22,8 +22,12 @@ use super::cgroup::{BuildCgroup, Explanation};
 use super::human;
 use crate::backend::isolation::Isolation;
 
-/// How often a running build's disk use and refused forks are looked at.
+/// How often a running build's disk use is looked at (a walk of its files).
 const WATCH_INTERVAL: Duration = Duration::from_secs(2);
+/// How often refused forks are looked at: a few small files, so often. On cgroup v1 the kernel
+/// counts a refused fork in the step's own cgroup, which is gone once the step is; a fork bomb
+/// that makes the runtime itself fail ends its step within a second or two.
+const FORK_INTERVAL: Duration = Duration::from_millis(250);
 /// Deepest directory nesting measured; real trees (node_modules included) stay far below.
 pub const MAX_DEPTH: usize = 256;
 /// Most files and directories measured in one look at one build.
@@ -61,10 +65,11 @@ impl LimitWatch {
         let reason = Arc::new(Mutex::new(None));
         let found = reason.clone();
         let task = tokio::spawn(async move {
+            let mut last_disk = tokio::time::Instant::now();
             loop {
                 tokio::select! {
                     _ = stop.cancelled() => return,
-                    _ = tokio::time::sleep(WATCH_INTERVAL) => {}
+                    _ = tokio::time::sleep(FORK_INTERVAL) => {}
                 }
                 let mut why = watched
                     .cgroup
@@ -75,7 +80,10 @@ impl LimitWatch {
                         _ => None,
                     });
                 if let (None, Some(limit)) = (&why, watched.disk) {
-                    why = over_disk(&watched, limit).await;
+                    if last_disk.elapsed() >= WATCH_INTERVAL {
+                        last_disk = tokio::time::Instant::now();
+                        why = over_disk(&watched, limit).await;
+                    }
                 }
                 if let Some(why) = why {
                     *found.lock().unwrap_or_else(|p| p.into_inner()) = Some(why);

@@ -151,21 +151,7 @@ mod tests {
     }
 
     fn agent(name: &str, native: &[&str], emulated: &[&str]) -> AgentRow {
-        AgentRow {
-            id: Uuid::new_v4(),
-            name: name.into(),
-            native: native.iter().map(|s| p(s)).collect(),
-            emulated: emulated.iter().map(|s| p(s)).collect(),
-            capacity: 1,
-            last_seen: 0,
-            draining: false,
-            drain_requested: false,
-            unavailable: None,
-            storage_driver: None,
-            storage: None,
-            revoked: false,
-            networks: Default::default(),
-        }
+        AgentRow::for_test(name, native, emulated)
     }
 
     #[test]

@@ -58,6 +58,29 @@ impl AgentNetworks {
     }
 }
 
+#[cfg(test)]
+impl AgentRow {
+    /// An online agent of capacity 1 for the scheduler's pure tests (platforms as `os/arch`).
+    pub(crate) fn for_test(name: &str, native: &[&str], emulated: &[&str]) -> AgentRow {
+        let p = |s: &&str| s.parse().expect("test platform");
+        AgentRow {
+            id: Uuid::new_v4(),
+            name: name.into(),
+            native: native.iter().map(p).collect(),
+            emulated: emulated.iter().map(p).collect(),
+            capacity: 1,
+            last_seen: 0,
+            draining: false,
+            drain_requested: false,
+            unavailable: None,
+            storage_driver: None,
+            storage: None,
+            revoked: false,
+            networks: Default::default(),
+        }
+    }
+}
+
 impl AgentRow {
     pub(super) fn from_row(row: &AnyRow) -> StoreResult<Self> {
         let unavailable: Option<String> = row.try_get("unavailable")?;

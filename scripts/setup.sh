@@ -133,6 +133,9 @@ declare -A NEED=(
     [openssl]=openssl
     # The Debian + gcc base file systems of examples/realworld (scripts/realworld-rootfs.sh).
     [mmdebstrap]=mmdebstrap
+    # mmdebstrap only recommends it (and recommends are not installed), but it refuses foreign
+    # architectures without it: "install arch-test for foreign architecture support".
+    [arch-test]=arch-test
 )
 missing=()
 for cmd in "${!NEED[@]}"; do
@@ -156,7 +159,7 @@ if [ "${#missing[@]}" -gt 0 ]; then
     apt_update
     as_root apt-get install -y -qq --no-install-recommends "${missing[@]}"
 else
-    say "packages present: buildah runc skopeo umoci docker-registry qemu-user-static binfmt-support curl chromium chromium-driver apache2-utils openssl mmdebstrap"
+    say "packages present: buildah runc skopeo umoci docker-registry qemu-user-static binfmt-support curl chromium chromium-driver apache2-utils openssl mmdebstrap arch-test"
 fi
 
 # --- binfmt_misc and QEMU handlers ------------------------------------------------------------------

@@ -9,7 +9,9 @@
 #     minutes the first time, then cached in $ARCHFARM_CACHE_DIR/rootfs/; the benchmark makes the
 #     ppc64el and s390x ones when it first needs them),
 #   * cargo-fuzz and the nightly toolchain it needs, for the fuzz targets in fuzz/ (scripts/fuzz.sh),
-#   * cargo-nextest, which runs the tests (scripts/test.sh).
+#   * cargo-nextest, which runs the tests (scripts/test.sh),
+#   * dpkg-dev, lintian and systemd (systemd-analyze) for the .deb packages' check
+#     (scripts/package-deb.sh, scripts/deb-check.sh), and what those packages depend on.
 # Idempotent and non-interactive: when everything is in place it only checks and returns quickly.
 # Needs root (or sudo) for apt-get, mount and binfmt_misc.
 set -euo pipefail
@@ -136,6 +138,14 @@ declare -A NEED=(
     # mmdebstrap only recommends it (and recommends are not installed), but it refuses foreign
     # architectures without it: "install arch-test for foreign architecture support".
     [arch-test]=arch-test
+    # The .deb packages (scripts/package-deb.sh) and their check (scripts/deb-check.sh): it
+    # installs them offline, so what they depend on must be here already (buildah, runc, the
+    # recommended QEMU above; adduser, ca-certificates below).
+    [dpkg-shlibdeps]=dpkg-dev
+    [strip]=binutils
+    [lintian]=lintian
+    [systemd-analyze]=systemd
+    [adduser]=adduser
 )
 missing=()
 for cmd in "${!NEED[@]}"; do
@@ -153,13 +163,16 @@ if [ ! -f /etc/containers/policy.json ]; then
 fi
 # Chromium only recommends a font; without one the dashboard screenshots show boxes for text.
 [ -d /usr/share/fonts/truetype/liberation ] || missing+=(fonts-liberation)
+# Every archfarm package depends on the system's CA certificates.
+dpkg-query -W -f='${Status}' ca-certificates 2>/dev/null | grep -q 'ok installed' ||
+    missing+=(ca-certificates)
 if [ "${#missing[@]}" -gt 0 ]; then
     mapfile -t missing < <(printf '%s\n' "${missing[@]}" | sort -u)
     say "installing: ${missing[*]}"
     apt_update
     as_root apt-get install -y -qq --no-install-recommends "${missing[@]}"
 else
-    say "packages present: buildah runc skopeo umoci docker-registry qemu-user-static binfmt-support curl chromium chromium-driver apache2-utils openssl mmdebstrap arch-test"
+    say "packages present: buildah runc skopeo umoci docker-registry qemu-user-static binfmt-support curl chromium chromium-driver apache2-utils openssl mmdebstrap arch-test dpkg-dev binutils lintian systemd adduser ca-certificates"
 fi
 
 # --- binfmt_misc and QEMU handlers ------------------------------------------------------------------

@@ -2,7 +2,8 @@
 # Prepares the machine, builds archfarm and runs every check: unit tests and the end-to-end tests
 # under tests/ (real registry, coordinator, agents, buildah and QEMU) on SQLite, then every test
 # whose outcome can depend on the database again on PostgreSQL, rustfmt and clippy, the Helm chart's
-# offline check, and a short run of each fuzz target. Ends with a table of the steps, how long each
+# offline check, the .deb packages installed and purged, the CI recipes' linters, and a short run of
+# each fuzz target. Ends with a table of the steps, how long each
 # took and how many tests ran in each pass. `.ci/run` is this script.
 #
 # Build outputs live outside the clone, under $ARCHFARM_CACHE_DIR (/var/cache/archfarm for root; see
@@ -94,6 +95,10 @@ run_step "tests on PostgreSQL" postgres_pass "$@"
 # The chart rendered with default and full values, linted and validated against the Kubernetes
 # schemas, offline.
 run_step "helm-check (scripts/helm-check.sh)" scripts/helm-check.sh
+# The .deb packages of the debug binaries built above, installed with apt-get, checked and purged.
+run_step "packages (scripts/deb-check.sh)" scripts/deb-check.sh "$CARGO_TARGET_DIR/debug"
+# examples/ci's GitHub Actions and GitLab CI recipes through their linters, offline once installed.
+run_step "CI recipes (scripts/ci-examples-check.sh)" scripts/ci-examples-check.sh
 # Every fuzz target for 20 s: a short run that replays the seeds and what earlier runs on this
 # machine kept; longer runs are `scripts/fuzz.sh SECONDS`.
 run_step "fuzz (scripts/fuzz.sh 20)" scripts/fuzz.sh 20

@@ -51,7 +51,7 @@ check() { # NAME COMMAND...: runs one check, notes a failure and goes on to the 
     local name="$1"
     shift
     step "$name"
-    "$@" || { echo "FAILED: $name" >&2; failed=1; }
+    if "$@"; then echo "ok: no findings"; else echo "FAILED: $name" >&2; failed=1; fi
 }
 if [ "${#GITHUB[@]}" -gt 0 ]; then
     check "check-jsonschema --builtin-schema vendor.github-workflows" \

@@ -21,7 +21,9 @@ use archfarm_e2e::oci::{self, skopeo};
 use archfarm_e2e::process::Scratch;
 use archfarm_e2e::secure_registry::SecureRegistry;
 use archfarm_e2e::TestCa;
-use archfarm_e2e::{files_containing, last_line, preflight, Agent, AgentOptions, BuildContext, Coordinator};
+use archfarm_e2e::{
+    files_containing, last_line, preflight, Agent, AgentOptions, BuildContext, Coordinator,
+};
 use base64::Engine as _;
 use reqwest::Method;
 
@@ -50,12 +52,19 @@ fn write_helper(dir: &Path, name: &str, user: &str, file: &Path) -> PathBuf {
 
 /// `PATH` with `dir` first.
 fn path_with(dir: &Path) -> String {
-    format!("{}:{}", dir.display(), std::env::var("PATH").unwrap_or_default())
+    format!(
+        "{}:{}",
+        dir.display(),
+        std::env::var("PATH").unwrap_or_default()
+    )
 }
 
 /// `archfarm ARGS` against `coordinator` with extra environment variables.
 fn cli_with_env(coordinator: &Coordinator, env: &[(&str, String)], args: &[&str]) -> Output {
-    let env: Vec<(String, String)> = env.iter().map(|(k, v)| (k.to_string(), v.clone())).collect();
+    let env: Vec<(String, String)> = env
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.clone()))
+        .collect();
     BackgroundCli::spawn_with_env(coordinator.url(), None, args, &env).wait(CLI_TIMEOUT)
 }
 
@@ -67,7 +76,11 @@ fn get_text(coordinator: &Coordinator, path: &str) -> String {
 }
 
 /// The index under `reference` as skopeo reads it with `creds`, and its digest.
-fn read_back(registry: &SecureRegistry, ca: &TestCa, reference: &str) -> (serde_json::Value, String) {
+fn read_back(
+    registry: &SecureRegistry,
+    ca: &TestCa,
+    reference: &str,
+) -> (serde_json::Value, String) {
     let raw = skopeo(&[
         "inspect",
         "--raw",
@@ -78,7 +91,10 @@ fn read_back(registry: &SecureRegistry, ca: &TestCa, reference: &str) -> (serde_
         &format!("docker://{reference}"),
     ])
     .unwrap_or_else(|e| panic!("skopeo {reference}: {e}"));
-    (serde_json::from_slice(&raw).expect("index JSON"), oci::sha256_digest(&raw))
+    (
+        serde_json::from_slice(&raw).expect("index JSON"),
+        oci::sha256_digest(&raw),
+    )
 }
 
 /// Every form a password travels in: itself, `user:password` and the base64 of both (an
@@ -104,7 +120,10 @@ fn farm(ca: &TestCa, registry: &SecureRegistry, opts: CoordinatorOptions) -> (Co
             .arg(registry.host()),
     );
     let mut agent_opts = AgentOptions::new("amd64").emulate("none");
-    agent_opts.extra_args = vec!["--registry-ca-cert".into(), ca.ca_path().display().to_string()];
+    agent_opts.extra_args = vec![
+        "--registry-ca-cert".into(),
+        ca.ca_path().display().to_string(),
+    ];
     let agent = Agent::start(&coordinator, agent_opts);
     (coordinator, agent)
 }
@@ -119,7 +138,15 @@ fn the_pipelines_own_credential_pushes_and_leaves_no_trace() {
     let hello = BuildContext::hello();
     let scratch = Scratch::new("pipeline-creds");
     let build = |env: &[(&str, String)], tag: &str, extra: &[&str]| {
-        let mut args = vec!["build", "--progress", "plain", "--platform", "linux/amd64", "-t", tag];
+        let mut args = vec![
+            "build",
+            "--progress",
+            "plain",
+            "--platform",
+            "linux/amd64",
+            "-t",
+            tag,
+        ];
         args.extend_from_slice(extra);
         let ctx = hello.arg();
         args.push(&ctx);
@@ -138,11 +165,18 @@ fn the_pipelines_own_credential_pushes_and_leaves_no_trace() {
     println!("--- archfarm build, DOCKER_CONFIG with auths:\n{stderr}");
     assert!(out.status.success(), "{stderr}");
     assert!(
-        stderr.contains(&format!("registry credentials: sent for {}", registry.host())),
+        stderr.contains(&format!(
+            "registry credentials: sent for {}",
+            registry.host()
+        )),
         "the CLI names the registries whose credentials it sent: {stderr}"
     );
     let (index, digest) = read_back(&registry, &ca, &tag);
-    assert_eq!(digest, last_line(&out.stdout), "skopeo reads back the printed index");
+    assert_eq!(
+        digest,
+        last_line(&out.stdout),
+        "skopeo reads back the printed index"
+    );
     assert_eq!(index["manifests"][0]["platform"]["architecture"], "amd64");
     println!("skopeo: {tag} is {digest}");
     outputs.extend([text(&out.stdout), stderr]);
@@ -171,7 +205,10 @@ fn the_pipelines_own_credential_pushes_and_leaves_no_trace() {
     let stderr = text(&out.stderr);
     println!("--- archfarm build, DOCKER_CONFIG with a credential helper:\n{stderr}");
     assert!(out.status.success(), "{stderr}");
-    assert!(stderr.contains(&format!("sent for {}", registry.host())), "{stderr}");
+    assert!(
+        stderr.contains(&format!("sent for {}", registry.host())),
+        "{stderr}"
+    );
     let (_, digest) = read_back(&registry, &ca, &tag);
     assert_eq!(digest, last_line(&out.stdout));
     println!("skopeo: {tag} is {digest}");
@@ -195,12 +232,18 @@ fn the_pipelines_own_credential_pushes_and_leaves_no_trace() {
     let mut places: Vec<(String, String)> = vec![
         ("the coordinator's log".into(), coordinator.log()),
         ("the agent's log".into(), agent.log()),
-        ("GET /api/v1/jobs".into(), get_text(&coordinator, "/api/v1/jobs?limit=100")),
+        (
+            "GET /api/v1/jobs".into(),
+            get_text(&coordinator, "/api/v1/jobs?limit=100"),
+        ),
     ];
     for job in coordinator.jobs() {
         let json = coordinator.cli(&["job", &job.id.to_string(), "--json"]);
         assert!(json.status.success());
-        places.push((format!("archfarm job {} --json", job.id), text(&json.stdout)));
+        places.push((
+            format!("archfarm job {} --json", job.id),
+            text(&json.stdout),
+        ));
         places.push((
             format!("GET /api/v1/jobs/{}", job.id),
             get_text(&coordinator, &format!("/api/v1/jobs/{}", job.id)),
@@ -214,17 +257,30 @@ fn the_pipelines_own_credential_pushes_and_leaves_no_trace() {
     }
     for needle in forms(registry.user(), registry.password()) {
         for (what, content) in &places {
-            assert!(!content.contains(&needle), "a form of the password is in {what}");
+            assert!(
+                !content.contains(&needle),
+                "a form of the password is in {what}"
+            );
         }
         let stored = coordinator.stored_containing(&needle);
-        assert!(stored.is_empty(), "a form of the password is stored in {stored:?}");
+        assert!(
+            stored.is_empty(),
+            "a form of the password is stored in {stored:?}"
+        );
         let left = files_containing(&agent.work_dir(), &needle);
-        assert!(left.is_empty(), "the agent left a form of the password in {left:?}");
+        assert!(
+            left.is_empty(),
+            "the agent left a form of the password in {left:?}"
+        );
     }
     println!(
         "the password and its base64 forms: in no log, job JSON, build log, CLI output, database \
          ({}) or file of the coordinator's data directory or the agent's work directory",
-        if coordinator.database().is_postgres() { "pg_dump --data-only" } else { "the SQLite file and its WAL" }
+        if coordinator.database().is_postgres() {
+            "pg_dump --data-only"
+        } else {
+            "the SQLite file and its WAL"
+        }
     );
 }
 
@@ -254,11 +310,23 @@ fn a_credential_helper_on_the_coordinator_follows_a_rotated_password() {
     let hello = BuildContext::hello();
     let build = |tag: &str| {
         // No docker config for the CLI: the coordinator's helper is the only credential.
-        let env = [("DOCKER_CONFIG", scratch.join("no-docker-config").display().to_string())];
+        let env = [(
+            "DOCKER_CONFIG",
+            scratch.join("no-docker-config").display().to_string(),
+        )];
         cli_with_env(
             &coordinator,
             &env,
-            &["build", "--progress", "plain", "--platform", "linux/amd64", "-t", tag, &hello.arg()],
+            &[
+                "build",
+                "--progress",
+                "plain",
+                "--platform",
+                "linux/amd64",
+                "-t",
+                tag,
+                &hello.arg(),
+            ],
         )
     };
     let first_password = registry.password().to_string();
@@ -285,10 +353,17 @@ fn a_credential_helper_on_the_coordinator_follows_a_rotated_password() {
         &format!("docker://{tag}"),
     ])
     .unwrap_err();
-    assert!(old.to_lowercase().contains("unauthorized") || old.contains("authentication required"), "{old}");
+    assert!(
+        old.to_lowercase().contains("unauthorized") || old.contains("authentication required"),
+        "{old}"
+    );
     let tag = format!("{}/rotating:2", registry.host());
     let out = build(&tag);
-    assert!(out.status.success(), "after rotation: {}", text(&out.stderr));
+    assert!(
+        out.status.success(),
+        "after rotation: {}",
+        text(&out.stderr)
+    );
     let (_, digest) = read_back(&registry, &ca, &tag);
     assert_eq!(digest, last_line(&out.stdout));
     println!("job 2 after rotating the password: skopeo reads {tag} as {digest}");
@@ -307,13 +382,25 @@ fn a_credential_helper_on_the_coordinator_follows_a_rotated_password() {
         "{stderr}"
     );
     let log = coordinator.log();
-    assert!(log.contains("credential helper asked"), "the coordinator ran the helper");
+    assert!(
+        log.contains("credential helper asked"),
+        "the coordinator ran the helper"
+    );
     for needle in forms(registry.user(), &first_password)
         .into_iter()
         .chain(forms(registry.user(), &second))
     {
-        assert!(!log.contains(&needle), "a password is in the coordinator's log");
-        assert!(!agent.log().contains(&needle), "a password is in the agent's log");
-        assert!(coordinator.stored_containing(&needle).is_empty(), "a password is stored");
+        assert!(
+            !log.contains(&needle),
+            "a password is in the coordinator's log"
+        );
+        assert!(
+            !agent.log().contains(&needle),
+            "a password is in the agent's log"
+        );
+        assert!(
+            coordinator.stored_containing(&needle).is_empty(),
+            "a password is stored"
+        );
     }
 }

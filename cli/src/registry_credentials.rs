@@ -73,17 +73,14 @@ pub async fn collect(
     let text = match std::fs::read_to_string(&path) {
         Ok(t) => t,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(found),
-        Err(e) => {
-            return Err(UsageError(format!(
-                "cannot read the docker config {}: {e}; fix it, or pass --registry-credentials none",
-                path.display()
-            )))
-        }
+        Err(e) => return Err(UsageError(format!(
+            "cannot read the docker config {}: {e}; fix it, or pass --registry-credentials none",
+            path.display()
+        ))),
     };
     let file = path.display().to_string();
-    let auths = RegistryAuths::parse_lenient(&file, &text).map_err(|e| {
-        UsageError(format!("{e}; fix it, or pass --registry-credentials none"))
-    })?;
+    let auths = RegistryAuths::parse_lenient(&file, &text)
+        .map_err(|e| UsageError(format!("{e}; fix it, or pass --registry-credentials none")))?;
     found.file = Some(path);
     for registry in registries {
         let source = auths.source(registry).map_err(|e| {
@@ -173,8 +170,14 @@ mod tests {
     #[test]
     fn the_config_is_where_docker_looks() {
         let env = env_of(vec![("HOME", "/home/ci".into())]);
-        assert_eq!(config_path(&env), Some(PathBuf::from("/home/ci/.docker/config.json")));
-        let env = env_of(vec![("HOME", "/home/ci".into()), ("DOCKER_CONFIG", "/etc/d".into())]);
+        assert_eq!(
+            config_path(&env),
+            Some(PathBuf::from("/home/ci/.docker/config.json"))
+        );
+        let env = env_of(vec![
+            ("HOME", "/home/ci".into()),
+            ("DOCKER_CONFIG", "/etc/d".into()),
+        ]);
         assert_eq!(config_path(&env), Some(PathBuf::from("/etc/d/config.json")));
         assert_eq!(config_path(&env_of(vec![])), None);
     }
@@ -189,7 +192,11 @@ mod tests {
         )
         .unwrap();
         std::fs::set_permissions(&helper, std::fs::Permissions::from_mode(0o755)).unwrap();
-        let path = format!("{}:{}", dir.path().display(), std::env::var("PATH").unwrap_or_default());
+        let path = format!(
+            "{}:{}",
+            dir.path().display(),
+            std::env::var("PATH").unwrap_or_default()
+        );
         std::env::set_var("PATH", path);
         std::fs::write(
             dir.path().join("config.json"),
@@ -210,18 +217,35 @@ mod tests {
             "other.io is not the job's; the identity token and the empty helper are skipped"
         );
         assert_eq!(found.notes.len(), 2, "{:?}", found.notes);
-        assert!(found.notes.iter().any(|n| n.starts_with("empty.io: docker-credential-afclitest holds no")));
-        assert!(found.notes.iter().any(|n| n.starts_with("cloud.io: the docker config holds an identity token")));
-        let e = collect(Mode::Auto, &["broken.io".to_string()], &env).await.unwrap_err().0;
+        assert!(found
+            .notes
+            .iter()
+            .any(|n| n.starts_with("empty.io: docker-credential-afclitest holds no")));
+        assert!(found
+            .notes
+            .iter()
+            .any(|n| n.starts_with("cloud.io: the docker config holds an identity token")));
+        let e = collect(Mode::Auto, &["broken.io".to_string()], &env)
+            .await
+            .unwrap_err()
+            .0;
         assert!(
-            e.contains("docker-credential-afclitest for broken.io: it failed: cannot reach the vault")
-                && e.contains("--registry-credentials none")
+            e.contains(
+                "docker-credential-afclitest for broken.io: it failed: cannot reach the vault"
+            ) && e.contains("--registry-credentials none")
                 && !e.contains("hunter2"),
             "{e}"
         );
-        assert!(collect(Mode::None, &wanted, &env).await.unwrap().credentials.is_empty());
+        assert!(collect(Mode::None, &wanted, &env)
+            .await
+            .unwrap()
+            .credentials
+            .is_empty());
         // No docker config at all: nothing, and no complaint.
-        let nowhere = env_of(vec![("DOCKER_CONFIG", dir.path().join("none").display().to_string())]);
+        let nowhere = env_of(vec![(
+            "DOCKER_CONFIG",
+            dir.path().join("none").display().to_string(),
+        )]);
         let found = collect(Mode::Auto, &wanted, &nowhere).await.unwrap();
         assert!(found.credentials.is_empty() && found.file.is_none());
     }

@@ -61,7 +61,10 @@ pub async fn get(name: &str, registry: &str) -> Result<HelperAnswer, String> {
         .map_err(fail)?;
     parse_helper_answer(status.success(), &out).map_err(|why| {
         let noted = if stderr_len > 0 {
-            format!(" ({}; its stderr, {stderr_len} bytes, is not shown: it may hold a secret)", status)
+            format!(
+                " ({}; its stderr, {stderr_len} bytes, is not shown: it may hold a secret)",
+                status
+            )
         } else {
             format!(" ({status})")
         };
@@ -91,13 +94,28 @@ mod tests {
             "ok",
             r#"read server; printf '{"ServerURL":"%s","Username":"ci","Secret":"pw-for-%s"}' "$server" "$server""#,
         );
-        helper(dir.path(), "broken", "echo 'hunter2 leaked' >&2; echo 'bad thing happened'; exit 3");
-        helper(dir.path(), "none", "echo 'credentials not found in native keychain'; exit 1");
-        let path = format!("{}:{}", dir.path().display(), std::env::var("PATH").unwrap_or_default());
+        helper(
+            dir.path(),
+            "broken",
+            "echo 'hunter2 leaked' >&2; echo 'bad thing happened'; exit 3",
+        );
+        helper(
+            dir.path(),
+            "none",
+            "echo 'credentials not found in native keychain'; exit 1",
+        );
+        let path = format!(
+            "{}:{}",
+            dir.path().display(),
+            std::env::var("PATH").unwrap_or_default()
+        );
         // Child processes inherit the environment; set PATH for this test process.
         std::env::set_var("PATH", &path);
         match get("ok", "docker.io").await.unwrap() {
-            HelperAnswer::Found(archfarm_protocol::RegistryCredential::Basic { username, password }) => {
+            HelperAnswer::Found(archfarm_protocol::RegistryCredential::Basic {
+                username,
+                password,
+            }) => {
                 assert_eq!(username, "ci");
                 assert_eq!(password.expose(), "pw-for-https://index.docker.io/v1/");
             }
@@ -112,6 +130,9 @@ mod tests {
             "{e}"
         );
         let e = get("missing-helper", "r.io").await.unwrap_err();
-        assert!(e.contains("docker-credential-missing-helper for r.io: not found in PATH"), "{e}");
+        assert!(
+            e.contains("docker-credential-missing-helper for r.io: not found in PATH"),
+            "{e}"
+        );
     }
 }

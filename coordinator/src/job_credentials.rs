@@ -35,7 +35,11 @@ pub struct SealedCredential {
 
 impl std::fmt::Debug for SealedCredential {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "SealedCredential({}, key {})", self.registry, self.key_id)
+        write!(
+            f,
+            "SealedCredential({}, key {})",
+            self.registry, self.key_id
+        )
     }
 }
 
@@ -88,7 +92,10 @@ impl CredentialKey {
         let text = hex::encode(raw);
         write_private(&path, &text)
             .with_context(|| format!("cannot write the key file {}", path.display()))?;
-        Ok(Self::from_secret(text.as_bytes(), &path.display().to_string()))
+        Ok(Self::from_secret(
+            text.as_bytes(),
+            &path.display().to_string(),
+        ))
     }
 
     fn from_secret(secret: &[u8], origin: &str) -> Self {
@@ -96,7 +103,8 @@ impl CredentialKey {
         h.update(b"archfarm job credential key v1\0");
         h.update(secret);
         let raw = h.finalize();
-        let id = hex::encode(&Sha256::digest([b"archfarm key id\0".as_slice(), &raw].concat())[..6]);
+        let id =
+            hex::encode(&Sha256::digest([b"archfarm key id\0".as_slice(), &raw].concat())[..6]);
         let key = LessSafeKey::new(UnboundKey::new(&AES_256_GCM, &raw).expect("32-byte key"));
         CredentialKey {
             key,
@@ -144,7 +152,11 @@ impl CredentialKey {
     }
 
     /// Opens what [`CredentialKey::seal`] made; the error says why in words (never a value).
-    pub fn open(&self, job_id: Uuid, sealed: &SealedCredential) -> Result<RegistryCredential, String> {
+    pub fn open(
+        &self,
+        job_id: Uuid,
+        sealed: &SealedCredential,
+    ) -> Result<RegistryCredential, String> {
         if sealed.key_id != self.id {
             return Err(format!(
                 "the job's credential for {} was sealed by a coordinator with another key (key id {}; \
@@ -152,7 +164,12 @@ impl CredentialKey {
                 sealed.registry, sealed.key_id, self.id, self.origin
             ));
         }
-        let corrupt = || format!("the job's sealed credential for {} does not open", sealed.registry);
+        let corrupt = || {
+            format!(
+                "the job's sealed credential for {} does not open",
+                sealed.registry
+            )
+        };
         let bytes = base64::engine::general_purpose::STANDARD
             .decode(&sealed.sealed)
             .map_err(|_| corrupt())?;
@@ -198,7 +215,11 @@ pub struct JobCredentials {
 
 impl JobCredentials {
     /// Opens the sealed credentials of job `job_id`.
-    pub fn open(key: &CredentialKey, job_id: Uuid, sealed: &[SealedCredential]) -> Result<Self, String> {
+    pub fn open(
+        key: &CredentialKey,
+        job_id: Uuid,
+        sealed: &[SealedCredential],
+    ) -> Result<Self, String> {
         let mut by_registry = BTreeMap::new();
         for s in sealed {
             by_registry.insert(s.registry.clone(), key.open(job_id, s)?);
@@ -219,7 +240,10 @@ impl JobCredentials {
 
     /// Every secret string of every credential, for redaction.
     pub fn secrets(&self) -> Vec<Secret> {
-        self.by_registry.values().flat_map(|c| c.secrets()).collect()
+        self.by_registry
+            .values()
+            .flat_map(|c| c.secrets())
+            .collect()
     }
 
     /// The registries it has a credential for.
@@ -258,7 +282,10 @@ mod tests {
         let key = CredentialKey::load(None, dir.path()).unwrap();
         let file = dir.path().join(KEY_FILE);
         use std::os::unix::fs::PermissionsExt as _;
-        assert_eq!(std::fs::metadata(&file).unwrap().permissions().mode() & 0o777, 0o600);
+        assert_eq!(
+            std::fs::metadata(&file).unwrap().permissions().mode() & 0o777,
+            0o600
+        );
         let again = CredentialKey::load(None, dir.path()).unwrap();
         assert_eq!(key.id(), again.id(), "the key file is kept");
         let job = Uuid::new_v4();
@@ -268,7 +295,10 @@ mod tests {
         assert!(!sealed.sealed.contains(&b64));
         assert_eq!(again.open(job, &sealed).unwrap(), basic());
         // Moved to another job or registry, it does not open.
-        assert!(key.open(Uuid::new_v4(), &sealed).unwrap_err().contains("does not open"));
+        assert!(key
+            .open(Uuid::new_v4(), &sealed)
+            .unwrap_err()
+            .contains("does not open"));
         let moved = SealedCredential {
             registry: "other.io".into(),
             ..sealed.clone()
@@ -277,7 +307,10 @@ mod tests {
         // Another key says so, naming the flag.
         let other = CredentialKey::load(Some(&Secret::new("x".repeat(40))), dir.path()).unwrap();
         let e = other.open(job, &sealed).unwrap_err();
-        assert!(e.contains("--job-credential-key") && e.contains(key.id()), "{e}");
+        assert!(
+            e.contains("--job-credential-key") && e.contains(key.id()),
+            "{e}"
+        );
         assert!(CredentialKey::load(Some(&Secret::new("short")), dir.path()).is_err());
         let creds = JobCredentials::open(&key, job, &[sealed]).unwrap();
         assert_eq!(creds.get("R.io"), Some(&basic()));

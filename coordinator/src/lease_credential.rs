@@ -124,7 +124,15 @@ pub async fn for_lease(
             Ok(None) => return None,
             Err(message) => break Err(message),
         };
-        match scope(&state.registry, &resolved.credential, registry, repository, insecure).await {
+        match scope(
+            &state.registry,
+            &resolved.credential,
+            registry,
+            repository,
+            insecure,
+        )
+        .await
+        {
             Ok(c) => break Ok((c, resolved.origin)),
             // The token service refused a helper's answer: it may have rotated since.
             Err(_) if resolved.origin == Origin::Helper && fresh == Fresh::Cached => {

@@ -121,7 +121,10 @@ pub async fn run(
     // A credential of a job that ended while no coordinator ran goes before anything is served.
     let swept = store.sweep_job_credentials().await?;
     if swept > 0 {
-        tracing::info!(rows = swept, "deleted registry credentials of jobs that ended");
+        tracing::info!(
+            rows = swept,
+            "deleted registry credentials of jobs that ended"
+        );
     }
     let blobs = BlobStore::open(config.data_dir.join("contexts"), store.clone())
         .await

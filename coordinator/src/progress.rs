@@ -277,9 +277,9 @@ async fn stitch_job(state: &AppState, job_id: Uuid, token: Uuid) -> StoreResult<
             Err(e @ StitchError::Registry { .. })
                 if fresh == crate::registry::Fresh::Cached
                     && auth.is_ok()
-                    && job_credentials.as_ref().is_ok_and(|c| {
-                        state.registry.from_helper(c, &job.registry)
-                    }) =>
+                    && job_credentials
+                        .as_ref()
+                        .is_ok_and(|c| state.registry.from_helper(c, &job.registry)) =>
             {
                 tracing::info!(job.id = %job_id, error = %e, "stitching refused; asking the credential helper again");
                 fresh = crate::registry::Fresh::Anew;

@@ -16,10 +16,10 @@ use anyhow::Context as _;
 use archfarm_protocol::registry_auth::{count_pem_certificates, CredentialSource, HelperAnswer};
 use archfarm_protocol::registry_hosts::RegistryHosts;
 use archfarm_protocol::{RegistryAuths, RegistryCredential, Secret};
-use sha2::{Digest as _, Sha256};
 use oci_client::client::{Certificate, CertificateEncoding, ClientConfig, ClientProtocol};
 use oci_client::secrets::RegistryAuth;
 use oci_client::Client;
+use sha2::{Digest as _, Sha256};
 
 use crate::config::Config;
 use crate::job_credentials::JobCredentials;
@@ -96,10 +96,11 @@ pub struct RegistryAccess {
 /// `Client` keeps the first credential it is given for a registry and the tokens it got with
 /// it, so one client per credential keeps a job's own credential (and its tokens) to that job,
 /// and a rotated password from meeting the old one's cached tokens.
+/// A registry, whether it is spoken to over plain HTTP, and a credential's fingerprint.
+type ClientKey = (String, bool, String);
+
 #[derive(Clone, Default)]
-struct Clients(
-    std::sync::Arc<std::sync::Mutex<std::collections::HashMap<(String, bool, String), Client>>>,
-);
+struct Clients(Arc<std::sync::Mutex<HashMap<ClientKey, Client>>>);
 
 /// One registry's helper answer and the lock that makes concurrent askers wait for one run.
 #[derive(Default)]
@@ -151,7 +152,12 @@ impl HelperCache {
             HelperAnswer::Found(c) => Some(c),
             HelperAnswer::NotFound => None,
         };
-        tracing::info!(registry, helper, found = credential.is_some(), "credential helper asked");
+        tracing::info!(
+            registry,
+            helper,
+            found = credential.is_some(),
+            "credential helper asked"
+        );
         *slot.answer.lock().expect("helper slot lock") = Some((credential.clone(), Instant::now()));
         Ok(credential)
     }
@@ -285,7 +291,11 @@ impl RegistryAccess {
         let configured = self.auths.get(registry).cloned();
         let held = archfarm_protocol::registry_auth::normalise_registry(registry)
             .ok()
-            .and_then(|r| self.helpers.held(&r).or_else(|| self.helpers.held(registry)));
+            .and_then(|r| {
+                self.helpers
+                    .held(&r)
+                    .or_else(|| self.helpers.held(registry))
+            });
         configured
             .into_iter()
             .chain(held)
@@ -442,18 +452,21 @@ mod tests {
         let auth = |r: &'static str| {
             let access = access.clone();
             let none = none.clone();
-            async move {
-                access.oci_auth(&none, r, Fresh::Cached).await
-            }
+            async move { access.oci_auth(&none, r, Fresh::Cached).await }
         };
-        let rt = tokio::runtime::Builder::new_current_thread().build().unwrap();
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap();
         rt.block_on(async {
             assert_eq!(
                 auth("r.io").await.unwrap(),
                 RegistryAuth::Basic("u".into(), "hunter2".into())
             );
             assert_eq!(auth("other.io").await.unwrap(), RegistryAuth::Anonymous);
-            assert!(auth("cloud.io").await.unwrap_err().contains("identity token"));
+            assert!(auth("cloud.io")
+                .await
+                .unwrap_err()
+                .contains("identity token"));
         });
         assert!(!format!("{access:?}").contains("hunter2"));
     }
@@ -477,7 +490,11 @@ mod tests {
         )
         .unwrap();
         std::fs::set_permissions(&program, std::fs::Permissions::from_mode(0o755)).unwrap();
-        let path = format!("{}:{}", dir.path().display(), std::env::var("PATH").unwrap_or_default());
+        let path = format!(
+            "{}:{}",
+            dir.path().display(),
+            std::env::var("PATH").unwrap_or_default()
+        );
         std::env::set_var("PATH", path);
         let file = dir.path().join("config.json");
         std::fs::write(
@@ -494,14 +511,27 @@ mod tests {
             }
             other => panic!("{other:?}"),
         };
-        let got = access.credential(&none, "helped.io", Fresh::Cached).await.unwrap();
+        let got = access
+            .credential(&none, "helped.io", Fresh::Cached)
+            .await
+            .unwrap();
         assert_eq!(password(got), (Origin::Helper, "first".to_string()));
         std::fs::write(&secret, "second").unwrap();
-        let got = access.credential(&none, "helped.io", Fresh::Cached).await.unwrap();
+        let got = access
+            .credential(&none, "helped.io", Fresh::Cached)
+            .await
+            .unwrap();
         assert_eq!(password(got), (Origin::Helper, "first".into()), "cached");
         assert_eq!(access.secrets_for("helped.io")[0].expose(), "first");
-        let got = access.credential(&none, "helped.io", Fresh::Anew).await.unwrap();
-        assert_eq!(password(got), (Origin::Helper, "second".into()), "asked again");
+        let got = access
+            .credential(&none, "helped.io", Fresh::Anew)
+            .await
+            .unwrap();
+        assert_eq!(
+            password(got),
+            (Origin::Helper, "second".into()),
+            "asked again"
+        );
         assert_eq!(std::fs::read_to_string(&runs).unwrap().lines().count(), 2);
         assert!(access.from_helper(&none, "helped.io") && !access.from_helper(&none, "r.io"));
         // A job's own credential comes first, for its registry only.
@@ -513,9 +543,15 @@ mod tests {
         };
         let sealed = [key.seal(job, "r.io", &mine)];
         let own = JobCredentials::open(&key, job, &sealed).unwrap();
-        let got = access.credential(&own, "r.io", Fresh::Cached).await.unwrap();
+        let got = access
+            .credential(&own, "r.io", Fresh::Cached)
+            .await
+            .unwrap();
         assert_eq!(password(got), (Origin::Job, "theirs".into()));
-        let got = access.credential(&none, "r.io", Fresh::Cached).await.unwrap();
+        let got = access
+            .credential(&none, "r.io", Fresh::Cached)
+            .await
+            .unwrap();
         assert_eq!(password(got), (Origin::Configured, "own".into()));
         // One client per credential: oci-client keeps the first credential a client is given.
         let a = RegistryAuth::Basic("u".into(), "one".into());

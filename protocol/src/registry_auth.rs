@@ -256,7 +256,12 @@ impl RegistryAuths {
     /// stops the start rather than surfacing at some build).
     pub fn parse(file: &str, text: &str) -> Result<Self, RegistryAuthError> {
         let out = Self::parse_lenient(file, text)?;
-        match out.broken_helpers.values().chain(out.broken.values()).next() {
+        match out
+            .broken_helpers
+            .values()
+            .chain(out.broken.values())
+            .next()
+        {
             Some(e) => Err(e.clone()),
             None => Ok(out),
         }
@@ -312,7 +317,8 @@ impl RegistryAuths {
                         }
                         (Err(p), Ok(_)) => {
                             let problem = format!("in \"credHelpers\": {p}");
-                            out.broken_helpers.insert(key.clone(), entry_err(key, &problem));
+                            out.broken_helpers
+                                .insert(key.clone(), entry_err(key, &problem));
                         }
                     }
                 }
@@ -335,7 +341,11 @@ impl RegistryAuths {
                     continue;
                 }
             };
-            if helpers && entry.as_object().is_some_and(|fields| is_empty_entry(fields)) {
+            if helpers
+                && entry
+                    .as_object()
+                    .is_some_and(is_empty_entry)
+            {
                 continue;
             }
             let credential = match parse_entry(entry) {
@@ -352,7 +362,10 @@ impl RegistryAuths {
             {
                 out.broken.insert(
                     registry.clone(),
-                    entry_err(key, &format!("a second entry for registry {registry}; keep one")),
+                    entry_err(
+                        key,
+                        &format!("a second entry for registry {registry}; keep one"),
+                    ),
                 );
             }
         }
@@ -432,13 +445,19 @@ fn syntax_position(e: &serde_json::Error) -> String {
 
 /// An `auths` entry with no credential in it (`{}`, or only `email`/`serveraddress`).
 fn is_empty_entry(fields: &serde_json::Map<String, serde_json::Value>) -> bool {
-    ["auth", "username", "password", "identitytoken", "registrytoken"]
-        .iter()
-        .all(|k| match fields.get(*k) {
-            None | Some(serde_json::Value::Null) => true,
-            Some(serde_json::Value::String(s)) => s.is_empty(),
-            Some(_) => false,
-        })
+    [
+        "auth",
+        "username",
+        "password",
+        "identitytoken",
+        "registrytoken",
+    ]
+    .iter()
+    .all(|k| match fields.get(*k) {
+        None | Some(serde_json::Value::Null) => true,
+        Some(serde_json::Value::String(s)) => s.is_empty(),
+        Some(_) => false,
+    })
 }
 
 /// A helper name is the suffix of a program found in `PATH` (`docker-credential-NAME`): never a
@@ -507,8 +526,9 @@ pub fn parse_helper_answer(success: bool, stdout: &[u8]) -> Result<HelperAnswer,
             crate::registry_text::sanitise(first, MAX_HELPER_MESSAGE)
         ));
     }
-    let value: serde_json::Value = serde_json::from_str(text.trim())
-        .map_err(|_| "its answer is not JSON (expected {\"Username\": …, \"Secret\": …})".to_string())?;
+    let value: serde_json::Value = serde_json::from_str(text.trim()).map_err(|_| {
+        "its answer is not JSON (expected {\"Username\": …, \"Secret\": …})".to_string()
+    })?;
     let field = |name: &str| -> Result<String, String> {
         match value.get(name) {
             None | Some(serde_json::Value::Null) => Ok(String::new()),
@@ -724,7 +744,10 @@ mod tests {
         assert!(!a.is_empty());
         assert_eq!(a.len(), 0);
         assert_eq!(a.creds_store(), Some("desktop"));
-        assert_eq!(a.source("ghcr.io").unwrap(), CredentialSource::Helper("desktop"));
+        assert_eq!(
+            a.source("ghcr.io").unwrap(),
+            CredentialSource::Helper("desktop")
+        );
         assert!(RegistryAuths::parse("f", "{}").unwrap().is_empty());
         assert!(RegistryAuths::parse("f", r#"{"credsStore": ""}"#)
             .unwrap()
@@ -756,7 +779,11 @@ mod tests {
         );
         // With credsStore, Docker asks the store even where auths has an entry.
         for r in ["ghcr.io", "127.0.0.1:5000", "docker.io", "other.io"] {
-            assert_eq!(a.source(r).unwrap(), CredentialSource::Helper("pass"), "{r}");
+            assert_eq!(
+                a.source(r).unwrap(),
+                CredentialSource::Helper("pass"),
+                "{r}"
+            );
         }
         assert_eq!(
             a.cred_helpers().collect::<Vec<_>>(),
@@ -778,8 +805,14 @@ mod tests {
             CredentialSource::Entry(RegistryCredential::Basic { .. })
         ));
         assert_eq!(a.source("other.io").unwrap(), CredentialSource::None);
-        assert_eq!(helper_server_url("docker.io"), "https://index.docker.io/v1/");
-        assert_eq!(helper_server_url("registry-1.docker.io"), "https://index.docker.io/v1/");
+        assert_eq!(
+            helper_server_url("docker.io"),
+            "https://index.docker.io/v1/"
+        );
+        assert_eq!(
+            helper_server_url("registry-1.docker.io"),
+            "https://index.docker.io/v1/"
+        );
         assert_eq!(helper_server_url("Ghcr.io"), "ghcr.io");
         assert_eq!(helper_server_url("127.0.0.1:5000"), "127.0.0.1:5000");
         assert_eq!(helper_program("ecr-login"), "docker-credential-ecr-login");
@@ -818,7 +851,11 @@ mod tests {
             e.contains("/home/ci/.docker/config.json, entry 'broken.io'") && !e.contains("hunter2"),
             "{e}"
         );
-        assert!(a.source("bad.io").unwrap_err().to_string().contains("credHelpers"));
+        assert!(a
+            .source("bad.io")
+            .unwrap_err()
+            .to_string()
+            .contains("credHelpers"));
         // The file's shape is still checked.
         assert!(RegistryAuths::parse_lenient("f", "[]").is_err());
         assert!(RegistryAuths::parse_lenient("f", r#"{"credHelpers": 1}"#).is_err());
@@ -838,9 +875,16 @@ mod tests {
             ok(r#"{"Username":"<token>","Secret":"refresh"}"#).unwrap(),
             HelperAnswer::Found(RegistryCredential::IdentityToken(Secret::new("refresh")))
         );
-        assert_eq!(ok(r#"{"Username":"","Secret":""}"#).unwrap(), HelperAnswer::NotFound);
+        assert_eq!(
+            ok(r#"{"Username":"","Secret":""}"#).unwrap(),
+            HelperAnswer::NotFound
+        );
         // A broken answer is described, never quoted: it may hold the secret.
-        for bad in ["hunter2", r#"{"Username": 1, "Secret": "hunter2"}"#, r#"{"Secret":"hunter2"}"#] {
+        for bad in [
+            "hunter2",
+            r#"{"Username": 1, "Secret": "hunter2"}"#,
+            r#"{"Secret":"hunter2"}"#,
+        ] {
             let e = ok(bad).unwrap_err();
             assert!(!e.contains("hunter2"), "{e}");
         }
@@ -848,10 +892,16 @@ mod tests {
             parse_helper_answer(false, b"credentials not found in native keychain\n").unwrap(),
             HelperAnswer::NotFound
         );
-        let e = parse_helper_answer(false, b"\x1b[31merror getting credentials\nsecond line").unwrap_err();
+        let e = parse_helper_answer(false, b"\x1b[31merror getting credentials\nsecond line")
+            .unwrap_err();
         assert_eq!(e, "it failed: error getting credentials");
         let long = "x".repeat(5000);
-        assert!(parse_helper_answer(false, long.as_bytes()).unwrap_err().len() < 250);
+        assert!(
+            parse_helper_answer(false, long.as_bytes())
+                .unwrap_err()
+                .len()
+                < 250
+        );
     }
 
     #[test]

@@ -8,8 +8,8 @@ use archfarm_protocol::api::{
     JobList, JobRequest, JobState, DEFAULT_JOB_TIMEOUT_SECS, MAX_JOB_REGISTRY_CREDENTIALS,
     MAX_REGISTRY_SECRET_BYTES, MAX_SUBMITTER_CHARS,
 };
-use archfarm_protocol::RegistryCredential;
 use archfarm_protocol::image_meta::ImageMeta;
+use archfarm_protocol::RegistryCredential;
 use archfarm_protocol::{CacheRef, ImageRef, Platform};
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
@@ -297,7 +297,13 @@ fn check_credentials(
     }
     let normal = |r: &str| archfarm_protocol::registry_auth::normalise_registry(r).ok();
     let pushes_to: Vec<String> = std::iter::once(&job.registry)
-        .chain(job.cache.to.iter().chain(&job.cache.from).map(|c| &c.registry))
+        .chain(
+            job.cache
+                .to
+                .iter()
+                .chain(&job.cache.from)
+                .map(|c| &c.registry),
+        )
         .filter_map(|r| normal(r))
         .collect();
     let mut out: Vec<(String, RegistryCredential)> = Vec::new();
@@ -711,8 +717,14 @@ mod tests {
         assert_eq!(ok[0].0, "cache.lan");
         assert_eq!(ok[1].0, "r.lan:5000");
         for (pairs, needle) in [
-            (vec![("ghcr.io", "hunter2")], "neither pushes to nor names as a cache"),
-            (vec![("r.lan:5000", "hunter2"), ("http://r.lan:5000", "hunter2")], "two credentials"),
+            (
+                vec![("ghcr.io", "hunter2")],
+                "neither pushes to nor names as a cache",
+            ),
+            (
+                vec![("r.lan:5000", "hunter2"), ("http://r.lan:5000", "hunter2")],
+                "two credentials",
+            ),
             (vec![("r lan", "hunter2")], "not a registry"),
         ] {
             let ApiError::BadRequest { code, message } =
@@ -721,7 +733,10 @@ mod tests {
                 panic!("not a 400")
             };
             assert_eq!(code, "invalid_registry_credential");
-            assert!(message.contains(needle) && !message.contains("hunter2"), "{message}");
+            assert!(
+                message.contains(needle) && !message.contains("hunter2"),
+                "{message}"
+            );
         }
         let big = "x".repeat(MAX_REGISTRY_SECRET_BYTES + 1);
         assert!(check_credentials(sent(&[("r.lan:5000", big.as_str())]), &job).is_err());

@@ -104,15 +104,27 @@ mod tests {
             add(&store, job, "r.io").await;
         }
         assert_eq!(store.job_credentials(live).await.unwrap(), [sealed("r.io")]);
-        store.cancel_job(cancelled, "by test").await.unwrap().unwrap();
+        store
+            .cancel_job(cancelled, "by test")
+            .await
+            .unwrap()
+            .unwrap();
         assert!(store.job_credentials(cancelled).await.unwrap().is_empty());
         assert!(store
             .transition_job(bypassed, &[JobState::Queued], JobState::Failed)
             .await
             .unwrap());
-        assert_eq!(store.sweep_job_credentials().await.unwrap(), 2, "the bypassed and the orphan");
+        assert_eq!(
+            store.sweep_job_credentials().await.unwrap(),
+            2,
+            "the bypassed and the orphan"
+        );
         assert_eq!(store.job_credentials(live).await.unwrap().len(), 1);
-        store.end_job(live, JobState::Failed, "x").await.unwrap().unwrap();
+        store
+            .end_job(live, JobState::Failed, "x")
+            .await
+            .unwrap()
+            .unwrap();
         assert!(store.job_credentials(live).await.unwrap().is_empty());
         assert_eq!(store.sweep_job_credentials().await.unwrap(), 0);
     }

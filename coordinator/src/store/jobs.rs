@@ -11,8 +11,8 @@ use sqlx::Row;
 use uuid::Uuid;
 
 use super::{
-    job_credentials, json_col, json_list, now_ms, parse_col, parse_opt_col, secrets,
-    to_json_list, Store, StoreError, StoreResult,
+    job_credentials, json_col, json_list, now_ms, parse_col, parse_opt_col, secrets, to_json_list,
+    Store, StoreError, StoreResult,
 };
 use crate::job_credentials::SealedCredential;
 

@@ -73,10 +73,12 @@ pub async fn collect(
     let text = match std::fs::read_to_string(&path) {
         Ok(t) => t,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(found),
-        Err(e) => return Err(UsageError(format!(
+        Err(e) => {
+            return Err(UsageError(format!(
             "cannot read the docker config {}: {e}; fix it, or pass --registry-credentials none",
             path.display()
-        ))),
+        )))
+        }
     };
     let file = path.display().to_string();
     let auths = RegistryAuths::parse_lenient(&file, &text)

@@ -341,11 +341,7 @@ impl RegistryAuths {
                     continue;
                 }
             };
-            if helpers
-                && entry
-                    .as_object()
-                    .is_some_and(is_empty_entry)
-            {
+            if helpers && entry.as_object().is_some_and(is_empty_entry) {
                 continue;
             }
             let credential = match parse_entry(entry) {

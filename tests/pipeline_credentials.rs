@@ -404,3 +404,103 @@ fn a_credential_helper_on_the_coordinator_follows_a_rotated_password() {
         );
     }
 }
+
+/// Always on PostgreSQL (as `replicas.rs`): replicas sharing a database must share the key jobs'
+/// own credentials are sealed with. Replica `a` takes the job, replica `b`'s agent builds it
+/// with the credential `a` sealed; a replica started with another key fails such a job, naming
+/// the flag, rather than pushing without the credential.
+#[test]
+fn replicas_open_each_others_sealed_credentials_with_the_shared_key() {
+    preflight();
+    let ca = TestCa::new("replica-ca");
+    let registry = SecureRegistry::start(&ca, "replicas");
+    let db = std::sync::Arc::new(archfarm_e2e::database::Database::postgres());
+    let key = format!("shared-key-{}", uuid::Uuid::new_v4().simple());
+    let opts = |name: &str, key: &str| {
+        CoordinatorOptions::default()
+            .database(db.clone())
+            .arg("--replica-name")
+            .arg(name)
+            .arg("--job-credential-key")
+            .arg(key)
+            .arg("--registry-ca-cert")
+            .arg(&ca.ca_path().display().to_string())
+            .arg("--secure-registry")
+            .arg(registry.host())
+    };
+    let agent_opts = |name: &str| {
+        let mut o = AgentOptions::new(name).emulate("none");
+        o.extra_args = vec![
+            "--registry-ca-cert".into(),
+            ca.ca_path().display().to_string(),
+        ];
+        o
+    };
+    let scratch = Scratch::new("replica-creds");
+    registry.write_docker_config(scratch.path());
+    let env = [("DOCKER_CONFIG", scratch.path().display().to_string())];
+    let hello = BuildContext::hello();
+    let a = Coordinator::start_with(opts("a", &key));
+
+    // 1. Submitted to a (no agents), built by b's agent: b opens what a sealed.
+    let tag = format!("{}/replicated:1", registry.host());
+    {
+        let b = Coordinator::start_with(opts("b", &key));
+        let _agent = Agent::start(&b, agent_opts("b-amd64"));
+        let out = cli_with_env(
+            &a,
+            &env,
+            &[
+                "build",
+                "--progress",
+                "plain",
+                "--platform",
+                "linux/amd64",
+                "-t",
+                &tag,
+                &hello.arg(),
+            ],
+        );
+        assert!(out.status.success(), "{}", text(&out.stderr));
+        let (_, digest) = read_back(&registry, &ca, &tag);
+        assert_eq!(digest, last_line(&out.stdout));
+        let replica = db.query("SELECT replica FROM leases ORDER BY granted_at LIMIT 1");
+        assert_eq!(replica.trim(), "b", "b granted the lease");
+        println!("job submitted to replica a, leased by replica b: skopeo reads {tag} as {digest}");
+    }
+
+    // 2. A replica with another key cannot open it and fails the job, saying why.
+    let c = Coordinator::start_with(opts(
+        "c",
+        &format!("another-key-{}", uuid::Uuid::new_v4().simple()),
+    ));
+    let _agent = Agent::start(&c, agent_opts("c-amd64"));
+    let tag = format!("{}/replicated:2", registry.host());
+    let out = cli_with_env(
+        &a,
+        &env,
+        &[
+            "build",
+            "--progress",
+            "plain",
+            "--platform",
+            "linux/amd64",
+            "-t",
+            &tag,
+            &hello.arg(),
+        ],
+    );
+    let stderr = text(&out.stderr);
+    println!("--- a job sealed by a, leased through c with another key:\n{stderr}");
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("sealed by a coordinator with another key")
+            && stderr.contains("--job-credential-key"),
+        "{stderr}"
+    );
+    assert_eq!(
+        db.count("SELECT COUNT(*) FROM job_registry_credentials"),
+        0,
+        "deleted with the job"
+    );
+}

@@ -159,8 +159,9 @@ fn classify_envelope(envelope: &OciEnvelope) -> Failure {
 
 fn denied(detail: &str) -> String {
     format!(
-        "the registry refused the credentials ({detail}); give the coordinator's \
-         --registry-auth (or the agent's own) a credential for this registry that may push to it"
+        "the registry refused the credentials ({detail}); send the pipeline's own with the job \
+         (`archfarm build` reads its docker config), or give the coordinator's --registry-auth \
+         (or the agent's own) a credential for this registry that may push to it"
     )
 }
 
@@ -363,8 +364,9 @@ mod tests {
             f.reason(),
             format!(
                 "the registry refused the credentials (403 Forbidden: an HTML page titled 'Access \
-                 denied'); give the coordinator's --registry-auth (or the agent's own) a credential \
-                 for this registry that may push to it"
+                 denied'); send the pipeline's own with the job (`archfarm build` reads its \
+                 docker config), or give the coordinator's --registry-auth (or the agent's own) a \
+                 credential for this registry that may push to it"
             )
         );
         let hostile = format!("\u{1b}]0;owned\u{7}\u{1b}[2Jno\rway{}", "x".repeat(5000));

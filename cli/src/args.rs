@@ -401,6 +401,19 @@ pub struct BuildArgs {
     /// Print only the result and errors (as `--progress quiet`).
     #[arg(long, short = 'q')]
     pub quiet: bool,
+    /// Whether to send the pipeline's own registry credentials with the job, as buildx forwards
+    /// the client's to its builder: `auto` sends, for the registries the job pushes to (its
+    /// tags' and its caches'), what the docker config holds (`$DOCKER_CONFIG/config.json` or
+    /// `~/.docker/config.json`; `auths`, `credsStore`, `credHelpers`), used for this job only;
+    /// `none` sends nothing, and the farm's own credentials are used.
+    #[arg(
+        long = "registry-credentials",
+        value_enum,
+        default_value = "auto",
+        env = "ARCHFARM_REGISTRY_CREDENTIALS",
+        value_name = "auto|none"
+    )]
+    pub registry_credentials: crate::registry_credentials::Mode,
     /// Context directory.
     #[arg(value_name = "CONTEXT")]
     pub context: PathBuf,

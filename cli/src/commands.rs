@@ -79,6 +79,28 @@ pub async fn build(conn: &Connection, args: &BuildArgs) -> Result<u8, Error> {
             eprintln!("{msg}");
         }
     };
+    // The pipeline's own registry credentials, read (helpers run) before anything is uploaded.
+    let own = crate::registry_credentials::collect(
+        args.registry_credentials,
+        &pushed_registries(&plan),
+        &|name| std::env::var(name).ok(),
+    )
+    .await?;
+    for note in &own.notes {
+        say(format!("registry credentials: {note}"));
+    }
+    if let Some(file) = &own.file {
+        let names: Vec<&str> = own.credentials.keys().map(String::as_str).collect();
+        say(format!(
+            "registry credentials: {} (from {}; `--registry-credentials none` sends none)",
+            if names.is_empty() {
+                "none sent, the farm's own are used".to_string()
+            } else {
+                format!("sent for {}", names.join(", "))
+            },
+            file.display()
+        ));
+    }
 
     say(format!("context: packing {}", plan.context.display()));
     let (dir, dockerfile) = (plan.context.clone(), plan.dockerfile.clone());
@@ -132,6 +154,7 @@ pub async fn build(conn: &Connection, args: &BuildArgs) -> Result<u8, Error> {
         cache_from: plan.cache_from.iter().map(ToString::to_string).collect(),
         no_cache: plan.no_cache,
         pull: plan.pull,
+        registry_credentials: own.credentials,
     };
     let job = client.submit_job(&request).await?;
     let id = job.id;
@@ -179,6 +202,28 @@ pub async fn build(conn: &Connection, args: &BuildArgs) -> Result<u8, Error> {
         write_result_files(&plan, &finished)?;
     }
     Ok(code)
+}
+
+/// The registries a job pushes to: its tags' and its caches', normalised, distinct, in order.
+fn pushed_registries(plan: &BuildPlan) -> Vec<String> {
+    let tags = plan
+        .tags
+        .iter()
+        .filter_map(|t| archfarm_protocol::ImageRef::parse(t).ok())
+        .map(|r| r.registry);
+    let caches = plan
+        .cache_to
+        .iter()
+        .chain(&plan.cache_from)
+        .map(|c| c.registry.clone());
+    let mut out: Vec<String> = Vec::new();
+    for r in tags.chain(caches) {
+        let r = archfarm_protocol::registry_auth::normalise_registry(&r).unwrap_or(r);
+        if !out.contains(&r) {
+            out.push(r);
+        }
+    }
+    out
 }
 
 /// `--iidfile` and `--metadata-file`, once the index is pushed. A file that cannot be written

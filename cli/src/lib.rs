@@ -2,7 +2,8 @@
 //!
 //! * [`args`]: the command line (clap).
 //! * [`validate`]: local checks of `build`'s inputs, before any network call; [`secrets`]:
-//!   `--secret` specs and their values.
+//!   `--secret` specs and their values; [`registry_credentials`]: the pipeline's own registry
+//!   credentials, from its docker config.
 //! * [`dockerignore`] and [`context`]: packing the context deterministically.
 //! * [`client`]: the coordinator's CI routes, typed.
 //! * [`follow`]: following a job's builds and logs, shown through a view.
@@ -22,6 +23,7 @@ pub mod follow;
 pub mod logs;
 pub mod metadata;
 pub mod output;
+pub mod registry_credentials;
 pub mod secrets;
 pub mod tty;
 pub mod validate;

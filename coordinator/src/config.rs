@@ -145,10 +145,18 @@ pub struct Config {
     pub insecure_credentials_over_http: bool,
 
     /// Docker `config.json` with registry credentials (`{"auths": {"HOST[:PORT]": {"auth":
-    /// "BASE64(user:password)"}}}`), read at start; used for stitching and handed to the agent of
-    /// each build for that job's registry only. Default: none (registries are used anonymously).
+    /// "BASE64(user:password)"}}}`, or helpers in `credsStore`/`credHelpers`, run when needed),
+    /// read at start; used for stitching and handed to the agent of each build for that job's
+    /// registry only, unless the job sent its own. Default: none (registries are used anonymously).
     #[arg(long, env = "ARCHFARM_REGISTRY_AUTH")]
     pub registry_auth: Option<PathBuf>,
+
+    /// Key the registry credentials jobs send (`archfarm build`, from the pipeline's docker
+    /// config) are sealed with in the database (AES-256-GCM): any secret of at least 32
+    /// characters, the same on every replica sharing the database. Default: a key made at first
+    /// start in the data dir (`job-credential.key`), which serves one coordinator only.
+    #[arg(long, env = "ARCHFARM_JOB_CREDENTIAL_KEY", hide_env_values = true)]
+    pub job_credential_key: Option<Secret>,
 
     /// PEM file of extra root CA certificates trusted for registries spoken to over TLS, on top
     /// of the system's (e.g. a registry with a self-signed certificate). Default: none.

@@ -7,7 +7,11 @@
 //! distribution in token mode) can be asked for a token for one repository, so the coordinator
 //! asks it for `repository:REPO:pull,push` with its own credential and hands the agent that
 //! token instead. A registry that answers `Basic` (htpasswd) cannot scope a password: the lease
-//! carries the password, as before. Stitching keeps using the coordinator's own credential.
+//! carries the password, as before. Stitching keeps using the credential itself.
+//!
+//! The credential is the job's own when it sent one (see [`crate::job_credentials`]), else the
+//! coordinator's: an `auths` entry, or a credential helper's answer, which is asked again when
+//! its token service refuses it.
 
 use std::time::Duration;
 
@@ -16,7 +20,8 @@ use oci_client::secrets::RegistryAuth;
 use oci_client::{Reference, RegistryOperation};
 use uuid::Uuid;
 
-use crate::registry::RegistryAccess;
+use crate::job_credentials::JobCredentials;
+use crate::registry::{Fresh, Origin, RegistryAccess};
 use crate::AppState;
 
 /// How long the lease answer may wait for the registry and its token service: the agent's long
@@ -42,40 +47,54 @@ pub fn push_scope(repository: &str) -> String {
     format!("repository:{repository}:pull,push")
 }
 
-/// The credential for a lease of a build that pushes to `registry`/`repository`: a bearer token
-/// for that repository when the registry hands out tokens and the coordinator's credential is a
-/// user name and password; otherwise the coordinator's credential as configured (none, a
-/// password a `Basic` registry cannot scope, or a token it was given to send as is).
+/// The credential for a lease of a build that pushes to `registry`/`repository`, from the
+/// coordinator's `auths` entry for it (see [`scope`]).
 pub async fn scoped(
     access: &RegistryAccess,
     registry: &str,
     repository: &str,
     insecure: bool,
 ) -> Result<Option<RegistryCredential>, ScopedTokenError> {
-    let Some(credential) = access.auths.get(registry) else {
-        return Ok(None);
-    };
+    match access.auths.get(registry) {
+        None => Ok(None),
+        Some(c) => scope(access, c, registry, repository, insecure)
+            .await
+            .map(Some),
+    }
+}
+
+/// What a lease carries for `credential`: a bearer token for `repository` when the registry
+/// hands out tokens and the credential is a user name and password; otherwise the credential
+/// itself (a password a `Basic` registry cannot scope, or a token to send as is).
+pub async fn scope(
+    access: &RegistryAccess,
+    credential: &RegistryCredential,
+    registry: &str,
+    repository: &str,
+    insecure: bool,
+) -> Result<RegistryCredential, ScopedTokenError> {
     let RegistryCredential::Basic { username, password } = credential else {
-        return Ok(Some(credential.clone()));
+        return Ok(credential.clone());
     };
     let err = |message: String| ScopedTokenError {
         registry: registry.to_string(),
         repository: repository.to_string(),
         message,
     };
-    let client = access.client_for(registry, insecure);
+    let basic = RegistryAuth::Basic(username.clone(), password.expose().to_string());
+    // A client of this credential's own: oci-client keeps the tokens it gets per client.
+    let client = access.client_with(registry, insecure, &basic);
     // The tag is never sent: oci-client scopes the token by the reference's repository.
     let reference = Reference::with_tag(registry.into(), repository.into(), "latest".into());
-    let basic = RegistryAuth::Basic(username.clone(), password.expose().to_string());
     // oci-client asks `/v2/` for the challenge, checks the realm's host (the registry's own or
     // `--registry-redirect-host`), and requests `repository:REPO:pull,push` with the password.
     let asked = client.auth(&reference, &basic, RegistryOperation::Push);
     match tokio::time::timeout(TOKEN_TIMEOUT, asked).await {
-        Ok(Ok(Some(token))) => Ok(Some(RegistryCredential::RegistryToken(
+        Ok(Ok(Some(token))) => Ok(RegistryCredential::RegistryToken(
             archfarm_protocol::Secret::new(token),
-        ))),
+        )),
         // No Bearer challenge: a Basic registry (or an open one) takes the password itself.
-        Ok(Ok(None)) => Ok(Some(credential.clone())),
+        Ok(Ok(None)) => Ok(credential.clone()),
         Ok(Err(e)) => Err(err(crate::stitch::registry_message(&e))),
         Err(_) => Err(err(format!(
             "no answer within {}s",
@@ -84,32 +103,58 @@ pub async fn scoped(
     }
 }
 
-/// [`scoped`] for a build's lease, or for its push when the agent asks again. Without a token
-/// the answer carries no credential at all, never the password; the build's log says why,
-/// followed by `then` (what happens instead).
+/// [`scope`] for a build's lease, or for its push when the agent asks again (`fresh` is then
+/// [`Fresh::Anew`]: a credential helper is asked again right before the push), with the job's
+/// own credential when it sent one. Without a token the answer carries no credential at all,
+/// never the password; the build's log says why, followed by `then` (what happens instead).
 pub async fn for_lease(
     state: &AppState,
     build_id: Uuid,
+    job: &JobCredentials,
     registry: &str,
     repository: &str,
     then: &str,
+    fresh: Fresh,
 ) -> Option<RegistryCredential> {
     let insecure = state.config.is_insecure(registry);
-    match scoped(&state.registry, registry, repository, insecure).await {
-        Ok(credential) => {
-            if let Some(c) = &credential {
-                tracing::info!(
-                    build.id = %build_id,
-                    registry,
-                    repository,
-                    kind = c.kind(),
-                    "registry credential for the lease"
-                );
+    let mut fresh = fresh;
+    let outcome = loop {
+        let resolved = match state.registry.credential(job, registry, fresh).await {
+            Ok(Some(r)) => r,
+            Ok(None) => return None,
+            Err(message) => break Err(message),
+        };
+        match scope(
+            &state.registry,
+            &resolved.credential,
+            registry,
+            repository,
+            insecure,
+        )
+        .await
+        {
+            Ok(c) => break Ok((c, resolved.origin)),
+            // The token service refused a helper's answer: it may have rotated since.
+            Err(_) if resolved.origin == Origin::Helper && fresh == Fresh::Cached => {
+                fresh = Fresh::Anew;
             }
-            credential
+            Err(e) => break Err(e.to_string()),
+        }
+    };
+    match outcome {
+        Ok((credential, origin)) => {
+            tracing::info!(
+                build.id = %build_id,
+                registry,
+                repository,
+                kind = credential.kind(),
+                origin = origin.as_str(),
+                "registry credential for the lease"
+            );
+            Some(credential)
         }
         Err(e) => {
-            tracing::warn!(build.id = %build_id, error = %e, "no scoped registry token");
+            tracing::warn!(build.id = %build_id, error = %e, "no registry credential for the lease");
             let line = format!("[archfarm] {e}; {then}");
             if let Err(log_err) = state.logs.append(build_id, &[line]).await {
                 tracing::warn!(build.id = %build_id, error = %log_err, "could not append to the build log");

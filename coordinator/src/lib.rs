@@ -8,6 +8,8 @@ pub mod base_images;
 pub mod blobs;
 pub mod changes;
 pub mod config;
+pub mod cred_helper;
+pub mod job_credentials;
 pub mod lease_credential;
 pub mod logs;
 pub mod metrics;
@@ -61,6 +63,8 @@ pub struct App {
     pub shutdown: CancellationToken,
     /// Registry credentials (`--registry-auth`) and extra CA (`--registry-ca-cert`); in memory only.
     pub registry: registry::RegistryAccess,
+    /// The key jobs' own registry credentials are sealed with in the database.
+    pub credential_key: job_credentials::CredentialKey,
     /// The stitching tasks running here, awaited at shutdown so each lets go of its lease.
     pub stitches: TaskTracker,
     /// The last read of who is online, shared by the job views of one second.
@@ -104,6 +108,24 @@ pub async fn run(
     let store = Store::connect(&config.database_url())
         .await
         .context("cannot open the database")?;
+    let credential_key =
+        job_credentials::CredentialKey::load(config.job_credential_key.as_ref(), &config.data_dir)?;
+    if config.job_credential_key.is_none() && store.backend() == Backend::Postgres {
+        tracing::warn!(
+            key_file = %credential_key.origin(),
+            "no --job-credential-key: the registry credentials jobs send are sealed with this \
+             coordinator's own key, which other replicas (and a new data directory) cannot open; \
+             give every replica the same --job-credential-key"
+        );
+    }
+    // A credential of a job that ended while no coordinator ran goes before anything is served.
+    let swept = store.sweep_job_credentials().await?;
+    if swept > 0 {
+        tracing::info!(
+            rows = swept,
+            "deleted registry credentials of jobs that ended"
+        );
+    }
     let blobs = BlobStore::open(config.data_dir.join("contexts"), store.clone())
         .await
         .context("cannot open the context store")?;
@@ -151,6 +173,7 @@ pub async fn run(
         metrics,
         shutdown: token.clone(),
         registry,
+        credential_key,
         stitches: TaskTracker::new(),
         fleet: Default::default(),
     }));
@@ -256,6 +279,11 @@ async fn reap_leases(state: AppState) {
             Ok(0) => {}
             Ok(n) => tracing::info!(rows = n, "deleted build secrets of jobs that ended"),
             Err(e) => tracing::error!(error = %e, "build secret sweep failed"),
+        }
+        match state.store.sweep_job_credentials().await {
+            Ok(0) => {}
+            Ok(n) => tracing::info!(rows = n, "deleted registry credentials of jobs that ended"),
+            Err(e) => tracing::error!(error = %e, "registry credential sweep failed"),
         }
         passes += 1;
         if passes.is_multiple_of(10) {

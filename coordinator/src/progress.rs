@@ -233,16 +233,24 @@ async fn stitch_job(state: &AppState, job_id: Uuid, token: Uuid) -> StoreResult<
         .into_iter()
         .filter(|b| b.state == BuildState::Succeeded)
         .collect();
-    let client = state
-        .registry
-        .client_for(&job.registry, state.config.is_insecure(&job.registry));
-    let auth = state.registry.oci_auth(&job.registry);
+    // The job's own credential for its registry when it sent one, else the coordinator's.
+    let job_credentials = crate::job_credentials::for_job(state, job_id).await?;
+    let mut fresh = crate::registry::Fresh::Cached;
     let started = std::time::Instant::now();
     let deadline = started + Duration::from_secs(state.config.stitch_retry_secs);
     let mut delay = Duration::from_millis(500);
     let outcome = loop {
+        let auth = match &job_credentials {
+            Ok(c) => state.registry.oci_auth(c, &job.registry, fresh).await,
+            Err(message) => Err(message.clone()),
+        };
         let attempt = match &auth {
-            Ok(auth) => stitch::stitch(&client, auth, &job, &builds).await,
+            Ok(auth) => {
+                // A client of the credential's own (oci-client keeps the first one it is given).
+                let insecure = state.config.is_insecure(&job.registry);
+                let client = state.registry.client_with(&job.registry, insecure, auth);
+                stitch::stitch(&client, auth, &job, &builds).await
+            }
             Err(message) => Err(StitchError::Registry {
                 registry: job.registry.clone(),
                 message: message.clone(),
@@ -263,6 +271,18 @@ async fn stitch_job(state: &AppState, job_id: Uuid, token: Uuid) -> StoreResult<
                     "registry unavailable while stitching; retrying");
                 tokio::time::sleep(delay + jitter).await;
                 delay = (delay * 2).min(MAX_STITCH_BACKOFF);
+            }
+            // A refusal (401, 403, …) of a credential helper's answer: the helper may hand out
+            // another one by now (a rotated password, a renewed token); ask it again, once.
+            Err(e @ StitchError::Registry { .. })
+                if fresh == crate::registry::Fresh::Cached
+                    && auth.is_ok()
+                    && job_credentials
+                        .as_ref()
+                        .is_ok_and(|c| state.registry.from_helper(c, &job.registry)) =>
+            {
+                tracing::info!(job.id = %job_id, error = %e, "stitching refused; asking the credential helper again");
+                fresh = crate::registry::Fresh::Anew;
             }
             other => break other,
         }

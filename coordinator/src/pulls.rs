@@ -2,14 +2,18 @@
 //! registries speak plain HTTP, and pull credentials for the registries (and mirrors) the job's
 //! Dockerfile names and its registry caches are in, and no others.
 //!
-//! The credential is the coordinator's own for that registry, as configured (see
-//! [`credentials`] for why not a scoped token).
+//! The credential is the job's own for that registry when it sent one, else the coordinator's
+//! own, as configured (see [`credentials`] for why not a scoped token).
+
+use std::collections::BTreeMap;
 
 use archfarm_protocol::pull::{pull_sources, PullCredential, PullSettings};
-use archfarm_protocol::{ImageRef, RegistryAuths};
+use archfarm_protocol::{ImageRef, RegistryAuths, RegistryCredential};
 use uuid::Uuid;
 
 use crate::config::Config;
+use crate::job_credentials::JobCredentials;
+use crate::registry::{Fresh, RegistryAccess};
 use crate::store::JobRow;
 
 /// The `(registry, repository)` pairs pulling `base_images` may reach: each image's own and the
@@ -73,16 +77,51 @@ pub fn insecure_registries(
 /// file, so only the user name and password pull. The password goes to the agent (never into
 /// the build's containers), as it does for pushes to a `Basic` registry.
 pub fn credentials(auths: &RegistryAuths, sources: &[(String, String)]) -> Vec<PullCredential> {
+    credentials_from(|r| auths.get(r).cloned(), sources)
+}
+
+/// [`credentials`] with the credential of each registry from `lookup`.
+pub fn credentials_from(
+    lookup: impl Fn(&str) -> Option<RegistryCredential>,
+    sources: &[(String, String)],
+) -> Vec<PullCredential> {
     let mut out: Vec<PullCredential> = Vec::new();
     for (registry, _) in sources {
         if out.iter().any(|c| &c.scope == registry) {
             continue;
         }
-        if let Some(credential) = auths.get(registry) {
+        if let Some(credential) = lookup(registry) {
             out.push(PullCredential {
                 scope: registry.clone(),
-                credential: credential.clone(),
+                credential,
             });
+        }
+    }
+    out
+}
+
+/// The credential for each registry of `sources`: the job's own, else the coordinator's (a
+/// helper's answer up to [`crate::registry::HELPER_CACHE_TTL`] old). A helper that fails leaves
+/// its registry out, logged: the pull then goes without.
+pub async fn resolve(
+    access: &RegistryAccess,
+    job: &JobCredentials,
+    build_id: Uuid,
+    sources: &[(String, String)],
+) -> BTreeMap<String, RegistryCredential> {
+    let mut out = BTreeMap::new();
+    for (registry, _) in sources {
+        if out.contains_key(registry) {
+            continue;
+        }
+        match access.credential(job, registry, Fresh::Cached).await {
+            Ok(Some(r)) => {
+                out.insert(registry.clone(), r.credential);
+            }
+            Ok(None) => {}
+            Err(e) => {
+                tracing::warn!(build.id = %build_id, registry = %registry, error = %e, "no pull credential")
+            }
         }
     }
     out
@@ -101,15 +140,17 @@ pub fn lease_sources(config: &Config, job: &JobRow) -> Vec<(String, String)> {
     sources
 }
 
-/// The pull settings of a lease for a build of `job`.
-pub fn for_lease(
+/// The pull settings of a lease for a build of `job`, its job's own credentials in `own`.
+pub async fn for_lease(
     config: &Config,
-    auths: &RegistryAuths,
+    access: &RegistryAccess,
+    own: &JobCredentials,
     build_id: Uuid,
     job: &JobRow,
 ) -> PullSettings {
     let sources = lease_sources(config, job);
-    let credentials = credentials(auths, &sources);
+    let resolved = resolve(access, own, build_id, &sources).await;
+    let credentials = credentials_from(|r| resolved.get(r).cloned(), &sources);
     for c in &credentials {
         tracing::info!(build.id = %build_id, registry = %c.scope, kind = c.credential.kind(), "pull credential for the lease");
     }

@@ -1,22 +1,78 @@
-//! What the coordinator needs to speak to registries: the credentials of `--registry-auth` and the
-//! extra root CA of `--registry-ca-cert`, read once at start.
+//! What the coordinator needs to speak to registries: the credentials of `--registry-auth` (its
+//! `auths` entries, read once at start, and the credential helpers its `credsStore`/`credHelpers`
+//! name, run when a credential is needed) and the extra root CA of `--registry-ca-cert`.
 //!
-//! Credentials stay in memory: they are never written to the database, never logged (only the
-//! registry names are), and each lease carries only the one for its job's registry.
+//! [`RegistryAccess::credential`] is the one lookup: a job's own credential (sent with the job,
+//! see [`crate::job_credentials`]) first, else the coordinator's. The coordinator's stay in
+//! memory: never written to the database, never logged (only the registry names are), and each
+//! lease carries only the ones for its job's registries.
 
+use std::collections::HashMap;
 use std::path::Path;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
-use archfarm_protocol::registry_auth::count_pem_certificates;
+use archfarm_protocol::registry_auth::{count_pem_certificates, CredentialSource, HelperAnswer};
 use archfarm_protocol::registry_hosts::RegistryHosts;
-use archfarm_protocol::{RegistryAuths, RegistryCredential};
+use archfarm_protocol::{RegistryAuths, RegistryCredential, Secret};
 use oci_client::client::{Certificate, CertificateEncoding, ClientConfig, ClientProtocol};
 use oci_client::secrets::RegistryAuth;
 use oci_client::Client;
+use sha2::{Digest as _, Sha256};
 
 use crate::config::Config;
+use crate::job_credentials::JobCredentials;
+
+/// How long a credential helper's answer is reused for leases and stitching. The agent's
+/// refresh right before its push, and a refusal while stitching, run the helper again whatever
+/// its age, so a rotated password or an expired token is replaced where it is used; this bound
+/// only limits how stale what a lease carries for pulls and caches can be.
+pub const HELPER_CACHE_TTL: Duration = Duration::from_secs(60);
+
+/// Most registry clients kept; past it they are all dropped and made again as needed (one per
+/// registry and credential, so jobs' own credentials would otherwise add up).
+const MAX_CLIENTS: usize = 256;
+
+/// Where a credential came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Origin {
+    /// The job's own, sent with its submission.
+    Job,
+    /// An `auths` entry of `--registry-auth`.
+    Configured,
+    /// A credential helper of `--registry-auth`.
+    Helper,
+}
+
+impl Origin {
+    /// For logs: `job`, `configured` or `helper`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Origin::Job => "job",
+            Origin::Configured => "configured",
+            Origin::Helper => "helper",
+        }
+    }
+}
+
+/// A credential and where it came from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Resolved {
+    /// The credential.
+    pub credential: RegistryCredential,
+    /// Its origin.
+    pub origin: Origin,
+}
+
+/// How old a credential helper's answer may be.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Fresh {
+    /// Up to [`HELPER_CACHE_TTL`].
+    Cached,
+    /// Run the helper again (an answer another caller got while this one waited is taken).
+    Anew,
+}
 
 /// Registry credentials and trust, as configured.
 #[derive(Debug, Clone, Default)]
@@ -28,15 +84,91 @@ pub struct RegistryAccess {
     /// `--registry-redirect-host`: hosts besides a registry itself that it may send requests
     /// on to (redirects, its token realm, upload locations).
     pub redirect_hosts: Vec<String>,
-    /// Clients made so far, by registry and protocol, shared by every stitch.
+    /// Clients made so far, by registry, protocol and credential, shared by every stitch.
     clients: Clients,
+    /// Credential helpers' answers, by registry.
+    helpers: HelperCache,
 }
 
 /// Made clients, reused: each new one reads and parses the system's root certificates (about
 /// a tenth of the coordinator's CPU when every stitch made its own, per archfarm-bench's profile)
-/// and opens new connections.
+/// and opens new connections. Keyed by a fingerprint of the credential too: an oci-client
+/// `Client` keeps the first credential it is given for a registry and the tokens it got with
+/// it, so one client per credential keeps a job's own credential (and its tokens) to that job,
+/// and a rotated password from meeting the old one's cached tokens.
+/// A registry, whether it is spoken to over plain HTTP, and a credential's fingerprint.
+type ClientKey = (String, bool, String);
+
 #[derive(Clone, Default)]
-struct Clients(std::sync::Arc<std::sync::Mutex<std::collections::HashMap<(String, bool), Client>>>);
+struct Clients(Arc<std::sync::Mutex<HashMap<ClientKey, Client>>>);
+
+/// One registry's helper answer and the lock that makes concurrent askers wait for one run.
+#[derive(Default)]
+struct HelperSlot {
+    fetch: tokio::sync::Mutex<()>,
+    answer: std::sync::Mutex<Option<(Option<RegistryCredential>, Instant)>>,
+}
+
+#[derive(Clone, Default)]
+struct HelperCache(Arc<std::sync::Mutex<HashMap<String, Arc<HelperSlot>>>>);
+
+impl std::fmt::Debug for HelperCache {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let n = self.0.lock().map_or(0, |m| m.len());
+        write!(f, "HelperCache({n})")
+    }
+}
+
+impl HelperCache {
+    fn slot(&self, registry: &str) -> Arc<HelperSlot> {
+        self.0
+            .lock()
+            .expect("helper cache lock")
+            .entry(registry.to_string())
+            .or_default()
+            .clone()
+    }
+
+    /// The helper's answer for `registry`, run as `fresh` asks.
+    async fn get(
+        &self,
+        helper: &str,
+        registry: &str,
+        fresh: Fresh,
+    ) -> Result<Option<RegistryCredential>, String> {
+        let slot = self.slot(registry);
+        let asked = Instant::now();
+        let _running = slot.fetch.lock().await;
+        if let Some((credential, at)) = &*slot.answer.lock().expect("helper slot lock") {
+            let usable = match fresh {
+                Fresh::Cached => at.elapsed() < HELPER_CACHE_TTL,
+                Fresh::Anew => *at >= asked,
+            };
+            if usable {
+                return Ok(credential.clone());
+            }
+        }
+        let credential = match crate::cred_helper::get(helper, registry).await? {
+            HelperAnswer::Found(c) => Some(c),
+            HelperAnswer::NotFound => None,
+        };
+        tracing::info!(
+            registry,
+            helper,
+            found = credential.is_some(),
+            "credential helper asked"
+        );
+        *slot.answer.lock().expect("helper slot lock") = Some((credential.clone(), Instant::now()));
+        Ok(credential)
+    }
+
+    /// The answer held for `registry`, whatever its age; never runs the helper.
+    fn held(&self, registry: &str) -> Option<RegistryCredential> {
+        let slot = self.0.lock().ok()?.get(registry)?.clone();
+        let answer = slot.answer.lock().ok()?;
+        answer.as_ref()?.0.clone()
+    }
+}
 
 impl std::fmt::Debug for Clients {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -62,16 +194,24 @@ impl RegistryAccess {
             ca_cert,
             redirect_hosts: config.registry_redirect_hosts.clone(),
             clients: Clients::default(),
+            helpers: HelperCache::default(),
         })
     }
 
     /// Logs what was loaded: registry names and credential kinds, nothing secret; warns about
     /// credentials that would cross the network in clear (a registry listed as insecure).
     pub fn log_summary(&self, config: &Config) {
-        for helper in &self.auths.ignored_helpers {
-            tracing::warn!(
-                key = %helper,
-                "--registry-auth: credential helpers are not supported; only the \"auths\" entries are used"
+        if let Some(store) = self.auths.creds_store() {
+            tracing::info!(
+                helper = %archfarm_protocol::registry_auth::helper_program(store),
+                "registry credentials of registries credHelpers does not name come from credsStore's helper"
+            );
+        }
+        for (registry, helper) in self.auths.cred_helpers() {
+            tracing::info!(
+                registry,
+                helper = %archfarm_protocol::registry_auth::helper_program(helper),
+                "registry credential from a credential helper"
             );
         }
         for registry in self.auths.registries() {
@@ -94,17 +234,89 @@ impl RegistryAccess {
         }
     }
 
-    /// The credential for `registry`, as oci-client takes it; anonymous when there is none.
-    pub fn oci_auth(&self, registry: &str) -> Result<RegistryAuth, String> {
-        oci_auth(self.auths.get(registry), registry)
+    /// The credential for `registry` in the work of a job: the job's own (`job`) when it sent
+    /// one, else the coordinator's (`--registry-auth`: its helper's answer, as `fresh` asks, or
+    /// its `auths` entry); None when there is none. The error is a helper's failure, in words.
+    pub async fn credential(
+        &self,
+        job: &JobCredentials,
+        registry: &str,
+        fresh: Fresh,
+    ) -> Result<Option<Resolved>, String> {
+        if let Some(c) = job.get(registry) {
+            return Ok(Some(Resolved {
+                credential: c.clone(),
+                origin: Origin::Job,
+            }));
+        }
+        match self.auths.source(registry).map_err(|e| e.to_string())? {
+            CredentialSource::None => Ok(None),
+            CredentialSource::Entry(c) => Ok(Some(Resolved {
+                credential: c.clone(),
+                origin: Origin::Configured,
+            })),
+            CredentialSource::Helper(helper) => Ok(self
+                .helpers
+                .get(helper, registry, fresh)
+                .await?
+                .map(|credential| Resolved {
+                    credential,
+                    origin: Origin::Helper,
+                })),
+        }
     }
 
-    /// A client for `registry`, over plain HTTP when `insecure`, trusting the extra CA; made
-    /// once per registry and protocol, then shared.
+    /// Whether the credential [`RegistryAccess::credential`] gives for `registry` comes from a
+    /// helper, so that asking it again after a refusal may give another.
+    pub fn from_helper(&self, job: &JobCredentials, registry: &str) -> bool {
+        job.get(registry).is_none()
+            && matches!(self.auths.source(registry), Ok(CredentialSource::Helper(_)))
+    }
+
+    /// The credential for `registry` in the work of a job (see [`RegistryAccess::credential`]),
+    /// as oci-client takes it; anonymous when there is none. Stitching asks through this.
+    pub async fn oci_auth(
+        &self,
+        job: &JobCredentials,
+        registry: &str,
+        fresh: Fresh,
+    ) -> Result<RegistryAuth, String> {
+        let resolved = self.credential(job, registry, fresh).await?;
+        oci_auth(resolved.as_ref().map(|r| &r.credential), registry)
+    }
+
+    /// Every secret string of the coordinator's credentials for `registry` as last seen (an
+    /// `auths` entry, a helper's held answer), for redaction; never runs a helper.
+    pub fn secrets_for(&self, registry: &str) -> Vec<Secret> {
+        let configured = self.auths.get(registry).cloned();
+        let held = archfarm_protocol::registry_auth::normalise_registry(registry)
+            .ok()
+            .and_then(|r| {
+                self.helpers
+                    .held(&r)
+                    .or_else(|| self.helpers.held(registry))
+            });
+        configured
+            .into_iter()
+            .chain(held)
+            .flat_map(|c| c.secrets())
+            .collect()
+    }
+
+    /// A client for `registry` without credentials (see [`RegistryAccess::client_with`]).
     pub fn client_for(&self, registry: &str, insecure: bool) -> Client {
+        self.client_with(registry, insecure, &RegistryAuth::Anonymous)
+    }
+
+    /// A client for `registry`, over plain HTTP when `insecure`, trusting the extra CA, for use
+    /// with `auth`; made once per registry, protocol and credential, then shared.
+    pub fn client_with(&self, registry: &str, insecure: bool, auth: &RegistryAuth) -> Client {
         let mut clients = self.clients.0.lock().expect("registry clients lock");
+        if clients.len() >= MAX_CLIENTS {
+            clients.clear();
+        }
         clients
-            .entry((registry.to_string(), insecure))
+            .entry((registry.to_string(), insecure, fingerprint(auth)))
             .or_insert_with(|| self.new_client(registry, insecure))
             .clone()
     }
@@ -136,6 +348,16 @@ impl RegistryAccess {
             ..Default::default()
         })
     }
+}
+
+/// A key for a credential in the map of clients: a hash, so the map holds no password.
+fn fingerprint(auth: &RegistryAuth) -> String {
+    let text = match auth {
+        RegistryAuth::Anonymous => return String::new(),
+        RegistryAuth::Basic(u, p) => format!("basic\0{u}\0{p}"),
+        RegistryAuth::Bearer(t) => format!("bearer\0{t}"),
+    };
+    hex::encode(&Sha256::digest(text.as_bytes())[..16])
 }
 
 /// oci-client's form of a credential. Identity tokens (OAuth2 refresh tokens) are refused:
@@ -226,18 +448,116 @@ mod tests {
         .unwrap();
         let access =
             RegistryAccess::load(&config(&["--registry-auth", file.to_str().unwrap()])).unwrap();
-        assert_eq!(
-            access.oci_auth("r.io").unwrap(),
-            RegistryAuth::Basic("u".into(), "hunter2".into())
-        );
-        assert_eq!(
-            access.oci_auth("other.io").unwrap(),
-            RegistryAuth::Anonymous
-        );
-        assert!(access
-            .oci_auth("cloud.io")
-            .unwrap_err()
-            .contains("identity token"));
+        let none = JobCredentials::none();
+        let auth = |r: &'static str| {
+            let access = access.clone();
+            let none = none.clone();
+            async move { access.oci_auth(&none, r, Fresh::Cached).await }
+        };
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap();
+        rt.block_on(async {
+            assert_eq!(
+                auth("r.io").await.unwrap(),
+                RegistryAuth::Basic("u".into(), "hunter2".into())
+            );
+            assert_eq!(auth("other.io").await.unwrap(), RegistryAuth::Anonymous);
+            assert!(auth("cloud.io")
+                .await
+                .unwrap_err()
+                .contains("identity token"));
+        });
         assert!(!format!("{access:?}").contains("hunter2"));
+    }
+
+    #[tokio::test]
+    async fn a_jobs_own_credential_wins_and_helpers_are_cached_until_asked_anew() {
+        use std::os::unix::fs::PermissionsExt as _;
+        let dir = tempfile::tempdir().unwrap();
+        // A helper that hands out what its file holds, and counts its runs.
+        let secret = dir.path().join("secret");
+        let runs = dir.path().join("runs");
+        std::fs::write(&secret, "first").unwrap();
+        let program = dir.path().join("docker-credential-afunittest");
+        std::fs::write(
+            &program,
+            format!(
+                "#!/bin/sh\necho run >> {}\nprintf '{{\"Username\":\"ci\",\"Secret\":\"%s\"}}' \"$(cat {})\"\n",
+                runs.display(),
+                secret.display()
+            ),
+        )
+        .unwrap();
+        std::fs::set_permissions(&program, std::fs::Permissions::from_mode(0o755)).unwrap();
+        let path = format!(
+            "{}:{}",
+            dir.path().display(),
+            std::env::var("PATH").unwrap_or_default()
+        );
+        std::env::set_var("PATH", path);
+        let file = dir.path().join("config.json");
+        std::fs::write(
+            &file,
+            r#"{"credHelpers": {"helped.io": "afunittest"}, "auths": {"r.io": {"username": "u", "password": "own"}}}"#,
+        )
+        .unwrap();
+        let access =
+            RegistryAccess::load(&config(&["--registry-auth", file.to_str().unwrap()])).unwrap();
+        let none = JobCredentials::none();
+        let password = |r: Option<Resolved>| match r.map(|r| (r.origin, r.credential)) {
+            Some((origin, RegistryCredential::Basic { password, .. })) => {
+                (origin, password.expose().to_string())
+            }
+            other => panic!("{other:?}"),
+        };
+        let got = access
+            .credential(&none, "helped.io", Fresh::Cached)
+            .await
+            .unwrap();
+        assert_eq!(password(got), (Origin::Helper, "first".to_string()));
+        std::fs::write(&secret, "second").unwrap();
+        let got = access
+            .credential(&none, "helped.io", Fresh::Cached)
+            .await
+            .unwrap();
+        assert_eq!(password(got), (Origin::Helper, "first".into()), "cached");
+        assert_eq!(access.secrets_for("helped.io")[0].expose(), "first");
+        let got = access
+            .credential(&none, "helped.io", Fresh::Anew)
+            .await
+            .unwrap();
+        assert_eq!(
+            password(got),
+            (Origin::Helper, "second".into()),
+            "asked again"
+        );
+        assert_eq!(std::fs::read_to_string(&runs).unwrap().lines().count(), 2);
+        assert!(access.from_helper(&none, "helped.io") && !access.from_helper(&none, "r.io"));
+        // A job's own credential comes first, for its registry only.
+        let key = crate::job_credentials::CredentialKey::load(None, dir.path()).unwrap();
+        let job = uuid::Uuid::new_v4();
+        let mine = RegistryCredential::Basic {
+            username: "pipeline".into(),
+            password: Secret::new("theirs"),
+        };
+        let sealed = [key.seal(job, "r.io", &mine)];
+        let own = JobCredentials::open(&key, job, &sealed).unwrap();
+        let got = access
+            .credential(&own, "r.io", Fresh::Cached)
+            .await
+            .unwrap();
+        assert_eq!(password(got), (Origin::Job, "theirs".into()));
+        let got = access
+            .credential(&none, "r.io", Fresh::Cached)
+            .await
+            .unwrap();
+        assert_eq!(password(got), (Origin::Configured, "own".into()));
+        // One client per credential: oci-client keeps the first credential a client is given.
+        let a = RegistryAuth::Basic("u".into(), "one".into());
+        let b = RegistryAuth::Basic("u".into(), "two".into());
+        assert_eq!(fingerprint(&a), fingerprint(&a.clone()));
+        assert_ne!(fingerprint(&a), fingerprint(&b));
+        assert!(!fingerprint(&a).contains("one"));
     }
 }

@@ -195,8 +195,8 @@ pub fn registry_message(e: &OciDistributionError) -> String {
         OciDistributionError::AuthenticationFailure(_)
         | OciDistributionError::UnauthorizedError { .. }
         | OciDistributionError::ServerError { code: 401, .. } => format!(
-            "401 unauthorized: the registry refused the coordinator's credentials (or their \
-             absence; see --registry-auth): {}",
+            "401 unauthorized: the registry refused the credentials (the job's own, else the \
+             coordinator's --registry-auth; or their absence): {}",
             detail(e)
         ),
         _ => detail(e),

@@ -167,7 +167,18 @@ pub struct JobRequest {
     /// `--annotation [index:|manifest:]KEY=VALUE` values (see [`crate::image_meta`]).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub annotations: Vec<String>,
+    /// The pipeline's own registry credentials, by registry (`HOST[:PORT]`), for registries the
+    /// job pushes to (its tags' and its caches'): the coordinator uses each for this job only,
+    /// in place of its own for that registry, and deletes it when the job ends.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub registry_credentials: BTreeMap<String, crate::RegistryCredential>,
 }
+
+/// Most registries one job may send a credential for.
+pub const MAX_JOB_REGISTRY_CREDENTIALS: usize = 16;
+
+/// Longest secret of one credential a job may send (a cloud's token is a few KiB).
+pub const MAX_REGISTRY_SECRET_BYTES: usize = 16 * 1024;
 
 /// Longest `submitter` the coordinator keeps.
 pub const MAX_SUBMITTER_CHARS: usize = 128;

@@ -1,9 +1,12 @@
-//! Registry credentials: Docker's `config.json` (`{"auths": {HOST: {...}}}`), read by the
-//! coordinator and agents, and the one credential a lease carries for its job's registry.
+//! Registry credentials: Docker's `config.json` (`{"auths": {HOST: {...}}}`, `credsStore`,
+//! `credHelpers`), read by the coordinator, agents and the CLI, and the one credential a lease
+//! carries for its job's registry.
 //!
-//! Parsing is pure: the caller reads the file and passes its name along for error messages. No
-//! error message and no `Debug` output ever holds a password or token: the file is walked as a
-//! JSON value and every message is made here (serde's own messages may quote a value).
+//! Parsing is pure: the caller reads the file and passes its name along for error messages, and
+//! runs credential helpers itself ([`helper_program`], [`helper_server_url`],
+//! [`parse_helper_answer`] say how). No error message and no `Debug` output ever holds a password
+//! or token: the file is walked as a JSON value and every message is made here (serde's own
+//! messages may quote a value).
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -219,18 +222,55 @@ pub enum RegistryAuthError {
     },
 }
 
-/// The credentials of a `config.json`, by normalised registry `HOST[:PORT]`.
+/// The credentials of a `config.json`, by normalised registry `HOST[:PORT]`, and the credential
+/// helpers it names.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct RegistryAuths {
     by_registry: BTreeMap<String, RegistryCredential>,
-    /// Top-level keys that name credential helpers (`credsStore`, `credHelpers`), which archfarm
-    /// does not run; the caller should warn about them.
-    pub ignored_helpers: Vec<String>,
+    /// `credsStore`: the helper for every registry `credHelpers` does not name.
+    creds_store: Option<String>,
+    /// `credHelpers`: a helper per registry, by normalised registry.
+    cred_helpers: BTreeMap<String, String>,
+    /// `auths` entries that could not be used, by normalised registry (or the key as written
+    /// when it does not normalise); only [`RegistryAuths::parse_lenient`] keeps them.
+    broken: BTreeMap<String, RegistryAuthError>,
+    /// `credHelpers` entries that could not be used, likewise.
+    broken_helpers: BTreeMap<String, RegistryAuthError>,
+}
+
+/// Where the credential for one registry comes from, by Docker's rule: `credHelpers` for the
+/// registry, else `credsStore`, else the registry's `auths` entry.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CredentialSource<'a> {
+    /// Run `docker-credential-NAME get` (see [`helper_program`]).
+    Helper(&'a str),
+    /// The `auths` entry.
+    Entry(&'a RegistryCredential),
+    /// Nothing: the registry is used anonymously.
+    None,
 }
 
 impl RegistryAuths {
-    /// Parses a Docker `config.json`; `file` names it in errors.
+    /// Parses a Docker `config.json`; `file` names it in errors. Any unusable entry or helper
+    /// name fails the whole file (the coordinator's and agents' `--registry-auth`: a mistake
+    /// stops the start rather than surfacing at some build).
     pub fn parse(file: &str, text: &str) -> Result<Self, RegistryAuthError> {
+        let out = Self::parse_lenient(file, text)?;
+        match out
+            .broken_helpers
+            .values()
+            .chain(out.broken.values())
+            .next()
+        {
+            Some(e) => Err(e.clone()),
+            None => Ok(out),
+        }
+    }
+
+    /// Like [`RegistryAuths::parse`], but an unusable entry fails only lookups of its own
+    /// registry ([`RegistryAuths::source`]), as Docker reads a pipeline's own config: one odd
+    /// entry must not stop a build that pushes elsewhere. The file must still be a JSON object.
+    pub fn parse_lenient(file: &str, text: &str) -> Result<Self, RegistryAuthError> {
         let file_err = |problem: &str| RegistryAuthError::File {
             file: file.to_string(),
             problem: problem.to_string(),
@@ -242,57 +282,151 @@ impl RegistryAuths {
             return Err(file_err("the top level is not a JSON object"));
         };
         let mut out = RegistryAuths::default();
-        for helper in ["credsStore", "credHelpers"] {
-            if top.contains_key(helper) {
-                out.ignored_helpers.push(helper.to_string());
+        let entry_err = |key: &str, problem: &str| RegistryAuthError::Entry {
+            file: file.to_string(),
+            entry: key.chars().take(200).collect(),
+            problem: problem.to_string(),
+        };
+        match top.get("credsStore") {
+            None | Some(serde_json::Value::Null) => {}
+            // Docker writes `"credsStore": ""` for none.
+            Some(serde_json::Value::String(name)) if name.is_empty() => {}
+            Some(serde_json::Value::String(name)) => match check_helper_name(name) {
+                Ok(()) => out.creds_store = Some(name.clone()),
+                Err(p) => return Err(file_err(&format!("\"credsStore\": {p}"))),
+            },
+            Some(_) => return Err(file_err("\"credsStore\" is not a string")),
+        }
+        match top.get("credHelpers") {
+            None | Some(serde_json::Value::Null) => {}
+            Some(serde_json::Value::Object(helpers)) => {
+                for (key, name) in helpers {
+                    let name = match name {
+                        serde_json::Value::String(n) => check_helper_name(n).map(|()| n.clone()),
+                        _ => Err("the helper name is not a string".to_string()),
+                    };
+                    let registry = normalise_registry(key);
+                    match (registry, name) {
+                        (Ok(registry), Ok(name)) => {
+                            out.cred_helpers.insert(registry, name);
+                        }
+                        (registry, Err(p)) => {
+                            let problem = format!("in \"credHelpers\": {p}");
+                            let at = registry.unwrap_or_else(|_| key.clone());
+                            out.broken_helpers.insert(at, entry_err(key, &problem));
+                        }
+                        (Err(p), Ok(_)) => {
+                            let problem = format!("in \"credHelpers\": {p}");
+                            out.broken_helpers
+                                .insert(key.clone(), entry_err(key, &problem));
+                        }
+                    }
+                }
             }
+            Some(_) => return Err(file_err("\"credHelpers\" is not a JSON object")),
         }
         let auths = match top.get("auths") {
-            None => return Ok(out),
+            None | Some(serde_json::Value::Null) => return Ok(out),
             Some(serde_json::Value::Object(a)) => a,
             Some(_) => return Err(file_err("\"auths\" is not a JSON object")),
         };
+        // With a helper, `docker login` leaves an empty entry per registry in `auths`: the
+        // credential itself is in the helper's store.
+        let helpers = out.creds_store.is_some() || !out.cred_helpers.is_empty();
         for (key, entry) in auths {
-            let entry_err = |problem: &str| RegistryAuthError::Entry {
-                file: file.to_string(),
-                entry: key.chars().take(200).collect(),
-                problem: problem.to_string(),
+            let registry = match normalise_registry(key) {
+                Ok(r) => r,
+                Err(p) => {
+                    out.broken.insert(key.clone(), entry_err(key, &p));
+                    continue;
+                }
             };
-            let registry = normalise_registry(key).map_err(|p| entry_err(&p))?;
-            let credential = parse_entry(entry).map_err(|p| entry_err(&p))?;
+            if helpers && entry.as_object().is_some_and(is_empty_entry) {
+                continue;
+            }
+            let credential = match parse_entry(entry) {
+                Ok(c) => c,
+                Err(p) => {
+                    out.broken.insert(registry, entry_err(key, &p));
+                    continue;
+                }
+            };
             if out
                 .by_registry
                 .insert(registry.clone(), credential)
                 .is_some()
             {
-                return Err(entry_err(&format!(
-                    "a second entry for registry {registry}; keep one"
-                )));
+                out.broken.insert(
+                    registry.clone(),
+                    entry_err(
+                        key,
+                        &format!("a second entry for registry {registry}; keep one"),
+                    ),
+                );
             }
         }
         Ok(out)
     }
 
-    /// The credential for `registry` (`HOST[:PORT]` as in image references), if any. Docker Hub's
+    /// Where the credential for `registry` comes from, by Docker's rule (`credHelpers`, then
+    /// `credsStore`, then `auths`); an error when the entry that would answer is unusable.
+    pub fn source(&self, registry: &str) -> Result<CredentialSource<'_>, RegistryAuthError> {
+        let key = normalise_registry(registry).map_err(|problem| RegistryAuthError::Entry {
+            file: String::new(),
+            entry: registry.chars().take(200).collect(),
+            problem,
+        })?;
+        if let Some(helper) = self.cred_helpers.get(&key) {
+            return Ok(CredentialSource::Helper(helper));
+        }
+        if let Some(e) = self.broken_helpers.get(&key) {
+            return Err(e.clone());
+        }
+        if let Some(store) = &self.creds_store {
+            return Ok(CredentialSource::Helper(store));
+        }
+        if let Some(e) = self.broken.get(&key) {
+            return Err(e.clone());
+        }
+        Ok(match self.by_registry.get(&key) {
+            Some(c) => CredentialSource::Entry(c),
+            None => CredentialSource::None,
+        })
+    }
+
+    /// The registries with a `credHelpers` helper, and the helper's name, sorted.
+    pub fn cred_helpers(&self) -> impl Iterator<Item = (&str, &str)> {
+        self.cred_helpers
+            .iter()
+            .map(|(r, h)| (r.as_str(), h.as_str()))
+    }
+
+    /// `credsStore`, the helper for every registry `credHelpers` does not name.
+    pub fn creds_store(&self) -> Option<&str> {
+        self.creds_store.as_deref()
+    }
+
+    /// The `auths` entry for `registry` (`HOST[:PORT]` as in image references), if any, whether
+    /// or not a helper takes precedence over it (see [`RegistryAuths::source`]). Docker Hub's
     /// names (`docker.io`, `index.docker.io`, `registry-1.docker.io`) are one registry.
     pub fn get(&self, registry: &str) -> Option<&RegistryCredential> {
         let key = normalise_registry(registry).ok()?;
         self.by_registry.get(&key)
     }
 
-    /// The registries that have a credential, normalised, sorted.
+    /// The registries that have an `auths` entry, normalised, sorted.
     pub fn registries(&self) -> impl Iterator<Item = &str> {
         self.by_registry.keys().map(String::as_str)
     }
 
-    /// How many registries have a credential.
+    /// How many registries have an `auths` entry.
     pub fn len(&self) -> usize {
         self.by_registry.len()
     }
 
-    /// True when no registry has a credential.
+    /// True when no registry has an `auths` entry and no helper is named.
     pub fn is_empty(&self) -> bool {
-        self.by_registry.is_empty()
+        self.by_registry.is_empty() && self.creds_store.is_none() && self.cred_helpers.is_empty()
     }
 }
 
@@ -303,6 +437,117 @@ fn syntax_position(e: &serde_json::Error) -> String {
         _ => "syntax error",
     };
     format!("{what} at line {} column {}", e.line(), e.column())
+}
+
+/// An `auths` entry with no credential in it (`{}`, or only `email`/`serveraddress`).
+fn is_empty_entry(fields: &serde_json::Map<String, serde_json::Value>) -> bool {
+    [
+        "auth",
+        "username",
+        "password",
+        "identitytoken",
+        "registrytoken",
+    ]
+    .iter()
+    .all(|k| match fields.get(*k) {
+        None | Some(serde_json::Value::Null) => true,
+        Some(serde_json::Value::String(s)) => s.is_empty(),
+        Some(_) => false,
+    })
+}
+
+/// A helper name is the suffix of a program found in `PATH` (`docker-credential-NAME`): never a
+/// path, never empty.
+fn check_helper_name(name: &str) -> Result<(), String> {
+    let ok = !name.is_empty()
+        && name.len() <= 64
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+        && !name.starts_with('.');
+    if ok {
+        Ok(())
+    } else {
+        Err("a helper name is 1 to 64 of A-Z a-z 0-9 - _ . (the program docker-credential-NAME in PATH)".into())
+    }
+}
+
+/// The program a helper name stands for: `docker-credential-NAME`, looked up in `PATH`.
+pub fn helper_program(name: &str) -> String {
+    format!("docker-credential-{name}")
+}
+
+/// What a helper is asked for (on its stdin, after `get`): the server name `docker login`
+/// stored the credential under, which is `https://index.docker.io/v1/` for Docker Hub and the
+/// registry's `HOST[:PORT]` otherwise.
+pub fn helper_server_url(registry: &str) -> String {
+    match normalise_registry(registry) {
+        Ok(r) if r == DEFAULT_REGISTRY => "https://index.docker.io/v1/".to_string(),
+        Ok(r) => r,
+        Err(_) => registry.to_string(),
+    }
+}
+
+/// The message docker-credential-helpers' stores print (on stdout, exiting 1) when they hold
+/// nothing for the server: no credential, not a failure.
+const HELPER_NOT_FOUND: &str = "credentials not found in native keychain";
+
+/// Longest piece of a helper's error message shown.
+const MAX_HELPER_MESSAGE: usize = 200;
+
+/// What a credential helper answered to `get`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum HelperAnswer {
+    /// A credential (`Username` `<token>` means `Secret` is an identity token).
+    Found(RegistryCredential),
+    /// The helper holds nothing for the server.
+    NotFound,
+}
+
+/// Reads a helper's answer to `get`: its exit status and stdout. On success stdout is
+/// `{"ServerURL": …, "Username": …, "Secret": …}`; on failure the helper's protocol puts its
+/// error message on stdout. The error returned never quotes a successful answer (it holds the
+/// secret), and quotes a failure's message only as one bounded, sanitised line. The helper's
+/// stderr is not read here: helpers log what they like there, secrets included.
+pub fn parse_helper_answer(success: bool, stdout: &[u8]) -> Result<HelperAnswer, String> {
+    let text = String::from_utf8_lossy(stdout);
+    if !success {
+        let message = text.trim();
+        if message == HELPER_NOT_FOUND || message.is_empty() && stdout.is_empty() {
+            return Ok(HelperAnswer::NotFound);
+        }
+        let first = message.lines().next().unwrap_or_default();
+        return Err(format!(
+            "it failed: {}",
+            crate::registry_text::sanitise(first, MAX_HELPER_MESSAGE)
+        ));
+    }
+    let value: serde_json::Value = serde_json::from_str(text.trim()).map_err(|_| {
+        "its answer is not JSON (expected {\"Username\": …, \"Secret\": …})".to_string()
+    })?;
+    let field = |name: &str| -> Result<String, String> {
+        match value.get(name) {
+            None | Some(serde_json::Value::Null) => Ok(String::new()),
+            Some(serde_json::Value::String(s)) => Ok(s.clone()),
+            Some(_) => Err(format!("\"{name}\" in its answer is not a string")),
+        }
+    };
+    let (username, secret) = (field("Username")?, field("Secret")?);
+    if secret.is_empty() {
+        return Ok(HelperAnswer::NotFound);
+    }
+    if username == "<token>" {
+        return Ok(HelperAnswer::Found(RegistryCredential::IdentityToken(
+            Secret::new(secret),
+        )));
+    }
+    if username.is_empty() {
+        return Err("its answer has a \"Secret\" but no \"Username\"".into());
+    }
+    Ok(HelperAnswer::Found(RegistryCredential::Basic {
+        username,
+        password: Secret::new(secret),
+    }))
 }
 
 /// `https://index.docker.io/v1/`, `http://reg:5000`, `Reg.Example.com` → `docker.io`, `reg:5000`,
@@ -381,7 +626,7 @@ fn parse_entry(entry: &serde_json::Value) -> Result<RegistryCredential, String> 
         (None, Some(_)) => Err("\"password\" is given without \"username\"".into()),
         (None, None) => Err(
             "no credentials: give \"auth\" (base64 of user:password), \"username\" and \"password\", \
-             \"identitytoken\" or \"registrytoken\" (credential helpers are not supported)"
+             \"identitytoken\" or \"registrytoken\" (or name a helper in \"credHelpers\")"
                 .into(),
         ),
     }
@@ -480,7 +725,8 @@ mod tests {
             None,
             "the port is part of the registry"
         );
-        assert!(a.ignored_helpers.is_empty());
+        assert_eq!(a.creds_store(), None);
+        assert_eq!(a.cred_helpers().count(), 0);
         let dbg = format!("{a:?}");
         for secret in ["s3cret", "pa:ss", "refresh-xyz", "bearer-xyz"] {
             assert!(!dbg.contains(secret), "{dbg}");
@@ -491,9 +737,167 @@ mod tests {
     #[test]
     fn empty_files_and_helpers() {
         let a = RegistryAuths::parse("f", r#"{"credsStore": "desktop"}"#).unwrap();
-        assert!(a.is_empty());
-        assert_eq!(a.ignored_helpers, ["credsStore"]);
+        assert!(!a.is_empty());
+        assert_eq!(a.len(), 0);
+        assert_eq!(a.creds_store(), Some("desktop"));
+        assert_eq!(
+            a.source("ghcr.io").unwrap(),
+            CredentialSource::Helper("desktop")
+        );
         assert!(RegistryAuths::parse("f", "{}").unwrap().is_empty());
+        assert!(RegistryAuths::parse("f", r#"{"credsStore": ""}"#)
+            .unwrap()
+            .is_empty());
+    }
+
+    #[test]
+    fn helpers_follow_dockers_rule() {
+        let text = format!(
+            r#"{{"auths": {{
+                "ghcr.io": {{}},
+                "127.0.0.1:5000": {{"auth": "{}"}},
+                "https://index.docker.io/v1/": {{}}
+            }},
+            "credsStore": "pass",
+            "credHelpers": {{"123.dkr.ecr.us-east-1.amazonaws.com": "ecr-login",
+                             "https://Quay.io": "quay_1.0"}}}}"#,
+            b64("ci:pw")
+        );
+        let a = RegistryAuths::parse("config.json", &text).unwrap();
+        assert_eq!(
+            a.source("123.dkr.ecr.us-east-1.amazonaws.com").unwrap(),
+            CredentialSource::Helper("ecr-login")
+        );
+        assert_eq!(
+            a.source("quay.io").unwrap(),
+            CredentialSource::Helper("quay_1.0"),
+            "keys are normalised like auths keys"
+        );
+        // With credsStore, Docker asks the store even where auths has an entry.
+        for r in ["ghcr.io", "127.0.0.1:5000", "docker.io", "other.io"] {
+            assert_eq!(
+                a.source(r).unwrap(),
+                CredentialSource::Helper("pass"),
+                "{r}"
+            );
+        }
+        assert_eq!(
+            a.cred_helpers().collect::<Vec<_>>(),
+            [
+                ("123.dkr.ecr.us-east-1.amazonaws.com", "ecr-login"),
+                ("quay.io", "quay_1.0")
+            ]
+        );
+        // Without credsStore: credHelpers, else auths, else nothing.
+        let text = format!(
+            r#"{{"auths": {{"127.0.0.1:5000": {{"auth": "{}"}}, "ghcr.io": {{}}}},
+                "credHelpers": {{"ghcr.io": "gh"}}}}"#,
+            b64("ci:pw")
+        );
+        let a = RegistryAuths::parse("config.json", &text).unwrap();
+        assert_eq!(a.source("ghcr.io").unwrap(), CredentialSource::Helper("gh"));
+        assert!(matches!(
+            a.source("127.0.0.1:5000").unwrap(),
+            CredentialSource::Entry(RegistryCredential::Basic { .. })
+        ));
+        assert_eq!(a.source("other.io").unwrap(), CredentialSource::None);
+        assert_eq!(
+            helper_server_url("docker.io"),
+            "https://index.docker.io/v1/"
+        );
+        assert_eq!(
+            helper_server_url("registry-1.docker.io"),
+            "https://index.docker.io/v1/"
+        );
+        assert_eq!(helper_server_url("Ghcr.io"), "ghcr.io");
+        assert_eq!(helper_server_url("127.0.0.1:5000"), "127.0.0.1:5000");
+        assert_eq!(helper_program("ecr-login"), "docker-credential-ecr-login");
+    }
+
+    #[test]
+    fn helper_names_are_never_paths() {
+        for bad in ["../../bin/sh", "a/b", "", " x", ".hidden"] {
+            let text = serde_json::json!({ "credsStore": bad }).to_string();
+            let parsed = RegistryAuths::parse("f", &text);
+            if bad.is_empty() {
+                assert!(parsed.unwrap().is_empty(), "empty means none");
+                continue;
+            }
+            let e = parsed.unwrap_err().to_string();
+            assert!(e.contains("\"credsStore\": a helper name is"), "{bad}: {e}");
+            let text = serde_json::json!({ "credHelpers": { "r.io": bad } }).to_string();
+            let e = RegistryAuths::parse("f", &text).unwrap_err().to_string();
+            assert!(e.contains("entry 'r.io': in \"credHelpers\""), "{bad}: {e}");
+        }
+    }
+
+    #[test]
+    fn lenient_parsing_fails_only_the_broken_registry() {
+        let text = format!(
+            r#"{{"auths": {{"broken.io": {{"auth": "hunter2!!"}}, "ok.io": {{"auth": "{}"}}}},
+                 "credHelpers": {{"bad.io": "a/b"}}}}"#,
+            b64("u:p")
+        );
+        assert!(RegistryAuths::parse("f", &text).is_err(), "strict");
+        let a = RegistryAuths::parse_lenient("/home/ci/.docker/config.json", &text).unwrap();
+        assert!(matches!(a.source("ok.io"), Ok(CredentialSource::Entry(_))));
+        assert_eq!(a.source("else.io").unwrap(), CredentialSource::None);
+        let e = a.source("broken.io").unwrap_err().to_string();
+        assert!(
+            e.contains("/home/ci/.docker/config.json, entry 'broken.io'") && !e.contains("hunter2"),
+            "{e}"
+        );
+        assert!(a
+            .source("bad.io")
+            .unwrap_err()
+            .to_string()
+            .contains("credHelpers"));
+        // The file's shape is still checked.
+        assert!(RegistryAuths::parse_lenient("f", "[]").is_err());
+        assert!(RegistryAuths::parse_lenient("f", r#"{"credHelpers": 1}"#).is_err());
+    }
+
+    #[test]
+    fn helper_answers() {
+        let ok = |json: &str| parse_helper_answer(true, json.as_bytes());
+        assert_eq!(
+            ok(r#"{"ServerURL":"r.io","Username":"ci","Secret":"hunter2"}"#).unwrap(),
+            HelperAnswer::Found(RegistryCredential::Basic {
+                username: "ci".into(),
+                password: Secret::new("hunter2")
+            })
+        );
+        assert_eq!(
+            ok(r#"{"Username":"<token>","Secret":"refresh"}"#).unwrap(),
+            HelperAnswer::Found(RegistryCredential::IdentityToken(Secret::new("refresh")))
+        );
+        assert_eq!(
+            ok(r#"{"Username":"","Secret":""}"#).unwrap(),
+            HelperAnswer::NotFound
+        );
+        // A broken answer is described, never quoted: it may hold the secret.
+        for bad in [
+            "hunter2",
+            r#"{"Username": 1, "Secret": "hunter2"}"#,
+            r#"{"Secret":"hunter2"}"#,
+        ] {
+            let e = ok(bad).unwrap_err();
+            assert!(!e.contains("hunter2"), "{e}");
+        }
+        assert_eq!(
+            parse_helper_answer(false, b"credentials not found in native keychain\n").unwrap(),
+            HelperAnswer::NotFound
+        );
+        let e = parse_helper_answer(false, b"\x1b[31merror getting credentials\nsecond line")
+            .unwrap_err();
+        assert_eq!(e, "it failed: error getting credentials");
+        let long = "x".repeat(5000);
+        assert!(
+            parse_helper_answer(false, long.as_bytes())
+                .unwrap_err()
+                .len()
+                < 250
+        );
     }
 
     #[test]

@@ -35,6 +35,8 @@ pub struct CoordinatorOptions {
     /// A database to share with other coordinators (replicas). None: a PostgreSQL database of its
     /// own when `ARCHFARM_TEST_POSTGRES` is set, else SQLite in its data directory.
     pub database: Option<Arc<Database>>,
+    /// Further environment variables (e.g. a `PATH` with a credential helper in it).
+    pub env: Vec<(String, String)>,
 }
 
 impl CoordinatorOptions {
@@ -51,6 +53,12 @@ impl CoordinatorOptions {
     /// Adds one more command-line argument.
     pub fn arg(mut self, arg: &str) -> Self {
         self.extra_args.push(arg.to_string());
+        self
+    }
+
+    /// Sets one more environment variable of the coordinator's process.
+    pub fn env(mut self, key: &str, value: &str) -> Self {
+        self.env.push((key.to_string(), value.to_string()));
         self
     }
 
@@ -100,6 +108,7 @@ impl Default for CoordinatorOptions {
             extra_args: Vec::new(),
             tls: None,
             database: None,
+            env: Vec::new(),
         }
     }
 }
@@ -439,6 +448,7 @@ fn spawn_ready(
     }
     cmd.args(&opts.extra_args);
     clean_env(&mut cmd);
+    cmd.envs(opts.env.iter().map(|(k, v)| (k, v)));
     let daemon = Daemon::spawn("archfarm-coordinator", cmd, dir.join("coordinator.log"));
     daemon.ready_at(
         &format!("{}://{listen}/healthz", opts.scheme()),

@@ -80,6 +80,23 @@ impl SecureRegistry {
         &self.password
     }
 
+    /// Accepts `password` from now on, and no longer the old one: the htpasswd file is replaced
+    /// (written beside it, then renamed over it). docker-registry 2.8 reads the file again when
+    /// its modification time changes, before it checks the next request (seen here: the old
+    /// password is refused and the new one taken at once, without a restart).
+    pub fn set_password(&mut self, password: &str) {
+        let htpasswd = run("htpasswd", &["-Bbn", &self.user, password], self.dir.path());
+        let next = self.dir.join("htpasswd.next");
+        fs::write(&next, htpasswd).expect("write htpasswd");
+        fs::rename(&next, self.dir.join("htpasswd")).expect("replace htpasswd");
+        self.password = password.to_string();
+    }
+
+    /// The user it accepts.
+    pub fn user(&self) -> &str {
+        &self.user
+    }
+
     /// `USER:PASSWORD`, for `skopeo --creds`.
     pub fn creds(&self) -> String {
         format!("{}:{}", self.user, self.password)

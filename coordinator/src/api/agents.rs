@@ -4,7 +4,7 @@
 use std::time::Duration;
 
 use archfarm_protocol::api::{
-    AgentList, AgentState, Lease, LeaseRequest, RegisterRequest, RegisterResponse,
+    AgentList, AgentState, JobState, Lease, LeaseRequest, RegisterRequest, RegisterResponse,
     MAX_AGENT_CAPACITY,
 };
 use archfarm_protocol::cache::LeaseCache;
@@ -312,21 +312,36 @@ async fn lease_for(
     if let Err(e) = state.logs.append(build.id, &[header]).await {
         tracing::warn!(build.id = %build.id, error = %e, "could not write the attempt header to the build log");
     }
-    // Only this job's registry's credential travels, and only in this answer: never stored, never
-    // logged (its Debug hides the secret); a token for the job's repository where the registry
-    // can scope one.
+    // The job's own registry credentials (sent with it), opened for this lease only. One this
+    // replica cannot open fails the job, saying why: pushing with another credential instead
+    // would only fail later and less clearly.
+    let own = match crate::job_credentials::for_job(state, job.id).await? {
+        Ok(own) => own,
+        Err(why) => {
+            if let Some(stopped) = state.store.end_job(job.id, JobState::Failed, &why).await? {
+                state.metrics.job_ended(JobState::Failed, &stopped);
+                state.changes.notify();
+            }
+            tracing::error!(job.id = %job.id, error = %why, "job failed: its registry credential cannot be opened");
+            return Err(ApiError::Internal(anyhow::anyhow!(why)));
+        }
+    };
+    // Only this job's registry's credential travels, and only in this answer: never logged (its
+    // Debug hides the secret); a token for the job's repository where the registry can scope one.
     let registry_auth = crate::lease_credential::for_lease(
         state,
         build.id,
+        &own,
         &job.registry,
         &job.repository,
         "the lease carries no registry credential (the agent's own is used, if it has one)",
+        crate::registry::Fresh::Cached,
     )
     .await;
     // Likewise the job's build secrets: read for this lease, held in memory until it is sent.
     let secrets = state.store.job_secrets(job.id).await?;
     // And pull credentials for the registries the Dockerfile's base images come from, only.
-    let pull = crate::pulls::for_lease(&state.config, &state.registry.auths, build.id, &job);
+    let pull = crate::pulls::for_lease(&state.config, &state.registry, &own, build.id, &job).await;
     // Each platform's cache in a repository of its own, so none overwrites another's.
     let per_platform = |caches: &[CacheRef]| -> Vec<String> {
         caches

@@ -210,13 +210,23 @@ async fn registry_credential(
         .get_job(build.job_id)
         .await?
         .ok_or_else(|| ApiError::Internal(anyhow::anyhow!("build {} has no job", build.id)))?;
+    let own = crate::job_credentials::for_job(&state, job.id)
+        .await?
+        .map_err(|why| ApiError::Internal(anyhow::anyhow!(why)))?;
+    // Right before the push: a credential helper is asked again, whatever its answer's age.
+    let registry_auth = crate::lease_credential::for_lease(
+        &state,
+        build.id,
+        &own,
+        &job.registry,
+        &job.repository,
+        "the push goes with the credential the lease carried",
+        crate::registry::Fresh::Anew,
+    )
+    .await;
     // The lease's rule holds here too: no credential over plain HTTP to another host.
     let carried = Carried {
-        credential_for: state
-            .registry
-            .auths
-            .get(&job.registry)
-            .map(|_| job.registry.clone()),
+        credential_for: registry_auth.as_ref().map(|_| job.registry.clone()),
         ..Carried::default()
     };
     if let Some(message) = plain_http::refusal(&state.config, &agent.name, peer, &carried) {
@@ -225,14 +235,6 @@ async fn registry_credential(
             message,
         });
     }
-    let registry_auth = crate::lease_credential::for_lease(
-        &state,
-        build.id,
-        &job.registry,
-        &job.repository,
-        "the push goes with the credential the lease carried",
-    )
-    .await;
     Ok(Json(RegistryCredentialResponse { registry_auth }))
 }
 
@@ -243,13 +245,16 @@ async fn redactor_for(state: &AppState, job_id: Uuid) -> Result<Redactor, ApiErr
     let Some(job) = state.store.get_job(job_id).await? else {
         return Ok(Redactor::default());
     };
-    // The push registry's credential, and those its leases carry for pulls and caches.
+    // The push registry's credential, and those its leases carry for pulls and caches: the
+    // coordinator's (as configured, or as its helpers last answered) and the job's own.
     let pulls = crate::pulls::lease_sources(&state.config, &job);
-    let secrets: Vec<_> = std::iter::once(job.registry.as_str())
+    let mut secrets: Vec<_> = std::iter::once(job.registry.as_str())
         .chain(pulls.iter().map(|(registry, _)| registry.as_str()))
-        .filter_map(|registry| state.registry.auths.get(registry))
-        .flat_map(|c| c.secrets())
+        .flat_map(|registry| state.registry.secrets_for(registry))
         .collect();
+    if let Ok(own) = crate::job_credentials::for_job(state, job_id).await? {
+        secrets.extend(own.secrets());
+    }
     let build_secrets = state.store.job_secrets(job_id).await?;
     Ok(
         Redactor::for_build_args(&job.build_args, &job.secret_build_args)

@@ -2,10 +2,14 @@
 
 use std::path::{Component, Path as FsPath};
 
+use std::collections::BTreeMap;
+
 use archfarm_protocol::api::{
-    JobList, JobRequest, JobState, DEFAULT_JOB_TIMEOUT_SECS, MAX_SUBMITTER_CHARS,
+    JobList, JobRequest, JobState, DEFAULT_JOB_TIMEOUT_SECS, MAX_JOB_REGISTRY_CREDENTIALS,
+    MAX_REGISTRY_SECRET_BYTES, MAX_SUBMITTER_CHARS,
 };
 use archfarm_protocol::image_meta::ImageMeta;
+use archfarm_protocol::RegistryCredential;
 use archfarm_protocol::{CacheRef, ImageRef, Platform};
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
@@ -278,6 +282,62 @@ fn settle_caches(
     Ok(())
 }
 
+/// Checks the registry credentials a job sent: each for a registry it pushes to (its tags'
+/// registry, or that of a cache it names itself, which a limited token may push to too), none
+/// twice, none too large. Messages name registries, never a value.
+fn check_credentials(
+    sent: BTreeMap<String, RegistryCredential>,
+    job: &NewJob,
+) -> Result<Vec<(String, RegistryCredential)>, ApiError> {
+    let bad = |m: String| ApiError::bad("invalid_registry_credential", m);
+    if sent.len() > MAX_JOB_REGISTRY_CREDENTIALS {
+        return Err(bad(format!(
+            "at most {MAX_JOB_REGISTRY_CREDENTIALS} registry credentials per job"
+        )));
+    }
+    let normal = |r: &str| archfarm_protocol::registry_auth::normalise_registry(r).ok();
+    let pushes_to: Vec<String> = std::iter::once(&job.registry)
+        .chain(
+            job.cache
+                .to
+                .iter()
+                .chain(&job.cache.from)
+                .map(|c| &c.registry),
+        )
+        .filter_map(|r| normal(r))
+        .collect();
+    let mut out: Vec<(String, RegistryCredential)> = Vec::new();
+    for (key, credential) in sent {
+        let Some(registry) = normal(&key) else {
+            return Err(bad(format!(
+                "'{}' is not a registry HOST[:PORT]",
+                key.chars().take(100).collect::<String>()
+            )));
+        };
+        if !pushes_to.contains(&registry) {
+            return Err(bad(format!(
+                "a credential for {registry}, which this job neither pushes to nor names as a \
+                 cache (it pushes to {}); send credentials only for those",
+                job.registry
+            )));
+        }
+        if out.iter().any(|(r, _)| r == &registry) {
+            return Err(bad(format!("two credentials for {registry}; send one")));
+        }
+        if credential
+            .secrets()
+            .iter()
+            .any(|s| s.expose().len() > MAX_REGISTRY_SECRET_BYTES || s.expose().is_empty())
+        {
+            return Err(bad(format!(
+                "the credential for {registry} is empty or longer than {MAX_REGISTRY_SECRET_BYTES} bytes"
+            )));
+        }
+        out.push((registry, credential));
+    }
+    Ok(out)
+}
+
 /// Parses `raw` onto `platforms`, refusing any that normalises to one already there.
 fn add_platforms(
     platforms: &mut Vec<Platform>,
@@ -324,8 +384,9 @@ fn validate_dockerfile_path(path: &str) -> Result<(), ApiError> {
 async fn create(
     State(state): State<AppState>,
     Authed(caller): Authed<Caller>,
-    ApiJson(req): ApiJson<JobRequest>,
+    ApiJson(mut req): ApiJson<JobRequest>,
 ) -> Result<(StatusCode, Json<archfarm_protocol::api::Job>), ApiError> {
+    let sent = std::mem::take(&mut req.registry_credentials);
     let mut job = validate(req)?;
     // The farm's limit first: it holds for every caller, so it is a 400 (this request cannot be
     // served here), where a token's own patterns are a 403 (this caller may not).
@@ -340,6 +401,8 @@ async fn create(
         ));
     }
     caller.may_push(&job.registry, &job.repository, "this job would push to")?;
+    // Before the farm's default cache is added: a job's credential is for where it pushes.
+    let own = check_credentials(sent, &job)?;
     settle_caches(&mut job, &state.config, &caller)?;
     if !state.blobs.exists(&job.context).await? {
         return Err(ApiError::bad(
@@ -409,7 +472,19 @@ async fn create(
             job.dockerfile
         )),
     };
-    let id = state.store.insert_job(&job).await?;
+    let key = &state.credential_key;
+    let id = state
+        .store
+        .insert_job_sealed(&job, |id| {
+            own.iter()
+                .map(|(registry, credential)| key.seal(id, registry, credential))
+                .collect()
+        })
+        .await?;
+    if !own.is_empty() {
+        let registries: Vec<&str> = own.iter().map(|(r, _)| r.as_str()).collect();
+        tracing::info!(job.id = %id, ?registries, "the job brought its own registry credentials");
+    }
     if let Some(warning) = unread {
         tracing::info!(job.id = %id, %warning, "base images unknown");
         state.store.add_job_warning(id, &warning).await?;
@@ -617,6 +692,54 @@ mod tests {
             r.submitter = Some(bad);
             assert_eq!(message(validate(r).unwrap_err()).0, "invalid_submitter");
         }
+    }
+
+    #[test]
+    fn credentials_only_for_where_the_job_pushes() {
+        let basic = |p: &str| RegistryCredential::Basic {
+            username: "ci".into(),
+            password: archfarm_protocol::Secret::new(p),
+        };
+        let mut r = req(&["amd64"], &["r.lan:5000/team/app:1"]);
+        r.cache_to = vec!["cache.lan/team/cache".into()];
+        let job = validate(r).unwrap();
+        let sent = |pairs: &[(&str, &str)]| {
+            pairs
+                .iter()
+                .map(|(k, p)| (k.to_string(), basic(p)))
+                .collect::<BTreeMap<_, _>>()
+        };
+        let ok = check_credentials(
+            sent(&[("https://R.lan:5000/v2/", "hunter2"), ("cache.lan", "c")]),
+            &job,
+        )
+        .unwrap();
+        assert_eq!(ok[0].0, "cache.lan");
+        assert_eq!(ok[1].0, "r.lan:5000");
+        for (pairs, needle) in [
+            (
+                vec![("ghcr.io", "hunter2")],
+                "neither pushes to nor names as a cache",
+            ),
+            (
+                vec![("r.lan:5000", "hunter2"), ("http://r.lan:5000", "hunter2")],
+                "two credentials",
+            ),
+            (vec![("r lan", "hunter2")], "not a registry"),
+        ] {
+            let ApiError::BadRequest { code, message } =
+                check_credentials(sent(&pairs), &job).unwrap_err()
+            else {
+                panic!("not a 400")
+            };
+            assert_eq!(code, "invalid_registry_credential");
+            assert!(
+                message.contains(needle) && !message.contains("hunter2"),
+                "{message}"
+            );
+        }
+        let big = "x".repeat(MAX_REGISTRY_SECRET_BYTES + 1);
+        assert!(check_credentials(sent(&[("r.lan:5000", big.as_str())]), &job).is_err());
     }
 
     #[test]

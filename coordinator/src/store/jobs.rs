@@ -11,9 +11,10 @@ use sqlx::Row;
 use uuid::Uuid;
 
 use super::{
-    json_col, json_list, now_ms, parse_col, parse_opt_col, secrets, to_json_list, Store,
-    StoreError, StoreResult,
+    job_credentials, json_col, json_list, now_ms, parse_col, parse_opt_col, secrets, to_json_list,
+    Store, StoreError, StoreResult,
 };
+use crate::job_credentials::SealedCredential;
 
 /// A validated job ready to be stored.
 #[derive(Debug, Clone)]
@@ -206,7 +207,18 @@ impl JobRow {
 impl Store {
     /// Stores a job, its builds and its secrets in one transaction; returns the job id.
     pub async fn insert_job(&self, job: &NewJob) -> StoreResult<Uuid> {
+        self.insert_job_sealed(job, |_| Vec::new()).await
+    }
+
+    /// [`Store::insert_job`] with the job's own registry credentials, which `seal` seals for
+    /// the new job's id (sealing binds the id in) and which go in the same transaction.
+    pub async fn insert_job_sealed(
+        &self,
+        job: &NewJob,
+        seal: impl FnOnce(Uuid) -> Vec<SealedCredential>,
+    ) -> StoreResult<Uuid> {
         let id = Uuid::new_v4();
+        let sealed = seal(id);
         let now = now_ms();
         let mut tx = self.begin().await?;
         sqlx::query(&format!(
@@ -241,6 +253,7 @@ impl Store {
         .execute(&mut *tx)
         .await?;
         secrets::insert(&mut tx, id, &job.secrets).await?;
+        job_credentials::insert(&mut tx, id, &sealed).await?;
         for (position, platform) in job.platforms.iter().enumerate() {
             sqlx::query(
                 "INSERT INTO builds (id, job_id, position, platform, state, attempts, created_at, optional, queued_at) \
@@ -403,8 +416,9 @@ impl Store {
         .bind(id.to_string())
         .execute(&mut *tx)
         .await?;
-        // No build of it will be leased again: its secrets have no more use.
-        let deleted = secrets::delete(&mut tx, id).await?;
+        // No build of it will be leased again: its secrets and credentials have no more use.
+        let deleted =
+            secrets::delete(&mut tx, id).await? + job_credentials::delete(&mut tx, id).await?;
         tx.commit().await?;
         if deleted > 0 {
             self.scrub_deleted_secrets().await;
@@ -439,7 +453,7 @@ impl Store {
         .await?;
         let finished = res.rows_affected() == 1;
         let deleted = if finished {
-            secrets::delete(&mut tx, id).await?
+            secrets::delete(&mut tx, id).await? + job_credentials::delete(&mut tx, id).await?
         } else {
             0
         };

@@ -7,6 +7,7 @@ mod builds;
 mod chunks;
 mod contexts;
 pub mod history;
+mod job_credentials;
 mod jobs;
 pub mod scratch;
 mod secrets;

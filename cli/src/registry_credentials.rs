@@ -1,0 +1,254 @@
+//! The pipeline's own registry credentials, sent with the job as buildx forwards the client's
+//! to its builder: read from the docker config as Docker reads it (`$DOCKER_CONFIG/config.json`,
+//! else `~/.docker/config.json`; `credHelpers`, then `credsStore`, then `auths`), for the
+//! registries the job pushes to (its tags' and its caches'), and for no other.
+//!
+//! A credential helper is run without a shell (`docker-credential-NAME get`, the server name on
+//! stdin, a time limit). One that is missing or fails stops the build before anything is
+//! uploaded, as `docker push` stops with "error getting credentials": the pipeline's config says
+//! a credential is needed, and a build that went on without it would fail at the push, later and
+//! less clearly. `--registry-credentials none` builds without them.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::Duration;
+
+use archfarm_protocol::registry_auth::{
+    helper_program, helper_server_url, parse_helper_answer, CredentialSource, HelperAnswer,
+};
+use archfarm_protocol::{RegistryAuths, RegistryCredential};
+use clap::ValueEnum;
+use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+
+use crate::validate::UsageError;
+
+/// How long a credential helper may take (one that asks a cloud API is slow, not minutes slow).
+const HELPER_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// `--registry-credentials`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, ValueEnum)]
+pub enum Mode {
+    /// Send the pipeline's credentials for the registries the job pushes to, from its docker
+    /// config (as buildx forwards them to its builder).
+    #[default]
+    Auto,
+    /// Send none: the farm's own credentials (the coordinator's --registry-auth) are used.
+    None,
+}
+
+/// What was found for the job.
+#[derive(Debug, Default)]
+pub struct Found {
+    /// The credentials to send, by registry.
+    pub credentials: BTreeMap<String, RegistryCredential>,
+    /// The docker config read, when there was one.
+    pub file: Option<PathBuf>,
+    /// Registries skipped, with why (names and reasons only).
+    pub notes: Vec<String>,
+}
+
+/// The docker config Docker reads: `$DOCKER_CONFIG/config.json`, else `$HOME/.docker/config.json`.
+pub fn config_path(env: &impl Fn(&str) -> Option<String>) -> Option<PathBuf> {
+    if let Some(dir) = env("DOCKER_CONFIG").filter(|d| !d.is_empty()) {
+        return Some(Path::new(&dir).join("config.json"));
+    }
+    let home = env("HOME").filter(|h| !h.is_empty())?;
+    Some(Path::new(&home).join(".docker").join("config.json"))
+}
+
+/// The registries `registries` (distinct, normalised) need, from the docker config.
+pub async fn collect(
+    mode: Mode,
+    registries: &[String],
+    env: &impl Fn(&str) -> Option<String>,
+) -> Result<Found, UsageError> {
+    let mut found = Found::default();
+    if mode == Mode::None {
+        return Ok(found);
+    }
+    let Some(path) = config_path(env) else {
+        return Ok(found);
+    };
+    let text = match std::fs::read_to_string(&path) {
+        Ok(t) => t,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(found),
+        Err(e) => {
+            return Err(UsageError(format!(
+            "cannot read the docker config {}: {e}; fix it, or pass --registry-credentials none",
+            path.display()
+        )))
+        }
+    };
+    let file = path.display().to_string();
+    let auths = RegistryAuths::parse_lenient(&file, &text)
+        .map_err(|e| UsageError(format!("{e}; fix it, or pass --registry-credentials none")))?;
+    found.file = Some(path);
+    for registry in registries {
+        let source = auths.source(registry).map_err(|e| {
+            UsageError(format!(
+                "{e}; fix the entry, or pass --registry-credentials none"
+            ))
+        })?;
+        let credential = match source {
+            CredentialSource::None => continue,
+            CredentialSource::Entry(c) => c.clone(),
+            CredentialSource::Helper(name) => match run_helper(name, registry).await {
+                Ok(HelperAnswer::Found(c)) => c,
+                Ok(HelperAnswer::NotFound) => {
+                    found.notes.push(format!(
+                        "{registry}: {} holds no credential for it",
+                        helper_program(name)
+                    ));
+                    continue;
+                }
+                Err(e) => {
+                    return Err(UsageError(format!(
+                        "{e}; fix the helper, or pass --registry-credentials none to build \
+                         with the farm's own credentials"
+                    )))
+                }
+            },
+        };
+        if let RegistryCredential::IdentityToken(_) = credential {
+            found.notes.push(format!(
+                "{registry}: the docker config holds an identity token (an OAuth2 refresh \
+                 token), which archfarm cannot push with; not sent"
+            ));
+            continue;
+        }
+        found.credentials.insert(registry.clone(), credential);
+    }
+    Ok(found)
+}
+
+/// Runs `docker-credential-NAME get` for `registry`; the error names the program, never a
+/// secret, and never shows its stderr (helpers log what they like there).
+async fn run_helper(name: &str, registry: &str) -> Result<HelperAnswer, String> {
+    let program = helper_program(name);
+    let fail = |why: String| format!("credential helper {program} for {registry}: {why}");
+    let mut child = tokio::process::Command::new(&program)
+        .arg("get")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .map_err(|e| {
+            fail(match e.kind() {
+                std::io::ErrorKind::NotFound => "not found in PATH (is it installed?)".into(),
+                _ => format!("cannot start it: {e}"),
+            })
+        })?;
+    let mut stdin = child.stdin.take().expect("piped");
+    let mut stdout = child.stdout.take().expect("piped").take(1024 * 1024);
+    let server = helper_server_url(registry);
+    let run = async {
+        let _ = stdin.write_all(server.as_bytes()).await;
+        drop(stdin);
+        let mut out = Vec::new();
+        let (read, status) = tokio::join!(stdout.read_to_end(&mut out), child.wait());
+        read.map_err(|e| format!("reading its answer: {e}"))?;
+        let status = status.map_err(|e| format!("waiting for it: {e}"))?;
+        Ok::<_, String>((status, out))
+    };
+    let (status, out) = tokio::time::timeout(HELPER_TIMEOUT, run)
+        .await
+        .map_err(|_| fail(format!("no answer within {}s", HELPER_TIMEOUT.as_secs())))?
+        .map_err(fail)?;
+    parse_helper_answer(status.success(), &out).map_err(|why| fail(format!("{why} ({status})")))
+}
+
+#[cfg(test)]
+mod tests {
+    use std::os::unix::fs::PermissionsExt as _;
+
+    use super::*;
+
+    fn env_of(pairs: Vec<(&'static str, String)>) -> impl Fn(&str) -> Option<String> {
+        move |k| pairs.iter().find(|(n, _)| *n == k).map(|(_, v)| v.clone())
+    }
+
+    #[test]
+    fn the_config_is_where_docker_looks() {
+        let env = env_of(vec![("HOME", "/home/ci".into())]);
+        assert_eq!(
+            config_path(&env),
+            Some(PathBuf::from("/home/ci/.docker/config.json"))
+        );
+        let env = env_of(vec![
+            ("HOME", "/home/ci".into()),
+            ("DOCKER_CONFIG", "/etc/d".into()),
+        ]);
+        assert_eq!(config_path(&env), Some(PathBuf::from("/etc/d/config.json")));
+        assert_eq!(config_path(&env_of(vec![])), None);
+    }
+
+    #[tokio::test]
+    async fn entries_and_helpers_for_the_jobs_registries_only() {
+        let dir = tempfile::tempdir().unwrap();
+        let helper = dir.path().join("docker-credential-afclitest");
+        std::fs::write(
+            &helper,
+            "#!/bin/sh\nread s\ncase \"$s\" in\n  helped.io) printf '{\"Username\":\"h\",\"Secret\":\"hs\"}' ;;\n  empty.io) echo 'credentials not found in native keychain'; exit 1 ;;\n  *) echo 'boom hunter2' >&2; echo 'cannot reach the vault'; exit 2 ;;\nesac\n",
+        )
+        .unwrap();
+        std::fs::set_permissions(&helper, std::fs::Permissions::from_mode(0o755)).unwrap();
+        let path = format!(
+            "{}:{}",
+            dir.path().display(),
+            std::env::var("PATH").unwrap_or_default()
+        );
+        std::env::set_var("PATH", path);
+        std::fs::write(
+            dir.path().join("config.json"),
+            r#"{"auths": {"https://r.io/v2/": {"auth": "Y2k6cHc="}, "other.io": {"auth": "bzpw"},
+                          "cloud.io": {"identitytoken": "refresh"}},
+                "credHelpers": {"helped.io": "afclitest", "empty.io": "afclitest", "broken.io": "afclitest"}}"#,
+        )
+        .unwrap();
+        let env = env_of(vec![("DOCKER_CONFIG", dir.path().display().to_string())]);
+        let wanted: Vec<String> = ["r.io", "helped.io", "empty.io", "cloud.io", "none.io"]
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
+        let found = collect(Mode::Auto, &wanted, &env).await.unwrap();
+        assert_eq!(
+            found.credentials.keys().collect::<Vec<_>>(),
+            ["helped.io", "r.io"],
+            "other.io is not the job's; the identity token and the empty helper are skipped"
+        );
+        assert_eq!(found.notes.len(), 2, "{:?}", found.notes);
+        assert!(found
+            .notes
+            .iter()
+            .any(|n| n.starts_with("empty.io: docker-credential-afclitest holds no")));
+        assert!(found
+            .notes
+            .iter()
+            .any(|n| n.starts_with("cloud.io: the docker config holds an identity token")));
+        let e = collect(Mode::Auto, &["broken.io".to_string()], &env)
+            .await
+            .unwrap_err()
+            .0;
+        assert!(
+            e.contains(
+                "docker-credential-afclitest for broken.io: it failed: cannot reach the vault"
+            ) && e.contains("--registry-credentials none")
+                && !e.contains("hunter2"),
+            "{e}"
+        );
+        assert!(collect(Mode::None, &wanted, &env)
+            .await
+            .unwrap()
+            .credentials
+            .is_empty());
+        // No docker config at all: nothing, and no complaint.
+        let nowhere = env_of(vec![(
+            "DOCKER_CONFIG",
+            dir.path().join("none").display().to_string(),
+        )]);
+        let found = collect(Mode::Auto, &wanted, &nowhere).await.unwrap();
+        assert!(found.credentials.is_empty() && found.file.is_none());
+    }
+}

@@ -1,6 +1,7 @@
 //! Moving a job on as its builds finish: into stitching (leaving out optional platforms that failed
 //! or that nobody can build), and from there to its end.
 
+use std::collections::HashMap;
 use std::time::Duration;
 
 use archfarm_protocol::api::{BuildState, EmulationPolicy, JobState};
@@ -233,21 +234,13 @@ async fn stitch_job(state: &AppState, job_id: Uuid, token: Uuid) -> StoreResult<
         .into_iter()
         .filter(|b| b.state == BuildState::Succeeded)
         .collect();
-    let client = state
-        .registry
-        .client_for(&job.registry, state.config.is_insecure(&job.registry));
-    let auth = state.registry.oci_auth(&job.registry);
     let started = std::time::Instant::now();
     let deadline = started + Duration::from_secs(state.config.stitch_retry_secs);
     let mut delay = Duration::from_millis(500);
     let outcome = loop {
-        let attempt = match &auth {
-            Ok(auth) => stitch::stitch(&client, auth, &job, &builds).await,
-            Err(message) => Err(StitchError::Registry {
-                registry: job.registry.clone(),
-                message: message.clone(),
-                transient: false,
-            }),
+        let attempt = match endpoints(state, &job).await {
+            Ok(endpoints) => stitch::stitch(&endpoints, &job, &builds).await,
+            Err(e) => Err(e),
         };
         match attempt {
             Err(
@@ -300,4 +293,43 @@ async fn stitch_job(state: &AppState, job_id: Uuid, token: Uuid) -> StoreResult<
         }
     }
     Ok(())
+}
+
+/// A client and a credential for every registry of the job's tags, asked for again on each
+/// stitching attempt (a credential may have changed while the registry was away).
+async fn endpoints(
+    state: &AppState,
+    job: &JobRow,
+) -> Result<HashMap<String, stitch::Endpoint>, StitchError> {
+    let registries = stitch::registries(&job.tags).map_err(|message| StitchError::Registry {
+        registry: job.registry.clone(),
+        message,
+        transient: false,
+    })?;
+    let mut out = HashMap::new();
+    for registry in registries {
+        let auth = stitch_credential(state, job, &registry)
+            .await
+            .map_err(|message| StitchError::Registry {
+                registry: registry.clone(),
+                message,
+                transient: false,
+            })?;
+        let client = state
+            .registry
+            .client_for(&registry, state.config.is_insecure(&registry));
+        out.insert(registry, stitch::Endpoint { client, auth });
+    }
+    Ok(out)
+}
+
+/// The credential stitching uses for `registry` on behalf of `job`: the one place it is looked
+/// up, for the job's first registry (reading what agents pushed, pushing the index) and every
+/// other registry its tags name (copies and the index there) alike.
+async fn stitch_credential(
+    state: &AppState,
+    _job: &JobRow,
+    registry: &str,
+) -> Result<oci_client::secrets::RegistryAuth, String> {
+    state.registry.oci_auth(registry)
 }

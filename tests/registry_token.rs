@@ -266,3 +266,83 @@ fn the_lease_token_cannot_push_elsewhere() {
         .fail(lease.build_id, lease.lease_token, "the test is done")
         .expect("fail the build");
 }
+
+/// Tags in two repositories of a token-auth registry: stitching mounts the children into the
+/// second with one token asked for both scopes (push on the target, pull on the source), as the
+/// registry requires before it lets a mount read another repository.
+#[test]
+fn stitching_mounts_with_a_token_for_both_repositories() {
+    preflight();
+    let registry = TokenRegistry::start("archfarm");
+    let secrets = Scratch::new("secrets");
+    let coordinator = coordinator_for(&registry, &secrets);
+    let _agent = Agent::start(&coordinator, AgentOptions::new("amd64").emulate("none"));
+    let hello = BuildContext::hello();
+    let app = format!("{}/team/app:v1", registry.host());
+    let mirror = format!("{}/team/mirror:v1", registry.host());
+    let out = coordinator.cli(&[
+        "build",
+        "--progress",
+        "plain",
+        "--platform",
+        "linux/amd64",
+        "-t",
+        &app,
+        "-t",
+        &mirror,
+        &hello.arg(),
+    ]);
+    assert!(
+        out.status.success(),
+        "archfarm build failed: {}\n{}",
+        text(&out.stderr),
+        coordinator.log_tail(40)
+    );
+    let printed = last_line(&out.stdout);
+
+    let issued = registry.issued();
+    let mount_tokens: Vec<_> = issued
+        .iter()
+        .filter(|t| t.scopes.iter().any(|s| s.contains("team/mirror")))
+        .collect();
+    assert!(
+        mount_tokens.iter().any(|t| t.scopes
+            == [
+                "repository:team/mirror:pull,push",
+                "repository:team/app:pull"
+            ]),
+        "no token for both scopes: {:?}",
+        issued.iter().map(|t| &t.scopes).collect::<Vec<_>>()
+    );
+    // The registry mounted every blob (201), so none was uploaded into team/mirror.
+    let log = registry.log();
+    let mounted: Vec<&str> = log
+        .lines()
+        .filter(|l| l.contains("response completed") && l.contains("mount="))
+        .collect();
+    assert!(
+        !mounted.is_empty()
+            && mounted
+                .iter()
+                .all(|l| l.contains("http.response.status=201")),
+        "{mounted:#?}"
+    );
+    assert!(
+        !log.lines().any(|l| l.contains("response completed")
+            && l.contains("http.request.method=PATCH")
+            && l.contains("/v2/team/mirror/")),
+        "blobs were uploaded into team/mirror"
+    );
+    for tag in [&app, &mirror] {
+        let raw = skopeo(&[
+            "inspect",
+            "--raw",
+            "--tls-verify=false",
+            "--creds",
+            &registry.creds(),
+            &format!("docker://{tag}"),
+        ])
+        .unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(oci::sha256_digest(&raw), printed, "{tag}");
+    }
+}

@@ -13,6 +13,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
+use archfarm_protocol::limits::UPLOAD_CHUNK_BYTES;
 use archfarm_protocol::registry_hosts::RegistryHosts;
 use archfarm_protocol::Digest;
 use futures::TryStreamExt;
@@ -24,9 +25,6 @@ use serde::Deserialize;
 use sha2::{Digest as _, Sha256};
 use tokio_util::io::ReaderStream;
 
-/// Bytes read per upload chunk of a blob.
-const UPLOAD_CHUNK_BYTES: usize = 4 * 1024 * 1024;
-
 use crate::backend::{LogSink, PushedImage};
 use crate::backoff::Backoff;
 use crate::registry_error::{self, Failure};
@@ -34,9 +32,10 @@ use crate::registry_error::{self, Failure};
 /// Longest wait for a connection to the registry.
 pub const REGISTRY_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 /// Longest a registry call may go without an answer: reqwest counts it from the start of a request
-/// until its response headers, then between reads of the body. Blobs go up in chunks of at most
-/// 4 MiB (oci-client's chunked upload), so each request stays well within it; a registry that
-/// stops answering fails the push instead of holding the lease for ever.
+/// until its response headers, then between reads of the body. Blobs go up in one `PUT` when they
+/// fit in one part of [`UPLOAD_CHUNK_BYTES`], in parts of exactly that size otherwise (the last
+/// smaller), so each request stays well within it; a registry that stops answering fails the push
+/// instead of holding the lease for ever.
 pub const REGISTRY_READ_TIMEOUT: Duration = Duration::from_secs(120);
 
 /// Why an image could not be read from its layout or uploaded.
@@ -306,6 +305,8 @@ fn client_for(target: &Target) -> Client {
         read_timeout: Some(REGISTRY_READ_TIMEOUT),
         extra_root_certificates,
         host_check: Some(Arc::new(move |url| hosts.check(url))),
+        // Parts ECR takes: at least 5 MiB but the last, and a small blob in one PUT.
+        push_chunk_size: Some(UPLOAD_CHUNK_BYTES),
         ..Default::default()
     })
 }
@@ -375,10 +376,10 @@ async fn push_once(
         let file = tokio::fs::File::open(&blob.path)
             .await
             .map_err(|e| err(format!("reading blob {}", blob.digest))(e.into()))?;
-        // Streamed in chunks: a layer can be far larger than the memory of a small agent. oci-client
-        // sends each chunk as its own PATCH, so chunks are large (ReaderStream's default is 4 KiB).
-        let stream = ReaderStream::with_capacity(file, UPLOAD_CHUNK_BYTES)
-            .map_err(OciDistributionError::from);
+        // Streamed: a layer can be far larger than the memory of a small agent. oci-client gathers
+        // the reads into parts of UPLOAD_CHUNK_BYTES, one PATCH each (or one PUT for a blob that
+        // fits in one), so it holds one part at a time.
+        let stream = ReaderStream::with_capacity(file, 1 << 20).map_err(OciDistributionError::from);
         client
             .push_blob_stream(&reference, stream, &blob.digest, Some(blob.size))
             .await

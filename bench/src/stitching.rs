@@ -133,13 +133,16 @@ async fn direct(
     images: &Images,
     samples: usize,
 ) -> anyhow::Result<Summary> {
-    let client = archfarm_coordinator::stitch::client_for(registry, true);
-    let auth = RegistryAuth::Anonymous;
+    let endpoint = archfarm_coordinator::stitch::Endpoint {
+        client: archfarm_coordinator::stitch::client_for(registry, true),
+        auth: RegistryAuth::Anonymous,
+    };
+    let endpoints = std::collections::HashMap::from([(registry.to_string(), endpoint)]);
     let mut times = Vec::with_capacity(samples);
     for i in 0..=samples {
         let (job, builds) = rows(registry, repository, images, &format!("direct-{i}"))?;
         let t = Instant::now();
-        archfarm_coordinator::stitch::stitch(&client, &auth, &job, &builds)
+        archfarm_coordinator::stitch::stitch(&endpoints, &job, &builds)
             .await
             .context("stitching")?;
         if i > 0 {

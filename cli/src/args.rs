@@ -291,7 +291,8 @@ pub struct BuildArgs {
     /// index with a warning instead of failing the job. Comma separated and/or repeated.
     #[arg(long = "optional-platform", value_name = "P[,P...]")]
     pub optional_platforms: Vec<String>,
-    /// Reference to push the image index under (REGISTRY/REPOSITORY:TAG); repeat for more tags.
+    /// Reference to push the image index under (REGISTRY/REPOSITORY:TAG); repeat for more tags,
+    /// in any repositories and registries (each gets the same index).
     #[arg(short = 't', long = "tag", required = true, value_name = "REF")]
     pub tags: Vec<String>,
     /// Dockerfile path, relative to the context directory [default: Dockerfile].

@@ -131,6 +131,27 @@ mod tests {
     }
 
     #[test]
+    fn tags_in_several_repositories_are_one_image_name() {
+        // buildx writes every tag, whatever its repository, comma-separated under `image.name`;
+        // the digest is the one index every repository serves.
+        let mut j = job();
+        j.tags = vec![
+            "reg.lan/team/app:1".into(),
+            "reg.lan/mirror/app:1".into(),
+            "ghcr.io/team/app:1".into(),
+        ];
+        let m = of(&j);
+        assert_eq!(
+            m["image.name"],
+            "reg.lan/team/app:1,reg.lan/mirror/app:1,ghcr.io/team/app:1"
+        );
+        assert_eq!(
+            m["containerimage.digest"],
+            m["containerimage.descriptor"]["digest"]
+        );
+    }
+
+    #[test]
     fn files_are_written_whole() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("meta.json");

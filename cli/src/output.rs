@@ -222,6 +222,10 @@ pub fn job_summary(job: &Job, now: DateTime<Utc>) -> String {
     field("job", job.id.to_string());
     field("state", job.state.to_string());
     field("tags", job.tags.join(", "));
+    if job.repositories.len() > 1 {
+        // The first is where agents push each platform's image; the index goes to all.
+        field("repos", job.repositories.join(", "));
+    }
     let required: Vec<Platform> = job
         .platforms
         .iter()
@@ -366,6 +370,17 @@ mod tests {
         assert!(s.contains("timeout    2h\n"), "{s}");
         assert!(!s.contains("optional"), "{s}");
         assert!(!s.contains("decision"), "{s}");
+        assert!(
+            !s.contains("repos"),
+            "one repository says no more than its tags:\n{s}"
+        );
+        let mut several = job.clone();
+        several.repositories = vec!["localhost:5000/app".into(), "ghcr.io/team/app".into()];
+        let s = job_summary(&several, now);
+        assert!(
+            s.contains("repos      localhost:5000/app, ghcr.io/team/app\n"),
+            "{s}"
+        );
     }
 
     #[test]

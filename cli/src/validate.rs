@@ -236,28 +236,16 @@ pub fn parse_optional_platforms(
     Ok(out)
 }
 
-/// Parses the `-t` references: each must parse, carry no digest, and all must share one repository.
+/// Parses the `-t` references: each must parse and carry no digest. They may name several
+/// repositories and registries, as buildx's do: each gets the same index.
 pub fn parse_tags(values: &[String]) -> Result<Vec<String>, UsageError> {
     let mut out: Vec<String> = Vec::new();
-    let mut first: Option<(String, ImageRef)> = None;
     for v in values {
         let r = ImageRef::parse(v).map_err(|e| UsageError(format!("-t: {e}")))?;
         if r.digest.is_some() {
             return Err(UsageError(format!(
                 "-t '{v}' has a digest; the image index is pushed under tags, so give REGISTRY/REPOSITORY:TAG"
             )));
-        }
-        if let Some((first_input, first_ref)) = &first {
-            if first_ref.name() != r.name() {
-                return Err(UsageError(format!(
-                    "all tags must be in one registry/repository: '{first_input}' is {} but '{v}' is {}; \
-                     run one build per repository",
-                    first_ref.name(),
-                    r.name()
-                )));
-            }
-        } else {
-            first = Some((v.clone(), r.clone()));
         }
         // Docker's default tag, made explicit so the coordinator never has to guess.
         let tag = if r.tag.is_none() {
@@ -562,19 +550,23 @@ mod tests {
     }
 
     #[test]
-    fn tags_share_a_repository() {
+    fn tags_in_any_repositories() {
         let t = parse_tags(&strings(&["localhost:5000/app:1", "localhost:5000/app"])).unwrap();
         assert_eq!(t, ["localhost:5000/app:1", "localhost:5000/app:latest"]);
-        let e = parse_tags(&strings(&[
+        let t = parse_tags(&strings(&[
             "localhost:5000/app:1",
             "localhost:5000/other:1",
+            "ghcr.io/team/app",
         ]))
-        .unwrap_err();
-        assert!(
-            e.0.contains("all tags must be in one registry/repository"),
-            "{e}"
+        .unwrap();
+        assert_eq!(
+            t,
+            [
+                "localhost:5000/app:1",
+                "localhost:5000/other:1",
+                "ghcr.io/team/app:latest"
+            ]
         );
-        assert!(e.0.contains("localhost:5000/other"), "{e}");
         let e = parse_tags(&strings(&["localhost:5000/App:1"])).unwrap_err();
         assert!(e.0.contains("must be lowercase"), "{e}");
         assert!(e.0.contains("expected [REGISTRY"), "{e}");

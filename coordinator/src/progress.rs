@@ -1,12 +1,15 @@
 //! Moving a job on as its builds finish: into stitching (leaving out optional platforms that failed
 //! or that nobody can build), and from there to its end.
 
+use std::collections::HashMap;
 use std::time::Duration;
 
 use archfarm_protocol::api::{BuildState, EmulationPolicy, JobState};
 use archfarm_protocol::duration::format_duration;
 use uuid::Uuid;
 
+use crate::job_credentials::JobCredentials;
+use crate::registry::Fresh;
 use crate::stitch::{self, StitchError};
 use crate::store::{BuildRow, JobRow, StoreResult};
 use crate::AppState;
@@ -233,29 +236,16 @@ async fn stitch_job(state: &AppState, job_id: Uuid, token: Uuid) -> StoreResult<
         .into_iter()
         .filter(|b| b.state == BuildState::Succeeded)
         .collect();
-    // The job's own credential for its registry when it sent one, else the coordinator's.
+    // The job's own credentials for its registries when it sent them, else the coordinator's.
     let job_credentials = crate::job_credentials::for_job(state, job_id).await?;
-    let mut fresh = crate::registry::Fresh::Cached;
+    let mut fresh = Fresh::Cached;
     let started = std::time::Instant::now();
     let deadline = started + Duration::from_secs(state.config.stitch_retry_secs);
     let mut delay = Duration::from_millis(500);
     let outcome = loop {
-        let auth = match &job_credentials {
-            Ok(c) => state.registry.oci_auth(c, &job.registry, fresh).await,
-            Err(message) => Err(message.clone()),
-        };
-        let attempt = match &auth {
-            Ok(auth) => {
-                // A client of the credential's own (oci-client keeps the first one it is given).
-                let insecure = state.config.is_insecure(&job.registry);
-                let client = state.registry.client_with(&job.registry, insecure, auth);
-                stitch::stitch(&client, auth, &job, &builds).await
-            }
-            Err(message) => Err(StitchError::Registry {
-                registry: job.registry.clone(),
-                message: message.clone(),
-                transient: false,
-            }),
+        let attempt = match endpoints(state, &job, &job_credentials, fresh).await {
+            Ok(endpoints) => stitch::stitch(&endpoints, &job, &builds).await,
+            Err(e) => Err(e),
         };
         match attempt {
             Err(
@@ -274,15 +264,14 @@ async fn stitch_job(state: &AppState, job_id: Uuid, token: Uuid) -> StoreResult<
             }
             // A refusal (401, 403, …) of a credential helper's answer: the helper may hand out
             // another one by now (a rotated password, a renewed token); ask it again, once.
-            Err(e @ StitchError::Registry { .. })
-                if fresh == crate::registry::Fresh::Cached
-                    && auth.is_ok()
+            Err(ref e @ StitchError::Registry { ref registry, .. })
+                if fresh == Fresh::Cached
                     && job_credentials
                         .as_ref()
-                        .is_ok_and(|c| state.registry.from_helper(c, &job.registry)) =>
+                        .is_ok_and(|c| state.registry.from_helper(c, registry)) =>
             {
                 tracing::info!(job.id = %job_id, error = %e, "stitching refused; asking the credential helper again");
-                fresh = crate::registry::Fresh::Anew;
+                fresh = Fresh::Anew;
             }
             other => break other,
         }
@@ -320,4 +309,50 @@ async fn stitch_job(state: &AppState, job_id: Uuid, token: Uuid) -> StoreResult<
         }
     }
     Ok(())
+}
+
+/// A client and a credential for every registry of the job's tags, asked for again on each
+/// stitching attempt (a credential may have changed while the registry was away).
+async fn endpoints(
+    state: &AppState,
+    job: &JobRow,
+    job_credentials: &Result<JobCredentials, String>,
+    fresh: Fresh,
+) -> Result<HashMap<String, stitch::Endpoint>, StitchError> {
+    let registries = stitch::registries(&job.tags).map_err(|message| StitchError::Registry {
+        registry: job.registry.clone(),
+        message,
+        transient: false,
+    })?;
+    let mut out = HashMap::new();
+    for registry in registries {
+        let auth = stitch_credential(state, job_credentials, &registry, fresh)
+            .await
+            .map_err(|message| StitchError::Registry {
+                registry: registry.clone(),
+                message,
+                transient: false,
+            })?;
+        // A client of the credential's own: oci-client keeps the first credential it is given.
+        let insecure = state.config.is_insecure(&registry);
+        let client = state.registry.client_with(&registry, insecure, &auth);
+        out.insert(registry, stitch::Endpoint { client, auth });
+    }
+    Ok(out)
+}
+
+/// The credential stitching uses for `registry`: the one place it is looked up, for the job's
+/// first registry (reading what agents pushed, pushing the index) and every other registry its
+/// tags name (copies and the index there) alike. The job's own credential when it sent one for
+/// `registry`, else the coordinator's.
+async fn stitch_credential(
+    state: &AppState,
+    job_credentials: &Result<JobCredentials, String>,
+    registry: &str,
+    fresh: Fresh,
+) -> Result<oci_client::secrets::RegistryAuth, String> {
+    match job_credentials {
+        Ok(c) => state.registry.oci_auth(c, registry, fresh).await,
+        Err(message) => Err(message.clone()),
+    }
 }

@@ -345,6 +345,8 @@ impl RegistryAccess {
             read_timeout: Some(Duration::from_secs(60)),
             extra_root_certificates,
             host_check: Some(Arc::new(move |url| hosts.check(url))),
+            // Copies to a job's other repositories go up in parts ECR takes (see the constant).
+            push_chunk_size: Some(archfarm_protocol::limits::UPLOAD_CHUNK_BYTES),
             ..Default::default()
         })
     }

@@ -3,12 +3,24 @@
 //! The check reads what the registry holds, not what agents said: the manifest must hash to the
 //! reported digest, and its image config must name the platform the build was for, so a mislabelled
 //! agent cannot put an amd64 image into a release's arm64 slot.
+//!
+//! Agents push every platform's image to the job's first repository. When the tags name other
+//! repositories too (as `docker buildx build -t a.lan/team/app:1 -t b.lan/other/app:1` may), the
+//! children are made available in each of them before any tag moves: in the same registry by a
+//! cross-repository blob mount (copied when the registry answers 202 instead), in another registry
+//! by streaming each blob from the first repository (never a whole layer in memory: uploads go in
+//! parts of [`limits::UPLOAD_CHUNK_BYTES`](archfarm_protocol::limits::UPLOAD_CHUNK_BYTES)), then
+//! the child manifests by digest, byte for byte. Only then is the index pushed under every tag,
+//! so every repository serves the same index digest.
+
+use std::collections::HashMap;
 
 use archfarm_protocol::registry_text::{sanitise, sanitise_message};
-use archfarm_protocol::Platform;
+use archfarm_protocol::{ImageRef, Platform};
+use futures::TryStreamExt;
 use oci_client::errors::OciDistributionError;
 use oci_client::manifest::{
-    ImageIndexEntry, OciImageIndex, OciImageManifest, Platform as OciPlatform,
+    ImageIndexEntry, OciDescriptor, OciImageIndex, OciImageManifest, Platform as OciPlatform,
     IMAGE_MANIFEST_LIST_MEDIA_TYPE, IMAGE_MANIFEST_MEDIA_TYPE, OCI_IMAGE_INDEX_MEDIA_TYPE,
     OCI_IMAGE_MEDIA_TYPE,
 };
@@ -79,19 +91,117 @@ pub fn client_for(registry: &str, insecure: bool) -> Client {
     crate::registry::RegistryAccess::default().client_for(registry, insecure)
 }
 
-/// Verifies every build's manifest and pushes the index under every tag of the job, with `auth`
-/// (the job's registry's credential, or anonymous).
+/// A registry as stitching speaks to it: a client and the credential for that registry.
+#[derive(Clone)]
+pub struct Endpoint {
+    /// The client for the registry.
+    pub client: Client,
+    /// Its credential, or anonymous.
+    pub auth: RegistryAuth,
+}
+
+/// One repository the job's tags name, with those tags.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Destination {
+    /// Registry `host[:port]`, as the tags spell it.
+    pub registry: String,
+    /// Repository inside it.
+    pub repository: String,
+    /// The job's tags in this repository, whole references, in the job's order.
+    pub tags: Vec<String>,
+}
+
+impl Destination {
+    /// `registry/repository`.
+    pub fn name(&self) -> String {
+        format!("{}/{}", self.registry, self.repository)
+    }
+
+    fn reference(&self, digest: &str) -> Reference {
+        Reference::with_digest(
+            self.registry.clone(),
+            self.repository.clone(),
+            digest.to_string(),
+        )
+    }
+}
+
+/// The repositories of `tags`, each once, in the order they first appear, with their tags.
+pub fn destinations(tags: &[String]) -> Result<Vec<Destination>, String> {
+    let mut out: Vec<Destination> = Vec::new();
+    for tag in tags {
+        let r = ImageRef::parse(tag).map_err(|e| format!("tag '{tag}' does not parse: {e}"))?;
+        match out
+            .iter_mut()
+            .find(|d| d.registry == r.registry && d.repository == r.repository)
+        {
+            Some(d) => d.tags.push(tag.clone()),
+            None => out.push(Destination {
+                registry: r.registry.clone(),
+                repository: r.repository.clone(),
+                tags: vec![tag.clone()],
+            }),
+        }
+    }
+    Ok(out)
+}
+
+/// The registries of `tags`, each once, in order: the ones stitching needs a credential for.
+pub fn registries(tags: &[String]) -> Result<Vec<String>, String> {
+    let mut out: Vec<String> = Vec::new();
+    for d in destinations(tags)? {
+        if !out.contains(&d.registry) {
+            out.push(d.registry);
+        }
+    }
+    Ok(out)
+}
+
+/// A verified child of the index: its manifest as pushed and the blobs it references.
+struct Child {
+    digest: String,
+    media_type: String,
+    bytes: bytes::Bytes,
+    blobs: Vec<OciDescriptor>,
+}
+
+/// Verifies every build's manifest in the job's first repository and pushes the index under every
+/// tag of the job, after making the children available in every other repository the tags name.
+/// `endpoints` holds a client and credential for every registry of the tags ([`registries`]).
 pub async fn stitch(
-    client: &Client,
-    auth: &RegistryAuth,
+    endpoints: &HashMap<String, Endpoint>,
     job: &JobRow,
     builds: &[BuildRow],
 ) -> Result<Stitched, StitchError> {
-    let registry_err = |e: OciDistributionError| StitchError::Registry {
-        registry: job.registry.clone(),
-        transient: is_transient(&e),
-        message: registry_message(&e),
+    let permanent = |registry: &str, message: String| StitchError::Registry {
+        registry: registry.to_string(),
+        message,
+        transient: false,
     };
+    let targets = destinations(&job.tags).map_err(|m| permanent(&job.registry, m))?;
+    let endpoint = |registry: &str| {
+        endpoints.get(registry).ok_or_else(|| {
+            permanent(
+                registry,
+                "no client or credential was prepared for it".into(),
+            )
+        })
+    };
+    let source = Destination {
+        registry: job.registry.clone(),
+        repository: job.repository.clone(),
+        tags: Vec::new(),
+    };
+    let from = endpoint(&source.registry)?;
+    let registry_err = |registry: &str| {
+        let registry = registry.to_string();
+        move |e: OciDistributionError| StitchError::Registry {
+            registry: registry.clone(),
+            transient: is_transient(&e),
+            message: registry_message(&e),
+        }
+    };
+    let mut children = Vec::with_capacity(builds.len());
     let mut entries = Vec::with_capacity(builds.len());
     for build in builds {
         let digest = build
@@ -103,16 +213,16 @@ pub async fn stitch(
             digest: digest.clone(),
             problem,
         };
-        let reference =
-            Reference::with_digest(job.registry.clone(), job.repository.clone(), digest.clone());
-        let (bytes, _) = client
+        let reference = source.reference(&digest);
+        let (bytes, _) = from
+            .client
             .pull_manifest_raw(
                 &reference,
-                auth,
+                &from.auth,
                 &[OCI_IMAGE_MEDIA_TYPE, IMAGE_MANIFEST_MEDIA_TYPE],
             )
             .await
-            .map_err(registry_err)?;
+            .map_err(registry_err(&source.registry))?;
         let actual = format!("sha256:{}", hex::encode(Sha256::digest(&bytes)));
         if actual != digest {
             return Err(bad(format!("hashes to {actual}")));
@@ -132,10 +242,10 @@ pub async fn stitch(
             .or_else(|| build.media_type.clone())
             .unwrap_or_else(|| OCI_IMAGE_MEDIA_TYPE.to_string());
         let mut config = Vec::new();
-        client
+        from.client
             .pull_blob(&reference, &manifest.config, &mut config)
             .await
-            .map_err(registry_err)?;
+            .map_err(registry_err(&source.registry))?;
         let found: ConfigPlatform = serde_json::from_slice(&config)
             .map_err(|e| bad(format!("has an unreadable image config: {e}")))?;
         let os = found.os.unwrap_or_default();
@@ -152,39 +262,128 @@ pub async fn stitch(
             });
         }
         entries.push(ImageIndexEntry {
-            media_type,
-            digest,
+            media_type: media_type.clone(),
+            digest: digest.clone(),
             size: bytes.len() as i64,
             platform: Some(oci_platform(&build.platform)),
             annotations: None,
             artifact_type: None,
         });
+        let mut blobs = manifest.layers.clone();
+        blobs.push(manifest.config.clone());
+        children.push(Child {
+            digest,
+            media_type,
+            bytes,
+            blobs,
+        });
     }
     let (bytes, media_type) = index_bytes(entries, &job.image_meta.index_annotations);
     let digest = format!("sha256:{}", hex::encode(Sha256::digest(&bytes)));
-    for tag in &job.tags {
-        let reference: Reference = tag.parse().map_err(|e| StitchError::Registry {
-            registry: job.registry.clone(),
-            message: format!("tag '{tag}' does not parse: {e}"),
-            transient: false,
-        })?;
-        client
-            .store_auth_if_needed(reference.resolve_registry(), auth)
-            .await;
-        let content_type = media_type
-            .parse()
-            .expect("media types are valid header values");
-        client
-            .push_manifest_raw(&reference, bytes.clone(), content_type)
+    // Every repository gets the children before any tag moves.
+    for target in targets
+        .iter()
+        .filter(|t| (&t.registry, &t.repository) != (&source.registry, &source.repository))
+    {
+        let to = endpoint(&target.registry)?;
+        copy_children(&source, from, target, to, &children)
             .await
-            .map_err(registry_err)?;
-        tracing::info!(job.id = %job.id, tag, digest, "index pushed");
+            .map_err(registry_err(&target.registry))?;
+        tracing::info!(job.id = %job.id, repository = %target.name(), children = children.len(), "children available");
+    }
+    for target in &targets {
+        let to = endpoint(&target.registry)?;
+        for tag in &target.tags {
+            let reference: Reference = tag.parse().map_err(|e| {
+                permanent(&target.registry, format!("tag '{tag}' does not parse: {e}"))
+            })?;
+            to.client
+                .store_auth_if_needed(reference.resolve_registry(), &to.auth)
+                .await;
+            let content_type = media_type
+                .parse()
+                .expect("media types are valid header values");
+            to.client
+                .push_manifest_raw(&reference, bytes.clone(), content_type)
+                .await
+                .map_err(registry_err(&target.registry))?;
+            tracing::info!(job.id = %job.id, tag, digest, "index pushed");
+        }
     }
     Ok(Stitched {
         digest,
         media_type: media_type.to_string(),
         size: bytes.len() as i64,
     })
+}
+
+/// Makes `children` available in `target`: each blob it lacks mounted from `source` (same
+/// registry) or copied, then each manifest put by digest with the bytes the agent pushed.
+async fn copy_children(
+    source: &Destination,
+    from: &Endpoint,
+    target: &Destination,
+    to: &Endpoint,
+    children: &[Child],
+) -> Result<(), OciDistributionError> {
+    let same_registry = source.registry == target.registry;
+    let repository = Reference::with_tag(
+        target.registry.clone(),
+        target.repository.clone(),
+        "latest".into(),
+    );
+    to.client
+        .store_auth_if_needed(repository.resolve_registry(), &to.auth)
+        .await;
+    let mut seen: Vec<&str> = Vec::new();
+    for blob in children.iter().flat_map(|c| &c.blobs) {
+        if seen.contains(&blob.digest.as_str()) {
+            continue;
+        }
+        seen.push(&blob.digest);
+        let at = target.reference(&blob.digest);
+        if to.client.blob_exists(&at, &blob.digest).await? {
+            tracing::debug!(repository = %target.name(), blob = %blob.digest, "blob already there");
+            continue;
+        }
+        let here = source.reference(&blob.digest);
+        if same_registry
+            && to
+                .client
+                .try_mount_blob(&at, &here, &blob.digest, &to.auth)
+                .await?
+        {
+            tracing::debug!(repository = %target.name(), blob = %blob.digest, from = %source.name(), "blob mounted");
+            continue;
+        }
+        // Streamed from one registry to the other: oci-client holds one part at a time.
+        let stream = from
+            .client
+            .pull_blob_stream(&here, blob)
+            .await?
+            .map_err(OciDistributionError::from);
+        let size = u64::try_from(blob.size).ok();
+        to.client
+            .push_blob_stream(&at, stream, &blob.digest, size)
+            .await?;
+        tracing::debug!(repository = %target.name(), blob = %blob.digest, size = blob.size, "blob copied");
+    }
+    for child in children {
+        let content_type = child.media_type.parse().map_err(|_| {
+            OciDistributionError::GenericError(Some(format!(
+                "media type {:?} is not a header value",
+                child.media_type
+            )))
+        })?;
+        to.client
+            .push_manifest_raw(
+                &target.reference(&child.digest),
+                child.bytes.clone(),
+                content_type,
+            )
+            .await?;
+    }
+    Ok(())
 }
 
 /// A registry failure in one bounded line, sanitised (the registry's body is its own words, and

@@ -231,3 +231,158 @@ async fn jobs_push_only_to_allowed_registries() {
     }
     c.stop().await;
 }
+
+/// Tags in several repositories and registries: every repository passes the checks one would,
+/// and a refusal names the repository it is about, with no job made.
+#[tokio::test]
+async fn every_repository_of_a_jobs_tags_is_checked() {
+    let c = Coordinator::start(&[
+        "--api-token",
+        ADMIN,
+        "--allowed-registry",
+        "localhost:5000,ghcr.io",
+    ])
+    .await;
+    let limited: CreatedToken = call(
+        &c,
+        Method::POST,
+        "/tokens",
+        ADMIN,
+        Some(json!({"kind": "api", "scope": "submit", "name": "team-a",
+                    "repositories": ["localhost:5000/team-a/*", "ghcr.io/team-a/*"]})),
+    )
+    .await
+    .json()
+    .await
+    .unwrap();
+    let context = c.upload_as(Some(&limited.token), FILES).await;
+    let tags =
+        |tags: &[&str]| json!({"context": context, "platforms": ["linux/arm64"], "tags": tags});
+    let jobs_now = |c: &Coordinator| {
+        let c = c.http.get(c.url("/jobs")).bearer_auth(ADMIN).send();
+        async move {
+            c.await.unwrap().json::<Value>().await.unwrap()["jobs"]
+                .as_array()
+                .unwrap()
+                .len()
+        }
+    };
+
+    let job: Job = call(
+        &c,
+        Method::POST,
+        "/jobs",
+        &limited.token,
+        Some(tags(&[
+            "localhost:5000/team-a/app:1",
+            "localhost:5000/team-a/mirror:1",
+            "ghcr.io/team-a/app:1",
+            "localhost:5000/team-a/app:latest",
+        ])),
+    )
+    .await
+    .json()
+    .await
+    .unwrap();
+    assert_eq!(
+        job.repositories,
+        [
+            "localhost:5000/team-a/app",
+            "localhost:5000/team-a/mirror",
+            "ghcr.io/team-a/app"
+        ]
+    );
+    assert_eq!(job.tags.len(), 4);
+    let before = jobs_now(&c).await;
+
+    // One repository outside the token's patterns: 403 naming it, nothing queued.
+    let (status, e) = error_of(
+        call(
+            &c,
+            Method::POST,
+            "/jobs",
+            &limited.token,
+            Some(tags(&[
+                "localhost:5000/team-a/app:2",
+                "ghcr.io/team-b/app:2",
+            ])),
+        )
+        .await,
+    )
+    .await;
+    assert_eq!(status, StatusCode::FORBIDDEN);
+    assert_eq!(e.code, "repository_not_allowed");
+    assert!(
+        e.message
+            .starts_with("this job would push to ghcr.io/team-b/app, which is outside"),
+        "{}",
+        e.message
+    );
+    // One registry the farm does not push to: 400 naming it, for any caller.
+    let (status, e) = error_of(
+        call(
+            &c,
+            Method::POST,
+            "/jobs",
+            ADMIN,
+            Some(tags(&[
+                "localhost:5000/team-a/app:2",
+                "quay.io/team-a/app:2",
+            ])),
+        )
+        .await,
+    )
+    .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    assert_eq!(e.code, "registry_not_allowed");
+    assert!(
+        e.message.ends_with("quay.io is not among them"),
+        "{}",
+        e.message
+    );
+    assert_eq!(jobs_now(&c).await, before, "a refused job was stored");
+
+    // Cancelling takes every repository too: a token for the first alone may not.
+    let first_only: CreatedToken = call(
+        &c,
+        Method::POST,
+        "/tokens",
+        ADMIN,
+        Some(json!({"kind": "api", "scope": "submit",
+                    "repositories": ["localhost:5000/team-a/app"]})),
+    )
+    .await
+    .json()
+    .await
+    .unwrap();
+    let (status, e) = error_of(
+        call(
+            &c,
+            Method::POST,
+            &format!("/jobs/{}/cancel", job.id),
+            &first_only.token,
+            None,
+        )
+        .await,
+    )
+    .await;
+    assert_eq!(status, StatusCode::FORBIDDEN);
+    assert!(
+        e.message.starts_with(&format!(
+            "job {} pushes to localhost:5000/team-a/mirror",
+            job.id
+        )),
+        "{}",
+        e.message
+    );
+    let res = call(
+        &c,
+        Method::POST,
+        &format!("/jobs/{}/cancel", job.id),
+        &limited.token,
+        None,
+    )
+    .await;
+    assert_eq!(res.status(), StatusCode::OK);
+    c.stop().await;
+}

@@ -291,6 +291,42 @@ async fn a_running_build_shows_on_its_agent_and_in_the_timeline() {
 }
 
 #[tokio::test]
+async fn a_job_with_tags_in_several_repositories_lists_them() {
+    let c = Coordinator::start(&[]).await;
+    let web = Pages::of(&c);
+    let ctx = context(&c).await;
+    let several = submit(
+        &c,
+        json!({"context": ctx, "platforms": ["linux/arm64"],
+               "tags": ["r.lan/team/app:1", "r.lan/mirror/app:1", "ghcr.io/team/app:1"]}),
+    )
+    .await;
+    let (_, html) = web.get(&format!("/jobs/{}", several.id)).await;
+    let list = &html[html
+        .find("id=\"job-repositories\"")
+        .expect("a repository list")..];
+    let list = &list[..list.find("</ul>").unwrap()];
+    let items: Vec<&str> = list.split("<li>").skip(1).collect();
+    assert_eq!(items.len(), 3, "{list}");
+    assert!(
+        items[0].contains("<code>r.lan/team/app</code>")
+            && items[0].contains("built and pushed here"),
+        "{list}"
+    );
+    assert!(items[1].contains("<code>r.lan/mirror/app</code>"), "{list}");
+    assert!(items[2].contains("<code>ghcr.io/team/app</code>"), "{list}");
+    // One repository: nothing more to say than the tags.
+    let one = submit(
+        &c,
+        json!({"context": ctx, "platforms": ["linux/arm64"], "tags": ["r.lan/team/app:2"]}),
+    )
+    .await;
+    let (_, html) = web.get(&format!("/jobs/{}", one.id)).await;
+    assert!(!html.contains("job-repositories"));
+    c.stop().await;
+}
+
+#[tokio::test]
 async fn an_unknown_or_malformed_job_is_an_html_404() {
     let c = Coordinator::start(&[]).await;
     let web = Pages::of(&c);

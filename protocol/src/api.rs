@@ -341,6 +341,11 @@ pub struct Job {
     pub state: JobState,
     /// References the index is pushed under.
     pub tags: Vec<String>,
+    /// The repositories the tags name (`REGISTRY/REPOSITORY`), each once, in the tags' order:
+    /// agents push every platform's image to the first, stitching makes them available in the
+    /// others and pushes the same index to all.
+    #[serde(default)]
+    pub repositories: Vec<String>,
     /// Normalised platforms, in the order requested.
     pub platforms: Vec<Platform>,
     /// Digest of the pushed index, once succeeded.

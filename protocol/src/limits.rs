@@ -1,7 +1,7 @@
 //! Caps on a build context archive, shared by the coordinator (which checks an upload before it
 //! stores it) and agents (which check again as they unpack), so both refuse the same archives;
-//! and on a job's build secrets, shared by the CLI (which checks before it uploads anything) and
-//! the coordinator.
+//! on a job's build secrets, shared by the CLI (which checks before it uploads anything) and
+//! the coordinator; and the part size of blob uploads to registries.
 //!
 //! A context comes from whoever submitted the job, so every number here bounds what reading one
 //! costs: entry data, entry count, the headers before each entry (GNU long names and PAX records,
@@ -27,6 +27,14 @@ pub const MAX_SECRETS: usize = 32;
 pub const MAX_SECRETS_TOTAL_BYTES: usize = 768 * 1024;
 /// Longest build secret id, in bytes. It names a file under `/run/secrets/` in a `RUN` step.
 pub const MAX_SECRET_ID_BYTES: usize = 128;
+
+/// Bytes per `PATCH` of a chunked blob upload, for agents' pushes and the coordinator's copies
+/// alike (oci-client's `ClientConfig::push_chunk_size`): every part but a blob's last is this
+/// large, and a blob no larger goes up in one `PUT`. Amazon ECR refuses a non-final part under
+/// 5 MiB (S3 multipart upload's minimum) with `400 PART_TOO_SMALL`; 8 MiB clears it with room,
+/// keeps what an upload holds in memory to one part, and keeps each request short enough for the
+/// registry read timeouts on a slow link.
+pub const UPLOAD_CHUNK_BYTES: usize = 8 << 20;
 
 /// Caps on what one context may unpack to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -17,6 +17,7 @@ pub mod checks;
 pub mod context;
 pub mod coordinator;
 pub mod database;
+pub mod ecr_proxy;
 pub mod elf;
 pub mod metrics;
 pub mod oci;
@@ -38,6 +39,7 @@ pub use buildah::Buildah;
 pub use context::{repo_root, BuildContext};
 pub use coordinator::{run_cli, BackgroundCli, Coordinator, CoordinatorOptions, CLI_TIMEOUT};
 pub use database::Database;
+pub use ecr_proxy::EcrProxy;
 pub use metrics::{scrape, Scrape};
 pub use oci::ImageFs;
 pub use process::{

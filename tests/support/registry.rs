@@ -155,6 +155,11 @@ impl Registry {
     pub fn log_tail(&self, lines: usize) -> String {
         self.daemon.log_tail(lines)
     }
+
+    /// Everything the registry logged (one line per request it answered, among others).
+    pub fn log(&self) -> String {
+        self.daemon.log()
+    }
 }
 
 /// Starts `docker-registry serve CONFIG` and waits until `GET /v2/` answers 200; the daemon is

@@ -169,6 +169,7 @@ async fn submit(State(s): State<Shared>, Json(req): Json<JobRequest>) -> Respons
         id: Uuid::new_v4(),
         state: JobState::Queued,
         tags: req.tags.clone(),
+        repositories: Vec::new(),
         platforms: all
             .iter()
             .map(|(p, _)| Platform::parse(p).unwrap())

@@ -100,19 +100,11 @@ pub fn validate(req: JobRequest) -> Result<NewJob, ApiError> {
             ));
         }
         r.tag.get_or_insert_with(|| "latest".to_string());
-        if let Some(first) = refs.first() {
-            if first.name() != r.name() {
-                return Err(ApiError::bad(
-                    "invalid_reference",
-                    format!(
-                        "all tags must be in one repository; got {} and {}",
-                        first.name(),
-                        r.name()
-                    ),
-                ));
-            }
+        // Tags may name several repositories and registries, as buildx's do: agents push to the
+        // first one's, stitching copies the children to the others (crate::stitch).
+        if !refs.contains(&r) {
+            refs.push(r);
         }
-        refs.push(r);
     }
     validate_dockerfile_path(&req.dockerfile)?;
     if req.build_args.len() > MAX_BUILD_ARGS {
@@ -296,7 +288,10 @@ fn check_credentials(
         )));
     }
     let normal = |r: &str| archfarm_protocol::registry_auth::normalise_registry(r).ok();
+    // Every tag's registry: the index (and the children) go to each of them.
+    let tag_registries = crate::stitch::registries(&job.tags).unwrap_or_default();
     let pushes_to: Vec<String> = std::iter::once(&job.registry)
+        .chain(&tag_registries)
         .chain(
             job.cache
                 .to
@@ -388,19 +383,30 @@ async fn create(
 ) -> Result<(StatusCode, Json<archfarm_protocol::api::Job>), ApiError> {
     let sent = std::mem::take(&mut req.registry_credentials);
     let mut job = validate(req)?;
+    // Every repository the tags name passes the checks a single one would.
+    let targets = crate::stitch::destinations(&job.tags)
+        .map_err(|m| ApiError::bad("invalid_reference", m))?;
     // The farm's limit first: it holds for every caller, so it is a 400 (this request cannot be
     // served here), where a token's own patterns are a 403 (this caller may not).
-    if !state.config.registry_allowed(&job.registry) {
-        return Err(ApiError::bad(
-            "registry_not_allowed",
-            format!(
-                "this farm pushes only to {}; {} is not among them",
-                state.config.allowed_registries.join(", "),
-                job.registry
-            ),
-        ));
+    for target in &targets {
+        if !state.config.registry_allowed(&target.registry) {
+            return Err(ApiError::bad(
+                "registry_not_allowed",
+                format!(
+                    "this farm pushes only to {}; {} is not among them",
+                    state.config.allowed_registries.join(", "),
+                    target.registry
+                ),
+            ));
+        }
     }
-    caller.may_push(&job.registry, &job.repository, "this job would push to")?;
+    for target in &targets {
+        caller.may_push(
+            &target.registry,
+            &target.repository,
+            "this job would push to",
+        )?;
+    }
     // Before the farm's default cache is added: a job's credential is for where it pushes.
     let own = check_credentials(sent, &job)?;
     settle_caches(&mut job, &state.config, &caller)?;
@@ -560,12 +566,20 @@ async fn cancel(
         .get_job(id)
         .await?
         .ok_or_else(|| ApiError::NotFound(format!("no job with id '{id}'")))?;
-    // A limited token stops only jobs it could have submitted.
+    // A limited token stops only jobs it could have submitted: every repository is its own.
+    let targets = crate::stitch::destinations(&row.tags).unwrap_or_default();
     caller.may_push(
         &row.registry,
         &row.repository,
         &format!("job {id} pushes to"),
     )?;
+    for target in &targets {
+        caller.may_push(
+            &target.registry,
+            &target.repository,
+            &format!("job {id} pushes to"),
+        )?;
+    }
     match row.state {
         JobState::Stitching => {
             // Its index may be landing under the release tags right now; a "cancelled" job must
@@ -668,11 +682,6 @@ mod tests {
                 "must be lowercase",
             ),
             (req(&["amd64"], &[]), "invalid_reference", "no tags"),
-            (
-                req(&["amd64"], &["localhost:5000/a:1", "localhost:5000/b:1"]),
-                "invalid_reference",
-                "one repository",
-            ),
         ];
         for (r, code, needle) in cases {
             let (c, m) = message(validate(r).unwrap_err());
@@ -740,6 +749,34 @@ mod tests {
         }
         let big = "x".repeat(MAX_REGISTRY_SECRET_BYTES + 1);
         assert!(check_credentials(sent(&[("r.lan:5000", big.as_str())]), &job).is_err());
+    }
+
+    #[test]
+    fn tags_may_name_several_repositories_and_the_first_is_built() {
+        let job = validate(req(
+            &["amd64"],
+            &[
+                "b.lan/x/app:1",
+                "a.lan/team/app",
+                "b.lan/x/app:1",
+                "b.lan/y/app:1",
+            ],
+        ))
+        .unwrap();
+        assert_eq!(
+            job.tags,
+            ["b.lan/x/app:1", "a.lan/team/app:latest", "b.lan/y/app:1"]
+        );
+        assert_eq!(
+            (job.registry.as_str(), job.repository.as_str()),
+            ("b.lan", "x/app")
+        );
+        let names: Vec<String> = crate::stitch::destinations(&job.tags)
+            .unwrap()
+            .iter()
+            .map(|d| d.name())
+            .collect();
+        assert_eq!(names, ["b.lan/x/app", "a.lan/team/app", "b.lan/y/app"]);
     }
 
     #[test]

@@ -63,10 +63,14 @@ pub async fn job(state: &AppState, job: JobRow, fleet: &Fleet) -> StoreResult<ap
             *value = REDACTED.to_string();
         }
     }
+    let repositories = crate::stitch::destinations(&job.tags)
+        .map(|ds| ds.iter().map(|d| d.name()).collect())
+        .unwrap_or_else(|_| vec![format!("{}/{}", job.registry, job.repository)]);
     Ok(api::Job {
         id: job.id,
         state: job.state,
         tags: job.tags,
+        repositories,
         platforms: job.platforms,
         index_digest: job.index_digest,
         index_media_type: job.index_media_type,

@@ -32,6 +32,8 @@ struct Head {
     id: String,
     state: &'static str,
     tags: Vec<String>,
+    /// The repositories the tags name, when more than one (agents push to the first).
+    repositories: Vec<String>,
     /// Who submitted it, as its client declared; empty when unknown.
     submitter: String,
     created_iso: String,
@@ -153,6 +155,11 @@ fn head(job: &Job, span: &Span, now: i64) -> Head {
         id: job.id.to_string(),
         state: job.state.as_str(),
         tags: job.tags.clone(),
+        repositories: if job.repositories.len() > 1 {
+            job.repositories.clone()
+        } else {
+            Vec::new()
+        },
         submitter: job.submitter.clone().unwrap_or_default(),
         created_iso: format::iso(created),
         created_utc: format::utc(created),

@@ -393,11 +393,15 @@ impl TryFrom<ClientConfig> for Client {
         }
 
         let default_token_expiration_secs = config.default_token_expiration_secs;
+        let push_chunk_size = config
+            .push_chunk_size
+            .filter(|n| *n > 0)
+            .unwrap_or(PUSH_CHUNK_MAX_SIZE);
         Ok(Self {
             config: Arc::new(config),
             tokens: TokenCache::new(default_token_expiration_secs),
             client: client_builder.build()?,
-            push_chunk_size: PUSH_CHUNK_MAX_SIZE,
+            push_chunk_size,
             ..Default::default()
         })
     }
@@ -748,7 +752,11 @@ impl Client {
         blob_digest: &str,
         size: Option<u64>,
     ) -> Result<String> {
-        if self.config.use_monolithic_push {
+        // archfarm's patch: with `push_chunk_size` set, a blob that fits in one part goes up in
+        // one PUT (see `ClientConfig::push_chunk_size`).
+        let small = self.config.push_chunk_size.is_some()
+            && size.is_some_and(|s| s <= self.push_chunk_size as u64);
+        if self.config.use_monolithic_push || small {
             let size = size.ok_or_else(|| {
                 OciDistributionError::GenericError(Some(
                     "size must be provided when use_monolithic_push is enabled".to_string(),
@@ -859,6 +867,23 @@ impl Client {
         authentication: &RegistryAuth,
         operation: RegistryOperation,
     ) -> Result<Option<RegistryTokenType>> {
+        // Allow for either push or pull authentication
+        let scope = match operation {
+            RegistryOperation::Pull => format!("repository:{}:pull", image.repository()),
+            RegistryOperation::Push => format!("repository:{}:pull,push", image.repository()),
+        };
+        self.auth_for_scopes(image, authentication, &[scope]).await
+    }
+
+    /// `_auth` for any scopes: one token covering all of them (a `scope` parameter each).
+    ///
+    /// archfarm's patch: split out of `_auth` so a cross-repository mount can ask for two scopes.
+    async fn auth_for_scopes(
+        &self,
+        image: &Reference,
+        authentication: &RegistryAuth,
+        scopes: &[String],
+    ) -> Result<Option<RegistryTokenType>> {
         debug!("Authorizing for image: {:?}", image);
         // The version request will tell us where to go.
         let url = format!(
@@ -894,15 +919,10 @@ impl Client {
             }
         };
 
-        // Allow for either push or pull authentication
-        let scope = match operation {
-            RegistryOperation::Pull => format!("repository:{}:pull", image.repository()),
-            RegistryOperation::Push => format!("repository:{}:pull,push", image.repository()),
-        };
-
         let realm = challenge.realm.as_ref();
         let service = challenge.service.as_ref();
-        let mut query = vec![("scope", &scope)];
+        let scope = scopes.join(" ");
+        let mut query: Vec<(&str, &String)> = scopes.iter().map(|s| ("scope", s)).collect();
 
         if let Some(s) = service {
             query.push(("service", s))
@@ -1756,10 +1776,16 @@ impl Client {
             .send()
             .await?;
 
+        // archfarm's patch: ECR answers a PATCH with 201 Created where the specification says
+        // 202 Accepted; both mean the chunk was taken.
+        let expected = if res.status() == reqwest::StatusCode::CREATED {
+            reqwest::StatusCode::CREATED
+        } else {
+            reqwest::StatusCode::ACCEPTED
+        };
         // Returns location for next chunk and the start byte for the next range
         Ok((
-            self.extract_location_header(image, res, &reqwest::StatusCode::ACCEPTED)
-                .await?,
+            self.extract_location_header(image, res, &expected).await?,
             end_range_inclusive + 1,
         ))
     }
@@ -1783,16 +1809,30 @@ impl Client {
         let mut size = 0u64;
 
         let mut blob_data_stream = pin!(blob_data_stream);
+        // archfarm's patch: items are gathered until a whole chunk is there, so every PATCH but
+        // the last carries exactly `push_chunk_size` bytes however the stream cuts its items
+        // (upstream sent each item as it came, e.g. a file reader's 2 MiB reads). Holds at most
+        // one chunk plus one item.
+        let mut pending = bytes::BytesMut::new();
 
-        while let Some(blob_data) = blob_data_stream.next().await {
-            let mut blob_data = blob_data?;
-            while !blob_data.is_empty() {
-                let chunk = blob_data.split_to(self.push_chunk_size.min(blob_data.len()));
+        loop {
+            let next = blob_data_stream.next().await;
+            let done = next.is_none();
+            if let Some(blob_data) = next {
+                pending.extend_from_slice(&blob_data?);
+            }
+            while pending.len() >= self.push_chunk_size || (done && !pending.is_empty()) {
+                let chunk = pending
+                    .split_to(self.push_chunk_size.min(pending.len()))
+                    .freeze();
                 size += chunk.len() as u64;
                 on_chunk(&chunk);
                 (location, range_start) = self
                     .push_chunk(&location, image, chunk, range_start)
                     .await?;
+            }
+            if done {
+                break;
             }
         }
 
@@ -1824,6 +1864,105 @@ impl Client {
             .await?;
 
         Ok(())
+    }
+
+    /// Mounts blob `digest` of `source` into `image`'s repository on the same registry, asking
+    /// for one token with two scopes (`repository:TARGET:pull,push` and `repository:SOURCE:pull`),
+    /// which a token-auth registry needs before it lets a mount read the source.
+    ///
+    /// `Ok(true)`: the registry mounted it (201). `Ok(false)`: it did not, and the blob must be
+    /// uploaded: the registry answered 202 (it opened an upload session instead, as registries
+    /// that do not mount, or not this blob, do; the session is cancelled here) or 401/403 (the
+    /// credential may not read the source). Anything else is an error.
+    ///
+    /// archfarm's patch: upstream's `mount_blob` asks for the target's scope alone and takes 202
+    /// as an error.
+    pub async fn try_mount_blob(
+        &self,
+        image: &Reference,
+        source: &Reference,
+        digest: &str,
+        auth: &RegistryAuth,
+    ) -> Result<bool> {
+        self.store_auth_if_needed(image.resolve_registry(), auth)
+            .await;
+        let token = match self.tokens.get_mount(image, source.repository()).await {
+            Some(token) => Some(token),
+            None => {
+                let scopes = [
+                    format!("repository:{}:pull,push", image.repository()),
+                    format!("repository:{}:pull", source.repository()),
+                ];
+                let token = self.auth_for_scopes(image, auth, &scopes).await?;
+                if let Some(token) = &token {
+                    self.tokens
+                        .insert_mount(image, source.repository(), token.clone())
+                        .await;
+                }
+                token
+            }
+        };
+        let with_token = |request: RequestBuilder| match &token {
+            Some(RegistryTokenType::Bearer(t)) => request.bearer_auth(t.token()),
+            Some(RegistryTokenType::Basic(user, password)) => {
+                request.basic_auth(user, Some(password))
+            }
+            None => request,
+        };
+        let base_url = self.to_v2_blob_upload_url(image);
+        let url = Url::parse_with_params(
+            &base_url,
+            &[("mount", digest), ("from", source.repository())],
+        )
+        .map_err(|e| OciDistributionError::UrlParseError(e.to_string()))?;
+        debug!(%url, "mounting blob");
+        let res = with_token(self.client.post(url).header("Content-Length", 0))
+            .send()
+            .await?;
+        match res.status() {
+            StatusCode::CREATED => Ok(true),
+            StatusCode::ACCEPTED => {
+                // An upload session nobody will use: cancelled, as far as the registry lets us.
+                if let Some(location) = res.headers().get(reqwest::header::LOCATION) {
+                    if let Ok(url) = self.location_header_to_url(image, location) {
+                        if self.targets_same_registry(image, &url) {
+                            let cancelled = with_token(self.client.delete(&url)).send().await;
+                            debug!(?cancelled, "cancelled the upload session a mount opened");
+                        }
+                    }
+                }
+                Ok(false)
+            }
+            StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN => {
+                debug!(status = %res.status(), "the registry refused the mount");
+                Ok(false)
+            }
+            code => {
+                let url = res.url().to_string();
+                let message = res.text().await?;
+                Err(OciDistributionError::ServerError {
+                    url,
+                    code: code.as_u16(),
+                    message,
+                })
+            }
+        }
+    }
+
+    /// Whether `url` is on `image`'s registry (host and port), so a credential may go there.
+    fn targets_same_registry(&self, image: &Reference, url: &str) -> bool {
+        let registry = image.resolve_registry();
+        let Ok(own) = Url::parse(&format!(
+            "{}://{registry}",
+            self.config.protocol.scheme_for(registry)
+        )) else {
+            return false;
+        };
+        Url::parse(url).is_ok_and(|u| {
+            u.host_str() == own.host_str()
+                && u.port_or_known_default() == own.port_or_known_default()
+                && (own.scheme() != "https" || u.scheme() == "https")
+        })
     }
 
     /// Pushes the manifest for a specified image
@@ -2612,6 +2751,16 @@ pub struct ClientConfig {
     ///
     /// archfarm's patch: registries are chosen by whoever submits a build.
     pub host_check: Option<HostCheck>,
+
+    /// Bytes per `PATCH` of a chunked blob upload; `None` (the default) keeps upstream's 4 MiB.
+    /// With it set, [`Client::push_blob_stream`] also sends a blob whose size is given and at most
+    /// this many bytes in one `PUT` (a monolithic upload: `POST`, then `PUT` with the body) instead
+    /// of `POST`, `PATCH`, `PUT`. Every `PATCH` but a blob's last carries exactly this many bytes
+    /// (stream items are gathered up to it), so a registry with a minimum part size (ECR: 5 MiB)
+    /// takes every part when this is at least that.
+    ///
+    /// archfarm's patch: Amazon ECR refuses non-final parts under 5 MiB.
+    pub push_chunk_size: Option<usize>,
 }
 
 /// See [`ClientConfig::host_check`].
@@ -2641,6 +2790,7 @@ impl Default for ClientConfig {
             http_proxy: None,
             no_proxy: None,
             host_check: None,
+            push_chunk_size: None,
         }
     }
 }

@@ -116,17 +116,63 @@ impl TokenCache {
         op: RegistryOperation,
         token: RegistryTokenType,
     ) {
-        let expiration = match token {
-            RegistryTokenType::Basic(_, _) => u64::MAX,
-            RegistryTokenType::Bearer(ref t) => {
-                match bearer_token_cache_expiration(t.token(), self.default_expiration_secs) {
-                    Some(value) => value,
-                    None => return,
-                }
-            }
+        let Some(expiration) = self.expiration(&token) else {
+            return;
         };
         let registry = reference.resolve_registry().to_string();
         let repository = reference.repository().to_string();
+        self.insert_key(registry, repository, op, token, expiration)
+            .await;
+    }
+
+    /// A token for a cross-repository mount from `from` into `target`: the same cache, under a
+    /// key no repository can have (names hold no newline).
+    ///
+    /// archfarm's patch, for `Client::try_mount_blob`.
+    pub(crate) async fn insert_mount(
+        &self,
+        target: &Reference,
+        from: &str,
+        token: RegistryTokenType,
+    ) {
+        let Some(expiration) = self.expiration(&token) else {
+            return;
+        };
+        let registry = target.resolve_registry().to_string();
+        let key = format!("{}\n{from}", target.repository());
+        self.insert_key(registry, key, RegistryOperation::Push, token, expiration)
+            .await;
+    }
+
+    /// See [`TokenCache::insert_mount`].
+    pub(crate) async fn get_mount(
+        &self,
+        target: &Reference,
+        from: &str,
+    ) -> Option<RegistryTokenType> {
+        let registry = target.resolve_registry().to_string();
+        let key = format!("{}\n{from}", target.repository());
+        self.get_key(registry, key, RegistryOperation::Push).await
+    }
+
+    /// When a token leaves the cache; `None` when it is not to be cached (as in `insert`).
+    fn expiration(&self, token: &RegistryTokenType) -> Option<u64> {
+        match token {
+            RegistryTokenType::Basic(_, _) => Some(u64::MAX),
+            RegistryTokenType::Bearer(t) => {
+                bearer_token_cache_expiration(t.token(), self.default_expiration_secs)
+            }
+        }
+    }
+
+    async fn insert_key(
+        &self,
+        registry: String,
+        repository: String,
+        op: RegistryOperation,
+        token: RegistryTokenType,
+        expiration: u64,
+    ) {
         debug!(%registry, %repository, ?op, %expiration, "Inserting token");
         self.tokens.write().await.insert(
             TokenCacheKey {
@@ -145,6 +191,15 @@ impl TokenCache {
     ) -> Option<RegistryTokenType> {
         let registry = reference.resolve_registry().to_string();
         let repository = reference.repository().to_string();
+        self.get_key(registry, repository, op).await
+    }
+
+    async fn get_key(
+        &self,
+        registry: String,
+        repository: String,
+        op: RegistryOperation,
+    ) -> Option<RegistryTokenType> {
         let key = TokenCacheKey {
             registry,
             repository,

@@ -284,6 +284,100 @@ fn the_pipelines_own_credential_pushes_and_leaves_no_trace() {
     );
 }
 
+/// Tags in two registries, each with its own password, both only in the pipeline's docker
+/// config: agents push with the first registry's, the coordinator copies the children and pushes
+/// the index into the second with the second's.
+#[test]
+fn the_pipelines_own_credentials_reach_every_tags_registry() {
+    preflight();
+    let ca = TestCa::new("two-registries-ca");
+    let first = SecureRegistry::start(&ca, "first");
+    let second = SecureRegistry::start(&ca, "second");
+    let (coordinator, agent) = farm(
+        &ca,
+        &first,
+        CoordinatorOptions::default()
+            .arg("--secure-registry")
+            .arg(second.host()),
+    );
+    let scratch = Scratch::new("two-registries");
+    let config_dir = scratch.join("docker");
+    std::fs::create_dir_all(&config_dir).unwrap();
+    let auth = |r: &SecureRegistry| {
+        base64::engine::general_purpose::STANDARD.encode(format!("{}:{}", r.user(), r.password()))
+    };
+    std::fs::write(
+        config_dir.join("config.json"),
+        serde_json::json!({ "auths": {
+            first.host(): { "auth": auth(&first) },
+            second.host(): { "auth": auth(&second) },
+        }})
+        .to_string(),
+    )
+    .unwrap();
+    let first_tag = format!("{}/team/app:1", first.host());
+    let second_tag = format!("{}/mirror/app:1", second.host());
+    let hello = BuildContext::hello();
+    let out = cli_with_env(
+        &coordinator,
+        &[("DOCKER_CONFIG", config_dir.display().to_string())],
+        &[
+            "build",
+            "--progress",
+            "plain",
+            "--platform",
+            "linux/amd64",
+            "-t",
+            &first_tag,
+            "-t",
+            &second_tag,
+            &hello.arg(),
+        ],
+    );
+    let stderr = text(&out.stderr);
+    println!("--- archfarm build with tags in two registries:\n{stderr}");
+    assert!(out.status.success(), "{stderr}");
+    for r in [&first, &second] {
+        assert!(
+            stderr.contains(r.host()),
+            "the CLI names both registries it sent credentials for: {stderr}"
+        );
+    }
+    let printed = last_line(&out.stdout);
+    for (registry, tag) in [(&first, &first_tag), (&second, &second_tag)] {
+        let (index, digest) = read_back(registry, &ca, tag);
+        assert_eq!(digest, printed, "{tag} holds the printed index");
+        let child = index["manifests"][0]["digest"].as_str().expect("a child");
+        let repo = tag.rsplit_once(':').expect("a tag").0;
+        // The child itself is in each repository, not only the index naming it.
+        skopeo(&[
+            "inspect",
+            "--raw",
+            "--creds",
+            &registry.creds(),
+            "--cert-dir",
+            &ca.cert_dir().display().to_string(),
+            &format!("docker://{repo}@{child}"),
+        ])
+        .unwrap_or_else(|e| panic!("{repo}@{child}: {e}"));
+        println!("skopeo: {tag} is {digest}, its child {child} is there too");
+    }
+    for registry in [&first, &second] {
+        for needle in forms(registry.user(), registry.password()) {
+            assert!(
+                !coordinator.log().contains(&needle),
+                "a password in the coordinator's log"
+            );
+            assert!(
+                !agent.log().contains(&needle),
+                "a password in the agent's log"
+            );
+            let stored = coordinator.stored_containing(&needle);
+            assert!(stored.is_empty(), "a password is stored in {stored:?}");
+        }
+    }
+}
+
 #[test]
 fn a_credential_helper_on_the_coordinator_follows_a_rotated_password() {
     preflight();

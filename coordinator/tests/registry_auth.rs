@@ -152,6 +152,75 @@ async fn leases_carry_their_registrys_credential_and_secrets_stay_hidden() {
     c.stop().await;
 }
 
+/// Once its job has ended, a build gets no credential (neither the job's, deleted, nor the farm's
+/// in its place) and may add no log line (the job's secrets, needed to redact it, are gone).
+#[tokio::test]
+async fn an_ended_jobs_builds_get_no_credential_and_write_no_log() {
+    let registry = common::basic_registry().await;
+    let dir = tempfile::tempdir().unwrap();
+    let auth = dir.path().join("config.json");
+    std::fs::write(
+        &auth,
+        json!({"auths": {registry.clone(): {"username": "farm", "password": "farm-pw"}}})
+            .to_string(),
+    )
+    .unwrap();
+    let c = Coordinator::start(&["--registry-auth", auth.to_str().unwrap()]).await;
+    let ctx = c.upload(&[("Dockerfile", "FROM scratch\n")]).await;
+    let job = c
+        .submit(json!({"context": ctx, "platforms": ["linux/amd64"],
+                       "tags": [format!("{registry}/app:1")],
+                       "registry_credentials": {registry.clone():
+                           {"username": "pipeline", "password": "job-pw"}}}))
+        .await;
+    let agent = c.register("amd", &["linux/amd64"], &[]).await;
+    let lease = c.lease(&agent).await.expect("a lease");
+    let ask = || {
+        c.report(
+            &agent,
+            lease.build_id,
+            "registry-credential",
+            json!({"lease_token": lease.lease_token}),
+        )
+    };
+    let res = ask().await;
+    assert_eq!(res.status(), StatusCode::OK);
+    let raw = res.text().await.unwrap();
+    assert!(raw.contains("job-pw") && !raw.contains("farm-pw"), "{raw}");
+    let res = c
+        .http
+        .post(c.url(&format!("/jobs/{}/cancel", job.id)))
+        .send()
+        .await
+        .unwrap();
+    assert!(res.status().is_success(), "{}", res.status());
+    let (status, e) = error_of(ask().await).await;
+    assert_eq!(
+        (status, e.code.as_str()),
+        (StatusCode::CONFLICT, "lease_lost")
+    );
+    let res = c
+        .report(
+            &agent,
+            lease.build_id,
+            "log",
+            json!({"lease_token": lease.lease_token, "lines": ["late job-pw"]}),
+        )
+        .await;
+    assert_eq!(res.status(), StatusCode::CONFLICT);
+    let log = c
+        .http
+        .get(c.url(&format!("/builds/{}/log", lease.build_id)))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(!log.contains("job-pw"), "{log}");
+    c.stop().await;
+}
+
 fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
     let mut out = Vec::new();
     for entry in std::fs::read_dir(dir).unwrap().flatten() {

@@ -37,6 +37,57 @@ pub enum Mode {
     None,
 }
 
+/// Whether `coordinator` is a plain `http://` URL to another host: what is sent to it crosses
+/// the network readable by anyone on the path. Loopback (`localhost`, `127.0.0.0/8`, `::1`) stays
+/// on the machine.
+pub fn plain_http_to_another_host(coordinator: &str) -> bool {
+    let Ok(url) = reqwest::Url::parse(coordinator) else {
+        return false;
+    };
+    if url.scheme() != "http" {
+        return false;
+    }
+    let host = url.host_str().unwrap_or("");
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    let loopback = host.eq_ignore_ascii_case("localhost")
+        || host
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.to_canonical().is_loopback());
+    !loopback
+}
+
+/// What may go to `coordinator` with a job: the registry credentials mode to use (`auto`
+/// becomes `none` over plain HTTP to another host, with the warning to print) or, when the job
+/// names secrets (`secrets`, in words) that would cross such a connection, the error that stops
+/// the build. `opted_in` is `--insecure-credentials-over-http`.
+pub fn over_plain_http(
+    coordinator: &str,
+    opted_in: bool,
+    mode: Mode,
+    secrets: &[String],
+) -> Result<(Mode, Option<String>), UsageError> {
+    if opted_in || !plain_http_to_another_host(coordinator) {
+        return Ok((mode, None));
+    }
+    let fix = "use an https:// coordinator URL (--coordinator or ARCHFARM_COORDINATOR), or pass \
+               --insecure-credentials-over-http if a proxy or service mesh encrypts the connection";
+    if !secrets.is_empty() {
+        return Err(UsageError(format!(
+            "the coordinator {coordinator} is plain HTTP on another host: {} would cross the \
+             network unencrypted; {fix}",
+            secrets.join(" and ")
+        )));
+    }
+    let warning = (mode == Mode::Auto).then(|| {
+        format!(
+            "registry credentials: none sent, the farm's own are used: the coordinator \
+             {coordinator} is plain HTTP on another host, where they would cross the network \
+             unencrypted; {fix}"
+        )
+    });
+    Ok((Mode::None, warning))
+}
+
 /// What was found for the job.
 #[derive(Debug, Default)]
 pub struct Found {
@@ -283,6 +334,53 @@ mod tests {
         )]);
         let found = collect(Mode::Auto, &wanted, &nowhere).await.unwrap();
         assert!(found.credentials.is_empty() && found.file.is_none());
+    }
+
+    #[test]
+    fn nothing_secret_goes_to_a_plain_http_coordinator_on_another_host() {
+        for local in [
+            "http://localhost:8080",
+            "http://127.0.0.1:8080/",
+            "http://[::1]:8080",
+            "https://farm.example",
+        ] {
+            assert!(!plain_http_to_another_host(local), "{local}");
+            assert_eq!(
+                over_plain_http(local, false, Mode::Auto, &["build secrets".into()]).unwrap(),
+                (Mode::Auto, None)
+            );
+        }
+        for remote in [
+            "http://farm.example:8080",
+            "http://10.0.0.5/",
+            "http://[fd00::1]:1",
+        ] {
+            assert!(plain_http_to_another_host(remote), "{remote}");
+        }
+        let remote = "http://farm.example:8080";
+        let (mode, warning) = over_plain_http(remote, false, Mode::Auto, &[]).unwrap();
+        let warning = warning.unwrap();
+        assert_eq!(mode, Mode::None);
+        assert!(
+            warning.contains("none sent") && warning.contains("https://"),
+            "{warning}"
+        );
+        assert_eq!(
+            over_plain_http(remote, false, Mode::None, &[]).unwrap(),
+            (Mode::None, None)
+        );
+        let e = over_plain_http(remote, false, Mode::Auto, &["build secrets npmrc".into()])
+            .unwrap_err();
+        assert!(
+            e.0.contains("build secrets npmrc would cross the network unencrypted")
+                && e.0.contains("--insecure-credentials-over-http"),
+            "{}",
+            e.0
+        );
+        assert_eq!(
+            over_plain_http(remote, true, Mode::Auto, &["build secrets".into()]).unwrap(),
+            (Mode::Auto, None)
+        );
     }
 
     #[tokio::test]

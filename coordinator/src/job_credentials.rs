@@ -157,14 +157,25 @@ impl CredentialKey {
         job_id: Uuid,
         sealed: &SealedCredential,
     ) -> Result<RegistryCredential, String> {
+        // The error reaches the job (its submitter); key ids and the key file's path are the
+        // operator's, so they go to the coordinator's log only.
         if sealed.key_id != self.id {
+            tracing::error!(
+                job.id = %job_id,
+                registry = %sealed.registry,
+                sealed_with = %sealed.key_id,
+                key_id = %self.id,
+                key_from = %self.origin,
+                "a job's credential was sealed with another key: give every replica the same --job-credential-key"
+            );
             return Err(format!(
-                "the job's credential for {} was sealed by a coordinator with another key (key id {}; \
-                 this one has {} from {}): give every replica the same --job-credential-key",
-                sealed.registry, sealed.key_id, self.id, self.origin
+                "the job's credential for {} was sealed by a coordinator with another key: the \
+                 farm's replicas need the same --job-credential-key (the coordinator's log says more)",
+                sealed.registry
             ));
         }
         let corrupt = || {
+            tracing::error!(job.id = %job_id, registry = %sealed.registry, "a job's sealed credential does not open");
             format!(
                 "the job's sealed credential for {} does not open",
                 sealed.registry
@@ -308,8 +319,11 @@ mod tests {
         let other = CredentialKey::load(Some(&Secret::new("x".repeat(40))), dir.path()).unwrap();
         let e = other.open(job, &sealed).unwrap_err();
         assert!(
-            e.contains("--job-credential-key") && e.contains(key.id()),
-            "{e}"
+            e.contains("--job-credential-key")
+                && !e.contains(key.id())
+                && !e.contains(other.id())
+                && !e.contains(&dir.path().display().to_string()),
+            "the job's error names no key id nor the key file: {e}"
         );
         assert!(CredentialKey::load(Some(&Secret::new("short")), dir.path()).is_err());
         let creds = JobCredentials::open(&key, job, &[sealed]).unwrap();

@@ -341,7 +341,13 @@ async fn lease_for(
     // Likewise the job's build secrets: read for this lease, held in memory until it is sent.
     let secrets = state.store.job_secrets(job.id).await?;
     // And pull credentials for the registries the Dockerfile's base images come from, only.
-    let pull = crate::pulls::for_lease(&state.config, &state.registry, &own, build.id, &job).await;
+    let (pull, note) =
+        crate::pulls::for_lease(&state.config, &state.registry, &own, build.id, &job).await;
+    if let Some(line) = note {
+        if let Err(e) = state.logs.append(build.id, &[line]).await {
+            tracing::warn!(build.id = %build.id, error = %e, "could not append to the build log");
+        }
+    }
     // Each platform's cache in a repository of its own, so none overwrites another's.
     let per_platform = |caches: &[CacheRef]| -> Vec<String> {
         caches

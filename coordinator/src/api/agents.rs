@@ -258,6 +258,16 @@ async fn lease(
     };
     match delivered {
         Ok(lease) => {
+            // A job ended while the lease was made (its own credentials deleted with its builds
+            // cancelled) may have left the lease with the coordinator's credential in place of
+            // the job's: checked after, so such a lease goes nowhere.
+            let check = state
+                .store
+                .check_lease(claimed.build_id, claimed.token)
+                .await?;
+            if check != crate::store::LeaseCheck::Current {
+                return Ok(StatusCode::NO_CONTENT.into_response());
+            }
             let carried = Carried::by(&lease);
             let Some(reason) = plain_http::refusal(&state.config, &agent.name, peer, &carried)
             else {

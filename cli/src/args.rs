@@ -415,6 +415,13 @@ pub struct BuildArgs {
         value_name = "auto|none"
     )]
     pub registry_credentials: crate::registry_credentials::Mode,
+    /// Send registry credentials, `--secret`s and `--secret-build-arg`s to a coordinator whose
+    /// URL is plain `http://` on another host: say so when a TLS-terminating proxy or a service
+    /// mesh encrypts the connection (the coordinator's flag of the same name says the same).
+    /// Without it such a build sends no registry credentials (with a warning) and refuses to
+    /// send secrets. Default: off.
+    #[arg(long, env = "ARCHFARM_INSECURE_CREDENTIALS_OVER_HTTP")]
+    pub insecure_credentials_over_http: bool,
     /// Context directory.
     #[arg(value_name = "CONTEXT")]
     pub context: PathBuf,

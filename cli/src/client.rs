@@ -243,8 +243,11 @@ impl Client {
         token: Option<Secret>,
         ca_cert: Option<&Path>,
     ) -> Result<Self, ClientError> {
+        // No redirects: a 307/308 would resend a job's body (its registry credentials and
+        // secrets) and the bearer token's request to wherever the answer points.
         let mut builder = reqwest::Client::builder()
             .user_agent(concat!("archfarm/", env!("CARGO_PKG_VERSION")))
+            .redirect(reqwest::redirect::Policy::none())
             .connect_timeout(Duration::from_secs(10));
         if let Some(path) = ca_cert {
             builder = builder.tls_certs_merge(ca_certificates(path)?);
@@ -600,5 +603,42 @@ mod tests {
             "{msg}"
         );
         assert!(msg.to_lowercase().contains("refused"), "{msg}");
+    }
+
+    #[tokio::test]
+    async fn a_redirect_is_not_followed_with_the_jobs_body() {
+        use std::sync::atomic::{AtomicUsize, Ordering};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let elsewhere = std::sync::Arc::new(AtomicUsize::new(0));
+        let hits = elsewhere.clone();
+        let app = axum::Router::new()
+            .route(
+                "/api/v1/jobs/{id}/cancel",
+                axum::routing::post(move || async move {
+                    (
+                        axum::http::StatusCode::PERMANENT_REDIRECT,
+                        [("location", format!("http://{addr}/elsewhere"))],
+                    )
+                }),
+            )
+            .route(
+                "/elsewhere",
+                axum::routing::post(move || {
+                    let hits = hits.clone();
+                    async move {
+                        hits.fetch_add(1, Ordering::SeqCst);
+                        "{}"
+                    }
+                }),
+            );
+        tokio::spawn(async move { axum::serve(listener, app).await });
+        let c = Client::new(&format!("http://{addr}/"), Some(Secret::new("t"))).unwrap();
+        assert!(c.cancel_job(Uuid::new_v4()).await.is_err());
+        assert_eq!(
+            elsewhere.load(Ordering::SeqCst),
+            0,
+            "the redirect was followed"
+        );
     }
 }

@@ -79,12 +79,32 @@ pub async fn build(conn: &Connection, args: &BuildArgs) -> Result<u8, Error> {
             eprintln!("{msg}");
         }
     };
-    // The pipeline's own registry credentials, read (helpers run) before anything is uploaded.
-    let own = crate::registry_credentials::collect(
+    // Nothing secret crosses plain HTTP to another host unless the pipeline says a proxy
+    // encrypts the connection: the coordinator refuses such a job anyway.
+    let mut secret_kinds = Vec::new();
+    if !plan.secrets.is_empty() {
+        let ids: Vec<&str> = plan.secrets.iter().map(|s| s.id.as_str()).collect();
+        secret_kinds.push(format!("the build secrets {}", ids.join(", ")));
+    }
+    if !plan.secret_build_args.is_empty() {
+        secret_kinds.push(format!(
+            "the secret build arguments {}",
+            plan.secret_build_args.join(", ")
+        ));
+    }
+    let (mode, warning) = crate::registry_credentials::over_plain_http(
+        &conn.coordinator,
+        args.insecure_credentials_over_http,
         args.registry_credentials,
-        &pushed_registries(&plan),
-        &|name| std::env::var(name).ok(),
-    )
+        &secret_kinds,
+    )?;
+    if let Some(w) = warning {
+        eprintln!("warning: {w}");
+    }
+    // The pipeline's own registry credentials, read (helpers run) before anything is uploaded.
+    let own = crate::registry_credentials::collect(mode, &pushed_registries(&plan), &|name| {
+        std::env::var(name).ok()
+    })
     .await?;
     for note in &own.notes {
         say(format!("registry credentials: {note}"));

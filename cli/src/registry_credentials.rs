@@ -37,6 +37,57 @@ pub enum Mode {
     None,
 }
 
+/// Whether `coordinator` is a plain `http://` URL to another host: what is sent to it crosses
+/// the network readable by anyone on the path. Loopback (`localhost`, `127.0.0.0/8`, `::1`) stays
+/// on the machine.
+pub fn plain_http_to_another_host(coordinator: &str) -> bool {
+    let Ok(url) = reqwest::Url::parse(coordinator) else {
+        return false;
+    };
+    if url.scheme() != "http" {
+        return false;
+    }
+    let host = url.host_str().unwrap_or("");
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    let loopback = host.eq_ignore_ascii_case("localhost")
+        || host
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.to_canonical().is_loopback());
+    !loopback
+}
+
+/// What may go to `coordinator` with a job: the registry credentials mode to use (`auto`
+/// becomes `none` over plain HTTP to another host, with the warning to print) or, when the job
+/// names secrets (`secrets`, in words) that would cross such a connection, the error that stops
+/// the build. `opted_in` is `--insecure-credentials-over-http`.
+pub fn over_plain_http(
+    coordinator: &str,
+    opted_in: bool,
+    mode: Mode,
+    secrets: &[String],
+) -> Result<(Mode, Option<String>), UsageError> {
+    if opted_in || !plain_http_to_another_host(coordinator) {
+        return Ok((mode, None));
+    }
+    let fix = "use an https:// coordinator URL (--coordinator or ARCHFARM_COORDINATOR), or pass \
+               --insecure-credentials-over-http if a proxy or service mesh encrypts the connection";
+    if !secrets.is_empty() {
+        return Err(UsageError(format!(
+            "the coordinator {coordinator} is plain HTTP on another host: {} would cross the \
+             network unencrypted; {fix}",
+            secrets.join(" and ")
+        )));
+    }
+    let warning = (mode == Mode::Auto).then(|| {
+        format!(
+            "registry credentials: none sent, the farm's own are used: the coordinator \
+             {coordinator} is plain HTTP on another host, where they would cross the network \
+             unencrypted; {fix}"
+        )
+    });
+    Ok((Mode::None, warning))
+}
+
 /// What was found for the job.
 #[derive(Debug, Default)]
 pub struct Found {
@@ -122,24 +173,57 @@ pub async fn collect(
     Ok(found)
 }
 
+/// Kills a helper's whole process group when dropped, so that what it started does not outlive
+/// a timeout (and keep its pipe, or a secret, around).
+struct GroupKill(Option<u32>);
+
+impl Drop for GroupKill {
+    fn drop(&mut self) {
+        let group = self
+            .0
+            .and_then(|p| i32::try_from(p).ok())
+            .and_then(rustix::process::Pid::from_raw);
+        if let Some(g) = group {
+            let _ = rustix::process::kill_process_group(g, rustix::process::Signal::KILL);
+        }
+    }
+}
+
 /// Runs `docker-credential-NAME get` for `registry`; the error names the program, never a
 /// secret, and never shows its stderr (helpers log what they like there).
 async fn run_helper(name: &str, registry: &str) -> Result<HelperAnswer, String> {
+    run_helper_within(name, registry, HELPER_TIMEOUT).await
+}
+
+/// [`run_helper`] with a time limit of `timeout`. The helper gets none of archfarm's own
+/// variables (`ARCHFARM_TOKEN` and the like): it is the helper's business, not the farm's.
+async fn run_helper_within(
+    name: &str,
+    registry: &str,
+    timeout: Duration,
+) -> Result<HelperAnswer, String> {
     let program = helper_program(name);
     let fail = |why: String| format!("credential helper {program} for {registry}: {why}");
-    let mut child = tokio::process::Command::new(&program)
+    let mut command = tokio::process::Command::new(&program);
+    command
         .arg("get")
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
-        .kill_on_drop(true)
-        .spawn()
-        .map_err(|e| {
-            fail(match e.kind() {
-                std::io::ErrorKind::NotFound => "not found in PATH (is it installed?)".into(),
-                _ => format!("cannot start it: {e}"),
-            })
-        })?;
+        .process_group(0)
+        .kill_on_drop(true);
+    for (key, _) in std::env::vars_os() {
+        if key.as_encoded_bytes().starts_with(b"ARCHFARM_") {
+            command.env_remove(key);
+        }
+    }
+    let mut child = command.spawn().map_err(|e| {
+        fail(match e.kind() {
+            std::io::ErrorKind::NotFound => "not found in PATH (is it installed?)".into(),
+            _ => format!("cannot start it: {e}"),
+        })
+    })?;
+    let _group = GroupKill(child.id());
     let mut stdin = child.stdin.take().expect("piped");
     let mut stdout = child.stdout.take().expect("piped").take(1024 * 1024);
     let server = helper_server_url(registry);
@@ -152,9 +236,9 @@ async fn run_helper(name: &str, registry: &str) -> Result<HelperAnswer, String> 
         let status = status.map_err(|e| format!("waiting for it: {e}"))?;
         Ok::<_, String>((status, out))
     };
-    let (status, out) = tokio::time::timeout(HELPER_TIMEOUT, run)
+    let (status, out) = tokio::time::timeout(timeout, run)
         .await
-        .map_err(|_| fail(format!("no answer within {}s", HELPER_TIMEOUT.as_secs())))?
+        .map_err(|_| fail(format!("no answer within {}s", timeout.as_secs())))?
         .map_err(fail)?;
     parse_helper_answer(status.success(), &out).map_err(|why| fail(format!("{why} ({status})")))
 }
@@ -250,5 +334,106 @@ mod tests {
         )]);
         let found = collect(Mode::Auto, &wanted, &nowhere).await.unwrap();
         assert!(found.credentials.is_empty() && found.file.is_none());
+    }
+
+    #[test]
+    fn nothing_secret_goes_to_a_plain_http_coordinator_on_another_host() {
+        for local in [
+            "http://localhost:8080",
+            "http://127.0.0.1:8080/",
+            "http://[::1]:8080",
+            "https://farm.example",
+        ] {
+            assert!(!plain_http_to_another_host(local), "{local}");
+            assert_eq!(
+                over_plain_http(local, false, Mode::Auto, &["build secrets".into()]).unwrap(),
+                (Mode::Auto, None)
+            );
+        }
+        for remote in [
+            "http://farm.example:8080",
+            "http://10.0.0.5/",
+            "http://[fd00::1]:1",
+        ] {
+            assert!(plain_http_to_another_host(remote), "{remote}");
+        }
+        let remote = "http://farm.example:8080";
+        let (mode, warning) = over_plain_http(remote, false, Mode::Auto, &[]).unwrap();
+        let warning = warning.unwrap();
+        assert_eq!(mode, Mode::None);
+        assert!(
+            warning.contains("none sent") && warning.contains("https://"),
+            "{warning}"
+        );
+        assert_eq!(
+            over_plain_http(remote, false, Mode::None, &[]).unwrap(),
+            (Mode::None, None)
+        );
+        let e = over_plain_http(remote, false, Mode::Auto, &["build secrets npmrc".into()])
+            .unwrap_err();
+        assert!(
+            e.0.contains("build secrets npmrc would cross the network unencrypted")
+                && e.0.contains("--insecure-credentials-over-http"),
+            "{}",
+            e.0
+        );
+        assert_eq!(
+            over_plain_http(remote, true, Mode::Auto, &["build secrets".into()]).unwrap(),
+            (Mode::Auto, None)
+        );
+    }
+
+    #[tokio::test]
+    async fn helpers_get_no_archfarm_variable_and_die_with_what_they_started() {
+        let dir = tempfile::tempdir().unwrap();
+        let seen = dir.path().join("env");
+        let pid_file = dir.path().join("pid");
+        let write = |name: &str, body: String| {
+            let p = dir.path().join(helper_program(name));
+            std::fs::write(&p, format!("#!/bin/sh\n{body}\n")).unwrap();
+            std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o755)).unwrap();
+        };
+        write(
+            "afclienv",
+            format!(
+                "env > {}; printf '{{\"Username\":\"u\",\"Secret\":\"s\"}}'",
+                seen.display()
+            ),
+        );
+        write(
+            "afclihang",
+            format!("sleep 300 & echo $! > {}; wait", pid_file.display()),
+        );
+        std::env::set_var("ARCHFARM_TOKEN", "api-t0ken");
+        let path = format!(
+            "{}:{}",
+            dir.path().display(),
+            std::env::var("PATH").unwrap_or_default()
+        );
+        std::env::set_var("PATH", &path);
+        run_helper("afclienv", "r.io").await.unwrap();
+        let env = std::fs::read_to_string(&seen).unwrap();
+        assert!(!env.contains("ARCHFARM_"), "{env}");
+        assert!(env.contains("PATH="), "{env}");
+        let e = run_helper_within("afclihang", "r.io", Duration::from_secs(1))
+            .await
+            .unwrap_err();
+        assert!(e.contains("no answer within 1s"), "{e}");
+        let stat = format!(
+            "/proc/{}/stat",
+            std::fs::read_to_string(&pid_file).unwrap().trim()
+        );
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        // Gone, or a zombie waiting for whoever reaps orphans here.
+        while std::fs::read_to_string(&stat)
+            .map(|s| !s.split(") ").nth(1).unwrap_or("").starts_with('Z'))
+            .unwrap_or(false)
+        {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the helper's child still runs"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
     }
 }

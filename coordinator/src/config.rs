@@ -158,6 +158,16 @@ pub struct Config {
     #[arg(long, env = "ARCHFARM_JOB_CREDENTIAL_KEY", hide_env_values = true)]
     pub job_credential_key: Option<Secret>,
 
+    /// File holding `--job-credential-key` (mode 0600; refused when its group or others may
+    /// read it): better than the flag, whose value any local user can read in the process list.
+    /// Default: none.
+    #[arg(
+        long,
+        env = "ARCHFARM_JOB_CREDENTIAL_KEY_FILE",
+        conflicts_with = "job_credential_key"
+    )]
+    pub job_credential_key_file: Option<PathBuf>,
+
     /// PEM file of extra root CA certificates trusted for registries spoken to over TLS, on top
     /// of the system's (e.g. a registry with a self-signed certificate). Default: none.
     #[arg(long, env = "ARCHFARM_REGISTRY_CA_CERT")]

@@ -73,7 +73,7 @@ impl CredentialKey {
             ));
         }
         let path = data_dir.join(KEY_FILE);
-        match std::fs::read_to_string(&path) {
+        match read_private(&path) {
             Ok(text) if text.trim().len() >= 32 => {
                 return Ok(Self::from_secret(
                     text.trim().as_bytes(),
@@ -85,7 +85,7 @@ impl CredentialKey {
                 path.display()
             ),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-            Err(e) => return Err(e).with_context(|| format!("cannot read {}", path.display())),
+            Err(e) => return Err(e).with_context(|| format!("cannot use {}", path.display())),
         }
         let mut raw = [0u8; 32];
         aws_lc_rs::rand::fill(&mut raw).map_err(|_| anyhow::anyhow!("no random numbers"))?;
@@ -157,14 +157,25 @@ impl CredentialKey {
         job_id: Uuid,
         sealed: &SealedCredential,
     ) -> Result<RegistryCredential, String> {
+        // The error reaches the job (its submitter); key ids and the key file's path are the
+        // operator's, so they go to the coordinator's log only.
         if sealed.key_id != self.id {
+            tracing::error!(
+                job.id = %job_id,
+                registry = %sealed.registry,
+                sealed_with = %sealed.key_id,
+                key_id = %self.id,
+                key_from = %self.origin,
+                "a job's credential was sealed with another key: give every replica the same --job-credential-key"
+            );
             return Err(format!(
-                "the job's credential for {} was sealed by a coordinator with another key (key id {}; \
-                 this one has {} from {}): give every replica the same --job-credential-key",
-                sealed.registry, sealed.key_id, self.id, self.origin
+                "the job's credential for {} was sealed by a coordinator with another key: the \
+                 farm's replicas need the same --job-credential-key (the coordinator's log says more)",
+                sealed.registry
             ));
         }
         let corrupt = || {
+            tracing::error!(job.id = %job_id, registry = %sealed.registry, "a job's sealed credential does not open");
             format!(
                 "the job's sealed credential for {} does not open",
                 sealed.registry
@@ -192,6 +203,32 @@ impl CredentialKey {
 
 fn aad(job_id: Uuid, registry: &str) -> Vec<u8> {
     format!("archfarm job {job_id} registry {registry}").into_bytes()
+}
+
+/// Reads a key file (the data directory's, or `--job-credential-key-file`), refusing one that
+/// its group or others may read or write: whoever reads the key and the database reads every
+/// running job's registry credentials. One owned by another user is read, with a warning.
+pub fn read_private(path: &Path) -> std::io::Result<String> {
+    use std::os::unix::fs::MetadataExt as _;
+    let meta = std::fs::metadata(path)?;
+    if meta.mode() & 0o077 != 0 {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::PermissionDenied,
+            format!(
+                "the key file is open to its group or others (mode {:o}); make it readable by \
+                 the coordinator's user only (chmod 600), and consider the key exposed",
+                meta.mode() & 0o777
+            ),
+        ));
+    }
+    if meta.uid() != rustix::process::geteuid().as_raw() {
+        tracing::warn!(
+            path = %path.display(),
+            owner = meta.uid(),
+            "the job credential key file is owned by another user, who can read or replace it"
+        );
+    }
+    std::fs::read_to_string(path)
 }
 
 /// Writes `text` to a new file readable by its owner only.
@@ -308,10 +345,18 @@ mod tests {
         let other = CredentialKey::load(Some(&Secret::new("x".repeat(40))), dir.path()).unwrap();
         let e = other.open(job, &sealed).unwrap_err();
         assert!(
-            e.contains("--job-credential-key") && e.contains(key.id()),
-            "{e}"
+            e.contains("--job-credential-key")
+                && !e.contains(key.id())
+                && !e.contains(other.id())
+                && !e.contains(&dir.path().display().to_string()),
+            "the job's error names no key id nor the key file: {e}"
         );
         assert!(CredentialKey::load(Some(&Secret::new("short")), dir.path()).is_err());
+        // A key file others may read is refused, saying how to fix it.
+        std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o644)).unwrap();
+        let e = format!("{:#}", CredentialKey::load(None, dir.path()).unwrap_err());
+        assert!(e.contains("mode 644") && e.contains("chmod 600"), "{e}");
+        std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o600)).unwrap();
         let creds = JobCredentials::open(&key, job, &[sealed]).unwrap();
         assert_eq!(creds.get("R.io"), Some(&basic()));
         assert_eq!(creds.get("other.io"), None);

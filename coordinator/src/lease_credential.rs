@@ -122,7 +122,8 @@ pub async fn for_lease(
         let resolved = match state.registry.credential(job, registry, fresh).await {
             Ok(Some(r)) => r,
             Ok(None) => return None,
-            Err(message) => break Err(message),
+            // Only the coordinator's own credentials come from helpers.
+            Err(message) => break Err((message, Origin::Helper)),
         };
         match scope(
             &state.registry,
@@ -138,7 +139,7 @@ pub async fn for_lease(
             Err(_) if resolved.origin == Origin::Helper && fresh == Fresh::Cached => {
                 fresh = Fresh::Anew;
             }
-            Err(e) => break Err(e.to_string()),
+            Err(e) => break Err((e.to_string(), resolved.origin)),
         }
     };
     match outcome {
@@ -153,14 +154,30 @@ pub async fn for_lease(
             );
             Some(credential)
         }
-        Err(e) => {
-            tracing::warn!(build.id = %build_id, error = %e, "no registry credential for the lease");
-            let line = format!("[archfarm] {e}; {then}");
+        Err((e, origin)) => {
+            tracing::warn!(build.id = %build_id, registry, origin = origin.as_str(), error = %e, "no registry credential for the lease");
+            let line = format!(
+                "[archfarm] {}; {then}",
+                for_the_tenant(registry, &e, origin)
+            );
             if let Err(log_err) = state.logs.append(build_id, &[line]).await {
                 tracing::warn!(build.id = %build_id, error = %log_err, "could not append to the build log");
             }
             None
         }
+    }
+}
+
+/// What a build's log says about a credential that could not be had: the reason itself when it
+/// was the job's own credential (the tenant's business), a generic line when it was the farm's
+/// (its helper's name and output, its account's refusals are the operator's; the coordinator's
+/// log has them).
+pub fn for_the_tenant(registry: &str, error: &str, origin: Origin) -> String {
+    match origin {
+        Origin::Job => error.to_string(),
+        Origin::Configured | Origin::Helper => format!(
+            "the farm's credential for {registry} is unavailable; the coordinator's log says why"
+        ),
     }
 }
 

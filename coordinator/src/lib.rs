@@ -108,9 +108,20 @@ pub async fn run(
     let store = Store::connect(&config.database_url())
         .await
         .context("cannot open the database")?;
-    let credential_key =
-        job_credentials::CredentialKey::load(config.job_credential_key.as_ref(), &config.data_dir)?;
-    if config.job_credential_key.is_none() && store.backend() == Backend::Postgres {
+    let key_from_file = match &config.job_credential_key_file {
+        None => None,
+        Some(path) => Some(archfarm_protocol::Secret::new(
+            job_credentials::read_private(path).with_context(|| {
+                format!("cannot use --job-credential-key-file {}", path.display())
+            })?,
+        )),
+    };
+    let configured_key = config
+        .job_credential_key
+        .as_ref()
+        .or(key_from_file.as_ref());
+    let credential_key = job_credentials::CredentialKey::load(configured_key, &config.data_dir)?;
+    if configured_key.is_none() && store.backend() == Backend::Postgres {
         tracing::warn!(
             key_file = %credential_key.origin(),
             "no --job-credential-key: the registry credentials jobs send are sealed with this \

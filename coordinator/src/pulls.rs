@@ -6,6 +6,7 @@
 //! own, as configured (see [`credentials`] for why not a scoped token).
 
 use std::collections::BTreeMap;
+use std::time::Duration;
 
 use archfarm_protocol::pull::{pull_sources, PullCredential, PullSettings};
 use archfarm_protocol::{ImageRef, RegistryAuths, RegistryCredential};
@@ -100,31 +101,47 @@ pub fn credentials_from(
     out
 }
 
+/// The most time one lease spends getting pull credentials (credential helpers' runs, mostly):
+/// a job may name up to 64 base images, and each registry's helper may take up to its own
+/// timeout. Registries not reached by then go without, and the build's log says so.
+pub const LEASE_PULL_BUDGET: Duration = Duration::from_secs(20);
+
 /// The credential for each registry of `sources`: the job's own, else the coordinator's (a
-/// helper's answer up to [`crate::registry::HELPER_CACHE_TTL`] old). A helper that fails leaves
-/// its registry out, logged: the pull then goes without.
+/// helper's answer up to [`crate::registry::HELPER_CACHE_TTL`] old), each registry asked once.
+/// A helper that fails leaves its registry out, logged: the pull then goes without. Past
+/// `budget` the remaining registries are left out too; they are returned second.
 pub async fn resolve(
     access: &RegistryAccess,
     job: &JobCredentials,
     build_id: Uuid,
     sources: &[(String, String)],
-) -> BTreeMap<String, RegistryCredential> {
+    budget: Duration,
+) -> (BTreeMap<String, RegistryCredential>, Vec<String>) {
+    let deadline = tokio::time::Instant::now() + budget;
     let mut out = BTreeMap::new();
+    let mut asked: Vec<&str> = Vec::new();
+    let mut skipped = Vec::new();
     for (registry, _) in sources {
-        if out.contains_key(registry) {
+        if asked.contains(&registry.as_str()) {
             continue;
         }
-        match access.credential(job, registry, Fresh::Cached).await {
-            Ok(Some(r)) => {
+        asked.push(registry);
+        let lookup = access.credential(job, registry, Fresh::Cached);
+        match tokio::time::timeout_at(deadline, lookup).await {
+            Ok(Ok(Some(r))) => {
                 out.insert(registry.clone(), r.credential);
             }
-            Ok(None) => {}
-            Err(e) => {
+            Ok(Ok(None)) => {}
+            Ok(Err(e)) => {
                 tracing::warn!(build.id = %build_id, registry = %registry, error = %e, "no pull credential")
+            }
+            Err(_) => {
+                tracing::warn!(build.id = %build_id, registry = %registry, "no pull credential: the lease's time for credential helpers ran out");
+                skipped.push(registry.clone());
             }
         }
     }
-    out
+    (out, skipped)
 }
 
 /// What buildah may reach for a build of `job`: its base images' sources and its registry
@@ -140,25 +157,34 @@ pub fn lease_sources(config: &Config, job: &JobRow) -> Vec<(String, String)> {
     sources
 }
 
-/// The pull settings of a lease for a build of `job`, its job's own credentials in `own`.
+/// The pull settings of a lease for a build of `job`, its job's own credentials in `own`, and
+/// the line for the build's log when some registries' credentials were skipped for time.
 pub async fn for_lease(
     config: &Config,
     access: &RegistryAccess,
     own: &JobCredentials,
     build_id: Uuid,
     job: &JobRow,
-) -> PullSettings {
+) -> (PullSettings, Option<String>) {
     let sources = lease_sources(config, job);
-    let resolved = resolve(access, own, build_id, &sources).await;
+    let (resolved, skipped) = resolve(access, own, build_id, &sources, LEASE_PULL_BUDGET).await;
+    let note = (!skipped.is_empty()).then(|| {
+        format!(
+            "[archfarm] no pull credentials for {}: the farm's credential helpers took too long; \
+             pulls from there go without",
+            skipped.join(", ")
+        )
+    });
     let credentials = credentials_from(|r| resolved.get(r).cloned(), &sources);
     for c in &credentials {
         tracing::info!(build.id = %build_id, registry = %c.scope, kind = c.credential.kind(), "pull credential for the lease");
     }
-    PullSettings {
+    let settings = PullSettings {
         insecure_registries: insecure_registries(config, &job.registry, &sources),
         mirrors: config.mirrors(),
         credentials,
-    }
+    };
+    (settings, note)
 }
 
 #[cfg(test)]
@@ -262,5 +288,51 @@ mod tests {
         assert!(got(&[]).is_empty());
         let hub = credentials(&auths, &sources(&c, &images(&["golang"])));
         assert_eq!(hub[0].credential, auths.get("docker.io").unwrap().clone());
+    }
+
+    #[tokio::test]
+    async fn a_hanging_helper_costs_a_lease_its_budget_once() {
+        use std::os::unix::fs::PermissionsExt as _;
+        let dir = tempfile::tempdir().unwrap();
+        let runs = dir.path().join("runs");
+        let helper = dir.path().join("docker-credential-afslow");
+        std::fs::write(
+            &helper,
+            format!("#!/bin/sh\necho run >> {}\nsleep 30\n", runs.display()),
+        )
+        .unwrap();
+        std::fs::set_permissions(&helper, std::fs::Permissions::from_mode(0o755)).unwrap();
+        let path = format!(
+            "{}:{}",
+            dir.path().display(),
+            std::env::var("PATH").unwrap_or_default()
+        );
+        std::env::set_var("PATH", path);
+        let auth = dir.path().join("config.json");
+        std::fs::write(&auth, r#"{"credsStore": "afslow"}"#).unwrap();
+        let access =
+            RegistryAccess::load(&config(&["--registry-auth", auth.to_str().unwrap()])).unwrap();
+        let base: Vec<String> = (0..64)
+            .map(|i| format!("r{}.io/base{i}:1", i % 3))
+            .collect();
+        let sources = sources(&config(&[]), &base);
+        let begun = std::time::Instant::now();
+        let (found, skipped) = resolve(
+            &access,
+            &JobCredentials::none(),
+            Uuid::new_v4(),
+            &sources,
+            Duration::from_secs(1),
+        )
+        .await;
+        assert!(
+            begun.elapsed() < Duration::from_secs(3),
+            "{:?}",
+            begun.elapsed()
+        );
+        assert!(found.is_empty());
+        assert_eq!(skipped, ["r0.io", "r1.io", "r2.io"]);
+        // One run for the first registry; the others were skipped, not started, once time ran out.
+        assert_eq!(std::fs::read_to_string(&runs).unwrap().lines().count(), 1);
     }
 }

@@ -70,7 +70,9 @@ pub struct Resolved {
 pub enum Fresh {
     /// Up to [`HELPER_CACHE_TTL`].
     Cached,
-    /// Run the helper again (an answer another caller got while this one waited is taken).
+    /// Run the helper again: only an answer from a run that started after the ask is taken (one
+    /// another caller started while this one waited), and runs start at most once per
+    /// [`HELPER_MIN_INTERVAL`].
     Anew,
 }
 
@@ -102,11 +104,61 @@ type ClientKey = (String, bool, String);
 #[derive(Clone, Default)]
 struct Clients(Arc<std::sync::Mutex<HashMap<ClientKey, Client>>>);
 
+/// How long a helper's failure (or its "no credential") is reused by lookups that take a cached
+/// answer: a failing or hanging helper is then run once per this interval, not once per lookup.
+pub const HELPER_FAILURE_TTL: Duration = Duration::from_secs(10);
+
+/// The least time between two starts of a registry's helper for fresh answers: an agent asking
+/// again and again makes it wait, not run the helper again and again.
+pub const HELPER_MIN_INTERVAL: Duration = Duration::from_secs(5);
+
+/// Most registries with a helper answer kept (with `credsStore`, every registry a tenant names in
+/// a FROM line would otherwise get one for good).
+const MAX_HELPER_SLOTS: usize = 256;
+
+/// A helper run's outcome, when it started and when it ended.
+struct HelperRun {
+    result: Result<Option<RegistryCredential>, String>,
+    started: Instant,
+    ended: Instant,
+}
+
 /// One registry's helper answer and the lock that makes concurrent askers wait for one run.
 #[derive(Default)]
 struct HelperSlot {
     fetch: tokio::sync::Mutex<()>,
-    answer: std::sync::Mutex<Option<(Option<RegistryCredential>, Instant)>>,
+    answer: std::sync::Mutex<Option<HelperRun>>,
+}
+
+impl HelperSlot {
+    /// The last run's outcome if it serves an ask made at `asked` for `fresh`: a cached one while
+    /// young enough (failures for less long); a fresh one only from a run that started at or
+    /// after the ask, so that it read the helper's secret as it is since the refusal.
+    fn usable(
+        &self,
+        fresh: Fresh,
+        asked: Instant,
+    ) -> Option<Result<Option<RegistryCredential>, String>> {
+        let answer = self.answer.lock().expect("helper slot lock");
+        let run = answer.as_ref()?;
+        let ok = match fresh {
+            Fresh::Cached => {
+                let ttl = match run.result {
+                    Ok(Some(_)) => HELPER_CACHE_TTL,
+                    Ok(None) | Err(_) => HELPER_FAILURE_TTL,
+                };
+                run.ended.elapsed() < ttl
+            }
+            Fresh::Anew => run.started >= asked,
+        };
+        ok.then(|| run.result.clone())
+    }
+
+    /// When the last run started.
+    fn last_start(&self) -> Option<Instant> {
+        let answer = self.answer.lock().expect("helper slot lock");
+        answer.as_ref().map(|r| r.started)
+    }
 }
 
 #[derive(Clone, Default)]
@@ -121,12 +173,11 @@ impl std::fmt::Debug for HelperCache {
 
 impl HelperCache {
     fn slot(&self, registry: &str) -> Arc<HelperSlot> {
-        self.0
-            .lock()
-            .expect("helper cache lock")
-            .entry(registry.to_string())
-            .or_default()
-            .clone()
+        let mut slots = self.0.lock().expect("helper cache lock");
+        if slots.len() >= MAX_HELPER_SLOTS && !slots.contains_key(registry) {
+            slots.clear();
+        }
+        slots.entry(registry.to_string()).or_default().clone()
     }
 
     /// The helper's answer for `registry`, run as `fresh` asks.
@@ -136,37 +187,63 @@ impl HelperCache {
         registry: &str,
         fresh: Fresh,
     ) -> Result<Option<RegistryCredential>, String> {
+        self.get_with(registry, fresh, || {
+            crate::cred_helper::get(helper, registry)
+        })
+        .await
+    }
+
+    /// [`HelperCache::get`] with the helper's run in `run`.
+    async fn get_with<F, Fut>(
+        &self,
+        registry: &str,
+        fresh: Fresh,
+        run: F,
+    ) -> Result<Option<RegistryCredential>, String>
+    where
+        F: FnOnce() -> Fut,
+        Fut: std::future::Future<Output = Result<HelperAnswer, String>>,
+    {
         let slot = self.slot(registry);
         let asked = Instant::now();
+        // A cached answer needs no lock: a lookup never waits behind a helper run it can do without.
+        if let Some(answer) = slot.usable(fresh, asked) {
+            return answer;
+        }
         let _running = slot.fetch.lock().await;
-        if let Some((credential, at)) = &*slot.answer.lock().expect("helper slot lock") {
-            let usable = match fresh {
-                Fresh::Cached => at.elapsed() < HELPER_CACHE_TTL,
-                Fresh::Anew => *at >= asked,
-            };
-            if usable {
-                return Ok(credential.clone());
+        if let Some(answer) = slot.usable(fresh, asked) {
+            return answer;
+        }
+        if fresh == Fresh::Anew {
+            if let Some(last) = slot.last_start() {
+                let wait = HELPER_MIN_INTERVAL.saturating_sub(last.elapsed());
+                tokio::time::sleep(wait).await;
             }
         }
-        let credential = match crate::cred_helper::get(helper, registry).await? {
+        let started = Instant::now();
+        let result = run().await.map(|answer| match answer {
             HelperAnswer::Found(c) => Some(c),
             HelperAnswer::NotFound => None,
-        };
-        tracing::info!(
-            registry,
-            helper,
-            found = credential.is_some(),
-            "credential helper asked"
-        );
-        *slot.answer.lock().expect("helper slot lock") = Some((credential.clone(), Instant::now()));
-        Ok(credential)
+        });
+        match &result {
+            Ok(found) => {
+                tracing::info!(registry, found = found.is_some(), "credential helper asked")
+            }
+            Err(e) => tracing::warn!(registry, error = %e, "credential helper failed"),
+        }
+        *slot.answer.lock().expect("helper slot lock") = Some(HelperRun {
+            result: result.clone(),
+            started,
+            ended: Instant::now(),
+        });
+        result
     }
 
     /// The answer held for `registry`, whatever its age; never runs the helper.
     fn held(&self, registry: &str) -> Option<RegistryCredential> {
         let slot = self.0.lock().ok()?.get(registry)?.clone();
         let answer = slot.answer.lock().ok()?;
-        answer.as_ref()?.0.clone()
+        answer.as_ref()?.result.clone().ok()?
     }
 }
 
@@ -561,5 +638,141 @@ mod tests {
         assert_eq!(fingerprint(&a), fingerprint(&a.clone()));
         assert_ne!(fingerprint(&a), fingerprint(&b));
         assert!(!fingerprint(&a).contains("one"));
+    }
+
+    /// A fake helper: counts its runs, answers `secret`'s value as it was when it started, and
+    /// takes `delay` to do so.
+    #[derive(Clone)]
+    struct Fake {
+        runs: Arc<std::sync::atomic::AtomicUsize>,
+        secret: Arc<std::sync::Mutex<Result<String, String>>>,
+    }
+
+    impl Default for Fake {
+        fn default() -> Self {
+            Fake {
+                runs: Arc::default(),
+                secret: Arc::new(std::sync::Mutex::new(Err("unset".into()))),
+            }
+        }
+    }
+
+    impl Fake {
+        fn set(&self, secret: Result<&str, &str>) {
+            *self.secret.lock().unwrap() = secret.map(str::to_string).map_err(str::to_string);
+        }
+        fn runs(&self) -> usize {
+            self.runs.load(std::sync::atomic::Ordering::SeqCst)
+        }
+        fn run(
+            &self,
+            delay: Duration,
+        ) -> impl FnOnce() -> std::pin::Pin<
+            Box<dyn std::future::Future<Output = Result<HelperAnswer, String>> + Send>,
+        > {
+            let me = self.clone();
+            move || {
+                me.runs.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                let read = me.secret.lock().unwrap().clone();
+                Box::pin(async move {
+                    tokio::time::sleep(delay).await;
+                    read.map(|p| {
+                        HelperAnswer::Found(RegistryCredential::Basic {
+                            username: "ci".into(),
+                            password: Secret::new(p),
+                        })
+                    })
+                })
+            }
+        }
+    }
+
+    fn pw(r: Result<Option<RegistryCredential>, String>) -> String {
+        match r {
+            Ok(Some(RegistryCredential::Basic { password, .. })) => password.expose().to_string(),
+            other => format!("{other:?}"),
+        }
+    }
+
+    #[tokio::test]
+    async fn a_fresh_answer_comes_from_a_run_started_after_the_ask() {
+        let cache = HelperCache::default();
+        let fake = Fake::default();
+        fake.set(Ok("old"));
+        // A slow run reads the old secret, then the registry refuses it and the secret rotates.
+        let slow = {
+            let (cache, run) = (cache.clone(), fake.run(Duration::from_millis(400)));
+            tokio::spawn(async move { cache.get_with("r.io", Fresh::Cached, run).await })
+        };
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        fake.set(Ok("new"));
+        let begun = Instant::now();
+        let got = cache
+            .get_with("r.io", Fresh::Anew, fake.run(Duration::ZERO))
+            .await;
+        assert_eq!(
+            pw(got),
+            "new",
+            "the run that started before the ask is not fresh"
+        );
+        assert_eq!(pw(slow.await.unwrap()), "old");
+        assert_eq!(fake.runs(), 2);
+        // At most one start per interval, however often a fresh answer is asked for.
+        assert!(begun.elapsed() >= HELPER_MIN_INTERVAL - Duration::from_millis(150));
+        let many: Vec<_> = (0..5)
+            .map(|_| {
+                let (cache, run) = (cache.clone(), fake.run(Duration::from_millis(50)));
+                tokio::spawn(async move { cache.get_with("r.io", Fresh::Anew, run).await })
+            })
+            .collect();
+        for m in many {
+            assert_eq!(pw(m.await.unwrap()), "new");
+        }
+        assert_eq!(fake.runs(), 3, "five asks at once share one run");
+    }
+
+    #[tokio::test]
+    async fn cached_answers_never_wait_and_failures_are_kept_briefly() {
+        let cache = HelperCache::default();
+        let fake = Fake::default();
+        fake.set(Ok("pw"));
+        assert_eq!(
+            pw(cache
+                .get_with("r.io", Fresh::Cached, fake.run(Duration::ZERO))
+                .await),
+            "pw"
+        );
+        // A fresh fetch that hangs holds the lock; a cached lookup meanwhile answers at once.
+        let hanging = {
+            let (cache, run) = (cache.clone(), fake.run(Duration::from_secs(30)));
+            tokio::spawn(async move { cache.get_with("r.io", Fresh::Anew, run).await })
+        };
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        let got = tokio::time::timeout(
+            Duration::from_secs(1),
+            cache.get_with("r.io", Fresh::Cached, fake.run(Duration::ZERO)),
+        )
+        .await
+        .expect("a cached answer does not wait behind a running helper");
+        assert_eq!(pw(got), "pw");
+        hanging.abort();
+        // A failing helper runs once, not once per lookup.
+        fake.set(Err("the vault is down"));
+        let before = fake.runs();
+        for _ in 0..10 {
+            let e = cache
+                .get_with("down.io", Fresh::Cached, fake.run(Duration::ZERO))
+                .await
+                .unwrap_err();
+            assert_eq!(e, "the vault is down");
+        }
+        assert_eq!(fake.runs(), before + 1);
+        // The slots are bounded: a tenant's every FROM registry does not stay for good.
+        for i in 0..(MAX_HELPER_SLOTS + 10) {
+            let _ = cache
+                .get_with(&format!("r{i}.io"), Fresh::Cached, fake.run(Duration::ZERO))
+                .await;
+        }
+        assert!(cache.0.lock().unwrap().len() <= MAX_HELPER_SLOTS);
     }
 }

@@ -255,3 +255,54 @@ fn over_tls_credentials_travel_to_remote_agents() {
         c.stop().await;
     });
 }
+
+/// A job carrying the pipeline's registry credential or build secrets, submitted over plain HTTP
+/// from another host, is refused by the rule leases follow; from loopback it is taken.
+#[test]
+fn plain_http_refuses_jobs_carrying_credentials_from_other_hosts() {
+    in_netns(|| async {
+        let (c, _auth, reg) = start(&[]).await;
+        let ctx = c.upload(&[("Dockerfile", "FROM scratch\n")]).await;
+        let remote = remote_base(&c);
+        let mut with_credential = job(&ctx, &format!("{reg}/app:1"), json!([]));
+        with_credential["registry_credentials"] =
+            json!({&reg: {"username": "pipeline", "password": PASSWORD}});
+        let res = c
+            .http
+            .post(format!("{remote}/api/v1/jobs"))
+            .json(&with_credential)
+            .send()
+            .await
+            .unwrap();
+        let (status, e) = common::error_of(res).await;
+        assert_eq!(
+            (status.as_u16(), e.code.as_str()),
+            (403, "credentials_over_plain_http")
+        );
+        assert!(
+            e.message.contains(&format!(
+                "from {REMOTE_IP}, carries registry credentials for {reg}"
+            )) && e.message.contains("https://")
+                && !e.message.contains(PASSWORD),
+            "{}",
+            e.message
+        );
+        let with_secret = job(
+            &ctx,
+            "other.example/app:1",
+            json!([{"id": "npmrc", "value": SECRET_VALUE}]),
+        );
+        let res = c
+            .http
+            .post(format!("{remote}/api/v1/jobs"))
+            .json(&with_secret)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(res.status().as_u16(), 403);
+        // From loopback nothing crossed the network: taken.
+        c.submit(with_credential).await;
+        c.submit(with_secret).await;
+        c.stop().await;
+    });
+}

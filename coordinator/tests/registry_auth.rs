@@ -152,6 +152,128 @@ async fn leases_carry_their_registrys_credential_and_secrets_stay_hidden() {
     c.stop().await;
 }
 
+/// Once its job has ended, a build gets no credential (neither the job's, deleted, nor the farm's
+/// in its place) and may add no log line (the job's secrets, needed to redact it, are gone).
+#[tokio::test]
+async fn an_ended_jobs_builds_get_no_credential_and_write_no_log() {
+    let registry = common::basic_registry().await;
+    let dir = tempfile::tempdir().unwrap();
+    let auth = dir.path().join("config.json");
+    std::fs::write(
+        &auth,
+        json!({"auths": {registry.clone(): {"username": "farm", "password": "farm-pw"}}})
+            .to_string(),
+    )
+    .unwrap();
+    let c = Coordinator::start(&["--registry-auth", auth.to_str().unwrap()]).await;
+    let ctx = c.upload(&[("Dockerfile", "FROM scratch\n")]).await;
+    let job = c
+        .submit(json!({"context": ctx, "platforms": ["linux/amd64"],
+                       "tags": [format!("{registry}/app:1")],
+                       "registry_credentials": {registry.clone():
+                           {"username": "pipeline", "password": "job-pw"}}}))
+        .await;
+    let agent = c.register("amd", &["linux/amd64"], &[]).await;
+    let lease = c.lease(&agent).await.expect("a lease");
+    let ask = || {
+        c.report(
+            &agent,
+            lease.build_id,
+            "registry-credential",
+            json!({"lease_token": lease.lease_token}),
+        )
+    };
+    let res = ask().await;
+    assert_eq!(res.status(), StatusCode::OK);
+    let raw = res.text().await.unwrap();
+    assert!(raw.contains("job-pw") && !raw.contains("farm-pw"), "{raw}");
+    let res = c
+        .http
+        .post(c.url(&format!("/jobs/{}/cancel", job.id)))
+        .send()
+        .await
+        .unwrap();
+    assert!(res.status().is_success(), "{}", res.status());
+    let (status, e) = error_of(ask().await).await;
+    assert_eq!(
+        (status, e.code.as_str()),
+        (StatusCode::CONFLICT, "lease_lost")
+    );
+    let res = c
+        .report(
+            &agent,
+            lease.build_id,
+            "log",
+            json!({"lease_token": lease.lease_token, "lines": ["late job-pw"]}),
+        )
+        .await;
+    assert_eq!(res.status(), StatusCode::CONFLICT);
+    let log = c
+        .http
+        .get(c.url(&format!("/builds/{}/log", lease.build_id)))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(!log.contains("job-pw"), "{log}");
+    c.stop().await;
+}
+
+/// The farm's credential helper failing is the operator's business: the build's log says the
+/// farm's credential is unavailable, not which helper ran nor what it printed.
+#[tokio::test]
+async fn a_failing_farm_helper_is_not_described_to_the_tenant() {
+    use std::os::unix::fs::PermissionsExt as _;
+    let registry = common::basic_registry().await;
+    let dir = tempfile::tempdir().unwrap();
+    let helper = dir.path().join("docker-credential-afopsecret");
+    std::fs::write(
+        &helper,
+        "#!/bin/sh\necho 'vault at 10.1.2.3 refused role ci-prod'; exit 3\n",
+    )
+    .unwrap();
+    std::fs::set_permissions(&helper, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let path = format!(
+        "{}:{}",
+        dir.path().display(),
+        std::env::var("PATH").unwrap_or_default()
+    );
+    std::env::set_var("PATH", path);
+    let auth = dir.path().join("config.json");
+    std::fs::write(
+        &auth,
+        json!({"credHelpers": {registry.clone(): "afopsecret"}}).to_string(),
+    )
+    .unwrap();
+    let c = Coordinator::start(&["--registry-auth", auth.to_str().unwrap()]).await;
+    let ctx = c.upload(&[("Dockerfile", "FROM scratch\n")]).await;
+    c.submit(json!({"context": ctx, "platforms": ["linux/amd64"],
+                    "tags": [format!("{registry}/app:1")]}))
+        .await;
+    let agent = c.register("amd", &["linux/amd64"], &[]).await;
+    let lease = c.lease(&agent).await.expect("a lease");
+    assert_eq!(lease.registry_auth, None);
+    let log = c
+        .http
+        .get(c.url(&format!("/builds/{}/log", lease.build_id)))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        log.contains(&format!(
+            "the farm's credential for {registry} is unavailable; the coordinator's log says why"
+        )) && !log.contains("afopsecret")
+            && !log.contains("vault"),
+        "{log}"
+    );
+    c.stop().await;
+}
+
 fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
     let mut out = Vec::new();
     for entry in std::fs::read_dir(dir).unwrap().flatten() {

@@ -258,6 +258,16 @@ async fn lease(
     };
     match delivered {
         Ok(lease) => {
+            // A job ended while the lease was made (its own credentials deleted with its builds
+            // cancelled) may have left the lease with the coordinator's credential in place of
+            // the job's: checked after, so such a lease goes nowhere.
+            let check = state
+                .store
+                .check_lease(claimed.build_id, claimed.token)
+                .await?;
+            if check != crate::store::LeaseCheck::Current {
+                return Ok(StatusCode::NO_CONTENT.into_response());
+            }
             let carried = Carried::by(&lease);
             let Some(reason) = plain_http::refusal(&state.config, &agent.name, peer, &carried)
             else {
@@ -341,7 +351,13 @@ async fn lease_for(
     // Likewise the job's build secrets: read for this lease, held in memory until it is sent.
     let secrets = state.store.job_secrets(job.id).await?;
     // And pull credentials for the registries the Dockerfile's base images come from, only.
-    let pull = crate::pulls::for_lease(&state.config, &state.registry, &own, build.id, &job).await;
+    let (pull, note) =
+        crate::pulls::for_lease(&state.config, &state.registry, &own, build.id, &job).await;
+    if let Some(line) = note {
+        if let Err(e) = state.logs.append(build.id, &[line]).await {
+            tracing::warn!(build.id = %build.id, error = %e, "could not append to the build log");
+        }
+    }
     // Each platform's cache in a repository of its own, so none overwrites another's.
     let per_platform = |caches: &[CacheRef]| -> Vec<String> {
         caches

@@ -103,13 +103,16 @@ async fn append_log(
             format!("at most {MAX_LINES_PER_REPORT} log lines per report"),
         ));
     }
-    if state.store.check_lease(build.id, req.lease_token).await? == LeaseCheck::Lost {
+    let redactor = redactor_for(&state, build.job_id).await?;
+    // Checked after the redactor is made: ending a job cancels its running builds and deletes
+    // its secrets and credentials in one transaction, so a current lease now means the redactor
+    // knew them all. Lines that come later (a cancelled build's last words) cannot be redacted
+    // with what is gone, so they are refused and the agent stops.
+    if state.store.check_lease(build.id, req.lease_token).await? != LeaseCheck::Current {
         return Err(ApiError::lease_lost(build.id));
     }
     let mut lines = req.lines;
-    redactor_for(&state, build.job_id)
-        .await?
-        .redact_all(&mut lines);
+    redactor.redact_all(&mut lines);
     let truncated = state.logs.append(build.id, &lines).await?;
     Ok(Json(LogResponse { truncated }))
 }
@@ -213,6 +216,13 @@ async fn registry_credential(
     let own = crate::job_credentials::for_job(&state, job.id)
         .await?
         .map_err(|why| ApiError::Internal(anyhow::anyhow!(why)))?;
+    // Only for a running build, checked after the job's own credentials were read: ending a job
+    // cancels its builds and deletes its credentials in one transaction, so a current lease now
+    // means `own` is all the job brought, and the coordinator's credential is never handed out
+    // in place of the job's deleted one (nor at all, to a build whose job is over).
+    if state.store.check_lease(build.id, req.lease_token).await? != LeaseCheck::Current {
+        return Err(ApiError::lease_lost(build.id));
+    }
     // Right before the push: a credential helper is asked again, whatever its answer's age.
     let registry_auth = crate::lease_credential::for_lease(
         &state,

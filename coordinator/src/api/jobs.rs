@@ -20,6 +20,7 @@ use super::access::Access;
 use super::auth::Caller;
 use super::error::{parse_id, ApiError, ApiJson, ApiQuery};
 use super::gate::Authed;
+use super::plain_http::PeerAddr;
 use super::routes::Routes;
 use super::views::{self, Fleet};
 use crate::blobs::FileRead;
@@ -379,8 +380,18 @@ fn validate_dockerfile_path(path: &str) -> Result<(), ApiError> {
 async fn create(
     State(state): State<AppState>,
     Authed(caller): Authed<Caller>,
+    PeerAddr(peer): PeerAddr,
     ApiJson(mut req): ApiJson<JobRequest>,
 ) -> Result<(StatusCode, Json<archfarm_protocol::api::Job>), ApiError> {
+    // The rule a lease follows on its way out holds for a job's secrets on their way in.
+    let carried = super::plain_http::submitted_secrets(&req);
+    if let Some(message) = super::plain_http::submission_refusal(&state.config, peer, &carried) {
+        tracing::warn!(peer = ?peer, "job refused: it carries credentials or secrets over plain HTTP from another host");
+        return Err(ApiError::Forbidden {
+            code: "credentials_over_plain_http",
+            message,
+        });
+    }
     let sent = std::mem::take(&mut req.registry_credentials);
     let mut job = validate(req)?;
     // Every repository the tags name passes the checks a single one would.

@@ -122,20 +122,71 @@ pub fn refusal(
     peer: Option<SocketAddr>,
     carried: &Carried,
 ) -> Option<String> {
-    if carried.is_empty()
-        || config.tls_enabled()
-        || config.insecure_credentials_over_http
-        || peer.is_some_and(|p| is_loopback(p.ip()))
-    {
+    if carried.is_empty() || may_carry_secrets(config, peer) {
         return None;
     }
-    let from = peer.map_or_else(|| "an unknown address".to_string(), |p| p.ip().to_string());
+    let from = peer_in_words(peer);
     Some(format!(
         "the coordinator serves plain HTTP and agent {agent} connects from {from}: refused to send {} \
          over that connection; serve TLS (--tls-cert and --tls-key, and give agents an https:// URL), \
          or start the coordinator with --insecure-credentials-over-http if a proxy or service mesh \
          encrypts the connection",
         carried.describe()
+    ))
+}
+
+/// Whether a connection from `peer` may carry credentials and secrets: TLS, a loopback peer, or
+/// the operator's word that something else encrypts it (`--insecure-credentials-over-http`).
+fn may_carry_secrets(config: &Config, peer: Option<SocketAddr>) -> bool {
+    config.tls_enabled()
+        || config.insecure_credentials_over_http
+        || peer.is_some_and(|p| is_loopback(p.ip()))
+}
+
+fn peer_in_words(peer: Option<SocketAddr>) -> String {
+    peer.map_or_else(|| "an unknown address".to_string(), |p| p.ip().to_string())
+}
+
+/// What a job submission holds that must not cross a plain-HTTP connection, in words; empty
+/// when nothing.
+pub fn submitted_secrets(req: &archfarm_protocol::api::JobRequest) -> Vec<String> {
+    let mut out = Vec::new();
+    if !req.registry_credentials.is_empty() {
+        let names: Vec<&str> = req
+            .registry_credentials
+            .keys()
+            .map(String::as_str)
+            .collect();
+        out.push(format!("registry credentials for {}", names.join(", ")));
+    }
+    if !req.secrets.is_empty() {
+        out.push("build secrets".to_string());
+    }
+    if !req.secret_build_args.is_empty() {
+        out.push("secret build arguments".to_string());
+    }
+    out
+}
+
+/// Why a job submission holding `what` (from [`submitted_secrets`]) that came over a connection
+/// from `peer` is refused, or `None` when it is not: the rule leases follow, for the way in. The
+/// request has crossed the network already; refusing it keeps the pipeline from relying on a
+/// channel that exposes its secrets at every run, and says so.
+pub fn submission_refusal(
+    config: &Config,
+    peer: Option<SocketAddr>,
+    what: &[String],
+) -> Option<String> {
+    if what.is_empty() || may_carry_secrets(config, peer) {
+        return None;
+    }
+    Some(format!(
+        "the coordinator serves plain HTTP and this job, from {}, carries {}: refused, as they \
+         crossed the network unencrypted (consider them exposed); use an https:// coordinator URL \
+         (serve TLS with --tls-cert and --tls-key), or start the coordinator with \
+         --insecure-credentials-over-http if a proxy or service mesh encrypts the connection",
+        peer_in_words(peer),
+        what.join(" and ")
     ))
 }
 
@@ -268,5 +319,44 @@ mod tests {
             e.contains("refused to send the pull credentials for base.example/team/base over"),
             "{e}"
         );
+    }
+
+    #[test]
+    fn a_job_with_secrets_over_remote_plain_http_is_refused() {
+        let req: archfarm_protocol::api::JobRequest = serde_json::from_value(serde_json::json!({
+            "context": format!("sha256:{}", "0".repeat(64)),
+            "platforms": ["linux/amd64"],
+            "tags": ["reg.example/app:1"],
+            "registry_credentials": {"reg.example": {"username": "ci", "password": "pw"}},
+            "secrets": [{"id": "npmrc", "value": "t0k"}],
+        }))
+        .unwrap();
+        let what = submitted_secrets(&req);
+        assert_eq!(
+            what,
+            ["registry credentials for reg.example", "build secrets"]
+        );
+        let remote: SocketAddr = "10.0.0.5:41000".parse().unwrap();
+        let local: SocketAddr = "127.0.0.1:41000".parse().unwrap();
+        let plain = config(&[]);
+        let e = submission_refusal(&plain, Some(remote), &what).unwrap();
+        assert!(
+            e.contains(
+                "from 10.0.0.5, carries registry credentials for reg.example and build secrets"
+            ) && e.contains("https://")
+                && e.contains("--insecure-credentials-over-http")
+                && !e.contains("pw"),
+            "{e}"
+        );
+        assert!(
+            submission_refusal(&plain, None, &what).is_some(),
+            "fails closed"
+        );
+        assert_eq!(submission_refusal(&plain, Some(local), &what), None);
+        assert_eq!(submission_refusal(&plain, Some(remote), &[]), None);
+        let allowed = config(&["--insecure-credentials-over-http"]);
+        assert_eq!(submission_refusal(&allowed, Some(remote), &what), None);
+        let tls = config(&["--tls-cert", "c.pem", "--tls-key", "k.pem"]);
+        assert_eq!(submission_refusal(&tls, Some(remote), &what), None);
     }
 }

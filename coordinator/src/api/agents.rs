@@ -371,6 +371,7 @@ async fn lease_for(
             index_annotations: Default::default(),
             ..job.image_meta
         },
+        allow_foreign_binary: job.allow_foreign_binary,
     })
 }
 

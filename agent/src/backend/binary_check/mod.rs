@@ -151,6 +151,11 @@ fn foreign_message(platform: &Platform, all: &[Finding]) -> String {
     }
 }
 
+/// `1 file`, `2 files`.
+fn files(n: usize) -> String {
+    format!("{n} file{}", if n == 1 { "" } else { "s" })
+}
+
 /// What a check that passed saw, for the build log.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Summary {
@@ -311,15 +316,12 @@ impl Scan {
         }
     }
 
-    /// The verdict once every layer is read: what was seen, or the foreign files (all of them,
-    /// bottom layer first, then by path).
-    pub fn finish(self) -> Result<Summary, Vec<Finding>> {
-        if self.foreign.is_empty() {
-            return Ok(self.summary);
-        }
+    /// What was seen once every layer is read, and the foreign files of the final file system
+    /// (bottom layer first, then by path): the check passed when there are none.
+    pub fn finish(self) -> (Summary, Vec<Finding>) {
         let mut all: Vec<Finding> = self.foreign.into_values().collect();
         all.sort_by(|a, b| (a.layer.index, &a.path).cmp(&(b.layer.index, &b.path)));
-        Err(all)
+        (self.summary, all)
     }
 
     /// The error for `found` (from [`Scan::finish`]).
@@ -402,9 +404,10 @@ pub fn check_image(
             .map_err(|e| unreadable(format!("cannot open {}: {e}", path.display())))?;
         read_layer(&mut scan, &layer, BufReader::new(file), compression, cancel)?;
     }
-    scan.finish()
-        .map(Some)
-        .map_err(|found| Scan::error(platform, found))
+    match scan.finish() {
+        (summary, found) if found.is_empty() => Ok(Some(summary)),
+        (_, found) => Err(Scan::error(platform, found)),
+    }
 }
 
 /// Feeds one compressed layer to `scan`.
@@ -468,24 +471,30 @@ pub async fn check_layout(
         Ok(Some(s)) => {
             let allowed = match (s.allowed, allowing) {
                 (_, 0) => String::new(),
-                (n, _) => {
-                    format!(", {n} for another architecture allowed by --allow-foreign-binary")
-                }
+                (n, _) => format!(
+                    "; {} for another architecture allowed by --allow-foreign-binary",
+                    files(n as usize)
+                ),
+            };
+            let native = s.judged - s.allowed;
+            let what = if native == 1 {
+                "executable or shared object is"
+            } else {
+                "executables and shared objects are"
             };
             log.note(format!(
-                "binary check: {} executables and shared objects in {} layers ({} entries, {} MiB) are for {}{allowed} ({took:.1} s)",
-                s.judged - s.allowed,
+                "binary check: {native} {what} for {} ({} layers, {} entries, {} MiB){allowed} ({took:.1} s)",
+                spec.platform,
                 s.layers,
                 s.entries,
                 s.bytes / (1024 * 1024),
-                spec.platform
             ))
             .await
         }
         Err(CheckError::Foreign { found, .. }) => {
             log.note(format!(
-                "binary check: {} files cannot run on {} ({took:.1} s):",
-                found.len(),
+                "binary check: {} cannot run on {} ({took:.1} s):",
+                files(found.len()),
                 spec.platform
             ))
             .await;

@@ -167,6 +167,8 @@ pub struct Summary {
     pub bytes: u64,
     /// Executables and shared objects judged (in any layer, before deletions).
     pub judged: u64,
+    /// Those of them that are for the platform.
+    pub native: u64,
     /// Foreign ones left out because a glob allows them.
     pub allowed: u64,
 }
@@ -256,7 +258,9 @@ impl Scan {
         let found = match entry.kind {
             EntryKind::Regular => elf::read(&entry.head).and_then(|elf| {
                 self.summary.judged += 1;
-                (!elf.runs_on(self.natives)).then_some(elf)
+                let runs = elf.runs_on(self.natives);
+                self.summary.native += u64::from(runs);
+                (!runs).then_some(elf)
             }),
             // A hard link is the same file as its target: foreign when the target is (a link
             // to itself finds the entry it replaces).
@@ -470,13 +474,13 @@ pub async fn check_layout(
         }
         Ok(Some(s)) => {
             let allowed = match (s.allowed, allowing) {
-                (_, 0) => String::new(),
+                (0, _) | (_, 0) => String::new(),
                 (n, _) => format!(
                     "; {} for another architecture allowed by --allow-foreign-binary",
                     files(n as usize)
                 ),
             };
-            let native = s.judged - s.allowed;
+            let native = s.native;
             let what = if native == 1 {
                 "executable or shared object is"
             } else {

@@ -208,6 +208,7 @@ async fn execute(
         pull: lease.pull.clone(),
         cache: lease.cache.clone(),
         image_meta: lease.image_meta.clone(),
+        allow_foreign_binary: lease.allow_foreign_binary.clone(),
     };
     Ok(env
         .backend

@@ -184,6 +184,7 @@ impl Fixture {
             pull: Default::default(),
             cache: Default::default(),
             image_meta: Default::default(),
+            allow_foreign_binary: Vec::new(),
         }
     }
 

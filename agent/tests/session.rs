@@ -427,6 +427,7 @@ fn a_lease(context: &[u8]) -> Lease {
         pull: Default::default(),
         cache: Default::default(),
         image_meta: Default::default(),
+        allow_foreign_binary: Vec::new(),
     }
 }
 

@@ -26,6 +26,10 @@ pub enum Part {
     /// rebuilt on fresh agents from the registry cache, against plain buildah (issue 16). Slow
     /// (the emulated cold builds take minutes), so only when named in --only.
     Realworld,
+    /// The agent's binary check on a 1 GiB layer against `gzip -dc | tar -t` (issue 19): time
+    /// and peak memory. Writes the layer to the scratch directory first, so only when named in
+    /// --only.
+    BinaryCheck,
 }
 
 /// Measures archfarm's coordinator overhead against the physical limit; prints progress to
@@ -98,6 +102,10 @@ pub struct Args {
     /// floor on a machine or branch where archfarm's side cannot run).
     #[arg(long)]
     pub realworld_plain_only: bool,
+
+    /// Runs of each side of the binary-check part.
+    #[arg(long, default_value_t = 3, value_name = "N")]
+    pub binary_check_runs: usize,
 
     /// Runs of each of the end-to-end overhead's two sides (archfarm, buildah alone).
     #[arg(long, default_value_t = 3, value_name = "N")]

@@ -5,6 +5,7 @@
 //! asserts a timing. [`run`] builds the release binaries it runs, then each part in turn.
 
 pub mod args;
+pub mod binary_check;
 pub mod dispatch;
 pub mod emulation;
 pub mod farm;
@@ -93,6 +94,11 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     if plan.parts.contains(&Part::Realworld) {
         eprintln!("==> real teams' builds: archfarm with a registry cache against plain buildah");
         report.realworld = Some(realworld::run(&registry, args.realworld_plain_only)?);
+    }
+    if plan.parts.contains(&Part::BinaryCheck) {
+        eprintln!("==> the binary check on a 1 GiB layer against gzip -dc | tar -t");
+        let dir = std::env::temp_dir().join("archfarm-bench");
+        report.binary_check = Some(binary_check::run(&dir, args.binary_check_runs.max(1))?);
     }
     report.wall_secs = started.elapsed().as_secs_f64();
     report.write(

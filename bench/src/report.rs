@@ -7,6 +7,7 @@ use std::path::Path;
 use anyhow::Context as _;
 use serde::Serialize;
 
+use crate::binary_check::BinaryCheckRun;
 use crate::dispatch::DispatchRun;
 use crate::emulation::EmulationRun;
 use crate::farm::DbKind;
@@ -59,6 +60,8 @@ pub struct Report {
     pub emulation: Option<EmulationRun>,
     /// Real teams' builds: archfarm's caches against plain buildah.
     pub realworld: Option<RealworldRun>,
+    /// The binary check's cost on a 1 GiB layer.
+    pub binary_check: Option<BinaryCheckRun>,
 }
 
 /// The headline figures, flat, for scripts and dashboards.
@@ -107,6 +110,7 @@ impl Report {
             overhead: None,
             emulation: None,
             realworld: None,
+            binary_check: None,
         }
     }
 
@@ -202,6 +206,9 @@ impl Report {
                 .collect();
             let _ = writeln!(out, "  emulation: {}", ratios.join(", "));
         }
+        if let Some(b) = &self.binary_check {
+            let _ = writeln!(out, "  binary check: {}", b.summary());
+        }
         if let Some(r) = &self.realworld {
             let _ = writeln!(out, "  realworld: {}", r.summary());
         }
@@ -287,6 +294,9 @@ impl Report {
         self.growth_section(&mut s, plot);
         if let Some(r) = &self.realworld {
             s.push_str(&r.markdown());
+        }
+        if let Some(b) = &self.binary_check {
+            s.push_str(&b.markdown());
         }
         if let Some(a) = analysis {
             let _ = writeln!(s, "{}", a.trim_end());

@@ -192,6 +192,7 @@ fn rows(
         base_images: vec![],
         cache: Default::default(),
         image_meta: Default::default(),
+        allow_foreign_binary: Vec::new(),
     };
     let builds = platforms
         .into_iter()

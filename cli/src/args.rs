@@ -399,6 +399,13 @@ pub struct BuildArgs {
     /// platform's manifest (repeatable).
     #[arg(long = "annotation", value_name = "[index:|manifest:]KEY=VALUE")]
     pub annotations: Vec<String>,
+    /// Let ELF files at paths matching GLOB be for another architecture (repeatable). Every
+    /// other executable and shared object in each platform's image must be for that platform,
+    /// or the platform fails naming the file. GLOB is an absolute path in the image; * and ?
+    /// match within a path component, ** any number of them: '/usr/bin/qemu-*-static',
+    /// '/usr/aarch64-linux-gnu/**'.
+    #[arg(long = "allow-foreign-binary", value_name = "GLOB")]
+    pub allow_foreign_binary: Vec<String>,
     /// Print only the result and errors (as `--progress quiet`).
     #[arg(long, short = 'q')]
     pub quiet: bool,

@@ -170,6 +170,7 @@ pub async fn build(conn: &Connection, args: &BuildArgs) -> Result<u8, Error> {
         network: plan.network.map(|n| n.to_string()),
         labels: plan.labels.clone(),
         annotations: plan.annotations.clone(),
+        allow_foreign_binary: plan.allow_foreign_binary.clone(),
         cache_to: plan.cache_to.iter().map(ToString::to_string).collect(),
         cache_from: plan.cache_from.iter().map(ToString::to_string).collect(),
         no_cache: plan.no_cache,

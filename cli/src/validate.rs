@@ -66,6 +66,8 @@ pub struct BuildPlan {
     pub labels: Vec<String>,
     /// `--annotation` values, as given (checked).
     pub annotations: Vec<String>,
+    /// `--allow-foreign-binary` globs, as given (checked).
+    pub allow_foreign_binary: Vec<String>,
 }
 
 impl BuildPlan {
@@ -90,6 +92,8 @@ impl BuildPlan {
         }
         archfarm_protocol::image_meta::ImageMeta::parse(&args.labels, &args.annotations)
             .map_err(UsageError)?;
+        archfarm_protocol::foreign_binary::AllowedPaths::parse(&args.allow_foreign_binary)
+            .map_err(UsageError)?;
         let platforms = parse_platforms(&args.platforms)?;
         let optional_platforms = parse_optional_platforms(&args.optional_platforms, &platforms)?;
         let tags = parse_tags(&args.tags)?;
@@ -113,6 +117,7 @@ impl BuildPlan {
             iidfile: args.iidfile.clone(),
             labels: args.labels.clone(),
             annotations: args.annotations.clone(),
+            allow_foreign_binary: args.allow_foreign_binary.clone(),
             metadata_file: args.metadata_file.clone(),
             cache_to: args.cache_to.clone(),
             cache_from: args.cache_from.clone(),

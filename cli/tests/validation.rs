@@ -146,6 +146,32 @@ fn bad_build_arg() {
 }
 
 #[test]
+fn bad_allow_foreign_binary_globs() {
+    let ctx = good_context();
+    for (glob, says) in [
+        (
+            "usr/local/bin/hello",
+            "--allow-foreign-binary 'usr/local/bin/hello': not absolute; accepted: an absolute \
+             path in the image",
+        ),
+        (
+            "/opt/cross/",
+            "for everything below a directory use '/opt/cross/**'",
+        ),
+        ("/a/[b", "an unclosed '['"),
+    ] {
+        let mut args = OK.to_vec();
+        args.extend([
+            "--allow-foreign-binary",
+            "/usr/bin/qemu-*",
+            "--allow-foreign-binary",
+            glob,
+        ]);
+        assert_usage(build(ctx.path(), &args), says);
+    }
+}
+
+#[test]
 fn emulation_policy_values() {
     let ctx = good_context();
     let with = |extra: &[&str]| {

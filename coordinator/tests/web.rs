@@ -558,6 +558,7 @@ async fn the_emulation_page_compares_medians_from_history() {
             base_images: vec![],
             cache: Default::default(),
             image_meta: Default::default(),
+            allow_foreign_binary: Vec::new(),
         };
         let id = store.insert_job(&job).await.unwrap();
         let build = store.builds_of_job(id).await.unwrap().remove(0);

@@ -172,6 +172,10 @@ pub struct JobRequest {
     /// in place of its own for that registry, and deletes it when the job ends.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub registry_credentials: BTreeMap<String, crate::RegistryCredential>,
+    /// `--allow-foreign-binary GLOB` values: paths whose ELF files are not checked against the
+    /// platform (see [`crate::foreign_binary`]).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub allow_foreign_binary: Vec<String>,
 }
 
 /// Most registries one job may send a credential for.
@@ -670,6 +674,10 @@ pub struct Lease {
         skip_serializing_if = "crate::image_meta::ImageMeta::is_empty"
     )]
     pub image_meta: crate::image_meta::ImageMeta,
+    /// The job's `--allow-foreign-binary` globs: paths the agent does not check against the
+    /// platform (see [`crate::foreign_binary`]). Every other ELF file must be for it.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub allow_foreign_binary: Vec<String>,
 }
 
 /// `POST /api/v1/builds/{id}/heartbeat`. A 409 answer means the lease is gone: stop the build.

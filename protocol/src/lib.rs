@@ -10,6 +10,7 @@
 //! * [`limits`]: caps on a build context archive, the same on the coordinator and agents.
 //! * [`cache`]: registry build caches (`--cache-to/--cache-from`), kept apart per platform.
 //! * [`image_meta`]: labels and annotations on a job's images (`--label`, `--annotation`).
+//! * [`foreign_binary`]: paths a job allows to hold ELF files for another architecture.
 //! * [`network`]: the network of a build's `RUN` steps, as agents allow it and jobs ask for it.
 //! * [`registry_auth`]: registry credentials from Docker's `config.json`; [`redact`]: hiding secret
 //!   values in log lines.
@@ -23,6 +24,7 @@ pub mod build_secret;
 pub mod cache;
 pub mod duration;
 pub mod events;
+pub mod foreign_binary;
 pub mod image_meta;
 pub mod limits;
 pub mod network;

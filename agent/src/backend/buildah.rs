@@ -291,6 +291,7 @@ impl Buildah {
         run_logged(export, "buildah push", log, cancel).await?;
 
         let image = push::read_layout(&layout)?;
+        super::binary_check::check_layout(&layout, &image.manifest, spec, log, cancel).await?;
         let auth = match &spec.refresh_auth {
             Some(refresh) => refresh.or(spec.registry_auth.as_ref()).await,
             None => spec.registry_auth.clone(),
@@ -519,6 +520,7 @@ mod tests {
             pull: Default::default(),
             cache: Default::default(),
             image_meta: Default::default(),
+            allow_foreign_binary: Vec::new(),
         }
     }
 

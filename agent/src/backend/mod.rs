@@ -13,6 +13,7 @@ use uuid::Uuid;
 
 use crate::push::PushError;
 
+pub mod binary_check;
 pub mod buildah;
 pub mod cache;
 pub mod dockerfile_guard;
@@ -67,6 +68,9 @@ pub struct BuildSpec {
     pub cache: archfarm_protocol::cache::LeaseCache,
     /// The job's labels and manifest annotations (`buildah build --label/--annotation`).
     pub image_meta: archfarm_protocol::image_meta::ImageMeta,
+    /// Paths whose ELF files are not checked against the platform (`--allow-foreign-binary`);
+    /// every other executable and shared object must be for it (see [`binary_check`]).
+    pub allow_foreign_binary: Vec<String>,
 }
 
 /// The manifest a build pushed, as reported to the coordinator.
@@ -164,6 +168,9 @@ pub enum BackendError {
     /// Build steps cannot be isolated as configured on this machine.
     #[error(transparent)]
     Isolation(#[from] isolation::Unusable),
+    /// The image holds binaries for another platform, or its layers could not be checked.
+    #[error(transparent)]
+    BinaryCheck(#[from] binary_check::CheckError),
 }
 
 /// A way to build and push images.

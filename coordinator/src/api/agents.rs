@@ -402,6 +402,7 @@ async fn lease_for(
             index_annotations: Default::default(),
             ..job.image_meta
         },
+        allow_foreign_binary: job.allow_foreign_binary,
     })
 }
 

@@ -190,7 +190,10 @@ pub fn validate(req: JobRequest) -> Result<NewJob, ApiError> {
     };
     let image_meta = ImageMeta::parse(&req.labels, &req.annotations)
         .map_err(|m| ApiError::bad("invalid_label", m))?;
+    archfarm_protocol::foreign_binary::AllowedPaths::parse(&req.allow_foreign_binary)
+        .map_err(|m| ApiError::bad("invalid_allow_foreign_binary", m))?;
     Ok(NewJob {
+        allow_foreign_binary: req.allow_foreign_binary,
         image_meta,
         cache,
         network,

@@ -55,6 +55,8 @@ pub struct NewJob {
     pub cache: JobCache,
     /// Its labels and annotations.
     pub image_meta: ImageMeta,
+    /// `--allow-foreign-binary` globs: paths the agents' binary check leaves out (checked).
+    pub allow_foreign_binary: Vec<String>,
 }
 
 /// A job's registry caches (`--cache-to`/`--cache-from`, or the coordinator's default) and
@@ -141,13 +143,15 @@ pub struct JobRow {
     pub cache: JobCache,
     /// Its labels and annotations.
     pub image_meta: ImageMeta,
+    /// `--allow-foreign-binary` globs: paths the agents' binary check leaves out (checked).
+    pub allow_foreign_binary: Vec<String>,
 }
 
 const COLUMNS: &str =
     "id, state, context, dockerfile, build_args, target, emulation, tags, platforms, registry, \
         repository, index_digest, index_media_type, error, created_at, updated_at, finished_at, \
     optional_platforms, timeout_secs, warnings, submitter, secret_build_args, secret_ids, network, \
-    base_images, cache, image_meta, index_size";
+    base_images, cache, image_meta, index_size, allow_foreign_binary";
 
 impl JobRow {
     fn from_row(row: &AnyRow) -> StoreResult<Self> {
@@ -200,6 +204,7 @@ impl JobRow {
                     value: text,
                 })?,
             },
+            allow_foreign_binary: json_list(row, "allow_foreign_binary")?,
         })
     }
 }
@@ -223,7 +228,7 @@ impl Store {
         let mut tx = self.begin().await?;
         sqlx::query(&format!(
                         "INSERT INTO jobs ({COLUMNS}) VALUES ($1, 'queued', $2, $3, $4, $5, $6, $7, $8, $9, $10, NULL, NULL, NULL, \
-             $11, $12, NULL, $13, $14, '[]', $15, $16, $17, $18, $19, $20, $21, NULL)"
+             $11, $12, NULL, $13, $14, '[]', $15, $16, $17, $18, $19, $20, $21, NULL, $22)"
         ))
         .bind(id.to_string())
         .bind(job.context.as_str())
@@ -250,6 +255,7 @@ impl Store {
             .then(|| serde_json::to_string(&job.cache).expect("cache serialises")))
         .bind((!job.image_meta.is_empty())
             .then(|| serde_json::to_string(&job.image_meta).expect("image meta serialises")))
+        .bind(to_json_list(&job.allow_foreign_binary))
         .execute(&mut *tx)
         .await?;
         secrets::insert(&mut tx, id, &job.secrets).await?;

@@ -222,6 +222,7 @@ pub(crate) async fn insert_test_job(
             base_images: vec![],
             cache: Default::default(),
             image_meta: Default::default(),
+            allow_foreign_binary: Vec::new(),
         })
         .await
         .unwrap()

@@ -88,13 +88,18 @@ fn submit_batch(
     repo: &str,
     n: usize,
     context: &BuildContext,
+    extra: &[&str],
 ) -> Vec<(Uuid, String)> {
     (0..n)
         .map(|i| {
             let tag = format!("v{i}");
             let image = format!("{}/{repo}:{tag}", registry.host());
             let target = coordinators[i % coordinators.len()];
-            let id = target.submit(&["--platform", PLATFORMS, "-t", &image, &context.arg()]);
+            let ctx = context.arg();
+            let mut args = vec!["--platform", PLATFORMS, "-t", &image];
+            args.extend_from_slice(extra);
+            args.push(&ctx);
+            let id = target.submit(&args);
             (id, tag)
         })
         .collect()
@@ -141,7 +146,7 @@ fn two_replicas_share_one_database() {
 
     // Now both replicas have agents, and a batch goes to both.
     let a_agents = agents_of(&a, "a");
-    let batch = submit_batch(&[&a, &b], &registry, "batch", 8, &context);
+    let batch = submit_batch(&[&a, &b], &registry, "batch", 8, &context, &[]);
     for (id, tag) in &batch {
         // Either replica answers for any job.
         let job = a.wait_terminal(*id, BATCH_TIMEOUT);
@@ -191,9 +196,16 @@ fn two_replicas_share_one_database() {
 fn a_replica_killed_mid_batch_leaves_the_batch_to_the_other() {
     preflight();
     let registry = Registry::start();
-    let (db, mut a, b) = replicas(CoordinatorOptions::fast_leases());
+    // No builds held for the agent that built the repository last (warm agents): every agent,
+    // a's included, keeps taking builds however slowly the batch is submitted.
+    let (db, mut a, b) = replicas(
+        CoordinatorOptions::fast_leases()
+            .arg("--warm-agent-wait-secs")
+            .arg("0"),
+    );
     let context = BuildContext::hello();
-    // Long enough a RUN step that the kill lands while builds are running.
+    // Long enough a RUN step that the kill lands while builds are running; `--no-cache` below
+    // keeps agents' layer stores from skipping it after their first build.
     context.write(
         "Dockerfile",
         "FROM scratch\nARG TARGETARCH\nCOPY rootfs/${TARGETARCH}/ /\n\
@@ -204,7 +216,14 @@ fn a_replica_killed_mid_batch_leaves_the_batch_to_the_other() {
     );
     let a_agents = agents_of(&a, "a");
     let b_agents = agents_of(&b, "b");
-    let batch = submit_batch(&[&a, &b], &registry, "survive", 6, &context);
+    let batch = submit_batch(
+        &[&a, &b],
+        &registry,
+        "survive",
+        6,
+        &context,
+        &["--no-cache"],
+    );
 
     // Kill a while its agents run builds under leases it granted.
     let held_by_a = || {

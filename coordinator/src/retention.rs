@@ -163,3 +163,179 @@ pub async fn run(state: AppState) {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::{insert_test_job, test_store};
+    use archfarm_protocol::api::JobState;
+    use archfarm_protocol::Digest;
+    use sha2::{Digest as _, Sha256};
+    use sqlx::Row as _;
+
+    const HOUR: Duration = Duration::from_secs(3600);
+
+    /// Ends `n` jobs of two builds each and moves them, and every context, a day back.
+    async fn old_ended_jobs(store: &Store, n: usize) -> Vec<uuid::Uuid> {
+        let mut ids = Vec::new();
+        for _ in 0..n {
+            let id = insert_test_job(store, "app", &["linux/amd64", "linux/arm64"]).await;
+            store.end_job(id, JobState::Cancelled, "gone").await.unwrap();
+            ids.push(id);
+        }
+        let day = 24 * 3_600_000i64;
+        sqlx::query("UPDATE jobs SET created_at = created_at - $1, finished_at = finished_at - $1")
+            .bind(day)
+            .execute(store.pool())
+            .await
+            .unwrap();
+        sqlx::query("UPDATE contexts SET last_used_at = last_used_at - $1")
+            .bind(day)
+            .execute(store.pool())
+            .await
+            .unwrap();
+        ids
+    }
+
+    async fn rows(store: &Store, table: &str) -> i64 {
+        sqlx::query(&format!("SELECT COUNT(*) AS n FROM {table}"))
+            .fetch_one(store.pool())
+            .await
+            .unwrap()
+            .get::<i64, _>("n")
+    }
+
+    #[tokio::test]
+    async fn retention_off_deletes_nothing_and_on_deletes_what_ended_before_it() {
+        let (store, _db) = test_store().await;
+        let dir = tempfile::tempdir().unwrap();
+        let blobs = BlobStore::open(dir.path().into(), store.clone())
+            .await
+            .unwrap();
+        let ids = old_ended_jobs(&store, 2).await;
+        let stop = CancellationToken::new();
+        let off = sweep(&store, &blobs, None, now_ms(), &stop).await.unwrap();
+        assert!(off.is_empty(), "{off:?}");
+        assert_eq!(rows(&store, "jobs").await, 2);
+        // Ended a day ago: a two-day retention keeps them, a twelve-hour one does not.
+        let kept = sweep(&store, &blobs, Some(48 * HOUR), now_ms(), &stop).await;
+        assert!(kept.unwrap().is_empty());
+        let on = sweep(&store, &blobs, Some(12 * HOUR), now_ms(), &stop)
+            .await
+            .unwrap();
+        assert_eq!((on.get("jobs"), on.get("builds"), on.get("contexts")), (2, 4, 1));
+        for id in ids {
+            assert!(store.get_job(id).await.unwrap().is_none());
+        }
+        assert_eq!(rows(&store, "builds").await, 0);
+        assert_eq!(rows(&store, "contexts").await, 0);
+    }
+
+    #[tokio::test]
+    async fn two_sweeps_at_once_share_the_work_without_errors() {
+        let (store, db) = test_store().await;
+        let other = Store::connect(db.url()).await.unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let blobs = BlobStore::open(dir.path().into(), store.clone())
+            .await
+            .unwrap();
+        let n = 2 * JOB_BATCH as usize + 7;
+        old_ended_jobs(&store, n).await;
+        // A live job of the same age stays, and so does the context it names.
+        let live = insert_test_job(&store, "app", &["linux/s390x"]).await;
+        sqlx::query("UPDATE jobs SET created_at = 0 WHERE id = $1")
+            .bind(live.to_string())
+            .execute(store.pool())
+            .await
+            .unwrap();
+        sqlx::query("UPDATE contexts SET last_used_at = 0")
+            .execute(store.pool())
+            .await
+            .unwrap();
+        let stop = CancellationToken::new();
+        let keep = Some(HOUR);
+        let (a, b) = tokio::join!(
+            sweep(&store, &blobs, keep, now_ms(), &stop),
+            sweep(&other, &blobs, keep, now_ms(), &stop)
+        );
+        let (a, b) = (a.unwrap(), b.unwrap());
+        assert_eq!(a.get("jobs") + b.get("jobs"), n as u64, "{a:?} {b:?}");
+        assert_eq!(a.get("builds") + b.get("builds"), 2 * n as u64);
+        assert_eq!(a.get("contexts") + b.get("contexts"), 0, "a live job names it");
+        assert_eq!(rows(&store, "jobs").await, 1);
+        assert_eq!(rows(&store, "builds").await, 1);
+        let job = store.get_job(live).await.unwrap().expect("the live job stays");
+        assert_eq!(job.state, JobState::Queued);
+        assert_eq!(rows(&store, "contexts").await, 1);
+        other.pool().close().await;
+    }
+
+    fn archive(name: &str) -> Vec<u8> {
+        let mut builder = tar::Builder::new(flate2::write::GzEncoder::new(
+            Vec::new(),
+            flate2::Compression::fast(),
+        ));
+        let mut h = tar::Header::new_gnu();
+        h.set_size(4);
+        h.set_mode(0o644);
+        h.set_cksum();
+        builder.append_data(&mut h, name, &b"data"[..]).unwrap();
+        builder.into_inner().unwrap().finish().unwrap()
+    }
+
+    #[tokio::test]
+    async fn the_cache_drops_deleted_contexts_then_the_least_recently_used_but_never_a_live_jobs()
+    {
+        let (store, _db) = test_store().await;
+        let dir = tempfile::tempdir().unwrap();
+        let blobs = BlobStore::open(dir.path().into(), store.clone())
+            .await
+            .unwrap();
+        let mut cached = Vec::new();
+        for name in ["a", "b", "c", "d"] {
+            let bytes = archive(name);
+            let digest = Digest::from_sha256_bytes(&Sha256::digest(&bytes));
+            let chunks = vec![Ok::<_, std::io::Error>(bytes::Bytes::from(bytes.clone()))];
+            blobs
+                .put(&digest, futures::stream::iter(chunks), 1 << 20)
+                .await
+                .unwrap();
+            store
+                .insert_context(digest.as_str(), bytes.len() as i64)
+                .await
+                .unwrap();
+            let path = dir.path().join(format!("{}.tar.gz", digest.hex()));
+            cached.push((digest, path, bytes.len() as u64));
+        }
+        let [a, b, c, d] = &cached[..] else { unreachable!() };
+        // b is the context of a live job; d's record is gone (retention on another replica).
+        let job = insert_test_job(&store, "app", &["linux/amd64"]).await;
+        sqlx::query("UPDATE jobs SET context = $1 WHERE id = $2")
+            .bind(b.0.as_str())
+            .bind(job.to_string())
+            .execute(store.pool())
+            .await
+            .unwrap();
+        sqlx::query("DELETE FROM contexts WHERE digest = $1")
+            .bind(d.0.as_str())
+            .execute(store.pool())
+            .await
+            .unwrap();
+        // Last used: b longest ago, then d, a, c.
+        let now = std::time::SystemTime::now();
+        for (file, hours_ago) in [(b, 4), (d, 3), (a, 2), (c, 1)] {
+            let f = std::fs::File::options().append(true).open(&file.1).unwrap();
+            f.set_modified(now - hours_ago * HOUR).unwrap();
+        }
+        let blobs = blobs.with_cache_limit(a.2 + b.2 + c.2 - 1);
+        let trimmed = blobs.trim().await.unwrap();
+        assert_eq!(trimmed.files, 2);
+        assert_eq!(trimmed.bytes, b.2 + c.2);
+        assert!(!a.1.exists() && !d.1.exists(), "d is gone, a was least recently used");
+        assert!(b.1.exists(), "a live job's archive stays though it is the oldest");
+        assert!(c.1.exists());
+        // Trimmed from the cache only: the database still serves a.
+        let again = blobs.local(&a.0).await.unwrap().expect("copied back");
+        assert_eq!(std::fs::read(again).unwrap(), archive("a"));
+    }
+}

@@ -330,6 +330,9 @@ mod tests {
             text.contains("2026-12-05 17:00:00 UTC: deleted 4 builds, 2 jobs"),
             "{text}"
         );
-        assert!(text.contains("3 sweeps on coord-0, deleted 5 jobs"), "{text}");
+        assert!(
+            text.contains("3 sweeps on coord-0, deleted 5 jobs"),
+            "{text}"
+        );
     }
 }

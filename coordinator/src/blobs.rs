@@ -176,9 +176,8 @@ impl BlobStore {
         for (used, digest, path, len) in cached {
             // An upload's archive is cached before its record is written: not gone while young.
             let young = used.elapsed().unwrap_or_default() < UNRECORDED_GRACE;
-            let gone = !young
-                && !live.contains(&digest)
-                && !self.store.context_exists(&digest).await?;
+            let gone =
+                !young && !live.contains(&digest) && !self.store.context_exists(&digest).await?;
             let over = total > self.max_cache_bytes && !live.contains(&digest);
             if (gone || over) && std::fs::remove_file(&path).is_ok() {
                 total -= len;

@@ -211,9 +211,8 @@ pub async fn run(
     // idempotent.
     progress::take_over_stitches(&state, true).await?;
     let reaper = tokio::spawn(reap_leases(state.clone()).instrument(tracing::info_span!("reaper")));
-    let retention_task = tokio::spawn(
-        retention::run(state.clone()).instrument(tracing::info_span!("retention")),
-    );
+    let retention_task =
+        tokio::spawn(retention::run(state.clone()).instrument(tracing::info_span!("retention")));
     let listener_task = (state.store.backend() == Backend::Postgres).then(|| {
         tokio::spawn(
             replicas::listen(state.clone(), state.config.database_url())

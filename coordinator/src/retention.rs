@@ -180,7 +180,10 @@ mod tests {
         let mut ids = Vec::new();
         for _ in 0..n {
             let id = insert_test_job(store, "app", &["linux/amd64", "linux/arm64"]).await;
-            store.end_job(id, JobState::Cancelled, "gone").await.unwrap();
+            store
+                .end_job(id, JobState::Cancelled, "gone")
+                .await
+                .unwrap();
             ids.push(id);
         }
         let day = 24 * 3_600_000i64;
@@ -223,7 +226,10 @@ mod tests {
         let on = sweep(&store, &blobs, Some(12 * HOUR), now_ms(), &stop)
             .await
             .unwrap();
-        assert_eq!((on.get("jobs"), on.get("builds"), on.get("contexts")), (2, 4, 1));
+        assert_eq!(
+            (on.get("jobs"), on.get("builds"), on.get("contexts")),
+            (2, 4, 1)
+        );
         for id in ids {
             assert!(store.get_job(id).await.unwrap().is_none());
         }
@@ -261,10 +267,18 @@ mod tests {
         let (a, b) = (a.unwrap(), b.unwrap());
         assert_eq!(a.get("jobs") + b.get("jobs"), n as u64, "{a:?} {b:?}");
         assert_eq!(a.get("builds") + b.get("builds"), 2 * n as u64);
-        assert_eq!(a.get("contexts") + b.get("contexts"), 0, "a live job names it");
+        assert_eq!(
+            a.get("contexts") + b.get("contexts"),
+            0,
+            "a live job names it"
+        );
         assert_eq!(rows(&store, "jobs").await, 1);
         assert_eq!(rows(&store, "builds").await, 1);
-        let job = store.get_job(live).await.unwrap().expect("the live job stays");
+        let job = store
+            .get_job(live)
+            .await
+            .unwrap()
+            .expect("the live job stays");
         assert_eq!(job.state, JobState::Queued);
         assert_eq!(rows(&store, "contexts").await, 1);
         other.pool().close().await;
@@ -284,8 +298,7 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn the_cache_drops_deleted_contexts_then_the_least_recently_used_but_never_a_live_jobs()
-    {
+    async fn the_cache_drops_deleted_contexts_then_the_least_recently_used_but_never_a_live_jobs() {
         let (store, _db) = test_store().await;
         let dir = tempfile::tempdir().unwrap();
         let blobs = BlobStore::open(dir.path().into(), store.clone())
@@ -307,7 +320,9 @@ mod tests {
             let path = dir.path().join(format!("{}.tar.gz", digest.hex()));
             cached.push((digest, path, bytes.len() as u64));
         }
-        let [a, b, c, d] = &cached[..] else { unreachable!() };
+        let [a, b, c, d] = &cached[..] else {
+            unreachable!()
+        };
         // b is the context of a live job; d's record is gone (retention on another replica).
         let job = insert_test_job(&store, "app", &["linux/amd64"]).await;
         sqlx::query("UPDATE jobs SET context = $1 WHERE id = $2")
@@ -331,8 +346,14 @@ mod tests {
         let trimmed = blobs.trim().await.unwrap();
         assert_eq!(trimmed.files, 2);
         assert_eq!(trimmed.bytes, b.2 + c.2);
-        assert!(!a.1.exists() && !d.1.exists(), "d is gone, a was least recently used");
-        assert!(b.1.exists(), "a live job's archive stays though it is the oldest");
+        assert!(
+            !a.1.exists() && !d.1.exists(),
+            "d is gone, a was least recently used"
+        );
+        assert!(
+            b.1.exists(),
+            "a live job's archive stays though it is the oldest"
+        );
         assert!(c.1.exists());
         // Trimmed from the cache only: the database still serves a.
         let again = blobs.local(&a.0).await.unwrap().expect("copied back");

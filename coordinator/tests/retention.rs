@@ -55,7 +55,9 @@ async fn the_first_sweep_deletes_old_ended_jobs_and_unused_contexts_and_nothing_
     let live_ctx = c.upload(&[("Dockerfile", "FROM scratch\n# live\n")]).await;
     let lone_old = c.upload(&[("Dockerfile", "FROM scratch\n# lone\n")]).await;
     let lone_new = c.upload(&[("Dockerfile", "FROM scratch\n# new\n")]).await;
-    let recent_ctx = c.upload(&[("Dockerfile", "FROM scratch\n# recent\n")]).await;
+    let recent_ctx = c
+        .upload(&[("Dockerfile", "FROM scratch\n# recent\n")])
+        .await;
 
     // Ended two days ago: one failed after a lease and a log, one cancelled.
     let s390x = c.register("s390x", &["linux/s390x"], &[]).await;
@@ -129,20 +131,34 @@ async fn the_first_sweep_deletes_old_ended_jobs_and_unused_contexts_and_nothing_
     assert!(status.last_sweep_at.is_some());
     let last = |kind: &str| status.last.get(kind).copied().unwrap_or(0);
     assert_eq!(
-        (last("jobs"), last("builds"), last("leases"), last("contexts")),
+        (
+            last("jobs"),
+            last("builds"),
+            last("leases"),
+            last("contexts")
+        ),
         (2, 2, 1, 2),
         "{status:?}"
     );
-    assert!(last("log_chunks") >= 1 && last("context_chunks") >= 2, "{status:?}");
+    assert!(
+        last("log_chunks") >= 1 && last("context_chunks") >= 2,
+        "{status:?}"
+    );
     assert_eq!(status.total, status.last);
 
     // What an independent client reads back.
     for gone in [failed.id, cancelled.id] {
-        assert_eq!(status_of(&c, &format!("/jobs/{gone}")).await, StatusCode::NOT_FOUND);
+        assert_eq!(
+            status_of(&c, &format!("/jobs/{gone}")).await,
+            StatusCode::NOT_FOUND
+        );
     }
     let log = format!("/builds/{}/log", lease.build_id);
     assert_eq!(status_of(&c, &log).await, StatusCode::NOT_FOUND);
-    for (live, state) in [(queued.id, JobState::Queued), (building.id, JobState::Building)] {
+    for (live, state) in [
+        (queued.id, JobState::Queued),
+        (building.id, JobState::Building),
+    ] {
         assert_eq!(c.job(live).await.state, state, "a live job is untouched");
     }
     assert_eq!(c.job(recent.id).await.state, JobState::Cancelled);

@@ -152,7 +152,8 @@ pub enum LeaseCheck {
 /// The emulation estimate's history query (see [`Store::recent_durations`]); it runs under the
 /// claim lock, so it walks `jobs_by_repository` (migration 0019) for the repository's newest jobs
 /// and `builds_by_job` for their builds, and never the whole of either table.
-pub const HISTORY_SQL: &str = "SELECT b.platform, b.mode, b.started_at, b.finished_at FROM builds b \
+pub const HISTORY_SQL: &str =
+    "SELECT b.platform, b.mode, b.started_at, b.finished_at FROM builds b \
      WHERE b.job_id IN (SELECT j.id FROM jobs j WHERE j.registry = $1 AND j.repository = $2 \
      ORDER BY j.created_at DESC LIMIT $3) \
      AND b.state = 'succeeded' AND b.started_at IS NOT NULL AND b.finished_at IS NOT NULL \
@@ -871,14 +872,12 @@ impl Store {
         limit: i64,
     ) -> StoreResult<Vec<(Platform, BuildMode, i64)>> {
         let (registry, repo) = repository.split_once('/').unwrap_or((repository, ""));
-        let rows = sqlx::query(
-            HISTORY_SQL,
-        )
-        .bind(registry)
-        .bind(repo)
-        .bind(limit)
-        .fetch_all(&self.pool)
-        .await?;
+        let rows = sqlx::query(HISTORY_SQL)
+            .bind(registry)
+            .bind(repo)
+            .bind(limit)
+            .fetch_all(&self.pool)
+            .await?;
         let mut out = Vec::with_capacity(rows.len());
         for row in &rows {
             let mode: Option<String> = row.try_get("mode")?;

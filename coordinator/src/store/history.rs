@@ -161,7 +161,10 @@ mod tests {
         println!("{plan}");
         assert!(plan.contains("jobs_by_repository"), "{plan}");
         assert!(plan.contains("builds_by_job"), "{plan}");
-        let samples = store.recent_durations("localhost:5000/repo-7", 200).await.unwrap();
+        let samples = store
+            .recent_durations("localhost:5000/repo-7", 200)
+            .await
+            .unwrap();
         assert_eq!(samples.len(), 20);
         assert!(samples.iter().all(|s| s.2 == 4000));
     }

@@ -194,8 +194,6 @@ impl Store {
         )
         .fetch_all(&self.pool)
         .await?;
-        rows.iter()
-            .map(|r| Ok(r.try_get("context")?))
-            .collect()
+        rows.iter().map(|r| Ok(r.try_get("context")?)).collect()
     }
 }

@@ -86,11 +86,12 @@ pub fn retention_summary(s: &archfarm_protocol::retention::RetentionStatus) -> S
         "retention:    {keep} (swept every {})\n\
          cache:        {} of {} bytes of context archives on disk\n\
          last sweep:   {last}\n\
-         since start:  {} sweeps on {}, deleted {}\n",
+         since start:  {} sweep{} on {}, deleted {}\n",
         format_duration(std::time::Duration::from_secs(s.interval_secs)),
         s.context_cache_bytes,
         s.context_cache_max_bytes,
         s.sweeps,
+        if s.sweeps == 1 { "" } else { "s" },
         s.replica,
         counts(&s.total)
     )

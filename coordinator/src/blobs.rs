@@ -195,6 +195,15 @@ impl BlobStore {
         Ok(out)
     }
 
+    /// Deletes this replica's cached copy of an archive whose record retention just deleted;
+    /// true when there was one. (Other replicas drop theirs at their next trim.)
+    pub fn forget(&self, digest: &str) -> bool {
+        let Some(hex) = digest.strip_prefix("sha256:") else {
+            return false;
+        };
+        std::fs::remove_file(self.dir.join(format!("{hex}.tar.gz"))).is_ok()
+    }
+
     /// Trims after an archive was added to the cache; a failure is logged, never the caller's.
     async fn trim_after_add(&self) {
         if let Err(e) = self.trim().await {

@@ -101,6 +101,9 @@ pub async fn sweep(
             let digests = store.delete_unused_contexts(cutoff, CONTEXT_BATCH).await?;
             deleted.add("contexts", digests.len() as u64);
             for digest in &digests {
+                if blobs.forget(digest) {
+                    deleted.add("cached_files", 1);
+                }
                 loop {
                     let n = store.delete_context_pieces(digest, PIECE_BATCH).await?;
                     deleted.add("context_chunks", n);
@@ -216,9 +219,13 @@ mod tests {
             .await
             .unwrap();
         let ids = old_ended_jobs(&store, 2).await;
+        // This replica's cached copy of the jobs' context (`insert_test_job`'s digest).
+        let cached = dir.path().join(format!("{}.tar.gz", "0".repeat(64)));
+        std::fs::write(&cached, b"archive").unwrap();
         let stop = CancellationToken::new();
         let off = sweep(&store, &blobs, None, now_ms(), &stop).await.unwrap();
         assert!(off.is_empty(), "{off:?}");
+        assert!(cached.exists());
         assert_eq!(rows(&store, "jobs").await, 2);
         // Ended a day ago: a two-day retention keeps them, a twelve-hour one does not.
         let kept = sweep(&store, &blobs, Some(48 * HOUR), now_ms(), &stop).await;
@@ -235,6 +242,9 @@ mod tests {
         }
         assert_eq!(rows(&store, "builds").await, 0);
         assert_eq!(rows(&store, "contexts").await, 0);
+        assert_eq!(rows(&store, "context_chunks").await, 0);
+        assert_eq!(on.get("cached_files"), 1);
+        assert!(!cached.exists(), "the cached copy went with the record");
     }
 
     #[tokio::test]

@@ -1,11 +1,12 @@
-//! The admin subcommands: `archfarm tokens create|list|revoke` and `archfarm agents revoke|forget`.
+//! The admin subcommands: `archfarm tokens create|list|revoke`, `archfarm agents revoke|forget`
+//! and `archfarm admin retention`.
 
 use archfarm_protocol::api::Agent;
 use archfarm_protocol::duration::format_duration;
 use archfarm_protocol::tokens::{CreateTokenRequest, TokenInfo, TokenKind};
 use chrono::{DateTime, Utc};
 
-use crate::args::{CreateTokenArgs, TokensAction};
+use crate::args::{AdminAction, CreateTokenArgs, TokensAction};
 use crate::client::Client;
 use crate::output::{self, table};
 use crate::validate::UsageError;
@@ -33,6 +34,67 @@ pub async fn tokens(client: &Client, action: &TokensAction) -> Result<u8, Error>
             Ok(0)
         }
     }
+}
+
+/// `archfarm admin ...`.
+pub async fn admin(client: &Client, action: &AdminAction) -> Result<u8, Error> {
+    match action {
+        AdminAction::Retention { json } => {
+            let status = client.retention().await?;
+            if *json {
+                output::stdout(&format!("{}\n", to_json(&status)?));
+            } else {
+                output::stdout(&retention_summary(&status));
+            }
+            Ok(0)
+        }
+    }
+}
+
+/// `archfarm admin retention`: the setting, the last sweep and the totals, one per line.
+pub fn retention_summary(s: &archfarm_protocol::retention::RetentionStatus) -> String {
+    let counts = |m: &std::collections::BTreeMap<String, u64>| {
+        if m.is_empty() {
+            return "nothing".to_string();
+        }
+        m.iter()
+            .map(|(kind, n)| format!("{n} {kind}"))
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    let keep = match s.retention_secs {
+        Some(secs) => format!(
+            "ended jobs and unused contexts are kept {}",
+            // `30d` as it was given, not `720h`.
+            if secs > 0 && secs % 86_400 == 0 {
+                format!("{}d", secs / 86_400)
+            } else {
+                format_duration(std::time::Duration::from_secs(secs))
+            }
+        ),
+        None => "off: everything is kept".to_string(),
+    };
+    let last = match s.last_sweep_at {
+        Some(at) => format!(
+            "{}: deleted {}",
+            at.format("%Y-%m-%d %H:%M:%S UTC"),
+            counts(&s.last)
+        ),
+        None => "none yet".to_string(),
+    };
+    format!(
+        "retention:    {keep} (swept every {})\n\
+         cache:        {} of {} bytes of context archives on disk\n\
+         last sweep:   {last}\n\
+         since start:  {} sweep{} on {}, deleted {}\n",
+        format_duration(std::time::Duration::from_secs(s.interval_secs)),
+        s.context_cache_bytes,
+        s.context_cache_max_bytes,
+        s.sweeps,
+        if s.sweeps == 1 { "" } else { "s" },
+        s.replica,
+        counts(&s.total)
+    )
 }
 
 async fn create(client: &Client, args: &CreateTokenArgs) -> Result<u8, Error> {
@@ -239,5 +301,39 @@ mod tests {
         assert!(t.contains("r.io/team-a/* r.io/b"), "{t}");
         assert!(describe(&limited).contains("pushes only to r.io/team-a/* r.io/b"));
         assert!(tokens_table(&[], now).starts_with("no tokens"));
+    }
+
+    #[test]
+    fn the_retention_summary_names_the_setting_the_last_sweep_and_the_totals() {
+        use archfarm_protocol::retention::RetentionStatus;
+        let mut s = RetentionStatus {
+            replica: "coord-0".into(),
+            retention_secs: Some(30 * 86_400),
+            interval_secs: 300,
+            context_cache_max_bytes: 8 << 30,
+            context_cache_bytes: 1024,
+            last_sweep_at: None,
+            last: Default::default(),
+            total: Default::default(),
+            sweeps: 0,
+        };
+        let text = retention_summary(&s);
+        assert!(text.contains("kept 30d (swept every 5m)"), "{text}");
+        assert!(text.contains("last sweep:   none yet"), "{text}");
+        s.last_sweep_at = Some("2026-12-05T17:00:00Z".parse().unwrap());
+        s.last = [("jobs".to_string(), 2), ("builds".to_string(), 4)].into();
+        s.total = [("jobs".to_string(), 5)].into();
+        s.sweeps = 3;
+        s.retention_secs = None;
+        let text = retention_summary(&s);
+        assert!(text.contains("off: everything is kept"), "{text}");
+        assert!(
+            text.contains("2026-12-05 17:00:00 UTC: deleted 4 builds, 2 jobs"),
+            "{text}"
+        );
+        assert!(
+            text.contains("3 sweeps on coord-0, deleted 5 jobs"),
+            "{text}"
+        );
     }
 }

@@ -120,6 +120,28 @@ pub enum Command {
     Logs(LogsArgs),
     /// Create, list and revoke join tokens (for agents) and API tokens (admin scope).
     Tokens(TokensArgs),
+    /// What the coordinator does on its own (admin): `archfarm admin retention`.
+    Admin(AdminArgs),
+}
+
+/// `archfarm admin retention`.
+#[derive(Debug, Clone, Args)]
+pub struct AdminArgs {
+    /// What to show.
+    #[command(subcommand)]
+    pub action: AdminAction,
+}
+
+/// `archfarm admin` subcommands.
+#[derive(Debug, Clone, Subcommand)]
+pub enum AdminAction {
+    /// Show the retention setting (--retention), the last sweep's time and what it deleted,
+    /// and the totals since the answering coordinator started.
+    Retention {
+        /// Print the coordinator's JSON instead of a summary.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 /// `archfarm tokens create|list|revoke`.

@@ -477,6 +477,13 @@ impl Client {
         self.json(Method::GET, "/tokens", None).await
     }
 
+    /// `GET /admin/retention` (admin): the retention setting and what its sweeps deleted.
+    pub async fn retention(
+        &self,
+    ) -> Result<archfarm_protocol::retention::RetentionStatus, ClientError> {
+        self.json(Method::GET, "/admin/retention", None).await
+    }
+
     /// `POST /tokens/{id}/revoke` (admin).
     pub async fn revoke_token(&self, id: Uuid) -> Result<TokenInfo, ClientError> {
         self.json(Method::POST, &format!("/tokens/{id}/revoke"), None)

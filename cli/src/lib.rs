@@ -84,5 +84,6 @@ pub async fn run(cli: Cli) -> Result<u8, Error> {
         Command::Cancel { id } => commands::cancel(conn, *id).await,
         Command::Logs(args) => commands::logs(conn, args).await,
         Command::Tokens(t) => admin::tokens(&commands::client(conn)?, &t.action).await,
+        Command::Admin(a) => admin::admin(&commands::client(conn)?, &a.action).await,
     }
 }

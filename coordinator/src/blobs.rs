@@ -59,12 +59,31 @@ pub enum BlobError {
     },
 }
 
+/// How long a cached archive without a database record is kept: an upload caches its archive a
+/// moment before the record is written.
+const UNRECORDED_GRACE: std::time::Duration = std::time::Duration::from_secs(3600);
+
 /// Context archives: the database's copy and this replica's cache of it.
 #[derive(Debug, Clone)]
 pub struct BlobStore {
     dir: PathBuf,
     store: Store,
     limits: Limits,
+    /// `--context-cache-max-bytes`: the cache is trimmed to this after every addition.
+    max_cache_bytes: u64,
+    /// One trim at a time; a trim asked for while one runs is skipped (that one trims enough).
+    trimming: std::sync::Arc<tokio::sync::Mutex<()>>,
+    /// The cache's size as the last trim found it, in bytes.
+    cache_bytes: std::sync::Arc<std::sync::atomic::AtomicU64>,
+}
+
+/// What trimming the cache did.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Trimmed {
+    /// Files deleted.
+    pub files: u64,
+    /// The cache's size afterwards, in bytes.
+    pub bytes: u64,
 }
 
 impl BlobStore {
@@ -76,6 +95,9 @@ impl BlobStore {
             dir,
             store,
             limits: Limits::default(),
+            max_cache_bytes: u64::MAX,
+            trimming: Default::default(),
+            cache_bytes: Default::default(),
         };
         for entry in std::fs::read_dir(&blobs.dir)? {
             let entry = entry?;
@@ -111,6 +133,84 @@ impl BlobStore {
         self
     }
 
+    /// Limits the cache to `bytes` (`--context-cache-max-bytes`).
+    pub fn with_cache_limit(mut self, bytes: u64) -> Self {
+        self.max_cache_bytes = bytes;
+        self
+    }
+
+    /// The cache's size as the last trim found it, in bytes.
+    pub fn cache_bytes(&self) -> u64 {
+        self.cache_bytes.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Trims the cache to `--context-cache-max-bytes`: deletes cached archives whose context the
+    /// database no longer has (retention deleted it, here or on another replica), then the least
+    /// recently used ones no live job needs until the cache fits. Archives of live jobs stay even
+    /// past the limit (agents are fetching them; the database has every one anyway). Skipped
+    /// when another trim is running.
+    pub async fn trim(&self) -> Result<Trimmed, BlobError> {
+        let Ok(_one) = self.trimming.try_lock() else {
+            return Ok(Trimmed {
+                files: 0,
+                bytes: self.cache_bytes(),
+            });
+        };
+        let live: std::collections::HashSet<String> =
+            self.store.live_contexts().await?.into_iter().collect();
+        let mut cached = Vec::new();
+        for entry in std::fs::read_dir(&self.dir)? {
+            let entry = entry?;
+            let name = entry.file_name().to_string_lossy().into_owned();
+            let Some(hex) = name.strip_suffix(".tar.gz") else {
+                continue;
+            };
+            let Ok(meta) = entry.metadata() else { continue };
+            let used = meta.modified().unwrap_or(std::time::UNIX_EPOCH);
+            cached.push((used, format!("sha256:{hex}"), entry.path(), meta.len()));
+        }
+        // Least recently used first (a cache hit sets the file's mtime, see `local`).
+        cached.sort();
+        let mut total: u64 = cached.iter().map(|c| c.3).sum();
+        let mut out = Trimmed::default();
+        for (used, digest, path, len) in cached {
+            // An upload's archive is cached before its record is written: not gone while young.
+            let young = used.elapsed().unwrap_or_default() < UNRECORDED_GRACE;
+            let gone =
+                !young && !live.contains(&digest) && !self.store.context_exists(&digest).await?;
+            let over = total > self.max_cache_bytes && !live.contains(&digest);
+            if (gone || over) && std::fs::remove_file(&path).is_ok() {
+                total -= len;
+                out.files += 1;
+                tracing::debug!(context = %digest, bytes = len, gone, "cached context deleted");
+            }
+        }
+        if total > self.max_cache_bytes {
+            tracing::warn!(bytes = total, limit = self.max_cache_bytes,
+                "the context cache is over --context-cache-max-bytes with archives of live jobs alone");
+        }
+        out.bytes = total;
+        self.cache_bytes
+            .store(total, std::sync::atomic::Ordering::Relaxed);
+        Ok(out)
+    }
+
+    /// Deletes this replica's cached copy of an archive whose record retention just deleted;
+    /// true when there was one. (Other replicas drop theirs at their next trim.)
+    pub fn forget(&self, digest: &str) -> bool {
+        let Some(hex) = digest.strip_prefix("sha256:") else {
+            return false;
+        };
+        std::fs::remove_file(self.dir.join(format!("{hex}.tar.gz"))).is_ok()
+    }
+
+    /// Trims after an archive was added to the cache; a failure is logged, never the caller's.
+    async fn trim_after_add(&self) {
+        if let Err(e) = self.trim().await {
+            tracing::warn!(error = %e, "trimming the context cache failed");
+        }
+    }
+
     /// Where this replica caches an archive with this digest.
     fn path(&self, digest: &Digest) -> PathBuf {
         self.dir.join(format!("{}.tar.gz", digest.hex()))
@@ -126,6 +226,10 @@ impl BlobStore {
     pub async fn local(&self, digest: &Digest) -> Result<Option<PathBuf>, BlobError> {
         let path = self.path(digest);
         if tokio::fs::try_exists(&path).await.unwrap_or(false) {
+            // The file's mtime is its last use, for the cache's least-recently-used trim.
+            if let Ok(f) = std::fs::File::options().append(true).open(&path) {
+                let _ = f.set_modified(std::time::SystemTime::now());
+            }
             return Ok(Some(path));
         }
         let tmp = self.dir.join(format!(".fetch-{}", uuid::Uuid::new_v4()));
@@ -142,6 +246,7 @@ impl BlobStore {
             // Two requests fetching at once each rename a whole copy: either wins.
             tokio::fs::rename(&tmp, &path).await?;
             tracing::debug!(context = %digest, "context copied from the database into the cache");
+            self.trim_after_add().await;
             Ok(Some(path.clone()))
         }
         .await;
@@ -195,6 +300,7 @@ impl BlobStore {
                 decompressed = walked.decompressed, "context archive checked");
             self.store.put_context_chunks(digest.as_str(), &tmp).await?;
             tokio::fs::rename(&tmp, self.path(digest)).await?;
+            self.trim_after_add().await;
             Ok(size)
         }
         .await;

@@ -125,6 +125,23 @@ pub struct Config {
     #[arg(long, env = "ARCHFARM_MAX_LOG_BYTES", default_value_t = 64 * 1024 * 1024)]
     pub max_log_bytes: u64,
 
+    /// How long ended jobs (succeeded, failed, cancelled) are kept with their builds, leases and
+    /// logs, and context archives no job names after their last use, e.g. `30d`, `12h`; `0` or
+    /// `off` keeps everything. Live jobs and what they need are never deleted. Default: 30d.
+    #[arg(long, env = "ARCHFARM_RETENTION", default_value = "30d", value_parser = parse_retention)]
+    pub retention: Retention,
+
+    /// How often the retention sweep runs, in seconds. Default: 300.
+    #[arg(long, env = "ARCHFARM_RETENTION_INTERVAL_SECS", default_value_t = 300,
+          value_parser = clap::value_parser!(u64).range(1..))]
+    pub retention_interval_secs: u64,
+
+    /// Largest size of the context cache in the data directory (`DATA_DIR/contexts`), in bytes:
+    /// past it, the least recently used archives no live job needs are deleted (the database
+    /// keeps them). Default: 8589934592 (8 GiB), below the Helm chart's 10 GiB `emptyDir`.
+    #[arg(long, env = "ARCHFARM_CONTEXT_CACHE_MAX_BYTES", default_value_t = 8 << 30)]
+    pub context_cache_max_bytes: u64,
+
     /// With `--api-token` set, let anyone who reaches the coordinator read without a token: the
     /// dashboard, jobs, agents, logs, event streams and `/metrics`. Default: off (a `read` token or
     /// the dashboard's sign-in is needed).
@@ -222,6 +239,20 @@ pub struct Config {
         requires = "tls_cert"
     )]
     pub client_ca: Option<PathBuf>,
+}
+
+/// `--retention`: how long ended jobs and unused contexts are kept; `None` keeps everything.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Retention(pub Option<Duration>);
+
+/// `--retention`: a duration (`30d`, `12h`, `90m`), or `0`/`off` for none.
+fn parse_retention(raw: &str) -> Result<Retention, String> {
+    let raw = raw.trim();
+    if raw.eq_ignore_ascii_case("off") || raw == "0" {
+        return Ok(Retention(None));
+    }
+    let d = archfarm_protocol::duration::parse_duration(raw)?;
+    Ok(Retention((!d.is_zero()).then_some(d)))
 }
 
 /// This machine's host name, or `coordinator` when it has none.
@@ -366,6 +397,18 @@ mod tests {
         assert!(!c.is_insecure("registry.example.com"));
         assert_eq!(c.lease_ttl(), Duration::from_secs(15));
         assert_eq!(c.warm_agent_wait_secs, 30);
+        assert_eq!(
+            c.retention,
+            Retention(Some(Duration::from_secs(30 * 24 * 3600)))
+        );
+        assert_eq!(c.context_cache_max_bytes, 8 << 30);
+        assert_eq!(parse(&["--retention", "off"]).retention, Retention(None));
+        assert_eq!(parse(&["--retention", "0"]).retention, Retention(None));
+        assert_eq!(
+            parse(&["--retention", "12h"]).retention,
+            Retention(Some(Duration::from_secs(12 * 3600)))
+        );
+        assert!(Config::try_parse_from(["c", "--retention", "soon"]).is_err());
         let c = parse(&["--secure-registry", "127.0.0.1:5443"]);
         assert!(
             !c.is_insecure("127.0.0.1:5443"),

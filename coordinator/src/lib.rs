@@ -17,6 +17,7 @@ pub mod progress;
 pub mod pulls;
 pub mod registry;
 pub mod replicas;
+pub mod retention;
 pub mod scheduler;
 pub mod stitch;
 pub mod store;
@@ -69,6 +70,8 @@ pub struct App {
     pub stitches: TaskTracker,
     /// The last read of who is online, shared by the job views of one second.
     pub fleet: api::views::FleetCache,
+    /// What this replica's retention sweeps deleted (`archfarm admin retention`).
+    pub retention: retention::SweepLog,
 }
 
 /// Shared handle to the [`App`], cloned into every handler.
@@ -139,7 +142,8 @@ pub async fn run(
     }
     let blobs = BlobStore::open(config.data_dir.join("contexts"), store.clone())
         .await
-        .context("cannot open the context store")?;
+        .context("cannot open the context store")?
+        .with_cache_limit(config.context_cache_max_bytes);
     let logs = LogStore::new(store.clone(), config.max_log_bytes);
     // Coordinators from before logs were kept in the database wrote them here.
     let imported = logs
@@ -187,6 +191,7 @@ pub async fn run(
         credential_key,
         stitches: TaskTracker::new(),
         fleet: Default::default(),
+        retention: Default::default(),
     }));
 
     // Agents need a heartbeat interval to find a restarted coordinator; until then their leases
@@ -206,6 +211,8 @@ pub async fn run(
     // idempotent.
     progress::take_over_stitches(&state, true).await?;
     let reaper = tokio::spawn(reap_leases(state.clone()).instrument(tracing::info_span!("reaper")));
+    let retention_task =
+        tokio::spawn(retention::run(state.clone()).instrument(tracing::info_span!("retention")));
     let listener_task = (state.store.backend() == Backend::Postgres).then(|| {
         tokio::spawn(
             replicas::listen(state.clone(), state.config.database_url())
@@ -252,6 +259,7 @@ pub async fn run(
     }
     token.cancel();
     let _ = reaper.await;
+    let _ = retention_task.await;
     state.stitches.close();
     state.stitches.wait().await;
     if let Some(task) = listener_task {

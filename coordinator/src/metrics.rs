@@ -69,6 +69,8 @@ pub struct Metrics {
     stitch_duration: Histogram,
     http_requests: IntCounterVec,
     http_duration: HistogramVec,
+    retention_deleted: IntCounterVec,
+    retention_sweeps: IntCounter,
 }
 
 impl Default for Metrics {
@@ -180,8 +182,23 @@ impl Metrics {
             )
             .expect("valid metric"),
         );
+        let retention_deleted = counter(
+            "archfarm_retention_deleted_total",
+            "Rows and cached files retention deleted, by kind (jobs, builds, leases, log_chunks, job_secrets, contexts, context_chunks, cached_files).",
+            &["kind"],
+        );
+        let retention_sweeps = reg(
+            &registry,
+            IntCounter::new(
+                "archfarm_retention_sweeps_total",
+                "Retention sweeps this coordinator ran.",
+            )
+            .expect("valid metric"),
+        );
         Metrics {
             registry,
+            retention_deleted,
+            retention_sweeps,
             scrape_lock: std::sync::Mutex::new(()),
             jobs,
             builds,
@@ -226,6 +243,14 @@ impl Metrics {
             self.build_duration
                 .with_label_values(&[platform.as_str(), mode])
                 .observe(d.as_secs_f64());
+        }
+    }
+
+    /// A retention sweep ended, having deleted `deleted`.
+    pub fn retention_swept(&self, deleted: &crate::store::Deleted) {
+        self.retention_sweeps.inc();
+        for (kind, n) in &deleted.rows {
+            self.retention_deleted.with_label_values(&[kind]).inc_by(*n);
         }
     }
 

@@ -36,6 +36,7 @@ pub mod registry_auth;
 pub mod registry_hosts;
 pub mod registry_text;
 pub mod repository_pattern;
+pub mod retention;
 pub mod secret;
 pub mod tokens;
 

@@ -33,6 +33,10 @@ async fn exists(
     let digest = parse_digest(&raw)?;
     // Recorded and whole: `exists` checks the `contexts` row and every piece.
     let known = state.blobs.exists(&digest).await?;
+    if known {
+        // The client skips the upload and submits a job naming it: retention must not take it now.
+        state.store.touch_context(digest.as_str()).await?;
+    }
     Ok(if known {
         StatusCode::OK
     } else {

@@ -1,6 +1,7 @@
 //! The HTTP API under `/api/v1`, one module per resource.
 
 pub mod access;
+pub mod admin;
 pub mod agents;
 pub mod auth;
 pub mod builds;
@@ -38,6 +39,7 @@ pub fn routes() -> Routes {
         .merge(builds::routes())
         .merge(events::routes())
         .merge(tokens::routes())
+        .merge(admin::routes())
         .body_limit(MAX_JSON_BODY);
     Routes::new()
         .get("/healthz", Access::Public, || async { "ok" })

@@ -149,6 +149,16 @@ pub enum LeaseCheck {
     Lost,
 }
 
+/// The emulation estimate's history query (see [`Store::recent_durations`]); it runs under the
+/// claim lock, so it walks `jobs_by_repository` (migration 0019) for the repository's newest jobs
+/// and `builds_by_job` for their builds, and never the whole of either table.
+pub const HISTORY_SQL: &str =
+    "SELECT b.platform, b.mode, b.started_at, b.finished_at FROM builds b \
+     WHERE b.job_id IN (SELECT j.id FROM jobs j WHERE j.registry = $1 AND j.repository = $2 \
+     ORDER BY j.created_at DESC LIMIT $3) \
+     AND b.state = 'succeeded' AND b.started_at IS NOT NULL AND b.finished_at IS NOT NULL \
+     ORDER BY b.finished_at DESC LIMIT $3";
+
 impl Store {
     /// The builds of a job, in platform order.
     pub async fn builds_of_job(&self, job_id: Uuid) -> StoreResult<Vec<BuildRow>> {
@@ -853,23 +863,21 @@ impl Store {
     }
 
     /// Durations (ms) of recent successful builds of a repository (`registry/repository`), newest
-    /// first, with their platform and mode: the history the emulation decision learns from.
+    /// first, with their platform and mode: the history the emulation decision learns from. Only
+    /// the builds of the repository's `limit` newest jobs are looked at, so the read costs the
+    /// same however much history is kept.
     pub async fn recent_durations(
         &self,
         repository: &str,
         limit: i64,
     ) -> StoreResult<Vec<(Platform, BuildMode, i64)>> {
         let (registry, repo) = repository.split_once('/').unwrap_or((repository, ""));
-        let rows = sqlx::query(
-            "SELECT b.platform, b.mode, b.started_at, b.finished_at FROM builds b JOIN jobs j ON j.id = b.job_id \
-             WHERE j.registry = $1 AND j.repository = $2 AND b.state = 'succeeded' \
-             AND b.started_at IS NOT NULL AND b.finished_at IS NOT NULL ORDER BY b.finished_at DESC LIMIT $3",
-        )
-        .bind(registry)
-        .bind(repo)
-        .bind(limit)
-        .fetch_all(&self.pool)
-        .await?;
+        let rows = sqlx::query(HISTORY_SQL)
+            .bind(registry)
+            .bind(repo)
+            .bind(limit)
+            .fetch_all(&self.pool)
+            .await?;
         let mut out = Vec::with_capacity(rows.len());
         for row in &rows {
             let mode: Option<String> = row.try_get("mode")?;

@@ -111,4 +111,61 @@ mod tests {
         );
         assert_eq!(store.recent_build_samples(1).await.unwrap().len(), 1);
     }
+
+    /// The emulation estimate's history query (under the claim lock) walks the repository's
+    /// jobs through `jobs_by_repository`, on a table big enough that the planner has a choice.
+    #[tokio::test]
+    async fn the_estimates_history_query_uses_the_repository_index() {
+        let (store, _dir) = test_store().await;
+        let ctx = format!("sha256:{}", "0".repeat(64));
+        store.insert_context(&ctx, 1).await.unwrap();
+        sqlx::query(
+            "WITH RECURSIVE n(i) AS (SELECT 0 UNION ALL SELECT i + 1 FROM n WHERE i < 4999) \
+             INSERT INTO jobs (id, state, context, dockerfile, build_args, emulation, tags, platforms, \
+             registry, repository, created_at, updated_at, finished_at) \
+             SELECT 'job-' || i, 'succeeded', $1, 'Dockerfile', '{}', 'fallback', '[]', '[]', \
+             'localhost:5000', 'repo-' || (i % 250), i * 1000, i * 1000, i * 1000 + 5000 FROM n",
+        )
+        .bind(&ctx)
+        .execute(store.pool())
+        .await
+        .unwrap();
+        sqlx::query(
+            "INSERT INTO builds (id, job_id, position, platform, state, mode, attempts, created_at, \
+             started_at, finished_at) SELECT 'b-' || id, id, 0, 'linux/arm64', 'succeeded', \
+             'emulated', 1, created_at, created_at, created_at + 4000 FROM jobs",
+        )
+        .execute(store.pool())
+        .await
+        .unwrap();
+        sqlx::query("ANALYZE").execute(store.pool()).await.unwrap();
+        let explain = match store.backend() {
+            crate::store::Backend::Sqlite => "EXPLAIN QUERY PLAN ",
+            crate::store::Backend::Postgres => "EXPLAIN ",
+        };
+        let rows = sqlx::query(&format!("{explain}{}", crate::store::builds::HISTORY_SQL))
+            .bind("localhost:5000")
+            .bind("repo-7")
+            .bind(200i64)
+            .fetch_all(store.pool())
+            .await
+            .unwrap();
+        let plan: Vec<String> = rows
+            .iter()
+            .map(|r| match store.backend() {
+                crate::store::Backend::Sqlite => r.try_get::<String, _>("detail").unwrap(),
+                crate::store::Backend::Postgres => r.try_get::<String, _>(0).unwrap(),
+            })
+            .collect();
+        let plan = plan.join("\n");
+        println!("{plan}");
+        assert!(plan.contains("jobs_by_repository"), "{plan}");
+        assert!(plan.contains("builds_by_job"), "{plan}");
+        let samples = store
+            .recent_durations("localhost:5000/repo-7", 200)
+            .await
+            .unwrap();
+        assert_eq!(samples.len(), 20);
+        assert!(samples.iter().all(|s| s.2 == 4000));
+    }
 }

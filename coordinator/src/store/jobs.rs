@@ -258,6 +258,13 @@ impl Store {
         .bind(to_json_list(&job.allow_foreign_binary))
         .execute(&mut *tx)
         .await?;
+        // The row lock this takes orders the insert against a retention sweep deleting the
+        // context: the sweep then sees it used now and leaves it.
+        sqlx::query("UPDATE contexts SET last_used_at = $1 WHERE digest = $2")
+            .bind(now)
+            .bind(job.context.as_str())
+            .execute(&mut *tx)
+            .await?;
         secrets::insert(&mut tx, id, &job.secrets).await?;
         job_credentials::insert(&mut tx, id, &sealed).await?;
         for (position, platform) in job.platforms.iter().enumerate() {

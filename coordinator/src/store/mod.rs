@@ -9,6 +9,7 @@ mod contexts;
 pub mod history;
 mod job_credentials;
 mod jobs;
+mod retention;
 pub mod scratch;
 mod secrets;
 mod stitching;
@@ -26,6 +27,7 @@ pub use agents::{AgentNetworks, AgentRow, Registered};
 pub use builds::{BuildRow, LeaseCheck, QueuedBuild, RunningBuild};
 pub use chunks::CONTEXT_CHUNK_BYTES;
 pub use jobs::{JobCache, JobRow, NewJob, Stopped};
+pub use retention::Deleted;
 pub use tokens::{NewToken, Refusal};
 pub use warm::WarmAgent;
 

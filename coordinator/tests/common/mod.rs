@@ -168,6 +168,13 @@ impl Coordinator {
         self.task.take().unwrap().await.unwrap().unwrap();
     }
 
+    /// Stops it and waits for a clean exit, keeping its database for another coordinator.
+    pub async fn stop_keeping_database(mut self) -> ScratchDatabase {
+        let _ = self.stop.take().unwrap().send(());
+        self.task.take().unwrap().await.unwrap().unwrap();
+        self.database
+    }
+
     /// Uploads a context made of `files`; returns its digest.
     pub async fn upload(&self, files: &[(&str, &str)]) -> String {
         self.upload_as(None, files).await

@@ -397,9 +397,16 @@ async fn push_attestations(
         if attest_to != AttestTo::Referrers {
             continue;
         }
+        // oci-client asks the referrers API and, where the registry answers 404, reads the tag
+        // schema's index itself: either way a listing that names the attestation needs nothing
+        // more (a registry with the API lists it as soon as it has the manifest).
         let subject = target.reference(&attestation.subject);
-        if to.client.pull_referrers(&subject, None).await.is_ok() {
-            // The registry indexes referrers itself.
+        let listed = to
+            .client
+            .pull_referrers(&subject, None)
+            .await
+            .is_ok_and(|i| i.manifests.iter().any(|m| m.digest == attestation.digest));
+        if listed {
             continue;
         }
         let tag = Reference::with_tag(
@@ -415,6 +422,15 @@ async fn push_attestations(
             Ok((bytes, _)) => Some(bytes),
             Err(OciDistributionError::ImageManifestNotFoundError(_)) => None,
             Err(OciDistributionError::ServerError { code: 404, .. }) => None,
+            // The first referrer of this manifest: its tag does not exist yet.
+            Err(OciDistributionError::RegistryError { envelope, .. })
+                if envelope
+                    .errors
+                    .iter()
+                    .any(|e| e.code == oci_client::errors::OciErrorCode::ManifestUnknown) =>
+            {
+                None
+            }
             Err(e) => return Err(e),
         };
         let index = provenance::referrers_index(existing.as_deref(), attestation);

@@ -325,7 +325,7 @@ pub async fn stitch(
     if !attestations.is_empty() {
         for target in &targets {
             let to = endpoint(&target.registry)?;
-            push_attestations(target, to, &attestations, job.attest_to)
+            push_attestations(&source, target, to, &attestations, job.attest_to)
                 .await
                 .map_err(registry_err(&target.registry))?;
             tracing::info!(job.id = %job.id, repository = %target.name(), attest_to = %job.attest_to,
@@ -359,10 +359,12 @@ pub async fn stitch(
     })
 }
 
-/// Puts each attestation's blobs and manifest (by digest) in `target`. As referrers, also
+/// Puts each attestation's blobs and manifest (by digest) in `target`: blobs mounted from
+/// `source` (where they went first) within one registry, uploaded otherwise. As referrers, also
 /// lists each under its subject's `sha256-<hex>` tag (the OCI 1.1 tag schema) when the
 /// registry has no referrers API to find them by (distribution 2.8, for one, has none).
 async fn push_attestations(
+    source: &Destination,
     target: &Destination,
     to: &Endpoint,
     attestations: &[Attestation],
@@ -379,7 +381,16 @@ async fn push_attestations(
     for attestation in attestations {
         for blob in &attestation.blobs {
             let at = target.reference(&blob.digest);
-            if !to.client.blob_exists(&at, &blob.digest).await? {
+            if to.client.blob_exists(&at, &blob.digest).await? {
+                continue;
+            }
+            let mounted = source.registry == target.registry
+                && source.repository != target.repository
+                && to
+                    .client
+                    .try_mount_blob(&at, &source.reference(&blob.digest), &blob.digest, &to.auth)
+                    .await?;
+            if !mounted {
                 to.client
                     .push_blob(&at, blob.bytes.clone(), &blob.digest)
                     .await?;

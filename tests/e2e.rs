@@ -342,6 +342,7 @@ fn bad_input_is_refused_and_nothing_stored() {
         default_network: None,
         allowed_networks: Vec::new(),
         storage_driver: None,
+        host: None,
     };
     let resp = archfarm_e2e::http_client()
         .post(format!("{}/api/v1/agents/register", coordinator.url()))

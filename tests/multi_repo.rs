@@ -137,7 +137,9 @@ fn one_build_pushes_one_index_to_every_repository_and_registry() {
         index["annotations"]["org.opencontainers.image.description"],
         DESCRIPTION
     );
-    let children: Vec<(String, String)> = index["manifests"]
+    // Every entry, in order: the platforms' manifests, then one provenance attestation manifest
+    // per platform (platform unknown/unknown, as buildx stores them by default).
+    let entries: Vec<(String, String)> = index["manifests"]
         .as_array()
         .unwrap()
         .iter()
@@ -148,7 +150,16 @@ fn one_build_pushes_one_index_to_every_repository_and_registry() {
             )
         })
         .collect();
+    let (attestations, children): (Vec<_>, Vec<_>) = entries
+        .iter()
+        .cloned()
+        .partition(|(_, arch)| arch == "unknown");
     assert_eq!(children.len(), 2, "{index}");
+    assert_eq!(
+        attestations.len(),
+        2,
+        "one attestation per platform: {index}"
+    );
 
     // Each child in each repository, byte for byte, with the label in its config.
     let repositories = [
@@ -182,6 +193,18 @@ fn one_build_pushes_one_index_to_every_repository_and_registry() {
             assert_eq!(config["architecture"], arch.as_str(), "{child}");
         }
     }
+    // The attestation manifests too: the index names them in every repository.
+    for (digest, _) in &attestations {
+        let original = inspect_raw(&format!("{}@{digest}", repositories[0])).unwrap();
+        for repository in &repositories[1..] {
+            let copy = format!("{repository}@{digest}");
+            assert_eq!(
+                inspect_raw(&copy).unwrap_or_else(|e| panic!("{e}")),
+                original,
+                "{copy}"
+            );
+        }
+    }
 
     // Docker's CLI reads the same children under every tag. (It does not print an index's
     // annotations: its manifest-list type has no field for them; skopeo showed them above.)
@@ -195,14 +218,15 @@ fn one_build_pushes_one_index_to_every_repository_and_registry() {
             .collect();
         assert_eq!(
             digests,
-            children.iter().map(|c| c.0.as_str()).collect::<Vec<_>>(),
+            entries.iter().map(|c| c.0.as_str()).collect::<Vec<_>>(),
             "{tag}"
         );
         assert_eq!(listed["schemaVersion"], 2, "{tag}: {listed}");
+        // Docker's CLI takes the unknown/unknown attestation entries in its stride.
         let verbose = docker_manifest_inspect(tag, true);
-        let entries = verbose.as_array().unwrap();
-        assert_eq!(entries.len(), children.len(), "{tag}: {verbose}");
-        for (entry, (digest, arch)) in entries.iter().zip(&children) {
+        let shown = verbose.as_array().unwrap();
+        assert_eq!(shown.len(), entries.len(), "{tag}: {verbose}");
+        for (entry, (digest, arch)) in shown.iter().zip(&entries) {
             assert_eq!(entry["Descriptor"]["digest"], digest.as_str(), "{tag}");
             assert_eq!(
                 entry["Descriptor"]["platform"]["architecture"],

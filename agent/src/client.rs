@@ -507,6 +507,7 @@ mod tests {
             default_network: None,
             allowed_networks: Vec::new(),
             storage_driver: None,
+            host: None,
         };
         let e = c.register(&Secret::new("t"), &req).await.unwrap_err();
         assert!(e.is_transient(), "{e}");

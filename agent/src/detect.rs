@@ -106,6 +106,37 @@ fn kernel_machine() -> Result<String, DetectError> {
     Ok(s)
 }
 
+/// The machine this agent runs on, for provenance: the kernel's machine name and the CPU's model
+/// from `/proc/cpuinfo` (empty where neither is readable: provenance then says so).
+pub fn host() -> archfarm_protocol::provenance::AgentHost {
+    let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
+    archfarm_protocol::provenance::AgentHost {
+        machine: kernel_machine().unwrap_or_default(),
+        cpu_model: cpu_model(&cpuinfo),
+    }
+}
+
+/// The CPU's model in `/proc/cpuinfo`: x86's `model name`, else what other kernels write
+/// (`Hardware` or `Model` on ARM boards, `cpu` on POWER, `machine` on s390x), else the ARM
+/// implementer and part numbers.
+fn cpu_model(cpuinfo: &str) -> String {
+    let field = |name: &str| {
+        cpuinfo.lines().find_map(|l| {
+            let (k, v) = l.split_once(':')?;
+            (k.trim() == name && !v.trim().is_empty()).then(|| v.trim().to_string())
+        })
+    };
+    for name in ["model name", "Model", "Hardware", "cpu", "machine"] {
+        if let Some(v) = field(name) {
+            return v;
+        }
+    }
+    match (field("CPU implementer"), field("CPU part")) {
+        (Some(i), Some(p)) => format!("CPU implementer {i}, part {p}"),
+        _ => String::new(),
+    }
+}
+
 /// Platforms provided by enabled `qemu-*` handlers in `dir`, in a stable order. Unknown handlers
 /// (qemu-mips, qemu-ppc64 big-endian, ...) are ignored.
 pub fn binfmt_platforms(dir: &Path) -> Vec<Platform> {
@@ -270,6 +301,20 @@ mod tests {
         .unwrap_err()
         .to_string();
         assert!(e.contains("qemu-s390x") && e.contains("linux/s390x"), "{e}");
+    }
+
+    #[test]
+    fn cpu_models_from_each_kernels_cpuinfo() {
+        let x86 = "processor\t: 0\nvendor_id\t: GenuineIntel\nmodel name\t: Intel(R) Xeon(R) CPU @ 2.20GHz\n";
+        assert_eq!(cpu_model(x86), "Intel(R) Xeon(R) CPU @ 2.20GHz");
+        let graviton =
+            "processor\t: 0\nBogoMIPS\t: 243.75\nCPU implementer\t: 0x41\nCPU part\t: 0xd0c\n";
+        assert_eq!(cpu_model(graviton), "CPU implementer 0x41, part 0xd0c");
+        let pi =
+            "CPU part\t: 0xd08\nHardware\t: BCM2835\nModel\t\t: Raspberry Pi 4 Model B Rev 1.4\n";
+        assert_eq!(cpu_model(pi), "Raspberry Pi 4 Model B Rev 1.4");
+        assert_eq!(cpu_model(""), "");
+        assert!(!host().machine.is_empty());
     }
 
     #[test]

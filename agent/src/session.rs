@@ -341,6 +341,7 @@ impl Session {
                 .storage
                 .as_ref()
                 .map(|s| s.driver().as_str().to_string()),
+            host: Some(crate::detect::host()),
         };
         let mut backoff = self.backoff.clone();
         backoff.reset();

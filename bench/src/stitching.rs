@@ -138,11 +138,14 @@ async fn direct(
         auth: RegistryAuth::Anonymous,
     };
     let endpoints = std::collections::HashMap::from([(registry.to_string(), endpoint)]);
+    let builder = archfarm_coordinator::provenance::Builder {
+        id: "http://bench:8080".into(),
+    };
     let mut times = Vec::with_capacity(samples);
     for i in 0..=samples {
         let (job, builds) = rows(registry, repository, images, &format!("direct-{i}"))?;
         let t = Instant::now();
-        archfarm_coordinator::stitch::stitch(&endpoints, &job, &builds)
+        archfarm_coordinator::stitch::stitch(&endpoints, &job, &builds, &builder)
             .await
             .context("stitching")?;
         if i > 0 {
@@ -193,6 +196,9 @@ fn rows(
         cache: Default::default(),
         image_meta: Default::default(),
         allow_foreign_binary: Vec::new(),
+        // Measured as before provenance: the index and nothing else.
+        attest_to: archfarm_protocol::provenance::AttestTo::None,
+        provenance: Vec::new(),
     };
     let builds = platforms
         .into_iter()
@@ -220,6 +226,7 @@ fn rows(
                 queued_at: 0,
                 started_at: None,
                 finished_at: None,
+                builder_host: None,
             })
         })
         .collect::<anyhow::Result<Vec<_>>>()?;

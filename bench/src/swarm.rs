@@ -107,6 +107,7 @@ impl Swarm {
                     default_network: None,
                     allowed_networks: Vec::new(),
                     storage_driver: None,
+                    host: None,
                 };
                 let url = format!("{base}/api/v1/agents/register");
                 async move {

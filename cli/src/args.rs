@@ -104,8 +104,12 @@ pub enum Command {
         /// Job id.
         id: Uuid,
         /// Print the coordinator's JSON for the job instead of a summary.
-        #[arg(long)]
+        #[arg(long, conflicts_with = "provenance")]
         json: bool,
+        /// Print the provenance pushed with the job's index: a JSON list of in-toto statements,
+        /// one per platform, as the coordinator stored them when it pushed them.
+        #[arg(long)]
+        provenance: bool,
     },
     /// List the build agents, or drain, revoke or forget one (`archfarm agents drain NAME`).
     Agents(AgentsArgs),
@@ -428,6 +432,20 @@ pub struct BuildArgs {
     /// '/usr/aarch64-linux-gnu/**'.
     #[arg(long = "allow-foreign-binary", value_name = "GLOB")]
     pub allow_foreign_binary: Vec<String>,
+    /// Provenance, as buildx takes it: `true` (the default: one SLSA provenance attestation
+    /// per platform, naming the agent and its hardware), `false`, or `mode=min|max` (the same
+    /// statement either way).
+    #[arg(long, value_name = "true|false|mode=min|max")]
+    pub provenance: Option<String>,
+    /// An attestation, as buildx takes it: `type=provenance[,mode=min|max][,disabled=true]`
+    /// (repeatable; SBOMs are not made).
+    #[arg(long = "attest", value_name = "type=provenance[,…]")]
+    pub attest: Vec<String>,
+    /// Where the provenance goes: `index` (the default: inside the image index, as buildx
+    /// stores it, where `docker buildx imagetools inspect` finds it) or `referrers` (OCI 1.1
+    /// referrers of each platform's manifest, for tools that trip over extra index entries).
+    #[arg(long = "attest-to", value_name = "index|referrers")]
+    pub attest_to: Option<String>,
     /// Print only the result and errors (as `--progress quiet`).
     #[arg(long, short = 'q')]
     pub quiet: bool,

@@ -16,8 +16,8 @@ pub fn advice(arg: &str) -> Option<&'static str> {
             "entitlements are not granted: `network.host` is --network host (where an agent \
              allows it); `security.insecure` is never allowed on a shared farm"
         }
-        "--attest" | "--sbom" | "--provenance" => {
-            "attestations are not supported yet; the build is pushed without them"
+        "--sbom" => {
+            "SBOMs are not made yet; provenance is (--provenance, --attest type=provenance)"
         }
         "--build-context" => {
             "additional build contexts are not supported: copy what the build needs into the \

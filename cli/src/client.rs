@@ -419,6 +419,15 @@ impl Client {
         self.json(Method::GET, &format!("/jobs/{id}"), None).await
     }
 
+    /// `GET /jobs/{id}/provenance`.
+    pub async fn job_provenance(
+        &self,
+        id: Uuid,
+    ) -> Result<archfarm_protocol::api::JobProvenance, ClientError> {
+        self.json(Method::GET, &format!("/jobs/{id}/provenance"), None)
+            .await
+    }
+
     /// `POST /jobs/{id}/cancel`.
     pub async fn cancel_job(&self, id: Uuid) -> Result<Job, ClientError> {
         self.json(Method::POST, &format!("/jobs/{id}/cancel"), None)

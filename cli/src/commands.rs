@@ -171,6 +171,7 @@ pub async fn build(conn: &Connection, args: &BuildArgs) -> Result<u8, Error> {
         labels: plan.labels.clone(),
         annotations: plan.annotations.clone(),
         allow_foreign_binary: plan.allow_foreign_binary.clone(),
+        attest_to: Some(plan.attest_to),
         cache_to: plan.cache_to.iter().map(ToString::to_string).collect(),
         cache_from: plan.cache_from.iter().map(ToString::to_string).collect(),
         no_cache: plan.no_cache,
@@ -317,9 +318,20 @@ pub async fn jobs(conn: &Connection, limit: u32) -> Result<u8, Error> {
 }
 
 /// `archfarm job ID [--json]`.
-pub async fn job(conn: &Connection, id: Uuid, json: bool) -> Result<u8, Error> {
+pub async fn job(conn: &Connection, id: Uuid, json: bool, provenance: bool) -> Result<u8, Error> {
     let client = client(conn)?;
-    if json {
+    if provenance {
+        let p = client.job_provenance(id).await?;
+        if p.statements.is_empty() {
+            eprintln!(
+                "job {id} has no provenance (it goes to: {}; none is stored before the index is pushed)",
+                p.attest_to
+            );
+        }
+        let text = serde_json::to_string_pretty(&p.statements)
+            .map_err(|e| Error::Other(format!("printing the provenance: {e}")))?;
+        output::stdout(&format!("{text}\n"));
+    } else if json {
         let value = client.job_json(id).await?;
         let text = serde_json::to_string_pretty(&value)
             .map_err(|e| Error::Other(format!("printing the job's JSON: {e}")))?;

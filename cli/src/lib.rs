@@ -20,6 +20,7 @@ pub mod commands;
 pub mod context;
 pub mod dockerignore;
 pub mod follow;
+pub mod git;
 pub mod logs;
 pub mod metadata;
 pub mod output;
@@ -79,7 +80,11 @@ pub async fn run(cli: Cli) -> Result<u8, Error> {
     match &cli.command {
         Command::Build(args) => commands::build(conn, args).await,
         Command::Jobs { limit } => commands::jobs(conn, *limit).await,
-        Command::Job { id, json } => commands::job(conn, *id, *json).await,
+        Command::Job {
+            id,
+            json,
+            provenance,
+        } => commands::job(conn, *id, *json, *provenance).await,
         Command::Agents(a) => commands::agents(conn, a.action.as_ref()).await,
         Command::Cancel { id } => commands::cancel(conn, *id).await,
         Command::Logs(args) => commands::logs(conn, args).await,

@@ -68,6 +68,8 @@ pub struct BuildPlan {
     pub annotations: Vec<String>,
     /// `--allow-foreign-binary` globs, as given (checked).
     pub allow_foreign_binary: Vec<String>,
+    /// Where the provenance goes (`--provenance`, `--attest`, `--attest-to`).
+    pub attest_to: archfarm_protocol::provenance::AttestTo,
 }
 
 impl BuildPlan {
@@ -90,8 +92,9 @@ impl BuildPlan {
                  send an image back to this machine"
             )));
         }
-        archfarm_protocol::image_meta::ImageMeta::parse(&args.labels, &args.annotations)
+        let meta = archfarm_protocol::image_meta::ImageMeta::parse(&args.labels, &args.annotations)
             .map_err(UsageError)?;
+        let attest_to = attest_to(args)?;
         archfarm_protocol::foreign_binary::AllowedPaths::parse(&args.allow_foreign_binary)
             .map_err(UsageError)?;
         let platforms = parse_platforms(&args.platforms)?;
@@ -113,10 +116,14 @@ impl BuildPlan {
             None => dockerfile_in_context(&args.context, Path::new("Dockerfile"), false)?,
         };
         let secrets = crate::secrets::load(&args.secrets, &env)?;
+        // The checkout's source and revision go on the index unless the job says otherwise.
+        let mut annotations = args.annotations.clone();
+        annotations.extend(crate::git::index_annotations(&args.context, &meta, &env));
         Ok(BuildPlan {
+            attest_to,
             iidfile: args.iidfile.clone(),
             labels: args.labels.clone(),
-            annotations: args.annotations.clone(),
+            annotations,
             allow_foreign_binary: args.allow_foreign_binary.clone(),
             metadata_file: args.metadata_file.clone(),
             cache_to: args.cache_to.clone(),
@@ -464,6 +471,28 @@ pub fn check_coordinator_url(url: &str) -> Result<(), UsageError> {
         return Err(bad("the host is missing".into()));
     }
     Ok(())
+}
+
+/// Where the provenance goes: buildx's `--provenance` and `--attest type=provenance` turn it on
+/// or off (on by default, as buildx does when it pushes); `--attest-to` says where.
+fn attest_to(args: &BuildArgs) -> Result<archfarm_protocol::provenance::AttestTo, UsageError> {
+    use archfarm_protocol::provenance::{parse_attest_flag, parse_provenance_flag, AttestTo};
+    let mut on = true;
+    if let Some(p) = &args.provenance {
+        on = parse_provenance_flag(p).map_err(|e| UsageError(format!("--provenance: {e}")))?;
+    }
+    for a in &args.attest {
+        if let Some(wanted) = parse_attest_flag(a).map_err(UsageError)? {
+            on = wanted;
+        }
+    }
+    let to = match args.attest_to.as_deref() {
+        None => AttestTo::Index,
+        Some(raw) => raw
+            .parse()
+            .map_err(|e| UsageError(format!("--attest-to: {e}")))?,
+    };
+    Ok(if on { to } else { AttestTo::None })
 }
 
 #[cfg(test)]

@@ -239,6 +239,12 @@ pub struct Config {
         requires = "tls_cert"
     )]
     pub client_ca: Option<PathBuf>,
+
+    /// The URL agents and CLIs reach this coordinator at (behind a load balancer, its URL),
+    /// named as the builder's id in the provenance of every image it stitches. Default:
+    /// `http(s)://REPLICA-NAME:PORT` from `--replica-name` and `--listen`.
+    #[arg(long, env = "ARCHFARM_PUBLIC_URL", value_name = "URL")]
+    pub public_url: Option<String>,
 }
 
 /// `--retention`: how long ended jobs and unused contexts are kept; `None` keeps everything.
@@ -324,6 +330,15 @@ impl Config {
             self.tls_key.as_deref(),
             self.client_ca.as_deref(),
         )
+    }
+
+    /// Who the provenance names as having built the images this coordinator stitches.
+    pub fn builder(&self) -> crate::provenance::Builder {
+        let id = self.public_url.clone().unwrap_or_else(|| {
+            let scheme = if self.tls_enabled() { "https" } else { "http" };
+            format!("{scheme}://{}:{}", self.replica_name, self.listen.port())
+        });
+        crate::provenance::Builder { id }
     }
 
     /// Whether the coordinator serves HTTPS (so cookies get the `Secure` flag).

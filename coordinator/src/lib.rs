@@ -14,6 +14,7 @@ pub mod lease_credential;
 pub mod logs;
 pub mod metrics;
 pub mod progress;
+pub mod provenance;
 pub mod pulls;
 pub mod registry;
 pub mod replicas;

@@ -242,9 +242,10 @@ async fn stitch_job(state: &AppState, job_id: Uuid, token: Uuid) -> StoreResult<
     let started = std::time::Instant::now();
     let deadline = started + Duration::from_secs(state.config.stitch_retry_secs);
     let mut delay = Duration::from_millis(500);
+    let builder = state.config.builder();
     let outcome = loop {
         let attempt = match endpoints(state, &job, &job_credentials, fresh).await {
-            Ok(endpoints) => stitch::stitch(&endpoints, &job, &builds).await,
+            Ok(endpoints) => stitch::stitch(&endpoints, &job, &builds, &builder).await,
             Err(e) => Err(e),
         };
         match attempt {
@@ -281,7 +282,14 @@ async fn stitch_job(state: &AppState, job_id: Uuid, token: Uuid) -> StoreResult<
         Ok(index) => {
             if state
                 .store
-                .finish_job(job_id, token, &index.digest, &index.media_type, index.size)
+                .finish_job(
+                    job_id,
+                    token,
+                    &index.digest,
+                    &index.media_type,
+                    index.size,
+                    &index.provenance,
+                )
                 .await?
             {
                 state.metrics.job_entered(JobState::Succeeded);

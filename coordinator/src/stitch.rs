@@ -12,6 +12,11 @@
 //! parts of [`limits::UPLOAD_CHUNK_BYTES`](archfarm_protocol::limits::UPLOAD_CHUNK_BYTES)), then
 //! the child manifests by digest, byte for byte. Only then is the index pushed under every tag,
 //! so every repository serves the same index digest.
+//!
+//! Unless the job asked for none, each platform gets a provenance attestation
+//! ([`crate::provenance`]), pushed to every repository like the children: as an attestation
+//! manifest inside the index (buildx's default), or as an OCI 1.1 referrer of the child, listed
+//! under the tag schema's `sha256-<hex>` tag where the registry has no referrers API.
 
 use std::collections::HashMap;
 
@@ -29,6 +34,9 @@ use oci_client::{Client, Reference};
 use serde::Deserialize;
 use sha2::{Digest as _, Sha256};
 
+use archfarm_protocol::provenance::AttestTo;
+
+use crate::provenance::{self, Attestation, Builder};
 use crate::store::{BuildRow, JobRow};
 
 /// Why an index could not be pushed.
@@ -76,6 +84,9 @@ pub struct Stitched {
     pub media_type: String,
     /// Size of the index bytes.
     pub size: i64,
+    /// The provenance statements pushed with it, one per platform (none when the job asked
+    /// for none).
+    pub provenance: Vec<serde_json::Value>,
 }
 
 #[derive(Deserialize)]
@@ -167,11 +178,13 @@ struct Child {
 
 /// Verifies every build's manifest in the job's first repository and pushes the index under every
 /// tag of the job, after making the children available in every other repository the tags name.
-/// `endpoints` holds a client and credential for every registry of the tags ([`registries`]).
+/// `endpoints` holds a client and credential for every registry of the tags ([`registries`]);
+/// `builder` is who the provenance names as having made it.
 pub async fn stitch(
     endpoints: &HashMap<String, Endpoint>,
     job: &JobRow,
     builds: &[BuildRow],
+    builder: &Builder,
 ) -> Result<Stitched, StitchError> {
     let permanent = |registry: &str, message: String| StitchError::Registry {
         registry: registry.to_string(),
@@ -203,6 +216,7 @@ pub async fn stitch(
     };
     let mut children = Vec::with_capacity(builds.len());
     let mut entries = Vec::with_capacity(builds.len());
+    let mut attestations: Vec<Attestation> = Vec::new();
     for build in builds {
         let digest = build
             .digest
@@ -269,6 +283,12 @@ pub async fn stitch(
             annotations: None,
             artifact_type: None,
         });
+        if job.attest_to != AttestTo::None {
+            let statement = provenance::statement(builder, job, build, &digest);
+            let referrer_of = (job.attest_to == AttestTo::Referrers)
+                .then_some((media_type.as_str(), bytes.len() as i64));
+            attestations.push(provenance::attestation(statement, &digest, referrer_of));
+        }
         let mut blobs = manifest.layers.clone();
         blobs.push(manifest.config.clone());
         children.push(Child {
@@ -278,7 +298,16 @@ pub async fn stitch(
             blobs,
         });
     }
-    let (bytes, media_type) = index_bytes(entries, &job.image_meta.index_annotations);
+    if job.attest_to == AttestTo::Index {
+        // After every runnable manifest, as BuildKit places them.
+        entries.extend(attestations.iter().map(Attestation::index_entry));
+    }
+    // An explicit `--annotation index:org.opencontainers.image.created=…` wins.
+    let mut annotations = job.image_meta.index_annotations.clone();
+    annotations
+        .entry(provenance::CREATED.to_string())
+        .or_insert_with(|| provenance::rfc3339(provenance::stitch_time(job, builds)));
+    let (bytes, media_type) = index_bytes(entries, &annotations);
     let digest = format!("sha256:{}", hex::encode(Sha256::digest(&bytes)));
     // Every repository gets the children before any tag moves.
     for target in targets
@@ -290,6 +319,18 @@ pub async fn stitch(
             .await
             .map_err(registry_err(&target.registry))?;
         tracing::info!(job.id = %job.id, repository = %target.name(), children = children.len(), "children available");
+    }
+    // Every repository gets the attestations too: an index naming one must find it there, and
+    // a referrer belongs beside its subject.
+    if !attestations.is_empty() {
+        for target in &targets {
+            let to = endpoint(&target.registry)?;
+            push_attestations(&source, target, to, &attestations, job.attest_to)
+                .await
+                .map_err(registry_err(&target.registry))?;
+            tracing::info!(job.id = %job.id, repository = %target.name(), attest_to = %job.attest_to,
+                attestations = attestations.len(), "provenance pushed");
+        }
     }
     for target in &targets {
         let to = endpoint(&target.registry)?;
@@ -314,7 +355,103 @@ pub async fn stitch(
         digest,
         media_type: media_type.to_string(),
         size: bytes.len() as i64,
+        provenance: attestations.into_iter().map(|a| a.statement).collect(),
     })
+}
+
+/// Puts each attestation's blobs and manifest (by digest) in `target`: blobs mounted from
+/// `source` (where they went first) within one registry, uploaded otherwise. As referrers, also
+/// lists each under its subject's `sha256-<hex>` tag (the OCI 1.1 tag schema) when the
+/// registry has no referrers API to find them by (distribution 2.8, for one, has none).
+async fn push_attestations(
+    source: &Destination,
+    target: &Destination,
+    to: &Endpoint,
+    attestations: &[Attestation],
+    attest_to: AttestTo,
+) -> Result<(), OciDistributionError> {
+    let any = Reference::with_tag(
+        target.registry.clone(),
+        target.repository.clone(),
+        "latest".into(),
+    );
+    to.client
+        .store_auth_if_needed(any.resolve_registry(), &to.auth)
+        .await;
+    for attestation in attestations {
+        for blob in &attestation.blobs {
+            let at = target.reference(&blob.digest);
+            if to.client.blob_exists(&at, &blob.digest).await? {
+                continue;
+            }
+            let mounted = source.registry == target.registry
+                && source.repository != target.repository
+                && to
+                    .client
+                    .try_mount_blob(&at, &source.reference(&blob.digest), &blob.digest, &to.auth)
+                    .await?;
+            if !mounted {
+                to.client
+                    .push_blob(&at, blob.bytes.clone(), &blob.digest)
+                    .await?;
+            }
+        }
+        to.client
+            .push_manifest_raw(
+                &target.reference(&attestation.digest),
+                attestation.manifest.clone(),
+                OCI_IMAGE_MEDIA_TYPE
+                    .parse()
+                    .expect("a media type is a header value"),
+            )
+            .await?;
+        if attest_to != AttestTo::Referrers {
+            continue;
+        }
+        // oci-client asks the referrers API and, where the registry answers 404, reads the tag
+        // schema's index itself: either way a listing that names the attestation needs nothing
+        // more (a registry with the API lists it as soon as it has the manifest).
+        let subject = target.reference(&attestation.subject);
+        let listed = to
+            .client
+            .pull_referrers(&subject, None)
+            .await
+            .is_ok_and(|i| i.manifests.iter().any(|m| m.digest == attestation.digest));
+        if listed {
+            continue;
+        }
+        let tag = Reference::with_tag(
+            target.registry.clone(),
+            target.repository.clone(),
+            provenance::referrers_tag(&attestation.subject),
+        );
+        let existing = match to
+            .client
+            .pull_manifest_raw(&tag, &to.auth, &[OCI_IMAGE_INDEX_MEDIA_TYPE])
+            .await
+        {
+            Ok((bytes, _)) => Some(bytes),
+            Err(OciDistributionError::ImageManifestNotFoundError(_)) => None,
+            Err(OciDistributionError::ServerError { code: 404, .. }) => None,
+            // The first referrer of this manifest: its tag does not exist yet.
+            Err(OciDistributionError::RegistryError { envelope, .. })
+                if envelope
+                    .errors
+                    .iter()
+                    .any(|e| e.code == oci_client::errors::OciErrorCode::ManifestUnknown) =>
+            {
+                None
+            }
+            Err(e) => return Err(e),
+        };
+        let index = provenance::referrers_index(existing.as_deref(), attestation);
+        let index_type = OCI_IMAGE_INDEX_MEDIA_TYPE
+            .parse()
+            .expect("a media type is a header value");
+        to.client.push_manifest_raw(&tag, index, index_type).await?;
+        tracing::debug!(repository = %target.name(), tag = %tag, "referrer listed under the tag schema");
+    }
+    Ok(())
 }
 
 /// Makes `children` available in `target`: each blob it lacks mounted from `source` (same

@@ -1,6 +1,7 @@
 //! JSON bodies of the coordinator's HTTP API (`/api/v1`).
 //!
 //! CI clients: `PUT/HEAD/GET /contexts/{digest}`, `POST /jobs`, `GET /jobs`, `GET /jobs/{id}`,
+//! `GET /jobs/{id}/provenance`,
 //! `POST /jobs/{id}/cancel` (200 with the job, also when it had already ended; 409 `job_stitching`
 //! while its index is being pushed), `GET /agents`, `GET /builds/{id}/log?offset=N`.
 //! Agents: `POST /agents/register`, `POST /agents/{id}/lease` (409 `draining` once the agent is
@@ -176,6 +177,10 @@ pub struct JobRequest {
     /// platform (see [`crate::foreign_binary`]).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub allow_foreign_binary: Vec<String>,
+    /// Where the job's provenance attestations go (`--provenance`, `--attest`, `--attest-to`);
+    /// absent: in the index, as buildx stores them by default.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub attest_to: Option<crate::provenance::AttestTo>,
 }
 
 /// Most registries one job may send a credential for.
@@ -426,6 +431,20 @@ pub struct Job {
         skip_serializing_if = "crate::image_meta::ImageMeta::is_empty"
     )]
     pub image_meta: crate::image_meta::ImageMeta,
+    /// Where its provenance goes (`none` for jobs from before provenance was made).
+    #[serde(default)]
+    pub attest_to: crate::provenance::AttestTo,
+}
+
+/// `GET /api/v1/jobs/{id}/provenance`: the in-toto statements pushed with a job's index, one
+/// per platform, as the coordinator stored them when it stitched (empty while it has not, or
+/// when the job asked for none).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct JobProvenance {
+    /// Where they were pushed.
+    pub attest_to: crate::provenance::AttestTo,
+    /// The statements, each as pushed.
+    pub statements: Vec<serde_json::Value>,
 }
 
 /// One platform's build inside a job.
@@ -584,6 +603,9 @@ pub struct RegisterRequest {
     /// The storage driver of the agent's image stores (`overlay` or `vfs`), for `archfarm agents`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub storage_driver: Option<String>,
+    /// The machine the agent runs on (`uname -m`, CPU model), named in provenance.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub host: Option<crate::provenance::AgentHost>,
 }
 
 /// Answer to a registration.

@@ -29,6 +29,7 @@ pub mod image_meta;
 pub mod limits;
 pub mod network;
 pub mod platform;
+pub mod provenance;
 pub mod pull;
 pub mod redact;
 pub mod reference;

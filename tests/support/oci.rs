@@ -33,8 +33,16 @@ pub struct Index {
     pub schema_version: u32,
     /// Optional in OCI, required by Docker.
     pub media_type: Option<String>,
-    /// One descriptor per platform.
+    /// One descriptor per platform (what a runtime pulls; see `attestations`).
     pub manifests: Vec<Descriptor>,
+    /// The attestation manifests BuildKit's layout adds (platform `unknown/unknown`, annotated
+    /// `vnd.docker.reference.type=attestation-manifest`), which [`inspect_index`] moves here
+    /// out of `manifests`.
+    #[serde(skip)]
+    pub attestations: Vec<Descriptor>,
+    /// The index's annotations.
+    #[serde(default)]
+    pub annotations: std::collections::BTreeMap<String, String>,
 }
 
 /// A child descriptor of an index.
@@ -49,6 +57,9 @@ pub struct Descriptor {
     pub size: u64,
     /// The platform the child is for.
     pub platform: Option<PlatformSpec>,
+    /// The descriptor's annotations.
+    #[serde(default)]
+    pub annotations: std::collections::BTreeMap<String, String>,
 }
 
 /// The `platform` of a descriptor, or the architecture fields of an image config.
@@ -111,15 +122,26 @@ pub fn inspect_raw(image: &str) -> Result<Vec<u8>, String> {
     ])
 }
 
-/// [`inspect_raw`] parsed as an index; panics when it is not one.
+/// [`inspect_raw`] parsed as an index; panics when it is not one. Attestation manifests are in
+/// `attestations`, the platforms' manifests in `manifests`.
 pub fn inspect_index(image: &str) -> (Vec<u8>, Index) {
     let raw = inspect_raw(image).unwrap_or_else(|e| panic!("{e}"));
-    let index: Index = serde_json::from_slice(&raw).unwrap_or_else(|e| {
+    let mut index: Index = serde_json::from_slice(&raw).unwrap_or_else(|e| {
         panic!(
             "{image} is not an image index ({e}): {}",
             String::from_utf8_lossy(&raw)
         )
     });
+    let (attestations, manifests) =
+        std::mem::take(&mut index.manifests)
+            .into_iter()
+            .partition(|d| {
+                d.annotations
+                    .get("vnd.docker.reference.type")
+                    .is_some_and(|t| t == "attestation-manifest")
+            });
+    index.manifests = manifests;
+    index.attestations = attestations;
     (raw, index)
 }
 

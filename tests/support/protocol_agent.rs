@@ -66,6 +66,7 @@ impl ProtocolAgent {
             default_network: None,
             allowed_networks: Vec::new(),
             storage_driver: None,
+            host: None,
         };
         let resp = http
             .post(format!("{}/api/v1/agents/register", coordinator.url()))

@@ -218,6 +218,7 @@ async fn submit(State(s): State<Shared>, Json(req): Json<JobRequest>) -> Respons
         pull: req.pull,
         image_meta: archfarm_protocol::image_meta::ImageMeta::parse(&req.labels, &req.annotations)
             .unwrap_or_default(),
+        attest_to: req.attest_to.unwrap_or_default(),
     };
     f.request = Some(req);
     f.job = Some(job.clone());

@@ -172,6 +172,7 @@ async fn register(
                 .store
                 .set_agent_storage_driver(ok.0, req.storage_driver.as_deref())
                 .await?;
+            state.store.set_agent_host(ok.0, req.host.as_ref()).await?;
             ok
         }
         Err(e) => {

@@ -43,6 +43,7 @@ pub fn routes() -> Routes {
         .post("/jobs", Access::Submit, create)
         .get("/jobs", Access::Read, list)
         .get("/jobs/{id}", Access::Read, show)
+        .get("/jobs/{id}/provenance", Access::Read, provenance)
         .post("/jobs/{id}/cancel", Access::Submit, cancel)
 }
 
@@ -193,6 +194,7 @@ pub fn validate(req: JobRequest) -> Result<NewJob, ApiError> {
     archfarm_protocol::foreign_binary::AllowedPaths::parse(&req.allow_foreign_binary)
         .map_err(|m| ApiError::bad("invalid_allow_foreign_binary", m))?;
     Ok(NewJob {
+        attest_to: req.attest_to.unwrap_or_default(),
         allow_foreign_binary: req.allow_foreign_binary,
         image_meta,
         cache,
@@ -567,6 +569,23 @@ async fn show(
         .ok_or_else(|| ApiError::NotFound(format!("no job with id '{id}'")))?;
     let fleet = Fleet::load(&state).await?;
     Ok(Json(views::job(&state, row, &fleet).await?))
+}
+
+/// The provenance statements stored when the job was stitched: the ones pushed with its index.
+async fn provenance(
+    State(state): State<AppState>,
+    Path(raw): Path<String>,
+) -> Result<Json<archfarm_protocol::api::JobProvenance>, ApiError> {
+    let id = parse_id("job", &raw)?;
+    let row = state
+        .store
+        .get_job(id)
+        .await?
+        .ok_or_else(|| ApiError::NotFound(format!("no job with id '{id}'")))?;
+    Ok(Json(archfarm_protocol::api::JobProvenance {
+        attest_to: row.attest_to,
+        statements: row.provenance,
+    }))
 }
 
 async fn cancel(

@@ -95,6 +95,7 @@ pub async fn job(state: &AppState, job: JobRow, fleet: &Fleet) -> StoreResult<ap
         pull_registries: crate::pulls::pull_registries(&state.config, &job.base_images),
         base_images: job.base_images,
         image_meta: job.image_meta,
+        attest_to: job.attest_to,
         cache_to: job.cache.to,
         cache_from: job.cache.from,
         no_cache: job.cache.no_cache,

@@ -343,6 +343,22 @@ impl Store {
         Ok(())
     }
 
+    /// Records the machine a just-registered agent runs on (`None`: an agent too old to say),
+    /// which its completed builds copy for their provenance.
+    pub async fn set_agent_host(
+        &self,
+        id: Uuid,
+        host: Option<&archfarm_protocol::provenance::AgentHost>,
+    ) -> StoreResult<()> {
+        let host = host.map(|h| serde_json::to_string(&h.sanitised()).expect("a host serialises"));
+        sqlx::query("UPDATE agents SET host = $1 WHERE id = $2")
+            .bind(host)
+            .bind(id.to_string())
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
     /// Records what an agent's lease call reported: its storage (kept when `None`) and why it
     /// takes no builds now (`None`: it takes them). Writes only what changed since `agent` was read.
     pub async fn report_agent_status(

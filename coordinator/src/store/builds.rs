@@ -49,11 +49,14 @@ pub struct BuildRow {
     pub started_at: Option<i64>,
     /// Unix ms.
     pub finished_at: Option<i64>,
+    /// The machine of the agent that completed it, as it registered (provenance names it).
+    pub builder_host: Option<archfarm_protocol::provenance::AgentHost>,
 }
 
 const COLUMNS: &str =
     "id, job_id, platform, state, agent_id, agent_name, mode, lease_token, digest, media_type, \
-        size, attempts, error, created_at, queued_at, started_at, finished_at, optional, decision";
+        size, attempts, error, created_at, queued_at, started_at, finished_at, optional, decision, \
+        builder_host";
 
 impl BuildRow {
     fn from_row(row: &AnyRow) -> StoreResult<Self> {
@@ -82,6 +85,10 @@ impl BuildRow {
             queued_at: row.try_get("queued_at")?,
             started_at: row.try_get("started_at")?,
             finished_at: row.try_get("finished_at")?,
+            // What an agent reported about itself; unreadable is as good as unknown.
+            builder_host: row
+                .try_get::<Option<String>, _>("builder_host")?
+                .and_then(|t| serde_json::from_str(&t).ok()),
         })
     }
 }
@@ -372,7 +379,9 @@ impl Store {
         let mut tx = self.begin().await?;
         let res = sqlx::query(
             "UPDATE builds SET state = 'succeeded', digest = $1, media_type = $2, size = $3, finished_at = $4, \
-             lease_expires_at = NULL WHERE id = $5 AND lease_token = $6 AND state = 'building'",
+             lease_expires_at = NULL, \
+             builder_host = (SELECT a.host FROM agents a WHERE a.id = builds.agent_id) \
+             WHERE id = $5 AND lease_token = $6 AND state = 'building'",
         )
         .bind(digest)
         .bind(media_type)

@@ -4,6 +4,7 @@ use std::collections::BTreeMap;
 
 use archfarm_protocol::api::{BuildMode, EmulationPolicy, JobState};
 use archfarm_protocol::image_meta::ImageMeta;
+use archfarm_protocol::provenance::AttestTo;
 use archfarm_protocol::{BuildSecret, CacheRef, Digest, Network, Platform};
 use serde::{Deserialize, Serialize};
 use sqlx::any::AnyRow;
@@ -57,6 +58,8 @@ pub struct NewJob {
     pub image_meta: ImageMeta,
     /// `--allow-foreign-binary` globs: paths the agents' binary check leaves out (checked).
     pub allow_foreign_binary: Vec<String>,
+    /// Where its provenance goes.
+    pub attest_to: AttestTo,
 }
 
 /// A job's registry caches (`--cache-to`/`--cache-from`, or the coordinator's default) and
@@ -145,13 +148,17 @@ pub struct JobRow {
     pub image_meta: ImageMeta,
     /// `--allow-foreign-binary` globs: paths the agents' binary check leaves out (checked).
     pub allow_foreign_binary: Vec<String>,
+    /// Where its provenance goes (`none` for jobs from before provenance).
+    pub attest_to: AttestTo,
+    /// The in-toto statements pushed with its index, once it succeeded with provenance.
+    pub provenance: Vec<serde_json::Value>,
 }
 
 const COLUMNS: &str =
     "id, state, context, dockerfile, build_args, target, emulation, tags, platforms, registry, \
         repository, index_digest, index_media_type, error, created_at, updated_at, finished_at, \
     optional_platforms, timeout_secs, warnings, submitter, secret_build_args, secret_ids, network, \
-    base_images, cache, image_meta, index_size, allow_foreign_binary";
+    base_images, cache, image_meta, index_size, allow_foreign_binary, attest_to, provenance";
 
 impl JobRow {
     fn from_row(row: &AnyRow) -> StoreResult<Self> {
@@ -205,6 +212,14 @@ impl JobRow {
                 })?,
             },
             allow_foreign_binary: json_list(row, "allow_foreign_binary")?,
+            attest_to: match row.try_get::<Option<String>, _>("attest_to")? {
+                None => AttestTo::None,
+                Some(text) => text.parse().map_err(|_| StoreError::Corrupt {
+                    column: "jobs.attest_to",
+                    value: text,
+                })?,
+            },
+            provenance: json_list(row, "provenance")?,
         })
     }
 }
@@ -228,7 +243,7 @@ impl Store {
         let mut tx = self.begin().await?;
         sqlx::query(&format!(
                         "INSERT INTO jobs ({COLUMNS}) VALUES ($1, 'queued', $2, $3, $4, $5, $6, $7, $8, $9, $10, NULL, NULL, NULL, \
-             $11, $12, NULL, $13, $14, '[]', $15, $16, $17, $18, $19, $20, $21, NULL, $22)"
+             $11, $12, NULL, $13, $14, '[]', $15, $16, $17, $18, $19, $20, $21, NULL, $22, $23, NULL)"
         ))
         .bind(id.to_string())
         .bind(job.context.as_str())
@@ -256,6 +271,7 @@ impl Store {
         .bind((!job.image_meta.is_empty())
             .then(|| serde_json::to_string(&job.image_meta).expect("image meta serialises")))
         .bind(to_json_list(&job.allow_foreign_binary))
+        .bind(job.attest_to.as_str())
         .execute(&mut *tx)
         .await?;
         // The row lock this takes orders the insert against a retention sweep deleting the
@@ -448,12 +464,14 @@ impl Store {
         index_digest: &str,
         media_type: &str,
         index_size: i64,
+        provenance: &[serde_json::Value],
     ) -> StoreResult<bool> {
         let now = now_ms();
         let mut tx = self.begin().await?;
         let res = sqlx::query(
             "UPDATE jobs SET state = 'succeeded', index_digest = $1, index_media_type = $2, updated_at = $3, \
-             finished_at = $4, index_size = $7 WHERE id = $5 AND state = 'stitching' AND stitch_token = $6",
+             finished_at = $4, index_size = $7, provenance = $8 \
+             WHERE id = $5 AND state = 'stitching' AND stitch_token = $6",
         )
         .bind(index_digest)
         .bind(media_type)
@@ -462,6 +480,7 @@ impl Store {
         .bind(id.to_string())
         .bind(stitch_token.to_string())
         .bind(index_size)
+        .bind(to_json_list(provenance))
         .execute(&mut *tx)
         .await?;
         let finished = res.rows_affected() == 1;

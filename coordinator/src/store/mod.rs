@@ -225,6 +225,7 @@ pub(crate) async fn insert_test_job(
             cache: Default::default(),
             image_meta: Default::default(),
             allow_foreign_binary: Vec::new(),
+            attest_to: Default::default(),
         })
         .await
         .unwrap()

@@ -171,15 +171,15 @@ mod tests {
         assert!(store.renew_stitch(job, b[0].1, 4_000).await.unwrap());
         // Only b's attempt may record the outcome.
         assert!(!store
-            .finish_job(job, second, "sha256:x", "m", 1)
+            .finish_job(job, second, "sha256:x", "m", 1, &[])
             .await
             .unwrap());
         assert!(!store
-            .finish_job(job, Uuid::new_v4(), "sha256:x", "m", 1)
+            .finish_job(job, Uuid::new_v4(), "sha256:x", "m", 1, &[])
             .await
             .unwrap());
         assert!(store
-            .finish_job(job, b[0].1, "sha256:x", "m", 1)
+            .finish_job(job, b[0].1, "sha256:x", "m", 1, &[])
             .await
             .unwrap());
         assert_eq!(store.stitch_attempts(job).await.unwrap(), 3);

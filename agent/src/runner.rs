@@ -306,7 +306,13 @@ async fn heartbeat(
                 return;
             }
             Ok(_) => {}
-            Err(e) if e.is_conflict() || matches!(e, ClientError::Unauthorized { .. }) => {
+            Err(e)
+                if e.is_conflict()
+                    || matches!(
+                        e,
+                        ClientError::Unauthorized { .. } | ClientError::UnknownAgent { .. }
+                    ) =>
+            {
                 warn!(build.id = %id, error = %e, "the lease is lost; stopping the build");
                 cancel.cancel();
                 return;

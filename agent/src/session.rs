@@ -162,18 +162,22 @@ impl Session {
                     told_to_drain = true;
                     break;
                 }
-                // The coordinator forgot this agent (token revoked, database reset): register anew.
-                Err(ClientError::Unauthorized { message, .. })
-                | Err(ClientError::Refused {
-                    status: reqwest::StatusCode::NOT_FOUND,
-                    message,
-                    ..
-                }) => {
+                // The coordinator itself says it forgot this agent (token revoked, database
+                // reset): register anew. Only on its word: registering requeues the running
+                // builds, so a bare 401 or 404 from a proxy in front of it is waited out below.
+                Err(ClientError::UnknownAgent { message, .. }) => {
                     warn!(%message, "the coordinator no longer knows this agent; registering again");
                     match self.register(drain).await? {
                         Some(c) => creds = c,
                         None => break,
                     }
+                }
+                Err(ClientError::Unauthorized { code, message })
+                    if code == "client_certificate_required" =>
+                {
+                    return Err(AgentError::Certificate(format!(
+                        "the coordinator requires a client certificate: {message}"
+                    )));
                 }
                 Err(e) => {
                     let d = backoff.next_delay();
@@ -287,13 +291,7 @@ impl Session {
                     info!(agent.id = %creds.agent_id, "deregistered");
                     return;
                 }
-                Err(
-                    ClientError::Unauthorized { .. }
-                    | ClientError::Refused {
-                        status: reqwest::StatusCode::NOT_FOUND,
-                        ..
-                    },
-                ) => {
+                Err(ClientError::UnknownAgent { .. } | ClientError::Unauthorized { .. }) => {
                     info!("the coordinator no longer knows this agent; nothing to deregister");
                     return;
                 }
@@ -372,7 +370,9 @@ impl Session {
                         "the coordinator requires a client certificate: {message}"
                     )))
                 }
-                Err(ClientError::Unauthorized { .. }) if saved.is_some() => {
+                Err(ClientError::Unauthorized { .. } | ClientError::UnknownAgent { .. })
+                    if saved.is_some() =>
+                {
                     info!("the coordinator no longer accepts this agent's own token; registering with the join token");
                     self.work_dir.forget_token();
                     saved = None;

@@ -115,6 +115,8 @@ pub async fn forward(target: LogTarget, rx: mpsc::Receiver<String>, lost: Cancel
     let mut dropped = 0usize;
     let mut past_cap = 0usize;
     let mut truncated = false;
+    // Each batch's number under this lease; a retry sends the same one.
+    let mut seq = 0u64;
     loop {
         let batch = tokio::select! {
             _ = lost.cancelled() => return,
@@ -127,13 +129,15 @@ pub async fn forward(target: LogTarget, rx: mpsc::Receiver<String>, lost: Cancel
             past_cap += n;
             continue;
         }
+        let this = seq;
+        seq += 1;
         let mut backoff = Backoff::new(Duration::from_millis(200), Duration::from_secs(2));
         let mut attempt = 0;
         loop {
             attempt += 1;
             let sent = tokio::select! {
                 _ = lost.cancelled() => return,
-                r = target.client.log(&target.creds.token, target.build_id, target.lease_token, batch.clone()) => r,
+                r = target.client.log(&target.creds.token, target.build_id, target.lease_token, this, batch.clone()) => r,
             };
             match sent {
                 Ok(answer) => {
@@ -143,7 +147,13 @@ pub async fn forward(target: LogTarget, rx: mpsc::Receiver<String>, lost: Cancel
                     }
                     break;
                 }
-                Err(e) if e.is_conflict() || matches!(e, ClientError::Unauthorized { .. }) => {
+                Err(e)
+                    if e.is_conflict()
+                        || matches!(
+                            e,
+                            ClientError::Unauthorized { .. } | ClientError::UnknownAgent { .. }
+                        ) =>
+                {
                     tracing::warn!(build.id = %target.build_id, "lease lost while sending log lines; stopping the build");
                     lost.cancel();
                     return;

@@ -113,7 +113,11 @@ async fn append_log(
     }
     let mut lines = req.lines;
     redactor.redact_all(&mut lines);
-    let truncated = state.logs.append(build.id, &lines).await?;
+    let batch = req.seq.map(|seq| crate::store::LogBatch {
+        lease: req.lease_token,
+        seq,
+    });
+    let truncated = state.logs.append_batch(build.id, batch, &lines).await?;
     Ok(Json(LogResponse { truncated }))
 }
 

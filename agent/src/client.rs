@@ -6,7 +6,7 @@ use std::time::Duration;
 use archfarm_protocol::api::{
     CompleteRequest, ErrorResponse, FailRequest, HeartbeatRequest, HeartbeatResponse, Lease,
     LeaseRequest, LogRequest, RegisterRequest, RegisterResponse, RegistryCredentialRequest,
-    RegistryCredentialResponse, API_PREFIX, UNKNOWN_AGENT,
+    RegistryCredentialResponse, ReleaseRequest, API_PREFIX, UNKNOWN_AGENT,
 };
 use archfarm_protocol::events::LogResponse;
 use archfarm_protocol::Digest;
@@ -330,6 +330,18 @@ impl CoordinatorClient {
         req: &FailRequest,
     ) -> Result<(), ClientError> {
         let url = self.url(&format!("/builds/{build}/fail"));
+        self.post(&url, token, req).await.map(drop)
+    }
+
+    /// `POST /builds/{id}/release`: gives the build back without its failing (see
+    /// [`crate::out_of_space`]).
+    pub async fn release(
+        &self,
+        token: &Secret,
+        build: Uuid,
+        req: &ReleaseRequest,
+    ) -> Result<(), ClientError> {
+        let url = self.url(&format!("/builds/{build}/release"));
         self.post(&url, token, req).await.map(drop)
     }
 

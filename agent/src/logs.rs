@@ -4,6 +4,7 @@
 //! nothing until the end. Lines are sent when 100 have gathered, when the next line would take the
 //! batch past 512 KiB, or 200 ms after the first of a batch.
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -104,6 +105,9 @@ pub struct LogTarget {
     /// Secret values (secret build arguments, the registry credential) replaced by `[redacted]`
     /// in every line before it is sent. A value split across two lines cannot be matched.
     pub redactor: Redactor,
+    /// Set when a line says a write failed for want of disk space (a `RUN` step's own message:
+    /// buildah's last words are then only "exit status 1").
+    pub saw_out_of_space: Arc<AtomicBool>,
 }
 
 /// Sends every line of `rx` until it closes. A 409 (or 401) means the lease is gone: `lost` is
@@ -123,6 +127,12 @@ pub async fn forward(target: LogTarget, rx: mpsc::Receiver<String>, lost: Cancel
             b = batches.next() => b,
         };
         let Some(mut batch) = batch else { break };
+        if batch
+            .iter()
+            .any(|l| crate::out_of_space::says_out_of_space(l))
+        {
+            target.saw_out_of_space.store(true, Ordering::Relaxed);
+        }
         target.redactor.redact_all(&mut batch);
         let n = batch.len();
         if truncated {

@@ -760,6 +760,18 @@ pub struct FailRequest {
     pub error: String,
 }
 
+/// `POST /api/v1/builds/{id}/release`: the agent gives the build back, through no fault of the
+/// build's (its disk filled up during it). The coordinator queues it again for another agent
+/// without counting the attempt (up to a few times per build) and writes `reason` to its log.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ReleaseRequest {
+    /// The lease's token.
+    pub lease_token: Uuid,
+    /// Why, one line, e.g. `disk full: ... no space left on device`.
+    pub reason: String,
+}
+
 /// `PUT /api/v1/contexts/{digest}` answer.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct ContextInfo {

@@ -4,8 +4,7 @@
 //! nothing until the end. Lines are sent when 100 have gathered, when the next line would take the
 //! batch past 512 KiB, or 200 ms after the first of a batch.
 
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use archfarm_protocol::api::MAX_LOG_BATCH_BYTES;
@@ -105,9 +104,9 @@ pub struct LogTarget {
     /// Secret values (secret build arguments, the registry credential) replaced by `[redacted]`
     /// in every line before it is sent. A value split across two lines cannot be matched.
     pub redactor: Redactor,
-    /// Set when a line says a write failed for want of disk space (a `RUN` step's own message:
-    /// buildah's last words are then only "exit status 1").
-    pub saw_out_of_space: Arc<AtomicBool>,
+    /// The first line that says a write failed for want of disk space (a `RUN` step's own
+    /// message: buildah's last words are then only "exit status 1"), redacted.
+    pub out_of_space: Arc<OnceLock<String>>,
 }
 
 /// Sends every line of `rx` until it closes. A 409 (or 401) means the lease is gone: `lost` is
@@ -127,13 +126,13 @@ pub async fn forward(target: LogTarget, rx: mpsc::Receiver<String>, lost: Cancel
             b = batches.next() => b,
         };
         let Some(mut batch) = batch else { break };
-        if batch
-            .iter()
-            .any(|l| crate::out_of_space::says_out_of_space(l))
-        {
-            target.saw_out_of_space.store(true, Ordering::Relaxed);
-        }
         target.redactor.redact_all(&mut batch);
+        if let Some(line) = batch
+            .iter()
+            .find(|l| crate::out_of_space::says_out_of_space(l))
+        {
+            let _ = target.out_of_space.set(line.trim().to_string());
+        }
         let n = batch.len();
         if truncated {
             past_cap += n;

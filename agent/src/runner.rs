@@ -7,8 +7,7 @@
 //! requeued for another agent). A coordinator that is merely unreachable stops nothing: the build
 //! goes on and its report is retried for up to [`REPORT_BUDGET`].
 
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use archfarm_protocol::api::{CompleteRequest, FailRequest, Lease, ReleaseRequest};
@@ -86,14 +85,14 @@ pub async fn run_build(
     let redactor = Redactor::for_build_args(&lease.build_args, &lease.secret_build_args)
         .with(secrets.iter().map(|s| s.expose()))
         .with(lease.secrets.iter().map(|s| s.value.expose()));
-    let saw_out_of_space = Arc::new(AtomicBool::new(false));
+    let out_of_space_line = Arc::new(OnceLock::new());
     let target = LogTarget {
         client: env.client.clone(),
         creds: creds.clone(),
         build_id: id,
         lease_token: lease.lease_token,
         redactor: redactor.clone(),
-        saw_out_of_space: saw_out_of_space.clone(),
+        out_of_space: out_of_space_line.clone(),
     };
     let forwarder = tokio::spawn(logs::forward(target, rx, cancel.clone()));
     let hb_stop = CancellationToken::new();
@@ -130,12 +129,15 @@ pub async fn run_build(
                 .await;
             }
             Err(e)
-                if saw_out_of_space.load(Ordering::Relaxed)
+                if out_of_space_line.get().is_some()
                     || out_of_space::says_out_of_space(&crate::error_chain(&e)) =>
             {
                 // The disk, not the build: another agent may build it, and this one should
                 // take nothing more until space is back.
-                let why = one_line(&redactor.redact(&e.to_string()));
+                let why = match out_of_space_line.get() {
+                    Some(line) => one_line(line),
+                    None => one_line(&redactor.redact(&crate::error_chain(&e))),
+                };
                 let reason = format!(
                     "disk full: build {id} ran out of space in {} ({why})",
                     env.work_dir.root().display()

@@ -508,3 +508,72 @@ fn optional_platform_without_agent() {
     let (digest, _) = verify_index(&registry, "optional", "v1", &["linux/amd64"]);
     assert_eq!(digest, printed);
 }
+
+/// An ingress with no ready coordinator behind it (a rollout) answers the agent's lease polls
+/// with bare 404 pages while a build runs: the agent waits them out instead of registering again,
+/// which would requeue the build; the build finishes on its first attempt.
+#[test]
+fn plain_404s_from_an_ingress_keep_the_running_build() {
+    preflight();
+    let timeout = Duration::from_secs(300);
+    let registry = Registry::start();
+    let coordinator = Coordinator::start();
+    let ingress = archfarm_e2e::Ingress::start(coordinator.url());
+    // Capacity 2: the agent goes on polling for work beside its running build.
+    let agent = Agent::start(
+        &coordinator,
+        AgentOptions::new("behind-ingress")
+            .emulate("none")
+            .capacity(2)
+            .via(&ingress.url()),
+    );
+    // The build's step waits at the ingress's gate until the test opens it.
+    let context = BuildContext::hello();
+    context.write(
+        "Dockerfile",
+        &format!(
+            "FROM scratch\nCOPY rootfs/amd64/ /\n\
+             RUN [\"/bin/busybox\", \"wget\", \"-q\", \"-O\", \"/gate\", \"{}\"]\n",
+            ingress.gate_url()
+        ),
+    );
+    let image = format!("{}/faults/ingress:1", registry.host());
+    let id = coordinator.submit(&["--platform", "linux/amd64", "-t", &image, &context.arg()]);
+    wait_until(timeout, "the build to run", || {
+        coordinator.job(id).builds[0].state == BuildState::Building
+    });
+    ingress.set_no_backend(true);
+    wait_until(timeout, "five bare 404s to lease polls", || {
+        ingress.plain_404s() >= 5
+    });
+    let during = coordinator.job(id);
+    assert_eq!(during.builds[0].state, BuildState::Building, "{during:#?}");
+    ingress.set_no_backend(false);
+    ingress.open_gate();
+    let job = coordinator.wait_terminal(id, timeout);
+    let log = coordinator.build_log(job.builds[0].id);
+    assert_eq!(job.state, JobState::Succeeded, "{job:#?}\n{log}");
+    assert_eq!(job.builds[0].attempts, 1, "{job:#?}\n{log}");
+    let agent_log = agent.log();
+    let lines = |what: &str| agent_log.lines().filter(|l| l.contains(what)).count();
+    eprintln!(
+        "{} bare 404s; agent log:\n{}",
+        ingress.plain_404s(),
+        agent_log
+            .lines()
+            .filter(|l| l.contains("lease failed") || l.contains("registered"))
+            .take(4)
+            .collect::<Vec<_>>()
+            .join("\n")
+    );
+    assert_eq!(
+        lines(" registered "),
+        1,
+        "registered once only:\n{agent_log}"
+    );
+    assert_eq!(lines("registering again"), 0, "{agent_log}");
+    assert!(
+        lines("in front of the coordinator, not the coordinator itself") >= 5,
+        "each 404 logged as an outage:\n{agent_log}"
+    );
+}

@@ -251,3 +251,139 @@ fn an_agent_whose_disk_is_full_drains_itself_with_the_reason() {
         "the queued build says why it waits: {job:#?}"
     );
 }
+
+/// A small ext4 file system on a loop device, mounted for the length of a test; unmounted (and its
+/// image deleted with the scratch directory) when dropped.
+struct SmallDisk {
+    mount: std::path::PathBuf,
+    _dir: archfarm_e2e::Scratch,
+}
+
+impl SmallDisk {
+    fn new(mib: u64) -> SmallDisk {
+        let dir = archfarm_e2e::Scratch::new("small-disk");
+        let image = dir.join("disk.img");
+        let mount = dir.join("mnt");
+        std::fs::create_dir(&mount).unwrap();
+        std::fs::File::create(&image)
+            .unwrap()
+            .set_len(mib << 20)
+            .unwrap();
+        let run = |cmd: &mut std::process::Command| {
+            let out = cmd.output().unwrap();
+            assert!(
+                out.status.success(),
+                "{cmd:?}: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        };
+        run(std::process::Command::new("mkfs.ext4")
+            .args(["-q", "-F"])
+            .arg(&image));
+        run(std::process::Command::new("mount")
+            .args(["-o", "loop"])
+            .arg(&image)
+            .arg(&mount));
+        SmallDisk { mount, _dir: dir }
+    }
+}
+
+impl Drop for SmallDisk {
+    fn drop(&mut self) {
+        // The agent (dropped first) has stopped; a lazy unmount also frees the loop device.
+        let _ = std::process::Command::new("umount")
+            .arg("-l")
+            .arg(&self.mount)
+            .status();
+    }
+}
+
+#[test]
+fn a_build_that_fills_the_disk_is_given_back_without_spending_an_attempt_and_the_agent_drains() {
+    preflight();
+    let registry = Registry::start();
+    let coordinator = Coordinator::start();
+    // Declared before the agent, so the agent stops before its file system goes.
+    let disk = SmallDisk::new(96);
+    let small = Agent::start(
+        &coordinator,
+        AgentOptions::new("small-disk")
+            .emulate("none")
+            .work_dir(disk.mount.join("work")),
+    );
+    // A step that writes more than the small disk holds: it fails there with ENOSPC.
+    let context = BuildContext::hello();
+    context.write(
+        "Dockerfile",
+        "FROM scratch\nCOPY rootfs/amd64/ /\n\
+         RUN [\"/bin/busybox\", \"dd\", \"if=/dev/zero\", \"of=/fill\", \"bs=1048576\", \"count=160\"]\n",
+    );
+    let image = format!("{}/storage/fill:latest", registry.host());
+    let id = coordinator.submit(&["--platform", "linux/amd64", "-t", &image, &context.arg()]);
+    archfarm_e2e::wait_until(
+        JOB_TIMEOUT,
+        "the small agent to give the build back and drain",
+        || {
+            coordinator.job(id).state.is_terminal()
+                || coordinator.agents().iter().any(|a| {
+                    a.name == "small-disk"
+                        && a.state == AgentState::Draining
+                        && a.drain_reason
+                            .as_deref()
+                            .is_some_and(|r| r.contains("ran out of space"))
+                })
+        },
+    );
+    let job = coordinator.job(id);
+    let log = coordinator.build_log(job.builds[0].id);
+    assert_eq!(job.builds[0].state, BuildState::Queued, "{job:#?}\n{log}");
+    assert_eq!(
+        job.builds[0].attempts, 0,
+        "the attempt was given back: {job:#?}"
+    );
+    // Another agent, with room, takes it from the queue.
+    let _big = Agent::start(&coordinator, AgentOptions::new("big-disk").emulate("none"));
+    let job = coordinator.wait_terminal(id, JOB_TIMEOUT);
+    let log = coordinator.build_log(job.builds[0].id);
+    eprintln!("build log:\n{log}");
+    let table = coordinator.cli(&["agents"]);
+    let table = String::from_utf8_lossy(&table.stdout).to_string();
+    eprintln!("archfarm agents:\n{table}");
+    assert_eq!(job.state, JobState::Succeeded, "{job:#?}\n{log}");
+    let build = &job.builds[0];
+    assert_eq!(build.agent.as_deref(), Some("big-disk"), "{job:#?}");
+    // One attempt: the one on the small disk was given back, the one that built counts.
+    assert_eq!(build.attempts, 1, "{job:#?}");
+    assert!(
+        log.contains("attempt 1 on agent small-disk")
+            && log.contains("attempt 1 on agent big-disk"),
+        "{log}"
+    );
+    assert!(
+        log.to_lowercase().contains("no space left on device"),
+        "the step's own words are in the log:\n{log}"
+    );
+    assert!(
+        log.contains("[archfarm] agent small-disk gave the build back: disk full: build")
+            && log.contains("(dd: error writing '/fill': No space left on device)")
+            && log.contains("queued again without counting the attempt"),
+        "{log}"
+    );
+    // The small agent still takes nothing, and says why.
+    assert!(
+        table
+            .lines()
+            .any(|l| l.starts_with("small-disk") && l.contains("draining")),
+        "{table}"
+    );
+    assert!(
+        table.lines().any(
+            |l| l.starts_with("small-disk: disk full: build") && l.contains("ran out of space")
+        ),
+        "{table}"
+    );
+    assert!(registry
+        .tags("storage/fill")
+        .contains(&"latest".to_string()));
+    drop(small);
+}

@@ -6,7 +6,7 @@ use std::time::Duration;
 use archfarm_protocol::api::{
     CompleteRequest, ErrorResponse, FailRequest, HeartbeatRequest, HeartbeatResponse, Lease,
     LeaseRequest, LogRequest, RegisterRequest, RegisterResponse, RegistryCredentialRequest,
-    RegistryCredentialResponse, API_PREFIX,
+    RegistryCredentialResponse, ReleaseRequest, API_PREFIX, UNKNOWN_AGENT,
 };
 use archfarm_protocol::events::LogResponse;
 use archfarm_protocol::Digest;
@@ -60,6 +60,27 @@ pub enum ClientError {
         /// The URL called.
         url: String,
         /// The coordinator's message.
+        message: String,
+    },
+    /// The coordinator said it does not know this agent ([`UNKNOWN_AGENT`], or `invalid_agent_token`
+    /// from a coordinator before that code): the agent must register again.
+    #[error("{message} ({code})")]
+    UnknownAgent {
+        /// The `ErrorResponse` code.
+        code: String,
+        /// The coordinator's message.
+        message: String,
+    },
+    /// A 404 without the coordinator's error body: something in front of it answered, such as an
+    /// ingress with no ready coordinator behind it during a rollout. Worth retrying; never a
+    /// reason to register again.
+    #[error("{status} from something in front of the coordinator, not the coordinator itself ({url}): {message}")]
+    NotCoordinator {
+        /// The status.
+        status: StatusCode,
+        /// The URL called.
+        url: String,
+        /// The first line of what it answered.
         message: String,
     },
     /// 401: the join token or agent token was not accepted.
@@ -132,8 +153,16 @@ impl ClientError {
     pub fn is_transient(&self) -> bool {
         matches!(
             self,
-            ClientError::Unreachable { .. } | ClientError::Server { .. }
+            ClientError::Unreachable { .. }
+                | ClientError::Server { .. }
+                | ClientError::NotCoordinator { .. }
         )
+    }
+
+    /// True only when the coordinator itself said it does not know this agent: the one answer on
+    /// which the agent registers again (which requeues whatever it is running).
+    pub fn is_unknown_agent(&self) -> bool {
+        matches!(self, ClientError::UnknownAgent { .. })
     }
 }
 
@@ -260,18 +289,23 @@ impl CoordinatorClient {
         json(&url, resp).await
     }
 
-    /// `POST /builds/{id}/log`: lines in order, without their newlines.
+    /// `POST /builds/{id}/log`: lines in order, without their newlines, as batch `seq` of the
+    /// lease (the same number on a retry, so the coordinator stores the batch once).
     pub async fn log(
         &self,
         token: &Secret,
         build: Uuid,
         lease_token: Uuid,
+        seq: u64,
         lines: Vec<String>,
     ) -> Result<LogResponse, ClientError> {
         let url = self.url(&format!("/builds/{build}/log"));
-        let resp = self
-            .post(&url, token, &LogRequest { lease_token, lines })
-            .await?;
+        let req = LogRequest {
+            lease_token,
+            lines,
+            seq: Some(seq),
+        };
+        let resp = self.post(&url, token, &req).await?;
         // An older coordinator answers 204 with no body: it never tells the log is cut.
         let body = resp.bytes().await.unwrap_or_default();
         Ok(serde_json::from_slice(&body).unwrap_or(LogResponse { truncated: false }))
@@ -296,6 +330,18 @@ impl CoordinatorClient {
         req: &FailRequest,
     ) -> Result<(), ClientError> {
         let url = self.url(&format!("/builds/{build}/fail"));
+        self.post(&url, token, req).await.map(drop)
+    }
+
+    /// `POST /builds/{id}/release`: gives the build back without its failing (see
+    /// [`crate::out_of_space`]).
+    pub async fn release(
+        &self,
+        token: &Secret,
+        build: Uuid,
+        req: &ReleaseRequest,
+    ) -> Result<(), ClientError> {
+        let url = self.url(&format!("/builds/{build}/release"));
         self.post(&url, token, req).await.map(drop)
     }
 
@@ -384,6 +430,16 @@ async fn send(url: &str, rb: RequestBuilder) -> Result<Response, ClientError> {
 /// The error kind for a non-2xx status.
 pub fn classify(status: StatusCode, url: &str, code: String, message: String) -> ClientError {
     match status {
+        // By its code, not its status: a proxy may answer 401 or 404 too, never with this body.
+        s if s.is_client_error() && (code == UNKNOWN_AGENT || code == "invalid_agent_token") => {
+            ClientError::UnknownAgent { code, message }
+        }
+        // `code` is empty when the body was no `ErrorResponse`: not the coordinator's answer.
+        StatusCode::NOT_FOUND if code.is_empty() => ClientError::NotCoordinator {
+            status,
+            url: url.to_string(),
+            message,
+        },
         StatusCode::UNAUTHORIZED => ClientError::Unauthorized { code, message },
         StatusCode::CONFLICT if code == "name_taken" => ClientError::NameTaken { message },
         StatusCode::CONFLICT if code == "draining" => ClientError::Draining { message },
@@ -460,6 +516,7 @@ mod tests {
         assert!(matches!(kind(409), ClientError::LeaseLost { .. }));
         assert!(matches!(kind(400), ClientError::Refused { .. }));
         assert!(matches!(kind(404), ClientError::Refused { .. }));
+        assert!(!kind(404).is_transient() && !kind(404).is_unknown_agent());
         assert!(kind(500).is_transient());
         assert!(kind(503).is_transient());
         assert!(kind(429).is_transient());
@@ -486,6 +543,97 @@ mod tests {
         assert!(!draining.is_transient());
         assert!(draining.is_conflict() && kind(409).is_conflict());
         assert!(!kind(503).is_conflict());
+    }
+
+    #[test]
+    fn only_the_coordinators_word_makes_an_agent_unknown() {
+        let with = |status: u16, code: &str| {
+            classify(
+                StatusCode::from_u16(status).unwrap(),
+                "http://c/api/v1/agents/x/lease",
+                code.into(),
+                "m".into(),
+            )
+        };
+        // The coordinator's answer, by code, whatever the status; an older coordinator's too.
+        for (status, code) in [
+            (401, UNKNOWN_AGENT),
+            (404, UNKNOWN_AGENT),
+            (401, "invalid_agent_token"),
+        ] {
+            let e = with(status, code);
+            assert!(e.is_unknown_agent(), "{status} {code}: {e:?}");
+            assert!(!e.is_transient());
+        }
+        // A bare 404 (an ingress with no ready backend, an HTML page): an outage to wait out.
+        let bare = with(404, "");
+        assert!(
+            matches!(bare, ClientError::NotCoordinator { .. }),
+            "{bare:?}"
+        );
+        assert!(bare.is_transient() && !bare.is_unknown_agent());
+        assert!(
+            bare.to_string().contains("in front of the coordinator"),
+            "{bare}"
+        );
+        // Another code on a 404, a 401 without one, or another 401: not "unknown agent" either.
+        for (status, code) in [
+            (404, "not_found"),
+            (401, ""),
+            (401, "unauthorized"),
+            (400, UNKNOWN_AGENT.to_uppercase().as_str()),
+        ] {
+            assert!(!with(status, code).is_unknown_agent(), "{status} {code}");
+        }
+        // And never on a 5xx, whatever its body says.
+        assert!(!with(503, UNKNOWN_AGENT).is_unknown_agent());
+    }
+
+    #[tokio::test]
+    async fn a_proxys_plain_404_is_not_the_coordinators_word() {
+        use axum::response::IntoResponse;
+        let app = axum::Router::new()
+            .route(
+                "/api/v1/agents/{id}/lease",
+                axum::routing::post(|| async {
+                    (
+                        StatusCode::NOT_FOUND,
+                        [("content-type", "text/html")],
+                        "<html><body><h1>404 Not Found</h1>nginx</body></html>",
+                    )
+                        .into_response()
+                }),
+            )
+            .route(
+                "/api/v1/agents/{id}/drain",
+                axum::routing::post(|| async {
+                    (
+                        StatusCode::UNAUTHORIZED,
+                        axum::Json(ErrorResponse {
+                            code: UNKNOWN_AGENT.into(),
+                            message: "unknown or missing agent token".into(),
+                        }),
+                    )
+                        .into_response()
+                }),
+            );
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+        let c = CoordinatorClient::new(format!("http://{addr}/").parse().unwrap());
+        let token = Secret::new("t");
+        let e = c
+            .lease(Uuid::nil(), &token, Duration::ZERO, LeaseRequest::default())
+            .await
+            .unwrap_err();
+        assert!(e.is_transient() && !e.is_unknown_agent(), "{e:?}");
+        assert!(
+            e.to_string()
+                .contains("<html><body><h1>404 Not Found</h1>nginx"),
+            "{e}"
+        );
+        let e = c.drain(Uuid::nil(), &token).await.unwrap_err();
+        assert!(e.is_unknown_agent(), "{e:?}");
     }
 
     #[tokio::test]

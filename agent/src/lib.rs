@@ -28,6 +28,7 @@ pub mod context;
 pub mod detect;
 pub mod logs;
 pub mod network;
+pub mod out_of_space;
 pub mod push;
 pub mod registry_auth;
 pub mod registry_error;

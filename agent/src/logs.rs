@@ -4,7 +4,7 @@
 //! nothing until the end. Lines are sent when 100 have gathered, when the next line would take the
 //! batch past 512 KiB, or 200 ms after the first of a batch.
 
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use archfarm_protocol::api::MAX_LOG_BATCH_BYTES;
@@ -104,6 +104,9 @@ pub struct LogTarget {
     /// Secret values (secret build arguments, the registry credential) replaced by `[redacted]`
     /// in every line before it is sent. A value split across two lines cannot be matched.
     pub redactor: Redactor,
+    /// The first line that says a write failed for want of disk space (a `RUN` step's own
+    /// message: buildah's last words are then only "exit status 1"), redacted.
+    pub out_of_space: Arc<OnceLock<String>>,
 }
 
 /// Sends every line of `rx` until it closes. A 409 (or 401) means the lease is gone: `lost` is
@@ -115,6 +118,8 @@ pub async fn forward(target: LogTarget, rx: mpsc::Receiver<String>, lost: Cancel
     let mut dropped = 0usize;
     let mut past_cap = 0usize;
     let mut truncated = false;
+    // Each batch's number under this lease; a retry sends the same one.
+    let mut seq = 0u64;
     loop {
         let batch = tokio::select! {
             _ = lost.cancelled() => return,
@@ -122,18 +127,26 @@ pub async fn forward(target: LogTarget, rx: mpsc::Receiver<String>, lost: Cancel
         };
         let Some(mut batch) = batch else { break };
         target.redactor.redact_all(&mut batch);
+        if let Some(line) = batch
+            .iter()
+            .find(|l| crate::out_of_space::says_out_of_space(l))
+        {
+            let _ = target.out_of_space.set(line.trim().to_string());
+        }
         let n = batch.len();
         if truncated {
             past_cap += n;
             continue;
         }
+        let this = seq;
+        seq += 1;
         let mut backoff = Backoff::new(Duration::from_millis(200), Duration::from_secs(2));
         let mut attempt = 0;
         loop {
             attempt += 1;
             let sent = tokio::select! {
                 _ = lost.cancelled() => return,
-                r = target.client.log(&target.creds.token, target.build_id, target.lease_token, batch.clone()) => r,
+                r = target.client.log(&target.creds.token, target.build_id, target.lease_token, this, batch.clone()) => r,
             };
             match sent {
                 Ok(answer) => {
@@ -143,7 +156,13 @@ pub async fn forward(target: LogTarget, rx: mpsc::Receiver<String>, lost: Cancel
                     }
                     break;
                 }
-                Err(e) if e.is_conflict() || matches!(e, ClientError::Unauthorized { .. }) => {
+                Err(e)
+                    if e.is_conflict()
+                        || matches!(
+                            e,
+                            ClientError::Unauthorized { .. } | ClientError::UnknownAgent { .. }
+                        ) =>
+                {
                     tracing::warn!(build.id = %target.build_id, "lease lost while sending log lines; stopping the build");
                     lost.cancel();
                     return;

@@ -7,10 +7,10 @@
 //! requeued for another agent). A coordinator that is merely unreachable stops nothing: the build
 //! goes on and its report is retried for up to [`REPORT_BUDGET`].
 
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
-use archfarm_protocol::api::{CompleteRequest, FailRequest, Lease};
+use archfarm_protocol::api::{CompleteRequest, FailRequest, Lease, ReleaseRequest};
 use archfarm_protocol::redact::Redactor;
 use archfarm_protocol::RegistryCredential;
 use tokio_util::sync::CancellationToken;
@@ -22,6 +22,7 @@ use crate::client::{ClientError, CoordinatorClient};
 use crate::context::{self, Limits};
 use crate::logs::{self, LogTarget};
 use crate::network::NetworkPolicy;
+use crate::out_of_space::{self, DiskHold};
 use crate::registry_auth::{CredentialRefresh, RegistryAccess};
 use crate::session::Credentials;
 use crate::workdir::WorkDir;
@@ -57,6 +58,8 @@ pub struct BuildEnv {
     pub registry: Arc<RegistryAccess>,
     /// The networks this agent gives builds; a lease asking for another is refused.
     pub networks: NetworkPolicy,
+    /// Set when a build runs out of disk space: the agent then takes no builds for a while.
+    pub disk_hold: DiskHold,
 }
 
 /// Runs one leased build to its end; never fails, only logs: errors go to the coordinator as `fail`.
@@ -82,12 +85,14 @@ pub async fn run_build(
     let redactor = Redactor::for_build_args(&lease.build_args, &lease.secret_build_args)
         .with(secrets.iter().map(|s| s.expose()))
         .with(lease.secrets.iter().map(|s| s.value.expose()));
+    let out_of_space_line = Arc::new(OnceLock::new());
     let target = LogTarget {
         client: env.client.clone(),
         creds: creds.clone(),
         build_id: id,
         lease_token: lease.lease_token,
         redactor: redactor.clone(),
+        out_of_space: out_of_space_line.clone(),
     };
     let forwarder = tokio::spawn(logs::forward(target, rx, cancel.clone()));
     let hb_stop = CancellationToken::new();
@@ -120,6 +125,32 @@ pub async fn run_build(
                 };
                 report(&env, &cancel, id, "complete", || {
                     env.client.complete(&creds.token, id, &req)
+                })
+                .await;
+            }
+            Err(e)
+                if out_of_space_line.get().is_some()
+                    || out_of_space::says_out_of_space(&crate::error_chain(&e)) =>
+            {
+                // The disk, not the build: another agent may build it, and this one should
+                // take nothing more until space is back.
+                let why = match out_of_space_line.get() {
+                    Some(line) => one_line(line),
+                    None => one_line(&redactor.redact(&crate::error_chain(&e))),
+                };
+                let reason = format!(
+                    "disk full: build {id} ran out of space in {} ({why})",
+                    env.work_dir.root().display()
+                );
+                warn!(build.id = %id, reason = %reason, hold_secs = out_of_space::HOLD.as_secs(),
+                    "the disk filled up during the build; giving it back and taking no builds for a while");
+                env.disk_hold.hold(reason.clone());
+                let req = ReleaseRequest {
+                    lease_token: lease.lease_token,
+                    reason,
+                };
+                report(&env, &cancel, id, "release", || {
+                    env.client.release(&creds.token, id, &req)
                 })
                 .await;
             }
@@ -306,7 +337,13 @@ async fn heartbeat(
                 return;
             }
             Ok(_) => {}
-            Err(e) if e.is_conflict() || matches!(e, ClientError::Unauthorized { .. }) => {
+            Err(e)
+                if e.is_conflict()
+                    || matches!(
+                        e,
+                        ClientError::Unauthorized { .. } | ClientError::UnknownAgent { .. }
+                    ) =>
+            {
                 warn!(build.id = %id, error = %e, "the lease is lost; stopping the build");
                 cancel.cancel();
                 return;

@@ -8,6 +8,7 @@ use std::time::Duration;
 use archfarm_protocol::api::{LeaseRequest, RegisterRequest, StorageUse};
 
 use crate::network::NetworkPolicy;
+use crate::out_of_space::DiskHold;
 use futures::Stream;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
@@ -100,6 +101,7 @@ impl Session {
             info!("stopped before registering");
             return Ok(Stopped::Drained);
         };
+        let disk_hold = DiskHold::default();
         let env = Arc::new(BuildEnv {
             client: self.client.clone(),
             backend: self.backend.clone(),
@@ -108,6 +110,7 @@ impl Session {
             report_backoff: self.backoff.clone(),
             registry: self.registry.clone(),
             networks: self.networks.clone(),
+            disk_hold: disk_hold.clone(),
         });
         // Parent of every build's cancellation token; fires only when builds are abandoned.
         let kill = CancellationToken::new();
@@ -127,7 +130,7 @@ impl Session {
                 }
                 continue;
             }
-            let status = self.lease_status(&mut full).await;
+            let status = self.lease_status(&mut full, &disk_hold).await;
             // A full disk takes no build: the coordinator hears why at once, and the agent looks
             // again in a while.
             let wait = if status.unavailable.is_some() {
@@ -162,18 +165,22 @@ impl Session {
                     told_to_drain = true;
                     break;
                 }
-                // The coordinator forgot this agent (token revoked, database reset): register anew.
-                Err(ClientError::Unauthorized { message, .. })
-                | Err(ClientError::Refused {
-                    status: reqwest::StatusCode::NOT_FOUND,
-                    message,
-                    ..
-                }) => {
+                // The coordinator itself says it forgot this agent (token revoked, database
+                // reset): register anew. Only on its word: registering requeues the running
+                // builds, so a bare 401 or 404 from a proxy in front of it is waited out below.
+                Err(ClientError::UnknownAgent { message, .. }) => {
                     warn!(%message, "the coordinator no longer knows this agent; registering again");
                     match self.register(drain).await? {
                         Some(c) => creds = c,
                         None => break,
                     }
+                }
+                Err(ClientError::Unauthorized { code, message })
+                    if code == "client_certificate_required" =>
+                {
+                    return Err(AgentError::Certificate(format!(
+                        "the coordinator requires a client certificate: {message}"
+                    )));
                 }
                 Err(e) => {
                     let d = backoff.next_delay();
@@ -229,18 +236,24 @@ impl Session {
 
     /// The storage report of the next lease call, and whether the disk has room for a build
     /// (after freeing what can be freed); logs when that changes.
-    async fn lease_status(&self, full: &mut Option<String>) -> LeaseRequest {
+    async fn lease_status(&self, full: &mut Option<String>, hold: &DiskHold) -> LeaseRequest {
+        let held = hold.reason();
         let Some(storage) = &self.storage else {
-            return LeaseRequest::default();
-        };
-        let now_full = storage.disk_full().await;
-        match (&*full, &now_full) {
-            (None, Some(why)) => {
-                warn!(reason = %why, "taking no builds until space is freed");
+            if held != *full {
+                log_full_change(full, &held);
+                full.clone_from(&held);
             }
-            (Some(_), None) => info!("disk space freed; taking builds again"),
-            _ => {}
-        }
+            return LeaseRequest {
+                unavailable: held,
+                ..LeaseRequest::default()
+            };
+        };
+        // A build that ran out of space holds the agent whatever the free space says now.
+        let now_full = match held {
+            Some(why) => Some(why),
+            None => storage.disk_full().await,
+        };
+        log_full_change(full, &now_full);
         *full = now_full.clone();
         let usage = storage.usage();
         LeaseRequest {
@@ -287,13 +300,7 @@ impl Session {
                     info!(agent.id = %creds.agent_id, "deregistered");
                     return;
                 }
-                Err(
-                    ClientError::Unauthorized { .. }
-                    | ClientError::Refused {
-                        status: reqwest::StatusCode::NOT_FOUND,
-                        ..
-                    },
-                ) => {
+                Err(ClientError::UnknownAgent { .. } | ClientError::Unauthorized { .. }) => {
                     info!("the coordinator no longer knows this agent; nothing to deregister");
                     return;
                 }
@@ -373,7 +380,9 @@ impl Session {
                         "the coordinator requires a client certificate: {message}"
                     )))
                 }
-                Err(ClientError::Unauthorized { .. }) if saved.is_some() => {
+                Err(ClientError::Unauthorized { .. } | ClientError::UnknownAgent { .. })
+                    if saved.is_some() =>
+                {
                     info!("the coordinator no longer accepts this agent's own token; registering with the join token");
                     self.work_dir.forget_token();
                     saved = None;
@@ -406,6 +415,15 @@ impl Session {
                 Err(e) => return Err(AgentError::RegisterRefused(e)),
             }
         }
+    }
+}
+
+/// Logs the agent's disk turning full or free.
+fn log_full_change(was: &Option<String>, now: &Option<String>) {
+    match (was, now) {
+        (None, Some(why)) => warn!(reason = %why, "taking no builds until space is freed"),
+        (Some(_), None) => info!("disk space freed; taking builds again"),
+        _ => {}
     }
 }
 

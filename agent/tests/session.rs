@@ -45,6 +45,13 @@ struct Fake {
     registers: Vec<RegisterRequest>,
     /// Answer 401 to the next lease call (as after a coordinator reset).
     lease_unauthorized_once: bool,
+    /// Answer this many lease calls, once the queued leases are handed out, with a bare 404
+    /// page (as an ingress with no ready coordinator behind it does).
+    lease_plain_404: usize,
+    /// Take the lines of the next log call, then answer 503 (as when the answer is lost).
+    log_answer_lost_once: bool,
+    /// The batch number of every log call, in order.
+    log_seqs: Vec<Option<u64>>,
     leases: VecDeque<Lease>,
     heartbeats: usize,
     cancel_on_heartbeat: bool,
@@ -167,6 +174,15 @@ async fn lease(State(s): State<Shared>, h: HeaderMap) -> Response {
             }
             return Json(l).into_response();
         }
+        if f.lease_plain_404 > 0 {
+            f.lease_plain_404 -= 1;
+            return (
+                StatusCode::NOT_FOUND,
+                [("content-type", "text/html")],
+                "<html><head><title>404 Not Found</title></head><body>default backend - 404</body></html>",
+            )
+                .into_response();
+        }
         // A short hold stands in for the real long poll unless a test asks for the real length.
         f.lease_hold.unwrap_or(Duration::from_millis(50))
     };
@@ -206,7 +222,15 @@ async fn heartbeat(State(s): State<Shared>, Json(_): Json<HeartbeatRequest>) -> 
 async fn log(State(s): State<Shared>, Json(req): Json<LogRequest>) -> Response {
     let mut f = s.lock().unwrap();
     f.log_calls += 1;
+    f.log_seqs.push(req.seq);
     f.lines.extend(req.lines);
+    if std::mem::take(&mut f.log_answer_lost_once) {
+        return err(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "unavailable",
+            "answer lost",
+        );
+    }
     match f.log_cap_lines {
         // Like a coordinator from before log caps: 204 and no body.
         None => StatusCode::NO_CONTENT.into_response(),
@@ -1065,6 +1089,56 @@ async fn a_401_on_lease_registers_again() {
             "the same installation registers again"
         );
     }
+    agent.shutdown().await.unwrap();
+}
+
+#[tokio::test]
+async fn plain_404s_on_lease_are_waited_out_and_the_running_build_kept() {
+    let ctx = context_archive();
+    let lease = a_lease(&ctx);
+    let release = CancellationToken::new();
+    let (url, s) = start(Fake {
+        context: ctx,
+        leases: VecDeque::from([lease.clone()]),
+        lease_plain_404: 20,
+        ..Default::default()
+    })
+    .await;
+    let agent = spawn_agent(&url, JOIN, Behaviour::SucceedWhen(release.clone()));
+    // The build runs while every lease poll beside it gets the ingress's 404 page.
+    until(&s, "every plain 404 answered", |f| {
+        f.lease_plain_404 == 0 && f.heartbeats >= 1
+    })
+    .await;
+    release.cancel();
+    until(&s, "the build's report", |f| f.completes.len() == 1).await;
+    {
+        let f = s.lock().unwrap();
+        assert_eq!(f.registers.len(), 1, "no registration after a plain 404");
+        assert_eq!(f.completes[0].lease_token, lease.lease_token);
+        assert!(f.lease_calls > 21, "polls went on: {}", f.lease_calls);
+    }
+    assert!(!agent.saw_cancel.load(Ordering::SeqCst));
+    assert_eq!(agent.shutdown().await.unwrap(), Stopped::Drained);
+}
+
+#[tokio::test]
+async fn a_log_batch_is_sent_again_under_its_number() {
+    let ctx = context_archive();
+    let (url, s) = start(Fake {
+        context: ctx.clone(),
+        leases: VecDeque::from([a_lease(&ctx)]),
+        log_answer_lost_once: true,
+        ..Default::default()
+    })
+    .await;
+    let agent = spawn_agent(&url, JOIN, Behaviour::Succeed { lines: 250 });
+    until(&s, "complete", |f| f.completes.len() == 1).await;
+    let seqs = s.lock().unwrap().log_seqs.clone();
+    // The first batch went twice (its answer was lost), under one number; the rest once each.
+    assert_eq!(seqs[..2], [Some(0), Some(0)], "{seqs:?}");
+    let rest: Vec<Option<u64>> = (1..seqs.len() as u64 - 1).map(Some).collect();
+    assert_eq!(seqs[2..], rest[..], "{seqs:?}");
     agent.shutdown().await.unwrap();
 }
 

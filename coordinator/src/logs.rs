@@ -5,7 +5,7 @@ use std::path::Path;
 
 use uuid::Uuid;
 
-use crate::store::{Store, StoreError};
+use crate::store::{LogBatch, Store, StoreError};
 
 pub use archfarm_protocol::events::TRUNCATION_MARKER;
 
@@ -62,20 +62,38 @@ impl LogStore {
     /// truncation marker written once, so a runaway build cannot fill the disk. Returns whether
     /// the log is now cut, i.e. whether later lines will be dropped too.
     pub async fn append(&self, build: Uuid, lines: &[String]) -> std::io::Result<bool> {
+        self.append_batch(build, None, lines).await
+    }
+
+    /// [`LogStore::append`] for an agent's batch: a numbered one (`batch`) is stored only when
+    /// it is past the last one its lease stored, so a retry after a lost answer, or a batch that
+    /// arrives after a later one, is dropped (and answered as if stored: the lines are there, or
+    /// later ones are).
+    pub async fn append_batch(
+        &self,
+        build: Uuid,
+        batch: Option<LogBatch>,
+        lines: &[String],
+    ) -> std::io::Result<bool> {
         let mut joined = String::new();
         for line in lines {
             joined.push_str(line.trim_end_matches(['\n', '\r']));
             joined.push('\n');
         }
         loop {
-            let Some(size) = self.store.log_size(build).await.map_err(io)? else {
+            let Some(position) = self.store.log_position(build).await.map_err(io)? else {
                 return Err(std::io::Error::new(
                     std::io::ErrorKind::NotFound,
                     format!("no build {build} to log for"),
                 ));
             };
+            let size = position.bytes;
             if size >= self.max_bytes {
                 return Ok(true);
+            }
+            if batch.is_some_and(|b| b.is_stale(position.last_batch)) {
+                tracing::debug!(build.id = %build, batch = ?batch, last = ?position.last_batch, "log batch already stored or out of order; dropped");
+                return Ok(false);
             }
             let mut out = joined.clone();
             // `>=`: a batch that lands exactly on the cap is cut too, so a full log always ends
@@ -93,7 +111,7 @@ impl LogStore {
             // perhaps on another replica): read the new length and place the lines after it.
             if self
                 .store
-                .append_log_at(build, size, out.as_bytes())
+                .append_log_at(build, size, out.as_bytes(), batch)
                 .await
                 .map_err(io)?
             {
@@ -202,6 +220,85 @@ mod tests {
         assert!(all.contains(TRUNCATION_MARKER), "{all}");
         assert!(!all.contains("after the cap"));
         assert_eq!(all.matches(TRUNCATION_MARKER).count(), 1);
+    }
+
+    #[tokio::test]
+    async fn a_batch_sent_again_or_late_is_stored_once_in_order() {
+        let (logs, b, _db) = setup(1 << 20).await;
+        let lease = Uuid::new_v4();
+        let batch = |seq| Some(LogBatch { lease, seq });
+        let lines = |s: &str| vec![format!("{s} 1"), format!("{s} 2")];
+        logs.append(b, &["[archfarm] attempt 1".into()])
+            .await
+            .unwrap();
+        logs.append_batch(b, batch(0), &lines("zero"))
+            .await
+            .unwrap();
+        // The answer was lost: the agent sends the same batch again.
+        logs.append_batch(b, batch(0), &lines("zero"))
+            .await
+            .unwrap();
+        logs.append_batch(b, batch(1), &lines("one")).await.unwrap();
+        // The coordinator's own lines in between change nothing.
+        logs.append(b, &["[archfarm] note".into()]).await.unwrap();
+        logs.append_batch(b, batch(1), &lines("one")).await.unwrap();
+        // Batch 2 was given up on; 3 arrives, then 2 late, then 0 again: only 3 is new.
+        logs.append_batch(b, batch(3), &lines("three"))
+            .await
+            .unwrap();
+        logs.append_batch(b, batch(2), &lines("two")).await.unwrap();
+        logs.append_batch(b, batch(0), &lines("zero"))
+            .await
+            .unwrap();
+        // The build retried under a new lease numbers its batches from 0 again.
+        let again = Some(LogBatch {
+            lease: Uuid::new_v4(),
+            seq: 0,
+        });
+        logs.append_batch(b, again, &lines("retry")).await.unwrap();
+        logs.append_batch(b, again, &lines("retry")).await.unwrap();
+        // Unnumbered batches (older agents) are stored as they come.
+        logs.append_batch(b, None, &["old".into()]).await.unwrap();
+        logs.append_batch(b, None, &["old".into()]).await.unwrap();
+        let all = String::from_utf8(logs.read_chunk(b, 0, 1 << 20).await.unwrap()).unwrap();
+        assert_eq!(
+            all.lines().collect::<Vec<_>>(),
+            [
+                "[archfarm] attempt 1",
+                "zero 1",
+                "zero 2",
+                "one 1",
+                "one 2",
+                "[archfarm] note",
+                "three 1",
+                "three 2",
+                "retry 1",
+                "retry 2",
+                "old",
+                "old"
+            ]
+        );
+        assert_eq!(logs.size(b).await.unwrap(), all.len() as u64);
+    }
+
+    #[tokio::test]
+    async fn the_same_batch_sent_at_once_from_two_places_is_stored_once() {
+        let (logs, b, _db) = setup(1 << 20).await;
+        let lease = Uuid::new_v4();
+        // The retry overtakes the first send still in flight (two replicas, or one slow answer).
+        let sends: Vec<_> = (0..8)
+            .map(|_| {
+                let logs = logs.clone();
+                tokio::spawn(async move {
+                    let batch = Some(LogBatch { lease, seq: 0 });
+                    logs.append_batch(b, batch, &["once".into()]).await.unwrap();
+                })
+            })
+            .collect();
+        for s in sends {
+            s.await.unwrap();
+        }
+        assert_eq!(logs.read_chunk(b, 0, 1024).await.unwrap(), b"once\n");
     }
 
     #[tokio::test]

@@ -143,7 +143,7 @@ async fn token(c: &Coordinator, scope: &str) -> String {
 }
 
 const UNAUTHORIZED: Expect = Expect::Refused(StatusCode::UNAUTHORIZED, "unauthorized");
-const NOT_AN_AGENT: Expect = Expect::Refused(StatusCode::UNAUTHORIZED, "invalid_agent_token");
+const NOT_AN_AGENT: Expect = Expect::Refused(StatusCode::UNAUTHORIZED, "unknown_agent");
 const NO_JOIN: Expect = Expect::Refused(StatusCode::UNAUTHORIZED, "invalid_join_token");
 const TOO_NARROW: Expect = Expect::Refused(StatusCode::FORBIDDEN, "insufficient_scope");
 

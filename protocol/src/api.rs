@@ -41,6 +41,13 @@ pub struct ErrorResponse {
     pub message: String,
 }
 
+/// The [`ErrorResponse::code`] with which the coordinator says it does not know the calling agent
+/// (its token matches no agent, or the agent was revoked or forgotten): the one answer on which an
+/// agent registers again. Anything else, such as a bare 404 from an ingress with no ready
+/// coordinator behind it, is an outage to wait out: registering again would requeue the agent's
+/// running builds.
+pub const UNKNOWN_AGENT: &str = "unknown_agent";
+
 /// When a platform may be built under QEMU emulation. Written as `fallback`, `never` or
 /// `prefer-native=DURATION` (e.g. `prefer-native=10m`).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -743,6 +750,12 @@ pub struct LogRequest {
     pub lease_token: Uuid,
     /// Lines without their newline.
     pub lines: Vec<String>,
+    /// The batch's number under this lease: 0, 1, 2, ... in the order the lines were printed; a
+    /// retry sends the same number again. The coordinator stores a batch only when it is past the
+    /// last one it stored for the lease, so a batch is never appended twice nor after a later one.
+    /// Absent (agents before numbering): stored as it comes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub seq: Option<u64>,
 }
 
 /// `POST /api/v1/builds/{id}/complete`: the image is pushed by digest.
@@ -767,6 +780,18 @@ pub struct FailRequest {
     pub lease_token: Uuid,
     /// What went wrong, one line.
     pub error: String,
+}
+
+/// `POST /api/v1/builds/{id}/release`: the agent gives the build back, through no fault of the
+/// build's (its disk filled up during it). The coordinator queues it again for another agent
+/// without counting the attempt (up to a few times per build) and writes `reason` to its log.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ReleaseRequest {
+    /// The lease's token.
+    pub lease_token: Uuid,
+    /// Why, one line, e.g. `disk full: ... no space left on device`.
+    pub reason: String,
 }
 
 /// `PUT /api/v1/contexts/{digest}` answer.

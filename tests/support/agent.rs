@@ -26,6 +26,10 @@ pub struct AgentOptions {
     pub emulate: Option<String>,
     /// A join token other than the coordinator's (to test rejection).
     pub join_token: Option<String>,
+    /// The URL the agent reaches the coordinator at (a proxy in front of it); None: its own.
+    pub via: Option<String>,
+    /// `--work-dir`; None puts it in the agent's scratch directory.
+    pub work_dir: Option<PathBuf>,
     /// Further flags.
     pub extra_args: Vec<String>,
 }
@@ -39,8 +43,22 @@ impl AgentOptions {
             platforms: Vec::new(),
             emulate: None,
             join_token: None,
+            via: None,
+            work_dir: None,
             extra_args: Vec::new(),
         }
+    }
+
+    /// Reaches the coordinator at `url` (a proxy in front of it).
+    pub fn via(mut self, url: &str) -> Self {
+        self.via = Some(url.to_string());
+        self
+    }
+
+    /// Sets `--work-dir` (e.g. a small file system the test mounted).
+    pub fn work_dir(mut self, dir: impl Into<PathBuf>) -> Self {
+        self.work_dir = Some(dir.into());
+        self
     }
 
     /// Adds a `--platform` (declared native).
@@ -103,7 +121,11 @@ impl Agent {
             .join_token
             .clone()
             .unwrap_or_else(|| coordinator.join_token().to_string());
-        let target = (coordinator.url().to_string(), token);
+        let url = opts
+            .via
+            .clone()
+            .unwrap_or_else(|| coordinator.url().to_string());
+        let target = (url, token);
         let daemon = spawn_daemon(&opts, &target, &dir);
         Agent {
             daemon,
@@ -170,7 +192,10 @@ impl Agent {
 
     /// The `--work-dir` (buildah storage under `storage/`, builds under `builds/`).
     pub fn work_dir(&self) -> PathBuf {
-        self.dir.join("work")
+        self.opts
+            .work_dir
+            .clone()
+            .unwrap_or_else(|| self.dir.join("work"))
     }
 
     /// Processes working for this agent other than the agent itself: its descendants, its process
@@ -218,7 +243,7 @@ fn spawn_daemon(opts: &AgentOptions, target: &(String, String), dir: &Scratch) -
         .arg("--name")
         .arg(&opts.name)
         .arg("--work-dir")
-        .arg(dir.join("work"))
+        .arg(opts.work_dir.clone().unwrap_or_else(|| dir.join("work")))
         .arg("--capacity")
         .arg(opts.capacity.to_string());
     for platform in &opts.platforms {

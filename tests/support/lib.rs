@@ -19,6 +19,7 @@ pub mod coordinator;
 pub mod database;
 pub mod ecr_proxy;
 pub mod elf;
+pub mod ingress;
 pub mod metrics;
 pub mod oci;
 pub mod process;
@@ -40,6 +41,7 @@ pub use context::{repo_root, BuildContext};
 pub use coordinator::{run_cli, BackgroundCli, Coordinator, CoordinatorOptions, CLI_TIMEOUT};
 pub use database::Database;
 pub use ecr_proxy::EcrProxy;
+pub use ingress::Ingress;
 pub use metrics::{scrape, Scrape};
 pub use oci::ImageFs;
 pub use process::{

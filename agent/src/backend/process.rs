@@ -15,8 +15,13 @@ use super::{BackendError, LogSink};
 /// started die at once from the group's SIGTERM; buildah itself exits within a second or two, after
 /// removing its working container (what a SIGKILL leaves is removed when the agent next starts).
 const TERM_GRACE: Duration = Duration::from_secs(3);
-/// Longest log line kept; the rest is cut so one runaway line cannot exhaust memory downstream.
-const MAX_LINE: usize = 16 * 1024;
+/// Longest log line kept, in bytes. A line is held in memory until its newline comes, so without a
+/// bound a build that prints without newlines (a minified file `cat`ed, a binary on stdout) would
+/// grow the agent without limit; 16 KiB keeps any real compiler message whole, and 32 such lines
+/// still make one log batch (`logs::MAX_BATCH_BYTES`).
+pub const MAX_LINE: usize = 16 * 1024;
+/// Ends a line cut at [`MAX_LINE`]; the rest of that line, up to its newline, is dropped.
+pub const CUT_MARK: &str = "… [line cut at 16 KiB]";
 
 /// Runs `cmd` (described as `what` in errors), sending each stdout and stderr line to `log`. The
 /// command gets its own process group so cancellation reaches the RUN steps it started too.
@@ -107,34 +112,117 @@ async fn terminate(child: &mut tokio::process::Child, pid: Option<u32>) {
 
 /// Forwards lines of `r` to `log`; returns the last non-empty one (for error messages).
 async fn pump(r: impl AsyncRead + Unpin, log: &LogSink) -> Option<String> {
-    let mut reader = BufReader::new(r);
-    let mut buf = Vec::new();
+    let mut lines = Lines::new(r);
     let mut last = None;
-    loop {
-        buf.clear();
-        match reader.read_until(b'\n', &mut buf).await {
-            Ok(0) | Err(_) => return last,
-            Ok(_) => {}
-        }
-        let line = clean_line(&buf);
+    while let Some(line) = lines.next().await {
         if !line.trim().is_empty() {
             last = Some(line.clone());
         }
         log.line(line).await;
     }
+    last
 }
 
-/// A raw output line as text: newline and carriage returns dropped, invalid UTF-8 replaced, length
-/// capped.
-pub fn clean_line(raw: &[u8]) -> String {
-    let raw = raw.strip_suffix(b"\n").unwrap_or(raw);
-    let raw = raw.strip_suffix(b"\r").unwrap_or(raw);
-    let mut s = String::from_utf8_lossy(&raw[..raw.len().min(MAX_LINE)]).into_owned();
-    // Progress bars redraw with '\r'; keep only the final state.
-    if let Some(i) = s.rfind('\r') {
-        s.drain(..=i);
+/// Output split into lines as text, holding at most [`MAX_LINE`] bytes of a line: newline and
+/// carriage returns dropped (a progress bar redrawn with `\r` keeps only its final state, and
+/// its earlier states are forgotten as they are replaced), invalid UTF-8 replaced, a longer line
+/// cut and marked with [`CUT_MARK`].
+pub struct Lines<R> {
+    reader: BufReader<R>,
+    /// The line so far (after its last carriage return).
+    line: Vec<u8>,
+    /// A carriage return was read last: the next byte other than a newline starts the line over.
+    cr: bool,
+    /// The line was cut: its rest is dropped up to its newline.
+    skipping: bool,
+}
+
+impl<R: AsyncRead + Unpin> Lines<R> {
+    /// Lines of `r`.
+    pub fn new(r: R) -> Self {
+        Lines {
+            reader: BufReader::new(r),
+            line: Vec::new(),
+            cr: false,
+            skipping: false,
+        }
     }
-    s
+
+    /// The next line; `None` at the end of the output (or on a read error, which ends it too).
+    pub async fn next(&mut self) -> Option<String> {
+        loop {
+            let buf = match self.reader.fill_buf().await {
+                Ok(buf) if !buf.is_empty() => buf,
+                Ok(_) | Err(_) => return self.last(),
+            };
+            let mut used = buf.len();
+            let mut out = None;
+            for (i, &b) in buf.iter().enumerate() {
+                match b {
+                    b'\n' => {
+                        used = i + 1;
+                        self.cr = false;
+                        if std::mem::take(&mut self.skipping) {
+                            continue;
+                        }
+                        out = Some(self.take(false));
+                        break;
+                    }
+                    _ if self.skipping => {}
+                    b'\r' => {
+                        if self.cr {
+                            self.line.clear();
+                        }
+                        self.cr = true;
+                    }
+                    _ => {
+                        if std::mem::take(&mut self.cr) {
+                            self.line.clear();
+                        }
+                        self.line.push(b);
+                        if self.line.len() >= MAX_LINE {
+                            used = i + 1;
+                            self.skipping = true;
+                            out = Some(self.take(true));
+                            break;
+                        }
+                    }
+                }
+            }
+            self.reader.consume(used);
+            if out.is_some() {
+                return out;
+            }
+        }
+    }
+
+    /// What is left at the end: a last line without a newline, if there is one.
+    fn last(&mut self) -> Option<String> {
+        self.cr = false;
+        if std::mem::take(&mut self.skipping) || self.line.is_empty() {
+            return None;
+        }
+        Some(self.take(false))
+    }
+
+    /// The line so far as text, emptied; `cut` marks it (ending before a character split by the
+    /// cut).
+    fn take(&mut self, cut: bool) -> String {
+        let mut end = self.line.len();
+        if cut {
+            if let Err(e) = std::str::from_utf8(&self.line) {
+                if e.error_len().is_none() {
+                    end = e.valid_up_to();
+                }
+            }
+        }
+        let mut s = String::from_utf8_lossy(&self.line[..end]).into_owned();
+        self.line.clear();
+        if cut {
+            s.push_str(CUT_MARK);
+        }
+        s
+    }
 }
 
 fn last_non_empty(text: &str) -> Option<String> {
@@ -155,12 +243,112 @@ mod tests {
         c
     }
 
-    #[test]
-    fn lines_are_cleaned() {
-        assert_eq!(clean_line(b"hello\r\n"), "hello");
-        assert_eq!(clean_line(b"10%\r50%\r100%\n"), "100%");
-        assert_eq!(clean_line(b"bad \xff byte"), "bad \u{fffd} byte");
-        assert_eq!(clean_line(&vec![b'x'; MAX_LINE * 2]).len(), MAX_LINE);
+    /// Every line of `bytes`, read in pieces of `piece` bytes.
+    async fn lines_of(bytes: &[u8], piece: usize) -> Vec<String> {
+        let (mut tx, rx) = tokio::io::duplex(piece);
+        let data = bytes.to_vec();
+        let writer = tokio::spawn(async move {
+            use tokio::io::AsyncWriteExt;
+            tx.write_all(&data).await.unwrap();
+        });
+        let mut lines = Lines::new(rx);
+        let mut out = Vec::new();
+        while let Some(l) = lines.next().await {
+            out.push(l);
+        }
+        writer.await.unwrap();
+        out
+    }
+
+    #[tokio::test]
+    async fn lines_are_cleaned() {
+        for piece in [1, 3, 64 * 1024] {
+            let got = lines_of(
+                b"hello\r\n10%\r50%\r100%\nbad \xff byte\n\na\r\rb\nlast\r",
+                piece,
+            )
+            .await;
+            assert_eq!(
+                got,
+                ["hello", "100%", "bad \u{fffd} byte", "", "b", "last"],
+                "read {piece} bytes at a time"
+            );
+        }
+        // A character the cut would split is left out whole.
+        let mut long = vec![b'x'; MAX_LINE - 1];
+        long.extend("é and more\nnext\n".as_bytes());
+        let got = lines_of(&long, 4096).await;
+        assert_eq!(got[0], format!("{}{CUT_MARK}", "x".repeat(MAX_LINE - 1)));
+        assert_eq!(got[1], "next");
+    }
+
+    #[tokio::test]
+    async fn megabytes_without_a_newline_are_cut_and_reading_carries_on() {
+        // 8 MiB without a newline, then a short line, then 3 MiB more without one at the end.
+        let (mut tx, rx) = tokio::io::duplex(64 * 1024);
+        let writer = tokio::spawn(async move {
+            use tokio::io::AsyncWriteExt;
+            let chunk = vec![b'y'; 1 << 20];
+            for _ in 0..8 {
+                tx.write_all(&chunk).await.unwrap();
+            }
+            tx.write_all(b"\nafter the long one\n").await.unwrap();
+            for _ in 0..3 {
+                tx.write_all(&chunk).await.unwrap();
+            }
+        });
+        let mut lines = Lines::new(rx);
+        let mut got = Vec::new();
+        while let Some(l) = lines.next().await {
+            // What the reader holds never passes the bound.
+            assert!(
+                lines.line.capacity() <= 2 * MAX_LINE,
+                "{}",
+                lines.line.capacity()
+            );
+            got.push(l);
+        }
+        writer.await.unwrap();
+        let lengths: Vec<usize> = got.iter().map(String::len).collect();
+        let cut = MAX_LINE + CUT_MARK.len();
+        assert_eq!(lengths, [cut, "after the long one".len(), cut]);
+        assert!(
+            got[0].ends_with("y… [line cut at 16 KiB]"),
+            "{}",
+            &got[0][MAX_LINE - 5..]
+        );
+        assert_eq!(got[1], "after the long one");
+    }
+
+    #[tokio::test]
+    async fn a_build_printing_without_newlines_is_logged_in_bounded_lines() {
+        let (log, mut rx) = LogSink::channel(16);
+        let cancel = CancellationToken::new();
+        let reader = tokio::spawn(async move {
+            let mut lines = Vec::new();
+            while let Some(l) = rx.recv().await {
+                lines.push(l);
+            }
+            lines
+        });
+        run_logged(
+            sh("head -c 5000000 /dev/zero | tr '\\0' z; echo; echo done"),
+            "printer",
+            &log,
+            &cancel,
+        )
+        .await
+        .unwrap();
+        drop(log);
+        let lines = reader.await.unwrap();
+        let lengths: Vec<usize> = lines.iter().map(String::len).collect();
+        assert_eq!(
+            lengths,
+            [MAX_LINE + CUT_MARK.len(), 4],
+            "{:?}",
+            lines.last()
+        );
+        assert_eq!(lines[1], "done");
     }
 
     #[tokio::test]

@@ -252,7 +252,7 @@ async fn lease(
     let delivered = match state.store.agent_cut_off(agent.id).await {
         Ok(false) => lease_for(&state, &agent, &claimed).await,
         Ok(true) => Err(ApiError::Unauthorized {
-            code: "invalid_agent_token",
+            code: archfarm_protocol::api::UNKNOWN_AGENT,
             message: "this agent was revoked or removed: register again with a join token".into(),
         }),
         Err(e) => Err(e.into()),

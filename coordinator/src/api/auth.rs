@@ -205,8 +205,10 @@ pub fn cookie<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
 
 /// Resolves the calling agent from its token.
 pub async fn require_agent(state: &AppState, headers: &HeaderMap) -> Result<AgentRow, ApiError> {
+    // The code says "unknown agent" in so many words: it is what makes an agent register again,
+    // where a bare 401 or 404 (from a proxy in front of this coordinator) only makes it wait.
     let unauthorized = || ApiError::Unauthorized {
-        code: "invalid_agent_token",
+        code: archfarm_protocol::api::UNKNOWN_AGENT,
         message: "unknown or missing agent token: register again with the join token".into(),
     };
     let token = bearer(headers).ok_or_else(unauthorized)?;

@@ -2,7 +2,7 @@
 
 use archfarm_protocol::api::{
     CompleteRequest, FailRequest, HeartbeatRequest, HeartbeatResponse, LogRequest,
-    RegistryCredentialRequest, RegistryCredentialResponse, MAX_LOG_BATCH_BYTES,
+    RegistryCredentialRequest, RegistryCredentialResponse, ReleaseRequest, MAX_LOG_BATCH_BYTES,
 };
 use archfarm_protocol::events::LogResponse;
 use archfarm_protocol::redact::Redactor;
@@ -44,6 +44,7 @@ pub fn routes() -> Routes {
         .get("/builds/{id}/log", Access::Read, read_log)
         .post("/builds/{id}/complete", Access::Agent, complete)
         .post("/builds/{id}/fail", Access::Agent, fail)
+        .post("/builds/{id}/release", Access::Agent, release)
         .post(
             "/builds/{id}/registry-credential",
             Access::Agent,
@@ -113,7 +114,11 @@ async fn append_log(
     }
     let mut lines = req.lines;
     redactor.redact_all(&mut lines);
-    let truncated = state.logs.append(build.id, &lines).await?;
+    let batch = req.seq.map(|seq| crate::store::LogBatch {
+        lease: req.lease_token,
+        seq,
+    });
+    let truncated = state.logs.append_batch(build.id, batch, &lines).await?;
     Ok(Json(LogResponse { truncated }))
 }
 
@@ -195,6 +200,54 @@ async fn fail(
     }
     // A required platform's failure fails the job; an optional one's becomes a warning.
     crate::progress::advance(&state, build.job_id).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// How many times a build may be given back by agents (their disks filled up) without the
+/// attempt counting: enough for a disk that happened to be full, few enough that a build that
+/// fills every agent's disk still uses up its attempts and fails.
+const FREE_RELEASES: i64 = 3;
+
+/// The agent gives the build back through no fault of the build's (its disk filled up): the
+/// build is queued again for another agent, its attempt given back, the reason in its log, and
+/// the agent shown draining with the reason (it takes no builds for a while on its own).
+async fn release(
+    State(state): State<AppState>,
+    Authed(agent): Authed<AgentRow>,
+    Path(raw): Path<String>,
+    ApiJson(req): ApiJson<ReleaseRequest>,
+) -> Result<StatusCode, ApiError> {
+    let build = held_build(&state, &agent, &raw, req.lease_token).await?;
+    let reason = redactor_for(&state, build.job_id)
+        .await?
+        .redact(&req.reason)
+        .chars()
+        .map(|c| if c.is_control() { ' ' } else { c })
+        .take(MAX_ERROR_CHARS)
+        .collect::<String>();
+    let Some(free) = state
+        .store
+        .release_build(build.id, req.lease_token, FREE_RELEASES)
+        .await?
+    else {
+        return Err(ApiError::lease_lost(build.id));
+    };
+    tracing::warn!(build.id = %build.id, platform = %build.platform, agent = %agent.name, reason, free,
+        "build given back by its agent; queued again");
+    // Shown at once; the agent's own next lease call says the same.
+    state
+        .store
+        .report_agent_status(&agent, None, Some(&reason))
+        .await?;
+    let line = if free {
+        format!("[archfarm] agent {} gave the build back: {reason}; queued again without counting the attempt", agent.name)
+    } else {
+        format!("[archfarm] agent {} gave the build back: {reason}; queued again (given back {FREE_RELEASES} times already, so the attempt counts)", agent.name)
+    };
+    if let Err(e) = state.logs.append(build.id, &[line]).await {
+        tracing::warn!(build.id = %build.id, error = %e, "could not append to the build log");
+    }
+    state.scheduler.wake().await;
     Ok(StatusCode::NO_CONTENT)
 }
 

@@ -131,8 +131,9 @@ async fn admit(state: &AppState, req: &mut Request, access: Access) -> Result<()
             let agent = auth::require_agent(state, req.headers()).await?;
             // An `{id}` that is no id at all is the handler's 404.
             if path_id(req).await.is_some_and(|id| id != agent.id) {
+                // Not the agent the path names: to it, the caller is unknown.
                 return Err(ApiError::Unauthorized {
-                    code: "invalid_agent_token",
+                    code: archfarm_protocol::api::UNKNOWN_AGENT,
                     message: "this token belongs to another agent".into(),
                 });
             }

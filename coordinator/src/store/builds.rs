@@ -445,6 +445,52 @@ impl Store {
 }
 
 impl Store {
+    /// Puts a running build its agent gave back (its disk filled up) in the queue again, fencing
+    /// out the lease. The attempt the lease took is given back too, unless the build was given
+    /// back `free_releases` times already (each lease granted and not counted as an attempt is
+    /// one such release), so a build that fills every agent's disk still ends. `None` when the
+    /// lease is not current; otherwise whether the attempt was given back.
+    pub async fn release_build(
+        &self,
+        build_id: Uuid,
+        token: Uuid,
+        free_releases: i64,
+    ) -> StoreResult<Option<bool>> {
+        let mut tx = self.begin().await?;
+        let row = sqlx::query(
+            "SELECT attempts, (SELECT COUNT(*) FROM leases l WHERE l.build_id = builds.id) AS granted \
+             FROM builds WHERE id = $1 AND lease_token = $2 AND state = 'building'",
+        )
+        .bind(build_id.to_string())
+        .bind(token.to_string())
+        .fetch_optional(&mut *tx)
+        .await?;
+        let Some(row) = row else {
+            tx.rollback().await?;
+            return Ok(None);
+        };
+        let attempts: i64 = row.try_get("attempts")?;
+        let granted: i64 = row.try_get("granted")?;
+        let free = granted - attempts < free_releases && attempts > 0;
+        let res = sqlx::query(
+            "UPDATE builds SET state = 'queued', agent_id = NULL, agent_name = NULL, mode = NULL, lease_token = NULL, \
+             lease_expires_at = NULL, started_at = NULL, queued_at = $3, attempts = attempts - $4 \
+             WHERE id = $1 AND lease_token = $2 AND state = 'building'",
+        )
+        .bind(build_id.to_string())
+        .bind(token.to_string())
+        .bind(now_ms())
+        .bind(i64::from(free))
+        .execute(&mut *tx)
+        .await?;
+        if res.rows_affected() != 1 {
+            tx.rollback().await?;
+            return Ok(None);
+        }
+        tx.commit().await?;
+        Ok(Some(free))
+    }
+
     /// Gives running leases until `expires_at`: after a coordinator restart, agents need a
     /// heartbeat interval to find it again before their leases may be judged lapsed. With
     /// `granted_by`, only the leases that replica granted: a replica restarting beside others must
@@ -504,6 +550,55 @@ mod tests {
     async fn one_job(store: &Store) -> (Uuid, Vec<BuildRow>) {
         let id = insert_test_job(store, "a", &["linux/amd64", "linux/s390x"]).await;
         (id, store.builds_of_job(id).await.unwrap())
+    }
+
+    #[tokio::test]
+    async fn a_build_given_back_is_queued_again_and_its_attempt_given_back_a_few_times() {
+        let (store, _dir) = test_store().await;
+        let (_, builds) = one_job(&store).await;
+        let build = builds[0].id;
+        let agent = Uuid::new_v4();
+        let claim = |token| {
+            let store = store.clone();
+            async move {
+                let mode = BuildMode::Native;
+                let ok = store
+                    .claim_build(build, agent, "pi", mode, token, i64::MAX, "test", "r")
+                    .await
+                    .unwrap();
+                assert!(ok, "claimed");
+            }
+        };
+        let attempts = || async { store.get_build(build).await.unwrap().unwrap().attempts };
+        let mut given_back = Vec::new();
+        for _ in 0..4 {
+            let token = Uuid::new_v4();
+            claim(token).await;
+            assert_eq!(
+                store.release_build(build, Uuid::new_v4(), 3).await.unwrap(),
+                None,
+                "another lease's token"
+            );
+            given_back.push(store.release_build(build, token, 3).await.unwrap());
+            let row = store.get_build(build).await.unwrap().unwrap();
+            assert_eq!(
+                (row.state, row.agent_id, row.lease_token),
+                (BuildState::Queued, None, None)
+            );
+            assert_eq!(
+                store.release_build(build, token, 3).await.unwrap(),
+                None,
+                "released once"
+            );
+        }
+        // Three times free, then the attempt counts: a build that fills every disk still ends.
+        assert_eq!(
+            given_back,
+            [Some(true), Some(true), Some(true), Some(false)]
+        );
+        assert_eq!(attempts().await, 1);
+        claim(Uuid::new_v4()).await;
+        assert_eq!(attempts().await, 2);
     }
 
     #[tokio::test]

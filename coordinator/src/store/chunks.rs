@@ -93,27 +93,67 @@ impl Store {
 
     /// A build's log length in bytes; None when there is no such build.
     pub async fn log_size(&self, build: Uuid) -> StoreResult<Option<u64>> {
-        let row = sqlx::query("SELECT log_bytes FROM builds WHERE id = $1")
-            .bind(build.to_string())
-            .fetch_optional(&self.pool)
-            .await?;
-        Ok(row
-            .map(|r| r.try_get::<i64, _>("log_bytes"))
-            .transpose()?
-            .map(|n| n.max(0) as u64))
+        Ok(self.log_position(build).await?.map(|p| p.bytes))
     }
 
-    /// Appends `data` to a build's log if its length is still `at`; false when another append got
-    /// there first (the caller reads the length again). The length and the piece change together.
-    pub async fn append_log_at(&self, build: Uuid, at: u64, data: &[u8]) -> StoreResult<bool> {
+    /// A build's log length and the last numbered batch stored; None when there is no such build.
+    pub async fn log_position(&self, build: Uuid) -> StoreResult<Option<LogPosition>> {
+        let row = sqlx::query(
+            "SELECT log_bytes, log_batch_lease, log_batch_seq FROM builds WHERE id = $1",
+        )
+        .bind(build.to_string())
+        .fetch_optional(&self.pool)
+        .await?;
+        let Some(row) = row else { return Ok(None) };
+        let lease: Option<String> = row.try_get("log_batch_lease")?;
+        let seq: Option<i64> = row.try_get("log_batch_seq")?;
+        Ok(Some(LogPosition {
+            bytes: row.try_get::<i64, _>("log_bytes")?.max(0) as u64,
+            last_batch: match (lease.and_then(|l| l.parse().ok()), seq) {
+                (Some(lease), Some(seq)) => Some(LogBatch {
+                    lease,
+                    seq: seq.max(0) as u64,
+                }),
+                _ => None,
+            },
+        }))
+    }
+
+    /// Appends `data` to a build's log if its length is still `at`, recording `batch` (when
+    /// given) as the last batch stored; false when another append got there first (the caller
+    /// reads the position again). The length, the batch and the piece change together; every
+    /// append moves the length, so the compare-and-set on it fences the batch too.
+    pub async fn append_log_at(
+        &self,
+        build: Uuid,
+        at: u64,
+        data: &[u8],
+        batch: Option<LogBatch>,
+    ) -> StoreResult<bool> {
         let end = at + data.len() as u64;
         let mut tx = self.begin().await?;
-        let res = sqlx::query("UPDATE builds SET log_bytes = $1 WHERE id = $2 AND log_bytes = $3")
-            .bind(end as i64)
-            .bind(build.to_string())
-            .bind(at as i64)
-            .execute(&mut *tx)
-            .await?;
+        let res =
+            match batch {
+                None => {
+                    sqlx::query("UPDATE builds SET log_bytes = $1 WHERE id = $2 AND log_bytes = $3")
+                        .bind(end as i64)
+                        .bind(build.to_string())
+                        .bind(at as i64)
+                        .execute(&mut *tx)
+                        .await?
+                }
+                Some(b) => sqlx::query(
+                    "UPDATE builds SET log_bytes = $1, log_batch_lease = $4, log_batch_seq = $5 \
+                     WHERE id = $2 AND log_bytes = $3",
+                )
+                .bind(end as i64)
+                .bind(build.to_string())
+                .bind(at as i64)
+                .bind(b.lease.to_string())
+                .bind(b.seq as i64)
+                .execute(&mut *tx)
+                .await?,
+            };
         if res.rows_affected() != 1 {
             tx.rollback().await?;
             return Ok(false);
@@ -166,6 +206,32 @@ impl Store {
             }
         }
         Ok(out)
+    }
+}
+
+/// Where a build's log stands: what a numbered batch is checked against.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LogPosition {
+    /// The log's length in bytes.
+    pub bytes: u64,
+    /// The last numbered batch stored, if any.
+    pub last_batch: Option<LogBatch>,
+}
+
+/// One numbered batch of an agent's log lines: its lease and its number under that lease.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LogBatch {
+    /// The lease's token.
+    pub lease: Uuid,
+    /// The batch's number, from 0.
+    pub seq: u64,
+}
+
+impl LogBatch {
+    /// Whether this batch was stored already, or comes after a later one of its lease was: either
+    /// way it must not be appended. A batch of another lease (a retry of the build) starts anew.
+    pub fn is_stale(&self, last: Option<LogBatch>) -> bool {
+        last.is_some_and(|last| last.lease == self.lease && last.seq >= self.seq)
     }
 }
 

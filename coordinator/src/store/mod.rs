@@ -25,7 +25,7 @@ use sqlx::{AnyPool, Row};
 
 pub use agents::{AgentNetworks, AgentRow, Registered};
 pub use builds::{BuildRow, LeaseCheck, QueuedBuild, RunningBuild};
-pub use chunks::CONTEXT_CHUNK_BYTES;
+pub use chunks::{LogBatch, LogPosition, CONTEXT_CHUNK_BYTES};
 pub use jobs::{JobCache, JobRow, NewJob, Stopped};
 pub use retention::Deleted;
 pub use tokens::{NewToken, Refusal};

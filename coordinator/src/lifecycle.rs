@@ -1,14 +1,17 @@
-//! The end of a job, outside the database: whoever ends a job (a failed build, the time limit,
-//! a user, stitching) goes through here, so each end is counted once, logged once and shown to
-//! live views at once. The state machine itself (what may follow what, and the conditional
+//! The end of a job or a build, outside the database: whoever ends a job (a failed build, the
+//! time limit, a user, stitching) or reports a build's outcome goes through here, so each end is
+//! counted once, logged once and (for jobs) shown to live views at once. The state machine itself (what may follow what, and the conditional
 //! updates) is [`crate::store::lifecycle`].
 
-use archfarm_protocol::api::JobState;
+use std::time::Duration;
+
+use archfarm_protocol::api::{BuildMode, JobState};
+use archfarm_protocol::Platform;
 use uuid::Uuid;
 
 use crate::changes::Changes;
 use crate::metrics::{Metrics, Outcome};
-use crate::store::{Store, StoreResult};
+use crate::store::{now_ms, BuildRow, Store, StoreResult};
 use crate::AppState;
 
 /// Ends jobs and records the end: the store's change, the metrics, the log line, the wake-up.
@@ -83,6 +86,51 @@ impl<'a> Ends<'a> {
             self.notify();
         }
         Ok(done)
+    }
+
+    /// Records the image a running build pushed, under lease `token`; false when the lease is
+    /// not (or no longer) current. Counted as a succeeded build with its run time.
+    pub async fn build_pushed(
+        &self,
+        build: &BuildRow,
+        token: Uuid,
+        digest: &str,
+        media_type: &str,
+        size: i64,
+    ) -> StoreResult<bool> {
+        if !self
+            .store
+            .complete_build(build.id, token, digest, media_type, size)
+            .await?
+        {
+            return Ok(false);
+        }
+        tracing::info!(build.id = %build.id, platform = %build.platform, digest, "build pushed");
+        let ran_for = build
+            .started_at
+            .map(|s| Duration::from_millis((now_ms() - s).max(0) as u64));
+        self.metrics
+            .build_ended(&build.platform, build.mode, Outcome::Succeeded, ran_for);
+        Ok(true)
+    }
+
+    /// Records that a running build failed with `error`, under lease `token`; false when the
+    /// lease is not (or no longer) current, e.g. its job was cancelled meanwhile.
+    pub async fn build_failed(
+        &self,
+        build_id: Uuid,
+        platform: &Platform,
+        mode: Option<BuildMode>,
+        token: Uuid,
+        error: &str,
+    ) -> StoreResult<bool> {
+        if !self.store.fail_build(build_id, token, error).await? {
+            return Ok(false);
+        }
+        tracing::warn!(build.id = %build_id, platform = %platform, error, "build failed");
+        self.metrics
+            .build_ended(platform, mode, Outcome::Failed, None);
+        Ok(true)
     }
 
     /// Stops a live job's unfinished optional builds, recording `why` as their error (the

@@ -628,7 +628,10 @@ async fn cancel(
         }
         _ => {}
     }
-    let Some(stopped) = state.store.cancel_job(id, "cancelled by user").await? else {
+    if !crate::lifecycle::Ends::of(&state)
+        .end(id, JobState::Cancelled, "cancelled by user")
+        .await?
+    {
         // It moved on (to stitching or an end) since we looked; report it as it is now.
         let now = state.store.get_job(id).await?.unwrap_or(row);
         if now.state == JobState::Stitching {
@@ -639,9 +642,7 @@ async fn cancel(
         }
         let fleet = Fleet::load(&state).await?;
         return Ok(Json(views::job(&state, now, &fleet).await?));
-    };
-    state.metrics.job_ended(JobState::Cancelled, &stopped);
-    tracing::info!(job.id = %id, "job cancelled");
+    }
     let row = state.store.get_job(id).await?.unwrap_or(row);
     let fleet = Fleet::load(&state).await?;
     Ok(Json(views::job(&state, row, &fleet).await?))

@@ -271,6 +271,7 @@ pub async fn run(
 async fn reap_leases(state: AppState) {
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     let mut passes: u64 = 0;
+    let mut judged_before = false;
     loop {
         tokio::select! {
             _ = state.shutdown.cancelled() => return,
@@ -290,7 +291,8 @@ async fn reap_leases(state: AppState) {
         }
         // Another replica's stitching lease, too, could not be renewed while the database was
         // away: it is judged, like build leases, only after contact has lasted a lease's length.
-        if state.scheduler.may_judge_leases() {
+        let judging = state.scheduler.may_judge_leases();
+        if judging {
             if let Err(e) = progress::take_over_stitches(&state, false).await {
                 tracing::error!(error = %e, "stitching takeover pass failed");
             }
@@ -306,7 +308,11 @@ async fn reap_leases(state: AppState) {
             Err(e) => tracing::error!(error = %e, "registry credential sweep failed"),
         }
         passes += 1;
-        if passes.is_multiple_of(10) {
+        // Also as soon as judging resumes (after a start or an outage): what was held back
+        // meanwhile, such as optional platforms no agent can build, is settled at once.
+        let resumed = judging && !judged_before;
+        judged_before = judging;
+        if passes.is_multiple_of(10) || resumed {
             if let Err(e) = progress::reconcile(&state).await {
                 tracing::error!(error = %e, "reconcile pass failed");
             }

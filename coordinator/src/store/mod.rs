@@ -13,6 +13,7 @@ mod retention;
 pub mod scratch;
 mod secrets;
 mod stitching;
+mod tag_heads;
 mod tokens;
 mod warm;
 
@@ -28,6 +29,7 @@ pub use builds::{BuildRow, LeaseCheck, QueuedBuild, RunningBuild};
 pub use chunks::{LogBatch, LogPosition, CONTEXT_CHUNK_BYTES};
 pub use jobs::{JobCache, JobRow, NewJob, Stopped};
 pub use retention::Deleted;
+pub use tag_heads::{TagClaim, TagMover};
 pub use tokens::{NewToken, Refusal};
 pub use warm::WarmAgent;
 

@@ -384,10 +384,16 @@ impl Store {
             .await
     }
 
-    /// Cancels a job that has not started stitching; `Some` when this caller cancelled it.
+    /// Cancels a job that has not ended, stitching included (its stitching attempt then finds its
+    /// lease gone and moves no further tag); `Some` when this caller cancelled it.
     pub async fn cancel_job(&self, id: Uuid, reason: &str) -> StoreResult<Option<Stopped>> {
-        self.end_job_from(id, &["queued", "building"], JobState::Cancelled, reason)
-            .await
+        self.end_job_from(
+            id,
+            &["queued", "building", "stitching"],
+            JobState::Cancelled,
+            reason,
+        )
+        .await
     }
 
     async fn end_job_from(

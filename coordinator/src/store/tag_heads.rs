@@ -159,6 +159,23 @@ impl Store {
         Ok(res.rows_affected() == 1)
     }
 
+    /// Forgets tags whose head moved before `cutoff` (Unix ms) and whose lease (if any) lapsed
+    /// before it, when every live job is newer than the head: only an older live job could be
+    /// held back by a head, and one newer than it would move the tag anyway. Returns how many.
+    pub async fn delete_old_tag_heads(&self, cutoff: i64, now: i64) -> StoreResult<u64> {
+        let res = sqlx::query(
+            "DELETE FROM tag_heads WHERE COALESCE(moved_at, 0) < $1 \
+             AND COALESCE(lease_expires_at, 0) < $1 \
+             AND COALESCE(head_created_at, 0) < COALESCE((SELECT MIN(created_at) FROM jobs \
+                 WHERE state IN ('queued', 'building', 'stitching')), $2)",
+        )
+        .bind(cutoff)
+        .bind(now)
+        .execute(&self.pool)
+        .await?;
+        Ok(res.rows_affected())
+    }
+
     /// The job whose index `tag` last got through stitching, with that index's digest.
     pub async fn tag_head(&self, tag: &str) -> StoreResult<Option<(Uuid, String)>> {
         let row = sqlx::query("SELECT head_job, head_digest FROM tag_heads WHERE tag = $1")
@@ -294,6 +311,47 @@ mod tests {
             store.tag_head(TAG).await.unwrap(),
             Some((second.job, "sha256:second".to_string()))
         );
+    }
+
+    #[tokio::test]
+    async fn old_heads_are_forgotten_once_no_older_job_is_live() {
+        let (store, _db) = test_store().await;
+        let older = stitching(&store, 1_000, 10_000).await;
+        let head = stitching(&store, 2_000, 10_000).await;
+        assert_eq!(
+            store.claim_tag(TAG, &head, 100, 200).await.unwrap(),
+            TagClaim::Held
+        );
+        assert!(store
+            .record_tag_head(TAG, &head, "sha256:new", 150)
+            .await
+            .unwrap());
+        // Inserted now, the jobs' real created_at is far newer than the head's order key 2 000:
+        // nothing live is older than the head, so only the cutoff keeps it.
+        assert_eq!(store.delete_old_tag_heads(150, 500).await.unwrap(), 0);
+        assert_eq!(store.delete_old_tag_heads(151, 500).await.unwrap(), 1);
+        assert_eq!(store.tag_head(TAG).await.unwrap(), None);
+        // Kept while a live job older than the head could still stitch.
+        assert_eq!(
+            store.claim_tag(TAG, &head, 300, 400).await.unwrap(),
+            TagClaim::Held
+        );
+        assert!(store
+            .record_tag_head(TAG, &head, "sha256:new", 350)
+            .await
+            .unwrap());
+        sqlx::query("UPDATE jobs SET created_at = 1000 WHERE id = $1")
+            .bind(older.job.to_string())
+            .execute(store.pool())
+            .await
+            .unwrap();
+        assert_eq!(store.delete_old_tag_heads(10_000, 10_000).await.unwrap(), 0);
+        store
+            .cancel_job(older.job, "cancelled by user")
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(store.delete_old_tag_heads(10_000, 10_000).await.unwrap(), 1);
     }
 
     #[tokio::test]

@@ -2,8 +2,12 @@
 //! first) stitches last. Its build waits at a gate the test opens only after the newer job
 //! succeeded, so the order is forced, not timed. The tag must end on the newer job's index, read
 //! back from the registry with skopeo; the older job succeeds with a warning saying so, its index
-//! is in the registry by digest and under the tag no newer job holds.
+//! is in the registry by digest and under the tag no newer job holds. And `archfarm cancel` while
+//! a job is stitching against a registry that never answers: the job ends cancelled, its stitching
+//! lets go of the registry, and its tag in the working registry never moved.
 
+use std::io::Read;
+use std::sync::mpsc;
 use std::time::Duration;
 
 use archfarm_e2e::oci::{inspect_raw, sha256_digest};
@@ -11,6 +15,31 @@ use archfarm_e2e::{
     preflight, wait_until, Agent, AgentOptions, BuildContext, Coordinator, Ingress, Registry,
 };
 use archfarm_protocol::api::{BuildState, JobState};
+
+fn text(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).into_owned()
+}
+
+/// A registry that accepts connections and never answers; each connection's end is sent on
+/// `closed`, so the test learns when the coordinator let go of it.
+fn stalled_registry() -> (String, mpsc::Receiver<()>, mpsc::Receiver<()>) {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind the stalled registry");
+    let host = listener.local_addr().unwrap().to_string();
+    let (accepted_tx, accepted) = mpsc::channel();
+    let (closed_tx, closed) = mpsc::channel();
+    std::thread::spawn(move || {
+        for mut socket in listener.incoming().flatten() {
+            let _ = accepted_tx.send(());
+            let closed_tx = closed_tx.clone();
+            std::thread::spawn(move || {
+                let mut buf = [0u8; 4096];
+                while matches!(socket.read(&mut buf), Ok(n) if n > 0) {}
+                let _ = closed_tx.send(());
+            });
+        }
+    });
+    (host, accepted, closed)
+}
 
 #[test]
 fn an_older_job_stitching_last_leaves_the_tag_on_the_newer_index() {
@@ -104,5 +133,63 @@ fn an_older_job_stitching_last_leaves_the_tag_on_the_newer_index() {
         "{tag}: {} (newer job {newer}); older job {older}: {older_digest}, warnings {:?}",
         sha256_digest(&under_tag),
         older_job.warnings
+    );
+}
+
+#[test]
+fn cancel_while_stitching_ends_the_job_cancelled_before_any_tag_moves() {
+    preflight();
+    let timeout = Duration::from_secs(300);
+    let registry = Registry::start();
+    let (stalled, accepted, closed) = stalled_registry();
+    let coordinator = Coordinator::start();
+    let _agent = Agent::start(
+        &coordinator,
+        AgentOptions::new("amd64")
+            .platform("linux/amd64")
+            .emulate("none"),
+    );
+    let context = BuildContext::hello();
+    context.write("Dockerfile", "FROM scratch\nCOPY rootfs/amd64/ /\n");
+    // The children go to every repository before any tag moves: the stalled registry first.
+    let tag = format!("{}/cancel/app:1", registry.host());
+    let id = coordinator.submit(&[
+        "--platform",
+        "linux/amd64",
+        "-t",
+        &tag,
+        "-t",
+        &format!("{stalled}/cancel/app:1"),
+        &context.arg(),
+    ]);
+    accepted
+        .recv_timeout(timeout)
+        .expect("stitching reached the stalled registry");
+    assert_eq!(coordinator.job(id).state, JobState::Stitching);
+
+    let out = coordinator.cli(&["cancel", &id.to_string()]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    assert_eq!(text(&out.stdout), format!("job {id} cancelled\n"));
+    // The stitching finds its lease gone and drops the request it had in flight.
+    closed
+        .recv_timeout(timeout)
+        .expect("the stitching let go of the stalled registry");
+    let job = coordinator.job(id);
+    assert_eq!(job.state, JobState::Cancelled, "{job:#?}");
+    assert_eq!(job.error.as_deref(), Some("cancelled by user"));
+    assert_eq!(job.index_digest, None);
+    assert_eq!(
+        registry.tags("cancel/app"),
+        Vec::<String>::new(),
+        "no tag moved"
+    );
+    eprintln!(
+        "{}",
+        coordinator
+            .log()
+            .lines()
+            .filter(|l| l.contains("stitching lease is gone") || l.contains("job cancelled"))
+            .collect::<Vec<_>>()
+            .join("\n")
     );
 }

@@ -372,7 +372,7 @@ async fn stitch_job(state: &AppState, job_id: Uuid, token: Uuid) -> StoreResult<
                 .renew_stitch(job_id, token, state.scheduler.lease_expiry())
                 .await?
             {
-                tracing::warn!(job.id = %job_id, error = %e, "stitching failed after another attempt took over; not recorded");
+                tracing::warn!(job.id = %job_id, error = %e, "stitching stopped after the job was cancelled or ended, or another attempt took over; not recorded");
                 return Ok(());
             }
             if let Some(stopped) = state

@@ -113,14 +113,22 @@ impl TagGate for TagOrder<'_> {
         }
         // Right before the push: the tag's lease is renewed to a whole lease time and the job must
         // still be stitching under this attempt with a live stitching lease.
+        let asked = std::time::Instant::now();
         let (now, expires_at) = self.lease();
         if store
             .hold_tag(&key, &self.mover, now, expires_at)
             .await
             .map_err(database)?
         {
-            // Half the lease: the push is over on this side well before the lease could lapse.
-            return Ok(Some(self.state.config.lease_ttl() / 2));
+            // Half the lease, less what the check itself took: the push is over on this side well
+            // before the lease could lapse.
+            let limit = (self.state.config.lease_ttl() / 2).saturating_sub(asked.elapsed());
+            if limit.is_zero() {
+                return Err(StitchError::TagOrder(format!(
+                    "the database took half the push lease on {tag} to answer"
+                )));
+            }
+            return Ok(Some(limit));
         }
         if self.still_stitching().await? {
             // Only the tag's lease lapsed between two statements (a very slow database).

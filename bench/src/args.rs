@@ -26,6 +26,10 @@ pub enum Part {
     /// rebuilt on fresh agents from the registry cache, against plain buildah (issue 16). Slow
     /// (the emulated cold builds take minutes), so only when named in --only.
     Realworld,
+    /// Thousands of jobs through one coordinator with a short retention, on each `--databases`:
+    /// the database's and the data directory's size at the start, the peak and the end (issue
+    /// 18). Minutes, so only when named in --only.
+    Soak,
     /// The agent's binary check on a 1 GiB layer against `gzip -dc | tar -t` (issue 19): time
     /// and peak memory. Writes the layer to the scratch directory first, so only when named in
     /// --only.
@@ -102,6 +106,18 @@ pub struct Args {
     /// floor on a machine or branch where archfarm's side cannot run).
     #[arg(long)]
     pub realworld_plain_only: bool,
+
+    /// Jobs in the soak part (four builds each).
+    #[arg(long, default_value_t = 3000, value_name = "N")]
+    pub soak_jobs: usize,
+
+    /// Jobs per wave in the soak part.
+    #[arg(long, default_value_t = 250, value_name = "N")]
+    pub soak_wave: usize,
+
+    /// The coordinator's `--retention` in the soak part, in seconds.
+    #[arg(long, default_value_t = 60, value_name = "SECS")]
+    pub soak_retention_secs: u64,
 
     /// Runs of each side of the binary-check part.
     #[arg(long, default_value_t = 3, value_name = "N")]

@@ -48,7 +48,15 @@ pub struct Farm {
 impl Farm {
     /// Starts a coordinator on `db` (blocking: call outside the async runtime).
     pub fn start(db: DbKind, postgres: &str) -> anyhow::Result<Farm> {
+        Self::start_with_args(db, postgres, &[])
+    }
+
+    /// [`Farm::start`] with further coordinator flags.
+    pub fn start_with_args(db: DbKind, postgres: &str, args: &[&str]) -> anyhow::Result<Farm> {
         let mut opts = CoordinatorOptions::default();
+        for arg in args {
+            opts = opts.arg(arg);
+        }
         if db == DbKind::Postgres {
             let database = Database::postgres_at(postgres).map_err(|e| {
                 anyhow::anyhow!("cannot create a scratch database on {postgres}: {e}")
@@ -74,14 +82,23 @@ impl Farm {
         let archive = Tar::new()
             .file("Dockerfile", b"FROM scratch\n")
             .into_tar_gz();
+        self.context = self.upload_archive(http, archive).await?;
+        Ok(())
+    }
+
+    /// Uploads a context archive (`.tar.gz`); its digest.
+    pub async fn upload_archive(
+        &self,
+        http: &reqwest::Client,
+        archive: Vec<u8>,
+    ) -> anyhow::Result<String> {
         let digest = format!("sha256:{}", hex::encode(Sha256::digest(&archive)));
         let url = format!("{}/api/v1/contexts/{digest}", self.base);
         crate::swarm::send(http.put(&url).body(archive), &format!("PUT {url}"), |s| {
             s.is_success()
         })
         .await?;
-        self.context = digest;
-        Ok(())
+        Ok(digest)
     }
 
     /// Submits one four-platform job tagged `tag`; its id.

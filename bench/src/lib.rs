@@ -16,6 +16,7 @@ pub mod plot;
 pub mod procstat;
 pub mod realworld;
 pub mod report;
+pub mod soak;
 pub mod stats;
 pub mod stitching;
 pub mod swarm;
@@ -99,6 +100,20 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         eprintln!("==> the binary check on a 1 GiB layer against gzip -dc | tar -t");
         let dir = std::env::temp_dir().join("archfarm-bench");
         report.binary_check = Some(binary_check::run(&dir, args.binary_check_runs.max(1))?);
+    }
+    if plan.parts.contains(&Part::Soak) {
+        let shape = soak::SoakShape {
+            jobs: args.soak_jobs.max(1),
+            wave: args.soak_wave.max(1),
+            retention_secs: args.soak_retention_secs.max(1),
+            interval_secs: 5,
+        };
+        for db in &plan.databases {
+            eprintln!("==> soak on {}: {shape:?}", db.name());
+            let run = soak::run(&rt, *db, &args.postgres, registry.host(), shape)
+                .with_context(|| format!("soak on {}", db.name()))?;
+            report.soak.push(run);
+        }
     }
     report.wall_secs = started.elapsed().as_secs_f64();
     report.write(

@@ -15,6 +15,7 @@ use crate::machine::Machine;
 use crate::overhead::OverheadRun;
 use crate::plot::{self, Panel, Series};
 use crate::realworld::RealworldRun;
+use crate::soak::SoakRun;
 use crate::stats::round;
 use crate::stitching::StitchRun;
 
@@ -62,6 +63,8 @@ pub struct Report {
     pub realworld: Option<RealworldRun>,
     /// The binary check's cost on a 1 GiB layer.
     pub binary_check: Option<BinaryCheckRun>,
+    /// Soak runs: what the coordinator keeps under a short retention, per database.
+    pub soak: Vec<SoakRun>,
 }
 
 /// The headline figures, flat, for scripts and dashboards.
@@ -111,6 +114,7 @@ impl Report {
             emulation: None,
             realworld: None,
             binary_check: None,
+            soak: Vec::new(),
         }
     }
 
@@ -209,6 +213,16 @@ impl Report {
         if let Some(b) = &self.binary_check {
             let _ = writeln!(out, "  binary check: {}", b.summary());
         }
+        for r in &self.soak {
+            let _ = writeln!(
+                out,
+                "  soak on {}: database {} bytes at start, {} at peak, {} at end",
+                r.database.name(),
+                r.start.database_bytes,
+                r.peak.database_bytes,
+                r.end.database_bytes
+            );
+        }
         if let Some(r) = &self.realworld {
             let _ = writeln!(out, "  realworld: {}", r.summary());
         }
@@ -298,6 +312,7 @@ impl Report {
         if let Some(b) = &self.binary_check {
             s.push_str(&b.markdown());
         }
+        s.push_str(&crate::soak::markdown(&self.soak));
         if let Some(a) = analysis {
             let _ = writeln!(s, "{}", a.trim_end());
         }

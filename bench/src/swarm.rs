@@ -7,7 +7,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use anyhow::{bail, Context as _};
 use archfarm_protocol::api::{
-    CompleteRequest, Lease, LeaseRequest, RegisterRequest, RegisterResponse,
+    CompleteRequest, Lease, LeaseRequest, LogRequest, RegisterRequest, RegisterResponse,
 };
 use archfarm_protocol::Digest;
 use futures::{StreamExt as _, TryStreamExt as _};
@@ -84,6 +84,8 @@ pub struct Swarm {
     base: String,
     http: reqwest::Client,
     agents: Vec<SwarmAgent>,
+    /// Lines of build log each agent reports per build before completing it (0: none).
+    log_lines: usize,
 }
 
 impl Swarm {
@@ -140,7 +142,14 @@ impl Swarm {
             base: base.to_string(),
             http: http.clone(),
             agents,
+            log_lines: 0,
         })
+    }
+
+    /// The same agents reporting `lines` lines of build log (one batch) for every build.
+    pub fn with_log_lines(mut self, lines: usize) -> Self {
+        self.log_lines = lines;
+        self
     }
 
     /// How many agents there are.
@@ -177,6 +186,7 @@ impl Swarm {
                 images.clone(),
             );
             let agents = self.agents.len();
+            let log_lines = self.log_lines;
             tasks.spawn(async move {
                 let mut samples = Vec::new();
                 let mut first = true;
@@ -226,6 +236,11 @@ impl Swarm {
                         sent_ms,
                         received_ms: wall_ms(),
                     });
+                    if log_lines > 0 {
+                        if let Err(e) = log(&http, &base, &agent, &lease, log_lines).await {
+                            break Err(e);
+                        }
+                    }
                     if let Err(e) = complete(&http, &base, &agent, &lease, &images).await {
                         break Err(e);
                     }
@@ -254,6 +269,31 @@ impl Swarm {
             None => Ok(all),
         }
     }
+}
+
+/// Reports one batch of `lines` build-log lines of about 100 bytes each.
+async fn log(
+    http: &reqwest::Client,
+    base: &str,
+    agent: &SwarmAgent,
+    lease: &Lease,
+    lines: usize,
+) -> anyhow::Result<()> {
+    let url = format!("{base}/api/v1/builds/{}/log", lease.build_id);
+    let request = http.post(&url).bearer_auth(&agent.token).json(&LogRequest {
+        lease_token: lease.lease_token,
+        lines: (0..lines)
+            .map(|i| {
+                format!(
+                    "STEP {i}: RUN make -j2 all  # {:0>70}",
+                    lease.build_id.simple()
+                )
+            })
+            .collect(),
+        seq: Some(0),
+    });
+    send(request, &format!("POST {url}"), |s| s.is_success()).await?;
+    Ok(())
 }
 
 async fn complete(

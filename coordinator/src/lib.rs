@@ -196,18 +196,9 @@ pub async fn run(
         retention: Default::default(),
     }));
 
-    // Agents need a heartbeat interval to find a restarted coordinator; until then their leases
-    // must not count as lapsed, or finished work would be thrown away.
-    let extended = state
-        .store
-        .extend_running_leases(
-            state.scheduler.lease_expiry(),
-            (state.store.backend() == Backend::Postgres).then_some(state.scheduler.replica()),
-        )
-        .await?;
-    if extended > 0 {
-        tracing::info!(leases = extended, "running leases extended after restart");
-    }
+    // Agents need a heartbeat interval to find a restarted coordinator: the scheduler judges no
+    // lease until its contact with the database has lasted a lease's length (scheduler::contact),
+    // which covers every replica's leases, however long the restart took.
     progress::reconcile(&state).await?;
     // A restart interrupted these (and others whose replica died); pushing the index again is
     // idempotent.
@@ -285,16 +276,24 @@ async fn reap_leases(state: AppState) {
             _ = state.shutdown.cancelled() => return,
             _ = tick.tick() => {}
         }
+        state.scheduler.check_contact().await;
         match state.scheduler.reap_expired().await {
             Ok(reaped) if reaped != Default::default() => state.changes.notify(),
             Ok(_) => {}
-            Err(e) => tracing::error!(error = %e, "lease reaper pass failed"),
+            Err(e) => {
+                state.scheduler.lost_contact();
+                tracing::error!(error = %e, "lease reaper pass failed");
+            }
         }
         if let Err(e) = progress::expire_jobs(&state).await {
             tracing::error!(error = %e, "job time limit pass failed");
         }
-        if let Err(e) = progress::take_over_stitches(&state, false).await {
-            tracing::error!(error = %e, "stitching takeover pass failed");
+        // Another replica's stitching lease, too, could not be renewed while the database was
+        // away: it is judged, like build leases, only after contact has lasted a lease's length.
+        if state.scheduler.may_judge_leases() {
+            if let Err(e) = progress::take_over_stitches(&state, false).await {
+                tracing::error!(error = %e, "stitching takeover pass failed");
+            }
         }
         match state.store.sweep_secrets().await {
             Ok(0) => {}

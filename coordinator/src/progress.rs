@@ -94,6 +94,11 @@ async fn unservable_reason(
     job: &JobRow,
     build: &BuildRow,
 ) -> StoreResult<Option<String>> {
+    // Agents are online by their last call: after a database outage or a restart they all look
+    // offline until they have called again, which contact lasting a lease's length allows for.
+    if !state.scheduler.may_judge_leases() {
+        return Ok(None);
+    }
     let online = state
         .store
         .online_agents(state.scheduler.online_since())

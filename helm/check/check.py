@@ -124,7 +124,7 @@ def check_against_code(root: Path, docs: list[dict]) -> None:
         if not unknown:
             ok(f"{len(names & known)} ARCHFARM_* variables of the {who} are read by {who}/src/config.rs")
     api = (root / "coordinator/src/api/mod.rs").read_text()
-    probes = {p["httpGet"]["path"] for d in docs if d["kind"] == "Deployment"
+    probes = {p["httpGet"]["path"] for d in docs if d["kind"] in ("Deployment", "StatefulSet")
               for c in d["spec"]["template"]["spec"]["containers"]
               for p in (c.get("readinessProbe"), c.get("livenessProbe")) if p}
     for path in sorted(probes):
@@ -144,7 +144,7 @@ def check_references(docs: list[dict]) -> None:
     secrets = {d["metadata"]["name"]: set(d.get("data", {})) for d in by_kind.get("Secret", [])}
     configmaps = {d["metadata"]["name"] for d in by_kind.get("ConfigMap", [])}
     service_ports = {p["name"] for d in by_kind.get("Service", []) for p in d["spec"]["ports"]}
-    workloads = [d for k in ("Deployment", "DaemonSet") for d in by_kind.get(k, [])]
+    workloads = [d for k in ("Deployment", "StatefulSet", "DaemonSet") for d in by_kind.get(k, [])]
     problems = []
     for d in workloads:
         pod = d["spec"]["template"]["spec"]

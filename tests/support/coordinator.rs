@@ -205,6 +205,17 @@ impl Coordinator {
         }
     }
 
+    /// [`Coordinator::start_again`] under another `--replica-name`, as a Kubernetes pod that
+    /// was replaced comes back under a new name.
+    pub fn start_again_as(&mut self, replica_name: &str) {
+        let args = &mut self.opts.extra_args;
+        match args.iter().position(|a| a == "--replica-name") {
+            Some(i) if i + 1 < args.len() => args[i + 1] = replica_name.to_string(),
+            _ => args.extend(["--replica-name".to_string(), replica_name.to_string()]),
+        }
+        self.start_again();
+    }
+
     /// The coordinator's process id (e.g. to read its memory use from `/proc`).
     pub fn pid(&self) -> u32 {
         self.daemon.pid()

@@ -22,6 +22,7 @@ pub mod elf;
 pub mod ingress;
 pub mod metrics;
 pub mod oci;
+pub mod pg_server;
 pub mod process;
 pub mod protocol_agent;
 pub mod realworld;
@@ -44,6 +45,7 @@ pub use ecr_proxy::EcrProxy;
 pub use ingress::Ingress;
 pub use metrics::{scrape, Scrape};
 pub use oci::ImageFs;
+pub use pg_server::PgServer;
 pub use process::{
     bin_path, free_port, peak_rss_bytes, processes_of, wait_until, Daemon, ProcessInfo, Scratch,
 };

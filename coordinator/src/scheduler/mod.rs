@@ -1,6 +1,7 @@
 //! Hands queued builds to long-polling agents and takes back leases whose heartbeats stopped.
 
 pub mod choice;
+pub mod contact;
 pub mod estimate;
 pub mod matching;
 
@@ -16,6 +17,7 @@ use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
 use self::choice::{Candidate, Warmth};
+use self::contact::{Change, Contact};
 use self::estimate::{NativeAgent, Verdict};
 use crate::metrics::{Metrics, Outcome};
 use crate::store::{now_ms, AgentRow, QueuedBuild, Store, StoreResult};
@@ -119,6 +121,9 @@ pub struct Scheduler {
     replica: String,
     /// This process's run, so it can tell its own wake-up notices from other replicas'.
     instance: Uuid,
+    /// Whether contact with the database has lasted long enough to judge leases (see
+    /// [`contact`]).
+    contact: Contact,
 }
 
 impl Scheduler {
@@ -145,6 +150,7 @@ impl Scheduler {
             clock: Clock::system(),
             replica: "coordinator".to_string(),
             instance: Uuid::new_v4(),
+            contact: Contact::new(lease_ttl),
         }
     }
 
@@ -548,7 +554,49 @@ impl Scheduler {
         Ok(())
     }
 
+    /// Asks the database for a sign of life and records the answer (see [`contact`]); logs when
+    /// contact is lost or made again. The reaper calls it before every pass.
+    pub async fn check_contact(&self) {
+        let asked = self.clock.now();
+        let answer = tokio::time::timeout(contact::SLOW, self.store.ping()).await;
+        let change = match answer {
+            Ok(Ok(())) => self.contact.answered(asked, self.clock.now()),
+            Ok(Err(e)) => {
+                tracing::debug!(error = %e, "database did not answer");
+                self.contact.failed()
+            }
+            Err(_) => self.contact.failed(),
+        };
+        self.log_contact(change);
+    }
+
+    /// Records that a database call failed: contact is broken until the next answer.
+    pub fn lost_contact(&self) {
+        self.log_contact(self.contact.failed());
+    }
+
+    fn log_contact(&self, change: Change) {
+        match change {
+            Change::None => {}
+            Change::Lost => tracing::warn!(
+                "the database does not answer; no lease is judged lapsed until it has answered for a lease's length again"
+            ),
+            Change::Restored => tracing::info!(
+                wait_ms = self.contact.needed().as_millis() as u64,
+                "the database answers; leases are judged again after one lease length, in which live agents heartbeat"
+            ),
+        }
+    }
+
+    /// Whether this replica may judge leases (and agents) now: its contact with the database has
+    /// lasted a lease's length. Also what taking over other replicas' work waits for.
+    pub fn may_judge_leases(&self) -> bool {
+        self.contact.may_judge(self.clock.now())
+    }
+
     /// Takes back lapsed leases: requeues the build, or fails its job when attempts are used up.
+    /// Judges nothing until contact with the database has lasted a lease's length (see
+    /// [`contact`]), so an outage, or a restart of every replica, costs no running build.
     pub async fn reap_expired(&self) -> StoreResult<Reaped> {
         let mut reaped = Reaped::default();
         // Claims only look at their agent's platforms; this catches a used-up build of a
@@ -561,7 +609,17 @@ impl Scheduler {
             self.give_up(&build).await?;
             reaped.failed += 1;
         }
-        for build in self.store.expired_leases(self.clock.now()).await? {
+        if !self.may_judge_leases() {
+            return Ok(reaped);
+        }
+        let asked = self.clock.now();
+        let lapsed = self.store.expired_leases(asked).await?;
+        if self.clock.now() - asked > contact::SLOW.as_millis() as i64 {
+            // The answer may have waited out an outage in which heartbeats could not be recorded.
+            self.lost_contact();
+            return Ok(reaped);
+        }
+        for build in lapsed {
             let Some(token) = build.lease_token else {
                 continue;
             };
@@ -575,7 +633,11 @@ impl Scheduler {
                     "{}: the lease lapsed on attempt {} of {} (agent {agent} stopped heartbeating)",
                     build.platform, build.attempts, self.max_attempts
                 );
-                if self.store.fail_build(build.id, token, &error).await? {
+                if self
+                    .store
+                    .fail_lapsed_build(build.id, token, asked, &error)
+                    .await?
+                {
                     self.metrics.lease_expired();
                     self.metrics
                         .build_ended(&build.platform, build.mode, Outcome::Lost, None);
@@ -592,7 +654,11 @@ impl Scheduler {
                     tracing::warn!(build.id = %build.id, platform = %build.platform, agent, "lease lapsed; attempts used up");
                     reaped.failed += 1;
                 }
-            } else if self.store.requeue_build(build.id, token).await? {
+            } else if self
+                .store
+                .requeue_lapsed_build(build.id, token, asked)
+                .await?
+            {
                 self.metrics.lease_expired();
                 self.metrics
                     .build_ended(&build.platform, build.mode, Outcome::Lost, None);
@@ -790,6 +856,59 @@ mod tests {
             row.error.as_deref(),
             Some("linux/arm64: gave up after 3 attempts (each agent that held it stopped or restarted)")
         );
+    }
+
+    #[tokio::test]
+    async fn no_lease_is_judged_until_contact_with_the_database_has_lasted_a_lease() {
+        use archfarm_protocol::api::BuildState;
+        use std::sync::atomic::{AtomicI64, Ordering};
+        let (store, _dir) = test_store().await;
+        let pi = agent(&store, "pi", &["linux/arm64"], &[]).await;
+        let now = Arc::new(AtomicI64::new(1_000_000));
+        let clock = {
+            let now = now.clone();
+            Clock(Arc::new(move || now.load(Ordering::SeqCst)))
+        };
+        let scheduler = Scheduler::new(
+            store.clone(),
+            Arc::new(Metrics::new()),
+            Duration::from_secs(15),
+            Duration::from_secs(60),
+            3,
+        )
+        .with_clock(clock);
+        submit(&store, "linux/arm64").await;
+        let claimed = scheduler
+            .try_claim(&pi)
+            .await
+            .unwrap()
+            .expect("pi takes it");
+        scheduler.check_contact().await;
+        now.fetch_add(20 * S, Ordering::SeqCst);
+        assert!(scheduler.may_judge_leases());
+        // The database goes away for a minute: no heartbeat can be recorded, the lease lapses.
+        scheduler.lost_contact();
+        now.fetch_add(60 * S, Ordering::SeqCst);
+        scheduler.check_contact().await;
+        assert_eq!(scheduler.reap_expired().await.unwrap(), Reaped::default());
+        now.fetch_add(14 * S, Ordering::SeqCst);
+        assert_eq!(scheduler.reap_expired().await.unwrap(), Reaped::default());
+        // Its agent, alive all along, heartbeats within the lease's length of contact.
+        store
+            .renew_lease(claimed.build_id, claimed.token, scheduler.lease_expiry())
+            .await
+            .unwrap();
+        now.fetch_add(S, Ordering::SeqCst);
+        assert!(scheduler.may_judge_leases());
+        assert_eq!(scheduler.reap_expired().await.unwrap(), Reaped::default());
+        let build = store.get_build(claimed.build_id).await.unwrap().unwrap();
+        assert_eq!((build.state, build.attempts), (BuildState::Building, 1));
+        // An agent that really stopped is judged once its renewed lease lapses in contact.
+        now.fetch_add(16 * S, Ordering::SeqCst);
+        let reaped = scheduler.reap_expired().await.unwrap();
+        assert_eq!(reaped.requeued, 1);
+        let build = store.get_build(claimed.build_id).await.unwrap().unwrap();
+        assert_eq!(build.state, BuildState::Queued);
     }
 
     fn scheduler_at(store: &Store, now: i64) -> Scheduler {

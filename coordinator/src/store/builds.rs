@@ -427,17 +427,61 @@ impl Store {
         rows.iter().map(BuildRow::from_row).collect()
     }
 
-    /// Puts a lapsed build back in the queue under a fresh (absent) lease, fencing out the old
-    /// holder; false when its lease changed meanwhile.
+    /// Puts a build back in the queue under a fresh (absent) lease, fencing out the old holder;
+    /// false when its lease changed meanwhile.
     pub async fn requeue_build(&self, build_id: Uuid, old_token: Uuid) -> StoreResult<bool> {
+        self.requeue_if(build_id, old_token, i64::MAX).await
+    }
+
+    /// [`Store::requeue_build`] for a lease the reaper found lapsed before `now`: false, too,
+    /// when a heartbeat renewed it since (the reaper's look and this are two statements).
+    pub async fn requeue_lapsed_build(
+        &self,
+        build_id: Uuid,
+        old_token: Uuid,
+        now: i64,
+    ) -> StoreResult<bool> {
+        self.requeue_if(build_id, old_token, now).await
+    }
+
+    async fn requeue_if(
+        &self,
+        build_id: Uuid,
+        old_token: Uuid,
+        lapsed_before: i64,
+    ) -> StoreResult<bool> {
         let res = sqlx::query(
-                        "UPDATE builds SET state = 'queued', agent_id = NULL, agent_name = NULL, mode = NULL, lease_token = NULL, \
+            "UPDATE builds SET state = 'queued', agent_id = NULL, agent_name = NULL, mode = NULL, lease_token = NULL, \
              lease_expires_at = NULL, started_at = NULL, queued_at = $3 \
-             WHERE id = $1 AND lease_token = $2 AND state = 'building'",
+             WHERE id = $1 AND lease_token = $2 AND state = 'building' AND COALESCE(lease_expires_at, 0) < $4",
         )
         .bind(build_id.to_string())
         .bind(old_token.to_string())
         .bind(now_ms())
+        .bind(lapsed_before)
+        .execute(&self.pool)
+        .await?;
+        Ok(res.rows_affected() == 1)
+    }
+
+    /// Fails a build whose lease the reaper found lapsed before `now` and whose attempts are used
+    /// up; false when the lease changed or was renewed since.
+    pub async fn fail_lapsed_build(
+        &self,
+        build_id: Uuid,
+        token: Uuid,
+        now: i64,
+        error: &str,
+    ) -> StoreResult<bool> {
+        let res = sqlx::query(
+            "UPDATE builds SET state = 'failed', error = $1, finished_at = $2, lease_expires_at = NULL \
+             WHERE id = $3 AND lease_token = $4 AND state = 'building' AND lease_expires_at < $5",
+        )
+        .bind(error)
+        .bind(now_ms())
+        .bind(build_id.to_string())
+        .bind(token.to_string())
+        .bind(now)
         .execute(&self.pool)
         .await?;
         Ok(res.rows_affected() == 1)
@@ -489,34 +533,6 @@ impl Store {
         }
         tx.commit().await?;
         Ok(Some(free))
-    }
-
-    /// Gives running leases until `expires_at`: after a coordinator restart, agents need a
-    /// heartbeat interval to find it again before their leases may be judged lapsed. With
-    /// `granted_by`, only the leases that replica granted: a replica restarting beside others must
-    /// not hold up the builds of agents that died elsewhere.
-    pub async fn extend_running_leases(
-        &self,
-        expires_at: i64,
-        granted_by: Option<&str>,
-    ) -> StoreResult<u64> {
-        let res = match granted_by {
-            None => sqlx::query(
-                "UPDATE builds SET lease_expires_at = $1 WHERE state = 'building' AND lease_expires_at < $1",
-            )
-            .bind(expires_at)
-            .execute(&self.pool)
-            .await?,
-            Some(replica) => sqlx::query(
-                "UPDATE builds SET lease_expires_at = $1 WHERE state = 'building' AND lease_expires_at < $1 \
-                 AND lease_token IN (SELECT token FROM leases WHERE replica = $2)",
-            )
-            .bind(expires_at)
-            .bind(replica)
-            .execute(&self.pool)
-            .await?,
-        };
-        Ok(res.rows_affected())
     }
 
     /// Unfinished jobs that have a failed build, with that build's platform and error: a job whose
@@ -891,7 +907,8 @@ mod tests {
         let done = store.builds_of_job(job).await.unwrap();
         assert!(done.iter().all(|b| b.state == BuildState::Succeeded));
         assert!(store.jobs_with_failed_builds().await.unwrap().is_empty());
-        // Leases of a restarted coordinator are pushed out, never pulled in.
+        // The reaper looks, then a heartbeat renews the lease, then the reaper acts: nothing is
+        // taken back (its look and its act are two statements).
         let (_, other) = one_job(&store).await;
         let t2 = Uuid::new_v4();
         store
@@ -907,22 +924,42 @@ mod tests {
             )
             .await
             .unwrap();
+        let reaper_looked_at = 10;
         assert_eq!(
-            store
-                .extend_running_leases(500, Some("other"))
-                .await
-                .unwrap(),
-            0
-        );
-        assert_eq!(
-            store
-                .extend_running_leases(500, Some("replica-a"))
-                .await
-                .unwrap(),
+            store.expired_leases(reaper_looked_at).await.unwrap().len(),
             1
         );
-        assert_eq!(store.extend_running_leases(1_000, None).await.unwrap(), 1);
-        assert_eq!(store.extend_running_leases(10, None).await.unwrap(), 0);
+        assert_eq!(
+            store.renew_lease(other[0].id, t2, 500).await.unwrap(),
+            LeaseCheck::Current
+        );
+        assert!(!store
+            .requeue_lapsed_build(other[0].id, t2, reaper_looked_at)
+            .await
+            .unwrap());
+        assert!(!store
+            .fail_lapsed_build(other[0].id, t2, reaper_looked_at, "lapsed")
+            .await
+            .unwrap());
+        // Once lapsed by the reaper's clock, it is taken back.
+        assert!(store
+            .requeue_lapsed_build(other[0].id, t2, 501)
+            .await
+            .unwrap());
+        let t2 = Uuid::new_v4();
+        store
+            .claim_build(
+                other[0].id,
+                Uuid::new_v4(),
+                "a",
+                BuildMode::Native,
+                t2,
+                5,
+                "test",
+                "replica-a",
+            )
+            .await
+            .unwrap();
         assert!(store.fail_build(other[0].id, t2, "boom").await.unwrap());
         let failed = store.jobs_with_failed_builds().await.unwrap();
         assert_eq!(failed.len(), 1);

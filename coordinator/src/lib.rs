@@ -11,6 +11,7 @@ pub mod config;
 pub mod cred_helper;
 pub mod job_credentials;
 pub mod lease_credential;
+pub mod lifecycle;
 pub mod logs;
 pub mod metrics;
 pub mod progress;

@@ -9,9 +9,11 @@ use archfarm_protocol::duration::format_duration;
 use uuid::Uuid;
 
 use crate::job_credentials::JobCredentials;
+use crate::lifecycle::Ends;
 use crate::registry::Fresh;
+use crate::scheduler::Scheduler;
 use crate::stitch::{self, StitchError};
-use crate::store::{BuildRow, JobRow, StoreResult};
+use crate::store::{lifecycle, BuildRow, JobRow, Store, StoreResult};
 use crate::tag_order::TagOrder;
 use crate::AppState;
 
@@ -21,13 +23,26 @@ const MAX_STITCH_BACKOFF: Duration = Duration::from_secs(10);
 /// Moves a job on after one of its builds changed: fails it when a required build failed; once
 /// every required build succeeded, resolves the optional ones and starts stitching.
 pub async fn advance(state: &AppState, job_id: Uuid) -> StoreResult<()> {
-    let Some(job) = state.store.get_job(job_id).await? else {
-        return Ok(());
-    };
-    if !matches!(job.state, JobState::Queued | JobState::Building) {
-        return Ok(());
+    if let Some(token) = settle(&state.store, &state.scheduler, Ends::of(state), job_id).await? {
+        spawn_stitch(state.clone(), job_id, token);
     }
-    let builds = state.store.builds_of_job(job_id).await?;
+    Ok(())
+}
+
+/// [`advance`] up to the stitching: the token of the stitching attempt it began, if it did.
+async fn settle(
+    store: &Store,
+    scheduler: &Scheduler,
+    ends: Ends<'_>,
+    job_id: Uuid,
+) -> StoreResult<Option<Uuid>> {
+    let Some(job) = store.get_job(job_id).await? else {
+        return Ok(None);
+    };
+    if !lifecycle::LIVE_JOB.contains(&job.state) {
+        return Ok(None);
+    }
+    let builds = store.builds_of_job(job_id).await?;
     if let Some(failed) = builds
         .iter()
         .find(|b| !b.optional && b.state == BuildState::Failed)
@@ -37,32 +52,29 @@ pub async fn advance(state: &AppState, job_id: Uuid) -> StoreResult<()> {
             failed.platform,
             failed.error.as_deref().unwrap_or("the build failed")
         );
-        if let Some(stopped) = state
-            .store
-            .end_job(job_id, JobState::Failed, &error)
-            .await?
-        {
-            state.metrics.job_ended(JobState::Failed, &stopped);
-            tracing::warn!(job.id = %job_id, error, "job failed");
-        }
-        return Ok(());
+        ends.end(job_id, JobState::Failed, &error).await?;
+        return Ok(None);
     }
     if builds
         .iter()
         .any(|b| !b.optional && b.state != BuildState::Succeeded)
     {
-        return Ok(());
+        return Ok(None);
     }
     for build in builds.iter().filter(|b| b.optional) {
         match build.state {
             BuildState::Succeeded => {}
-            BuildState::Building => return Ok(()),
-            BuildState::Queued => match unservable_reason(state, &job, build).await? {
-                None => return Ok(()),
+            BuildState::Building => return Ok(None),
+            BuildState::Queued => match unservable_reason(store, scheduler, &job, build).await? {
+                None => return Ok(None),
                 Some(reason) => {
-                    if state.store.skip_build(build.id, &reason).await? {
-                        warn_left_out(state, &job, build, &reason).await?;
+                    if !store.skip_build(build.id, &reason).await? {
+                        // An agent claimed it since we looked: the job waits for that build,
+                        // whose end moves it on again (stitching now would leave out a
+                        // platform that may yet succeed, without a warning).
+                        return Ok(None);
                     }
+                    warn_left_out(store, &job, build, &reason).await?;
                 }
             },
             BuildState::Failed | BuildState::Cancelled => {
@@ -70,39 +82,28 @@ pub async fn advance(state: &AppState, job_id: Uuid) -> StoreResult<()> {
                     .error
                     .clone()
                     .unwrap_or_else(|| "it did not finish".into());
-                warn_left_out(state, &job, build, &reason).await?;
+                warn_left_out(store, &job, build, &reason).await?;
             }
         }
     }
-    if let Some(token) = state
-        .store
-        .begin_stitching(
-            job_id,
-            state.scheduler.replica(),
-            state.scheduler.lease_expiry(),
-        )
-        .await?
-    {
-        spawn_stitch(state.clone(), job_id, token);
-    }
-    Ok(())
+    store
+        .begin_stitching(job_id, scheduler.replica(), scheduler.lease_expiry())
+        .await
 }
 
 /// Why no agent will take a queued optional build, or None while one still may.
 async fn unservable_reason(
-    state: &AppState,
+    store: &Store,
+    scheduler: &Scheduler,
     job: &JobRow,
     build: &BuildRow,
 ) -> StoreResult<Option<String>> {
     // Agents are online by their last call: after a database outage or a restart they all look
     // offline until they have called again, which contact lasting a lease's length allows for.
-    if !state.scheduler.may_judge_leases() {
+    if !scheduler.may_judge_leases() {
         return Ok(None);
     }
-    let online = state
-        .store
-        .online_agents(state.scheduler.online_since())
-        .await?;
+    let online = store.online_agents(scheduler.online_since()).await?;
     let mut capable = online.iter().filter(|a| !a.draining);
     let servable = capable.any(|a| {
         a.native.contains(&build.platform)
@@ -112,7 +113,7 @@ async fn unservable_reason(
 }
 
 async fn warn_left_out(
-    state: &AppState,
+    store: &Store,
     job: &JobRow,
     build: &BuildRow,
     reason: &str,
@@ -122,7 +123,7 @@ async fn warn_left_out(
         build.platform
     );
     tracing::warn!(job.id = %job.id, warning, "optional platform left out");
-    state.store.add_job_warning(job.id, &warning).await
+    store.add_job_warning(job.id, &warning).await
 }
 
 /// Finishes what a crash or a change in the fleet left pending: jobs whose required build failed,
@@ -138,25 +139,47 @@ pub async fn reconcile(state: &AppState) -> StoreResult<()> {
     Ok(())
 }
 
-/// Fails the jobs past their time limit; their running builds learn it on their next heartbeat.
+/// Ends the jobs past their time limit. A job whose required builds all succeeded is stitched
+/// without the optional platforms still unfinished (each left out with a warning): an optional
+/// platform must not fail a job whose every required image was pushed. Any other job fails;
+/// its running builds learn it on their next heartbeat.
 pub async fn expire_jobs(state: &AppState) -> StoreResult<()> {
-    for job in state.store.timed_out_jobs(state.scheduler.now()).await? {
-        let limit = format_duration(Duration::from_secs(job.timeout_secs.max(0) as u64));
-        if let Some(stopped) = state
-            .store
-            .end_job(
-                job.id,
-                JobState::Failed,
-                &format!("timed out after {limit}"),
-            )
-            .await?
-        {
-            state.metrics.job_ended(JobState::Failed, &stopped);
-            state.changes.notify();
-            tracing::warn!(job.id = %job.id, limit, "job timed out");
-        }
+    for (job_id, token) in expire(&state.store, &state.scheduler, Ends::of(state)).await? {
+        spawn_stitch(state.clone(), job_id, token);
     }
     Ok(())
+}
+
+/// [`expire_jobs`] up to the stitching: the stitching attempts it began.
+async fn expire(
+    store: &Store,
+    scheduler: &Scheduler,
+    ends: Ends<'_>,
+) -> StoreResult<Vec<(Uuid, Uuid)>> {
+    let mut stitch = Vec::new();
+    for job in store.timed_out_jobs(scheduler.now()).await? {
+        let limit = format_duration(Duration::from_secs(job.timeout_secs.max(0) as u64));
+        let builds = store.builds_of_job(job.id).await?;
+        let required_done = builds
+            .iter()
+            .filter(|b| !b.optional)
+            .all(|b| b.state == BuildState::Succeeded);
+        if required_done {
+            let why = format!("it did not finish within the job's time limit ({limit})");
+            ends.leave_out_unfinished(job.id, &why).await?;
+            if let Some(token) = settle(store, scheduler, ends, job.id).await? {
+                stitch.push((job.id, token));
+            }
+            continue;
+        }
+        ends.end(
+            job.id,
+            JobState::Failed,
+            &format!("timed out after {limit}"),
+        )
+        .await?;
+    }
+    Ok(stitch)
 }
 
 /// Takes over and resumes the stitching of jobs whose replica stopped renewing its lease (it died)
@@ -253,14 +276,9 @@ async fn stitch_deadline_passed(
         return Ok(());
     }
     let error = format!("stitching did not finish within {}", format_duration(limit));
-    if let Some(stopped) = state
-        .store
-        .end_job(job_id, JobState::Failed, &error)
-        .await?
-    {
-        state.metrics.job_ended(JobState::Failed, &stopped);
-        tracing::warn!(job.id = %job_id, error, "job failed while stitching");
-    }
+    Ends::of(state)
+        .end(job_id, JobState::Failed, &error)
+        .await?;
     Ok(())
 }
 
@@ -354,20 +372,7 @@ async fn stitch_job(state: &AppState, job_id: Uuid, token: Uuid) -> StoreResult<
     state.metrics.stitched(started.elapsed());
     match outcome {
         Ok(index) => {
-            if state
-                .store
-                .finish_job(
-                    job_id,
-                    token,
-                    &index.digest,
-                    &index.media_type,
-                    index.size,
-                    &index.provenance,
-                )
-                .await?
-            {
-                state.metrics.job_entered(JobState::Succeeded);
-            }
+            Ends::of(state).succeed(job_id, token, &index).await?;
             tracing::info!(job.id = %job_id, digest = %index.digest, elapsed_ms = started.elapsed().as_millis() as u64, "job succeeded");
         }
         Err(e) => {
@@ -380,13 +385,9 @@ async fn stitch_job(state: &AppState, job_id: Uuid, token: Uuid) -> StoreResult<
                 tracing::warn!(job.id = %job_id, error = %e, "stitching stopped after the job was cancelled or ended, or another attempt took over; not recorded");
                 return Ok(());
             }
-            if let Some(stopped) = state
-                .store
-                .end_job(job_id, JobState::Failed, &format!("stitching failed: {e}"))
-                .await?
-            {
-                state.metrics.job_ended(JobState::Failed, &stopped);
-            }
+            Ends::of(state)
+                .end(job_id, JobState::Failed, &format!("stitching failed: {e}"))
+                .await?;
             tracing::warn!(job.id = %job_id, error = %e, "job failed while stitching");
         }
     }
@@ -438,3 +439,7 @@ async fn stitch_credential(
         Err(message) => Err(message.clone()),
     }
 }
+
+#[cfg(test)]
+#[path = "progress_tests.rs"]
+mod tests;

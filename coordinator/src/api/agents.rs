@@ -329,10 +329,9 @@ async fn lease_for(
     let own = match crate::job_credentials::for_job(state, job.id).await? {
         Ok(own) => own,
         Err(why) => {
-            if let Some(stopped) = state.store.end_job(job.id, JobState::Failed, &why).await? {
-                state.metrics.job_ended(JobState::Failed, &stopped);
-                state.changes.notify();
-            }
+            crate::lifecycle::Ends::of(state)
+                .end(job.id, JobState::Failed, &why)
+                .await?;
             tracing::error!(job.id = %job.id, error = %why, "job failed: its registry credential cannot be opened");
             return Err(ApiError::Internal(anyhow::anyhow!(why)));
         }

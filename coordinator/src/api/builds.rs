@@ -22,7 +22,7 @@ use super::gate::Authed;
 use super::plain_http::{self, Carried, PeerAddr};
 use super::routes::Routes;
 use crate::changes::Watcher;
-use crate::metrics::Outcome;
+use crate::lifecycle::Ends;
 use crate::store::{AgentRow, BuildRow, LeaseCheck};
 use crate::AppState;
 
@@ -135,10 +135,9 @@ async fn complete(
             "a completion needs the manifest's media type and size",
         ));
     }
-    if !state
-        .store
-        .complete_build(
-            build.id,
+    if !Ends::of(&state)
+        .build_pushed(
+            &build,
             req.lease_token,
             req.digest.as_str(),
             &req.media_type,
@@ -148,13 +147,6 @@ async fn complete(
     {
         return Err(ApiError::lease_lost(build.id));
     }
-    tracing::info!(build.id = %build.id, platform = %build.platform, digest = %req.digest, "build pushed");
-    let ran_for = build
-        .started_at
-        .map(|s| std::time::Duration::from_millis((crate::store::now_ms() - s).max(0) as u64));
-    state
-        .metrics
-        .build_ended(&build.platform, build.mode, Outcome::Succeeded, ran_for);
     if let Err(e) = state
         .logs
         .append(build.id, &[format!("[archfarm] pushed {}", req.digest)])
@@ -179,17 +171,18 @@ async fn fail(
         .chars()
         .take(MAX_ERROR_CHARS)
         .collect::<String>();
-    if !state
-        .store
-        .fail_build(build.id, req.lease_token, &error)
+    if !Ends::of(&state)
+        .build_failed(
+            build.id,
+            &build.platform,
+            build.mode,
+            req.lease_token,
+            &error,
+        )
         .await?
     {
         return Err(ApiError::lease_lost(build.id));
     }
-    tracing::warn!(build.id = %build.id, platform = %build.platform, error, "build failed");
-    state
-        .metrics
-        .build_ended(&build.platform, build.mode, Outcome::Failed, None);
     // The outcome is recorded: a log that cannot be written must not undo it.
     if let Err(e) = state
         .logs

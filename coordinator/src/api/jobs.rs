@@ -619,14 +619,15 @@ async fn cancel(
     }
     // A stitching job is cancelled too: its stitching attempt finds its lease gone and moves no
     // further tag (tags it already moved stay on its index).
-    let Some(stopped) = state.store.cancel_job(id, "cancelled by user").await? else {
+    if !crate::lifecycle::Ends::of(&state)
+        .end(id, JobState::Cancelled, "cancelled by user")
+        .await?
+    {
         // It ended since we looked; report it as it is now.
         let now = state.store.get_job(id).await?.unwrap_or(row);
         let fleet = Fleet::load(&state).await?;
         return Ok(Json(views::job(&state, now, &fleet).await?));
-    };
-    state.metrics.job_ended(JobState::Cancelled, &stopped);
-    tracing::info!(job.id = %id, "job cancelled");
+    }
     let row = state.store.get_job(id).await?.unwrap_or(row);
     let fleet = Fleet::load(&state).await?;
     Ok(Json(views::job(&state, row, &fleet).await?))

@@ -19,7 +19,6 @@ use axum::http::request::Parts;
 use archfarm_protocol::api::Lease;
 
 use crate::config::Config;
-use crate::metrics::Outcome;
 use crate::scheduler::Claimed;
 use crate::tls::Peer;
 use crate::AppState;
@@ -209,17 +208,19 @@ pub async fn fail_refused(
         peer = %peer.map_or_else(|| "unknown".to_string(), |p| p.to_string()),
         "lease refused: it carries credentials or secrets and the agent connects over plain HTTP from another host"
     );
-    if !state
-        .store
-        .fail_build(claimed.build_id, claimed.token, reason)
+    if !crate::lifecycle::Ends::of(state)
+        .build_failed(
+            claimed.build_id,
+            &lease.platform,
+            Some(claimed.mode),
+            claimed.token,
+            reason,
+        )
         .await?
     {
         // Taken back meanwhile (the job was cancelled): nothing left to fail.
         return Ok(());
     }
-    state
-        .metrics
-        .build_ended(&lease.platform, Some(claimed.mode), Outcome::Failed, None);
     // The outcome is recorded: a log that cannot be written must not undo it.
     if let Err(e) = state
         .logs

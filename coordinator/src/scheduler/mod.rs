@@ -19,8 +19,9 @@ use uuid::Uuid;
 use self::choice::{Candidate, Warmth};
 use self::contact::{Change, Contact};
 use self::estimate::{NativeAgent, Verdict};
+use crate::lifecycle::Ends;
 use crate::metrics::{Metrics, Outcome};
-use crate::store::{now_ms, AgentRow, QueuedBuild, Store, StoreResult};
+use crate::store::{lifecycle, now_ms, AgentRow, QueuedBuild, Store, StoreResult};
 
 /// How many recent successful builds of a repository the estimates look at.
 const HISTORY_SAMPLES: i64 = 200;
@@ -521,7 +522,7 @@ impl Scheduler {
             return Ok(None);
         }
         self.store
-            .transition_job(build.job_id, &[JobState::Queued], JobState::Building)
+            .move_job(build.job_id, lifecycle::START_JOB)
             .await?;
         tracing::info!(build.id = %build.id, job.id = %build.job_id, platform = %build.platform,
             agent = %agent.name, mode = %mode, decision = %pick.decision, "leased");
@@ -533,6 +534,11 @@ impl Scheduler {
         }))
     }
 
+    /// Ends jobs as the scheduler does: counted in its metrics (live views see it on their poll).
+    fn ends(&self) -> Ends<'_> {
+        Ends::new(&self.store, &self.metrics, None)
+    }
+
     /// Fails a queued build whose attempts are used up (and its job, unless it is optional).
     async fn give_up(&self, build: &QueuedBuild) -> StoreResult<()> {
         // However a build came back to the queue (a lapsed lease, its agent restarting), each
@@ -542,13 +548,9 @@ impl Scheduler {
             build.platform, build.attempts
         );
         if self.store.fail_queued_build(build.id, &error).await? && !build.optional {
-            if let Some(stopped) = self
-                .store
-                .end_job(build.job_id, JobState::Failed, &error)
-                .await?
-            {
-                self.metrics.job_ended(JobState::Failed, &stopped);
-            }
+            self.ends()
+                .end(build.job_id, JobState::Failed, &error)
+                .await?;
         }
         tracing::warn!(build.id = %build.id, platform = %build.platform, attempts = build.attempts, "attempts used up");
         Ok(())
@@ -643,13 +645,9 @@ impl Scheduler {
                         .build_ended(&build.platform, build.mode, Outcome::Lost, None);
                     // An optional platform's failure is the reconciler's to turn into a warning.
                     if !build.optional {
-                        if let Some(stopped) = self
-                            .store
-                            .end_job(build.job_id, JobState::Failed, &error)
-                            .await?
-                        {
-                            self.metrics.job_ended(JobState::Failed, &stopped);
-                        }
+                        self.ends()
+                            .end(build.job_id, JobState::Failed, &error)
+                            .await?;
                     }
                     tracing::warn!(build.id = %build.id, platform = %build.platform, agent, "lease lapsed; attempts used up");
                     reaped.failed += 1;

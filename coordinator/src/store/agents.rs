@@ -6,7 +6,7 @@ use sqlx::any::AnyRow;
 use sqlx::Row;
 use uuid::Uuid;
 
-use super::{json_col, json_list, now_ms, parse_col, parse_opt_col, Store, StoreResult};
+use super::{json_col, json_list, lifecycle, now_ms, parse_col, parse_opt_col, Store, StoreResult};
 
 /// An agent as stored.
 #[derive(Debug, Clone)]
@@ -210,12 +210,14 @@ impl Store {
                 .bind(&allowed_networks)
                 .execute(&mut *tx)
                 .await?;
-                let requeued = sqlx::query(
-                    "UPDATE builds SET state = 'queued', agent_id = NULL, agent_name = NULL, mode = NULL, \
+                let requeued = sqlx::query(&format!(
+                    "UPDATE builds SET state = $2, agent_id = NULL, agent_name = NULL, mode = NULL, \
                      lease_token = NULL, lease_expires_at = NULL, started_at = NULL \
-                     WHERE agent_id = $1 AND state = 'building'",
-                )
+                     WHERE agent_id = $1 AND {}",
+                    lifecycle::REQUEUE_BUILD.guard("state")
+                ))
                 .bind(&id)
+                .bind(lifecycle::REQUEUE_BUILD.to.as_str())
                 .execute(&mut *tx)
                 .await?
                 .rows_affected();
@@ -473,12 +475,14 @@ impl Store {
 
 /// Puts every build `agent` holds back in the queue; returns how many.
 async fn requeue_held(tx: &mut sqlx::Transaction<'_, sqlx::Any>, agent: Uuid) -> StoreResult<u64> {
-    Ok(sqlx::query(
-        "UPDATE builds SET state = 'queued', agent_id = NULL, agent_name = NULL, mode = NULL, lease_token = NULL, \
-         lease_expires_at = NULL, started_at = NULL, queued_at = $2 WHERE agent_id = $1 AND state = 'building'",
-    )
+    Ok(sqlx::query(&format!(
+        "UPDATE builds SET state = $3, agent_id = NULL, agent_name = NULL, mode = NULL, lease_token = NULL, \
+         lease_expires_at = NULL, started_at = NULL, queued_at = $2 WHERE agent_id = $1 AND {}",
+        lifecycle::REQUEUE_BUILD.guard("state")
+    ))
     .bind(agent.to_string())
     .bind(now_ms())
+    .bind(lifecycle::REQUEUE_BUILD.to.as_str())
     .execute(&mut **tx)
     .await?
     .rows_affected())

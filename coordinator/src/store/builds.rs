@@ -6,7 +6,7 @@ use sqlx::any::AnyRow;
 use sqlx::Row;
 use uuid::Uuid;
 
-use super::{now_ms, parse_col, parse_opt_col, Store, StoreError, StoreResult};
+use super::{lifecycle, now_ms, parse_col, parse_opt_col, Store, StoreError, StoreResult};
 
 /// A build as stored.
 #[derive(Debug, Clone)]
@@ -267,9 +267,9 @@ impl Store {
     }
 
     /// Leases a queued build to an agent, recording why and which replica (`replica`) granted
-    /// it; false when someone else took it first, the agent was revoked meanwhile, or the job
-    /// asks for a network the agent does not allow (as it last registered). The lease and its
-    /// record in `leases` are written in one transaction.
+    /// it; false when someone else took it first, its job ended, the agent was revoked, drained
+    /// or filled up meanwhile, or the job asks for a network the agent does not allow (as it
+    /// last registered). The lease and its record in `leases` are written in one transaction.
     #[allow(clippy::too_many_arguments)]
     pub async fn claim_build(
         &self,
@@ -284,17 +284,34 @@ impl Store {
     ) -> StoreResult<bool> {
         let now = now_ms();
         let mut tx = self.begin().await?;
-        // The network is checked again here, in the same statement as the state: the scheduler
-        // matched against the agent row it read, which a re-registration may have narrowed since.
-        let res = sqlx::query(
-            "UPDATE builds SET state = 'building', agent_id = $1, agent_name = $2, mode = $3, lease_token = $4, \
+        if self.backend == super::Backend::Postgres {
+            // Claims for one agent queue here, so two replicas cannot both see a free slot and
+            // fill it twice (SQLite has one writer at a time already).
+            sqlx::query("SELECT id FROM agents WHERE id = $1 FOR UPDATE")
+                .bind(agent_id.to_string())
+                .fetch_optional(&mut *tx)
+                .await?;
+        }
+        // Checked again here, in the same statement as the build's state: the job is still live
+        // (ending a job cancels its builds in one statement, so a claim either lands before that
+        // and is cancelled by it, or after and finds the job ended); the agent is not revoked,
+        // drained, unavailable or full, and allows the job's network (the scheduler matched
+        // against the agent row it read, which a re-registration may have changed since).
+        let res = sqlx::query(&format!(
+            "UPDATE builds SET state = $9, agent_id = $1, agent_name = $2, mode = $3, lease_token = $4, \
              lease_expires_at = $5, attempts = attempts + 1, started_at = $6, error = NULL, decision = $8 \
-             WHERE id = $7 AND state = 'queued' \
-             AND NOT EXISTS (SELECT 1 FROM agents WHERE id = $1 AND revoked_at IS NOT NULL) \
+             WHERE id = $7 AND {} \
+             AND EXISTS (SELECT 1 FROM jobs lj WHERE lj.id = builds.job_id AND {}) \
+             AND NOT EXISTS (SELECT 1 FROM agents WHERE id = $1 AND (revoked_at IS NOT NULL \
+               OR draining <> 0 OR unavailable IS NOT NULL \
+               OR capacity <= (SELECT COUNT(*) FROM builds rb WHERE rb.agent_id = $1 AND {}))) \
              AND NOT EXISTS (SELECT 1 FROM jobs j WHERE j.id = builds.job_id AND j.network IS NOT NULL \
                AND NOT EXISTS (SELECT 1 FROM agents a WHERE a.id = $1 \
                  AND a.allowed_networks LIKE '%\"' || j.network || '\"%'))",
-        )
+            lifecycle::CLAIM_BUILD.guard("state"),
+            lifecycle::in_states("lj.state", lifecycle::LIVE_JOB),
+            lifecycle::in_states("rb.state", lifecycle::RUNNING_BUILD),
+        ))
         .bind(agent_id.to_string())
         .bind(agent_name)
         .bind(mode.as_str())
@@ -303,6 +320,7 @@ impl Store {
         .bind(now)
         .bind(build_id.to_string())
         .bind(decision)
+        .bind(lifecycle::CLAIM_BUILD.to.as_str())
         .execute(&mut *tx)
         .await?;
         if res.rows_affected() != 1 {
@@ -377,18 +395,20 @@ impl Store {
         size: i64,
     ) -> StoreResult<bool> {
         let mut tx = self.begin().await?;
-        let res = sqlx::query(
-            "UPDATE builds SET state = 'succeeded', digest = $1, media_type = $2, size = $3, finished_at = $4, \
+        let res = sqlx::query(&format!(
+            "UPDATE builds SET state = $7, digest = $1, media_type = $2, size = $3, finished_at = $4, \
              lease_expires_at = NULL, \
              builder_host = (SELECT a.host FROM agents a WHERE a.id = builds.agent_id) \
-             WHERE id = $5 AND lease_token = $6 AND state = 'building'",
-        )
+             WHERE id = $5 AND lease_token = $6 AND {}",
+            lifecycle::COMPLETE_BUILD.guard("state")
+        ))
         .bind(digest)
         .bind(media_type)
         .bind(size)
         .bind(now_ms())
         .bind(build_id.to_string())
         .bind(token.to_string())
+        .bind(lifecycle::COMPLETE_BUILD.to.as_str())
         .execute(&mut *tx)
         .await?;
         if res.rows_affected() != 1 {
@@ -403,14 +423,16 @@ impl Store {
 
     /// Records a failed build; false when the lease is not current.
     pub async fn fail_build(&self, build_id: Uuid, token: Uuid, error: &str) -> StoreResult<bool> {
-        let res = sqlx::query(
-            "UPDATE builds SET state = 'failed', error = $1, finished_at = $2, lease_expires_at = NULL \
-             WHERE id = $3 AND lease_token = $4 AND state = 'building'",
-        )
+        let res = sqlx::query(&format!(
+            "UPDATE builds SET state = $5, error = $1, finished_at = $2, lease_expires_at = NULL \
+             WHERE id = $3 AND lease_token = $4 AND {}",
+            lifecycle::FAIL_BUILD.guard("state")
+        ))
         .bind(error)
         .bind(now_ms())
         .bind(build_id.to_string())
         .bind(token.to_string())
+        .bind(lifecycle::FAIL_BUILD.to.as_str())
         .execute(&self.pool)
         .await?;
         Ok(res.rows_affected() == 1)
@@ -450,15 +472,17 @@ impl Store {
         old_token: Uuid,
         lapsed_before: i64,
     ) -> StoreResult<bool> {
-        let res = sqlx::query(
-            "UPDATE builds SET state = 'queued', agent_id = NULL, agent_name = NULL, mode = NULL, lease_token = NULL, \
+        let res = sqlx::query(&format!(
+            "UPDATE builds SET state = $5, agent_id = NULL, agent_name = NULL, mode = NULL, lease_token = NULL, \
              lease_expires_at = NULL, started_at = NULL, queued_at = $3 \
-             WHERE id = $1 AND lease_token = $2 AND state = 'building' AND COALESCE(lease_expires_at, 0) < $4",
-        )
+             WHERE id = $1 AND lease_token = $2 AND {} AND COALESCE(lease_expires_at, 0) < $4",
+            lifecycle::REQUEUE_BUILD.guard("state")
+        ))
         .bind(build_id.to_string())
         .bind(old_token.to_string())
         .bind(now_ms())
         .bind(lapsed_before)
+        .bind(lifecycle::REQUEUE_BUILD.to.as_str())
         .execute(&self.pool)
         .await?;
         Ok(res.rows_affected() == 1)
@@ -473,15 +497,17 @@ impl Store {
         now: i64,
         error: &str,
     ) -> StoreResult<bool> {
-        let res = sqlx::query(
-            "UPDATE builds SET state = 'failed', error = $1, finished_at = $2, lease_expires_at = NULL \
-             WHERE id = $3 AND lease_token = $4 AND state = 'building' AND lease_expires_at < $5",
-        )
+        let res = sqlx::query(&format!(
+            "UPDATE builds SET state = $6, error = $1, finished_at = $2, lease_expires_at = NULL \
+             WHERE id = $3 AND lease_token = $4 AND {} AND lease_expires_at < $5",
+            lifecycle::FAIL_BUILD.guard("state")
+        ))
         .bind(error)
         .bind(now_ms())
         .bind(build_id.to_string())
         .bind(token.to_string())
         .bind(now)
+        .bind(lifecycle::FAIL_BUILD.to.as_str())
         .execute(&self.pool)
         .await?;
         Ok(res.rows_affected() == 1)
@@ -516,15 +542,17 @@ impl Store {
         let attempts: i64 = row.try_get("attempts")?;
         let granted: i64 = row.try_get("granted")?;
         let free = granted - attempts < free_releases && attempts > 0;
-        let res = sqlx::query(
-            "UPDATE builds SET state = 'queued', agent_id = NULL, agent_name = NULL, mode = NULL, lease_token = NULL, \
+        let res = sqlx::query(&format!(
+            "UPDATE builds SET state = $5, agent_id = NULL, agent_name = NULL, mode = NULL, lease_token = NULL, \
              lease_expires_at = NULL, started_at = NULL, queued_at = $3, attempts = attempts - $4 \
-             WHERE id = $1 AND lease_token = $2 AND state = 'building'",
-        )
+             WHERE id = $1 AND lease_token = $2 AND {}",
+            lifecycle::REQUEUE_BUILD.guard("state")
+        ))
         .bind(build_id.to_string())
         .bind(token.to_string())
         .bind(now_ms())
         .bind(i64::from(free))
+        .bind(lifecycle::REQUEUE_BUILD.to.as_str())
         .execute(&mut *tx)
         .await?;
         if res.rows_affected() != 1 {
@@ -1038,26 +1066,29 @@ impl Store {
 
     /// Fails a queued build that may not be leased again; false when it left the queue meanwhile.
     pub async fn fail_queued_build(&self, build_id: Uuid, error: &str) -> StoreResult<bool> {
-        self.end_queued_build(build_id, BuildState::Failed, error)
+        self.end_queued_build(build_id, lifecycle::GIVE_UP_BUILD, error)
             .await
     }
 
-    /// Gives up on a queued optional build: it ends `cancelled` with the reason.
+    /// Gives up on a queued optional build: it ends `cancelled` with the reason. False when it
+    /// left the queue meanwhile (an agent claimed it): then its job waits for it.
     pub async fn skip_build(&self, build_id: Uuid, reason: &str) -> StoreResult<bool> {
-        self.end_queued_build(build_id, BuildState::Cancelled, reason)
+        self.step("skip_build").await;
+        self.end_queued_build(build_id, lifecycle::SKIP_BUILD, reason)
             .await
     }
 
     async fn end_queued_build(
         &self,
         build_id: Uuid,
-        state: BuildState,
+        mv: lifecycle::BuildMove,
         why: &str,
     ) -> StoreResult<bool> {
-        let res = sqlx::query(
-            "UPDATE builds SET state = $1, error = $2, finished_at = $3 WHERE id = $4 AND state = 'queued'",
-        )
-        .bind(state.as_str())
+        let res = sqlx::query(&format!(
+            "UPDATE builds SET state = $1, error = $2, finished_at = $3 WHERE id = $4 AND {}",
+            mv.guard("state")
+        ))
+        .bind(mv.to.as_str())
         .bind(why)
         .bind(now_ms())
         .bind(build_id.to_string())

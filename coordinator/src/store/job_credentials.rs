@@ -111,7 +111,13 @@ mod tests {
             .unwrap();
         assert!(store.job_credentials(cancelled).await.unwrap().is_empty());
         assert!(store
-            .transition_job(bypassed, &[JobState::Queued], JobState::Failed)
+            .move_job(
+                bypassed,
+                crate::store::lifecycle::Move {
+                    from: &[JobState::Queued],
+                    to: JobState::Failed
+                }
+            )
             .await
             .unwrap());
         assert_eq!(

@@ -2,7 +2,7 @@
 
 use std::collections::BTreeMap;
 
-use archfarm_protocol::api::{BuildMode, EmulationPolicy, JobState};
+use archfarm_protocol::api::{EmulationPolicy, JobState};
 use archfarm_protocol::image_meta::ImageMeta;
 use archfarm_protocol::provenance::AttestTo;
 use archfarm_protocol::{BuildSecret, CacheRef, Digest, Network, Platform};
@@ -78,13 +78,6 @@ pub struct JobCache {
     /// `--pull`: pull base images again.
     #[serde(default)]
     pub pull: bool,
-}
-
-/// What ending a job stopped.
-#[derive(Debug, Clone, Default)]
-pub struct Stopped {
-    /// Platform and mode of each build that was running.
-    pub running: Vec<(Platform, Option<BuildMode>)>,
 }
 
 /// A job as stored.
@@ -345,184 +338,9 @@ impl Store {
         .await?;
         rows.iter().map(JobRow::from_row).collect()
     }
-
-    /// Compare-and-set of a job's state; true when this caller made the change.
-    pub async fn transition_job(
-        &self,
-        id: Uuid,
-        from: &[JobState],
-        to: JobState,
-    ) -> StoreResult<bool> {
-        let now = now_ms();
-        let finished = to.is_terminal().then_some(now);
-        let from_list = from
-            .iter()
-            .map(|s| format!("'{}'", s.as_str()))
-            .collect::<Vec<_>>()
-            .join(", ");
-        let res = sqlx::query(&format!(
-            "UPDATE jobs SET state = $1, updated_at = $2, finished_at = $3 WHERE id = $4 AND state IN ({from_list})"
-        ))
-        .bind(to.as_str())
-        .bind(now)
-        .bind(finished)
-        .bind(id.to_string())
-        .execute(&self.pool)
-        .await?;
-        Ok(res.rows_affected() == 1)
-    }
-
-    /// Ends a job as failed or cancelled (unless it already ended) and cancels its unfinished builds.
-    /// `Some` when this caller ended it, with the builds that were running.
-    pub async fn end_job(
-        &self,
-        id: Uuid,
-        state: JobState,
-        error: &str,
-    ) -> StoreResult<Option<Stopped>> {
-        self.end_job_from(id, &["queued", "building", "stitching"], state, error)
-            .await
-    }
-
-    /// Cancels a job that has not ended, stitching included (its stitching attempt then finds its
-    /// lease gone and moves no further tag); `Some` when this caller cancelled it.
-    pub async fn cancel_job(&self, id: Uuid, reason: &str) -> StoreResult<Option<Stopped>> {
-        self.end_job_from(
-            id,
-            &["queued", "building", "stitching"],
-            JobState::Cancelled,
-            reason,
-        )
-        .await
-    }
-
-    async fn end_job_from(
-        &self,
-        id: Uuid,
-        from: &[&str],
-        state: JobState,
-        error: &str,
-    ) -> StoreResult<Option<Stopped>> {
-        let now = now_ms();
-        let from_list = from
-            .iter()
-            .map(|s| format!("'{s}'"))
-            .collect::<Vec<_>>()
-            .join(", ");
-        let mut tx = self.begin().await?;
-        let res = sqlx::query(&format!(
-            "UPDATE jobs SET state = $1, error = $2, updated_at = $3, finished_at = $4 \
-             WHERE id = $5 AND state IN ({from_list})"
-        ))
-        .bind(state.as_str())
-        .bind(error)
-        .bind(now)
-        .bind(now)
-        .bind(id.to_string())
-        .execute(&mut *tx)
-        .await?;
-        if res.rows_affected() != 1 {
-            tx.commit().await?;
-            return Ok(None);
-        }
-        // The lease token stays so the holder's next heartbeat learns it should stop. Running
-        // builds first, to learn which they were (in the same statement, so a report racing
-        // with this cannot make a build count as both finished and stopped).
-        let rows = sqlx::query(
-            "UPDATE builds SET state = 'cancelled', finished_at = $1 WHERE job_id = $2 AND state = 'building' \
-             RETURNING platform, mode",
-        )
-        .bind(now)
-        .bind(id.to_string())
-        .fetch_all(&mut *tx)
-        .await?;
-        let mut running = Vec::with_capacity(rows.len());
-        for row in &rows {
-            let mode: Option<String> = row.try_get("mode")?;
-            running.push((
-                parse_col(row, "platform")?,
-                mode.as_deref().and_then(BuildMode::from_name),
-            ));
-        }
-        sqlx::query(
-            "UPDATE builds SET state = 'cancelled', finished_at = $1 WHERE job_id = $2 AND state = 'queued'",
-        )
-        .bind(now)
-        .bind(id.to_string())
-        .execute(&mut *tx)
-        .await?;
-        // No build of it will be leased again: its secrets and credentials have no more use.
-        let deleted =
-            secrets::delete(&mut tx, id).await? + job_credentials::delete(&mut tx, id).await?;
-        tx.commit().await?;
-        if deleted > 0 {
-            self.scrub_deleted_secrets().await;
-        }
-        Ok(Some(Stopped { running }))
-    }
-
-    /// Marks a stitching job succeeded with its index, if `stitch_token` is still the job's
-    /// stitching attempt (one that was taken over records nothing).
-    pub async fn finish_job(
-        &self,
-        id: Uuid,
-        stitch_token: Uuid,
-        index_digest: &str,
-        media_type: &str,
-        index_size: i64,
-        provenance: &[serde_json::Value],
-    ) -> StoreResult<bool> {
-        let now = now_ms();
-        let mut tx = self.begin().await?;
-        let res = sqlx::query(
-            "UPDATE jobs SET state = 'succeeded', index_digest = $1, index_media_type = $2, updated_at = $3, \
-             finished_at = $4, index_size = $7, provenance = $8 \
-             WHERE id = $5 AND state = 'stitching' AND stitch_token = $6",
-        )
-        .bind(index_digest)
-        .bind(media_type)
-        .bind(now)
-        .bind(now)
-        .bind(id.to_string())
-        .bind(stitch_token.to_string())
-        .bind(index_size)
-        .bind(to_json_list(provenance))
-        .execute(&mut *tx)
-        .await?;
-        let finished = res.rows_affected() == 1;
-        let deleted = if finished {
-            secrets::delete(&mut tx, id).await? + job_credentials::delete(&mut tx, id).await?
-        } else {
-            0
-        };
-        tx.commit().await?;
-        if deleted > 0 {
-            self.scrub_deleted_secrets().await;
-        }
-        Ok(finished)
-    }
 }
 
 impl Store {
-    /// Adds a warning to a job (read-modify-write: warnings are few and written by one task at a time).
-    pub async fn add_job_warning(&self, id: Uuid, warning: &str) -> StoreResult<()> {
-        let Some(job) = self.get_job(id).await? else {
-            return Ok(());
-        };
-        if job.warnings.iter().any(|w| w == warning) {
-            return Ok(());
-        }
-        let mut warnings = job.warnings;
-        warnings.push(warning.to_string());
-        sqlx::query("UPDATE jobs SET warnings = $1, updated_at = $2 WHERE id = $3")
-            .bind(serde_json::to_string(&warnings).expect("strings serialise"))
-            .bind(now_ms())
-            .bind(id.to_string())
-            .execute(&self.pool)
-            .await?;
-        Ok(())
-    }
-
     /// Unfinished jobs (not yet stitching) whose time limit has passed at `now`.
     pub async fn timed_out_jobs(&self, now: i64) -> StoreResult<Vec<JobRow>> {
         let rows = sqlx::query(&format!(

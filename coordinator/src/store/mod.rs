@@ -9,6 +9,7 @@ mod contexts;
 pub mod history;
 mod job_credentials;
 mod jobs;
+pub mod lifecycle;
 mod retention;
 pub mod scratch;
 mod secrets;
@@ -27,7 +28,8 @@ use sqlx::{AnyPool, Row};
 pub use agents::{AgentNetworks, AgentRow, Registered};
 pub use builds::{BuildRow, LeaseCheck, QueuedBuild, RunningBuild};
 pub use chunks::{LogBatch, LogPosition, CONTEXT_CHUNK_BYTES};
-pub use jobs::{JobCache, JobRow, NewJob, Stopped};
+pub use jobs::{JobCache, JobRow, NewJob};
+pub use lifecycle::Stopped;
 pub use retention::Deleted;
 pub use tag_heads::{TagClaim, TagMover};
 pub use tokens::{NewToken, Refusal};
@@ -78,6 +80,9 @@ pub enum Backend {
 pub struct Store {
     pool: AnyPool,
     backend: Backend,
+    /// Test-only interleavings of racing callers (see [`lifecycle::Hooks`]).
+    #[cfg(test)]
+    pub(crate) hooks: lifecycle::Hooks,
 }
 
 impl Store {
@@ -128,7 +133,12 @@ impl Store {
         } else {
             Backend::Postgres
         };
-        Ok(Store { pool, backend })
+        Ok(Store {
+            pool,
+            backend,
+            #[cfg(test)]
+            hooks: Default::default(),
+        })
     }
 
     /// The database server behind this store.

@@ -141,7 +141,13 @@ mod tests {
         assert!(store.job_secrets(cancelled).await.unwrap().is_empty());
         // A path that ends a job without them (here a bare state change) leaves them to the sweep.
         assert!(store
-            .transition_job(bypassed, &[JobState::Queued], JobState::Failed)
+            .move_job(
+                bypassed,
+                crate::store::lifecycle::Move {
+                    from: &[JobState::Queued],
+                    to: JobState::Failed
+                }
+            )
             .await
             .unwrap());
         assert_eq!(count(&store).await, 3);

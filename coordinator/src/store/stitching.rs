@@ -19,11 +19,12 @@ impl Store {
         expires_at: i64,
     ) -> StoreResult<Option<Uuid>> {
         let token = Uuid::new_v4();
-        let res = sqlx::query(
+        let res = sqlx::query(&format!(
             "UPDATE jobs SET state = 'stitching', updated_at = $1, stitch_owner = $2, stitch_expires_at = $3, \
              stitch_token = $4, stitch_attempts = stitch_attempts + 1, stitch_started_at = $1 \
-             WHERE id = $5 AND state IN ('queued', 'building')",
-        )
+             WHERE id = $5 AND {}",
+            super::lifecycle::STITCH_JOB.guard("state")
+        ))
         .bind(now_ms())
         .bind(replica)
         .bind(expires_at)

@@ -19,7 +19,7 @@ pub const EXIT_CODES_HELP: &str = "\
 Exit codes:
   0    success (for `build`: the image index was pushed; its digest is the last line of stdout)
   1    the job failed or was cancelled, or the coordinator could not be reached or failed (5xx);
-       for `cancel`: the job is pushing its image index and can no longer be cancelled
+       for `cancel`: a coordinator from before cancelling while stitching refused (job_stitching)
   2    bad usage or input, refused before anything was sent (unknown platform, malformed reference,
        missing context or Dockerfile, unknown agent name for `agents drain`, a platform the job
        does not build for `logs`) or refused by the coordinator (4xx: bad request, bad token,
@@ -113,8 +113,9 @@ pub enum Command {
     },
     /// List the build agents, or drain, revoke or forget one (`archfarm agents drain NAME`).
     Agents(AgentsArgs),
-    /// Cancel a job; builds in progress are told to stop. A job that already ended is left as it
-    /// is (exit 0); one whose image index is being pushed can no longer be cancelled (exit 1).
+    /// Cancel a job; builds in progress are told to stop, and a job whose image index is being
+    /// pushed moves no further tag (tags already moved stay). A job that already ended is left as
+    /// it is (exit 0).
     Cancel {
         /// Job id.
         id: Uuid,

@@ -363,8 +363,9 @@ pub async fn agents(conn: &Connection, action: Option<&AgentsAction>) -> Result<
     }
 }
 
-/// `archfarm cancel ID`: succeeds when the job is cancelled or had already ended; exits 1 when the
-/// coordinator is pushing the job's index and the job can no longer be cancelled.
+/// `archfarm cancel ID`: succeeds when the job is cancelled (stitching included) or had already
+/// ended; exits 1 when a coordinator from before cancelling while stitching refuses because it is
+/// pushing the job's index.
 pub async fn cancel(conn: &Connection, id: Uuid) -> Result<u8, Error> {
     let job = match client(conn)?.cancel_job(id).await {
         Ok(job) => job,

@@ -108,6 +108,13 @@ pub struct Config {
     #[arg(long, env = "ARCHFARM_STITCH_RETRY_SECS", default_value_t = 600)]
     pub stitch_retry_secs: u64,
 
+    /// The most a job may spend in `stitching`, in seconds, counted from when it entered it
+    /// (a replica taking the stitching over does not restart it): after it the job fails with
+    /// "stitching did not finish within …" and moves no further tag. Default: 1800 (30 minutes).
+    #[arg(long, env = "ARCHFARM_STITCH_TIMEOUT_SECS", default_value_t = 1800,
+          value_parser = clap::value_parser!(u64).range(1..))]
+    pub stitch_timeout_secs: u64,
+
     /// Seconds without a call after which an agent counts as offline. Default: 60.
     #[arg(long, env = "ARCHFARM_AGENT_OFFLINE_SECS", default_value_t = 60)]
     pub agent_offline_secs: u64,

@@ -23,6 +23,7 @@ pub mod retention;
 pub mod scheduler;
 pub mod stitch;
 pub mod store;
+pub mod tag_order;
 pub mod tls;
 pub mod web;
 

@@ -44,7 +44,7 @@ impl<'a> Ends<'a> {
 
     /// Ends a job as failed or cancelled with `reason`, stopping its unfinished builds; true
     /// when this call ended it (false: it had ended already, or it may not end so from where it
-    /// is, e.g. a cancel while it stitches).
+    /// is).
     pub async fn end(&self, job_id: Uuid, state: JobState, reason: &str) -> StoreResult<bool> {
         let Some(stopped) = self.store.end_job(job_id, state, reason).await? else {
             return Ok(false);

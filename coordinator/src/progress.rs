@@ -14,6 +14,7 @@ use crate::registry::Fresh;
 use crate::scheduler::Scheduler;
 use crate::stitch::{self, StitchError};
 use crate::store::{lifecycle, BuildRow, JobRow, Store, StoreResult};
+use crate::tag_order::TagOrder;
 use crate::AppState;
 
 /// Longest pause between two stitching attempts while the registry is away.
@@ -202,22 +203,52 @@ pub async fn take_over_stitches(state: &AppState, own_too: bool) -> StoreResult<
 }
 
 /// Stitches a job in the background while holding its stitching lease; stops when the lease is
-/// lost to another replica or the coordinator shuts down (then the lease is let go, so another
-/// replica takes over at once).
+/// lost (another replica took over, the job was cancelled, or the lease could not be renewed
+/// before it lapsed), when the job's stitching deadline passes (then the job fails), or when the
+/// coordinator shuts down (then the lease is let go, so another replica takes over at once).
+/// Stopping drops the stitch where it stands, before any further tag moves.
 pub fn spawn_stitch(state: AppState, job_id: Uuid, token: Uuid) {
     let shutdown = state.shutdown.clone();
     // Tracked, so a shutdown waits for the lease to be let go before the process ends.
     let tasks = state.stitches.clone();
     tasks.spawn(async move {
+        let limit = Duration::from_secs(state.config.stitch_timeout_secs);
+        let left = match state.store.stitch_started_at(job_id).await {
+            // Counted from entering `stitching`, so a takeover does not start the clock again.
+            Ok(Some(started)) => {
+                let spent = (crate::store::now_ms() - started).max(0) as u64;
+                limit.saturating_sub(Duration::from_millis(spent))
+            }
+            Ok(None) => limit,
+            Err(e) => {
+                tracing::warn!(job.id = %job_id, error = %e, "could not read when stitching began; counting its deadline from now");
+                limit
+            }
+        };
+        if left.is_zero() {
+            // Taken over past its deadline: it ends here, before anything is pushed.
+            if let Err(e) = stitch_deadline_passed(&state, job_id, token, limit).await {
+                tracing::error!(job.id = %job_id, error = %e, "could not fail the job past its stitching deadline");
+            }
+            state.changes.notify();
+            return;
+        }
         tokio::select! {
+            biased;
             _ = shutdown.cancelled() => {
                 tracing::info!(job.id = %job_id, "stitching interrupted by shutdown; another replica or the next start resumes it");
                 if let Err(e) = state.store.release_stitch(job_id, token).await {
                     tracing::warn!(job.id = %job_id, error = %e, "could not let go of the stitching lease; it lapses on its own");
                 }
             }
+            _ = tokio::time::sleep(left) => {
+                if let Err(e) = stitch_deadline_passed(&state, job_id, token, limit).await {
+                    tracing::error!(job.id = %job_id, error = %e, "could not fail the job past its stitching deadline");
+                }
+                state.changes.notify();
+            }
             _ = hold_stitch(&state, job_id, token) => {
-                tracing::warn!(job.id = %job_id, "another replica took over stitching this job; stopping here");
+                tracing::warn!(job.id = %job_id, "the stitching lease is gone (the job was cancelled or ended, another replica took over, or it could not be renewed in time); stopping here");
             }
             res = stitch_job(&state, job_id, token) => {
                 if let Err(e) = res {
@@ -229,20 +260,56 @@ pub fn spawn_stitch(state: AppState, job_id: Uuid, token: Uuid) {
     });
 }
 
-/// Renews the job's stitching lease until it is lost; returns only then.
+/// Fails a job whose stitching outlasted `limit`, if attempt `token` is still its current one.
+async fn stitch_deadline_passed(
+    state: &AppState,
+    job_id: Uuid,
+    token: Uuid,
+    limit: Duration,
+) -> StoreResult<()> {
+    // Only the current attempt may fail the job: one taken over meanwhile says nothing.
+    if !state
+        .store
+        .renew_stitch(job_id, token, state.scheduler.lease_expiry())
+        .await?
+    {
+        return Ok(());
+    }
+    let error = format!("stitching did not finish within {}", format_duration(limit));
+    Ends::of(state)
+        .end(job_id, JobState::Failed, &error)
+        .await?;
+    Ok(())
+}
+
+/// Renews the job's stitching lease until it is lost; returns only then: when the lease was
+/// taken over or the job left `stitching` (cancelled, ended), or when renewals kept failing
+/// until the lease's own expiry passed (another replica may hold it by then, so this one must
+/// stop pushing).
 async fn hold_stitch(state: &AppState, job_id: Uuid, token: Uuid) {
-    let every = (state.config.lease_ttl() / 3).max(Duration::from_millis(200));
+    let ttl = state.config.lease_ttl();
+    let every = (ttl / 3).max(Duration::from_millis(200));
+    // On this process's monotonic clock: a renewal asked at `t` set an expiry no earlier than
+    // `t + ttl`, so the lease surely holds until then and may be gone after.
+    let mut held_until = tokio::time::Instant::now() + ttl;
+    let mut next = tokio::time::Instant::now() + every;
     loop {
-        tokio::time::sleep(every).await;
+        tokio::time::sleep_until(next.min(held_until)).await;
+        let asked = tokio::time::Instant::now();
+        if asked >= held_until {
+            tracing::error!(job.id = %job_id, "the stitching lease could not be renewed before it lapsed; stopping");
+            return;
+        }
+        next = asked + every;
         match state
             .store
             .renew_stitch(job_id, token, state.scheduler.lease_expiry())
             .await
         {
-            Ok(true) => {}
+            Ok(true) => held_until = asked + ttl,
             Ok(false) => return,
-            // Keep stitching: if the lease lapses meanwhile, a second push of the same index is
-            // harmless and only one replica records the outcome.
+            // Keep stitching while the lease still holds: the database may be back before it
+            // lapses.
             Err(e) => {
                 tracing::warn!(job.id = %job_id, error = %e, "could not renew the stitching lease")
             }
@@ -271,17 +338,14 @@ async fn stitch_job(state: &AppState, job_id: Uuid, token: Uuid) -> StoreResult<
     let deadline = started + Duration::from_secs(state.config.stitch_retry_secs);
     let mut delay = Duration::from_millis(500);
     let builder = state.config.builder();
+    let tag_order = TagOrder::new(state, &job, token);
     let outcome = loop {
         let attempt = match endpoints(state, &job, &job_credentials, fresh).await {
-            Ok(endpoints) => stitch::stitch(&endpoints, &job, &builds, &builder).await,
+            Ok(endpoints) => stitch::stitch(&endpoints, &job, &builds, &builder, &tag_order).await,
             Err(e) => Err(e),
         };
         match attempt {
-            Err(
-                e @ StitchError::Registry {
-                    transient: true, ..
-                },
-            ) if std::time::Instant::now() < deadline => {
+            Err(e) if e.is_transient() && std::time::Instant::now() < deadline => {
                 // The job stays in `stitching` while the registry is away; jitter spreads the
                 // retries of many jobs waiting on the same registry.
                 let jitter =
@@ -318,7 +382,7 @@ async fn stitch_job(state: &AppState, job_id: Uuid, token: Uuid) -> StoreResult<
                 .renew_stitch(job_id, token, state.scheduler.lease_expiry())
                 .await?
             {
-                tracing::warn!(job.id = %job_id, error = %e, "stitching failed after another attempt took over; not recorded");
+                tracing::warn!(job.id = %job_id, error = %e, "stitching stopped after the job was cancelled or ended, or another attempt took over; not recorded");
                 return Ok(());
             }
             Ends::of(state)

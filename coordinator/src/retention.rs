@@ -97,6 +97,7 @@ pub async fn sweep(
             // Lets the statements queued behind this batch (a claim, a heartbeat) run first.
             tokio::task::yield_now().await;
         }
+        deleted.add("tag_heads", store.delete_old_tag_heads(cutoff, now).await?);
         loop {
             let digests = store.delete_unused_contexts(cutoff, CONTEXT_BATCH).await?;
             deleted.add("contexts", digests.len() as u64);

@@ -10,8 +10,12 @@
 //! cross-repository blob mount (copied when the registry answers 202 instead), in another registry
 //! by streaming each blob from the first repository (never a whole layer in memory: uploads go in
 //! parts of [`limits::UPLOAD_CHUNK_BYTES`](archfarm_protocol::limits::UPLOAD_CHUNK_BYTES)), then
-//! the child manifests by digest, byte for byte. Only then is the index pushed under every tag,
-//! so every repository serves the same index digest.
+//! the child manifests by digest, byte for byte. Then the index is pushed by digest to every
+//! repository, and only then under each tag, so every repository serves the same index digest.
+//!
+//! A registry has no compare-and-set on tags, so each tag's move goes through a [`TagGate`],
+//! which orders the moves of different jobs (a tag never goes back to an older job's index) and
+//! bounds how long the push may take.
 //!
 //! Unless the job asked for none, each platform gets a provenance attestation
 //! ([`crate::provenance`]), pushed to every repository like the children: as an attestation
@@ -73,6 +77,44 @@ pub enum StitchError {
         /// What the config says.
         found: String,
     },
+    /// This stitching attempt may move no tag any more: the job left `stitching` (cancelled,
+    /// failed) or its stitching lease lapsed or was taken over.
+    #[error("stitching stopped: {0}")]
+    Stopped(String),
+    /// The order of tag moves could not be checked or kept (the database did not answer, or a
+    /// tag's push lease lapsed during its push); trying again may help.
+    #[error("{0}")]
+    TagOrder(String),
+}
+
+impl StitchError {
+    /// Whether trying the whole stitch again later may help.
+    pub fn is_transient(&self) -> bool {
+        match self {
+            StitchError::Registry { transient, .. } => *transient,
+            StitchError::TagOrder(_) => true,
+            _ => false,
+        }
+    }
+}
+
+/// Orders the tag moves of different jobs. Asked before and after each tag's push; the
+/// implementation holds the tag's push lease in between.
+pub trait TagGate {
+    /// Before `tag` (a whole reference) moves: `Some(limit)` to push, which must be over within
+    /// `limit` (less than what is left of the tag's lease); `None` to leave the tag alone (a
+    /// newer job moved it). An error stops the stitch.
+    fn claim(
+        &self,
+        tag: &str,
+    ) -> impl std::future::Future<Output = Result<Option<std::time::Duration>, StitchError>> + Send;
+
+    /// After `tag` was pushed with the index `digest`: records the move and lets go of the lease.
+    fn moved(
+        &self,
+        tag: &str,
+        digest: &str,
+    ) -> impl std::future::Future<Output = Result<(), StitchError>> + Send;
 }
 
 /// The index that was pushed.
@@ -179,12 +221,13 @@ struct Child {
 /// Verifies every build's manifest in the job's first repository and pushes the index under every
 /// tag of the job, after making the children available in every other repository the tags name.
 /// `endpoints` holds a client and credential for every registry of the tags ([`registries`]);
-/// `builder` is who the provenance names as having made it.
+/// `builder` is who the provenance names as having made it; `gate` orders each tag's move.
 pub async fn stitch(
     endpoints: &HashMap<String, Endpoint>,
     job: &JobRow,
     builds: &[BuildRow],
     builder: &Builder,
+    gate: &impl TagGate,
 ) -> Result<Stitched, StitchError> {
     let permanent = |registry: &str, message: String| StitchError::Registry {
         registry: registry.to_string(),
@@ -332,22 +375,53 @@ pub async fn stitch(
                 attestations = attestations.len(), "provenance pushed");
         }
     }
+    let content_type = || {
+        media_type
+            .parse()
+            .expect("media types are valid header values")
+    };
+    // The index by digest in every repository first: a tag left on a newer job's index still
+    // leaves this job's index where its digest finds it.
+    for target in &targets {
+        let to = endpoint(&target.registry)?;
+        let reference = target.reference(&digest);
+        to.client
+            .store_auth_if_needed(reference.resolve_registry(), &to.auth)
+            .await;
+        to.client
+            .push_manifest_raw(&reference, bytes.clone(), content_type())
+            .await
+            .map_err(registry_err(&target.registry))?;
+    }
     for target in &targets {
         let to = endpoint(&target.registry)?;
         for tag in &target.tags {
             let reference: Reference = tag.parse().map_err(|e| {
                 permanent(&target.registry, format!("tag '{tag}' does not parse: {e}"))
             })?;
-            to.client
-                .store_auth_if_needed(reference.resolve_registry(), &to.auth)
-                .await;
-            let content_type = media_type
-                .parse()
-                .expect("media types are valid header values");
-            to.client
-                .push_manifest_raw(&reference, bytes.clone(), content_type)
-                .await
-                .map_err(registry_err(&target.registry))?;
+            let Some(limit) = gate.claim(tag).await? else {
+                continue;
+            };
+            // Bounded, so the push is over (on this side) while the tag's lease still holds; a
+            // request the registry has already read may still land later, which is the window
+            // the README owns up to.
+            let push = to
+                .client
+                .push_manifest_raw(&reference, bytes.clone(), content_type());
+            match tokio::time::timeout(limit, push).await {
+                Ok(pushed) => pushed.map_err(registry_err(&target.registry))?,
+                Err(_) => {
+                    return Err(StitchError::Registry {
+                        registry: target.registry.clone(),
+                        message: format!(
+                            "pushing the index under {tag} took longer than {} ms, the time the tag's push lease allows",
+                            limit.as_millis()
+                        ),
+                        transient: true,
+                    })
+                }
+            };
+            gate.moved(tag, &digest).await?;
             tracing::info!(job.id = %job.id, tag, digest, "index pushed");
         }
     }

@@ -2,8 +2,9 @@
 //!
 //! CI clients: `PUT/HEAD/GET /contexts/{digest}`, `POST /jobs`, `GET /jobs`, `GET /jobs/{id}`,
 //! `GET /jobs/{id}/provenance`,
-//! `POST /jobs/{id}/cancel` (200 with the job, also when it had already ended; 409 `job_stitching`
-//! while its index is being pushed), `GET /agents`, `GET /builds/{id}/log?offset=N`.
+//! `POST /jobs/{id}/cancel` (200 with the job, also when it had already ended or was stitching:
+//! no further tag moves; earlier coordinators answered 409 `job_stitching` then),
+//! `GET /agents`, `GET /builds/{id}/log?offset=N`.
 //! Agents: `POST /agents/register`, `POST /agents/{id}/lease` (409 `draining` once the agent is
 //! draining: finish running builds, then `POST /agents/{id}/deregister`),
 //! `POST /builds/{id}/{heartbeat,log,complete,fail}`.

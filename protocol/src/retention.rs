@@ -21,7 +21,7 @@ pub struct RetentionStatus {
     /// When its last sweep ended; None before the first.
     pub last_sweep_at: Option<DateTime<Utc>>,
     /// What the last sweep deleted, by kind (jobs, builds, leases, log_chunks, job_secrets,
-    /// contexts, context_chunks, cached_files); kinds with nothing deleted are left out.
+    /// contexts, context_chunks, tag_heads, cached_files); kinds with nothing deleted are left out.
     pub last: BTreeMap<String, u64>,
     /// What every sweep since this replica started deleted, by kind.
     pub total: BTreeMap<String, u64>,

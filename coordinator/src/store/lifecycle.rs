@@ -24,8 +24,9 @@ pub const fn job_allowed(from: JobState, to: JobState) -> bool {
         | (Stitching, Succeeded)
         // A required build, the time limit or the stitching failed it.
         | (Queued | Building | Stitching, Failed)
-        // A user cancelled it; once it stitches, the index may be landing under its tags.
-        | (Queued | Building, Cancelled)
+        // A user cancelled it, stitching included: its stitching attempt then finds its lease gone
+        // and moves no further tag (tags already moved stay).
+        | (Queued | Building | Stitching, Cancelled)
     )
 }
 
@@ -113,9 +114,9 @@ pub const FAIL_JOB: JobMove = Move {
     from: &[JobState::Queued, JobState::Building, JobState::Stitching],
     to: JobState::Failed,
 };
-/// A user cancelled the job.
+/// A user cancelled the job (while stitching too: no further tag moves).
 pub const CANCEL_JOB: JobMove = Move {
-    from: &[JobState::Queued, JobState::Building],
+    from: &[JobState::Queued, JobState::Building, JobState::Stitching],
     to: JobState::Cancelled,
 };
 /// The jobs whose builds may still be leased (the states [`START_JOB`] and [`STITCH_JOB`] leave).
@@ -285,7 +286,8 @@ impl Store {
         Ok(Some(Stopped { running }))
     }
 
-    /// Cancels a job that has not started stitching; `Some` when this caller cancelled it.
+    /// Cancels a job that has not ended, stitching included (its stitching attempt then finds its
+    /// lease gone and moves no further tag); `Some` when this caller cancelled it.
     pub async fn cancel_job(&self, id: Uuid, reason: &str) -> StoreResult<Option<Stopped>> {
         self.end_job(id, JobState::Cancelled, reason).await
     }

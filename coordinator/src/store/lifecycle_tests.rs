@@ -33,6 +33,7 @@ fn the_job_table_has_exactly_these_edges() {
         (Stitching, Failed),
         (Queued, Cancelled),
         (Building, Cancelled),
+        (Stitching, Cancelled),
     ];
     for from in JOB_STATES {
         for to in JOB_STATES {

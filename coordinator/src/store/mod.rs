@@ -14,6 +14,7 @@ mod retention;
 pub mod scratch;
 mod secrets;
 mod stitching;
+mod tag_heads;
 mod tokens;
 mod warm;
 
@@ -30,6 +31,7 @@ pub use chunks::{LogBatch, LogPosition, CONTEXT_CHUNK_BYTES};
 pub use jobs::{JobCache, JobRow, NewJob};
 pub use lifecycle::Stopped;
 pub use retention::Deleted;
+pub use tag_heads::{TagClaim, TagMover};
 pub use tokens::{NewToken, Refusal};
 pub use warm::WarmAgent;
 

@@ -16,7 +16,7 @@ use super::{Backend, Store, StoreResult};
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Deleted {
     /// Rows per kind: jobs, builds, leases, log_chunks, job_secrets, contexts, context_chunks,
-    /// cached_files.
+    /// tag_heads, cached_files.
     pub rows: BTreeMap<&'static str, u64>,
 }
 

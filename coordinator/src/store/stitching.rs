@@ -9,8 +9,9 @@ use uuid::Uuid;
 use super::{now_ms, parse_col, Store, StoreResult};
 
 impl Store {
-    /// Moves a job whose builds are done into `stitching` and gives `replica` its stitching lease
-    /// until `expires_at`; the attempt's token, or None when another caller moved it first.
+    /// Moves a job whose builds are done into `stitching` (noting when, for its deadline) and
+    /// gives `replica` its stitching lease until `expires_at`; the attempt's token, or None when
+    /// another caller moved it first.
     pub async fn begin_stitching(
         &self,
         id: Uuid,
@@ -20,7 +21,8 @@ impl Store {
         let token = Uuid::new_v4();
         let res = sqlx::query(&format!(
             "UPDATE jobs SET state = 'stitching', updated_at = $1, stitch_owner = $2, stitch_expires_at = $3, \
-             stitch_token = $4, stitch_attempts = stitch_attempts + 1 WHERE id = $5 AND {}",
+             stitch_token = $4, stitch_attempts = stitch_attempts + 1, stitch_started_at = $1 \
+             WHERE id = $5 AND {}",
             super::lifecycle::STITCH_JOB.guard("state")
         ))
         .bind(now_ms())
@@ -31,6 +33,19 @@ impl Store {
         .execute(&self.pool)
         .await?;
         Ok((res.rows_affected() == 1).then_some(token))
+    }
+
+    /// When the job entered `stitching` (Unix ms, [`now_ms`]), the start of its overall
+    /// stitching deadline; None for a job from before that was recorded.
+    pub async fn stitch_started_at(&self, id: Uuid) -> StoreResult<Option<i64>> {
+        let row = sqlx::query("SELECT stitch_started_at FROM jobs WHERE id = $1")
+            .bind(id.to_string())
+            .fetch_optional(&self.pool)
+            .await?;
+        Ok(row
+            .map(|r| r.try_get::<Option<i64>, _>("stitch_started_at"))
+            .transpose()?
+            .flatten())
     }
 
     /// Extends the stitching lease of attempt `token`; false when the job left `stitching` or the

@@ -119,6 +119,7 @@ pub async fn sweep(
             }
         }
     }
+    store.reclaim(&deleted).await?;
     let trimmed = blobs.trim().await?;
     deleted.add("cached_files", trimmed.files);
     Ok(deleted)

@@ -204,6 +204,8 @@ pub async fn run(
     // A restart interrupted these (and others whose replica died); pushing the index again is
     // idempotent.
     progress::take_over_stitches(&state, true).await?;
+    let contact =
+        tokio::spawn(watch_contact(state.clone()).instrument(tracing::info_span!("contact")));
     let reaper = tokio::spawn(reap_leases(state.clone()).instrument(tracing::info_span!("reaper")));
     let retention_task =
         tokio::spawn(retention::run(state.clone()).instrument(tracing::info_span!("retention")));
@@ -253,6 +255,7 @@ pub async fn run(
     }
     token.cancel();
     let _ = reaper.await;
+    let _ = contact.await;
     let _ = retention_task.await;
     state.stitches.close();
     state.stitches.wait().await;
@@ -263,6 +266,20 @@ pub async fn run(
         let _ = reloader.await;
     }
     Ok(())
+}
+
+/// Background task: asks the database for a sign of life every second (see
+/// `scheduler::contact`), apart from the reaper, whose passes may wait on the database.
+async fn watch_contact(state: AppState) {
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = state.shutdown.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        state.scheduler.check_contact().await;
+    }
 }
 
 /// Background task: takes back leases whose agents stopped heartbeating, fails jobs past their
@@ -278,14 +295,10 @@ async fn reap_leases(state: AppState) {
             _ = state.shutdown.cancelled() => return,
             _ = tick.tick() => {}
         }
-        state.scheduler.check_contact().await;
         match state.scheduler.reap_expired().await {
             Ok(reaped) if reaped != Default::default() => state.changes.notify(),
             Ok(_) => {}
-            Err(e) => {
-                state.scheduler.lost_contact();
-                tracing::error!(error = %e, "lease reaper pass failed");
-            }
+            Err(e) => tracing::error!(error = %e, "lease reaper pass failed"),
         }
         if let Err(e) = progress::expire_jobs(&state).await {
             tracing::error!(error = %e, "job time limit pass failed");

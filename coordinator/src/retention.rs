@@ -119,7 +119,10 @@ pub async fn sweep(
             }
         }
     }
-    store.reclaim(&deleted).await?;
+    // Best effort: what was deleted stays deleted, and the next sweep vacuums again.
+    if let Err(e) = store.reclaim(&deleted).await {
+        tracing::warn!(error = %e, "could not vacuum what retention deleted");
+    }
     let trimmed = blobs.trim().await?;
     deleted.add("cached_files", trimmed.files);
     Ok(deleted)

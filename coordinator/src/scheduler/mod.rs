@@ -557,7 +557,8 @@ impl Scheduler {
     }
 
     /// Asks the database for a sign of life and records the answer (see [`contact`]); logs when
-    /// contact is lost or made again. The reaper calls it before every pass.
+    /// contact is lost or made again. A task of its own calls it every second, so an outage is
+    /// noticed even while the reaper waits on the database.
     pub async fn check_contact(&self) {
         let asked = self.clock.now();
         let answer = tokio::time::timeout(contact::SLOW, self.store.ping()).await;
@@ -570,11 +571,6 @@ impl Scheduler {
             Err(_) => self.contact.failed(),
         };
         self.log_contact(change);
-    }
-
-    /// Records that a database call failed: contact is broken until the next answer.
-    pub fn lost_contact(&self) {
-        self.log_contact(self.contact.failed());
     }
 
     fn log_contact(&self, change: Change) {
@@ -614,13 +610,10 @@ impl Scheduler {
         if !self.may_judge_leases() {
             return Ok(reaped);
         }
+        // Leases lapsed before `asked`, and each requeue or fail below is conditional on that:
+        // should this wait out an outage, what lapsed during it is not touched.
         let asked = self.clock.now();
         let lapsed = self.store.expired_leases(asked).await?;
-        if self.clock.now() - asked > contact::SLOW.as_millis() as i64 {
-            // The answer may have waited out an outage in which heartbeats could not be recorded.
-            self.lost_contact();
-            return Ok(reaped);
-        }
         for build in lapsed {
             let Some(token) = build.lease_token else {
                 continue;
@@ -885,7 +878,7 @@ mod tests {
         now.fetch_add(20 * S, Ordering::SeqCst);
         assert!(scheduler.may_judge_leases());
         // The database goes away for a minute: no heartbeat can be recorded, the lease lapses.
-        scheduler.lost_contact();
+        scheduler.contact.failed();
         now.fetch_add(60 * S, Ordering::SeqCst);
         scheduler.check_contact().await;
         assert_eq!(scheduler.reap_expired().await.unwrap(), Reaped::default());

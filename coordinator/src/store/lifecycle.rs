@@ -279,6 +279,8 @@ impl Store {
         // No build of it will be leased again: its secrets and credentials have no more use.
         let deleted =
             secrets::delete(&mut tx, id).await? + job_credentials::delete(&mut tx, id).await?;
+        // Nor will it move a tag: the tags its stitching held wait for no one.
+        super::tag_heads::release_job(&mut tx, id).await?;
         tx.commit().await?;
         if deleted > 0 {
             self.scrub_deleted_secrets().await;

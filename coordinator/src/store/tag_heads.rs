@@ -62,7 +62,8 @@ impl Store {
             .execute(&self.pool)
             .await?;
         let row = sqlx::query(
-            "SELECT head_job, head_created_at, lease_token, lease_job, lease_expires_at \
+            "SELECT head_job, head_created_at, lease_token, lease_job, lease_expires_at, \
+             (SELECT created_at FROM jobs WHERE jobs.id = tag_heads.lease_job) AS lease_created_at \
              FROM tag_heads WHERE tag = $1",
         )
         .bind(tag)
@@ -78,16 +79,25 @@ impl Store {
         let lease: Option<String> = row.try_get("lease_token")?;
         let lease_expires_at: Option<i64> = row.try_get("lease_expires_at")?;
         let ours = lease.as_deref() == Some(mover.token.to_string().as_str());
+        self.step("claim_tag: row read").await;
+        let holder: Option<Uuid> = parse_opt_col(&row, "lease_job")?;
         if lease.is_some() && !ours && lease_expires_at.unwrap_or(0) >= now {
-            return Ok(TagClaim::Busy {
-                holder: parse_opt_col(&row, "lease_job")?,
-            });
+            return Ok(TagClaim::Busy { holder });
         }
-        // Compare-and-set on the lease seen: recording a head clears the lease in the same
-        // statement, so a head that moved since the read fails this too.
+        // A lapsed lease of a newer job: its holder may have pushed and then lost the database
+        // before recording the move. Leave the tag to it (taken over, it moves the tag itself).
+        let holder_created_at: Option<i64> = row.try_get("lease_created_at")?;
+        if let (Some(holder), Some(at)) = (holder, holder_created_at) {
+            if !ours && holder != mover.job && mover.is_older_than(holder, at) {
+                return Ok(TagClaim::Newer { job: holder });
+            }
+        }
+        // Compare-and-set on the lease and the head seen: recording a head clears the lease,
+        // so the lease alone would look unchanged after another job moved the tag meanwhile.
         let res = sqlx::query(
             "UPDATE tag_heads SET lease_token = $1, lease_job = $2, lease_expires_at = $3 \
-             WHERE tag = $4 AND COALESCE(lease_token, '') = $5 AND COALESCE(lease_expires_at, 0) = $6",
+             WHERE tag = $4 AND COALESCE(lease_token, '') = $5 AND COALESCE(lease_expires_at, 0) = $6 \
+             AND COALESCE(head_job, '') = $7",
         )
         .bind(mover.token.to_string())
         .bind(mover.job.to_string())
@@ -95,6 +105,7 @@ impl Store {
         .bind(tag)
         .bind(lease.unwrap_or_default())
         .bind(lease_expires_at.unwrap_or(0))
+        .bind(head.map(|h| h.to_string()).unwrap_or_default())
         .execute(&self.pool)
         .await?;
         if res.rows_affected() == 1 {
@@ -189,6 +200,23 @@ impl Store {
     }
 }
 
+/// Lets go of every tag push lease `job`'s stitching holds (the job ended: cancelled, failed or
+/// past its stitching deadline), in the transaction that ends it, so other jobs need not wait for
+/// the leases to lapse.
+pub(super) async fn release_job(
+    tx: &mut sqlx::Transaction<'static, sqlx::Any>,
+    job: Uuid,
+) -> StoreResult<u64> {
+    let res = sqlx::query(
+        "UPDATE tag_heads SET lease_token = NULL, lease_job = NULL, lease_expires_at = NULL \
+         WHERE lease_job = $1",
+    )
+    .bind(job.to_string())
+    .execute(&mut **tx)
+    .await?;
+    Ok(res.rows_affected())
+}
+
 #[cfg(test)]
 mod tests {
     use super::super::{insert_test_job, test_store, Store};
@@ -205,11 +233,81 @@ mod tests {
             .await
             .unwrap()
             .unwrap();
-        TagMover {
+        let mover = TagMover {
             job,
             created_at,
             token,
-        }
+        };
+        set_created_at(store, &mover).await;
+        mover
+    }
+
+    /// Sets the job's stored order key (what the lease holder's lookup reads) to `created_at`.
+    async fn set_created_at(store: &Store, mover: &TagMover) {
+        sqlx::query("UPDATE jobs SET created_at = $1 WHERE id = $2")
+            .bind(mover.created_at)
+            .bind(mover.job.to_string())
+            .execute(store.pool())
+            .await
+            .unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_newer_job_moving_the_tag_between_an_older_ones_read_and_claim_wins() {
+        let (store, _db) = test_store().await;
+        let older = stitching(&store, 1_000, 10_000).await;
+        let newer = stitching(&store, 2_000, 10_000).await;
+        // Between the older job's read (no head, no lease) and its compare-and-set, the newer
+        // job claims, pushes and records: the row's lease looks as it did at the read.
+        let racing = store.clone();
+        store.hooks.at("claim_tag: row read", async move {
+            assert_eq!(
+                racing.claim_tag(TAG, &newer, 100, 200).await.unwrap(),
+                TagClaim::Held
+            );
+            assert!(racing.hold_tag(TAG, &newer, 110, 200).await.unwrap());
+            assert!(racing
+                .record_tag_head(TAG, &newer, "sha256:new", 120)
+                .await
+                .unwrap());
+        });
+        let claim = store.claim_tag(TAG, &older, 130, 230).await.unwrap();
+        assert!(store.hooks.ran("claim_tag: row read"));
+        assert_ne!(claim, TagClaim::Held, "the older job may not push now");
+        assert!(!store.hold_tag(TAG, &older, 140, 240).await.unwrap());
+        assert_eq!(
+            store.claim_tag(TAG, &older, 150, 250).await.unwrap(),
+            TagClaim::Newer { job: newer.job }
+        );
+    }
+
+    #[tokio::test]
+    async fn a_lapsed_lease_of_a_newer_job_is_left_to_it() {
+        let (store, _db) = test_store().await;
+        let older = stitching(&store, 1_000, 10_000).await;
+        let newer = stitching(&store, 2_000, 10_000).await;
+        // The newer job may have pushed, then lost the database before recording it.
+        assert_eq!(
+            store.claim_tag(TAG, &newer, 100, 200).await.unwrap(),
+            TagClaim::Held
+        );
+        assert_eq!(
+            store.claim_tag(TAG, &older, 300, 400).await.unwrap(),
+            TagClaim::Newer { job: newer.job }
+        );
+        // Ending the newer job lets go of its tag leases: the older one may move the tag.
+        store
+            .end_job(
+                newer.job,
+                archfarm_protocol::api::JobState::Cancelled,
+                "cancelled",
+            )
+            .await
+            .unwrap();
+        assert_eq!(
+            store.claim_tag(TAG, &older, 310, 410).await.unwrap(),
+            TagClaim::Held
+        );
     }
 
     #[tokio::test]
@@ -326,7 +424,11 @@ mod tests {
             .record_tag_head(TAG, &head, "sha256:new", 150)
             .await
             .unwrap());
-        // Inserted now, the jobs' real created_at is far newer than the head's order key 2 000:
+        sqlx::query("UPDATE jobs SET created_at = 1000000000000")
+            .execute(store.pool())
+            .await
+            .unwrap();
+        // The live jobs' stored created_at is far newer than the head's order key 2 000:
         // nothing live is older than the head, so only the cutoff keeps it.
         assert_eq!(store.delete_old_tag_heads(150, 500).await.unwrap(), 0);
         assert_eq!(store.delete_old_tag_heads(151, 500).await.unwrap(), 1);

@@ -437,9 +437,14 @@ pub struct BuildArgs {
     /// (same runtime, network, limits). As `docker run IMAGE CMD ARGS`: the image's ENTRYPOINT,
     /// user, working directory and environment apply, CMD ARGS replace its CMD. Split into
     /// words as a shell does ('…', "…", \), but no shell runs it: nothing expands, and pipes or
-    /// lists need one, e.g. --smoke-test 'sh -c "myapp --version | grep 1.2"'. Its output goes
-    /// to the build log; a non-zero exit fails that platform (an optional one is left out).
-    #[arg(long = "smoke-test", value_name = "'CMD ARGS…'")]
+    /// lists need one, e.g. --smoke-test 'sh -c "myapp --version | grep 1.2"'; with an
+    /// ENTRYPOINT, --smoke-test --version. Its output goes to the build log; a non-zero exit
+    /// fails that platform (an optional one is left out).
+    #[arg(
+        long = "smoke-test",
+        value_name = "'CMD ARGS…'",
+        allow_hyphen_values = true
+    )]
     pub smoke_test: Option<String>,
     /// How long the smoke test may run on each platform before it is stopped and fails it
     /// (e.g. 30s, 10m; at most 1h) [default: 5m].

@@ -207,12 +207,15 @@ fn bad_smoke_tests() {
         args.extend(extra);
         assert_usage(build(ctx.path(), &args), says);
     }
-    // A good one goes on to the coordinator (here a closed port).
-    let mut args = OK.to_vec();
-    args.extend(["--smoke-test", r#"sh -c 'test "$(uname -m)" = x86_64'"#]);
-    let (code, _, stderr) = build(ctx.path(), &args);
-    assert_ne!(code, 2, "{stderr}");
-    assert!(stderr.contains("cannot reach the coordinator"), "{stderr}");
+    // Good ones go on to the coordinator (here a closed port), one that starts with a dash (the
+    // arguments of an image's ENTRYPOINT) too.
+    for good in [r#"sh -c 'test "$(uname -m)" = x86_64'"#, "--version"] {
+        let mut args = OK.to_vec();
+        args.extend(["--smoke-test", good]);
+        let (code, _, stderr) = build(ctx.path(), &args);
+        assert_ne!(code, 2, "{good}: {stderr}");
+        assert!(stderr.contains("cannot reach the coordinator"), "{stderr}");
+    }
 }
 
 #[test]

@@ -248,36 +248,37 @@ fn entrypoint_of(config: &[u8]) -> Result<Vec<String>, serde_json::Error> {
 /// What `buildah run` printed that is its own, not the command's: noted, never logged as the
 /// smoke test's output.
 #[derive(Debug, Default)]
-struct Output {
+struct Output(Mutex<Noted>);
+
+#[derive(Debug, Default)]
+struct Noted {
     /// `exit status N` of buildah's `while running runtime` line: the command ran and exited N.
-    exit: Mutex<Option<i32>>,
+    exit: Option<i32>,
     /// The runtime's reason the command did not start.
-    not_started: Mutex<Option<String>>,
+    not_started: Option<String>,
     /// The last non-empty line of the command's own output.
-    last: Mutex<Option<String>>,
+    last: Option<String>,
 }
 
 impl Output {
     /// Whether `line` is the command's output; buildah's lines about it are noted instead.
     fn keep(&self, line: &str) -> bool {
+        let mut noted = self.0.lock().expect("not poisoned");
         if let Some(status) = line.strip_prefix("Error: while running runtime: exit status ") {
-            if let Ok(code) = status.trim().parse() {
-                *self.exit.lock().expect("not poisoned") = Some(code);
+            noted.exit = status.trim().parse().ok();
+            false
+        } else if let Some(rest) = line.strip_prefix("error running container: ") {
+            noted.not_started = Some(start_failure(rest));
+            false
+        } else if line.starts_with(": exit status ") {
+            // The end of buildah's `error running container` message, on a line of its own.
+            false
+        } else {
+            if !line.trim().is_empty() {
+                noted.last = Some(line.trim().to_string());
             }
-            return false;
+            true
         }
-        if let Some(rest) = line.strip_prefix("error running container: ") {
-            *self.not_started.lock().expect("not poisoned") = Some(start_failure(rest));
-            return false;
-        }
-        // The end of buildah's `error running container` message, on a line of its own.
-        if line.starts_with(": exit status ") {
-            return false;
-        }
-        if !line.trim().is_empty() {
-            *self.last.lock().expect("not poisoned") = Some(line.trim().to_string());
-        }
-        true
     }
 
     /// The failure of a `buildah run` that exited with `status` (`status N`).
@@ -289,28 +290,27 @@ impl Output {
         buildah_last: Option<String>,
     ) -> Failure {
         let platform = platform.clone();
-        if let Some(why) = self.not_started.lock().expect("not poisoned").take() {
-            return Failure::NotStarted {
+        let noted = std::mem::take(&mut *self.0.lock().expect("not poisoned"));
+        match (noted.not_started, noted.exit) {
+            (Some(why), _) => Failure::NotStarted {
                 command,
                 platform,
                 why,
-            };
-        }
-        if let Some(code) = *self.exit.lock().expect("not poisoned") {
-            return Failure::Exited {
+            },
+            (None, Some(code)) => Failure::Exited {
                 command,
                 platform,
                 code,
-                last_line: self.last.lock().expect("not poisoned").take(),
-            };
-        }
-        Failure::NotRun {
-            command,
-            platform,
-            why: format!(
-                "buildah run exited with {status}{}",
-                buildah_last.map(|l| format!(": {l}")).unwrap_or_default()
-            ),
+                last_line: noted.last,
+            },
+            (None, None) => Failure::NotRun {
+                command,
+                platform,
+                why: format!(
+                    "buildah run exited with {status}{}",
+                    buildah_last.map(|l| format!(": {l}")).unwrap_or_default()
+                ),
+            },
         }
     }
 }

@@ -122,6 +122,8 @@ pub async fn run_build(
                     digest: img.digest,
                     media_type: img.media_type,
                     size: img.size as i64,
+                    // The backend pushes only once the lease's smoke test passed.
+                    smoke_test_passed: lease.smoke_test.is_some(),
                 };
                 report(&env, &cancel, id, "complete", || {
                     env.client.complete(&creds.token, id, &req)
@@ -240,6 +242,7 @@ async fn execute(
         cache: lease.cache.clone(),
         image_meta: lease.image_meta.clone(),
         allow_foreign_binary: lease.allow_foreign_binary.clone(),
+        smoke_test: lease.smoke_test.clone(),
     };
     Ok(env
         .backend

@@ -185,6 +185,7 @@ impl Fixture {
             cache: Default::default(),
             image_meta: Default::default(),
             allow_foreign_binary: Vec::new(),
+            smoke_test: None,
         }
     }
 

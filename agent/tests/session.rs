@@ -452,6 +452,7 @@ fn a_lease(context: &[u8]) -> Lease {
         cache: Default::default(),
         image_meta: Default::default(),
         allow_foreign_binary: Vec::new(),
+        smoke_test: None,
     }
 }
 

@@ -219,6 +219,7 @@ fn rows(
         allow_foreign_binary: Vec::new(),
         // Measured as before provenance: the index and nothing else.
         attest_to: archfarm_protocol::provenance::AttestTo::None,
+        smoke_test: None,
         provenance: Vec::new(),
     };
     let builds = platforms

@@ -316,6 +316,7 @@ async fn complete(
             digest: Digest::parse(&image.digest).context("image digest")?,
             media_type: image.media_type.clone(),
             size: image.size as i64,
+            smoke_test_passed: false,
         });
     send(request, &format!("POST {url}"), |s| {
         s == reqwest::StatusCode::NO_CONTENT

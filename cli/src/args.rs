@@ -433,6 +433,24 @@ pub struct BuildArgs {
     /// '/usr/aarch64-linux-gnu/**'.
     #[arg(long = "allow-foreign-binary", value_name = "GLOB")]
     pub allow_foreign_binary: Vec<String>,
+    /// Run CMD ARGS… in each platform's built image before it is pushed: on the agent that
+    /// built it (natively, or under QEMU where it emulated), in the sandbox of its RUN steps
+    /// (same runtime, network, limits). As `docker run IMAGE CMD ARGS`: the image's ENTRYPOINT,
+    /// user, working directory and environment apply, CMD ARGS replace its CMD. Split into
+    /// words as a shell does ('…', "…", \), but no shell runs it: nothing expands, and pipes or
+    /// lists need one, e.g. --smoke-test 'sh -c "myapp --version | grep 1.2"'; with an
+    /// ENTRYPOINT, --smoke-test --version. Its output goes to the build log; a non-zero exit
+    /// fails that platform (an optional one is left out).
+    #[arg(
+        long = "smoke-test",
+        value_name = "'CMD ARGS…'",
+        allow_hyphen_values = true
+    )]
+    pub smoke_test: Option<String>,
+    /// How long the smoke test may run on each platform before it is stopped and fails it
+    /// (e.g. 30s, 10m; at most 1h) [default: 5m].
+    #[arg(long = "smoke-test-timeout", value_name = "DURATION", value_parser = parse_duration)]
+    pub smoke_test_timeout: Option<Duration>,
     /// Provenance, as buildx takes it: `true` (the default: one SLSA provenance attestation
     /// per platform, naming the agent and its hardware), `false`, or `mode=min|max` (the same
     /// statement either way).

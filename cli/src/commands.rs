@@ -172,6 +172,7 @@ pub async fn build(conn: &Connection, args: &BuildArgs) -> Result<u8, Error> {
         annotations: plan.annotations.clone(),
         allow_foreign_binary: plan.allow_foreign_binary.clone(),
         attest_to: Some(plan.attest_to),
+        smoke_test: plan.smoke_test.clone(),
         cache_to: plan.cache_to.iter().map(ToString::to_string).collect(),
         cache_from: plan.cache_from.iter().map(ToString::to_string).collect(),
         no_cache: plan.no_cache,

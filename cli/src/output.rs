@@ -258,6 +258,16 @@ pub fn job_summary(job: &Job, now: DateTime<Utc>) -> String {
     if let Some(who) = &job.submitter {
         field("submitter", who.clone());
     }
+    if let Some(test) = &job.smoke_test {
+        field(
+            "smoke test",
+            format!(
+                "{} (timeout {})",
+                test.display(),
+                format_duration(std::time::Duration::from_secs(test.timeout_secs))
+            ),
+        );
+    }
     field(
         "created",
         format!(
@@ -391,6 +401,8 @@ mod tests {
         job.warnings = vec!["optional platform linux/s390x left out of the index".into()];
         job.timeout_secs = 5400;
         job.emulation = "prefer-native=10m".parse().unwrap();
+        job.smoke_test =
+            Some(archfarm_protocol::smoke_test::SmokeTest::parse("sh -c 'uname -m'", 90).unwrap());
         let amd = &mut job.builds[0];
         amd.state = BuildState::Succeeded;
         amd.attempts = 2;
@@ -406,6 +418,7 @@ mod tests {
             "optional   linux/s390x\n",
             "emulation  prefer-native=10m\n",
             "timeout    1h30m\n",
+            "smoke test sh -c 'uname -m' (timeout 1m30s)\n",
             "warning    optional platform linux/s390x left out of the index\n",
             "linux/amd64  succeeded  pi-4   native  2         -\n",
             "linux/amd64: decision: pi-4 is native and was free\n",

@@ -8,6 +8,7 @@ use std::path::{Component, Path, PathBuf};
 use std::time::Duration;
 
 use archfarm_protocol::api::{EmulationPolicy, MAX_SUBMITTER_CHARS};
+use archfarm_protocol::smoke_test::{SmokeTest, DEFAULT_TIMEOUT_SECS};
 use archfarm_protocol::{platform, ImageRef, Platform};
 
 use crate::args::{BuildArgs, Progress};
@@ -70,6 +71,8 @@ pub struct BuildPlan {
     pub allow_foreign_binary: Vec<String>,
     /// Where the provenance goes (`--provenance`, `--attest`, `--attest-to`).
     pub attest_to: archfarm_protocol::provenance::AttestTo,
+    /// `--smoke-test`, split into words, with its time limit (checked).
+    pub smoke_test: Option<SmokeTest>,
 }
 
 impl BuildPlan {
@@ -97,6 +100,7 @@ impl BuildPlan {
         let attest_to = attest_to(args)?;
         archfarm_protocol::foreign_binary::AllowedPaths::parse(&args.allow_foreign_binary)
             .map_err(UsageError)?;
+        let smoke_test = smoke_test(args)?;
         let platforms = parse_platforms(&args.platforms)?;
         let optional_platforms = parse_optional_platforms(&args.optional_platforms, &platforms)?;
         let tags = parse_tags(&args.tags)?;
@@ -121,6 +125,7 @@ impl BuildPlan {
         annotations.extend(crate::git::index_annotations(&args.context, &meta, &env));
         Ok(BuildPlan {
             attest_to,
+            smoke_test,
             iidfile: args.iidfile.clone(),
             labels: args.labels.clone(),
             annotations,
@@ -471,6 +476,20 @@ pub fn check_coordinator_url(url: &str) -> Result<(), UsageError> {
         return Err(bad("the host is missing".into()));
     }
     Ok(())
+}
+
+/// `--smoke-test` split into words, with `--smoke-test-timeout` (which needs it).
+fn smoke_test(args: &BuildArgs) -> Result<Option<SmokeTest>, UsageError> {
+    match (&args.smoke_test, args.smoke_test_timeout) {
+        (None, None) => Ok(None),
+        (None, Some(_)) => Err(UsageError(
+            "--smoke-test-timeout needs --smoke-test, the command it limits".into(),
+        )),
+        (Some(line), timeout) => {
+            let secs = timeout.map_or(DEFAULT_TIMEOUT_SECS, |t| t.as_secs());
+            SmokeTest::parse(line, secs).map(Some).map_err(UsageError)
+        }
+    }
 }
 
 /// Where the provenance goes: buildx's `--provenance` and `--attest type=provenance` turn it on

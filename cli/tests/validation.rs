@@ -172,6 +172,53 @@ fn bad_allow_foreign_binary_globs() {
 }
 
 #[test]
+fn bad_smoke_tests() {
+    let ctx = good_context();
+    for (extra, says) in [
+        (
+            vec!["--smoke-test", "sh -c 'uname -m"],
+            "--smoke-test 'sh -c 'uname -m': a ' quote is not closed; accepted: words split at \
+             blanks",
+        ),
+        (vec!["--smoke-test", "   "], "--smoke-test is empty"),
+        (vec!["--smoke-test="], "--smoke-test is empty"),
+        (
+            vec!["--smoke-test", "myapp --version | grep 1.2"],
+            "'|' outside quotes is a shell operator, and no shell runs the command",
+        ),
+        (
+            vec!["--smoke-test-timeout", "1m"],
+            "--smoke-test-timeout needs --smoke-test",
+        ),
+        (
+            vec!["--smoke-test", "true", "--smoke-test-timeout", "0"],
+            "--smoke-test-timeout must be from 1s to 1h, not 0s",
+        ),
+        (
+            vec!["--smoke-test", "true", "--smoke-test-timeout", "2h"],
+            "--smoke-test-timeout must be from 1s to 1h, not 7200s",
+        ),
+        (
+            vec!["--smoke-test", "true", "--smoke-test-timeout", "soon"],
+            "'soon' is not a duration",
+        ),
+    ] {
+        let mut args = OK.to_vec();
+        args.extend(extra);
+        assert_usage(build(ctx.path(), &args), says);
+    }
+    // Good ones go on to the coordinator (here a closed port), one that starts with a dash (the
+    // arguments of an image's ENTRYPOINT) too.
+    for good in [r#"sh -c 'test "$(uname -m)" = x86_64'"#, "--version"] {
+        let mut args = OK.to_vec();
+        args.extend(["--smoke-test", good]);
+        let (code, _, stderr) = build(ctx.path(), &args);
+        assert_ne!(code, 2, "{good}: {stderr}");
+        assert!(stderr.contains("cannot reach the coordinator"), "{stderr}");
+    }
+}
+
+#[test]
 fn emulation_policy_values() {
     let ctx = good_context();
     let with = |extra: &[&str]| {

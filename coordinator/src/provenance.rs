@@ -167,6 +167,11 @@ pub fn statement(builder: &Builder, job: &JobRow, build: &BuildRow, digest: &str
     if let Some(t) = &job.target {
         external["target"] = json!(t);
     }
+    // A platform is pushed only once its smoke test passed on the agent named below, so a
+    // statement naming one says it ran there and exited 0.
+    if let Some(test) = &job.smoke_test {
+        external["smokeTest"] = json!({"command": test.command, "timeoutSecs": test.timeout_secs});
+    }
     let mut metadata = json!({"invocationId": format!("{}/{}", job.id, build.id)});
     if let Some(t) = build.started_at {
         metadata["startedOn"] = json!(rfc3339(t));
@@ -336,6 +341,10 @@ mod tests {
             allow_foreign_binary: Vec::new(),
             attest_to: Default::default(),
             provenance: Vec::new(),
+            smoke_test: Some(archfarm_protocol::smoke_test::SmokeTest {
+                command: vec!["sh".into(), "-c".into(), "uname -m".into()],
+                timeout_secs: 300,
+            }),
         };
         let build = BuildRow {
             id: uuid::Uuid::new_v4(),
@@ -389,6 +398,10 @@ mod tests {
         let external = &p["buildDefinition"]["externalParameters"];
         assert_eq!(external["buildArgs"], json!({"VERSION": "1.4"}));
         assert_eq!(external["dockerfile"], "Dockerfile");
+        assert_eq!(
+            external["smokeTest"],
+            json!({"command": ["sh", "-c", "uname -m"], "timeoutSecs": 300})
+        );
         assert_eq!(p["runDetails"]["builder"]["id"], "https://farm.lan:8443");
         assert_eq!(
             p["runDetails"]["metadata"]["startedOn"],

@@ -560,6 +560,7 @@ async fn the_emulation_page_compares_medians_from_history() {
             image_meta: Default::default(),
             allow_foreign_binary: Vec::new(),
             attest_to: Default::default(),
+            smoke_test: None,
         };
         let id = store.insert_job(&job).await.unwrap();
         let build = store.builds_of_job(id).await.unwrap().remove(0);

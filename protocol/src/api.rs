@@ -189,6 +189,10 @@ pub struct JobRequest {
     /// absent: in the index, as buildx stores them by default.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub attest_to: Option<crate::provenance::AttestTo>,
+    /// `--smoke-test`: a command run in each platform's built image on the agent that built it,
+    /// before the push; a non-zero exit fails the platform (see [`crate::smoke_test`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub smoke_test: Option<crate::smoke_test::SmokeTest>,
 }
 
 /// Most registries one job may send a credential for.
@@ -442,6 +446,9 @@ pub struct Job {
     /// Where its provenance goes (`none` for jobs from before provenance was made).
     #[serde(default)]
     pub attest_to: crate::provenance::AttestTo,
+    /// The command each platform's image runs before it is pushed (`--smoke-test`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub smoke_test: Option<crate::smoke_test::SmokeTest>,
 }
 
 /// `GET /api/v1/jobs/{id}/provenance`: the in-toto statements pushed with a job's index, one
@@ -708,6 +715,11 @@ pub struct Lease {
     /// platform (see [`crate::foreign_binary`]). Every other ELF file must be for it.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub allow_foreign_binary: Vec<String>,
+    /// The job's smoke test: the agent runs it in the built image, in the sandbox of the build's
+    /// `RUN` steps, before the push, and fails the build unless it exits 0. An agent that
+    /// completes such a build says it ran it ([`CompleteRequest::smoke_test_passed`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub smoke_test: Option<crate::smoke_test::SmokeTest>,
 }
 
 /// `POST /api/v1/builds/{id}/heartbeat`. A 409 answer means the lease is gone: stop the build.
@@ -771,6 +783,10 @@ pub struct CompleteRequest {
     pub media_type: String,
     /// Its size in bytes.
     pub size: i64,
+    /// The lease's smoke test ran in the image and exited 0. A build whose job has a smoke test
+    /// is failed when its completion does not say so (an agent from before smoke tests).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub smoke_test_passed: bool,
 }
 
 /// `POST /api/v1/builds/{id}/fail`.

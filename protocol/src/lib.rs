@@ -11,6 +11,7 @@
 //! * [`cache`]: registry build caches (`--cache-to/--cache-from`), kept apart per platform.
 //! * [`image_meta`]: labels and annotations on a job's images (`--label`, `--annotation`).
 //! * [`foreign_binary`]: paths a job allows to hold ELF files for another architecture.
+//! * [`smoke_test`]: a command run in each platform's built image before it is pushed.
 //! * [`network`]: the network of a build's `RUN` steps, as agents allow it and jobs ask for it.
 //! * [`registry_auth`]: registry credentials from Docker's `config.json`; [`redact`]: hiding secret
 //!   values in log lines.
@@ -39,6 +40,7 @@ pub mod registry_text;
 pub mod repository_pattern;
 pub mod retention;
 pub mod secret;
+pub mod smoke_test;
 pub mod tokens;
 
 pub use build_secret::BuildSecret;

@@ -161,6 +161,7 @@ impl ProtocolAgent {
             digest: Digest::parse(digest).expect("a valid digest"),
             media_type: media_type.to_string(),
             size: size as i64,
+            smoke_test_passed: false,
         };
         no_content(self.post(&format!("/api/v1/builds/{build}/complete"), &request))
     }

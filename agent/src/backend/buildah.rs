@@ -14,6 +14,7 @@ use super::isolation::{Isolation, Unusable};
 use super::limits::{self, BuildCgroup, BuildLimits, Explanation, LimitWatch, Watched};
 use super::process::{run_logged, run_quiet};
 use super::secrets::SecretFiles;
+use super::smoke_test::{self, Sandbox};
 use super::storage::{ScopeLease, Storage};
 use super::{Backend, BackendError, BoxFuture, BuildSpec, LogSink, PushedImage};
 use crate::push::{self, Retry, Target};
@@ -292,6 +293,29 @@ impl Buildah {
 
         let image = push::read_layout(&layout)?;
         super::binary_check::check_layout(&layout, &image.manifest, spec, log, cancel).await?;
+        if let Some(test) = &spec.smoke_test {
+            let buildah = || self.command(scope);
+            let sandbox = Sandbox {
+                buildah: &buildah,
+                isolation: &self.isolation,
+                network: spec.network,
+                cgroup_parent: cgroup.map(BuildCgroup::parent),
+                build_dir: &spec.build_dir,
+                tmp: &tmp,
+            };
+            let image_name = Self::image_name(spec);
+            let container = format!("archfarm-smoke-{}", spec.build_id);
+            smoke_test::run(
+                &sandbox,
+                test,
+                &spec.platform,
+                (&image_name, &image),
+                &container,
+                log,
+                cancel,
+            )
+            .await?;
+        }
         let auth = match &spec.refresh_auth {
             Some(refresh) => refresh.or(spec.registry_auth.as_ref()).await,
             None => spec.registry_auth.clone(),
@@ -521,6 +545,7 @@ mod tests {
             cache: Default::default(),
             image_meta: Default::default(),
             allow_foreign_binary: Vec::new(),
+            smoke_test: None,
         }
     }
 

@@ -23,6 +23,7 @@ pub mod process;
 pub mod pulls;
 pub mod runtime_shim;
 pub mod secrets;
+pub mod smoke_test;
 pub mod storage;
 
 /// A boxed future, so [`Backend`] can be used as a trait object.
@@ -71,6 +72,8 @@ pub struct BuildSpec {
     /// Paths whose ELF files are not checked against the platform (`--allow-foreign-binary`);
     /// every other executable and shared object must be for it (see [`binary_check`]).
     pub allow_foreign_binary: Vec<String>,
+    /// The job's smoke test, run in the built image before the push (see [`smoke_test`]).
+    pub smoke_test: Option<archfarm_protocol::smoke_test::SmokeTest>,
 }
 
 /// The manifest a build pushed, as reported to the coordinator.
@@ -87,18 +90,36 @@ pub struct PushedImage {
 /// Where a backend sends build log lines. Sending waits when the forwarder is behind, so a chatty
 /// build slows down rather than growing memory without bound.
 #[derive(Debug, Clone)]
-pub struct LogSink(mpsc::Sender<String>);
+pub struct LogSink {
+    tx: mpsc::Sender<String>,
+    /// Put before every line sent through this sink (see [`LogSink::prefixed`]).
+    prefix: &'static str,
+}
 
 impl LogSink {
     /// A sink and the receiving end of its bounded channel.
     pub fn channel(capacity: usize) -> (Self, mpsc::Receiver<String>) {
         let (tx, rx) = mpsc::channel(capacity);
-        (LogSink(tx), rx)
+        (LogSink { tx, prefix: "" }, rx)
+    }
+
+    /// The same log, each line sent through the returned sink starting with `prefix` (e.g. the
+    /// smoke test's output, so it is told apart from the build's).
+    pub fn prefixed(&self, prefix: &'static str) -> LogSink {
+        LogSink {
+            tx: self.tx.clone(),
+            prefix,
+        }
     }
 
     /// Sends one line (without its newline). A closed receiver is ignored: logs are best effort.
     pub async fn line(&self, line: impl Into<String>) {
-        let _ = self.0.send(line.into()).await;
+        let line = if self.prefix.is_empty() {
+            line.into()
+        } else {
+            format!("{}{}", self.prefix, line.into())
+        };
+        let _ = self.tx.send(line).await;
     }
 
     /// Sends a line marked as coming from the agent rather than the builder.
@@ -171,6 +192,9 @@ pub enum BackendError {
     /// The image holds binaries for another platform, or its layers could not be checked.
     #[error(transparent)]
     BinaryCheck(#[from] binary_check::CheckError),
+    /// The job's smoke test failed in the image, did not start or did not finish in time.
+    #[error(transparent)]
+    SmokeTest(#[from] Box<smoke_test::Failure>),
 }
 
 /// A way to build and push images.
@@ -184,6 +208,7 @@ pub trait Backend: Send + Sync {
 
     /// Builds `spec`, streaming output to `log`, pushes the image by digest and reports it. When
     /// `cancel` fires the builder's processes are killed and [`BackendError::Cancelled`] returned.
+    /// With a smoke test in `spec`, an image is pushed (and `Ok` returned) only once it passed.
     fn build<'a>(
         &'a self,
         spec: &'a BuildSpec,

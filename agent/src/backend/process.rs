@@ -26,10 +26,23 @@ pub const CUT_MARK: &str = "… [line cut at 16 KiB]";
 /// Runs `cmd` (described as `what` in errors), sending each stdout and stderr line to `log`. The
 /// command gets its own process group so cancellation reaches the RUN steps it started too.
 pub async fn run_logged(
+    cmd: Command,
+    what: &str,
+    log: &LogSink,
+    cancel: &CancellationToken,
+) -> Result<(), BackendError> {
+    run_logged_except(cmd, what, log, cancel, &|_| true).await
+}
+
+/// [`run_logged`], sending to `log` only the lines `keep` accepts (it sees every line of both
+/// streams, and may note what it needs from those it drops). The error's last line is the last
+/// non-empty stderr line, kept or not.
+pub async fn run_logged_except(
     mut cmd: Command,
     what: &str,
     log: &LogSink,
     cancel: &CancellationToken,
+    keep: &(dyn Fn(&str) -> bool + Sync),
 ) -> Result<(), BackendError> {
     cmd.stdin(Stdio::null())
         .stdout(Stdio::piped())
@@ -44,7 +57,7 @@ pub async fn run_logged(
     let stdout = child.stdout.take().expect("stdout is piped");
     let stderr = child.stderr.take().expect("stderr is piped");
     let outcome = tokio::select! {
-        (_, last_err, status) = async { tokio::join!(pump(stdout, log), pump(stderr, log), child.wait()) } => Some((last_err, status)),
+        (_, last_err, status) = async { tokio::join!(pump(stdout, log, keep), pump(stderr, log, keep), child.wait()) } => Some((last_err, status)),
         _ = cancel.cancelled() => None,
     };
     let Some((last_line, status)) = outcome else {
@@ -110,15 +123,22 @@ async fn terminate(child: &mut tokio::process::Child, pid: Option<u32>) {
     }
 }
 
-/// Forwards lines of `r` to `log`; returns the last non-empty one (for error messages).
-async fn pump(r: impl AsyncRead + Unpin, log: &LogSink) -> Option<String> {
+/// Forwards the lines of `r` that `keep` accepts to `log`; returns the last non-empty one (for
+/// error messages).
+async fn pump(
+    r: impl AsyncRead + Unpin,
+    log: &LogSink,
+    keep: &(dyn Fn(&str) -> bool + Sync),
+) -> Option<String> {
     let mut lines = Lines::new(r);
     let mut last = None;
     while let Some(line) = lines.next().await {
         if !line.trim().is_empty() {
             last = Some(line.clone());
         }
-        log.line(line).await;
+        if keep(&line) {
+            log.line(line).await;
+        }
     }
     last
 }

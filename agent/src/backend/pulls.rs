@@ -266,6 +266,7 @@ mod tests {
             cache: Default::default(),
             image_meta: Default::default(),
             allow_foreign_binary: Vec::new(),
+            smoke_test: None,
         };
         // buildah ignores the token: the password for the same registry comes first.
         let entries = auth_entries(&spec);

@@ -219,6 +219,7 @@ async fn submit(State(s): State<Shared>, Json(req): Json<JobRequest>) -> Respons
         image_meta: archfarm_protocol::image_meta::ImageMeta::parse(&req.labels, &req.annotations)
             .unwrap_or_default(),
         attest_to: req.attest_to.unwrap_or_default(),
+        smoke_test: req.smoke_test.clone(),
     };
     f.request = Some(req);
     f.job = Some(job.clone());

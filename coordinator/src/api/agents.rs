@@ -403,6 +403,7 @@ async fn lease_for(
             ..job.image_meta
         },
         allow_foreign_binary: job.allow_foreign_binary,
+        smoke_test: job.smoke_test,
     })
 }
 

@@ -135,6 +135,20 @@ async fn complete(
             "a completion needs the manifest's media type and size",
         ));
     }
+    // An agent from before smoke tests pushes without running one: its image must not reach
+    // the index as if it had passed.
+    if !req.smoke_test_passed {
+        let job = state.store.get_job(build.job_id).await?;
+        if let Some(test) = job.and_then(|j| j.smoke_test) {
+            let error = format!(
+                "agent {} pushed the image without running the smoke test `{}` (an \
+                 archfarm-agent from before --smoke-test); upgrade it",
+                agent.name,
+                test.display()
+            );
+            return record_failure(&state, &build, req.lease_token, &error).await;
+        }
+    }
     if !Ends::of(&state)
         .build_pushed(
             &build,
@@ -165,20 +179,24 @@ async fn fail(
     ApiJson(req): ApiJson<FailRequest>,
 ) -> Result<StatusCode, ApiError> {
     let build = held_build(&state, &agent, &raw, req.lease_token).await?;
-    let error = redactor_for(&state, build.job_id)
+    record_failure(&state, &build, req.lease_token, &req.error).await
+}
+
+/// Fails `build` with `error` (redacted and capped), in its log too, and moves its job on.
+async fn record_failure(
+    state: &AppState,
+    build: &BuildRow,
+    lease_token: Uuid,
+    error: &str,
+) -> Result<StatusCode, ApiError> {
+    let error = redactor_for(state, build.job_id)
         .await?
-        .redact(&req.error)
+        .redact(error)
         .chars()
         .take(MAX_ERROR_CHARS)
         .collect::<String>();
-    if !Ends::of(&state)
-        .build_failed(
-            build.id,
-            &build.platform,
-            build.mode,
-            req.lease_token,
-            &error,
-        )
+    if !Ends::of(state)
+        .build_failed(build.id, &build.platform, build.mode, lease_token, &error)
         .await?
     {
         return Err(ApiError::lease_lost(build.id));
@@ -192,7 +210,7 @@ async fn fail(
         tracing::warn!(build.id = %build.id, error = %e, "could not append to the build log");
     }
     // A required platform's failure fails the job; an optional one's becomes a warning.
-    crate::progress::advance(&state, build.job_id).await?;
+    crate::progress::advance(state, build.job_id).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 

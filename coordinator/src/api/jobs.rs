@@ -193,7 +193,12 @@ pub fn validate(req: JobRequest) -> Result<NewJob, ApiError> {
         .map_err(|m| ApiError::bad("invalid_label", m))?;
     archfarm_protocol::foreign_binary::AllowedPaths::parse(&req.allow_foreign_binary)
         .map_err(|m| ApiError::bad("invalid_allow_foreign_binary", m))?;
+    if let Some(test) = &req.smoke_test {
+        test.check()
+            .map_err(|m| ApiError::bad("invalid_smoke_test", m))?;
+    }
     Ok(NewJob {
+        smoke_test: req.smoke_test,
         attest_to: req.attest_to.unwrap_or_default(),
         allow_foreign_binary: req.allow_foreign_binary,
         image_meta,

@@ -96,6 +96,7 @@ pub async fn job(state: &AppState, job: JobRow, fleet: &Fleet) -> StoreResult<ap
         base_images: job.base_images,
         image_meta: job.image_meta,
         attest_to: job.attest_to,
+        smoke_test: job.smoke_test,
         cache_to: job.cache.to,
         cache_from: job.cache.from,
         no_cache: job.cache.no_cache,

@@ -5,6 +5,7 @@ use std::collections::BTreeMap;
 use archfarm_protocol::api::{EmulationPolicy, JobState};
 use archfarm_protocol::image_meta::ImageMeta;
 use archfarm_protocol::provenance::AttestTo;
+use archfarm_protocol::smoke_test::SmokeTest;
 use archfarm_protocol::{BuildSecret, CacheRef, Digest, Network, Platform};
 use serde::{Deserialize, Serialize};
 use sqlx::any::AnyRow;
@@ -60,6 +61,8 @@ pub struct NewJob {
     pub allow_foreign_binary: Vec<String>,
     /// Where its provenance goes.
     pub attest_to: AttestTo,
+    /// The command each platform's image runs before it is pushed (checked).
+    pub smoke_test: Option<SmokeTest>,
 }
 
 /// A job's registry caches (`--cache-to`/`--cache-from`, or the coordinator's default) and
@@ -145,13 +148,16 @@ pub struct JobRow {
     pub attest_to: AttestTo,
     /// The in-toto statements pushed with its index, once it succeeded with provenance.
     pub provenance: Vec<serde_json::Value>,
+    /// The command each platform's image runs before it is pushed.
+    pub smoke_test: Option<SmokeTest>,
 }
 
 const COLUMNS: &str =
     "id, state, context, dockerfile, build_args, target, emulation, tags, platforms, registry, \
         repository, index_digest, index_media_type, error, created_at, updated_at, finished_at, \
     optional_platforms, timeout_secs, warnings, submitter, secret_build_args, secret_ids, network, \
-    base_images, cache, image_meta, index_size, allow_foreign_binary, attest_to, provenance";
+    base_images, cache, image_meta, index_size, allow_foreign_binary, attest_to, provenance, \
+    smoke_test";
 
 impl JobRow {
     fn from_row(row: &AnyRow) -> StoreResult<Self> {
@@ -213,6 +219,17 @@ impl JobRow {
                 })?,
             },
             provenance: json_list(row, "provenance")?,
+            smoke_test: match row.try_get::<Option<String>, _>("smoke_test")? {
+                None => None,
+                Some(text) => {
+                    Some(
+                        serde_json::from_str(&text).map_err(|_| StoreError::Corrupt {
+                            column: "jobs.smoke_test",
+                            value: text,
+                        })?,
+                    )
+                }
+            },
         })
     }
 }
@@ -236,7 +253,7 @@ impl Store {
         let mut tx = self.begin().await?;
         sqlx::query(&format!(
                         "INSERT INTO jobs ({COLUMNS}) VALUES ($1, 'queued', $2, $3, $4, $5, $6, $7, $8, $9, $10, NULL, NULL, NULL, \
-             $11, $12, NULL, $13, $14, '[]', $15, $16, $17, $18, $19, $20, $21, NULL, $22, $23, NULL)"
+             $11, $12, NULL, $13, $14, '[]', $15, $16, $17, $18, $19, $20, $21, NULL, $22, $23, NULL, $24)"
         ))
         .bind(id.to_string())
         .bind(job.context.as_str())
@@ -265,6 +282,10 @@ impl Store {
             .then(|| serde_json::to_string(&job.image_meta).expect("image meta serialises")))
         .bind(to_json_list(&job.allow_foreign_binary))
         .bind(job.attest_to.as_str())
+        .bind(job
+            .smoke_test
+            .as_ref()
+            .map(|t| serde_json::to_string(t).expect("a smoke test serialises")))
         .execute(&mut *tx)
         .await?;
         // The row lock this takes orders the insert against a retention sweep deleting the

@@ -244,6 +244,7 @@ pub(crate) async fn insert_test_job(
             image_meta: Default::default(),
             allow_foreign_binary: Vec::new(),
             attest_to: Default::default(),
+            smoke_test: None,
         })
         .await
         .unwrap()

@@ -25,8 +25,9 @@ use super::routes::Routes;
 use super::views::{self, Fleet};
 use crate::blobs::FileRead;
 
-use crate::store::{JobCache, NewJob};
+use crate::store::{JobCache, JobRow, NewJob};
 use crate::AppState;
+use uuid::Uuid;
 
 /// Most platforms one job may ask for.
 const MAX_PLATFORMS: usize = 16;
@@ -566,12 +567,7 @@ async fn show(
     State(state): State<AppState>,
     Path(raw): Path<String>,
 ) -> Result<Json<archfarm_protocol::api::Job>, ApiError> {
-    let id = parse_id("job", &raw)?;
-    let row = state
-        .store
-        .get_job(id)
-        .await?
-        .ok_or_else(|| ApiError::NotFound(format!("no job with id '{id}'")))?;
+    let (_, row) = stored_job(&state, &raw).await?;
     let fleet = Fleet::load(&state).await?;
     Ok(Json(views::job(&state, row, &fleet).await?))
 }
@@ -581,12 +577,7 @@ async fn provenance(
     State(state): State<AppState>,
     Path(raw): Path<String>,
 ) -> Result<Json<archfarm_protocol::api::JobProvenance>, ApiError> {
-    let id = parse_id("job", &raw)?;
-    let row = state
-        .store
-        .get_job(id)
-        .await?
-        .ok_or_else(|| ApiError::NotFound(format!("no job with id '{id}'")))?;
+    let (_, row) = stored_job(&state, &raw).await?;
     Ok(Json(archfarm_protocol::api::JobProvenance {
         attest_to: row.attest_to,
         statements: row.provenance,
@@ -598,12 +589,7 @@ async fn cancel(
     Authed(caller): Authed<Caller>,
     Path(raw): Path<String>,
 ) -> Result<Json<archfarm_protocol::api::Job>, ApiError> {
-    let id = parse_id("job", &raw)?;
-    let row = state
-        .store
-        .get_job(id)
-        .await?
-        .ok_or_else(|| ApiError::NotFound(format!("no job with id '{id}'")))?;
+    let (id, row) = stored_job(&state, &raw).await?;
     // A limited token stops only jobs it could have submitted: every repository is its own.
     let targets = crate::stitch::destinations(&row.tags).unwrap_or_default();
     caller.may_push(
@@ -636,6 +622,17 @@ async fn cancel(
     let row = state.store.get_job(id).await?.unwrap_or(row);
     let fleet = Fleet::load(&state).await?;
     Ok(Json(views::job(&state, row, &fleet).await?))
+}
+
+/// The job `raw` names, or 404 naming it: what every per-job route reads first.
+async fn stored_job(state: &AppState, raw: &str) -> Result<(Uuid, JobRow), ApiError> {
+    let id = parse_id("job", raw)?;
+    let row = state
+        .store
+        .get_job(id)
+        .await?
+        .ok_or_else(|| ApiError::NotFound(format!("no job with id '{id}'")))?;
+    Ok((id, row))
 }
 
 #[cfg(test)]

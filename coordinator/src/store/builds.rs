@@ -423,19 +423,7 @@ impl Store {
 
     /// Records a failed build; false when the lease is not current.
     pub async fn fail_build(&self, build_id: Uuid, token: Uuid, error: &str) -> StoreResult<bool> {
-        let res = sqlx::query(&format!(
-            "UPDATE builds SET state = $5, error = $1, finished_at = $2, lease_expires_at = NULL \
-             WHERE id = $3 AND lease_token = $4 AND {}",
-            lifecycle::FAIL_BUILD.guard("state")
-        ))
-        .bind(error)
-        .bind(now_ms())
-        .bind(build_id.to_string())
-        .bind(token.to_string())
-        .bind(lifecycle::FAIL_BUILD.to.as_str())
-        .execute(&self.pool)
-        .await?;
-        Ok(res.rows_affected() == 1)
+        self.fail_if(build_id, token, i64::MAX, error).await
     }
 
     /// Running builds whose lease lapsed before `now`.
@@ -463,25 +451,27 @@ impl Store {
         old_token: Uuid,
         now: i64,
     ) -> StoreResult<bool> {
-        self.requeue_if(build_id, old_token, now).await
+        self.requeue_if(build_id, old_token, now.saturating_sub(1))
+            .await
     }
 
+    /// Requeues when the lease expires at `expires_by` or earlier (`i64::MAX`: whenever).
     async fn requeue_if(
         &self,
         build_id: Uuid,
         old_token: Uuid,
-        lapsed_before: i64,
+        expires_by: i64,
     ) -> StoreResult<bool> {
         let res = sqlx::query(&format!(
             "UPDATE builds SET state = $5, agent_id = NULL, agent_name = NULL, mode = NULL, lease_token = NULL, \
              lease_expires_at = NULL, started_at = NULL, queued_at = $3 \
-             WHERE id = $1 AND lease_token = $2 AND {} AND COALESCE(lease_expires_at, 0) < $4",
+             WHERE id = $1 AND lease_token = $2 AND {} AND COALESCE(lease_expires_at, 0) <= $4",
             lifecycle::REQUEUE_BUILD.guard("state")
         ))
         .bind(build_id.to_string())
         .bind(old_token.to_string())
         .bind(now_ms())
-        .bind(lapsed_before)
+        .bind(expires_by)
         .bind(lifecycle::REQUEUE_BUILD.to.as_str())
         .execute(&self.pool)
         .await?;
@@ -497,16 +487,28 @@ impl Store {
         now: i64,
         error: &str,
     ) -> StoreResult<bool> {
+        self.fail_if(build_id, token, now.saturating_sub(1), error)
+            .await
+    }
+
+    /// Fails when the lease expires at `expires_by` or earlier (`i64::MAX`: whenever).
+    async fn fail_if(
+        &self,
+        build_id: Uuid,
+        token: Uuid,
+        expires_by: i64,
+        error: &str,
+    ) -> StoreResult<bool> {
         let res = sqlx::query(&format!(
             "UPDATE builds SET state = $6, error = $1, finished_at = $2, lease_expires_at = NULL \
-             WHERE id = $3 AND lease_token = $4 AND {} AND lease_expires_at < $5",
+             WHERE id = $3 AND lease_token = $4 AND {} AND COALESCE(lease_expires_at, 0) <= $5",
             lifecycle::FAIL_BUILD.guard("state")
         ))
         .bind(error)
         .bind(now_ms())
         .bind(build_id.to_string())
         .bind(token.to_string())
-        .bind(now)
+        .bind(expires_by)
         .bind(lifecycle::FAIL_BUILD.to.as_str())
         .execute(&self.pool)
         .await?;

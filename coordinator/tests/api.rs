@@ -498,10 +498,14 @@ async fn an_optional_platform_nobody_can_build_is_left_out_with_a_warning() {
         StatusCode::NO_CONTENT
     );
     // Left out by the completion itself, or by the reconciler once contact has lasted a lease
-    // (the build is skipped, then the warning added: two statements, so wait for both).
+    // (the build is skipped, the warning added, then stitching begins: three statements, so
+    // wait for all three).
     let mut job = c.job(job.id).await;
     for _ in 0..300 {
-        if job.builds[1].state.as_str() != "queued" && !job.warnings.is_empty() {
+        if job.builds[1].state.as_str() != "queued"
+            && !job.warnings.is_empty()
+            && !matches!(job.state, JobState::Queued | JobState::Building)
+        {
             break;
         }
         tokio::time::sleep(std::time::Duration::from_millis(100)).await;
